@@ -1,0 +1,82 @@
+"""The ``Communicator``: the few collectives the exchange and the KV transfer need.
+
+The process group is passed in, never fetched from a global, so SGLang's own DP-attention group
+(or a gloo group in tests) can be used as is.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+
+
+# torch 2.13 deprecates all_gather_into_tensor in favour of all_gather_single
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
+class Communicator(ABC):
+    """Collectives over ``world_size`` ranks; every rank calls every method in the same order."""
+
+    rank: int
+    world_size: int
+
+    @abstractmethod
+    def all_to_all_single(
+        self,
+        out: torch.Tensor,
+        inp: torch.Tensor,
+        out_splits: Sequence[int] | None = None,
+        in_splits: Sequence[int] | None = None,
+    ) -> None:
+        """Dim-0 all-to-all. ``None`` splits: equal chunks (the static, graph-safe form)."""
+
+    @abstractmethod
+    def all_gather(self, out: torch.Tensor, inp: torch.Tensor) -> None:
+        """``out: [world_size * n, ...]`` = the ranks' ``inp: [n, ...]`` concatenated in rank
+        order (the dim-0 form; gloo rejects a stacked ``[world_size, n, ...]`` output)."""
+
+    @abstractmethod
+    def barrier(self) -> None: ...
+
+
+class TorchDistCommunicator(Communicator):
+    """``torch.distributed`` over an explicit group (gloo on CPU, NCCL on GPU)."""
+
+    def __init__(self, group: dist.ProcessGroup) -> None:
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world_size = dist.get_world_size(group)
+
+    def all_to_all_single(self, out, inp, out_splits=None, in_splits=None) -> None:
+        dist.all_to_all_single(
+            out,
+            inp,
+            output_split_sizes=None if out_splits is None else list(out_splits),
+            input_split_sizes=None if in_splits is None else list(in_splits),
+            group=self.group,
+        )
+
+    def all_gather(self, out, inp) -> None:
+        _all_gather_single(out, inp, group=self.group)
+
+    def barrier(self) -> None:
+        dist.barrier(group=self.group)
+
+
+class LocalCommunicator(Communicator):
+    """A single rank talking to itself (local-only baselines and unit tests)."""
+
+    rank = 0
+    world_size = 1
+
+    def all_to_all_single(self, out, inp, out_splits=None, in_splits=None) -> None:
+        out.copy_(inp)
+
+    def all_gather(self, out, inp) -> None:
+        out.copy_(inp)
+
+    def barrier(self) -> None:
+        pass

@@ -1,0 +1,95 @@
+"""One layer's attention across ranks: route queries out, attend, route partials back, merge.
+
+Every op here reads and writes the static ``ExchangeBuffers`` with fixed shapes and no host
+synchronisation, so the same code runs eagerly on CPU and inside a captured CUDA graph::
+
+    q_in --gather(send_index)--> q_send --all_to_all--> q_recv
+    [q_in | q_recv rows] = q_items --decode_attention(kv_indptr, kv_indices)--> (o, lse) per item
+    guest (o, lse) --> r_send --all_to_all--> r_recv
+    [local (o, lse) | r_recv rows] --gather(merge_index)--> merge(seg_indptr) --> out, out_lse
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+
+import torch
+
+from sglang_dcp.exchange.buffers import ExchangeBuffers
+from sglang_dcp.exchange.comm import Communicator
+
+AttentionFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+MergeFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+def default_kernels(impl: str = "auto") -> tuple[AttentionFn, MergeFn]:
+    """(decode_attention, merge_attention_states) of ``sglang_dcp.kernels`` bound to ``impl``:
+    ``auto`` (Triton on CUDA, and on CPU only under ``TRITON_INTERPRET=1``; else the torch
+    reference), ``torch`` or ``triton``."""
+    from sglang_dcp import kernels
+
+    if impl not in ("auto", "torch", "triton"):
+        raise ValueError(f"impl must be auto, torch or triton, got {impl!r}")
+    return (
+        functools.partial(kernels.decode_attention, impl=impl),
+        functools.partial(kernels.merge_attention_states, impl=impl),
+    )
+
+
+def exchange_attention(
+    bufs: ExchangeBuffers,
+    comm: Communicator,
+    k_buffer: torch.Tensor,
+    v_buffer: torch.Tensor,
+    *,
+    sm_scale: float,
+    attention: AttentionFn,
+    merge: MergeFn,
+    num_kv_splits: int | None = None,
+) -> None:
+    """Attention of ``bufs.q_in`` over KV spread across ranks into ``bufs.out``/``bufs.out_lse``.
+
+    ``k_buffer: [num_slots, num_kv_heads, head_dim]``, ``v_buffer: [num_slots, num_kv_heads,
+    v_head_dim]``: this rank's pool for the layer. Every rank calls this together.
+    """
+    s = bufs.shape
+    W, C, B, H = s.num_ranks, s.capacity, s.max_local, s.num_q_heads
+    bufs.q_send_rows.copy_(bufs.q_in.index_select(0, bufs.send_index).view(W, C, H, s.head_dim))
+    comm.all_to_all_single(bufs.q_recv, bufs.q_send)
+    bufs.q_items[:B].copy_(bufs.q_in)
+    bufs.q_items[B:].copy_(bufs.q_recv_rows.reshape(W * C, H, s.head_dim))
+
+    kw = {} if num_kv_splits is None else {"num_kv_splits": num_kv_splits}
+    o, lse = attention(
+        bufs.q_items, k_buffer, v_buffer, bufs.kv_indptr, bufs.kv_indices, sm_scale, **kw
+    )
+
+    bufs.r_send_o.copy_(o[B:].view(W, C, H, s.v_head_dim))
+    bufs.r_send_lse.copy_(lse[B:].view(W, C, H))
+    comm.all_to_all_single(bufs.r_recv, bufs.r_send)
+
+    parts_o = torch.cat([o[:B], bufs.r_recv_o.reshape(W * C, H, s.v_head_dim)])
+    parts_lse = torch.cat([lse[:B], bufs.r_recv_lse.reshape(W * C, H)])
+    mo, mlse = merge(
+        parts_o.index_select(0, bufs.merge_index),
+        parts_lse.index_select(0, bufs.merge_index),
+        bufs.seg_indptr,
+    )
+    bufs.out.copy_(mo[:B])
+    bufs.out_lse.copy_(mlse[:B])
+
+
+def merge_rounds(
+    outs: Sequence[tuple[torch.Tensor, torch.Tensor]], merge: MergeFn
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Combine per-round results ``(o [B, H, Dv], lse [B, H])`` of the same rows (a step that did
+    not fit one round); the LSE merge is associative, so rounds merge like shards."""
+    if len(outs) == 1:
+        return outs[0]
+    R = len(outs)
+    B = outs[0][0].shape[0]
+    o = torch.stack([x[0] for x in outs], dim=1).flatten(0, 1)  # [B * R, H, Dv], row-major
+    lse = torch.stack([x[1] for x in outs], dim=1).flatten(0, 1)
+    seg = torch.arange(0, (B + 1) * R, R, dtype=torch.long, device=o.device)
+    return merge(o, lse, seg)

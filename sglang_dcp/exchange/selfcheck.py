@@ -1,0 +1,262 @@
+"""End-to-end check of the exchange on ``W`` local gloo ranks against a single-process reference.
+
+    python -m sglang_dcp.exchange.selfcheck --world-size 3 --steps 8 --seed 0
+
+Each rank runs a small random multi-layer attention stack (q/k/v projections, new K/V appended
+to the tail at home, attention through the exchange, residual output projection) over a random
+scenario (``scenario.py``): prompts are prefilled at home and their sealed shards shipped with
+``transfer_shards``; requests finish and arrive; one sealed shard migrates mid-run. The parent
+replays the same stack in float64 over the unsharded KV and compares every step's attention
+output of every request and layer. Prints ``max_rel_err=<value>`` last; exit 0 iff <= 1e-5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import traceback
+import zlib
+from dataclasses import asdict, dataclass
+
+import torch
+
+from sglang_dcp.exchange.comm import TorchDistCommunicator
+from sglang_dcp.exchange.exchange import default_kernels
+from sglang_dcp.exchange.kv_pool import KVPool
+from sglang_dcp.exchange.route import max_pair_items
+from sglang_dcp.exchange.scenario import make_scenario
+from sglang_dcp.exchange.spawn import init_rank, run_ranks
+from sglang_dcp.exchange.transfer import ShardMove, transfer_shards
+from sglang_dcp.runner.graph import DecodeRunner, capture_buckets
+
+TOLERANCE = 1e-5
+
+
+@dataclass(frozen=True, slots=True)
+class CheckConfig:
+    world_size: int
+    steps: int
+    seed: int
+    num_layers: int = 3
+    hidden: int = 32
+    num_q_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 16
+    page_size: int = 4
+    max_pages: int = 4  # per sealed shard
+    capacity: int = 0  # largest per-peer capacity bucket; 0: enough for one round
+    impl: str = "auto"  # kernels: auto | torch | triton
+
+
+def _randn(*shape: int, key: tuple) -> torch.Tensor:
+    g = torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
+    return torch.randn(*shape, generator=g)
+
+
+def _rid_num(rid: str) -> int:
+    return int(rid[1:])
+
+
+class Weights:
+    def __init__(self, cfg: CheckConfig, dtype: torch.dtype = torch.float32) -> None:
+        c, s = cfg, 1 / math.sqrt(cfg.hidden)
+        self.cfg = cfg
+        L, H, Hq, Hkv, D = c.num_layers, c.hidden, c.num_q_heads, c.num_kv_heads, c.head_dim
+        self.wq = [(_randn(H, Hq * D, key=(c.seed, "wq", l)) * s).to(dtype) for l in range(L)]
+        self.wk = [(_randn(H, Hkv * D, key=(c.seed, "wk", l)) * s).to(dtype) for l in range(L)]
+        self.wv = [(_randn(H, Hkv * D, key=(c.seed, "wv", l)) * s).to(dtype) for l in range(L)]
+        self.wo = [(_randn(Hq * D, H, key=(c.seed, "wo", l)) / math.sqrt(Hq * D)).to(dtype) for l in range(L)]
+
+    def prompt_kv(self, rid: str, layer: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.cfg
+        key = (c.seed, _rid_num(rid), layer)
+        return (
+            _randn(n, c.num_kv_heads, c.head_dim, key=("k",) + key),
+            _randn(n, c.num_kv_heads, c.head_dim, key=("v",) + key),
+        )
+
+    def x0(self, rid: str, t: int) -> torch.Tensor:
+        return _randn(self.cfg.hidden, key=(self.cfg.seed, "x", _rid_num(rid), t))
+
+
+class ToyStack:
+    """The attention stack driven by ``DecodeRunner`` (implements ``DecodeModel``)."""
+
+    def __init__(self, w: Weights, pool: KVPool) -> None:
+        self.w, self.pool = w, pool
+
+    def make_io(self, max_local: int, device) -> dict[str, torch.Tensor]:
+        c = self.w.cfg
+        return {
+            "x": torch.zeros(max_local, c.hidden, device=device),
+            "loc": torch.zeros(max_local, dtype=torch.long, device=device),
+            "attn": torch.zeros(max_local, c.num_layers, c.num_q_heads, c.head_dim, device=device),
+        }
+
+    def forward(self, io, attend) -> None:
+        c, w = self.w.cfg, self.w
+        x, loc = io["x"], io["loc"]
+        B = x.shape[0]
+        for l in range(c.num_layers):
+            self.pool.k[l].index_copy_(0, loc, (x @ w.wk[l]).view(B, c.num_kv_heads, c.head_dim))
+            self.pool.v[l].index_copy_(0, loc, (x @ w.wv[l]).view(B, c.num_kv_heads, c.head_dim))
+            o = attend(l, (x @ w.wq[l]).view(B, c.num_q_heads, c.head_dim))
+            io["attn"][:, l].copy_(o)
+            x = x + o.reshape(B, -1) @ w.wo[l]
+
+
+def _worker(rank: int, world_size: int, init_method: str, backend: str, cfg_d: dict, out: str):
+    try:
+        group = init_rank(rank, world_size, init_method, backend)
+        _run_rank(rank, CheckConfig(**cfg_d), TorchDistCommunicator(group), out)
+    except BaseException:
+        with open(os.path.join(out, f"error{rank}.txt"), "w") as f:
+            f.write(traceback.format_exc())
+        raise
+
+
+def _run_rank(rank: int, cfg: CheckConfig, comm: TorchDistCommunicator, out: str) -> None:
+    W = cfg.world_size
+    steps = make_scenario(W, cfg.steps, cfg.seed, page_size=cfg.page_size, max_pages=cfg.max_pages)
+    w = Weights(cfg)
+    most = sum(-(-p.shards[-1].end // cfg.page_size) + len(p.shards) for p in steps[-1].placements)
+    most += sum(-(-p.shards[-1].end // cfg.page_size) + len(p.shards) for s in steps for p in s.arrivals)
+    pool = KVPool(
+        num_layers=cfg.num_layers,
+        num_pages=most + cfg.steps + 2,
+        page_size=cfg.page_size,
+        num_kv_heads=cfg.num_kv_heads,
+        head_dim=cfg.head_dim,
+    )
+    max_batch = max(sum(p.home_rank == r for p in s.placements) for s in steps for r in range(W))
+    max_pair = max(max_pair_items(s.placements, W) for s in steps)
+    runner = DecodeRunner(
+        comm=comm,
+        pool=pool,
+        model=ToyStack(w, pool),
+        num_q_heads=cfg.num_q_heads,
+        head_dim=cfg.head_dim,
+        v_head_dim=cfg.head_dim,
+        sm_scale=1 / math.sqrt(cfg.head_dim),
+        buckets=capture_buckets(max(1, max_batch), cfg.capacity or max(1, max_pair)),
+        kernels=default_kernels(cfg.impl),
+        check_headers=True,
+    )
+    results: dict[tuple[int, str], torch.Tensor] = {}
+    ptrs = None
+    for st in steps:
+        for rid in st.finishes:
+            pool.free_request(rid)
+        moves = []
+        for p in st.arrivals:  # prefill at home, then ship the sealed shards
+            n = p.shards[-1].end
+            if p.home_rank == rank:
+                pool.allocate((p.rid, 0), n)
+                slots = pool.slot_tensor((p.rid, 0))
+                for l in range(cfg.num_layers):
+                    pool.k[l, slots], pool.v[l, slots] = w.prompt_kv(p.rid, l, n)
+                for s in p.shards[1:]:
+                    if s.start < n:
+                        pool.split(_key_at(pool, p.rid, s.start), s.start)
+                if p.shards[-1].start == n and n > 0:
+                    pool.allocate((p.rid, n), 0)
+            moves += [ShardMove(p.rid, p.home_rank, s.rank, s.start, s.end) for s in p.shards[:-1] if s.rank != p.home_rank]
+        moves += [ShardMove(m.rid, m.src, m.dst, m.start, m.end) for m in st.migrations]
+        for r in transfer_shards(comm, pool, moves):
+            if not r.ok:
+                raise RuntimeError(f"step {st.t}: transfer {r.move} failed: {r.reason}")
+        homes = [p for p in st.placements if p.home_rank == rank]
+        loc = [pool.extend((p.rid, p.shards[-1].start), 1)[0] for p in homes]
+        x = torch.stack([w.x0(p.rid, st.t) for p in homes]) if homes else torch.zeros(0, cfg.hidden)
+        io = runner.step(st.placements, {"x": x, "loc": torch.tensor(loc, dtype=torch.long)})
+        bufs = runner.buffers[runner.last_bucket]
+        if ptrs is not None and runner.last_bucket == ptrs[0] and bufs.data_ptrs() != ptrs[1]:
+            raise RuntimeError(f"step {st.t}: static buffers moved")
+        ptrs = (runner.last_bucket, bufs.data_ptrs())
+        for i, p in enumerate(homes):
+            results[(st.t, p.rid)] = io["attn"][i].clone()
+    torch.save({"results": results}, os.path.join(out, f"rank{rank}.pt"))
+    comm.barrier()
+
+
+def _key_at(pool: KVPool, rid: str, token: int) -> tuple[str, int]:
+    """The key of the shard of ``rid`` on this rank that contains ``token``."""
+    for key in pool.keys():
+        if key[0] == rid and key[1] <= token < key[1] + pool.num_tokens(key):
+            return key
+    raise KeyError((rid, token))
+
+
+def reference_errors(cfg: CheckConfig, results: dict) -> tuple[float, str]:
+    """Replay the stack in float64 over unsharded KV; (max relative error, where it occurred)."""
+    w = Weights(cfg)
+    f64 = lambda ts: [t.double() for t in ts]  # noqa: E731
+    wq, wk, wv, wo = f64(w.wq), f64(w.wk), f64(w.wv), f64(w.wo)
+    Hq, Hkv, D = cfg.num_q_heads, cfg.num_kv_heads, cfg.head_dim
+    kv: dict[str, list[list[torch.Tensor]]] = {}
+    worst, where = 0.0, "no outputs"
+    for st in make_scenario(cfg.world_size, cfg.steps, cfg.seed, page_size=cfg.page_size, max_pages=cfg.max_pages):
+        for rid in st.finishes:
+            del kv[rid]
+        for p in st.arrivals:
+            kv[p.rid] = [[t.double() for t in w.prompt_kv(p.rid, l, p.shards[-1].end)] for l in range(cfg.num_layers)]
+        for p in st.placements:
+            got = results.get((st.t, p.rid))
+            if got is None:
+                return math.inf, f"step {st.t}: no output for {p.rid} from home rank {p.home_rank}"
+            x = w.x0(p.rid, st.t).double()
+            for l in range(cfg.num_layers):
+                k, v = kv[p.rid][l]
+                k = torch.cat([k, (x @ wk[l]).view(1, Hkv, D)])
+                v = torch.cat([v, (x @ wv[l]).view(1, Hkv, D)])
+                kv[p.rid][l] = [k, v]
+                q = (x @ wq[l]).view(Hkv, Hq // Hkv, D)
+                s = torch.einsum("hgd,nhd->hgn", q, k) / math.sqrt(D)
+                o = torch.einsum("hgn,nhd->hgd", torch.softmax(s, -1), v).reshape(Hq, D)
+                err = float((got[l].double() - o).abs().max() / o.abs().max().clamp_min(1e-30))
+                if not err <= worst:
+                    worst = err if not math.isnan(err) else math.inf
+                    where = (f"step {st.t} layer {l} request {p.rid} (home {p.home_rank}, shards "
+                             f"{[(s.rank, s.start, s.end) for s in p.shards]})")
+                x = x + o.reshape(-1) @ wo[l]
+    return worst, where
+
+
+def run_selfcheck(cfg: CheckConfig, timeout_s: float = 300) -> tuple[float, str]:
+    with tempfile.TemporaryDirectory(prefix="dcp-selfcheck-") as out:
+        try:
+            run_ranks(_worker, cfg.world_size, asdict(cfg), out, timeout_s=timeout_s)
+        except Exception as e:
+            errs = sorted(f for f in os.listdir(out) if f.startswith("error"))
+            detail = "".join(open(os.path.join(out, f)).read() for f in errs)
+            raise RuntimeError(f"selfcheck ranks failed:\n{detail or e}") from None
+        results = {}
+        for r in range(cfg.world_size):
+            results.update(torch.load(os.path.join(out, f"rank{r}.pt"))["results"])
+    return reference_errors(cfg, results)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--world-size", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--layers", type=int, default=3)
+    ap.add_argument("--capacity", type=int, default=0, help="largest per-peer capacity (0: auto)")
+    ap.add_argument("--impl", choices=["auto", "torch", "triton"], default="auto")
+    ap.add_argument("--timeout", type=float, default=300)
+    a = ap.parse_args(argv)
+    cfg = CheckConfig(a.world_size, a.steps, a.seed, num_layers=a.layers, capacity=a.capacity, impl=a.impl)
+    err, where = run_selfcheck(cfg, timeout_s=a.timeout)
+    ok = err <= TOLERANCE
+    if not ok:
+        print(f"FAILED: relative error {err:.3e} > {TOLERANCE:g} at {where}", file=sys.stderr)
+    print(f"max_rel_err={err:.3e}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Spawn ``world_size`` local ranks with a gloo (or NCCL) process group, with a hard timeout.
+
+The target must be a module-level function of an importable module (``spawn`` pickles it by
+name): ``fn(rank, world_size, init_method, backend, *args)``; call ``init_rank`` first thing.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_rank(
+    rank: int, world_size: int, init_method: str, backend: str = "gloo", timeout_s: float = 120
+) -> dist.ProcessGroup:
+    """Join the group; one intra-op thread per rank (ranks share few cores). Returns the group."""
+    torch.set_num_threads(1)
+    if backend == "nccl":
+        torch.cuda.set_device(rank % torch.cuda.device_count())
+    dist.init_process_group(
+        backend,
+        init_method=init_method,
+        rank=rank,
+        world_size=world_size,
+        timeout=timedelta(seconds=timeout_s),
+    )
+    return dist.group.WORLD
+
+
+def run_ranks(fn, world_size: int, *args, backend: str = "gloo", timeout_s: float = 300) -> None:
+    """Run ``fn`` on ``world_size`` fresh processes; raise if any fails or the deadline passes
+    (every child is killed then, so nothing is left behind)."""
+    init_method = f"tcp://127.0.0.1:{free_port()}"
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    ctx = mp.start_processes(
+        fn,
+        args=(world_size, init_method, backend, *args),
+        nprocs=world_size,
+        join=False,
+        start_method="spawn",
+    )
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not ctx.join(timeout=max(0.1, min(1.0, deadline - time.monotonic()))):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{world_size} ranks did not finish within {timeout_s:.0f} s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+            p.join(5)

@@ -1,0 +1,104 @@
+"""The planner interface: every placement policy (baselines and ``dcp``) implements ``Policy``.
+
+Pure Python: no torch, no SGLang, no torch.distributed. The simulator and the SGLang DP
+controller both drive a ``Policy`` through exactly these methods.
+
+Interface changes (additions only): ``admit`` takes an optional ``home_rank`` (an external
+router pins the home; the policy still places the other shards, and returns a ``Rejection``
+naming that rank if it cannot host the tail). Implementations (``state.LedgerPolicy``) also
+offer ``kv_used()``, ``guest_out()``, ``capacity()``, ``free_kv()``, ``live()`` and
+``verify()``; build them with ``sglang_dcp.planner.make_policy``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from sglang_dcp.types import Placement, Rejection, Request
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSpec:
+    """Static shape of the decode cluster: ``num_ranks`` DP-attention ranks.
+
+    ``kv_capacity`` is per rank, in tokens, a multiple of ``page_size``.
+    """
+
+    num_ranks: int
+    kv_capacity: tuple[int, ...]
+    page_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.num_ranks < 1:
+            raise ValueError(f"num_ranks must be >= 1, got {self.num_ranks}")
+        if len(self.kv_capacity) != self.num_ranks:
+            raise ValueError(
+                f"kv_capacity has {len(self.kv_capacity)} entries for {self.num_ranks} ranks"
+            )
+        if self.page_size < 1:
+            raise ValueError(f"page_size must be >= 1, got {self.page_size}")
+        for r, c in enumerate(self.kv_capacity):
+            if c < 0 or c % self.page_size:
+                raise ValueError(
+                    f"kv_capacity[{r}]={c} must be a non-negative multiple of page_size "
+                    f"{self.page_size}"
+                )
+
+    @classmethod
+    def uniform(cls, num_ranks: int, kv_capacity: int, page_size: int = 64) -> "ClusterSpec":
+        cap = kv_capacity - kv_capacity % page_size
+        return cls(num_ranks=num_ranks, kv_capacity=(cap,) * num_ranks, page_size=page_size)
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """Move sealed tokens ``[start, end)`` of request ``rid`` from ``src`` to ``dst``."""
+
+    rid: str
+    src: int
+    dst: int
+    start: int
+    end: int
+
+
+class Policy(ABC):
+    """A placement policy over a cluster. Deterministic for the same sequence of calls.
+
+    KV accounting: ``admit`` reserves, on the ranks it names, every token the request can ever
+    hold (prompt + max_new_tokens, page-rounded); ``finish`` frees exactly that. ``append``
+    tracks tokens actually written (for load reporting); it never moves KV.
+    """
+
+    name: str = ""
+
+    @abstractmethod
+    def admit(self, request: Request, home_rank: int | None = None) -> Placement | Rejection: ...
+
+    @abstractmethod
+    def append(self, rid: str, num_tokens: int = 1) -> None: ...
+
+    @abstractmethod
+    def finish(self, rid: str) -> None:
+        """The request finished or was aborted: free all of its shards."""
+
+    @abstractmethod
+    def set_capacity(self, rank: int, kv_tokens: int) -> None: ...
+
+    @abstractmethod
+    def rebalance(self, max_moved_tokens: int) -> list[Migration]:
+        """Propose (and apply to the planner's state) bounded shard migrations."""
+
+    @abstractmethod
+    def placement(self, rid: str) -> Placement: ...
+
+    # Per-rank loads, length num_ranks. kv = reserved KV tokens (home tails + guest shards),
+    # batch = live requests homed there, guest_items = requests with a sealed shard there.
+    @abstractmethod
+    def kv_tokens(self) -> list[int]: ...
+
+    @abstractmethod
+    def batch_sizes(self) -> list[int]: ...
+
+    @abstractmethod
+    def guest_items(self) -> list[int]: ...

@@ -1,0 +1,359 @@
+"""``dcp``: request-level dynamic context parallelism.
+
+Each request gets a home rank for *batch* balance and a CP degree ``d`` with shards placed for
+*KV* balance, using the cost profile's step-time model (``CostProfile``; µs per step):
+
+1. **Home**: the rank with the fewest homed requests (within ``batch_slack`` of the fewest),
+   ties by the rank's predicted time ``rank_time_us``, then the lowest index; it must have room
+   for the tail. The tail is the prompt's last partial page plus ``max_new_tokens``
+   (page-rounded) and may also keep some prompt pages.
+2. **Degree**: ``d = 1`` if the prompt has fewer full pages than ``min_shard_tokens`` (short
+   requests never split). Otherwise, for ``d = 1 .. max_degree``, the guests are the ``d - 1``
+   ranks with the lowest predicted time (free KV >= ``min_shard_tokens``), and the request's
+   tokens are water-filled over home + guests so their predicted times level out (each guest
+   shard >= ``min_shard_tokens``, page-aligned, only the prompt's full pages; the home keeps the
+   tail). Each plan is scored by the predicted step time ``max(M, peak) + exchange_fixed``,
+   where ``M`` is the slowest rank now, ``peak`` the slowest touched rank after placing (it
+   includes per-guest exchange, attention-item and merge costs) and ``exchange_fixed`` is paid
+   only by the cluster's first guest. A larger ``d`` wins only if it lowers the score by more
+   than ``min_gain_us``: a request splits only when the exchange pays for itself. If ``d = 1``
+   does not fit, the best feasible split is taken (guests by most free KV as a fallback).
+
+Loads are reserved KV tokens (``kv_tokens()``), i.e. what the ranks will hold when every live
+request reaches its reservation. All per-rank predicted times are cached and refreshed only for
+the ranks a call touches, so ``admit`` costs O(num_ranks) list work, never O(live requests).
+"""
+
+from __future__ import annotations
+
+from sglang_dcp.planner.base import ClusterSpec, Migration
+from sglang_dcp.planner.profile import CostProfile
+from sglang_dcp.planner.state import LedgerPolicy, page_up
+from sglang_dcp.types import Rejection, Request
+
+
+class DcpPolicy(LedgerPolicy):
+    name = "dcp"
+
+    def __init__(
+        self,
+        cluster: ClusterSpec,
+        profile: CostProfile,
+        *,
+        max_degree: int = 8,
+        min_shard_tokens: int | None = None,
+        min_gain_us: float = 0.0,
+        batch_slack: int = 0,
+        rebalance_threshold: float = 1.25,
+        home_rule: str = "batch",
+        fixed_exchange: str = "always",
+    ) -> None:
+        super().__init__(cluster)
+        if not isinstance(profile, CostProfile):
+            raise TypeError(f"dcp needs a CostProfile, got {type(profile).__name__}")
+        if max_degree < 1:
+            raise ValueError(f"dcp: max_degree must be >= 1, got {max_degree}")
+        if min_shard_tokens is not None and min_shard_tokens < 1:
+            raise ValueError(f"dcp: min_shard_tokens must be >= 1, got {min_shard_tokens}")
+        if min_gain_us < 0 or batch_slack < 0 or rebalance_threshold < 1.0:
+            raise ValueError(
+                "dcp: need min_gain_us >= 0, batch_slack >= 0 and rebalance_threshold >= 1"
+            )
+        if home_rule not in ("batch", "step"):
+            raise ValueError(f"dcp: home_rule must be 'batch' or 'step', got {home_rule!r}")
+        if fixed_exchange not in ("always", "first"):
+            raise ValueError(
+                f"dcp: fixed_exchange must be 'always' or 'first', got {fixed_exchange!r}"
+            )
+        self.home_rule = home_rule
+        self.fixed_exchange = fixed_exchange
+        self.profile = profile
+        self.max_degree = min(max_degree, cluster.num_ranks)
+        ms = profile.break_even_tokens() if min_shard_tokens is None else min_shard_tokens
+        self.min_shard_tokens = page_up(ms, self.page)
+        self.min_gain_us = float(min_gain_us)
+        self.batch_slack = int(batch_slack)
+        self.rebalance_threshold = float(rebalance_threshold)
+        p = profile
+        self._a = p.attn_us_per_kv_token
+        self._item = p.attn_us_per_item
+        self._ex = p.exchange_us_per_item
+        self._merge = p.merge_us_per_part
+        self._floor = p.compute_us_floor
+        self._cpt = p.compute_us_per_token
+        self.cost = [0.0] * self.num_ranks  # predicted rank_time_us per rank
+        self._keys = [(0, 0.0, 0)] * self.num_ranks  # (batch, cost, rank) for home choice
+        for r in range(self.num_ranks):
+            self._touched(r)
+
+    def _touched(self, r: int) -> None:
+        b, gi, go = self.batch[r], self.gin[r], self.gout[r]
+        c = (
+            self._a * self.kv[r]
+            + self._item * (b + gi)
+            + self._ex * (gi + go)
+            + self._merge * go
+            + max(self._floor, self._cpt * b)
+        ) + self.profile.attn_us_fixed
+        self.cost[r] = c
+        self._keys[r] = (b, c, r)
+
+    def rank_times(self) -> list[float]:
+        """Predicted ``rank_time_us`` of every rank from the reserved KV (µs)."""
+        return list(self.cost)
+
+    # ---- admission ------------------------------------------------------------------------
+
+    def _choose_home(self, need: int, resv: int) -> int:
+        cap, kv = self.cap, self.kv
+        if self.home_rule == "step":
+            return self._choose_home_step(need, resv)
+        if self.batch_slack == 0:
+            k = min(self._keys)
+            if cap[k[2]] - kv[k[2]] >= need:
+                return k[2]
+            feas = [k for k in self._keys if cap[k[2]] - kv[k[2]] >= need]
+            return min(feas)[2] if feas else -1
+        feas = [k for k in self._keys if cap[k[2]] - kv[k[2]] >= need]
+        if not feas:
+            return -1
+        lim = min(feas)[0] + self.batch_slack
+        return min((c, r) for b, c, r in feas if b <= lim)[1]
+
+    def _choose_home_step(self, need: int, resv: int) -> int:
+        """The rank minimising the predicted step time with the whole request on it (d = 1),
+        MoE barrier included; ties: fewest homed, then lowest index."""
+        cap, kv, batch, cost = self.cap, self.kv, self.batch, self.cost
+        add = self._a * resv + self._item
+        M = max(cost)
+        bmax = max(batch)
+        mpt = self.profile.moe_us_per_token
+        best, best_key = -1, None
+        for r in range(self.num_ranks):
+            if cap[r] - kv[r] < need:
+                continue
+            b = batch[r]
+            t = cost[r] + add
+            key = ((t if t > M else M) + (mpt if b >= bmax else 0.0), b, r)
+            if best_key is None or key < best_key:
+                best, best_key = r, key
+        return best
+
+    def _plan(self, req: Request, home_rank: int | None):
+        ps, cap, kv = self.page, self.cap, self.kv
+        resv = page_up(req.prompt_len + req.max_new_tokens, ps)
+        pfull = (req.prompt_len // ps) * ps
+        min_tail = resv - pfull
+        ms = self.min_shard_tokens
+        splittable = self.max_degree > 1 and pfull >= ms
+        need = min_tail if splittable else resv
+        if home_rank is not None:
+            h = home_rank
+            if cap[h] - kv[h] < need:
+                return self._reject(req, resv, pfull, splittable, pinned=h)
+        else:
+            h = self._choose_home(need, resv)
+            if h < 0:
+                return self._reject(req, resv, pfull, splittable)
+        free_h = cap[h] - kv[h]
+        a = self._a
+        b = self.batch[h]
+        base_h = self.cost[h] + self._item + max(self._floor, self._cpt * (b + 1)) - max(
+            self._floor, self._cpt * b
+        )
+        M = max(self.cost)
+        best_score = None
+        if free_h >= resv:
+            peak1 = base_h + a * resv
+            if not splittable or peak1 <= M:
+                return h, [], 0  # a split cannot lower the step time: d = 1
+            best_score = peak1 if peak1 > M else M
+            best = (h, [], 0)
+        elif not splittable:  # pragma: no cover - need == resv guarantees free_h >= resv
+            return self._reject(req, resv, pfull, splittable)
+        fixed = self.profile.exchange_us_fixed
+        if self.fixed_exchange == "first" and self.num_guest_items:
+            fixed = 0.0
+        cost = self.cost
+        by_time = sorted(range(self.num_ranks), key=cost.__getitem__)
+        plans = self._try_guests(h, by_time, resv, pfull, min_tail, free_h, base_h)
+        if best_score is None and not plans:
+            by_free = sorted(range(self.num_ranks), key=lambda r: (kv[r] - cap[r], r))
+            plans = self._try_guests(h, by_free, resv, pfull, min_tail, free_h, base_h)
+        for peak, sealed, tail_start in plans:
+            score = (peak if peak > M else M) + fixed
+            if best_score is None or score < best_score - self.min_gain_us:
+                best_score, best = score, (h, sealed, tail_start)
+        if best_score is None:
+            return self._reject(req, resv, pfull, splittable, pinned=home_rank)
+        return best
+
+    def _try_guests(self, h, order, resv, pfull, min_tail, free_h, base_h):
+        """Water-filled plans for d = 2 .. max_degree with guests taken from ``order``."""
+        cap, kv, ms, ps, a = self.cap, self.kv, self.min_shard_tokens, self.page, self._a
+        guests = []
+        for g in order:
+            if g != h and cap[g] - kv[g] >= ms:
+                guests.append(g)
+                if len(guests) == self.max_degree - 1:
+                    break
+        plans = []
+        per_guest = self._item + self._ex
+        home_extra = self._ex + self._merge
+        cost = self.cost
+        for d in range(2, len(guests) + 2):
+            gs = guests[: d - 1]
+            bases = [base_h + home_extra * (d - 1)] + [cost[g] + per_guest for g in gs]
+            lo = [min_tail] + [ms] * (d - 1)
+            hi = [free_h] + [min(cap[g] - kv[g], pfull) for g in gs]
+            x = _waterfill([c / a for c in bases], lo, hi, resv)
+            if x is None:
+                continue
+            # guests: whole pages, largest first in token order; home keeps the rest as tail
+            sizes = [max(ms, int(v) // ps * ps) for v in x[1:]]
+            sizes = [min(s, u) for s, u in zip(sizes, hi[1:])]
+            tail = resv - sum(sizes)
+            if tail > free_h or tail < min_tail:
+                continue
+            sealed, pos = [], 0
+            for g, s in zip(gs, sizes):
+                sealed.append([g, pos, pos + s])
+                pos += s
+            peak = bases[0] + a * tail
+            for c, s in zip(bases[1:], sizes):
+                t = c + a * s
+                if t > peak:
+                    peak = t
+            plans.append((peak, sealed, pos))
+        return plans
+
+    def _reject(self, req, resv, pfull, splittable, pinned=None) -> Rejection:
+        ever = self._fits_empty(resv, pfull, splittable, pinned)
+        what = (
+            f"request {req.rid!r} needs {resv} KV tokens (prompt {req.prompt_len} + max_new "
+            f"{req.max_new_tokens}, page-rounded; tail on home >= {resv - pfull if splittable else resv})"
+        )
+        if pinned is not None:
+            where = f"pinned home rank {pinned} ({self.cap[pinned] - self.kv[pinned]} free of {self.cap[pinned]})"
+        else:
+            where = f"the cluster ({sum(self.cap) - sum(self.kv)} free of {sum(self.cap)}, max_degree {self.max_degree})"
+        if ever:
+            return Rejection(req.rid, f"{what}; {where} cannot place it now", retryable=True)
+        return Rejection(req.rid, f"{what}; it does not fit {where} even when empty", retryable=False)
+
+    def _fits_empty(self, resv, pfull, splittable, pinned) -> bool:
+        caps = self.cap
+        homes = [pinned] if pinned is not None else range(self.num_ranks)
+        if not splittable:
+            return any(caps[h] >= resv for h in homes)
+        ms, k = self.min_shard_tokens, self.max_degree - 1
+        for h in homes:
+            if caps[h] < resv - pfull:
+                continue
+            others = sorted((c for r, c in enumerate(caps) if r != h and c >= ms), reverse=True)
+            if caps[h] + min(pfull, sum(others[:k])) >= resv:
+                return True
+        return False
+
+    # ---- rebalancing ----------------------------------------------------------------------
+
+    def rebalance(self, max_moved_tokens: int) -> list[Migration]:
+        """While ``max(kv) / mean(kv) > rebalance_threshold``, move sealed, written,
+        page-aligned ranges from the most loaded rank to the least loaded one with room; at most
+        ``max_moved_tokens`` in total, never a tail, never over capacity, never past
+        ``max_degree``; a range that creates a new guest is at least ``min_shard_tokens``.
+        Each move takes at most half the gap between the two ranks, so moves never oscillate.
+        """
+        moves: list[Migration] = []
+        budget = max_moved_tokens
+        ps, n = self.page, self.num_ranks
+        while budget >= ps:
+            kv, cap = self.kv, self.cap
+            total = sum(kv)
+            if total == 0:
+                break
+            src = max(range(n), key=lambda r: (kv[r], -r))
+            if kv[src] * n <= self.rebalance_threshold * total:
+                break
+            room = [(kv[r], r) for r in range(n) if cap[r] - kv[r] >= ps and r != src]
+            if not room:
+                break
+            dst = min(room)[1]
+            want = min(budget, (kv[src] - kv[dst]) // 2, cap[dst] - kv[dst]) // ps * ps
+            if want < ps:
+                break
+            pick = self._pick_range(src, dst, want)
+            if pick is None:
+                break
+            rid, start, end = pick
+            moves.append(self._move(rid, src, dst, start, end))
+            budget -= end - start
+        return moves
+
+    def _pick_range(self, src: int, dst: int, want: int):
+        """The largest movable range on ``src`` (ties: one that rejoins its home, then first)."""
+        ps, ms = self.page, self.min_shard_tokens
+        best, best_key = None, None
+
+        def consider(rec, s, e, from_tail):
+            nonlocal best, best_key
+            held = dst == rec.home or dst in rec.guests
+            m = min(e - s, want) // ps * ps
+            if m < ps or (not held and m < ms):
+                return
+            if not held and len(rec.guests) + 1 >= self.max_degree:
+                return
+            if from_tail:
+                rng = (s, s + m)
+            else:
+                left = e - s - m
+                if src != rec.home and 0 < left < ms:  # do not leave a sliver behind
+                    m = (e - s - ms) // ps * ps
+                    if m < ps or (not held and m < ms):
+                        return
+                rng = (e - m, e)
+            key = (m, dst == rec.home)
+            if best_key is None or key > best_key:
+                best, best_key = (rec.rid, *rng), key
+
+        recs = self._recs
+        for rid in self._hosted[src]:
+            rec = recs[rid]
+            for r, s, e in rec.sealed:
+                if r == src:
+                    consider(rec, s, e, False)
+        for rid in self._homed[src]:
+            rec = recs[rid]
+            sealed_end = rec.length // ps * ps
+            if sealed_end > rec.tail_start:
+                consider(rec, rec.tail_start, sealed_end, True)
+        return best
+
+
+def _waterfill(heights: list[float], lo: list[int], hi: list[int], total: int):
+    """Minimise ``max_i (heights[i] + x[i])`` s.t. ``sum x = total``, ``lo <= x <= hi``.
+
+    Returns the continuous ``x`` (level ``L``: ``x_i = clamp(L - heights[i], lo_i, hi_i)``) or
+    None when infeasible. O(d log d) over the 2d breakpoints.
+    """
+    if total < sum(lo) or total > sum(hi):
+        return None
+    events = []
+    for hgt, l, u in zip(heights, lo, hi):
+        if u < l:
+            return None
+        events.append((hgt + l, 1))
+        events.append((hgt + u, -1))
+    events.sort()
+    f = float(sum(lo))
+    cur = events[0][0]
+    slope = 0
+    level = events[-1][0]
+    for pos, delta in events:
+        nf = f + slope * (pos - cur)
+        if nf >= total:
+            level = cur + (total - f) / slope if slope else cur
+            break
+        f, cur = nf, pos
+        slope += delta
+    return [min(max(level - hgt, l), u) for hgt, l, u in zip(heights, lo, hi)]

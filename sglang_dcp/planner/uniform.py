@@ -1,0 +1,98 @@
+"""``uniform``: static context parallelism, as SGLang ``--dcp-size`` / vLLM ``-dcp`` do it.
+
+The ranks form fixed groups of ``group_size`` consecutive ranks (``num_ranks`` must be a
+multiple). Every request, short or long, is split evenly over the ranks of one group:
+
+- group: the one with the fewest reserved KV tokens among those where the request fits (ties:
+  lowest group index); with a pinned home, the home's group.
+- home: the group's rank with the fewest homed requests, then fewest KV tokens, then lowest index.
+- shares: the page-rounded reservation has ``T`` pages; every non-home rank of the group takes
+  ``T // group_size`` pages of the prompt's full pages (in rank order, as long as full prompt
+  pages last); the home keeps the rest as its tail. A request with fewer pages than the group
+  lands on fewer ranks.
+
+If no group fits now but an empty group would, the rejection is retryable.
+"""
+
+from __future__ import annotations
+
+from sglang_dcp.planner.base import ClusterSpec
+from sglang_dcp.planner.state import LedgerPolicy, page_up
+from sglang_dcp.types import Rejection, Request
+
+
+class UniformPolicy(LedgerPolicy):
+    name = "uniform"
+
+    def __init__(self, cluster: ClusterSpec, group_size: int | None = None) -> None:
+        super().__init__(cluster)
+        n = cluster.num_ranks
+        if group_size is None:
+            group_size = max(g for g in range(1, min(8, n) + 1) if n % g == 0)
+        if group_size < 1 or n % group_size:
+            raise ValueError(
+                f"uniform: group_size={group_size} must be >= 1 and divide num_ranks={n}"
+            )
+        self.group_size = group_size
+        self.num_groups = n // group_size
+
+    def _split(self, req: Request, resv: int, group: int, home: int):
+        """Sealed ranges and tail start for ``req`` over ``group`` with ``home``."""
+        ps, g = self.page, self.group_size
+        share = (resv // ps) // g * ps
+        prompt_full = (req.prompt_len // ps) * ps
+        sealed: list[list[int]] = []
+        pos = 0
+        if share:
+            for r in range(group * g, group * g + g):
+                if r == home:
+                    continue
+                take = min(share, prompt_full - pos)
+                if take <= 0:
+                    break
+                sealed.append([r, pos, pos + take])
+                pos += take
+        return sealed, pos
+
+    def _fits(self, sealed, tail_start: int, resv: int, home: int, empty: bool = False) -> bool:
+        kv, cap = self.kv, self.cap
+        for r, s, e in sealed:
+            if (0 if empty else kv[r]) + e - s > cap[r]:
+                return False
+        return (0 if empty else kv[home]) + resv - tail_start <= cap[home]
+
+    def _home(self, group: int) -> int:
+        g = self.group_size
+        return min(range(group * g, group * g + g), key=lambda r: (self.batch[r], self.kv[r], r))
+
+    def _plan(self, req: Request, home_rank: int | None):
+        resv = page_up(req.prompt_len + req.max_new_tokens, self.page)
+        g = self.group_size
+        if home_rank is not None:
+            groups = [home_rank // g]
+        else:
+            kv = self.kv
+            load = [sum(kv[i * g:(i + 1) * g]) for i in range(self.num_groups)]
+            groups = sorted(range(self.num_groups), key=lambda i: (load[i], i))
+        ever = False
+        for grp in groups:
+            home = home_rank if home_rank is not None else self._home(grp)
+            sealed, tail_start = self._split(req, resv, grp, home)
+            if self._fits(sealed, tail_start, resv, home):
+                return home, sealed, tail_start
+            ever = ever or self._fits(sealed, tail_start, resv, home, empty=True)
+        where = f"pinned home rank {home_rank}'s group" if home_rank is not None else "any group"
+        if ever:
+            return Rejection(
+                req.rid,
+                f"request needs {resv} KV tokens split over {g} ranks; {where} has not enough "
+                f"free KV now",
+                retryable=True,
+            )
+        return Rejection(
+            req.rid,
+            f"request needs {resv} KV tokens (prompt {req.prompt_len} + max_new "
+            f"{req.max_new_tokens}, page-rounded); split evenly over {g} ranks it exceeds the "
+            f"capacity of {where} even when empty",
+            retryable=False,
+        )

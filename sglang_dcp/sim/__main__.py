@@ -1,0 +1,170 @@
+"""CLI: ``python -m sglang_dcp.sim`` (also installed as ``sglang-dcp-sim``).
+
+Example::
+
+    python -m sglang_dcp.sim --trace ../shared/data/mooncake_conversation_trace.jsonl \\
+        --ranks 16 --profile deepseek-v3-h200 --slo-tpot-ms 50 \\
+        --policies round_robin,total_tokens,uniform,dcp --out bench/results/sim-conversation
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from sglang_dcp.sim import cost
+from sglang_dcp.sim.workload import WORKLOADS, load_trace, synthetic
+
+DEFAULT_POLICIES = "round_robin,total_tokens,uniform,dcp"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit code 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m sglang_dcp.sim",
+                description="Simulate DP-attention + EP decoding under placement policies and "
+                            "find each policy's goodput (max rate within the TPOT SLO).")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--trace", type=str, metavar="FILE",
+                     help="Mooncake JSONL trace (timestamp ms, input_length, output_length).")
+    src.add_argument("--workload", type=str, metavar="NAME",
+                     help=f"Built-in synthetic workload: one of {', '.join(WORKLOADS)}.")
+    p.add_argument("--num-requests", type=int, default=None,
+                   help="With --workload: number of requests to draw (default: the workload's).")
+    p.add_argument("--ranks", type=int, default=16, help="Number of DP-attention ranks (EP size).")
+    p.add_argument("--profile", type=str, default=cost.DEFAULT_PROFILE,
+                   help="Cost profile name (sglang_dcp/profiles/NAME.json).")
+    p.add_argument("--slo-tpot-ms", type=float, default=50.0,
+                   help="P99 TPOT SLO in milliseconds.")
+    p.add_argument("--max-kv-wait-ms", type=float, default=2000.0,
+                   help="P99 time a decode-ready request may wait for KV before the rate counts "
+                        "as overloaded (the cluster no longer keeps up).")
+    p.add_argument("--policies", type=str, default=DEFAULT_POLICIES,
+                   help="Comma-separated placement policies to compare.")
+    p.add_argument("--out", type=str, required=True, metavar="DIR",
+                   help="Output directory for summary.json, summary.md and PNG plots.")
+    p.add_argument("--seed", type=int, default=0,
+                   help="Seed of the synthetic workload (traces are replayed as recorded).")
+    p.add_argument("--rate", type=float, default=None,
+                   help="Skip the search: run every policy once at this rate (req/s).")
+    p.add_argument("--search-precision", type=float, default=0.02,
+                   help="Stop bisecting when hi/lo - 1 of the rate bracket is at most this.")
+    p.add_argument("--max-runs", type=int, default=14,
+                   help="Most simulator runs per policy in the goodput search.")
+    p.add_argument("--rebalance-every-ms", type=float, default=1000.0,
+                   help="Call the policy's rebalance() this often in simulated time (0: never).")
+    p.add_argument("--rebalance-max-tokens", type=int, default=262144,
+                   help="KV tokens one rebalance() may migrate.")
+    p.add_argument("--no-plots", action="store_true", help="Skip the PNG plots.")
+    p.add_argument("--quiet", action="store_true", help="No progress bar.")
+    return p
+
+
+def parse(argv=None) -> tuple[argparse.Namespace, object]:
+    """Parse and validate; every failure is one line on stderr and exit code 2."""
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    policies = [s.strip() for s in args.policies.split(",") if s.strip()]
+    known = cost.policy_names()
+    bad = [s for s in policies if s not in known]
+    if not policies or bad:
+        parser.error(f"--policies: unknown policy {bad[0] if bad else '(empty)'!r}; choose "
+                     f"from {', '.join(known)}")
+    args.policies = tuple(dict.fromkeys(policies))
+    if args.profile not in cost.profile_names():
+        parser.error(f"--profile: unknown profile {args.profile!r}; choose from "
+                     f"{', '.join(cost.profile_names())}")
+    if args.ranks < 1:
+        parser.error(f"--ranks must be >= 1, got {args.ranks}")
+    for flag in ("slo_tpot_ms", "max_kv_wait_ms", "search_precision"):
+        if not getattr(args, flag) > 0:
+            parser.error(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
+    if args.rate is not None and not args.rate > 0:
+        parser.error(f"--rate must be > 0, got {args.rate}")
+    if args.max_runs < 1:
+        parser.error(f"--max-runs must be >= 1, got {args.max_runs}")
+    if args.trace is not None:
+        if not os.path.isfile(args.trace):
+            parser.error(f"--trace: no such file {args.trace!r}; pass a Mooncake JSONL trace or "
+                         f"use --workload {{{','.join(WORKLOADS)}}}")
+        try:
+            workload = load_trace(args.trace)
+        except ValueError as e:
+            parser.error(f"--trace: {e}")
+    else:
+        if args.workload not in WORKLOADS:
+            parser.error(f"--workload: unknown workload {args.workload!r}; choose from "
+                         f"{', '.join(WORKLOADS)} or pass --trace FILE")
+        extra = {} if args.num_requests is None else {"num_requests": args.num_requests}
+        if args.num_requests is not None and args.num_requests < 1:
+            parser.error(f"--num-requests must be >= 1, got {args.num_requests}")
+        workload = synthetic(args.workload, seed=args.seed, **extra)
+    return args, workload
+
+
+def main(argv=None) -> int:
+    args, workload = parse(argv)
+    from sglang_dcp.sim import report
+    from sglang_dcp.sim.engine import SimOptions
+    from sglang_dcp.sim.experiment import Experiment, run_experiment
+    from sglang_dcp.sim.search import SearchSpec
+
+    search = SearchSpec(args.slo_tpot_ms, args.max_kv_wait_ms, args.search_precision,
+                        args.max_runs)
+    sim = SimOptions(rebalance_every_ms=args.rebalance_every_ms,
+                     rebalance_max_tokens=args.rebalance_max_tokens)
+    exp = Experiment(workload, args.ranks, args.profile, args.policies, search, sim)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if args.rate is not None:
+        summary, runs = run_fixed_rate(exp, args.rate)
+    else:
+        summary, runs = run_experiment(exp, progress=not args.quiet)
+    summary["timing"]["wall_s"] = time.perf_counter() - t0
+    report.write_summary(out, summary)
+    (out / "summary.md").write_text(report.markdown(summary))
+    if not args.no_plots:
+        report.write_plots(out, summary, runs)
+    print(report.markdown(summary))
+    print(f"wrote {out}/summary.json in {summary['timing']['wall_s']:.1f} s")
+    return 0
+
+
+def run_fixed_rate(exp, rate: float):
+    """Every policy once at ``rate``; max_rate_rps is null (no search ran)."""
+    from sglang_dcp.sim.experiment import environment
+    from sglang_dcp.sim.metrics import pct, policy_summary
+
+    runs = {n: exp.run(n, rate, record=True) for n in exp.policies}
+    summary = {
+        "policies": {n: {"max_rate_rps": None, **policy_summary(r)} for n, r in runs.items()},
+        "reference": {"rate_rps": rate, "why": "--rate", "best_baseline_rate_rps": None},
+        "ratios": {},
+        "search": {"slo_tpot_ms": exp.search.slo_tpot_ms,
+                   "max_kv_wait_ms": exp.search.max_kv_wait_ms,
+                   "rel_precision": exp.search.rel_precision, "max_runs": 0, "precision": {}},
+        "workload": {"name": exp.workload.name, "num_requests": len(exp.workload),
+                     "native_rate_rps": exp.workload.rate_rps},
+        "cluster": {"num_ranks": exp.num_ranks, "profile": exp.profile_name,
+                    "kv_capacity_tokens_per_rank": exp.cluster.kv_capacity[0],
+                    "page_size": exp.cluster.page_size},
+        "details": {n: {"p99_kv_wait_ms": pct(r.queue_ms, 99), "reject_reasons": r.reject_reasons,
+                        "num_steps_at_reference": r.num_steps,
+                        "run_wall_s": w}
+                    for (n, r), w in zip(runs.items(), exp.run_wall_s)},
+        "env": environment(),
+        "timing": {"runs": len(exp.run_wall_s), "total_s": sum(exp.run_wall_s),
+                   "max_run_s": max(exp.run_wall_s)},
+    }
+    return summary, runs
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Thin adapter from the planner's cost profile and policy factory to the simulator.
+
+The step-time model lives in ``sglang_dcp.planner.profile.CostProfile`` (one model for planner
+and simulator). This file only evaluates it for many steps at once: within a chunk of steps the
+batch and guest items are fixed and only KV grows, and a rank's time is affine in its KV
+(``attention_us`` is ``fixed + per_kv_token * kv + ...``), so
+
+    rank_us[k, r] = rank_time_us(0, items_r, batch_r, guest_in_r, guest_out_r) + slope * kv[k, r]
+    step_us[k]    = max_r rank_us[k, r] + moe_us(max_r batch_r) + exchange_us_fixed * [any guest]
+
+with ``slope = attention_us(1, 0) - attention_us(0, 0)``. ``test_sim_engine`` checks this
+against ``CostProfile.step_time_us`` on random loads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sglang_dcp.planner.base import ClusterSpec, Policy
+from sglang_dcp.planner.profile import CostProfile, available_profiles, load_profile
+
+DEFAULT_PROFILE = "deepseek-v3-h200"
+
+
+def load(name: str) -> CostProfile:
+    return load_profile(name)
+
+
+def profile_names() -> list[str]:
+    return available_profiles()
+
+
+def policy_names() -> list[str]:
+    from sglang_dcp import planner
+
+    return list(planner.POLICIES)
+
+
+def make_policy(name: str, cluster: ClusterSpec, profile: CostProfile, **options) -> Policy:
+    from sglang_dcp.planner import make_policy as factory
+
+    return factory(name, cluster, profile, **options)
+
+
+def cluster_for(profile: CostProfile, num_ranks: int) -> ClusterSpec:
+    return profile.cluster(num_ranks)
+
+
+class StepModel:
+    """Vectorized step time of one lockstep decode step, in milliseconds.
+
+    ``set_loads`` caches the per-rank constant part whenever batch or guest items change;
+    ``step_ms`` then costs one numpy expression per chunk of steps.
+    """
+
+    def __init__(self, profile: CostProfile, num_ranks: int, migration_gbps: float = 40.0):
+        self.profile = profile
+        self.num_ranks = num_ranks
+        self.slope_us = profile.attention_us(1.0, 0) - profile.attention_us(0.0, 0)
+        self.migration_gbps = migration_gbps
+        self._base_us = np.zeros(num_ranks)
+        self._extra_us = 0.0
+        self.set_loads([0] * num_ranks, [0] * num_ranks, [0] * num_ranks)
+
+    def set_loads(self, batch, guest_in, guest_out) -> None:
+        """batch, guest_in, guest_out: [num_ranks] ints (see ``CostProfile`` for the terms)."""
+        p = self.profile
+        b = [int(x) for x in batch]
+        gi = [int(x) for x in guest_in]
+        go = [int(x) for x in guest_out]
+        self._base_us = np.array(
+            [p.rank_time_us(0.0, b[r] + gi[r], b[r], gi[r], go[r]) for r in range(self.num_ranks)]
+        )
+        any_guest = any(gi) or any(go)
+        self._extra_us = p.moe_us(max(b)) + (p.exchange_us_fixed if any_guest else 0.0)
+
+    def step_ms(self, kv: np.ndarray) -> np.ndarray:
+        """kv: [num_steps, num_ranks] KV tokens resident per rank. Returns [num_steps] ms."""
+        rank_us = self._base_us[None, :] + self.slope_us * kv
+        return (rank_us.max(axis=1) + self._extra_us) * 1e-3
+
+    def prefill_ms(self, input_len: np.ndarray) -> np.ndarray:
+        p = self.profile
+        return np.array([p.prefill_us(int(x)) for x in input_len], dtype=np.float64) * 1e-3
+
+    def migration_ms(self, tokens: int) -> float:
+        """Moving sealed KV between ranks: bytes / link bandwidth (the profile has no term yet;
+        40 GB/s is DeepEP's internode RDMA figure, reference/anchors.md section 2.8)."""
+        return tokens * self.profile.kv_bytes_per_token / (self.migration_gbps * 1e9) * 1e3

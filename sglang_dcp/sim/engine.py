@@ -1,0 +1,278 @@
+"""The lockstep decode event loop.
+
+EP makes every decode step a barrier across the R DP ranks, so the cluster has one clock: a step
+takes ``step_ms(kv)`` from the cost model (slowest rank's attention + MoE for the largest batch +
+exchange for guest items + fixed overheads) and every running request emits one token per step.
+
+Request lifecycle (prefill/decode disaggregation)::
+
+    arrival --prefill_ms(input_len)--> ready --wait for KV (FIFO)--> admitted at a step boundary
+        --(output_len - 1) decode steps--> finished           (prefill emitted token 1)
+
+Queues: a request the policy cannot place yet (retryable rejection) waits in a FIFO and is
+retried, head of line, whenever KV frees (a finish or a migration). Policies that place globally
+(``dcp``, ``uniform``) share one FIFO: while it is non-empty, new arrivals queue behind it, so
+nothing overtakes and nothing starves. Policies whose dispatch is final (the SGLang baselines:
+a request waits for the rank it was sent to) say so through ``waiting()`` (rid -> rank); each
+such rank gets its own FIFO and other ranks keep admitting, as SGLang's per-rank queues do.
+A retryable rejection while nothing runs means the request cannot fit even in an empty cluster:
+it is rejected with the planner's reason. Every request ends finished or rejected.
+
+Fast forward: between events (an arrival, a finish, a rebalance) the batch and guest items are
+fixed and each rank's KV grows by its batch every step, so step k of a chunk sees
+``kv = kv0 + batch * k``. The loop evaluates a chunk's step times in one vectorized call, finds
+the step at which the next event lands, and jumps there. ``fast_forward=False`` runs the same
+arithmetic one step at a time.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from sglang_dcp.planner.base import Policy
+from sglang_dcp.sim.metrics import FINISHED, REJECTED, RunResult, Series, TimeWeighted, imbalance
+from sglang_dcp.sim.workload import Workload
+from sglang_dcp.types import Placement, Rejection, Request
+
+MAX_CHUNK = 512  # steps evaluated per vectorized call; a chunk without an event just repeats
+GLOBAL = -1  # queue key of requests not bound to a rank
+
+
+class StepModel(Protocol):
+    """What the loop needs from the cost profile (``sglang_dcp.sim.cost.StepModel``)."""
+
+    def set_loads(self, batch, guest_in, guest_out) -> None:
+        """Per-rank loads that stay fixed until the next event: [num_ranks] each."""
+
+    def step_ms(self, kv: np.ndarray) -> np.ndarray:
+        """kv: [num_steps, num_ranks] resident KV tokens. Returns [num_steps] step times."""
+
+    def prefill_ms(self, input_len: np.ndarray) -> np.ndarray: ...
+
+    def migration_ms(self, tokens: int) -> float: ...
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    fast_forward: bool = True
+    rebalance_every_ms: float = 0.0  # 0: never call Policy.rebalance
+    rebalance_max_tokens: int = 0
+    record: bool = False  # keep KV-occupancy and step-time series for plots
+    record_points: int = 2000  # KV samples kept over the run
+    # Stop early (result.aborted) once abort_wait_count requests waited longer than
+    # abort_wait_ms for KV, or abort_tpot_count saw a TPOT above abort_tpot_ms: the goodput
+    # search only needs pass/fail (``search.abort_after`` gives counts that decide the P99).
+    abort_wait_ms: float = float("inf")
+    abort_wait_count: int = 0  # 0: never
+    abort_tpot_ms: float = float("inf")
+    abort_tpot_count: int = 0
+
+
+def _written_by_rank(p: Placement, length: int) -> list[tuple[int, int]]:
+    """(rank, tokens) of a request's KV that exist at ``length`` tokens; the tail is unbounded."""
+    out = []
+    last = len(p.shards) - 1
+    for i, s in enumerate(p.shards):
+        end = length if i == last else min(s.end, length)
+        if end > s.start:
+            out.append((s.rank, end - s.start))
+    return out
+
+
+def simulate(
+    workload: Workload,
+    policy: Policy,
+    model: StepModel,
+    num_ranks: int,
+    kv_capacity,
+    options: SimOptions = SimOptions(),
+) -> RunResult:
+    """Run ``workload`` through ``policy`` on ``num_ranks`` lockstep ranks. Deterministic."""
+    n = len(workload)
+    inp, out_len = workload.input_len, workload.output_len
+    ready = workload.arrival_ms + np.asarray(model.prefill_ms(inp), dtype=np.float64)
+    order = np.argsort(ready, kind="stable")
+    status = np.full(n, -1, dtype=np.int8)
+    first = np.full(n, np.nan)
+    finish = np.full(n, np.nan)
+    reasons: dict[str, int] = {}
+    rids = [str(i) for i in range(n)]
+    waiting_of = getattr(policy, "waiting", None)  # dispatch-is-final policies
+
+    written = np.zeros(num_ranks)  # KV tokens that exist, per rank
+    batch = np.zeros(num_ranks)
+    guest_out = np.zeros(num_ranks, dtype=np.int64)  # remote shards of requests homed here
+    remote: dict[int, tuple[int, int]] = {}  # request -> (home, number of remote shard ranks)
+    heap: list[tuple[int, int]] = []  # (global step at which it finishes, request index)
+    queues: dict[int, deque[int]] = {}  # GLOBAL or a rank -> FIFO of request indices
+    t = float(ready[order[0]]) if n else 0.0
+    steps = busy = decoded = nxt = bad_wait = bad_tpot = 0
+    kv_imb, batch_imb = TimeWeighted(), TimeWeighted()
+    batch_now = 1.0
+    series = Series() if options.record else None
+    cap = np.maximum(np.asarray(kv_capacity, dtype=np.float64), 1.0)
+    record_dt = float(ready.max() - ready.min()) / options.record_points if n else 0.0
+    last_record = -np.inf
+    every = options.rebalance_every_ms
+    next_rebalance = t + every if every > 0 else np.inf
+
+    def track(i: int, p: Placement | None) -> None:
+        """Keep guest_out in step with request i's placement (None: it left)."""
+        home, d = remote.pop(i, (0, 0))
+        guest_out[home] -= d
+        if p is not None:
+            remote[i] = (p.home_rank, p.degree - 1)
+            guest_out[p.home_rank] += p.degree - 1
+
+    def try_admit(i: int) -> int | None:
+        """Admit, finish or reject request i; or return the queue key it must wait in."""
+        nonlocal bad_wait
+        if out_len[i] <= 1:  # prefill emitted the only token: it never enters decode
+            status[i], first[i], finish[i] = FINISHED, ready[i], ready[i]
+            return None
+        got = policy.admit(Request(rids[i], int(inp[i]), int(out_len[i])))
+        if isinstance(got, Rejection):
+            if got.retryable and heap:
+                rank = waiting_of().get(rids[i]) if waiting_of else None
+                return GLOBAL if rank is None else rank
+            status[i] = REJECTED
+            reason = got.reason if not got.retryable else f"{got.reason} (cluster empty)"
+            reasons[reason] = reasons.get(reason, 0) + 1
+            return None
+        for r, k in _written_by_rank(got, int(inp[i])):
+            written[r] += k
+        track(i, got)
+        first[i] = t
+        if t - ready[i] > options.abort_wait_ms:
+            bad_wait += 1
+        heapq.heappush(heap, (steps + int(out_len[i]) - 1, i))
+        return None
+
+    def drain(key: int) -> None:
+        q = queues[key]
+        while q:
+            k = try_admit(q[0])
+            if k is not None:
+                if k != key:  # the policy now binds it elsewhere
+                    queues.setdefault(k, deque()).append(q.popleft())
+                    continue
+                break
+            q.popleft()
+        if not q:
+            del queues[key]
+
+    def retire(i: int) -> None:
+        nonlocal bad_tpot
+        status[i] = FINISHED
+        finish[i] = t
+        if (t - first[i]) / (out_len[i] - 1) > options.abort_tpot_ms:
+            bad_tpot += 1
+        for r, k in _written_by_rank(policy.placement(rids[i]), int(inp[i] + out_len[i] - 1)):
+            written[r] -= k
+        track(i, None)
+        policy.finish(rids[i])
+
+    def refresh_loads() -> None:
+        nonlocal batch_now
+        b = policy.batch_sizes()
+        batch[:] = b
+        batch_now = float(imbalance(batch))
+        model.set_loads(b, policy.guest_items(), guest_out)
+
+    aborted = False
+    while nxt < n or queues or heap:
+        changed = False
+        if t >= next_rebalance and heap:
+            moves = policy.rebalance(options.rebalance_max_tokens)
+            moved = 0
+            for m in moves:
+                written[m.src] -= m.end - m.start
+                written[m.dst] += m.end - m.start
+                moved += m.end - m.start
+                track(int(m.rid), policy.placement(m.rid))
+            if moves:
+                t += model.migration_ms(moved)  # a stall: every rank waits at the EP barrier
+                changed = True
+                for key in sorted(queues, key=lambda k: ready[queues[k][0]]):
+                    drain(key)
+            next_rebalance = t + every
+        while nxt < n and ready[order[nxt]] <= t:
+            i = int(order[nxt])
+            nxt += 1
+            if GLOBAL in queues:
+                queues[GLOBAL].append(i)
+                continue
+            key = try_admit(i)
+            if key is not None:
+                queues.setdefault(key, deque()).append(i)
+            changed = True
+        if changed:
+            refresh_loads()
+        o = options
+        if 0 < o.abort_wait_count <= bad_wait or 0 < o.abort_tpot_count <= bad_tpot:
+            aborted = True
+            break
+        if not heap:
+            assert not queues, "requests wait while nothing runs"
+            if nxt < n:
+                t = max(t, float(ready[order[nxt]]))  # idle until the next request is ready
+                continue
+            break
+
+        horizon = 1 if not options.fast_forward else min(heap[0][0] - steps, MAX_CHUNK)
+        kv = written[None, :] + batch[None, :] * np.arange(horizon, dtype=np.float64)[:, None]
+        st = model.step_ms(kv)
+        cum = np.cumsum(st)
+        k = horizon
+        target = next_rebalance
+        if nxt < n and GLOBAL not in queues:  # otherwise an arrival just queues: not an event
+            target = min(target, float(ready[order[nxt]]))
+        if target < np.inf:
+            k = min(k, int(np.searchsorted(cum, target - t, side="left")) + 1)
+
+        kv_imb.add(imbalance(kv[:k]), st[:k])
+        batch_imb.add(batch_now, cum[k - 1])
+        if series is not None:
+            series.step_ms.append(st[:k].astype(np.float32))
+            if t - last_record >= record_dt:
+                series.t_ms.append(t)
+                series.kv_frac.append((written / cap).astype(np.float32))
+                last_record = t
+        t += float(cum[k - 1])
+        busy += float(cum[k - 1])
+        steps += k
+        written += batch * k
+        decoded += int(batch.sum()) * k
+        if heap[0][0] <= steps:
+            while heap and heap[0][0] <= steps:
+                retire(heapq.heappop(heap)[1])
+            for key in sorted(queues, key=lambda k: ready[queues[k][0]]):
+                drain(key)
+            refresh_loads()
+
+    if not aborted and (np.any(np.abs(written) > 1e-6) or np.any(guest_out)):
+        raise RuntimeError(f"KV accounting drifted: {written.tolist()} tokens left at the end")
+    return RunResult(
+        policy=getattr(policy, "name", type(policy).__name__),
+        rate_rps=workload.rate_rps,
+        status=status,
+        arrival_ms=workload.arrival_ms,
+        ready_ms=ready,
+        first_step_ms=first,
+        finish_ms=finish,
+        output_len=out_len,
+        reject_reasons=reasons,
+        num_steps=steps,
+        busy_ms=busy,
+        end_ms=t,
+        decoded_tokens=decoded,
+        kv_imbalance=kv_imb.value,
+        batch_imbalance=batch_imb.value,
+        series=series,
+        aborted=aborted,
+    )

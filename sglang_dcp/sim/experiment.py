@@ -1,0 +1,172 @@
+"""One experiment: a workload, a cluster and a profile; a goodput search per policy; then every
+policy replayed at one common reference rate (the best baseline's max rate) so TPOT, latency and
+imbalance are compared at the same load.
+"""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from sglang_dcp.sim import cost
+from sglang_dcp.sim.engine import SimOptions, simulate
+from sglang_dcp.sim.metrics import RunResult, pct, policy_summary
+from sglang_dcp.sim.search import SearchSpec, abort_after, find_max_rate
+from sglang_dcp.sim.workload import Workload
+
+BASELINES = ("round_robin", "total_tokens")
+
+
+@dataclass
+class Experiment:
+    workload: Workload
+    num_ranks: int
+    profile_name: str
+    policies: tuple[str, ...]
+    search: SearchSpec
+    sim: SimOptions = SimOptions()
+    policy_options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.profile = cost.load(self.profile_name)
+        self.cluster = cost.cluster_for(self.profile, self.num_ranks)
+        self.model = cost.StepModel(self.profile, self.num_ranks)
+        self.run_wall_s: list[float] = []
+
+    def run(self, policy: str, rate_rps: float, record: bool = False,
+            early_stop: bool = False) -> RunResult:
+        """Replay the workload at ``rate_rps`` through a fresh ``policy``. ``early_stop``: stop
+        once the SLO is certainly broken (for the search); ``record``: keep plot series."""
+        t0 = time.perf_counter()
+        pol = cost.make_policy(policy, self.cluster, self.profile, **self.policy_options)
+        opts = {**self.sim.__dict__, "record": record}
+        if early_stop:
+            w = self.workload
+            opts.update(abort_wait_ms=self.search.max_kv_wait_ms,
+                        abort_wait_count=abort_after(len(w)),
+                        abort_tpot_ms=self.search.slo_tpot_ms,
+                        abort_tpot_count=abort_after(int((w.output_len > 1).sum())))
+        opts = SimOptions(**opts)
+        run = simulate(self.workload.at_rate(rate_rps), pol, self.model, self.num_ranks,
+                       self.cluster.kv_capacity, opts)
+        run.policy = policy
+        self.run_wall_s.append(time.perf_counter() - t0)
+        return run
+
+
+def run_experiment(exp: Experiment, progress: bool = False) -> tuple[dict, dict[str, RunResult]]:
+    """Search every policy, replay all at the reference rate. Returns (summary, runs at ref)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(exp.policies) * exp.search.max_runs, disable=not progress,
+               unit="run", desc="goodput search", leave=False)
+
+    def run_at(name):
+        def f(rate):
+            bar.set_postfix_str(f"{name} @ {rate:.3f} req/s")
+            r = exp.run(name, rate, early_stop=True)
+            bar.update()
+            return r
+        return f
+
+    searches = {}
+    for name in exp.policies:
+        searches[name] = find_max_rate(run_at(name), exp.workload.rate_rps, exp.search)
+    bar.close()
+
+    base = {n: searches[n].max_rate_rps for n in exp.policies if n in BASELINES}
+    if base and max(base.values()) > 0:
+        ref_rate = max(base.values())
+        why = f"best baseline max rate ({max(base, key=base.get)})"
+    else:
+        passing = [s.max_rate_rps for s in searches.values() if s.max_rate_rps > 0]
+        ref_rate = min(passing) if passing else exp.workload.rate_rps
+        why = "lowest max rate among policies (no baseline in the list)" if passing else \
+            "native rate (no policy met the SLO)"
+
+    runs = {}
+    for name in (tqdm(exp.policies, desc="reference runs", leave=False) if progress
+                 else exp.policies):
+        runs[name] = exp.run(name, ref_rate, record=True)
+
+    policies, details = {}, {}
+    for name in exp.policies:
+        run = runs[name]
+        policies[name] = {"max_rate_rps": searches[name].max_rate_rps, **policy_summary(run)}
+        details[name] = {
+            "p99_kv_wait_ms": pct(run.queue_ms, 99),
+            "reject_reasons": run.reject_reasons,
+            "num_steps_at_reference": run.num_steps,
+            "search_trials": searches[name].trials,
+        }
+    best_base = max(base.values()) if base else None
+    summary = {
+        "policies": policies,
+        "reference": {"rate_rps": ref_rate, "why": why, "best_baseline_rate_rps": best_base},
+        "ratios": _ratios(policies, best_base),
+        "search": {
+            "slo_tpot_ms": exp.search.slo_tpot_ms,
+            "max_kv_wait_ms": exp.search.max_kv_wait_ms,
+            "rel_precision": exp.search.rel_precision,
+            "max_runs": exp.search.max_runs,
+            "precision": {n: s.precision for n, s in searches.items()},
+        },
+        "workload": {
+            "name": exp.workload.name,
+            "num_requests": len(exp.workload),
+            "native_rate_rps": exp.workload.rate_rps,
+            **{k: v for k, v in exp.workload.meta.items() if k in ("source", "seed")},
+        },
+        "cluster": {
+            "num_ranks": exp.num_ranks,
+            "profile": exp.profile_name,
+            "kv_capacity_tokens_per_rank": exp.cluster.kv_capacity[0],
+            "page_size": exp.cluster.page_size,
+        },
+        "details": details,
+        "env": environment(),
+        "timing": {"runs": len(exp.run_wall_s), "total_s": sum(exp.run_wall_s),
+                   "max_run_s": max(exp.run_wall_s, default=0.0)},
+    }
+    return summary, runs
+
+
+def _ratios(policies: dict, best_base: float | None) -> dict:
+    """dcp against the best baseline and uniform, where those ran."""
+    out = {}
+    if "dcp" not in policies:
+        return out
+    d = policies["dcp"]
+    if best_base:
+        out["dcp_goodput_vs_best_baseline"] = d["max_rate_rps"] / best_base
+        b = max((n for n in BASELINES if n in policies), key=lambda n: policies[n]["max_rate_rps"])
+        if d["p99_tpot_ms"]:
+            out["baseline_p99_tpot_over_dcp"] = policies[b]["p99_tpot_ms"] / d["p99_tpot_ms"]
+    if "uniform" in policies and policies["uniform"]["max_rate_rps"]:
+        out["dcp_goodput_vs_uniform"] = d["max_rate_rps"] / policies["uniform"]["max_rate_rps"]
+    return out
+
+
+def environment() -> dict:
+    def sh(*cmd):
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    cpu = None
+    for line in (sh("lscpu") or "").splitlines():
+        if line.startswith("Model name:"):
+            cpu = line.split(":", 1)[1].strip()
+    return {
+        "commit": sh("git", "rev-parse", "HEAD"),
+        "cpu": cpu or platform.processor() or None,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["python -m sglang_dcp.sim", *sys.argv[1:]]),
+    }

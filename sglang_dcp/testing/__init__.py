@@ -1,0 +1,1 @@
+"""Test support: a tiny random-weight model and a real-server fixture. No hub downloads, ever."""

@@ -1,0 +1,123 @@
+"""The lockstep event loop: invariants, a hand-computed case, fast forward, determinism."""
+
+import numpy as np
+import pytest
+
+from sglang_dcp.planner import make_policy
+from sglang_dcp.planner.base import ClusterSpec
+from sglang_dcp.planner.profile import load_profile
+from sglang_dcp.sim.cost import StepModel
+from sglang_dcp.sim.engine import SimOptions, simulate
+from sglang_dcp.sim.metrics import FINISHED, REJECTED, imbalance
+from sglang_dcp.sim.workload import Workload, synthetic
+
+PROFILE = load_profile("deepseek-v3-h200")
+POLICIES = ("round_robin", "total_tokens", "uniform", "dcp")
+
+
+def _run(workload, policy="round_robin", ranks=4, capacity=None, **opts):
+    cluster = ClusterSpec.uniform(ranks, capacity or PROFILE.kv_capacity_tokens, PROFILE.page_size)
+    pol = make_policy(policy, cluster, PROFILE)
+    run = simulate(workload, pol, StepModel(PROFILE, ranks), ranks, cluster.kv_capacity,
+                   SimOptions(**opts))
+    return run, pol
+
+
+def _workload(inp, out, arrival=None):
+    n = len(inp)
+    return Workload("t", np.asarray(arrival if arrival is not None else [0.0] * n, float),
+                    np.asarray(inp, np.int64), np.asarray(out, np.int64))
+
+
+def test_step_model_matches_profile():
+    rng = np.random.default_rng(0)
+    model = StepModel(PROFILE, 8)
+    for _ in range(20):
+        batch = rng.integers(0, 200, 8)
+        gin, gout = rng.integers(0, 5, 8) * rng.integers(0, 2), rng.integers(0, 5, 8)
+        kv = rng.integers(0, 800_000, (3, 8)).astype(float)
+        model.set_loads(batch, gin, gout)
+        got = model.step_ms(kv)
+        for k in range(3):
+            want = PROFILE.step_time_us(kv[k].tolist(), (batch + gin).tolist(), batch.tolist(),
+                                        gin.tolist(), gout.tolist()) * 1e-3
+            assert got[k] == pytest.approx(want, rel=1e-12)
+
+
+def test_one_rank_one_request_by_hand():
+    inp, out = 10_000, 101
+    run, _ = _run(_workload([inp], [out], [5.0]), ranks=1)
+    p = PROFILE
+    # Step k (k = 0..out-2) sees kv = inp + k, one item, batch 1, no guests (one rank).
+    kv_mean = inp + (out - 2) / 2
+    step_us = (p.attn_us_fixed + p.attn_us_per_kv_token * kv_mean + p.attn_us_per_item
+               + max(p.compute_us_floor, p.compute_us_per_token) + p.moe_us_fixed
+               + p.moe_us_per_token)
+    prefill_ms = (p.prefill_us_per_token * inp + p.prefill_us_per_token_sq * inp**2) / 1e3
+    assert run.tpot_ms[0] == pytest.approx(step_us / 1e3, rel=1e-9)
+    assert run.first_step_ms[0] == pytest.approx(5.0 + prefill_ms)
+    assert run.latency_ms[0] == pytest.approx(prefill_ms + (out - 1) * step_us / 1e3, rel=1e-9)
+    assert run.num_steps == out - 1 and run.decoded_tokens == out - 1
+    assert run.kv_imbalance == pytest.approx(1.0) and run.batch_imbalance == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_invariants(policy):
+    w = synthetic("tiny", seed=1)
+    w = w.at_rate(w.rate_rps * 8)  # overload a small cluster so requests wait for KV
+    run, pol = _run(w, policy, ranks=4, capacity=65536, record=True)
+    assert np.all((run.status == FINISHED) | (run.status == REJECTED))  # none lost
+    assert run.finished + run.rejected == len(w)
+    fin = run.status == FINISHED
+    # No token lost: the cluster decoded exactly the tokens the finished requests needed.
+    assert run.decoded_tokens == int(np.sum(w.output_len[fin] - 1))
+    assert np.all(run.ready_ms >= run.arrival_ms)
+    assert np.all(run.first_step_ms[fin] >= run.ready_ms[fin] - 1e-9)
+    assert np.all(run.finish_ms[fin] >= run.first_step_ms[fin])
+    assert np.all(np.diff(run.series.t_ms) > 0)  # time is monotonic
+    assert np.all(np.concatenate(run.series.step_ms) > 0)
+    assert np.max(run.queue_ms) > 0  # the overload made someone wait
+    assert sum(pol.kv_tokens()) == 0 and sum(pol.batch_sizes()) == 0  # all KV freed
+    assert run.kv_imbalance >= 1.0 and run.batch_imbalance >= 1.0
+
+
+def test_rejects_what_cannot_fit_and_serves_the_rest():
+    # 2 ranks x 4096 tokens: 20k tokens fit nowhere; the rest wait their turn (head of line).
+    w = _workload([20_000, 3000, 3000, 3000], [10, 50, 50, 50], [0, 1, 2, 3])
+    run, _ = _run(w, "round_robin", ranks=2, capacity=4096)
+    assert run.status.tolist() == [REJECTED, FINISHED, FINISHED, FINISHED]
+    assert sum(run.reject_reasons.values()) == 1
+    assert run.queue_ms.max() > 0  # the third 3000-token request waited for KV
+
+
+@pytest.mark.parametrize("policy", ["round_robin", "dcp"])
+def test_fast_forward_equals_single_stepping(policy):
+    w = synthetic("tiny", seed=2, num_requests=25)
+    w = w.at_rate(w.rate_rps * 4)
+    fast, _ = _run(w, policy, ranks=2, capacity=131072, rebalance_every_ms=200,
+                   rebalance_max_tokens=8192)
+    slow, _ = _run(w, policy, ranks=2, capacity=131072, fast_forward=False,
+                   rebalance_every_ms=200, rebalance_max_tokens=8192)
+    assert fast.num_steps == slow.num_steps
+    assert fast.decoded_tokens == slow.decoded_tokens
+    assert np.array_equal(fast.status, slow.status)
+    np.testing.assert_allclose(fast.finish_ms, slow.finish_ms, rtol=1e-9)
+    np.testing.assert_allclose(fast.first_step_ms, slow.first_step_ms, rtol=1e-9)
+    assert fast.kv_imbalance == pytest.approx(slow.kv_imbalance, rel=1e-9)
+    assert fast.batch_imbalance == pytest.approx(slow.batch_imbalance, rel=1e-9)
+
+
+def test_deterministic():
+    a, _ = _run(synthetic("tiny", seed=5), "dcp")
+    b, _ = _run(synthetic("tiny", seed=5), "dcp")
+    c, _ = _run(synthetic("tiny", seed=6), "dcp")
+    np.testing.assert_array_equal(a.finish_ms, b.finish_ms)
+    assert a.kv_imbalance == b.kv_imbalance
+    assert not np.array_equal(a.finish_ms, c.finish_ms)
+
+
+def test_imbalance_definition():
+    assert imbalance(np.array([0.0, 0.0])) == 1.0  # all idle: nothing to balance
+    assert imbalance(np.array([2.0, 2.0])) == 1.0
+    assert imbalance(np.array([3.0, 1.0])) == 1.5
+    np.testing.assert_allclose(imbalance(np.array([[4.0, 0.0], [1.0, 1.0]])), [2.0, 1.0])
