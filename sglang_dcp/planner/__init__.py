@@ -38,7 +38,8 @@ def make_policy(
     ``profile`` (a ``CostProfile``, or a shipped name / JSON path for ``load_profile``) is
     required by ``dcp`` and ignored by the others. Options: ``uniform``: ``group_size``;
     ``dcp``: ``max_degree`` (8), ``min_shard_tokens`` (the profile's break-even shard),
-    ``min_gain_us`` (0), ``batch_slack`` (0), ``rebalance_threshold`` (1.25). ``None`` values
+    ``min_gain_us`` (0), ``batch_slack`` (0), ``rebalance_threshold`` (1.25), ``home_rule``
+    ("batch" | "step"), ``fixed_exchange`` ("always" | "first"); see ``dcp.py``. ``None`` values
     mean "default" (convenient for CLI flags left unset).
     """
     if name not in POLICIES:

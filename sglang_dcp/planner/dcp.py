@@ -3,9 +3,13 @@
 Each request gets a home rank for *batch* balance and a CP degree ``d`` with shards placed for
 *KV* balance, using the cost profile's step-time model (``CostProfile``; µs per step):
 
-1. **Home**: the rank with the fewest homed requests (within ``batch_slack`` of the fewest),
-   ties by the rank's predicted time ``rank_time_us``, then the lowest index; it must have room
-   for the tail. The tail is the prompt's last partial page plus ``max_new_tokens``
+1. **Home** (``home_rule="batch"``, the default): the rank with the fewest homed requests
+   (within ``batch_slack`` of the fewest), ties by the rank's predicted time ``rank_time_us``,
+   then the lowest index; it must have room for the tail. ``home_rule="step"`` instead picks
+   the rank that minimises the predicted step time with the whole request on it, MoE barrier
+   included (``max(M, rank_time + request) + moe_us_per_token`` if it would raise the largest
+   batch), ties by fewest homed then lowest index. The tail is the prompt's last partial page
+   plus ``max_new_tokens``
    (page-rounded) and may also keep some prompt pages.
 2. **Degree**: ``d = 1`` if the prompt has fewer full pages than ``min_shard_tokens`` (short
    requests never split). Otherwise, for ``d = 1 .. max_degree``, the guests are the ``d - 1``
@@ -14,8 +18,11 @@ Each request gets a home rank for *batch* balance and a CP degree ``d`` with sha
    shard >= ``min_shard_tokens``, page-aligned, only the prompt's full pages; the home keeps the
    tail). Each plan is scored by the predicted step time ``max(M, peak) + exchange_fixed``,
    where ``M`` is the slowest rank now, ``peak`` the slowest touched rank after placing (it
-   includes per-guest exchange, attention-item and merge costs) and ``exchange_fixed`` is paid
-   only by the cluster's first guest. A larger ``d`` wins only if it lowers the score by more
+   includes per-guest exchange, attention-item and merge costs) and ``exchange_fixed`` is the
+   profile's per-step fixed exchange cost: charged to every split (``fixed_exchange="always"``,
+   the default: conservative, as that cost recurs every step while any guest exists) or only
+   to the cluster's first guest (``fixed_exchange="first"``: the marginal cost now). A larger
+   ``d`` wins only if it lowers the score by more
    than ``min_gain_us``: a request splits only when the exchange pays for itself. If ``d = 1``
    does not fit, the best feasible split is taken (guests by most free KV as a fallback).
 
@@ -26,13 +33,14 @@ the ranks a call touches, so ``admit`` costs O(num_ranks) list work, never O(liv
 
 from __future__ import annotations
 
-from sglang_dcp.planner.base import ClusterSpec, Migration
+from sglang_dcp.planner.base import ClusterSpec
 from sglang_dcp.planner.profile import CostProfile
+from sglang_dcp.planner.rebalance import SealedRangeRebalancer
 from sglang_dcp.planner.state import LedgerPolicy, page_up
 from sglang_dcp.types import Rejection, Request
 
 
-class DcpPolicy(LedgerPolicy):
+class DcpPolicy(SealedRangeRebalancer, LedgerPolicy):
     name = "dcp"
 
     def __init__(
@@ -229,17 +237,24 @@ class DcpPolicy(LedgerPolicy):
 
     def _reject(self, req, resv, pfull, splittable, pinned=None) -> Rejection:
         ever = self._fits_empty(resv, pfull, splittable, pinned)
+        tail = resv - pfull if splittable else resv
         what = (
             f"request {req.rid!r} needs {resv} KV tokens (prompt {req.prompt_len} + max_new "
-            f"{req.max_new_tokens}, page-rounded; tail on home >= {resv - pfull if splittable else resv})"
+            f"{req.max_new_tokens}, page-rounded; tail on home >= {tail})"
         )
+        cap, kv = self.cap, self.kv
         if pinned is not None:
-            where = f"pinned home rank {pinned} ({self.cap[pinned] - self.kv[pinned]} free of {self.cap[pinned]})"
+            where = f"pinned home rank {pinned} ({cap[pinned] - kv[pinned]} free of {cap[pinned]})"
         else:
-            where = f"the cluster ({sum(self.cap) - sum(self.kv)} free of {sum(self.cap)}, max_degree {self.max_degree})"
+            where = (
+                f"the cluster ({sum(cap) - sum(kv)} free of {sum(cap)}, "
+                f"max_degree {self.max_degree})"
+            )
         if ever:
             return Rejection(req.rid, f"{what}; {where} cannot place it now", retryable=True)
-        return Rejection(req.rid, f"{what}; it does not fit {where} even when empty", retryable=False)
+        return Rejection(
+            req.rid, f"{what}; it does not fit {where} even when empty", retryable=False
+        )
 
     def _fits_empty(self, resv, pfull, splittable, pinned) -> bool:
         caps = self.cap
@@ -254,80 +269,6 @@ class DcpPolicy(LedgerPolicy):
             if caps[h] + min(pfull, sum(others[:k])) >= resv:
                 return True
         return False
-
-    # ---- rebalancing ----------------------------------------------------------------------
-
-    def rebalance(self, max_moved_tokens: int) -> list[Migration]:
-        """While ``max(kv) / mean(kv) > rebalance_threshold``, move sealed, written,
-        page-aligned ranges from the most loaded rank to the least loaded one with room; at most
-        ``max_moved_tokens`` in total, never a tail, never over capacity, never past
-        ``max_degree``; a range that creates a new guest is at least ``min_shard_tokens``.
-        Each move takes at most half the gap between the two ranks, so moves never oscillate.
-        """
-        moves: list[Migration] = []
-        budget = max_moved_tokens
-        ps, n = self.page, self.num_ranks
-        while budget >= ps:
-            kv, cap = self.kv, self.cap
-            total = sum(kv)
-            if total == 0:
-                break
-            src = max(range(n), key=lambda r: (kv[r], -r))
-            if kv[src] * n <= self.rebalance_threshold * total:
-                break
-            room = [(kv[r], r) for r in range(n) if cap[r] - kv[r] >= ps and r != src]
-            if not room:
-                break
-            dst = min(room)[1]
-            want = min(budget, (kv[src] - kv[dst]) // 2, cap[dst] - kv[dst]) // ps * ps
-            if want < ps:
-                break
-            pick = self._pick_range(src, dst, want)
-            if pick is None:
-                break
-            rid, start, end = pick
-            moves.append(self._move(rid, src, dst, start, end))
-            budget -= end - start
-        return moves
-
-    def _pick_range(self, src: int, dst: int, want: int):
-        """The largest movable range on ``src`` (ties: one that rejoins its home, then first)."""
-        ps, ms = self.page, self.min_shard_tokens
-        best, best_key = None, None
-
-        def consider(rec, s, e, from_tail):
-            nonlocal best, best_key
-            held = dst == rec.home or dst in rec.guests
-            m = min(e - s, want) // ps * ps
-            if m < ps or (not held and m < ms):
-                return
-            if not held and len(rec.guests) + 1 >= self.max_degree:
-                return
-            if from_tail:
-                rng = (s, s + m)
-            else:
-                left = e - s - m
-                if src != rec.home and 0 < left < ms:  # do not leave a sliver behind
-                    m = (e - s - ms) // ps * ps
-                    if m < ps or (not held and m < ms):
-                        return
-                rng = (e - m, e)
-            key = (m, dst == rec.home)
-            if best_key is None or key > best_key:
-                best, best_key = (rec.rid, *rng), key
-
-        recs = self._recs
-        for rid in self._hosted[src]:
-            rec = recs[rid]
-            for r, s, e in rec.sealed:
-                if r == src:
-                    consider(rec, s, e, False)
-        for rid in self._homed[src]:
-            rec = recs[rid]
-            sealed_end = rec.length // ps * ps
-            if sealed_end > rec.tail_start:
-                consider(rec, rec.tail_start, sealed_end, True)
-        return best
 
 
 def _waterfill(heights: list[float], lo: list[int], hi: list[int], total: int):

@@ -103,7 +103,9 @@ class CostProfile:
         for f in _COST_FIELDS:
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ValueError(f"cost profile {self.name!r}: field '{f}' must be a number, got {v!r}")
+                raise ValueError(
+                    f"cost profile {self.name!r}: field '{f}' must be a number, got {v!r}"
+                )
             if v < 0:
                 raise ValueError(f"cost profile {self.name!r}: field '{f}' must be >= 0, got {v}")
         if self.attn_us_per_kv_token <= 0:
@@ -116,7 +118,11 @@ class CostProfile:
 
     def attention_us(self, kv_tokens: float, items: int) -> float:
         """Attention kernel time on one rank holding ``kv_tokens`` over ``items`` query rows."""
-        return self.attn_us_fixed + self.attn_us_per_kv_token * kv_tokens + self.attn_us_per_item * items
+        return (
+            self.attn_us_fixed
+            + self.attn_us_per_kv_token * kv_tokens
+            + self.attn_us_per_item * items
+        )
 
     def exchange_us(self, guest_in: int, guest_out: int) -> float:
         """Per-rank CP exchange time, excluding the cluster-wide fixed cost."""
@@ -200,10 +206,12 @@ class CostProfile:
             raise ValueError(f"cost profile {source}: missing or non-object field 'costs_us'")
         missing = [f for f in _COST_FIELDS if f not in costs]
         if missing:
-            raise ValueError(f"cost profile {source}: missing field(s) costs_us.{', costs_us.'.join(missing)}")
+            names = ", ".join(f"costs_us.{f}" for f in missing)
+            raise ValueError(f"cost profile {source}: missing field(s) {names}")
         unknown = sorted(set(costs) - set(_COST_FIELDS))
         if unknown:
-            raise ValueError(f"cost profile {source}: unknown field(s) costs_us.{', costs_us.'.join(unknown)}")
+            names = ", ".join(f"costs_us.{f}" for f in unknown)
+            raise ValueError(f"cost profile {source}: unknown field(s) {names}")
         top = [f.name for f in fields(cls) if f.name not in _COST_FIELDS and f.name != "provenance"]
         missing = [f for f in top if f not in data]
         if missing:

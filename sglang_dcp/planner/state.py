@@ -255,7 +255,9 @@ class LedgerPolicy(Policy):
 
     # ---- internals ------------------------------------------------------------------------
 
-    def _commit(self, req: Request, home: int, sealed: list[list[int]], tail_start: int) -> Placement:
+    def _commit(
+        self, req: Request, home: int, sealed: list[list[int]], tail_start: int
+    ) -> Placement:
         ps = self.page
         resv_end = page_up(req.prompt_len + req.max_new_tokens, ps)
         kv, used = self.kv, self.used

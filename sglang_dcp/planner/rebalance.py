@@ -1,0 +1,84 @@
+"""Bounded migration of sealed KV ranges, for policies that split requests (``dcp``).
+
+Mixed into a ``LedgerPolicy`` that has ``min_shard_tokens``, ``max_degree`` and
+``rebalance_threshold``; it moves KV only through ``LedgerPolicy._move``, so every aggregate
+and the coverage invariant stay exact.
+"""
+
+from __future__ import annotations
+
+from sglang_dcp.planner.base import Migration
+
+
+class SealedRangeRebalancer:
+    def rebalance(self, max_moved_tokens: int) -> list[Migration]:
+        """While ``max(kv) / mean(kv) > rebalance_threshold``, move sealed, written,
+        page-aligned ranges from the most loaded rank to the least loaded one with room; at most
+        ``max_moved_tokens`` in total, never a tail, never over capacity, never past
+        ``max_degree``; a range that creates a new guest is at least ``min_shard_tokens``.
+        Each move takes at most half the gap between the two ranks, so moves never oscillate.
+        """
+        moves: list[Migration] = []
+        budget = max_moved_tokens
+        ps, n = self.page, self.num_ranks
+        while budget >= ps:
+            kv, cap = self.kv, self.cap
+            total = sum(kv)
+            if total == 0:
+                break
+            src = max(range(n), key=lambda r: (kv[r], -r))
+            if kv[src] * n <= self.rebalance_threshold * total:
+                break
+            room = [(kv[r], r) for r in range(n) if cap[r] - kv[r] >= ps and r != src]
+            if not room:
+                break
+            dst = min(room)[1]
+            want = min(budget, (kv[src] - kv[dst]) // 2, cap[dst] - kv[dst]) // ps * ps
+            if want < ps:
+                break
+            pick = self._pick_range(src, dst, want)
+            if pick is None:
+                break
+            rid, start, end = pick
+            moves.append(self._move(rid, src, dst, start, end))
+            budget -= end - start
+        return moves
+
+    def _pick_range(self, src: int, dst: int, want: int):
+        """The largest movable range on ``src`` (ties: one that rejoins its home, then first)."""
+        ps, ms = self.page, self.min_shard_tokens
+        best, best_key = None, None
+
+        def consider(rec, s, e, from_tail):
+            nonlocal best, best_key
+            held = dst == rec.home or dst in rec.guests
+            m = min(e - s, want) // ps * ps
+            if m < ps or (not held and m < ms):
+                return
+            if not held and len(rec.guests) + 1 >= self.max_degree:
+                return
+            if from_tail:
+                rng = (s, s + m)
+            else:
+                left = e - s - m
+                if src != rec.home and 0 < left < ms:  # do not leave a sliver behind
+                    m = (e - s - ms) // ps * ps
+                    if m < ps or (not held and m < ms):
+                        return
+                rng = (e - m, e)
+            key = (m, dst == rec.home)
+            if best_key is None or key > best_key:
+                best, best_key = (rec.rid, *rng), key
+
+        recs = self._recs
+        for rid in self._hosted[src]:
+            rec = recs[rid]
+            for r, s, e in rec.sealed:
+                if r == src:
+                    consider(rec, s, e, False)
+        for rid in self._homed[src]:
+            rec = recs[rid]
+            sealed_end = rec.length // ps * ps
+            if sealed_end > rec.tail_start:
+                consider(rec, rec.tail_start, sealed_end, True)
+        return best
