@@ -26,3 +26,5 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+pytest_plugins = ["sglang_dcp.testing.pytest_plugin"]

@@ -20,7 +20,7 @@ def register() -> None:
     if _REGISTERED:
         return
     _REGISTERED = True
-    from sglang_dcp import cpu_compat
+    from sglang_dcp.sglang import cpu_compat
 
     cpu_compat.install()
     fixes = cpu_compat.apply_sglang_fixes()

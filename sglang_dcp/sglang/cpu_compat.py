@@ -20,8 +20,7 @@ Three things cannot exist on a CPU-only machine and are stood in for here:
    calls it), each with the symptom it fixes.
 
 The import hooks are installed at interpreter start by ``sglang_dcp_cpu_compat.pth`` (written
-into the environment's site-packages by ``make install`` / ``python -m sglang_dcp.cpu_compat
---install-pth``), because SGLang spawns its scheduler, DP-controller and detokenizer processes
+into the environment's site-packages by ``make install``, i.e. ``install_pth()``), because SGLang spawns its scheduler, DP-controller and detokenizer processes
 with the ``spawn`` start method and imports torchvision in each of them before any plugin runs.
 """
 
@@ -34,7 +33,11 @@ import sys
 import types
 
 PTH_NAME = "sglang_dcp_cpu_compat.pth"
-PTH_LINE = "import sglang_dcp.cpu_compat as _m; _m.install()\n"
+# .pth lines run at every interpreter start; stay silent if sglang_dcp was uninstalled.
+PTH_LINE = (
+    'import sys; exec("try:\\n import sglang_dcp.sglang.cpu_compat as m; m.install()\\n'
+    'except ImportError:\\n pass")\n'
+)
 
 _STUBBED = "sgl_kernel"
 
@@ -191,16 +194,3 @@ def install_pth(site_dir: str | None = None) -> str:
         f.write(PTH_LINE)
     return path
 
-
-if __name__ == "__main__":
-    import argparse
-
-    p = argparse.ArgumentParser(
-        prog="python -m sglang_dcp.cpu_compat",
-        description="Install the CPU compatibility import hooks into this Python environment.",
-    )
-    p.add_argument("--install-pth", action="store_true", help=f"write {PTH_NAME} into site-packages")
-    args = p.parse_args()
-    if not args.install_pth:
-        p.error("nothing to do: pass --install-pth")
-    print(install_pth())

@@ -1,0 +1,238 @@
+"""The launcher behind ``python -m sglang_dcp.launch_server``: SGLang's launch_server with the sglang-dcp plugin.
+
+Accepts every ``python -m sglang.launch_server`` argument, plus:
+
+  --demo   serve the embedded default: a tiny random-weight Qwen3-MoE (made in the cache
+           folder if missing) on CPU with DP attention over 2 DP ranks.
+
+On a machine without CUDA it sets what SGLang's CPU engine needs (``--device cpu``,
+``SGLANG_USE_CPU_ENGINE=1``, one OpenMP core binding per TP rank) unless you set them. Bad
+arguments end with one ``error:`` line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import threading
+import time
+import urllib.request
+import warnings
+
+from sglang_dcp import env
+
+PROG = "python -m sglang_dcp.launch_server"
+DEMO_MODEL_NAME = "tiny-qwen3-moe-seed0"
+DEMO_DP_SIZE = 2
+DEMO_ARGS = [
+    "--device", "cpu",
+    "--tp-size", str(DEMO_DP_SIZE),
+    "--dp-size", str(DEMO_DP_SIZE),
+    "--enable-dp-attention",
+    "--mem-fraction-static", "0.05",
+    # SGLang's "auto" dtype would run the float32 checkpoint in float16; keep it exact.
+    "--dtype", "float32",
+    "--host", "127.0.0.1",
+    "--port", "30000",
+]  # fmt: skip
+
+
+class LaunchError(Exception):
+    """A bad argument or environment; printed as one line."""
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """SGLang has hundreds of flags: print the error, not a page of usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def add_dcp_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("sglang-dcp")
+    group.add_argument(
+        "--demo",
+        action="store_true",
+        help="Serve the embedded default: a tiny random Qwen3-MoE (created under "
+        "$SGLANG_DCP_CACHE_DIR if missing) on CPU with DP attention over "
+        f"{DEMO_DP_SIZE} ranks. Other flags given override the demo's.",
+    )
+
+
+# Our flags that take no value / one value; stripped before SGLang parses the rest.
+_OUR_FLAGS_NO_VALUE = {"--demo"}
+_OUR_FLAGS_WITH_VALUE: set[str] = set()
+
+
+def split_argv(argv: list[str]) -> list[str]:
+    """Return ``argv`` without sglang-dcp's own flags (what SGLang's parser should see)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        name = a.split("=", 1)[0]
+        if name in _OUR_FLAGS_NO_VALUE:
+            continue
+        if name in _OUR_FLAGS_WITH_VALUE:
+            skip = "=" not in a
+            continue
+        out.append(a)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sglang.srt.server_args import ServerArgs
+
+    parser = _OneLineParser(
+        prog=PROG,
+        description="SGLang server with request-level dynamic context parallelism (sglang-dcp).",
+    )
+    ServerArgs.add_cli_args(parser)
+    add_dcp_args(parser)
+    return parser
+
+
+def demo_model_path() -> str:
+    """The demo checkpoint, built on first use."""
+    path = os.path.join(env.cache_dir(), DEMO_MODEL_NAME)
+    if not os.path.exists(os.path.join(path, "model.safetensors")):
+        from sglang_dcp.testing.tiny_model import build
+
+        print(f"[sglang-dcp] building the demo model in {path}", flush=True)
+        tmp = path + f".tmp{os.getpid()}"
+        build(tmp, seed=0)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.replace(tmp, path)
+    return path
+
+
+def _looks_like_hub_id(path: str) -> bool:
+    return (
+        not path.startswith(("/", ".", "~"))
+        and path.count("/") == 1
+        and all(part.strip() for part in path.split("/"))
+    )
+
+
+def check_args(ns: argparse.Namespace) -> None:
+    """Fail early, in one line, on what SGLang would report as a traceback wall or a hang."""
+    if not ns.model_path:
+        raise LaunchError("--model-path is required (or pass --demo to serve the embedded tiny model)")
+    if not os.path.exists(ns.model_path) and not _looks_like_hub_id(ns.model_path):
+        raise LaunchError(f"--model-path {ns.model_path!r} does not exist")
+    tp, dp = ns.tp_size or 1, ns.dp_size or 1
+    if tp < 1 or dp < 1:
+        raise LaunchError(f"--tp-size and --dp-size must be >= 1, got {tp} and {dp}")
+    if dp > 1 and ns.enable_dp_attention and tp % dp:
+        raise LaunchError(
+            f"--dp-size {dp} does not divide --tp-size {tp}: with --enable-dp-attention each DP "
+            "rank owns tp_size/dp_size TP ranks; pick a dp-size that divides tp-size"
+        )
+    if dp > 1 and not ns.enable_dp_attention:
+        # Not an error for SGLang (replicas); only noted.
+        pass
+    host = ns.host or "127.0.0.1"
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host if host != "0.0.0.0" else "", ns.port))
+        except OSError as e:
+            raise LaunchError(
+                f"port {ns.port} on {host} is not available ({e.strerror}); pass --port with a free port"
+            ) from None
+
+
+def prepare_cpu_environment(sglang_argv: list[str], tp_size: int) -> list[str]:
+    """On a machine without CUDA, default to SGLang's CPU engine. Returns the new argv."""
+    import torch
+
+    if torch.cuda.is_available():
+        return sglang_argv
+    if not any(a.split("=", 1)[0] == "--device" for a in sglang_argv):
+        sglang_argv = ["--device", "cpu"] + sglang_argv
+    os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
+    # SGLang's CPU engine binds each TP rank's OpenMP threads to cores and asserts that there
+    # are enough NUMA nodes unless this is set; one core per rank, cycling over the cores.
+    ncpu = os.cpu_count() or 1
+    os.environ.setdefault(
+        "SGLANG_CPU_OMP_THREADS_BIND", "|".join(str(r % ncpu) for r in range(tp_size))
+    )
+    return sglang_argv
+
+
+def _announce_when_ready(host: str, port: int, demo: bool) -> None:
+    url = f"http://{host}:{port}"
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except Exception:
+            pass
+        time.sleep(1)
+    else:
+        return
+    lines = [f"[sglang-dcp] server ready at {url}"]
+    if demo:
+        lines += [
+            "[sglang-dcp] try:",
+            f"  curl -s {url}/generate -H 'Content-Type: application/json' \\",
+            "    -d '{\"text\": \"The quick brown fox\", "
+            "\"sampling_params\": {\"max_new_tokens\": 16, \"temperature\": 0}}'",
+            f"  curl -s {url}/v1/loads",
+        ]
+    print("\n".join(lines), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    add_dcp_args(pre)
+    ours, _ = pre.parse_known_args(argv)
+
+    try:
+        if ours.demo:
+            argv = DEMO_ARGS + ["--model-path", demo_model_path()] + argv
+        # Loads sglang_dcp's plugin (and any other installed one) before argument parsing,
+        # as sglang.launch_server does, so plugin-added choices are accepted.
+        with warnings.catch_warnings():
+            # SGLang warns at import that AWQ/GGUF need CUDA; irrelevant to this launcher.
+            warnings.filterwarnings("ignore", message="Only CUDA", category=UserWarning)
+            from sglang.srt.plugins import load_plugins
+
+            load_plugins()
+            parser = build_parser()
+        ns = parser.parse_args(argv)  # argparse errors: one line, exit 2
+        check_args(ns)
+        sglang_argv = prepare_cpu_environment(split_argv(argv), ns.tp_size or 1)
+    except LaunchError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+
+    from sglang.launch_server import run_server
+    from sglang.srt.server_args import prepare_server_args
+    from sglang.srt.utils import kill_process_tree
+
+    try:
+        server_args = prepare_server_args(sglang_argv)
+    except (ValueError, AssertionError) as e:
+        print(f"{PROG}: error: invalid server arguments: {e}", file=sys.stderr)
+        return 2
+
+    host = "127.0.0.1" if ns.host in (None, "0.0.0.0") else ns.host
+    threading.Thread(
+        target=_announce_when_ready, args=(host, ns.port, ours.demo), daemon=True
+    ).start()
+    try:
+        run_server(server_args)
+    finally:
+        kill_process_tree(os.getpid(), include_parent=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Start a real ``sglang_dcp.launch_server`` in a subprocess for tests, and clean it up.
+
+``ServerProcess`` picks a free port, logs to a file, waits for ``/health`` (failing fast, with
+the log tail, if the process dies), and on ``stop()`` terminates the whole process tree and
+checks that nothing is left behind. The pytest fixtures in ``sglang_dcp.testing.pytest_plugin``
+wrap it and attach the server log to the report of a failing test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import psutil
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+class ServerProcess:
+    """One server: ``ServerProcess(args, log_path).start()``; ``.url``; ``.stop()``."""
+
+    def __init__(
+        self,
+        args: list[str],
+        log_path: str,
+        *,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+        startup_timeout: float = 300.0,
+    ) -> None:
+        self.port = port or free_port()
+        self.args = list(args) + ["--host", "127.0.0.1", "--port", str(self.port)]
+        self.log_path = log_path
+        self.env = {**os.environ, **(env or {})}
+        self.startup_timeout = startup_timeout
+        self.proc: subprocess.Popen | None = None
+        self._descendants: list[psutil.Process] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "ServerProcess":
+        cmd = [sys.executable, "-m", "sglang_dcp.launch_server", *self.args]
+        self._log = open(self.log_path, "w")
+        self._log.write("$ " + " ".join(cmd) + "\n")
+        self._log.flush()
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServerError(
+                    f"server exited with code {self.proc.returncode} before it was healthy; "
+                    f"log tail:\n{self.log_tail()}"
+                )
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=5) as r:
+                    if r.status == 200:
+                        self._remember_descendants()
+                        return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            time.sleep(1.0)
+        self.stop()
+        raise ServerError(
+            f"server not healthy after {self.startup_timeout:.0f} s; log tail:\n{self.log_tail()}"
+        )
+
+    def _remember_descendants(self) -> None:
+        try:
+            self._descendants = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            self._descendants = []
+
+    def log_tail(self, num_lines: int = 80) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "".join(f.readlines()[-num_lines:])
+        except OSError:
+            return "(no log)"
+
+    def post(self, path: str, payload: dict, timeout: float = 300.0) -> dict:
+        req = urllib.request.Request(
+            self.url + path,
+            data=json.dumps(payload).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read())
+
+    def get(self, path: str, timeout: float = 30.0) -> dict:
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
+            return json.loads(r.read())
+
+    def stop(self, timeout: float = 60.0) -> list[int]:
+        """Terminate the server tree. Returns pids that had to be SIGKILLed (empty = clean)."""
+        if self.proc is None:
+            return []
+        self._remember_descendants_alive()
+        killed: list[int] = []
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                killed.append(self.proc.pid)
+        procs = [p for p in self._descendants if p.is_running()]
+        _, alive = psutil.wait_procs(procs, timeout=15)
+        for p in alive:
+            killed.append(p.pid)
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=10)
+        self._log.close()
+        self.proc = None
+        return killed
+
+    def _remember_descendants_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self._descendants = psutil.Process(self.proc.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                pass

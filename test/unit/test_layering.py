@@ -1,0 +1,45 @@
+"""Layering rules: only sglang_dcp/sglang imports SGLang; pure logic imports no torch.distributed."""
+
+import ast
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+PKG = ROOT / "sglang_dcp"
+PURE = ["planner", "sim", "types.py", "exchange/route.py"]
+
+
+def _imports(path: pathlib.Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def _py_files(rel: str):
+    p = PKG / rel
+    return [p] if p.is_file() else sorted(p.rglob("*.py"))
+
+
+def test_only_the_glue_package_imports_sglang():
+    offenders = []
+    for path in PKG.rglob("*.py"):
+        if (PKG / "sglang") in path.parents:
+            continue
+        for name in _imports(path):
+            if name == "sglang" or name.startswith("sglang."):
+                offenders.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not offenders, offenders
+
+
+def test_pure_modules_import_no_torch_or_sglang():
+    offenders = []
+    for rel in PURE:
+        for path in _py_files(rel):
+            for name in _imports(path):
+                root = name.split(".")[0]
+                if root in {"torch", "sglang", "triton"}:
+                    offenders.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not offenders, offenders
