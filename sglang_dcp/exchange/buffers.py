@@ -7,7 +7,8 @@ real row count travels in a 16-byte header in front of each peer's rows. A messa
 in one collective each way::
 
     q message, per peer:    | hdr: count, tag (int32 x4) | q rows [capacity, num_heads, head_dim] |
-    out message, per peer:  | hdr | o rows [capacity, num_heads, v_head_dim] | lse [capacity, num_heads] fp32 |
+    out message, per peer:  | hdr | o rows [capacity, num_heads, v_head_dim] |
+                            | lse rows [capacity, num_heads] fp32 |
 
 Items (the attention launch) and merge parts use one fixed layout per bucket::
 
@@ -107,7 +108,9 @@ def build_step_meta(route: RankRoute, shape: ExchangeShape, *, tag: int = 0) -> 
             f"> capacity {C}; split the step into rounds"
         )
     if route.num_kv_slots > shape.max_kv_slots:
-        raise CapacityError(f"rank {route.rank}: {route.num_kv_slots} KV slots > {shape.max_kv_slots}")
+        raise CapacityError(
+            f"rank {route.rank}: {route.num_kv_slots} KV slots > {shape.max_kv_slots}"
+        )
 
     send_index = torch.zeros(W * C, dtype=torch.long)
     for p, rows in enumerate(route.send):

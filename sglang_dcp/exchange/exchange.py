@@ -37,6 +37,60 @@ def default_kernels(impl: str = "auto") -> tuple[AttentionFn, MergeFn]:
     )
 
 
+def send_queries(bufs: ExchangeBuffers, comm: Communicator) -> None:
+    """Pack each peer's queries (``send_index``) and all-to-all them; fill ``q_items``."""
+    s = bufs.shape
+    W, C, B, H = s.num_ranks, s.capacity, s.max_local, s.num_q_heads
+    bufs.q_send_rows.copy_(bufs.q_in.index_select(0, bufs.send_index).view(W, C, H, s.head_dim))
+    comm.all_to_all_single(bufs.q_recv, bufs.q_send)
+    bufs.q_items[:B].copy_(bufs.q_in)
+    bufs.q_items[B:].copy_(bufs.q_recv_rows.reshape(W * C, H, s.head_dim))
+
+
+def attend_items(
+    bufs: ExchangeBuffers,
+    k_buffer: torch.Tensor,
+    v_buffer: torch.Tensor,
+    *,
+    sm_scale: float,
+    attention: AttentionFn,
+    num_kv_splits: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One launch over local and guest items: (o [num_items, H, Dv], lse [num_items, H] fp32)."""
+    kw = {} if num_kv_splits is None else {"num_kv_splits": num_kv_splits}
+    return attention(
+        bufs.q_items, k_buffer, v_buffer, bufs.kv_indptr, bufs.kv_indices, sm_scale, **kw
+    )
+
+
+def send_outputs(
+    bufs: ExchangeBuffers, comm: Communicator, o: torch.Tensor, lse: torch.Tensor
+) -> None:
+    """Return the guest items' partials to their homes."""
+    s = bufs.shape
+    W, C, B, H = s.num_ranks, s.capacity, s.max_local, s.num_q_heads
+    bufs.r_send_o.copy_(o[B:].view(W, C, H, s.v_head_dim))
+    bufs.r_send_lse.copy_(lse[B:].view(W, C, H))
+    comm.all_to_all_single(bufs.r_recv, bufs.r_send)
+
+
+def merge_outputs(
+    bufs: ExchangeBuffers, o: torch.Tensor, lse: torch.Tensor, merge: MergeFn
+) -> None:
+    """Merge each home row's parts (local + returned) in shard order into ``out``/``out_lse``."""
+    s = bufs.shape
+    W, C, B, H = s.num_ranks, s.capacity, s.max_local, s.num_q_heads
+    parts_o = torch.cat([o[:B], bufs.r_recv_o.reshape(W * C, H, s.v_head_dim)])
+    parts_lse = torch.cat([lse[:B], bufs.r_recv_lse.reshape(W * C, H)])
+    mo, mlse = merge(
+        parts_o.index_select(0, bufs.merge_index),
+        parts_lse.index_select(0, bufs.merge_index),
+        bufs.seg_indptr,
+    )
+    bufs.out.copy_(mo[:B])
+    bufs.out_lse.copy_(mlse[:B])
+
+
 def exchange_attention(
     bufs: ExchangeBuffers,
     comm: Communicator,
@@ -53,31 +107,17 @@ def exchange_attention(
     ``k_buffer: [num_slots, num_kv_heads, head_dim]``, ``v_buffer: [num_slots, num_kv_heads,
     v_head_dim]``: this rank's pool for the layer. Every rank calls this together.
     """
-    s = bufs.shape
-    W, C, B, H = s.num_ranks, s.capacity, s.max_local, s.num_q_heads
-    bufs.q_send_rows.copy_(bufs.q_in.index_select(0, bufs.send_index).view(W, C, H, s.head_dim))
-    comm.all_to_all_single(bufs.q_recv, bufs.q_send)
-    bufs.q_items[:B].copy_(bufs.q_in)
-    bufs.q_items[B:].copy_(bufs.q_recv_rows.reshape(W * C, H, s.head_dim))
-
-    kw = {} if num_kv_splits is None else {"num_kv_splits": num_kv_splits}
-    o, lse = attention(
-        bufs.q_items, k_buffer, v_buffer, bufs.kv_indptr, bufs.kv_indices, sm_scale, **kw
+    send_queries(bufs, comm)
+    o, lse = attend_items(
+        bufs,
+        k_buffer,
+        v_buffer,
+        sm_scale=sm_scale,
+        attention=attention,
+        num_kv_splits=num_kv_splits,
     )
-
-    bufs.r_send_o.copy_(o[B:].view(W, C, H, s.v_head_dim))
-    bufs.r_send_lse.copy_(lse[B:].view(W, C, H))
-    comm.all_to_all_single(bufs.r_recv, bufs.r_send)
-
-    parts_o = torch.cat([o[:B], bufs.r_recv_o.reshape(W * C, H, s.v_head_dim)])
-    parts_lse = torch.cat([lse[:B], bufs.r_recv_lse.reshape(W * C, H)])
-    mo, mlse = merge(
-        parts_o.index_select(0, bufs.merge_index),
-        parts_lse.index_select(0, bufs.merge_index),
-        bufs.seg_indptr,
-    )
-    bufs.out.copy_(mo[:B])
-    bufs.out_lse.copy_(mlse[:B])
+    send_outputs(bufs, comm, o, lse)
+    merge_outputs(bufs, o, lse, merge)
 
 
 def merge_rounds(

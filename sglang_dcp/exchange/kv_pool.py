@@ -47,8 +47,9 @@ class KVPool:
         self.num_pages = num_pages
         num_slots = num_pages * page_size
         dv = head_dim if v_head_dim is None else v_head_dim
-        self.k = torch.zeros(num_layers, num_slots, num_kv_heads, head_dim, dtype=dtype, device=device)
-        self.v = torch.zeros(num_layers, num_slots, num_kv_heads, dv, dtype=dtype, device=device)
+        kw = dict(dtype=dtype, device=device)
+        self.k = torch.zeros(num_layers, num_slots, num_kv_heads, head_dim, **kw)
+        self.v = torch.zeros(num_layers, num_slots, num_kv_heads, dv, **kw)
         self._free: list[int] = list(range(num_pages - 1, 0, -1))  # pop() hands out low pages first
         self._tables: dict[ShardKey, _Table] = {}
 
@@ -73,7 +74,7 @@ class KVPool:
         return -(-n // self.page_size)
 
     def allocate(self, key: ShardKey, num_tokens: int) -> None:
-        """Pages for a new shard of ``num_tokens`` tokens; raises ``KVPoolFull`` (taking nothing)."""
+        """Pages for a new shard of ``num_tokens`` tokens; ``KVPoolFull`` (taking nothing)."""
         if key in self._tables:
             raise KeyError(f"shard {key} already allocated")
         need = self._pages_for(num_tokens)
@@ -104,6 +105,15 @@ class KVPool:
         self._tables[(rid, at)] = _Table(t.pages[n:], t.num_tokens - off)
         t.pages, t.num_tokens = t.pages[:n], off
         return (rid, at)
+
+    def join(self, key: ShardKey, nxt: ShardKey) -> None:
+        """Undo ``split``: append shard ``nxt`` (which must start where ``key`` ends) to ``key``."""
+        t, u = self._tables[key], self._tables[nxt]
+        if nxt[0] != key[0] or nxt[1] != key[1] + t.num_tokens or t.num_tokens % self.page_size:
+            raise ValueError(f"cannot join shard {nxt} onto {key}")
+        del self._tables[nxt]
+        t.pages += u.pages
+        t.num_tokens += u.num_tokens
 
     def free(self, key: ShardKey) -> None:
         t = self._tables.pop(key)

@@ -221,7 +221,7 @@ def split_rounds(route: RankRoute, *, capacity: int, rounds: int) -> tuple[RankR
             tuple(
                 MergePart(m.rank, m.index - lo if m.rank != route.rank else m.index)
                 for m in parts
-                if (m.rank == route.rank and k == 0) or (m.rank != route.rank and lo <= m.index < hi)
+                if (k == 0 if m.rank == route.rank else lo <= m.index < hi)
             )
             for parts in route.merge
         )

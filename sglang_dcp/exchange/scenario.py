@@ -25,7 +25,9 @@ class ScenarioStep:
     placements: tuple[Placement, ...]
 
 
-def _new(rng: random.Random, rid: str, home: int, degree: int, W: int, page: int, max_pages: int):
+def _new(
+    rng: random.Random, rid: str, home: int, degree: int, *, W: int, page: int, max_pages: int
+) -> Placement:
     others = rng.sample([r for r in range(W) if r != home], degree - 1)
     sealed = others + ([home] if rng.random() < 0.3 else [])
     rng.shuffle(sealed)
@@ -41,7 +43,8 @@ def _new(rng: random.Random, rid: str, home: int, degree: int, W: int, page: int
 
 def _grow(p: Placement, n: int) -> Placement:
     last = p.shards[-1]
-    return Placement(p.rid, p.home_rank, p.shards[:-1] + (Shard(last.rank, last.start, last.end + n),))
+    tail = Shard(last.rank, last.start, last.end + n)
+    return Placement(p.rid, p.home_rank, p.shards[:-1] + (tail,))
 
 
 def make_scenario(
@@ -54,7 +57,7 @@ def make_scenario(
 
     def arrive(home: int, degree: int) -> Placement:
         nonlocal count
-        p = _new(rng, f"r{count}", home, degree, W, page_size, max_pages)
+        p = _new(rng, f"r{count}", home, degree, W=W, page=page_size, max_pages=max_pages)
         count += 1
         return p
 
@@ -77,7 +80,9 @@ def make_scenario(
         for p in arrivals:
             live[p.rid] = p
         if t == steps // 2 and W > 1:
-            cands = [(p, i) for p in live.values() for i, s in enumerate(p.shards[:-1]) if s.num_tokens]
+            cands = [
+                (p, i) for p in live.values() for i, s in enumerate(p.shards[:-1]) if s.num_tokens
+            ]
             p, i = rng.choice(sorted(cands, key=lambda c: (c[0].rid, c[1])))
             s = p.shards[i]
             dst = rng.choice([r for r in range(W) if r != s.rank])
@@ -88,6 +93,8 @@ def make_scenario(
         for rid in live:
             live[rid] = _grow(live[rid], 1)
         out.append(
-            ScenarioStep(t, tuple(arrivals), tuple(finishes), tuple(migrations), tuple(live.values()))
+            ScenarioStep(
+                t, tuple(arrivals), tuple(finishes), tuple(migrations), tuple(live.values())
+            )
         )
     return out

@@ -23,10 +23,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from sglang_dcp.exchange.comm import TorchDistCommunicator
+from sglang_dcp.exchange.comm import Communicator, TorchDistCommunicator
 from sglang_dcp.exchange.exchange import default_kernels
 from sglang_dcp.exchange.kv_pool import KVPool
-from sglang_dcp.exchange.route import max_pair_items
+from sglang_dcp.exchange.route import max_pair_items, tokens_on
 from sglang_dcp.exchange.scenario import make_scenario
 from sglang_dcp.exchange.spawn import init_rank, run_ranks
 from sglang_dcp.exchange.transfer import ShardMove, transfer_shards
@@ -49,6 +49,9 @@ class CheckConfig:
     max_pages: int = 4  # per sealed shard
     capacity: int = 0  # largest per-peer capacity bucket; 0: enough for one round
     impl: str = "auto"  # kernels: auto | torch | triton
+    device: str = "cpu"  # "cuda": each rank's current CUDA device
+    cuda_graph: bool = False  # capture one graph per bucket (CUDA only)
+    backend: str = "gloo"
 
 
 def _randn(*shape: int, key: tuple) -> torch.Tensor:
@@ -68,7 +71,13 @@ class Weights:
         self.wq = [(_randn(H, Hq * D, key=(c.seed, "wq", l)) * s).to(dtype) for l in range(L)]
         self.wk = [(_randn(H, Hkv * D, key=(c.seed, "wk", l)) * s).to(dtype) for l in range(L)]
         self.wv = [(_randn(H, Hkv * D, key=(c.seed, "wv", l)) * s).to(dtype) for l in range(L)]
-        self.wo = [(_randn(Hq * D, H, key=(c.seed, "wo", l)) / math.sqrt(Hq * D)).to(dtype) for l in range(L)]
+        so = 1 / math.sqrt(Hq * D)
+        self.wo = [(_randn(Hq * D, H, key=(c.seed, "wo", l)) * so).to(dtype) for l in range(L)]
+
+    def to(self, device: torch.device) -> "Weights":
+        for name in ("wq", "wk", "wv", "wo"):
+            setattr(self, name, [t.to(device) for t in getattr(self, name)])
+        return self
 
     def prompt_kv(self, rid: str, layer: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.cfg
@@ -111,25 +120,34 @@ class ToyStack:
 def _worker(rank: int, world_size: int, init_method: str, backend: str, cfg_d: dict, out: str):
     try:
         group = init_rank(rank, world_size, init_method, backend)
-        _run_rank(rank, CheckConfig(**cfg_d), TorchDistCommunicator(group), out)
+        run_rank(rank, CheckConfig(**cfg_d), TorchDistCommunicator(group), out)
     except BaseException:
         with open(os.path.join(out, f"error{rank}.txt"), "w") as f:
             f.write(traceback.format_exc())
         raise
 
 
-def _run_rank(rank: int, cfg: CheckConfig, comm: TorchDistCommunicator, out: str) -> None:
+def run_rank(rank: int, cfg: CheckConfig, comm: Communicator, out: str) -> None:
     W = cfg.world_size
     steps = make_scenario(W, cfg.steps, cfg.seed, page_size=cfg.page_size, max_pages=cfg.max_pages)
-    w = Weights(cfg)
-    most = sum(-(-p.shards[-1].end // cfg.page_size) + len(p.shards) for p in steps[-1].placements)
-    most += sum(-(-p.shards[-1].end // cfg.page_size) + len(p.shards) for s in steps for p in s.arrivals)
+    if cfg.device == "cuda":
+        dev = torch.device("cuda", torch.cuda.current_device())
+    else:
+        dev = torch.device(cfg.device)
+    w = Weights(cfg).to(dev)
+    def pages(p) -> int:
+        return -(-p.shards[-1].end // cfg.page_size) + len(p.shards)
+
+    # room for every request ever held at once on one rank (prefill at home, then decode)
+    most = sum(pages(p) for p in steps[-1].placements)
+    most += sum(pages(p) for s in steps for p in s.arrivals)
     pool = KVPool(
         num_layers=cfg.num_layers,
         num_pages=most + cfg.steps + 2,
         page_size=cfg.page_size,
         num_kv_heads=cfg.num_kv_heads,
         head_dim=cfg.head_dim,
+        device=dev,
     )
     max_batch = max(sum(p.home_rank == r for p in s.placements) for s in steps for r in range(W))
     max_pair = max(max_pair_items(s.placements, W) for s in steps)
@@ -144,8 +162,12 @@ def _run_rank(rank: int, cfg: CheckConfig, comm: TorchDistCommunicator, out: str
         buckets=capture_buckets(max(1, max_batch), cfg.capacity or max(1, max_pair)),
         kernels=default_kernels(cfg.impl),
         check_headers=True,
+        use_cuda_graph=cfg.cuda_graph,
     )
+    if cfg.cuda_graph:
+        runner.capture()
     results: dict[tuple[int, str], torch.Tensor] = {}
+    stats = {"max_rounds": 0, "moves": 0, "guest_items": 0}
     ptrs = None
     for st in steps:
         for rid in st.finishes:
@@ -157,28 +179,40 @@ def _run_rank(rank: int, cfg: CheckConfig, comm: TorchDistCommunicator, out: str
                 pool.allocate((p.rid, 0), n)
                 slots = pool.slot_tensor((p.rid, 0))
                 for l in range(cfg.num_layers):
-                    pool.k[l, slots], pool.v[l, slots] = w.prompt_kv(p.rid, l, n)
+                    k, v = w.prompt_kv(p.rid, l, n)
+                    pool.k[l, slots], pool.v[l, slots] = k.to(dev), v.to(dev)
                 for s in p.shards[1:]:
                     if s.start < n:
                         pool.split(_key_at(pool, p.rid, s.start), s.start)
                 if p.shards[-1].start == n and n > 0:
                     pool.allocate((p.rid, n), 0)
-            moves += [ShardMove(p.rid, p.home_rank, s.rank, s.start, s.end) for s in p.shards[:-1] if s.rank != p.home_rank]
-        moves += [ShardMove(m.rid, m.src, m.dst, m.start, m.end) for m in st.migrations]
-        for r in transfer_shards(comm, pool, moves):
-            if not r.ok:
-                raise RuntimeError(f"step {st.t}: transfer {r.move} failed: {r.reason}")
+            moves += [
+                ShardMove(p.rid, p.home_rank, s.rank, s.start, s.end)
+                for s in p.shards[:-1]
+                if s.rank != p.home_rank
+            ]
+        migrations = [ShardMove(m.rid, m.src, m.dst, m.start, m.end) for m in st.migrations]
+        stats["moves"] += len(moves) + len(migrations)
+        for batch in (moves, migrations):  # a migration may move a shard shipped just now
+            for r in transfer_shards(comm, pool, batch):
+                if not r.ok:
+                    raise RuntimeError(f"step {st.t}: transfer {r.move} failed: {r.reason}")
         homes = [p for p in st.placements if p.home_rank == rank]
         loc = [pool.extend((p.rid, p.shards[-1].start), 1)[0] for p in homes]
         x = torch.stack([w.x0(p.rid, st.t) for p in homes]) if homes else torch.zeros(0, cfg.hidden)
-        io = runner.step(st.placements, {"x": x, "loc": torch.tensor(loc, dtype=torch.long)})
+        loc_t = torch.tensor(loc, dtype=torch.long)
+        io = runner.step(st.placements, {"x": x.to(dev), "loc": loc_t.to(dev)})
         bufs = runner.buffers[runner.last_bucket]
         if ptrs is not None and runner.last_bucket == ptrs[0] and bufs.data_ptrs() != ptrs[1]:
             raise RuntimeError(f"step {st.t}: static buffers moved")
         ptrs = (runner.last_bucket, bufs.data_ptrs())
+        stats["max_rounds"] = max(stats["max_rounds"], runner.last_rounds)
+        stats["guest_items"] += sum(
+            1 for p in st.placements if p.home_rank != rank and tokens_on(p, rank) > 0
+        )
         for i, p in enumerate(homes):
-            results[(st.t, p.rid)] = io["attn"][i].clone()
-    torch.save({"results": results}, os.path.join(out, f"rank{rank}.pt"))
+            results[(st.t, p.rid)] = io["attn"][i].to("cpu", copy=True)
+    torch.save({"results": results, "stats": stats}, os.path.join(out, f"rank{rank}.pt"))
     comm.barrier()
 
 
@@ -198,11 +232,17 @@ def reference_errors(cfg: CheckConfig, results: dict) -> tuple[float, str]:
     Hq, Hkv, D = cfg.num_q_heads, cfg.num_kv_heads, cfg.head_dim
     kv: dict[str, list[list[torch.Tensor]]] = {}
     worst, where = 0.0, "no outputs"
-    for st in make_scenario(cfg.world_size, cfg.steps, cfg.seed, page_size=cfg.page_size, max_pages=cfg.max_pages):
+    scenario = make_scenario(
+        cfg.world_size, cfg.steps, cfg.seed, page_size=cfg.page_size, max_pages=cfg.max_pages
+    )
+    for st in scenario:
         for rid in st.finishes:
             del kv[rid]
         for p in st.arrivals:
-            kv[p.rid] = [[t.double() for t in w.prompt_kv(p.rid, l, p.shards[-1].end)] for l in range(cfg.num_layers)]
+            n = p.shards[-1].end
+            kv[p.rid] = [
+                [t.double() for t in w.prompt_kv(p.rid, l, n)] for l in range(cfg.num_layers)
+            ]
         for p in st.placements:
             got = results.get((st.t, p.rid))
             if got is None:
@@ -225,17 +265,31 @@ def reference_errors(cfg: CheckConfig, results: dict) -> tuple[float, str]:
     return worst, where
 
 
-def run_selfcheck(cfg: CheckConfig, timeout_s: float = 300) -> tuple[float, str]:
+def collect_results(cfg: CheckConfig, timeout_s: float = 300) -> tuple[dict, dict]:
+    """Run the ranks; ((step, rid) -> attention outputs [num_layers, num_q_heads, head_dim],
+    run statistics)."""
     with tempfile.TemporaryDirectory(prefix="dcp-selfcheck-") as out:
         try:
-            run_ranks(_worker, cfg.world_size, asdict(cfg), out, timeout_s=timeout_s)
+            run_ranks(
+                _worker, cfg.world_size, asdict(cfg), out, backend=cfg.backend, timeout_s=timeout_s
+            )
         except Exception as e:
             errs = sorted(f for f in os.listdir(out) if f.startswith("error"))
             detail = "".join(open(os.path.join(out, f)).read() for f in errs)
             raise RuntimeError(f"selfcheck ranks failed:\n{detail or e}") from None
-        results = {}
+        results, stats = {}, {"max_rounds": 0, "moves": 0, "guest_items": 0}
         for r in range(cfg.world_size):
-            results.update(torch.load(os.path.join(out, f"rank{r}.pt"))["results"])
+            got = torch.load(os.path.join(out, f"rank{r}.pt"))
+            results.update(got["results"])
+            stats["max_rounds"] = max(stats["max_rounds"], got["stats"]["max_rounds"])
+            stats["moves"] = got["stats"]["moves"]  # every rank runs every move
+            stats["guest_items"] += got["stats"]["guest_items"]
+    return results, stats
+
+
+def run_selfcheck(cfg: CheckConfig, timeout_s: float = 300) -> tuple[float, str]:
+    """(max relative error, where it occurred) of a whole run."""
+    results, _ = collect_results(cfg, timeout_s)
     return reference_errors(cfg, results)
 
 
@@ -247,10 +301,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--capacity", type=int, default=0, help="largest per-peer capacity (0: auto)")
     ap.add_argument("--impl", choices=["auto", "torch", "triton"], default="auto")
+    ap.add_argument("--backend", choices=["gloo", "nccl"], default="gloo")
+    ap.add_argument("--cuda-graph", action="store_true", help="with --backend nccl")
     ap.add_argument("--timeout", type=float, default=300)
     a = ap.parse_args(argv)
-    cfg = CheckConfig(a.world_size, a.steps, a.seed, num_layers=a.layers, capacity=a.capacity, impl=a.impl)
-    err, where = run_selfcheck(cfg, timeout_s=a.timeout)
+    cuda = a.backend == "nccl"
+    cfg = CheckConfig(
+        a.world_size, a.steps, a.seed, num_layers=a.layers, capacity=a.capacity, impl=a.impl,
+        device="cuda" if cuda else "cpu", cuda_graph=a.cuda_graph and cuda, backend=a.backend,
+    )
+    results, stats = collect_results(cfg, timeout_s=a.timeout)
+    err, where = reference_errors(cfg, results)
+    print(
+        f"world_size={cfg.world_size} steps={cfg.steps} seed={cfg.seed} layers={cfg.num_layers} "
+        f"outputs={len(results)} guest_items={stats['guest_items']} "
+        f"shard_moves={stats['moves']} max_rounds={stats['max_rounds']}"
+    )
     ok = err <= TOLERANCE
     if not ok:
         print(f"FAILED: relative error {err:.3e} > {TOLERANCE:g} at {where}", file=sys.stderr)

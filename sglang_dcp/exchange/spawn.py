@@ -23,7 +23,7 @@ def free_port() -> int:
 
 
 def init_rank(
-    rank: int, world_size: int, init_method: str, backend: str = "gloo", timeout_s: float = 120
+    rank: int, world_size: int, init_method: str, backend: str = "gloo", *, timeout_s: float = 120
 ) -> dist.ProcessGroup:
     """Join the group; one intra-op thread per rank (ranks share few cores). Returns the group."""
     torch.set_num_threads(1)

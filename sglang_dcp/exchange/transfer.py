@@ -4,11 +4,13 @@ Each move is a small state machine, run for a batch of moves at once by every ra
 
     PLANNED --receiver allocates--> ALLOCATED --bytes move--> SENT --receiver checks--> CONFIRMED
        |                               |                        |                          |
-       +-- no room / no source --------+-- (fault) -------------+-- checksum mismatch      +--> sender frees
-                                          => FAILED: receiver frees what it allocated; the source is untouched
+       no room / no source             fault                    checksum mismatch          sender
+       +-------------------------------+------------------------+--> FAILED                frees
+    FAILED: the receiver frees what it allocated; the source is untouched.
 
 Used after prefill (home -> shard ranks) and for rebalancing (``planner.base.Migration``). The
-sender may split one of its shards (metadata only, page-aligned) to cut out the moved range.
+sender may split one of its shards (metadata only, page-aligned) to cut out the moved range; a
+failed move joins it back, so the source ends with the same shards, slots and bytes.
 """
 
 from __future__ import annotations
@@ -51,21 +53,31 @@ class TransferResult:
     reason: str = ""
 
 
-def _cut(pool: KVPool, m: ShardMove) -> ShardKey:
-    """Make ``[m.start, m.end)`` one shard on the sender (splitting page-aligned), return its key."""
+def _cut(pool: KVPool, m: ShardMove) -> tuple[ShardKey, list[tuple[ShardKey, ShardKey]]]:
+    """Make ``[m.start, m.end)`` one shard on the sender (splitting page-aligned). Returns its key
+    and the splits made, as (left, right) pairs to ``join`` back if the move fails."""
     for rid, start in pool.keys():
         if rid == m.rid and start <= m.start < start + pool.num_tokens((rid, start)):
             key = (rid, start)
             break
     else:
         raise KeyError(f"rank {m.src} holds no shard of {m.rid!r} at token {m.start}")
+    splits = []
     if key[1] < m.start:
-        key = pool.split(key, m.start)
+        right = pool.split(key, m.start)
+        splits.append((key, right))
+        key = right
     if pool.num_tokens(key) > m.end - m.start:
-        pool.split(key, m.end)
+        splits.append((key, pool.split(key, m.end)))
     if pool.num_tokens(key) != m.end - m.start:
+        _undo(pool, splits)
         raise KeyError(f"rank {m.src}: tokens [{m.start}, {m.end}) of {m.rid!r} span shards")
-    return key
+    return key, splits
+
+
+def _undo(pool: KVPool, splits: list[tuple[ShardKey, ShardKey]]) -> None:
+    for left, right in reversed(splits):
+        pool.join(left, right)
 
 
 def _checksum(pool: KVPool, slots: torch.Tensor) -> float:
@@ -87,20 +99,26 @@ def transfer_shards(
     for m in moves:
         if m.src == m.dst or not (0 <= m.src < W and 0 <= m.dst < W) or m.end <= m.start:
             raise ValueError(f"bad move {m}")
+    for i, a in enumerate(moves):
+        for b in moves[i + 1 :]:
+            if a.rid == b.rid and a.start < b.end and b.start < a.end:
+                # a chained move would read slots that are allocated but not yet filled
+                raise ValueError(f"moves {a} and {b} overlap; run them in separate batches")
     failed = fault or (lambda phase, i: False)
 
     # 1. sender finds its range, receiver allocates; everyone learns both sides' status
     state = torch.zeros(M, 3, dtype=torch.float64, device=dev)  # src ok, dst ok, checksum
     src_key: dict[int, ShardKey] = {}
+    src_splits: dict[int, list[tuple[ShardKey, ShardKey]]] = {}
     why: dict[int, str] = {}
     for i, m in enumerate(moves):
         if m.src == me:
             try:
-                src_key[i] = _cut(pool, m)
+                src_key[i], src_splits[i] = _cut(pool, m)
                 state[i, 0] = 1
                 state[i, 2] = _checksum(pool, pool.slot_tensor(src_key[i]))
             except (KeyError, ValueError) as e:
-                why[i] = str(e)
+                why[i] = f"sender {me}: {e}"
         if m.dst == me:
             try:
                 if failed(Phase.ALLOCATE, i):
@@ -144,7 +162,8 @@ def transfer_shards(
             m = moves[i]
             n = m.end - m.start
             slots = pool.slot_tensor((m.rid, m.start))
-            kb, vb = n * L * Hkv * D * pool.k.element_size(), n * L * Hkv * Dv * pool.v.element_size()
+            kb = n * L * Hkv * D * pool.k.element_size()
+            vb = n * L * Hkv * Dv * pool.v.element_size()
             pool.k[:, slots] = out[pos : pos + kb].view(pool.k.dtype).view(L, n, Hkv, D)
             pool.v[:, slots] = out[pos + kb : pos + kb + vb].view(pool.v.dtype).view(L, n, Hkv, Dv)
             pos += kb + vb
@@ -171,8 +190,11 @@ def transfer_shards(
     results = []
     for i, m in enumerate(moves):
         done = ok[i] and bool(confirmed[m.dst, i])
-        if done and m.src == me:
-            pool.free(src_key[i])
+        if m.src == me and i in src_key:
+            if done:
+                pool.free(src_key[i])
+            else:
+                _undo(pool, src_splits[i])  # the source ends exactly as it began
         if not done and m.dst == me and pool.has((m.rid, m.start)) and bool(gathered[me, i, 1]):
             pool.free((m.rid, m.start))
         reason = "" if done else why.get(i, "failed on a peer")

@@ -1,0 +1,97 @@
+"""Spawn targets of the distributed tests (module level, importable: ``spawn`` pickles by name)."""
+
+from __future__ import annotations
+
+import torch
+
+from sglang_dcp.exchange.comm import TorchDistCommunicator
+from sglang_dcp.exchange.kv_pool import KVPool
+from sglang_dcp.exchange.spawn import init_rank
+from sglang_dcp.exchange.transfer import Phase, ShardMove, transfer_shards
+
+L, HKV, D, PAGE = 2, 2, 8, 4
+
+
+def _pool(num_pages: int = 10) -> KVPool:
+    return KVPool(num_layers=L, num_pages=num_pages, page_size=PAGE, num_kv_heads=HKV, head_dim=D)
+
+
+def _content(rid: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Known KV of tokens [0, n) of ``rid``: [L, n, HKV, D] each; token t's values do not depend
+    on n."""
+    base = 100_000.0 * (ord(rid[0]) - ord("a") + 1)
+    idx = torch.arange(L * n * HKV * D, dtype=torch.float32).view(L, n, HKV, D)
+    k = base + idx % (n * HKV * D) + 10_000.0 * (idx // (n * HKV * D))
+    return k, -k
+
+
+def _fill(pool: KVPool, rid: str, n: int) -> None:
+    pool.allocate((rid, 0), n)
+    k, v = _content(rid, n)
+    slots = pool.slot_tensor((rid, 0))
+    pool.k[:, slots], pool.v[:, slots] = k, v
+
+
+def _held(pool: KVPool, rid: str) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(first token, K, V) of the tokens of ``rid`` on this pool, concatenated in token order."""
+    keys = [k for k in pool.keys() if k[0] == rid]
+    slots = torch.tensor([s for k in keys for s in pool.slots(k)], dtype=torch.long)
+    return (keys[0][1] if keys else -1), pool.k[:, slots], pool.v[:, slots]
+
+
+def _expect(pool: KVPool, rid: str, start: int, end: int) -> None:
+    first, k, v = _held(pool, rid)
+    ek, ev = _content(rid, end)
+    assert first == start and k.shape[1] == end - start, (rid, first, k.shape)
+    assert torch.equal(k, ek[:, start:end]) and torch.equal(v, ev[:, start:end]), rid
+
+
+def transfer_worker(rank: int, world_size: int, init_method: str, backend: str) -> None:
+    comm = TorchDistCommunicator(init_rank(rank, world_size, init_method, backend))
+    pool = _pool()
+    if rank == 0:
+        _fill(pool, "a", 12)  # 3 pages on rank 0
+    if rank == 1:
+        _fill(pool, "b", 8)
+    free = pool.num_free_pages
+
+    # every fault leaves the source whole and the receiver with nothing allocated
+    for phase in Phase:
+        move = ShardMove("a", 0, 1, 0, 8)
+        res = transfer_shards(comm, pool, [move], fault=lambda ph, i: ph is phase)
+        assert not res[0].ok, phase
+        if rank == 0:
+            assert pool.keys() == [("a", 0)]
+            _expect(pool, "a", 0, 12)
+        if rank == 1:
+            assert [k for k in pool.keys() if k[0] == "a"] == [] and pool.num_free_pages == free
+            assert phase.value in res[0].reason or "injected" in res[0].reason, res[0].reason
+
+    # the receiver is full: nothing moves, the source keeps its shard as it was
+    if rank == 1:
+        pool.allocate(("filler", 0), PAGE * (pool.num_free_pages - 1))
+    res = transfer_shards(comm, pool, [ShardMove("a", 0, 1, 0, 8)])
+    assert not res[0].ok
+    if rank == 0:
+        assert pool.keys() == [("a", 0)]
+        _expect(pool, "a", 0, 12)
+    if rank == 1:
+        assert "cannot allocate" in res[0].reason, res[0].reason
+        pool.free(("filler", 0))
+        assert pool.num_free_pages == free
+    # a sender that does not hold the range
+    res = transfer_shards(comm, pool, [ShardMove("zz", 0, 1, 0, 4)])
+    assert not res[0].ok and (rank == 1 or "holds no shard" in res[0].reason), res
+
+    # a batch: two moves succeed (one splits a page-aligned range out of a shard), one fails
+    moves = [ShardMove("a", 0, 1, 4, 12), ShardMove("b", 1, 0, 0, 4), ShardMove("c", 0, 1, 0, 4)]
+    res = transfer_shards(comm, pool, moves)
+    assert [r.ok for r in res] == [True, True, False], res
+    if rank == 0:
+        _expect(pool, "a", 0, 4)
+        first, k, _ = _held(pool, "b")
+        assert first == 0 and torch.equal(k, _content("b", 8)[0][:, :4])
+    if rank == 1:
+        _expect(pool, "a", 4, 12)
+        _expect(pool, "b", 4, 8)
+    comm.barrier()
