@@ -5,7 +5,7 @@ import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PKG = ROOT / "sglang_dcp"
-PURE = ["planner", "sim", "types.py", "exchange/route.py"]
+PURE = ["planner", "sim", "types.py", "exchange/route.py", "exchange/scenario.py"]
 
 
 def _imports(path: pathlib.Path) -> set[str]:
