@@ -116,10 +116,8 @@ class ServerProcess:
         self._remember_descendants_alive()
         killed: list[int] = []
         if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+            # SIGTERM to the launcher only: SGLang drains and takes its own children down.
+            self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
