@@ -9,16 +9,29 @@ TORCHVISION_VERSION := 0.28.0
 PYTEST_ARGS ?=
 NVIDIA_INDEX ?= https://pypi.nvidia.com
 
-.PHONY: install install-gpu test test-fast demo bench-planner bench-sim bench-exchange bench-kernels-dry clean help
+# Patch-and-rebuild of the pinned SGLang wheel (patches/README.md). The venv's Python is 3.11 on
+# x86_64 Linux, so pip fetches this file; its sha256 was recorded when the series was made.
+SGLANG_WHEEL_DIR    := .cache/wheels
+SGLANG_WHEEL        := $(SGLANG_WHEEL_DIR)/sglang-$(SGLANG_VERSION)-cp311-cp311-manylinux_2_34_x86_64.whl
+SGLANG_WHEEL_SHA256 := 96c029f75dec99baa33a5db3d41b1bebefdd6bcfba3a2f7c807fe1cf49a87c20
+SGLANG_BUILD_TAG    := 1dcp
+SGLANG_BUILD_DIR    := .cache/sglang-build
+PATCHES             := $(sort $(wildcard patches/*.patch))
+PATCH_STAMP         := $(VENV)/.sglang-dcp-patched
+CHECK_WHEEL          = echo "$(SGLANG_WHEEL_SHA256)  $(SGLANG_WHEEL)" | sha256sum -c --quiet
+
+.PHONY: install install-gpu patch check-patches test test-fast demo bench-planner bench-sim bench-exchange bench-kernels-dry clean help
 
 help:
 	@echo "make install      create $(VENV) with the pinned CPU stack (torch 2.13.0 CPU, triton 3.7.1, sglang $(SGLANG_VERSION))"
 	@echo "make demo         install, then serve the tiny demo model with DP attention on CPU"
 	@echo "make test         install, then run the whole test suite"
+	@echo "make patch        rebuild the pinned sglang wheel with patches/*.patch and install it (part of install)"
+	@echo "make check-patches  prove patches/ applies, compiles and reverses cleanly on the pinned wheel"
 	@echo "make install-gpu  the same venv on a CUDA machine (+ sglang-kernel, sgl-deep-ep, flashinfer)"
 	@echo "make bench-planner | bench-sim | bench-exchange | bench-kernels-dry"
 
-install: $(STAMP)
+install: $(STAMP) $(PATCH_STAMP)
 
 # A second `make install` is a no-op: the stamp is newer than every input.
 $(STAMP): requirements/cpu.txt requirements/constraints.txt setup.py
@@ -38,8 +51,39 @@ install-gpu:
 	$(PIP) install --extra-index-url $(NVIDIA_INDEX) cuda-tile==1.6.0rc5
 	$(PIP) install -r requirements/gpu.txt
 	$(PIP) install --no-deps --no-build-isolation -e .
-	$(PIP) install pytest pytest-timeout hypothesis matplotlib safetensors
+	$(PIP) install pytest pytest-timeout hypothesis matplotlib safetensors wheel
 	touch $(STAMP)
+	$(MAKE) patch
+
+patch: $(PATCH_STAMP)
+
+# Cached: downloaded once, then make never looks at the index again (works offline).
+$(SGLANG_WHEEL): | $(STAMP)
+	mkdir -p $(SGLANG_WHEEL_DIR)
+	$(PIP) download --disable-pip-version-check -q --no-deps sglang==$(SGLANG_VERSION) -d $(SGLANG_WHEEL_DIR)
+	test -f $@ || { echo "pip did not fetch $@ (the Makefile expects CPython 3.11 on x86_64)"; exit 1; }
+	$(CHECK_WHEEL) || { rm -f $@; echo "sha256 mismatch: not the wheel the patches were made on"; exit 1; }
+
+# Unpack the pristine wheel, apply the series in order (dry run first, no fuzz), repack with a
+# local build tag (sglang-$(SGLANG_VERSION)-$(SGLANG_BUILD_TAG)-...whl) and install it over the
+# stock one. Order-only on $(STAMP): re-running that only no-ops on sglang==$(SGLANG_VERSION).
+$(PATCH_STAMP): $(SGLANG_WHEEL) $(PATCHES) | $(STAMP)
+	$(CHECK_WHEEL)
+	$(PY) sglang_dcp/sglang/patch_series.py check --wheel $(SGLANG_WHEEL) $(PATCHES)
+	rm -rf $(SGLANG_BUILD_DIR) && mkdir -p $(SGLANG_BUILD_DIR)/dist
+	$(PY) -m wheel unpack -d $(SGLANG_BUILD_DIR) $(SGLANG_WHEEL) >/dev/null
+	set -e; for p in $(PATCHES); do \
+	  patch -p1 --batch --fuzz=0 --dry-run -d $(SGLANG_BUILD_DIR)/sglang-$(SGLANG_VERSION) < $$p >/dev/null; \
+	  patch -p1 --batch --fuzz=0 --no-backup-if-mismatch -d $(SGLANG_BUILD_DIR)/sglang-$(SGLANG_VERSION) < $$p; \
+	done
+	$(PY) -m wheel pack --build-number $(SGLANG_BUILD_TAG) -d $(SGLANG_BUILD_DIR)/dist $(SGLANG_BUILD_DIR)/sglang-$(SGLANG_VERSION)
+	rm -rf $(SGLANG_BUILD_DIR)/sglang-$(SGLANG_VERSION)
+	$(PIP) install --disable-pip-version-check -q --no-deps --force-reinstall $(SGLANG_BUILD_DIR)/dist/sglang-$(SGLANG_VERSION)-$(SGLANG_BUILD_TAG)-*.whl
+	touch $@
+
+check-patches: $(SGLANG_WHEEL)
+	$(CHECK_WHEEL)
+	$(PY) sglang_dcp/sglang/patch_series.py check --wheel $(SGLANG_WHEEL) $(PATCHES)
 
 test: install
 	$(PY) -m pytest test $(PYTEST_ARGS)
@@ -64,4 +108,4 @@ bench-kernels-dry: install
 	TRITON_INTERPRET=1 $(PY) bench/kernels.py --dry-run
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache $(SGLANG_BUILD_DIR)

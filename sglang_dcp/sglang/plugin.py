@@ -1,8 +1,8 @@
 """The ``sglang.srt.plugins`` entry point of sglang-dcp.
 
 SGLang 0.5.21 calls ``register()`` through ``load_plugins()`` in the launching process and in
-every scheduler process (not in the DP-controller or detokenizer processes). It must stay cheap
-and idempotent.
+every scheduler process, and, with ``patches/0001-dpc-load-plugins.patch``, in the DP-controller
+process (not in the detokenizer). It must stay cheap and idempotent.
 """
 
 from __future__ import annotations
@@ -12,6 +12,20 @@ import logging
 logger = logging.getLogger(__name__)
 
 _REGISTERED = False
+
+# SGLang 0.5.21, srt/managers/data_parallel_controller.py: the DP controller's constructor, which
+# launches the schedulers and ends ready to dispatch. The DCP planner will attach here.
+DPC_INIT = "sglang.srt.managers.data_parallel_controller.DataParallelController.__init__"
+DPC_READY_MESSAGE = "sglang_dcp: plugin hooks are active in the DP controller"
+
+
+def _on_dp_controller_ready(result, controller, *args, **kwargs) -> None:
+    """AFTER hook on ``DataParallelController.__init__``: one log line from the DPC process.
+
+    Harmless proof that plugin hooks reach the DP controller (they do not on stock 0.5.21, which
+    never calls ``load_plugins()`` there); tests and operators look for ``DPC_READY_MESSAGE``.
+    """
+    logger.info("%s (%s DP ranks)", DPC_READY_MESSAGE, getattr(controller, "launch_dp_size", "?"))
 
 
 def register() -> None:
@@ -26,3 +40,10 @@ def register() -> None:
     fixes = cpu_compat.apply_sglang_fixes()
     if fixes:
         logger.info("sglang_dcp: applied CPU fixes: %s", ", ".join(fixes))
+
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    # load_plugins() applies registered hooks right after the plugins ran (importing the
+    # target's module: free in every process that launches or is a scheduler, which already
+    # imported it or its heavier dependency srt/managers/scheduler.py).
+    HookRegistry.register(DPC_INIT, _on_dp_controller_ready, HookType.AFTER)
