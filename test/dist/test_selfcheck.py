@@ -49,3 +49,17 @@ def test_selfcheck_triton_interpreter():
     results, _ = collect_results(cfg, timeout_s=240)
     err, where = reference_errors(cfg, results)
     assert err <= TOLERANCE, f"max_rel_err={err:.3e} at {where}"
+
+
+def test_selfcheck_cli_prints_error_last_and_exits_zero():
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "sglang_dcp.exchange.selfcheck",
+         "--world-size", "2", "--steps", "3", "--seed", "11", "--layers", "1"],
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("max_rel_err=") and float(last.split("=")[1]) <= TOLERANCE
