@@ -18,8 +18,8 @@ POLICIES = ("round_robin", "total_tokens", "uniform", "dcp")
 def _run(workload, policy="round_robin", ranks=4, capacity=None, **opts):
     cluster = ClusterSpec.uniform(ranks, capacity or PROFILE.kv_capacity_tokens, PROFILE.page_size)
     pol = make_policy(policy, cluster, PROFILE)
-    run = simulate(workload, pol, StepModel(PROFILE, ranks), ranks, cluster.kv_capacity,
-                   SimOptions(**opts))
+    run = simulate(workload, pol, StepModel(PROFILE, ranks), ranks,
+                   kv_capacity=cluster.kv_capacity, options=SimOptions(**opts))
     return run, pol
 
 
@@ -90,14 +90,17 @@ def test_rejects_what_cannot_fit_and_serves_the_rest():
     assert run.queue_ms.max() > 0  # the third 3000-token request waited for KV
 
 
-@pytest.mark.parametrize("policy", ["round_robin", "dcp"])
-def test_fast_forward_equals_single_stepping(policy):
-    w = synthetic("tiny", seed=2, num_requests=25)
+@pytest.mark.parametrize("policy,migration", [("round_robin", "background"),
+                                              ("dcp", "background"), ("dcp", "stall")])
+def test_fast_forward_equals_single_stepping(policy, migration):
+    w = synthetic("longtail", seed=2, num_requests=40)
     w = w.at_rate(w.rate_rps * 4)
-    fast, _ = _run(w, policy, ranks=2, capacity=131072, rebalance_every_ms=200,
-                   rebalance_max_tokens=8192)
-    slow, _ = _run(w, policy, ranks=2, capacity=131072, fast_forward=False,
-                   rebalance_every_ms=200, rebalance_max_tokens=8192)
+    opts = dict(rebalance_every_ms=200, rebalance_max_tokens=32768, migration=migration)
+    fast, _ = _run(w, policy, ranks=4, capacity=262144, **opts)
+    slow, _ = _run(w, policy, ranks=4, capacity=262144, fast_forward=False, **opts)
+    if policy == "dcp":
+        assert fast.migrated_tokens > 0  # the case exercises migrations
+        assert (fast.migration_stall_ms > 0) == (migration == "stall")
     assert fast.num_steps == slow.num_steps
     assert fast.decoded_tokens == slow.decoded_tokens
     assert np.array_equal(fast.status, slow.status)
@@ -121,3 +124,46 @@ def test_imbalance_definition():
     assert imbalance(np.array([2.0, 2.0])) == 1.0
     assert imbalance(np.array([3.0, 1.0])) == 1.5
     np.testing.assert_allclose(imbalance(np.array([[4.0, 0.0], [1.0, 1.0]])), [2.0, 1.0])
+
+
+def test_guest_out_matches_planner():
+    """The loop tracks each home's remote shards itself (not in the Policy interface)."""
+    w = synthetic("longtail", seed=0, num_requests=150)
+    cluster = ClusterSpec.uniform(4, 262144, PROFILE.page_size)
+    pol = make_policy("dcp", cluster, PROFILE)
+    model = StepModel(PROFILE, 4)
+    seen = []
+    orig = model.set_loads
+
+    def spy(batch, gin, gout):
+        assert list(gin) == pol.guest_items()
+        assert [int(x) for x in gout] == pol.guest_out()
+        seen.append(sum(gin))
+        orig(batch, gin, gout)
+
+    model.set_loads = spy
+    simulate(w.at_rate(w.rate_rps * 4), pol, model, 4, kv_capacity=cluster.kv_capacity,
+             options=SimOptions(rebalance_every_ms=500, rebalance_max_tokens=65536))
+    assert max(seen) > 0  # dcp did split some requests
+
+
+def test_policy_labels_carry_planner_options():
+    from sglang_dcp.sim.experiment import parse_policy
+
+    assert parse_policy("dcp") == ("dcp", {})
+    assert parse_policy("dcp:home_rule=step:max_degree=2:min_gain_us=1.5") == (
+        "dcp", {"home_rule": "step", "max_degree": 2, "min_gain_us": 1.5})
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_policy("dcp:max_degree")
+
+
+def test_fluid_estimate_is_a_fixed_point():
+    from sglang_dcp.sim.bound import balanced_step_ms, fluid_max_rate, fluid_step_ms
+
+    w = synthetic("longtail", seed=0, num_requests=300)
+    idle = balanced_step_ms(PROFILE, 16, 0.0, 0.0)
+    assert fluid_step_ms(w, PROFILE, 16, 1e-6) == pytest.approx(idle, rel=1e-6)
+    assert fluid_step_ms(w, PROFILE, 16, 10.0) < fluid_step_ms(w, PROFILE, 16, 20.0)
+    est = fluid_max_rate(w, PROFILE, 16, slo_ms=50.0, kv_capacity=PROFILE.kv_capacity_tokens)
+    assert est["rate_rps"] > 0 and est["step_ms"] <= 50.0 + 1e-6
+    assert est["limited_by"] in ("step time", "KV capacity")

@@ -1,0 +1,99 @@
+"""CLI: one-line errors with exit code 2, and a small end-to-end run writing the outputs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sglang_dcp.sim.search import SearchSpec, abort_after, find_max_rate
+
+ROOT = Path(__file__).resolve().parents[2]
+POLICY_KEYS = {"max_rate_rps", "p50_tpot_ms", "p99_tpot_ms", "p99_latency_ms", "kv_imbalance",
+               "batch_imbalance", "finished", "rejected"}
+
+
+def _cli(*args, cwd=ROOT):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "sglang_dcp.sim", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--trace", "/nonexistent/trace.jsonl", "--out", "x"], "--trace: no such file"),
+    (["--workload", "tiny", "--policies", "round_robin,bogus", "--out", "x"],
+     "unknown policy 'bogus'"),
+    (["--workload", "tiny", "--profile", "nope", "--out", "x"], "unknown profile 'nope'"),
+    (["--workload", "nope", "--out", "x"], "unknown workload 'nope'"),
+    (["--workload", "tiny", "--ranks", "0", "--out", "x"], "--ranks must be >= 1"),
+    (["--workload", "tiny", "--slo-tpot-ms", "-1", "--out", "x"], "--slo-tpot-ms must be > 0"),
+    (["--workload", "tiny"], "--out"),
+    (["--out", "x"], "--trace --workload"),
+    (["--workload", "tiny", "--out", "/dev/null/x"], "--out: cannot create directory"),
+])
+def test_bad_arguments_fail_in_one_line(args, needle, tmp_path):
+    res = _cli(*[str(tmp_path / "out") if a == "x" else a for a in args])
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert needle in lines[0]
+
+
+def test_help_documents_every_flag():
+    res = _cli("--help")
+    assert res.returncode == 0
+    for flag in ("--trace", "--workload", "--ranks", "--profile", "--slo-tpot-ms", "--policies",
+                 "--out", "--seed", "--max-kv-wait-ms", "--search-precision"):
+        assert flag in res.stdout
+
+
+def test_end_to_end_synthetic(tmp_path):
+    out = tmp_path / "res"
+    res = _cli("--workload", "tiny", "--ranks", "4", "--kv-capacity", "32768",
+               "--max-kv-wait-ms", "100", "--policies", "round_robin,total_tokens,uniform,dcp",
+               "--max-runs", "6", "--seed", "1", "--quiet", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["policies"]) == ["round_robin", "total_tokens", "uniform", "dcp"]
+    for name, fig in summary["policies"].items():
+        assert set(fig) == POLICY_KEYS, name
+        assert fig["finished"] + fig["rejected"] == 120
+        assert fig["max_rate_rps"] > 0
+        assert fig["p50_tpot_ms"] <= fig["p99_tpot_ms"]
+    assert summary["search"]["rel_precision"] == 0.02
+    ref = summary["reference"]["rate_rps"]
+    assert ref == max(summary["policies"][n]["max_rate_rps"] for n in ("round_robin",
+                                                                       "total_tokens"))
+    for png in ("goodput.png", "kv_occupancy.png", "step_time.png"):
+        assert (out / png).stat().st_size > 1000
+    assert "| dcp |" in (out / "summary.md").read_text()
+
+
+def test_search_brackets_and_bisects():
+    limit = 7.3
+
+    class Fake:
+        def __init__(self, rate):
+            self.rate_rps, self.aborted = rate, False
+            import numpy as np
+            self.tpot_ms = np.array([rate * 10.0])
+            self.queue_ms = np.array([0.0])
+
+    spec = SearchSpec(slo_tpot_ms=limit * 10, max_kv_wait_ms=1.0, rel_precision=0.01,
+                      max_runs=30)
+    res = find_max_rate(Fake, 1.0, spec)
+    assert res.max_rate_rps <= limit < res.max_rate_rps * (1 + res.precision)
+    assert res.precision <= 0.01 and len(res.trials) < 15
+    assert find_max_rate(Fake, 100.0, spec).max_rate_rps <= limit
+
+
+def test_abort_after_decides_the_p99():
+    import numpy as np
+
+    for n in (1, 7, 100, 12031):
+        c = abort_after(n)
+        x = np.zeros(n)
+        x[n - min(c, n):] = 1.0
+        assert np.percentile(x, 99) > 0.5 or c > n
