@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from sglang_dcp.sim import cost
+from sglang_dcp.sim.experiment import parse_policy
 from sglang_dcp.sim.workload import WORKLOADS, load_trace, synthetic
 
 DEFAULT_POLICIES = "round_robin,total_tokens,uniform,dcp"
@@ -40,13 +41,16 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranks", type=int, default=16, help="Number of DP-attention ranks (EP size).")
     p.add_argument("--profile", type=str, default=cost.DEFAULT_PROFILE,
                    help="Cost profile name (sglang_dcp/profiles/NAME.json).")
+    p.add_argument("--kv-capacity", type=int, default=None,
+                   help="KV capacity per rank in tokens (default: the profile's).")
     p.add_argument("--slo-tpot-ms", type=float, default=50.0,
                    help="P99 TPOT SLO in milliseconds.")
     p.add_argument("--max-kv-wait-ms", type=float, default=2000.0,
                    help="P99 time a decode-ready request may wait for KV before the rate counts "
                         "as overloaded (the cluster no longer keeps up).")
     p.add_argument("--policies", type=str, default=DEFAULT_POLICIES,
-                   help="Comma-separated placement policies to compare.")
+                   help="Comma-separated placement policies to compare; planner options as "
+                        "NAME:KEY=VALUE[:KEY=VALUE], e.g. dcp:home_rule=step.")
     p.add_argument("--out", type=str, required=True, metavar="DIR",
                    help="Output directory for summary.json, summary.md and PNG plots.")
     p.add_argument("--seed", type=int, default=0,
@@ -61,6 +65,10 @@ def make_parser() -> argparse.ArgumentParser:
                    help="Call the policy's rebalance() this often in simulated time (0: never).")
     p.add_argument("--rebalance-max-tokens", type=int, default=262144,
                    help="KV tokens one rebalance() may migrate.")
+    p.add_argument("--migration", choices=("background", "stall"), default="background",
+                   help="How rebalance() KV copies cost time: copied while decoding goes on "
+                        "(tokens read on the source until the copy lands), or a stall of the "
+                        "whole cluster.")
     p.add_argument("--no-plots", action="store_true", help="Skip the PNG plots.")
     p.add_argument("--quiet", action="store_true", help="No progress bar.")
     return p
@@ -72,14 +80,26 @@ def parse(argv=None) -> tuple[argparse.Namespace, object]:
     args = parser.parse_args(argv)
     policies = [s.strip() for s in args.policies.split(",") if s.strip()]
     known = cost.policy_names()
-    bad = [s for s in policies if s not in known]
-    if not policies or bad:
-        parser.error(f"--policies: unknown policy {bad[0] if bad else '(empty)'!r}; choose "
-                     f"from {', '.join(known)}")
-    args.policies = tuple(dict.fromkeys(policies))
+    if not policies:
+        parser.error(f"--policies is empty; choose from {', '.join(known)}")
     if args.profile not in cost.profile_names():
         parser.error(f"--profile: unknown profile {args.profile!r}; choose from "
                      f"{', '.join(cost.profile_names())}")
+    for label in policies:
+        try:
+            name, options = parse_policy(label)
+        except ValueError as e:
+            parser.error(f"--policies: {e}")
+        if name not in known:
+            parser.error(f"--policies: unknown policy {name!r}; choose from {', '.join(known)}")
+        try:  # let the planner validate the options now, not in the middle of a search
+            cost.make_policy(name, cost.cluster_for(cost.load(args.profile), 1), args.profile,
+                             **options)
+        except (TypeError, ValueError) as e:
+            parser.error(f"--policies: {label!r}: {e}")
+    args.policies = tuple(dict.fromkeys(policies))
+    if args.kv_capacity is not None and args.kv_capacity < 1:
+        parser.error(f"--kv-capacity must be >= 1 token, got {args.kv_capacity}")
     if args.ranks < 1:
         parser.error(f"--ranks must be >= 1, got {args.ranks}")
     for flag in ("slo_tpot_ms", "max_kv_wait_ms", "search_precision"):
@@ -105,6 +125,11 @@ def parse(argv=None) -> tuple[argparse.Namespace, object]:
         if args.num_requests is not None and args.num_requests < 1:
             parser.error(f"--num-requests must be >= 1, got {args.num_requests}")
         workload = synthetic(args.workload, seed=args.seed, **extra)
+    try:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        parser.error(f"--out: cannot create directory {args.out!r} ({e.strerror}); pass a "
+                     f"writable directory")
     return args, workload
 
 
@@ -118,8 +143,9 @@ def main(argv=None) -> int:
     search = SearchSpec(args.slo_tpot_ms, args.max_kv_wait_ms, args.search_precision,
                         args.max_runs)
     sim = SimOptions(rebalance_every_ms=args.rebalance_every_ms,
-                     rebalance_max_tokens=args.rebalance_max_tokens)
-    exp = Experiment(workload, args.ranks, args.profile, args.policies, search, sim)
+                     rebalance_max_tokens=args.rebalance_max_tokens, migration=args.migration)
+    exp = Experiment(workload, args.ranks, args.profile, args.policies, search, sim,
+                     kv_capacity=args.kv_capacity)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -42,8 +42,12 @@ def make_policy(name: str, cluster: ClusterSpec, profile: CostProfile, **options
     return factory(name, cluster, profile, **options)
 
 
-def cluster_for(profile: CostProfile, num_ranks: int) -> ClusterSpec:
-    return profile.cluster(num_ranks)
+def cluster_for(profile: CostProfile, num_ranks: int,
+                kv_capacity: int | None = None) -> ClusterSpec:
+    """Uniform ranks with the profile's KV capacity (or ``kv_capacity`` tokens, page-rounded)."""
+    if kv_capacity is not None:
+        kv_capacity -= kv_capacity % profile.page_size
+    return profile.cluster(num_ranks, kv_capacity)
 
 
 class StepModel:

@@ -18,6 +18,11 @@ such rank gets its own FIFO and other ranks keep admitting, as SGLang's per-rank
 A retryable rejection while nothing runs means the request cannot fit even in an empty cluster:
 it is rejected with the planner's reason. Every request ends finished or rejected.
 
+Rebalancing: every ``rebalance_every_ms`` the loop calls ``Policy.rebalance``. The planner
+switches the placement at once; the KV copy takes ``migration_ms(tokens)`` on one FIFO channel,
+and until it lands the tokens are still read on the source rank (``migration="background"``),
+or the whole cluster stalls for it (``migration="stall"``).
+
 Fast forward: between events (an arrival, a finish, a rebalance) the batch and guest items are
 fixed and each rank's KV grows by its batch every step, so step k of a chunk sees
 ``kv = kv0 + batch * k``. The loop evaluates a chunk's step times in one vectorized call, finds
@@ -62,6 +67,10 @@ class SimOptions:
     fast_forward: bool = True
     rebalance_every_ms: float = 0.0  # 0: never call Policy.rebalance
     rebalance_max_tokens: int = 0
+    # "background": sealed shards are copied while decoding goes on (one FIFO copy channel at
+    # the model's migration bandwidth); attention reads them on src until the copy lands.
+    # "stall": the whole cluster stops for the copy (pessimistic bound).
+    migration: str = "background"
     record: bool = False  # keep KV-occupancy and step-time series for plots
     record_points: int = 2000  # KV samples kept over the run
     # Stop early (result.aborted) once abort_wait_count requests waited longer than
@@ -89,6 +98,7 @@ def simulate(
     policy: Policy,
     model: StepModel,
     num_ranks: int,
+    *,
     kv_capacity,
     options: SimOptions = SimOptions(),
 ) -> RunResult:
@@ -111,8 +121,17 @@ def simulate(
     heap: list[tuple[int, int]] = []  # (global step at which it finishes, request index)
     queues: dict[int, deque[int]] = {}  # GLOBAL or a rank -> FIFO of request indices
     t = float(ready[order[0]]) if n else 0.0
-    steps = busy = decoded = nxt = bad_wait = bad_tpot = 0
-    kv_imb, batch_imb = TimeWeighted(), TimeWeighted()
+    steps = busy = decoded = nxt = bad_wait = bad_tpot = migrated = 0
+    stall_ms = 0.0
+    if options.migration not in ("background", "stall"):
+        raise ValueError(f"migration must be 'background' or 'stall', got {options.migration!r}")
+    stall_mode = options.migration == "stall"
+    pending: deque[list] = deque()  # background copies: [done_ms, request, src, dst, tokens]
+    inflight: dict[int, list[list]] = {}
+    channel_free = 0.0
+    kv_imb, batch_imb = TimeWeighted(), TimeWeighted()  # over every decode step
+    kv_win, batch_win = TimeWeighted(), TimeWeighted()  # over steps before the last arrival
+    window_end = float(workload.arrival_ms.max()) if n else 0.0
     batch_now = 1.0
     series = Series() if options.record else None
     cap = np.maximum(np.asarray(kv_capacity, dtype=np.float64), 1.0)
@@ -166,8 +185,21 @@ def simulate(
         if not q:
             del queues[key]
 
+    def land(e: list) -> None:
+        """A background copy completed: its tokens now live (and are read) on dst."""
+        _, i, src, dst, size = e
+        if size:
+            written[src] -= size
+            written[dst] += size
+            e[4] = 0
+            inflight[i].remove(e)
+            if not inflight[i]:
+                del inflight[i]
+
     def retire(i: int) -> None:
         nonlocal bad_tpot
+        for e in list(inflight.get(i, ())):  # copies still in flight land before the free
+            land(e)
         status[i] = FINISHED
         finish[i] = t
         if (t - first[i]) / (out_len[i] - 1) > options.abort_tpot_ms:
@@ -187,16 +219,27 @@ def simulate(
     aborted = False
     while nxt < n or queues or heap:
         changed = False
+        while pending and pending[0][0] <= t:
+            land(pending.popleft())
         if t >= next_rebalance and heap:
             moves = policy.rebalance(options.rebalance_max_tokens)
-            moved = 0
             for m in moves:
-                written[m.src] -= m.end - m.start
-                written[m.dst] += m.end - m.start
-                moved += m.end - m.start
-                track(int(m.rid), policy.placement(m.rid))
+                i, size = int(m.rid), m.end - m.start
+                track(i, policy.placement(m.rid))
+                migrated += size
+                if stall_mode:
+                    written[m.src] -= size
+                    written[m.dst] += size
+                else:  # one FIFO copy channel: copies land in order
+                    channel_free = max(channel_free, t) + model.migration_ms(size)
+                    e = [channel_free, i, m.src, m.dst, size]
+                    pending.append(e)
+                    inflight.setdefault(i, []).append(e)
             if moves:
-                t += model.migration_ms(moved)  # a stall: every rank waits at the EP barrier
+                if stall_mode:  # every rank waits at the EP barrier while KV moves
+                    stall = model.migration_ms(sum(m.end - m.start for m in moves))
+                    t += stall
+                    stall_ms += stall
                 changed = True
                 for key in sorted(queues, key=lambda k: ready[queues[k][0]]):
                     drain(key)
@@ -220,6 +263,9 @@ def simulate(
         if not heap:
             assert not queues, "requests wait while nothing runs"
             if nxt < n:
+                if series is not None:  # close the busy period in the KV plot
+                    series.t_ms.append(t)
+                    series.kv_frac.append((written / cap).astype(np.float32))
                 t = max(t, float(ready[order[nxt]]))  # idle until the next request is ready
                 continue
             break
@@ -229,14 +275,19 @@ def simulate(
         st = model.step_ms(kv)
         cum = np.cumsum(st)
         k = horizon
-        target = next_rebalance
+        target = min(next_rebalance, pending[0][0]) if pending else next_rebalance
         if nxt < n and GLOBAL not in queues:  # otherwise an arrival just queues: not an event
             target = min(target, float(ready[order[nxt]]))
         if target < np.inf:
             k = min(k, int(np.searchsorted(cum, target - t, side="left")) + 1)
 
-        kv_imb.add(imbalance(kv[:k]), st[:k])
+        kv_k = imbalance(kv[:k])
+        kv_imb.add(kv_k, st[:k])
         batch_imb.add(batch_now, cum[k - 1])
+        if t < window_end:  # steps that start while requests are still arriving
+            w_k = np.where(t + cum[:k] - st[:k] < window_end, st[:k], 0.0)
+            kv_win.add(kv_k, w_k)
+            batch_win.add(batch_now, float(w_k.sum()))
         if series is not None:
             series.step_ms.append(st[:k].astype(np.float32))
             if t - last_record >= record_dt:
@@ -271,8 +322,12 @@ def simulate(
         busy_ms=busy,
         end_ms=t,
         decoded_tokens=decoded,
-        kv_imbalance=kv_imb.value,
-        batch_imbalance=batch_imb.value,
+        kv_imbalance=kv_win.value,
+        batch_imbalance=batch_win.value,
+        kv_imbalance_run=kv_imb.value,
+        batch_imbalance_run=batch_imb.value,
         series=series,
         aborted=aborted,
+        migrated_tokens=migrated,
+        migration_stall_ms=stall_ms,
     )

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from sglang_dcp.sim import cost
+from sglang_dcp.sim.bound import fluid_max_rate
 from sglang_dcp.sim.engine import SimOptions, simulate
 from sglang_dcp.sim.metrics import RunResult, pct, policy_summary
 from sglang_dcp.sim.search import SearchSpec, abort_after, find_max_rate
@@ -30,10 +31,11 @@ class Experiment:
     search: SearchSpec
     sim: SimOptions = SimOptions()
     policy_options: dict = field(default_factory=dict)
+    kv_capacity: int | None = None  # tokens per rank; None: the profile's
 
     def __post_init__(self) -> None:
         self.profile = cost.load(self.profile_name)
-        self.cluster = cost.cluster_for(self.profile, self.num_ranks)
+        self.cluster = cost.cluster_for(self.profile, self.num_ranks, self.kv_capacity)
         self.model = cost.StepModel(self.profile, self.num_ranks)
         self.run_wall_s: list[float] = []
 
@@ -42,7 +44,9 @@ class Experiment:
         """Replay the workload at ``rate_rps`` through a fresh ``policy``. ``early_stop``: stop
         once the SLO is certainly broken (for the search); ``record``: keep plot series."""
         t0 = time.perf_counter()
-        pol = cost.make_policy(policy, self.cluster, self.profile, **self.policy_options)
+        name, options = parse_policy(policy)
+        pol = cost.make_policy(name, self.cluster, self.profile,
+                               **{**self.policy_options, **options})
         opts = {**self.sim.__dict__, "record": record}
         if early_stop:
             w = self.workload
@@ -52,17 +56,38 @@ class Experiment:
                         abort_tpot_count=abort_after(int((w.output_len > 1).sum())))
         opts = SimOptions(**opts)
         run = simulate(self.workload.at_rate(rate_rps), pol, self.model, self.num_ranks,
-                       self.cluster.kv_capacity, opts)
+                       kv_capacity=self.cluster.kv_capacity, options=opts)
         run.policy = policy
         self.run_wall_s.append(time.perf_counter() - t0)
         return run
+
+
+def parse_policy(label: str) -> tuple[str, dict]:
+    """``"dcp:home_rule=step:max_degree=1"`` -> ``("dcp", {"home_rule": "step", ...})``.
+
+    Values are read as int, then float, else kept as strings. The label names the variant in
+    every output.
+    """
+    name, *pairs = label.split(":")
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"policy {label!r}: option {pair!r} is not KEY=VALUE")
+        for kind in (int, float, str):
+            try:
+                options[key] = kind(value)
+                break
+            except ValueError:
+                continue
+    return name, options
 
 
 def run_experiment(exp: Experiment, progress: bool = False) -> tuple[dict, dict[str, RunResult]]:
     """Search every policy, replay all at the reference rate. Returns (summary, runs at ref)."""
     from tqdm import tqdm
 
-    bar = tqdm(total=len(exp.policies) * exp.search.max_runs, disable=not progress,
+    bar = tqdm(total=len(exp.policies) * exp.search.max_runs, disable=None if progress else True,
                unit="run", desc="goodput search", leave=False)
 
     def run_at(name):
@@ -89,8 +114,8 @@ def run_experiment(exp: Experiment, progress: bool = False) -> tuple[dict, dict[
             "native rate (no policy met the SLO)"
 
     runs = {}
-    for name in (tqdm(exp.policies, desc="reference runs", leave=False) if progress
-                 else exp.policies):
+    for name in tqdm(exp.policies, desc="reference runs", leave=False,
+                     disable=None if progress else True):
         runs[name] = exp.run(name, ref_rate, record=True)
 
     policies, details = {}, {}
@@ -99,6 +124,11 @@ def run_experiment(exp: Experiment, progress: bool = False) -> tuple[dict, dict[
         policies[name] = {"max_rate_rps": searches[name].max_rate_rps, **policy_summary(run)}
         details[name] = {
             "p99_kv_wait_ms": pct(run.queue_ms, 99),
+            "kv_imbalance_run": run.kv_imbalance_run,
+            "batch_imbalance_run": run.batch_imbalance_run,
+            "mean_step_ms": run.busy_ms / run.num_steps if run.num_steps else None,
+            "migrated_tokens": run.migrated_tokens,
+            "migration_stall_ms": run.migration_stall_ms,
             "reject_reasons": run.reject_reasons,
             "num_steps_at_reference": run.num_steps,
             "search_trials": searches[name].trials,
@@ -127,6 +157,9 @@ def run_experiment(exp: Experiment, progress: bool = False) -> tuple[dict, dict[
             "kv_capacity_tokens_per_rank": exp.cluster.kv_capacity[0],
             "page_size": exp.cluster.page_size,
         },
+        "fluid_bound": fluid_max_rate(exp.workload, exp.profile, exp.num_ranks,
+                                      slo_ms=exp.search.slo_tpot_ms,
+                                      kv_capacity=exp.cluster.kv_capacity[0]),
         "details": details,
         "env": environment(),
         "timing": {"runs": len(exp.run_wall_s), "total_s": sum(exp.run_wall_s),

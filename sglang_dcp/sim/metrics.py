@@ -7,6 +7,12 @@ arrival, so it holds prefill (from the profile), the wait for KV, and decode.
 Imbalance of a per-rank load x at one step = max(x) / mean(x); a step with mean 0 counts as 1.0
 (nothing to balance). The run's figure is the average over decode steps weighted by step time;
 idle time (no request decoding) has no steps and does not count. A run without steps reports 1.0.
+KV is the KV written (resident) per rank; batch is the requests homed per rank.
+
+Headline imbalance averages over the *loaded window*: steps that start before the last request
+arrives. After that the cluster drains: a handful of long requests remain on a few ranks
+and max/mean measures the length of the drain, not the policy (with 3 requests on 16 ranks it is
+5.3 whatever the placement). ``*_imbalance_run`` keeps the average over every step.
 """
 
 from __future__ import annotations
@@ -72,9 +78,13 @@ class RunResult:
     busy_ms: float  # time spent in decode steps
     end_ms: float  # when the last request finished
     decoded_tokens: int  # sum over steps of the cluster's batch: must equal sum(output_len - 1)
-    kv_imbalance: float
+    kv_imbalance: float  # time-weighted over the loaded window
     batch_imbalance: float
+    kv_imbalance_run: float  # time-weighted over every decode step, drain included
+    batch_imbalance_run: float
     series: Series | None = None
+    migrated_tokens: int = 0  # KV tokens moved by Policy.rebalance
+    migration_stall_ms: float = 0.0  # time the cluster stalled for those moves
     aborted: bool = False  # stopped early (SimOptions.abort_count): only pass/fail is meaningful
 
     @property

@@ -57,6 +57,13 @@ def markdown(summary: dict) -> str:
         f" (achieved: {', '.join(f'{k} {_fmt(v, 3)}' for k, v in se['precision'].items())})",
         f"- TPOT, latency and imbalance columns are measured at the reference rate "
         f"{_fmt(ref.get('rate_rps'), 3)} req/s ({ref.get('why', '')})",
+    ]
+    if summary.get("fluid_bound"):
+        fb = summary["fluid_bound"]
+        lines.append(f"- fluid estimate of the best any placement can do (perfect balance, no "
+                     f"exchange; sglang_dcp/sim/bound.py): {_fmt(fb['rate_rps'], 2)} req/s, "
+                     f"limited by {fb['limited_by']}")
+    lines += [
         "",
         "| policy | max rate (req/s) | vs best baseline | P50 TPOT (ms) | P99 TPOT (ms) | "
         "P99 latency (ms) | KV imbalance | batch imbalance | finished | rejected |",

@@ -150,7 +150,7 @@ class LongTailSpec:
 WORKLOADS: dict[str, LongTailSpec] = {
     "longtail": LongTailSpec(),
     "chat": LongTailSpec(body_median=1500, tail_frac=0.0, rate_rps=20.0),
-    "tiny": LongTailSpec(num_requests=60, rate_rps=20.0, body_median=1500, tail_frac=0.2,
+    "tiny": LongTailSpec(num_requests=120, rate_rps=20.0, body_median=1500, tail_frac=0.2,
                          tail_min=8192, tail_bands=2, out_median=40, max_output=200),
 }
 
