@@ -241,7 +241,7 @@ def decode_attention(
             q, k_buffer, v_buffer, kv_indptr, kv_indices, sm_scale, k_scale=k_scale, v_scale=v_scale
         )
     num_items, num_heads, head_dim = q.shape
-    num_kv_heads, head_dim_v = k_buffer.shape[1], v_buffer.shape[2]
+    head_dim_v = v_buffer.shape[2]
     o = torch.empty(num_items, num_heads, head_dim_v, dtype=q.dtype, device=q.device)
     lse = torch.empty(num_items, num_heads, dtype=torch.float32, device=q.device)
     if num_items == 0:
