@@ -67,11 +67,11 @@ def _git_commit() -> str:
         return "unknown (no commit yet)"
 
 
-def bench_policy(name, profile, num_ranks, live, timed, seed, page):
+def bench_policy(name, profile, num_ranks, live, timed, seed, page, fill=0.75):
     rng = random.Random(seed)
     lengths, source = _lengths(rng, live + timed)
     mean_tokens = sum(a + b for a, b in lengths) / len(lengths)
-    cap = int(mean_tokens * live / num_ranks / 0.75) // page * page
+    cap = int(mean_tokens * live / num_ranks / fill) // page * page
     cluster = ClusterSpec.uniform(num_ranks, cap, page)
     base, _, opts = name.partition("[")  # e.g. "dcp[home_rule=step]"
     options = dict(kv.split("=", 1) for kv in opts.rstrip("]").split("+") if kv)
@@ -125,11 +125,14 @@ def main() -> None:
     ap.add_argument("--timed", type=int, default=3_000)
     ap.add_argument("--profile", default="deepseek-v3-h200")
     ap.add_argument(
-        "--policies", default=",".join(POLICIES) + ",dcp[home_rule=step]",
+        "--policies",
+        default=",".join(POLICIES) + ",dcp[home_rule=batch],dcp[split_rule=gain+home_rule=batch]",
         help="comma-separated; options in brackets joined by '+', "
         "e.g. dcp[max_degree=4+home_rule=step]",
     )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fill", type=float, default=0.75,
+                    help="fraction of the cluster's KV the live set reserves (0.75)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
     profile = load_profile(args.profile)
@@ -138,7 +141,8 @@ def main() -> None:
         # warmup
         bench_policy(name, profile, args.ranks, 500, 200, args.seed + 1, profile.page_size)
         rows.append(bench_policy(
-            name, profile, args.ranks, args.live, args.timed, args.seed, profile.page_size
+            name, profile, args.ranks, args.live, args.timed, args.seed, profile.page_size,
+            args.fill,
         ))
     cols = ("policy", "ranks", "live requests", "median admit µs", "p99 admit µs", "rejected",
             "split", "rebalance µs (moves)")
@@ -157,6 +161,7 @@ def main() -> None:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "profile": args.profile,
         "seed": args.seed,
+        "fill": args.fill,
         "target": "median admit <= 50 us at 64 ranks x 10,000 live requests",
     }
     out = Path(args.out)
@@ -169,7 +174,7 @@ def main() -> None:
         f"- git commit: {meta['git_commit']}",
         f"- command: `{meta['command']}`",
         f"- profile: {args.profile}; lengths: {rows[0]['length_source']}; KV capacity per "
-        f"rank {rows[0]['kv_capacity_per_rank']} tokens (live set fills ~75%)",
+        f"rank {rows[0]['kv_capacity_per_rank']} tokens (live set fills ~{args.fill:.0%})",
         f"- each timed admit is followed by an untimed finish of a random live request; "
         f"{args.timed} timed admits per policy after filling the live set; `split` counts "
         "timed admits with degree > 1",

@@ -23,7 +23,7 @@ _OPTIONS = {
     "total_tokens": (),
     "uniform": ("group_size",),
     "dcp": ("max_degree", "min_shard_tokens", "min_gain_us", "batch_slack", "rebalance_threshold",
-            "home_rule", "fixed_exchange"),
+            "home_rule", "fixed_exchange", "split_rule", "split_min_free"),
 }
 
 
@@ -39,7 +39,8 @@ def make_policy(
     required by ``dcp`` and ignored by the others. Options: ``uniform``: ``group_size``;
     ``dcp``: ``max_degree`` (8), ``min_shard_tokens`` (the profile's break-even shard),
     ``min_gain_us`` (0), ``batch_slack`` (0), ``rebalance_threshold`` (1.25), ``home_rule``
-    ("batch" | "step"), ``fixed_exchange`` ("always" | "first"); see ``dcp.py``. ``None`` values
+    ("step" | "batch"), ``split_rule`` ("fit" | "gain"), ``split_min_free`` (0.2),
+    ``fixed_exchange`` ("always" | "first"); see ``dcp.py``. ``None`` values
     mean "default" (convenient for CLI flags left unset).
     """
     if name not in POLICIES:

@@ -6,8 +6,11 @@ controller both drive a ``Policy`` through exactly these methods.
 Interface changes (additions only): ``admit`` takes an optional ``home_rank`` (an external
 router pins the home; the policy still places the other shards, and returns a ``Rejection``
 naming that rank if it cannot host the tail). Implementations (``state.LedgerPolicy``) also
-offer ``kv_used()``, ``guest_out()``, ``capacity()``, ``free_kv()``, ``live()`` and
-``verify()``; build them with ``sglang_dcp.planner.make_policy``.
+offer ``kv_used()``, ``capacity()``, ``free_kv()``, ``live()`` and ``verify()``; build them
+with ``sglang_dcp.planner.make_policy``. ``guest_out()`` (per-rank remote parts of the requests
+homed there) is part of the interface, and ``waiting_rank(rid)`` says, in O(1), which rank a
+retryably rejected request is bound to (``None``: it may go anywhere; only the SGLang baselines,
+whose dispatch is final, bind it).
 """
 
 from __future__ import annotations
@@ -102,3 +105,13 @@ class Policy(ABC):
 
     @abstractmethod
     def guest_items(self) -> list[int]: ...
+
+    # guest_out = remote shards of the requests homed there (what each home sends q to and
+    # merges partials from); sum(guest_out) == sum(guest_items).
+    @abstractmethod
+    def guest_out(self) -> list[int]: ...
+
+    def waiting_rank(self, rid: str) -> int | None:
+        """The rank request ``rid`` waits for after a retryable rejection, or ``None`` if the
+        policy does not bind waiting requests to a rank (it places globally). O(1)."""
+        return None

@@ -83,6 +83,11 @@ class _SingleRankBaseline(LedgerPolicy):
         """Requests rejected with ``retryable=True``: rid -> the rank they wait for."""
         return {rid: r for rid, (r, _) in self._waiting.items()}
 
+    def waiting_rank(self, rid: str) -> int | None:
+        """The rank ``rid`` waits for (SGLang's dispatch is final), or ``None``. O(1)."""
+        w = self._waiting.get(rid)
+        return None if w is None else w[0]
+
 
 class RoundRobinPolicy(_SingleRankBaseline):
     name = "round_robin"

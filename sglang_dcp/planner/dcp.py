@@ -1,34 +1,45 @@
 """``dcp``: request-level dynamic context parallelism.
 
-Each request gets a home rank for *batch* balance and a CP degree ``d`` with shards placed for
-*KV* balance, using the cost profile's step-time model (``CostProfile``; µs per step):
+Each request gets a home rank (its token's MoE dispatch, LM head and sampling) and a CP degree
+``d``; its KV lives in ``d`` shards. Decisions use the cost profile's step-time model
+(``CostProfile``; µs per step), the same one the simulator charges.
 
-1. **Home** (``home_rule="batch"``, the default): the rank with the fewest homed requests
-   (within ``batch_slack`` of the fewest), ties by the rank's predicted time ``rank_time_us``,
-   then the lowest index; it must have room for the tail. ``home_rule="step"`` instead picks
-   the rank that minimises the predicted step time with the whole request on it, MoE barrier
-   included (``max(M, rank_time + request) + moe_us_per_token`` if it would raise the largest
-   batch), ties by fewest homed then lowest index. The tail is the prompt's last partial page
-   plus ``max_new_tokens``
-   (page-rounded) and may also keep some prompt pages.
-2. **Degree**: ``d = 1`` if the prompt has fewer full pages than ``min_shard_tokens`` (short
-   requests never split). Otherwise, for ``d = 1 .. max_degree``, the guests are the ``d - 1``
-   ranks with the lowest predicted time (free KV >= ``min_shard_tokens``), and the request's
-   tokens are water-filled over home + guests so their predicted times level out (each guest
-   shard >= ``min_shard_tokens``, page-aligned, only the prompt's full pages; the home keeps the
-   tail). Each plan is scored by the predicted step time ``max(M, peak) + exchange_fixed``,
-   where ``M`` is the slowest rank now, ``peak`` the slowest touched rank after placing (it
-   includes per-guest exchange, attention-item and merge costs) and ``exchange_fixed`` is the
-   profile's per-step fixed exchange cost: charged to every split (``fixed_exchange="always"``,
-   the default: conservative, as that cost recurs every step while any guest exists) or only
-   to the cluster's first guest (``fixed_exchange="first"``: the marginal cost now). A larger
-   ``d`` wins only if it lowers the score by more
-   than ``min_gain_us``: a request splits only when the exchange pays for itself. If ``d = 1``
-   does not fit, the best feasible split is taken (guests by most free KV as a fallback).
+**Why the defaults are what they are.** A guest shard's gain is transient (it lowers the
+slowest rank *now*, and the next admissions would level that rank anyway), while its exchange
+cost recurs every step of the request's life on *both* ranks, plus a cluster-wide fixed cost per
+step while any guest exists. Under the shipped profiles splitting for step-time balance loses
+to not splitting (see ``bench/results/sim.md``); splitting pays when it lets a request run that
+could not run whole: KV fragmentation. So:
 
-Loads are reserved KV tokens (``kv_tokens()``), i.e. what the ranks will hold when every live
-request reaches its reservation. All per-rank predicted times are cached and refreshed only for
-the ranks a call touches, so ``admit`` costs O(num_ranks) list work, never O(live requests).
+1. **Home** (``home_rule="step"``, the default): the rank that minimises the predicted step
+   time with the whole request on it, MoE barrier included (``max(M, rank_time + request) +
+   moe_us_per_token`` if it would raise the largest batch; ``M`` = slowest rank now), ties by
+   fewest homed requests, then lowest index. ``home_rule="batch"``: the rank with the fewest
+   homed requests (within ``batch_slack`` of the fewest), ties by predicted rank time.
+2. **Split only for fit** (``split_rule="fit"``, the default): a request that some rank can
+   hold whole is placed whole (``d = 1``) on the best such home. Otherwise it is split, with
+   the home chosen among ranks that can hold its tail, *if* it can never fit whole (larger than
+   every rank's capacity) or at least ``split_min_free`` (0.2) of the cluster's KV is free: then
+   free KV exists but is fragmented, and waiting for one rank to drain is what a split saves.
+   With less free KV the cluster is KV-bound; a split would only pack the last free pages at a
+   recurring exchange cost, so the request waits (retryable ``Rejection``) and waiting is the
+   admission control. ``split_rule="gain"``: the older rule, which also splits requests that
+   fit when the predicted step ``max(M, peak) + exchange_fixed`` is lower by > ``min_gain_us``
+   (``fixed_exchange``: charge the fixed cost to every split, ``"always"``, or only to the
+   cluster's first guest, ``"first"``).
+3. **Shards** (when splitting): ``d = 2 .. max_degree``; the guests are the ``d - 1`` ranks with
+   the lowest predicted time (free KV >= ``min_shard_tokens``, by default the profile's
+   break-even shard), and the request's tokens are water-filled over home + guests so their
+   predicted times, per-guest exchange, attention-item and merge costs included, level out
+   (each guest shard >= ``min_shard_tokens``, page-aligned, only the prompt's full pages; the
+   home keeps the tail: the prompt's last partial page plus ``max_new_tokens``). The plan with
+   the lowest predicted step wins; a larger ``d`` must beat a smaller one by > ``min_gain_us``.
+   If no plan fits, guests by most free KV are tried.
+
+Short requests (fewer full prompt pages than ``min_shard_tokens``) never split. Loads are
+reserved KV tokens (``kv_tokens()``), i.e. what the ranks hold when every live request reaches
+its reservation. Per-rank predicted times are cached and refreshed only for the ranks a call
+touches, so ``admit`` costs O(num_ranks) list work, never O(live requests).
 """
 
 from __future__ import annotations
@@ -53,8 +64,10 @@ class DcpPolicy(SealedRangeRebalancer, LedgerPolicy):
         min_gain_us: float = 0.0,
         batch_slack: int = 0,
         rebalance_threshold: float = 1.25,
-        home_rule: str = "batch",
+        home_rule: str = "step",
         fixed_exchange: str = "always",
+        split_rule: str = "fit",
+        split_min_free: float = 0.2,
     ) -> None:
         super().__init__(cluster)
         if not isinstance(profile, CostProfile):
@@ -73,6 +86,12 @@ class DcpPolicy(SealedRangeRebalancer, LedgerPolicy):
             raise ValueError(
                 f"dcp: fixed_exchange must be 'always' or 'first', got {fixed_exchange!r}"
             )
+        if split_rule not in ("fit", "gain"):
+            raise ValueError(f"dcp: split_rule must be 'fit' or 'gain', got {split_rule!r}")
+        if not 0.0 <= split_min_free <= 1.0:
+            raise ValueError(f"dcp: split_min_free must be in [0, 1], got {split_min_free}")
+        self.split_rule = split_rule
+        self.split_min_free = float(split_min_free)
         self.home_rule = home_rule
         self.fixed_exchange = fixed_exchange
         self.profile = profile
@@ -91,6 +110,7 @@ class DcpPolicy(SealedRangeRebalancer, LedgerPolicy):
         self._cpt = p.compute_us_per_token
         self.cost = [0.0] * self.num_ranks  # predicted rank_time_us per rank
         self._keys = [(0, 0.0, 0)] * self.num_ranks  # (batch, cost, rank) for home choice
+        self._free = [0] * self.num_ranks  # free KV tokens per rank (cap - reserved)
         for r in range(self.num_ranks):
             self._touched(r)
 
@@ -105,6 +125,11 @@ class DcpPolicy(SealedRangeRebalancer, LedgerPolicy):
         ) + self.profile.attn_us_fixed
         self.cost[r] = c
         self._keys[r] = (b, c, r)
+        self._free[r] = self.cap[r] - self.kv[r]
+
+    def verify(self) -> None:
+        super().verify()
+        assert self._free == [c - k for c, k in zip(self.cap, self.kv)], "free-KV cache drifted"
 
     def rank_times(self) -> list[float]:
         """Predicted ``rank_time_us`` of every rank from the reserved KV (µs)."""
@@ -131,21 +156,24 @@ class DcpPolicy(SealedRangeRebalancer, LedgerPolicy):
     def _choose_home_step(self, need: int, resv: int) -> int:
         """The rank minimising the predicted step time with the whole request on it (d = 1),
         MoE barrier included; ties: fewest homed, then lowest index."""
-        cap, kv, batch, cost = self.cap, self.kv, self.batch, self.cost
-        add = self._a * resv + self._item
-        M = max(cost)
+        batch, cost, free = self.batch, self.cost, self._free
+        # score_r = max(cost_r, M - add) + moe_us_per_token * [batch_r >= max batch] (+ add)
+        lvl = max(cost) - (self._a * resv + self._item)
+        bmin = min(batch)
+        r0 = batch.index(bmin)
+        if free[r0] >= need and cost[r0] <= lvl:
+            return r0  # lowest possible score, and the fewest homed (lowest index) among them
         bmax = max(batch)
         mpt = self.profile.moe_us_per_token
-        best, best_key = -1, None
-        for r in range(self.num_ranks):
-            if cap[r] - kv[r] < need:
-                continue
-            b = batch[r]
-            t = cost[r] + add
-            key = ((t if t > M else M) + (mpt if b >= bmax else 0.0), b, r)
-            if best_key is None or key < best_key:
-                best, best_key = r, key
-        return best
+        k = min(
+            (
+                ((c if c > lvl else lvl) + (mpt if b >= bmax else 0.0), b, r)
+                for (b, c, r), f in zip(self._keys, free)
+                if f >= need
+            ),
+            default=None,
+        )
+        return -1 if k is None else k[2]
 
     def _plan(self, req: Request, home_rank: int | None):
         ps, cap, kv = self.page, self.cap, self.kv
@@ -160,10 +188,25 @@ class DcpPolicy(SealedRangeRebalancer, LedgerPolicy):
             if cap[h] - kv[h] < need:
                 return self._reject(req, resv, pfull, splittable, pinned=h)
         else:
+            if self.split_rule == "fit" and splittable:
+                h = self._choose_home(resv, resv)  # a home that holds it whole: no split
+                if h >= 0:
+                    return h, [], 0
             h = self._choose_home(need, resv)
             if h < 0:
                 return self._reject(req, resv, pfull, splittable)
         free_h = cap[h] - kv[h]
+        if self.split_rule == "fit" and splittable:
+            if free_h >= resv:
+                return h, [], 0
+            if not self._may_split_for_fit(resv, home_rank):
+                return Rejection(
+                    req.rid,
+                    f"request {req.rid!r} needs {resv} KV tokens, no rank has them free and "
+                    f"less than {self.split_min_free:.0%} of the cluster's KV is free: it waits "
+                    "(a split would only pack the last free pages at a recurring exchange cost)",
+                    retryable=True,
+                )
         a = self._a
         b = self.batch[h]
         base_h = self.cost[h] + self._item + max(self._floor, self._cpt * (b + 1)) - max(
@@ -195,6 +238,16 @@ class DcpPolicy(SealedRangeRebalancer, LedgerPolicy):
         if best_score is None:
             return self._reject(req, resv, pfull, splittable, pinned=home_rank)
         return best
+
+    def _may_split_for_fit(self, resv: int, pinned: int | None) -> bool:
+        """``split_rule="fit"``: split a request that no allowed home can hold whole now only if
+        none ever could (capacity below ``resv``), or at least ``split_min_free`` of the
+        cluster's KV is free (fragmented, not full)."""
+        cap = self.cap
+        if (cap[pinned] if pinned is not None else max(cap)) < resv:
+            return True
+        total = sum(cap)
+        return total - sum(self.kv) >= self.split_min_free * total
 
     def _try_guests(self, h, order, resv, pfull, min_tail, free_h, base_h):
         """Water-filled plans for d = 2 .. max_degree with guests taken from ``order``."""

@@ -13,7 +13,7 @@ Queues: a request the policy cannot place yet (retryable rejection) waits in a F
 retried, head of line, whenever KV frees (a finish or a migration). Policies that place globally
 (``dcp``, ``uniform``) share one FIFO: while it is non-empty, new arrivals queue behind it, so
 nothing overtakes and nothing starves. Policies whose dispatch is final (the SGLang baselines:
-a request waits for the rank it was sent to) say so through ``waiting()`` (rid -> rank); each
+a request waits for the rank it was sent to) say so through ``waiting_rank(rid)``; each
 such rank gets its own FIFO and other ranks keep admitting, as SGLang's per-rank queues do.
 A retryable rejection while nothing runs means the request cannot fit even in an empty cluster:
 it is rejected with the planner's reason. Every request ends finished or rejected.
@@ -112,12 +112,9 @@ def simulate(
     finish = np.full(n, np.nan)
     reasons: dict[str, int] = {}
     rids = [str(i) for i in range(n)]
-    waiting_of = getattr(policy, "waiting", None)  # dispatch-is-final policies
 
     written = np.zeros(num_ranks)  # KV tokens that exist, per rank
     batch = np.zeros(num_ranks)
-    guest_out = np.zeros(num_ranks, dtype=np.int64)  # remote shards of requests homed here
-    remote: dict[int, tuple[int, int]] = {}  # request -> (home, number of remote shard ranks)
     heap: list[tuple[int, int]] = []  # (global step at which it finishes, request index)
     queues: dict[int, deque[int]] = {}  # GLOBAL or a rank -> FIFO of request indices
     t = float(ready[order[0]]) if n else 0.0
@@ -140,14 +137,6 @@ def simulate(
     every = options.rebalance_every_ms
     next_rebalance = t + every if every > 0 else np.inf
 
-    def track(i: int, p: Placement | None) -> None:
-        """Keep guest_out in step with request i's placement (None: it left)."""
-        home, d = remote.pop(i, (0, 0))
-        guest_out[home] -= d
-        if p is not None:
-            remote[i] = (p.home_rank, p.degree - 1)
-            guest_out[p.home_rank] += p.degree - 1
-
     def try_admit(i: int) -> int | None:
         """Admit, finish or reject request i; or return the queue key it must wait in."""
         nonlocal bad_wait
@@ -157,7 +146,7 @@ def simulate(
         got = policy.admit(Request(rids[i], int(inp[i]), int(out_len[i])))
         if isinstance(got, Rejection):
             if got.retryable and heap:
-                rank = waiting_of().get(rids[i]) if waiting_of else None
+                rank = policy.waiting_rank(rids[i])  # dispatch-is-final policies bind it
                 return GLOBAL if rank is None else rank
             status[i] = REJECTED
             reason = got.reason if not got.retryable else f"{got.reason} (cluster empty)"
@@ -165,7 +154,6 @@ def simulate(
             return None
         for r, k in _written_by_rank(got, int(inp[i])):
             written[r] += k
-        track(i, got)
         first[i] = t
         if t - ready[i] > options.abort_wait_ms:
             bad_wait += 1
@@ -206,7 +194,6 @@ def simulate(
             bad_tpot += 1
         for r, k in _written_by_rank(policy.placement(rids[i]), int(inp[i] + out_len[i] - 1)):
             written[r] -= k
-        track(i, None)
         policy.finish(rids[i])
 
     def refresh_loads() -> None:
@@ -214,7 +201,7 @@ def simulate(
         b = policy.batch_sizes()
         batch[:] = b
         batch_now = float(imbalance(batch))
-        model.set_loads(b, policy.guest_items(), guest_out)
+        model.set_loads(b, policy.guest_items(), policy.guest_out())
 
     aborted = False
     while nxt < n or queues or heap:
@@ -225,7 +212,6 @@ def simulate(
             moves = policy.rebalance(options.rebalance_max_tokens)
             for m in moves:
                 i, size = int(m.rid), m.end - m.start
-                track(i, policy.placement(m.rid))
                 migrated += size
                 if stall_mode:
                     written[m.src] -= size
@@ -306,7 +292,7 @@ def simulate(
                 drain(key)
             refresh_loads()
 
-    if not aborted and (np.any(np.abs(written) > 1e-6) or np.any(guest_out)):
+    if not aborted and (np.any(np.abs(written) > 1e-6) or any(policy.guest_out())):
         raise RuntimeError(f"KV accounting drifted: {written.tolist()} tokens left at the end")
     return RunResult(
         policy=getattr(policy, "name", type(policy).__name__),

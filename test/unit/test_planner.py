@@ -117,9 +117,9 @@ def test_dcp_short_requests_stay_whole_and_balance_batch():
     p.verify()
 
 
-def test_dcp_splits_a_straggler_and_not_when_it_does_not_pay():
+def test_dcp_gain_rule_splits_a_straggler_and_not_when_it_does_not_pay():
     c = ClusterSpec.uniform(8, DS.kv_capacity_tokens, 64)
-    p = make_policy("dcp", c, DS)
+    p = make_policy("dcp", c, DS, split_rule="gain")
     got = p.admit(req(0, 400_000, 1000))  # 10 ms of attention on one rank
     assert got.degree > 1 and got.shards[-1].rank == got.home_rank
     assert all(s.num_tokens >= p.min_shard_tokens for s in got.shards[:-1])
@@ -127,8 +127,10 @@ def test_dcp_splits_a_straggler_and_not_when_it_does_not_pay():
     assert got.shards[-1].start <= 400_000 - 400_000 % 64  # the partial page stays in the tail
     p.verify()
     # the same request is not split when the exchange cost exceeds the gain
-    q = make_policy("dcp", c, DS, min_gain_us=1e9)
+    q = make_policy("dcp", c, DS, split_rule="gain", min_gain_us=1e9)
     assert q.admit(req(0, 400_000, 1000)).degree == 1
+    # the default rule (split only for fit) keeps it whole: a rank can hold it
+    assert make_policy("dcp", c, DS).admit(req(0, 400_000, 1000)).degree == 1
 
 
 def test_dcp_split_forced_by_capacity():

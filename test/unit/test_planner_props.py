@@ -47,15 +47,17 @@ clusters = st.builds(
     st.integers(1, 6),
     st.sampled_from([None, 1, 8, 50]),  # min_shard_tokens in pages
     st.integers(1, 4),
+    st.sampled_from([("fit", 0.2), ("fit", 0.0), ("gain", 0.2)]),  # dcp split_rule, min free
 )
 
 
 def _build(spec):
-    n, page, pages, policy, prof, deg, ms, grp = spec
+    n, page, pages, policy, prof, deg, ms, grp, (rule, free) = spec
     cluster = ClusterSpec(n, tuple(p * page for p in pages), page)
     opts = {}
     if policy == "dcp":
-        opts = {"max_degree": deg, "min_shard_tokens": None if ms is None else ms * page}
+        opts = {"max_degree": deg, "min_shard_tokens": None if ms is None else ms * page,
+                "split_rule": rule, "split_min_free": free}
     if policy == "uniform":
         opts = {"group_size": max(g for g in range(1, grp + 1) if n % g == 0)}
     return make_policy(policy, cluster, PROFILES[prof], **opts)

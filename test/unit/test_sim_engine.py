@@ -127,7 +127,7 @@ def test_imbalance_definition():
 
 
 def test_guest_out_matches_planner():
-    """The loop tracks each home's remote shards itself (not in the Policy interface)."""
+    """The loop charges each home the remote shards the planner reports (Policy.guest_out)."""
     w = synthetic("longtail", seed=0, num_requests=150)
     cluster = ClusterSpec.uniform(4, 262144, PROFILE.page_size)
     pol = make_policy("dcp", cluster, PROFILE)

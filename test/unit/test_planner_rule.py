@@ -1,0 +1,136 @@
+"""dcp's default decision rule: home by predicted step, split only for fit (see planner/dcp.py)."""
+
+import random
+
+import pytest
+
+from sglang_dcp.planner import ClusterSpec, Policy, load_profile, make_policy
+from sglang_dcp.types import Placement, Rejection, Request
+
+DS = load_profile("deepseek-v3-h200")
+PAGE = 64
+
+
+def req(i, prompt, new=0):
+    return Request(f"r{i}", prompt, new)
+
+
+def fill(p, rank, tokens, rid):
+    got = p.admit(Request(rid, tokens, 0), home_rank=rank)
+    assert isinstance(got, Placement) and got.degree == 1
+    return got
+
+
+def test_defaults():
+    p = make_policy("dcp", ClusterSpec.uniform(4, 64 * 1024, PAGE), DS)
+    assert (p.home_rule, p.split_rule, p.split_min_free) == ("step", "fit", 0.2)
+    with pytest.raises(ValueError, match="split_rule"):
+        make_policy("dcp", ClusterSpec.uniform(4, 64 * 1024, PAGE), DS, split_rule="nope")
+    with pytest.raises(ValueError, match="split_min_free"):
+        make_policy("dcp", ClusterSpec.uniform(4, 64 * 1024, PAGE), DS, split_min_free=1.5)
+
+
+def test_long_request_that_fits_stays_whole_on_the_fastest_rank():
+    c = ClusterSpec.uniform(8, DS.kv_capacity_tokens, PAGE)
+    p = make_policy("dcp", c, DS)
+    for r in range(8):
+        if r != 5:
+            fill(p, r, 200_000, f"f{r}")
+    got = p.admit(req(0, 400_000, 1000))  # 10 ms of attention: a split would lower the step now
+    assert got.degree == 1 and got.home_rank == 5  # but it fits: whole, on the idle rank
+    assert sum(p.guest_items()) == 0
+    p.verify()
+
+
+def test_request_larger_than_any_free_kv_is_split_when_kv_is_fragmented():
+    cap = 64 * 1000  # 64,000 tokens per rank
+    c = ClusterSpec.uniform(4, cap, PAGE)
+    p = make_policy("dcp", c, DS, min_shard_tokens=PAGE * 10)
+    for r in range(4):  # each rank half full: 50% of the cluster free, no rank has 40k free
+        fill(p, r, 32_000, f"f{r}")
+    got = p.admit(req(0, 40_000, 100))
+    assert isinstance(got, Placement) and got.degree > 1
+    assert max(p.kv_tokens()) <= cap
+    assert sum(p.guest_out()) == sum(p.guest_items()) == got.degree - 1
+    p.verify()
+
+
+def test_request_waits_instead_of_splitting_when_the_cluster_is_kv_bound():
+    cap = 64 * 1000
+    c = ClusterSpec.uniform(4, cap, PAGE)
+    p = make_policy("dcp", c, DS, min_shard_tokens=PAGE * 10)
+    for r in range(4):  # 85% full: 9,600 free per rank, 38,400 in all
+        fill(p, r, 54_400, f"f{r}")
+    rej = p.admit(req(0, 20_000, 100))  # fits the cluster's free KV only in pieces
+    assert isinstance(rej, Rejection) and rej.retryable and "waits" in rej.reason
+    assert sum(p.guest_items()) == 0
+    # the same request splits once the gate allows it (split_min_free=0: always split for fit)
+    q = make_policy("dcp", c, DS, min_shard_tokens=PAGE * 10, split_min_free=0.0)
+    for r in range(4):
+        fill(q, r, 54_400, f"f{r}")
+    assert q.admit(req(0, 20_000, 100)).degree > 1
+    q.verify()
+
+
+def test_request_larger_than_every_rank_is_always_split():
+    cap = 64 * 1000
+    c = ClusterSpec.uniform(4, cap, PAGE)
+    p = make_policy("dcp", c, DS, min_shard_tokens=PAGE * 10, split_min_free=1.0)
+    got = p.admit(req(0, 150_000, 64))  # more than any rank holds: waiting cannot help
+    assert isinstance(got, Placement) and got.degree >= 3
+    assert max(p.kv_tokens()) <= cap
+    rej = p.admit(req(1, 300_000))  # more than the whole cluster
+    assert isinstance(rej, Rejection) and not rej.retryable
+    p.verify()
+
+
+def test_short_requests_never_split():
+    cap = 64 * 200
+    c = ClusterSpec.uniform(4, cap, PAGE)
+    p = make_policy("dcp", c, DS)  # break-even shard 8,320 tokens
+    for i in range(40):
+        got = p.admit(req(i, 3_000 + 17 * i, 50))
+        if isinstance(got, Rejection):
+            assert got.retryable  # no rank has room: it waits, it is never split
+            break
+        assert got.degree == 1
+    assert sum(p.guest_items()) == 0
+    p.verify()
+
+
+def test_deterministic():
+    def run():
+        rnd = random.Random(7)
+        c = ClusterSpec.uniform(6, 64 * 2000, PAGE)
+        p = make_policy("dcp", c, DS, min_shard_tokens=PAGE * 20)
+        live, out = [], []
+        for i in range(400):
+            if live and rnd.random() < 0.4:
+                p.finish(live.pop(rnd.randrange(len(live))))
+                continue
+            got = p.admit(req(i, rnd.choice([200, 3_000, 30_000, 90_000]), rnd.randint(1, 500)))
+            out.append(got)
+            if isinstance(got, Placement):
+                live.append(got.rid)
+        p.verify()
+        return out, p.kv_tokens(), p.guest_out()
+
+    first = run()
+    assert first == run()
+    assert any(isinstance(g, Placement) and g.degree > 1 for g in first[0])  # it does split
+
+
+def test_policy_interface_guest_out_and_waiting_rank():
+    assert "guest_out" in Policy.__abstractmethods__
+    c = ClusterSpec.uniform(2, 64 * 10, PAGE)
+    for name in ("round_robin", "total_tokens", "uniform", "dcp"):
+        p = make_policy(name, c, DS)
+        assert p.guest_out() == [0, 0] and p.waiting_rank("x") is None
+    p = make_policy("total_tokens", c)
+    p.admit(req(0, 600))
+    p.admit(req(1, 600))
+    rej = p.admit(req(2, 600))
+    assert isinstance(rej, Rejection) and rej.retryable
+    assert p.waiting_rank("r2") == p.waiting()["r2"] and p.waiting_rank("r0") is None
+    p.finish("r2")
+    assert p.waiting_rank("r2") is None
