@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from sglang_dcp.planner import POLICIES, available_profiles, load_profile, make_policy
 from sglang_dcp.sim import cost
 from sglang_dcp.sim.experiment import parse_policy
 from sglang_dcp.sim.workload import WORKLOADS, load_trace, synthetic
@@ -79,12 +80,12 @@ def parse(argv=None) -> tuple[argparse.Namespace, object]:
     parser = make_parser()
     args = parser.parse_args(argv)
     policies = [s.strip() for s in args.policies.split(",") if s.strip()]
-    known = cost.policy_names()
+    known = list(POLICIES)
     if not policies:
         parser.error(f"--policies is empty; choose from {', '.join(known)}")
-    if args.profile not in cost.profile_names():
+    if args.profile not in available_profiles():
         parser.error(f"--profile: unknown profile {args.profile!r}; choose from "
-                     f"{', '.join(cost.profile_names())}")
+                     f"{', '.join(available_profiles())}")
     for label in policies:
         try:
             name, options = parse_policy(label)
@@ -93,7 +94,7 @@ def parse(argv=None) -> tuple[argparse.Namespace, object]:
         if name not in known:
             parser.error(f"--policies: unknown policy {name!r}; choose from {', '.join(known)}")
         try:  # let the planner validate the options now, not in the middle of a search
-            cost.make_policy(name, cost.cluster_for(cost.load(args.profile), 1), args.profile,
+            make_policy(name, cost.cluster_for(load_profile(args.profile), 1), args.profile,
                              **options)
         except (TypeError, ValueError) as e:
             parser.error(f"--policies: {label!r}: {e}")

@@ -1,4 +1,4 @@
-"""Thin adapter from the planner's cost profile and policy factory to the simulator.
+"""The planner's cost profile evaluated for many simulator steps at once.
 
 The step-time model lives in ``sglang_dcp.planner.profile.CostProfile`` (one model for planner
 and simulator). This file only evaluates it for many steps at once: within a chunk of steps the
@@ -16,30 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from sglang_dcp.planner.base import ClusterSpec, Policy
-from sglang_dcp.planner.profile import CostProfile, available_profiles, load_profile
+from sglang_dcp.planner.base import ClusterSpec
+from sglang_dcp.planner.profile import CostProfile
 
 DEFAULT_PROFILE = "deepseek-v3-h200"
-
-
-def load(name: str) -> CostProfile:
-    return load_profile(name)
-
-
-def profile_names() -> list[str]:
-    return available_profiles()
-
-
-def policy_names() -> list[str]:
-    from sglang_dcp import planner
-
-    return list(planner.POLICIES)
-
-
-def make_policy(name: str, cluster: ClusterSpec, profile: CostProfile, **options) -> Policy:
-    from sglang_dcp.planner import make_policy as factory
-
-    return factory(name, cluster, profile, **options)
 
 
 def cluster_for(profile: CostProfile, num_ranks: int,

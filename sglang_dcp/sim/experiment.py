@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from sglang_dcp.planner import load_profile, make_policy
 from sglang_dcp.sim import cost
 from sglang_dcp.sim.bound import fluid_max_rate
 from sglang_dcp.sim.engine import SimOptions, simulate
@@ -34,7 +35,7 @@ class Experiment:
     kv_capacity: int | None = None  # tokens per rank; None: the profile's
 
     def __post_init__(self) -> None:
-        self.profile = cost.load(self.profile_name)
+        self.profile = load_profile(self.profile_name)
         self.cluster = cost.cluster_for(self.profile, self.num_ranks, self.kv_capacity)
         self.model = cost.StepModel(self.profile, self.num_ranks)
         self.run_wall_s: list[float] = []
@@ -45,7 +46,7 @@ class Experiment:
         once the SLO is certainly broken (for the search); ``record``: keep plot series."""
         t0 = time.perf_counter()
         name, options = parse_policy(policy)
-        pol = cost.make_policy(name, self.cluster, self.profile,
+        pol = make_policy(name, self.cluster, self.profile,
                                **{**self.policy_options, **options})
         opts = {**self.sim.__dict__, "record": record}
         if early_stop:
