@@ -14,3 +14,23 @@ def cache_dir() -> str:
 def trace_dir() -> str | None:
     """Directory holding the Mooncake traces, if set. ``SGLANG_DCP_TRACE_DIR``."""
     return os.environ.get("SGLANG_DCP_TRACE_DIR") or None
+
+
+# Set by ``python -m sglang_dcp.launch_server`` to the JSON of ``sglang.options.DcpOptions``
+# (the ``--dcp-*`` flags). SGLang spawns the DP controller with the launcher's environment, so
+# this is how the flags reach the planner there; unset (or policy "off") means SGLang's own
+# ``--load-balance-method`` dispatches.
+SERVE_OPTIONS_VAR = "SGLANG_DCP_SERVE_OPTIONS"
+
+
+def serve_options_json() -> str | None:
+    """The launcher's ``--dcp-*`` flags as JSON, if set. ``SGLANG_DCP_SERVE_OPTIONS``."""
+    return os.environ.get(SERVE_OPTIONS_VAR) or None
+
+
+def planner_log() -> bool:
+    """Log every planner admit/finish at INFO in the DP controller. ``SGLANG_DCP_PLANNER_LOG=1``.
+
+    Read-only view of the planner's state for tests and operators (otherwise DEBUG).
+    """
+    return os.environ.get("SGLANG_DCP_PLANNER_LOG", "") not in ("", "0", "false")

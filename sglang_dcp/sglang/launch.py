@@ -4,6 +4,10 @@ Accepts every ``python -m sglang.launch_server`` argument, plus:
 
   --demo   serve the embedded default: a tiny random-weight Qwen3-MoE (made in the cache
            folder if missing) on CPU with DP attention over 2 DP ranks.
+  --dcp-policy, --dcp-cost-profile, --dcp-max-degree, --dcp-min-shard-tokens
+           the planner in the DP controller (on by default with DP attention over > 1 rank);
+           checked here, then handed to SGLang's spawned processes as JSON in
+           $SGLANG_DCP_SERVE_OPTIONS (``env.SERVE_OPTIONS_VAR``; set only by this launcher).
 
 On a machine without CUDA it sets what SGLang's CPU engine needs (``--device cpu``,
 ``SGLANG_USE_CPU_ENGINE=1``, one OpenMP core binding per TP rank) unless you set them. Bad
@@ -22,6 +26,15 @@ import urllib.request
 import warnings
 
 from sglang_dcp import env
+from sglang_dcp.planner.profile import available_profiles
+from sglang_dcp.sglang.options import (
+    DEFAULT_PROFILE,
+    POLICY_CHOICES,
+    SUPPORTED_MAX_DEGREE,
+    DcpOptions,
+    OptionsError,
+    resolve,
+)
 
 PROG = "python -m sglang_dcp.launch_server"
 DEMO_MODEL_NAME = "tiny-qwen3-moe-seed0"
@@ -59,11 +72,45 @@ def add_dcp_args(parser: argparse.ArgumentParser) -> None:
         "$SGLANG_DCP_CACHE_DIR if missing) on CPU with DP attention over "
         f"{DEMO_DP_SIZE} ranks. Other flags given override the demo's.",
     )
+    group.add_argument(
+        "--dcp-policy",
+        choices=POLICY_CHOICES,
+        default=None,
+        help="How the DP controller places requests: 'dcp' (default with --enable-dp-attention "
+        "and --dp-size > 1: the sglang-dcp planner balances batch and KV), the planner's "
+        "baselines 'round_robin', 'total_tokens' and 'uniform', or 'off' (SGLang's own "
+        "--load-balance-method). 'routed_dp_rank' in a request pins its home rank.",
+    )
+    group.add_argument(
+        "--dcp-cost-profile",
+        metavar="NAME|PATH",
+        default=None,
+        help="Cost profile of the 'dcp' policy: a shipped name "
+        f"({', '.join(available_profiles())}) or a profile JSON path. Default: {DEFAULT_PROFILE}.",
+    )
+    group.add_argument(
+        "--dcp-max-degree",
+        type=int,
+        metavar="N",
+        default=None,
+        help="Most ranks one request's KV may span ('dcp'; group size for 'uniform'). This "
+        f"build supports {SUPPORTED_MAX_DEGREE} (KV stays on the home rank). Default: 1.",
+    )
+    group.add_argument(
+        "--dcp-min-shard-tokens",
+        type=int,
+        metavar="TOKENS",
+        default=None,
+        help="Smallest KV shard worth placing on another rank ('dcp'). Default: the cost "
+        "profile's break-even shard.",
+    )
 
 
 # Our flags that take no value / one value; stripped before SGLang parses the rest.
 _OUR_FLAGS_NO_VALUE = {"--demo"}
-_OUR_FLAGS_WITH_VALUE: set[str] = set()
+_OUR_FLAGS_WITH_VALUE = {
+    "--dcp-policy", "--dcp-cost-profile", "--dcp-max-degree", "--dcp-min-shard-tokens",
+}  # fmt: skip
 
 
 def split_argv(argv: list[str]) -> list[str]:
@@ -145,6 +192,37 @@ def check_args(ns: argparse.Namespace) -> None:
             ) from None
 
 
+def dcp_options(ns: argparse.Namespace) -> DcpOptions:
+    """The planner settings for this server, checked against the rest of the flags."""
+    try:
+        opts = resolve(
+            policy=ns.dcp_policy,
+            profile=ns.dcp_cost_profile,
+            max_degree=ns.dcp_max_degree,
+            min_shard_tokens=ns.dcp_min_shard_tokens,
+            dp_size=ns.dp_size or 1,
+            enable_dp_attention=bool(ns.enable_dp_attention),
+            load_balance_method_given=ns.load_balance_method_given,
+        )
+    except OptionsError as e:
+        raise LaunchError(str(e)) from None
+    if opts.enabled and (getattr(ns, "tokenizer_worker_num", 1) or 1) > 1:
+        raise LaunchError(
+            "--tokenizer-worker-num > 1 is not supported with the sglang-dcp planner yet; "
+            "drop it or pass --dcp-policy off"
+        )
+    return opts
+
+
+def enable_dcp(opts: DcpOptions) -> None:
+    """Hand the options to SGLang's spawned processes and hook this one (the tokenizer's)."""
+    os.environ[env.SERVE_OPTIONS_VAR] = opts.to_json()
+    if opts.enabled:
+        from sglang_dcp.sglang import hooks
+
+        hooks.install(True, apply=True)
+
+
 def prepare_cpu_environment(sglang_argv: list[str], tp_size: int) -> list[str]:
     """On a machine without CUDA, default to SGLang's CPU engine. Returns the new argv."""
     import torch
@@ -190,6 +268,8 @@ def _announce_when_ready(host: str, port: int, demo: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Only this launcher sets it, after checking the flags (enable_dcp); never inherit one.
+    os.environ.pop(env.SERVE_OPTIONS_VAR, None)
     pre = argparse.ArgumentParser(add_help=False)
     add_dcp_args(pre)
     ours, _ = pre.parse_known_args(argv)
@@ -207,7 +287,11 @@ def main(argv: list[str] | None = None) -> int:
             load_plugins()
             parser = build_parser()
         ns = parser.parse_args(argv)  # argparse errors: one line, exit 2
+        ns.load_balance_method_given = any(
+            a.split("=", 1)[0] == "--load-balance-method" for a in argv
+        )
         check_args(ns)
+        opts = dcp_options(ns)
         sglang_argv = prepare_cpu_environment(split_argv(argv), ns.tp_size or 1)
     except LaunchError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
@@ -223,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: invalid server arguments: {e}", file=sys.stderr)
         return 2
 
+    enable_dcp(opts)
     host = "127.0.0.1" if ns.host in (None, "0.0.0.0") else ns.host
     threading.Thread(
         target=_announce_when_ready, args=(host, ns.port, ours.demo), daemon=True

@@ -3,11 +3,16 @@
 SGLang 0.5.21 calls ``register()`` through ``load_plugins()`` in the launching process and in
 every scheduler process, and, with ``patches/0001-dpc-load-plugins.patch``, in the DP-controller
 process (not in the detokenizer). It must stay cheap and idempotent.
+
+Every hook is listed, with its signature check, in ``hooks.py``; the planner glue is in
+``dpc.py`` (DP controller) and ``notices.py`` (tokenizer manager).
 """
 
 from __future__ import annotations
 
 import logging
+
+from sglang_dcp.sglang.options import DcpOptions
 
 logger = logging.getLogger(__name__)
 
@@ -20,12 +25,19 @@ DPC_READY_MESSAGE = "sglang_dcp: plugin hooks are active in the DP controller"
 
 
 def _on_dp_controller_ready(result, controller, *args, **kwargs) -> None:
-    """AFTER hook on ``DataParallelController.__init__``: one log line from the DPC process.
+    """AFTER hook on ``DataParallelController.__init__``: log, then attach the planner.
 
-    Harmless proof that plugin hooks reach the DP controller (they do not on stock 0.5.21, which
-    never calls ``load_plugins()`` there); tests and operators look for ``DPC_READY_MESSAGE``.
+    The log line is the proof that plugin hooks reach the DP controller (they do not on stock
+    0.5.21, which never calls ``load_plugins()`` there); tests and operators look for
+    ``DPC_READY_MESSAGE``. With the launcher's ``--dcp-policy`` not ``off`` the planner then
+    takes over dispatching (``dpc.attach``).
     """
     logger.info("%s (%s DP ranks)", DPC_READY_MESSAGE, getattr(controller, "launch_dp_size", "?"))
+    options = DcpOptions.from_env()
+    if options.enabled:
+        from sglang_dcp.sglang import dpc
+
+        dpc.attach(controller, options)
 
 
 def register() -> None:
@@ -41,9 +53,14 @@ def register() -> None:
     if fixes:
         logger.info("sglang_dcp: applied CPU fixes: %s", ", ".join(fixes))
 
-    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+    from sglang_dcp.sglang import hooks
 
     # load_plugins() applies registered hooks right after the plugins ran (importing the
     # target's module: free in every process that launches or is a scheduler, which already
     # imported it or its heavier dependency srt/managers/scheduler.py).
-    HookRegistry.register(DPC_INIT, _on_dp_controller_ready, HookType.AFTER)
+    enabled = DcpOptions.from_env().enabled
+    if enabled:
+        from sglang_dcp.sglang.messages import register_types
+
+        register_types()
+    hooks.install(enabled)

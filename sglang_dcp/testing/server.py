@@ -27,6 +27,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# With DP attention SGLang also binds port + 233 .. port + 240 (ZMQ_TCP_PORT_DELTA and the ports
+# derived from it in server_args.PortArgs.init_new) and fails at start if one is taken.
+_DERIVED_PORT_OFFSETS = (0,) + tuple(range(233, 241))
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_server_port(low: int = 20000, high: int = 32000) -> int:
+    """A port whose SGLang-derived ports are free too, below Linux's ephemeral range
+    (32768-60999) so the many client connections of a test run cannot grab them meanwhile."""
+    import random
+
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(low, high - 241)
+        if all(_port_free(port + off) for off in _DERIVED_PORT_OFFSETS):
+            return port
+    raise ServerError(f"no free port range in [{low}, {high})")
+
+
 class ServerError(RuntimeError):
     pass
 
@@ -43,7 +70,7 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         startup_timeout: float = 300.0,
     ) -> None:
-        self.port = port or free_port()
+        self.port = port or free_server_port()
         self.args = list(args) + ["--host", "127.0.0.1", "--port", str(self.port)]
         self.log_path = log_path
         self.env = {**os.environ, **(env or {})}

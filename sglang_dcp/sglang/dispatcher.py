@@ -1,0 +1,136 @@
+"""The planner inside SGLang's DP controller: route each request to the home rank it chooses.
+
+``DcpDispatcher`` is SGLang-free glue around a ``planner.Policy``: it reads three fields of a
+tokenized request (``rid``, the prompt length, ``max_new_tokens``, and ``routed_dp_rank`` as a
+pinned home) and talks to SGLang only through the callables it is given. ``attach(controller)``
+(SGLang 0.5.21 ``DataParallelController``) builds one and swaps it in as ``controller.dispatching``.
+
+This step keeps every request's KV on its home rank (degree 1, ``options.SUPPORTED_MAX_DEGREE``),
+so outputs are SGLang's; only the choice of rank changes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sglang_dcp import env
+from sglang_dcp.types import Rejection, Request
+
+logger = logging.getLogger(__name__)
+
+# SamplingParams.max_new_tokens defaults to 128 (sampling/sampling_params.py:123); None means
+# "up to the context length", which the planner would reserve in full.
+UNBOUNDED_MAX_NEW_TOKENS_FALLBACK = 128
+
+
+def prompt_len(req: Any) -> int:
+    if getattr(req, "input_ids", None) is not None:
+        return len(req.input_ids)
+    embeds = getattr(req, "input_embeds", None)
+    return len(embeds) if embeds is not None else 0
+
+
+class DcpDispatcher:
+    """Admit through ``policy``; send to the home rank; free on ``finished``.
+
+    - ``send(rank, req)``: hand the request to DP rank ``rank``'s scheduler.
+    - ``reject(req, reason)``: answer the client with an error (HTTP 400); the request never
+      reaches a scheduler. Used for rejections that waiting cannot cure.
+    - ``active_ranks()``: ranks that may receive requests (``routed_dp_rank`` is checked).
+    - ``max_new_tokens_cap``: the reservation when a request leaves ``max_new_tokens`` unset.
+    - ``untracked_prefixes``: rids routed without a reservation. SGLang's health probes
+      (``HEALTH_CHECK...``) are dropped unanswered by a busy scheduler (scheduler.py:2093),
+      so no finish would ever free them.
+
+    A retryable rejection (the cluster is full *now*) goes to the requested or least-loaded
+    rank without a reservation ("overflow"): SGLang's scheduler queues it as it would without
+    the planner, and the planner's view stays a lower bound. A DP-controller-side queue replaces
+    this when degree > 1 needs exact accounting (docs/integration.md §9 step 3).
+    """
+
+    def __init__(
+        self,
+        policy,
+        *,
+        send: Callable[[int, Any], None],
+        reject: Callable[[Any, str], None],
+        active_ranks: Callable[[], Sequence[int]],
+        max_new_tokens_cap: int = UNBOUNDED_MAX_NEW_TOKENS_FALLBACK,
+        untracked_prefixes: tuple[str, ...] = (),
+        verbose: bool | None = None,
+    ) -> None:
+        self.policy = policy
+        self._send = send
+        self._reject = reject
+        self._active_ranks = active_ranks
+        self.max_new_tokens_cap = max_new_tokens_cap
+        self.untracked_prefixes = untracked_prefixes
+        verbose = env.planner_log() if verbose is None else verbose
+        self._log = logger.info if verbose else logger.debug
+        self.num_overflow = 0
+        self.num_rejected = 0
+
+    def state(self) -> str:
+        """One-line read-only view of the planner, as logged after every change."""
+        p = self.policy
+        return f"live={len(p)} kv={p.kv_tokens()} batch={p.batch_sizes()}"
+
+    def dispatch(self, req: Any) -> None:
+        rid = req.rid
+        home = getattr(req, "routed_dp_rank", None)
+        if home is not None and home not in self._active_ranks():
+            # As SGLang's maybe_external_dp_rank_routing (data_parallel_controller.py:732).
+            self.reject(req, f"DP rank {home} is not active.")
+            return
+        if self.untracked_prefixes and str(rid).startswith(self.untracked_prefixes):
+            self._send(home if home is not None else self._least_loaded(), req)
+            return
+        if rid in self.policy:
+            logger.warning("sglang_dcp: request %s is already live; sent to its home again", rid)
+            self._send(self.policy.placement(rid).home_rank, req)
+            return
+        max_new = getattr(req.sampling_params, "max_new_tokens", None)
+        if max_new is None:
+            max_new = self.max_new_tokens_cap
+        placement = self.policy.admit(Request(rid, prompt_len(req), max_new), home_rank=home)
+        if isinstance(placement, Rejection):
+            if not placement.retryable:
+                self.reject(req, placement.reason)
+                return
+            rank = home if home is not None else self._least_loaded()
+            self.num_overflow += 1
+            self._log(
+                "sglang_dcp: planner overflow rid=%s rank=%d (%s) %s",
+                rid, rank, placement.reason, self.state(),
+            )  # fmt: skip
+            self._send(rank, req)
+            return
+        if placement.degree != 1:
+            # The policy was built with max degree 1; anything else is a planner bug.
+            raise AssertionError(
+                f"planner placed {rid!r} on {placement.degree} ranks; this build serves degree 1"
+            )
+        self._log(
+            "sglang_dcp: planner admit rid=%s home=%d degree=%d %s",
+            rid, placement.home_rank, placement.degree, self.state(),
+        )  # fmt: skip
+        self._send(placement.home_rank, req)
+
+    def reject(self, req: Any, reason: str) -> None:
+        self.num_rejected += 1
+        self._log("sglang_dcp: planner reject rid=%s (%s) %s", req.rid, reason, self.state())
+        self._reject(req, reason)
+
+    def finished(self, rids: Sequence[str] | None) -> None:
+        """Requests that finished or were aborted (any order; duplicates and unknown rids are
+        ignored)."""
+        for rid in rids or ():
+            if rid in self.policy:
+                self.policy.finish(rid)
+                self._log("sglang_dcp: planner finish rid=%s %s", rid, self.state())
+
+    def _least_loaded(self) -> int:
+        kv = self.policy.kv_tokens()
+        return min(self._active_ranks(), key=lambda r: (kv[r], r))

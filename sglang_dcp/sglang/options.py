@@ -1,0 +1,138 @@
+"""The ``--dcp-*`` serving flags, resolved once by the launcher and read by the DP controller.
+
+SGLang spawns the DP controller itself, so the launcher hands the flags over as JSON in the
+environment variable ``env.SERVE_OPTIONS_VAR`` (spawned processes inherit the environment).
+Pure Python: no SGLang import.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from sglang_dcp import env
+
+POLICY_CHOICES = ("dcp", "round_robin", "total_tokens", "uniform", "off")
+DEFAULT_POLICY = "dcp"
+DEFAULT_PROFILE = "qwen3-235b-h200"
+# Degree > 1 needs the placement messages of docs/integration.md §9 step 3 (not built yet).
+SUPPORTED_MAX_DEGREE = 1
+
+
+class OptionsError(ValueError):
+    """An invalid ``--dcp-*`` combination; the message is one actionable line."""
+
+
+@dataclass(frozen=True, slots=True)
+class DcpOptions:
+    """What the DP controller needs to build its planner. ``policy == "off"``: SGLang dispatches."""
+
+    policy: str = DEFAULT_POLICY
+    profile: str = DEFAULT_PROFILE
+    max_degree: int = 1
+    min_shard_tokens: int | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.policy != "off"
+
+    def policy_options(self) -> dict:
+        """Keyword options for ``planner.make_policy(self.policy, ...)``."""
+        if self.policy == "dcp":
+            return {"max_degree": self.max_degree, "min_shard_tokens": self.min_shard_tokens}
+        if self.policy == "uniform":
+            return {"group_size": self.max_degree}
+        return {}
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "DcpOptions":
+        return cls(**json.loads(text))
+
+    @classmethod
+    def from_env(cls) -> "DcpOptions":
+        """The launcher's options; ``off`` when started without the launcher."""
+        text = env.serve_options_json()
+        return cls.from_json(text) if text else cls(policy="off")
+
+
+def resolve(
+    *,
+    policy: str | None,
+    profile: str | None,
+    max_degree: int | None,
+    min_shard_tokens: int | None,
+    dp_size: int,
+    enable_dp_attention: bool,
+    load_balance_method_given: bool,
+) -> DcpOptions:
+    """Check the flags (``None`` = not given) against each other and the server shape.
+
+    Without any ``--dcp-*`` flag the planner is on (policy ``dcp``) whenever there is something
+    to place (``--dp-size > 1`` with ``--enable-dp-attention``) and quietly off otherwise.
+    """
+    given = {
+        "--dcp-policy": policy,
+        "--dcp-cost-profile": profile,
+        "--dcp-max-degree": max_degree,
+        "--dcp-min-shard-tokens": min_shard_tokens,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    if policy is not None and policy not in POLICY_CHOICES:
+        raise OptionsError(f"--dcp-policy {policy!r}: choose from {', '.join(POLICY_CHOICES)}")
+    if policy == "off":
+        extra = sorted(set(given) - {"--dcp-policy"})
+        if extra:
+            raise OptionsError(
+                f"{', '.join(extra)} need(s) a planner; drop it or pick another --dcp-policy"
+            )
+        return DcpOptions(policy="off")
+    servable = dp_size > 1 and enable_dp_attention
+    if not servable:
+        if given:
+            raise OptionsError(
+                f"{', '.join(sorted(given))} need(s) --enable-dp-attention with --dp-size > 1 "
+                f"(got --dp-size {dp_size}{'' if enable_dp_attention else ' without DP attention'})"
+            )
+        return DcpOptions(policy="off")
+    if load_balance_method_given:
+        raise OptionsError(
+            "--load-balance-method is SGLang's dispatcher; the sglang-dcp planner replaces it. "
+            "Pass --dcp-policy off to use it"
+        )
+    policy = policy or DEFAULT_POLICY
+    if max_degree is not None:
+        if max_degree < 1:
+            raise OptionsError(f"--dcp-max-degree must be >= 1, got {max_degree}")
+        if max_degree > SUPPORTED_MAX_DEGREE:
+            raise OptionsError(
+                f"--dcp-max-degree {max_degree}: this build keeps every request's KV on its home "
+                f"rank (degree <= {SUPPORTED_MAX_DEGREE}); sharded KV is not wired into SGLang yet"
+            )
+        if policy not in ("dcp", "uniform"):
+            raise OptionsError(
+                f"--dcp-max-degree applies to --dcp-policy dcp or uniform, not {policy}"
+            )
+    if min_shard_tokens is not None:
+        if policy != "dcp":
+            raise OptionsError(f"--dcp-min-shard-tokens applies to --dcp-policy dcp, not {policy}")
+        if min_shard_tokens < 1:
+            raise OptionsError(f"--dcp-min-shard-tokens must be >= 1, got {min_shard_tokens}")
+    if profile is not None and policy != "dcp":
+        raise OptionsError(f"--dcp-cost-profile applies to --dcp-policy dcp, not {policy}")
+    opts = DcpOptions(
+        policy=policy,
+        profile=profile or DEFAULT_PROFILE,
+        max_degree=max_degree or 1,
+        min_shard_tokens=min_shard_tokens,
+    )
+    if policy == "dcp":
+        from sglang_dcp.planner import load_profile
+
+        try:
+            load_profile(opts.profile)
+        except ValueError as e:
+            raise OptionsError(f"--dcp-cost-profile: {e}") from None
+    return opts

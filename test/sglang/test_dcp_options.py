@@ -1,0 +1,89 @@
+"""``--dcp-*`` flags: parsing, one-line errors on bad combinations, the environment channel."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+warnings.filterwarnings("ignore", message="Only CUDA", category=UserWarning)
+
+from sglang_dcp import env  # noqa: E402
+from sglang_dcp.sglang import launch  # noqa: E402
+from sglang_dcp.sglang.options import DcpOptions, OptionsError, resolve  # noqa: E402
+
+SERVE = ["--model-path", "m", "--tp-size", "2", "--dp-size", "2", "--enable-dp-attention"]
+
+
+@pytest.fixture(scope="module")
+def parser():
+    return launch.build_parser()
+
+
+def options(parser, *extra):
+    argv = SERVE + list(extra)
+    ns = parser.parse_args(argv)
+    ns.load_balance_method_given = "--load-balance-method" in argv
+    return launch.dcp_options(ns)
+
+
+def test_default_is_the_dcp_planner_with_degree_one(parser):
+    assert options(parser) == DcpOptions(policy="dcp", max_degree=1)
+
+
+def test_flags_reach_the_options(parser):
+    o = options(parser, "--dcp-policy", "dcp", "--dcp-cost-profile", "deepseek-v3-h200",
+                "--dcp-max-degree", "1", "--dcp-min-shard-tokens", "512")  # fmt: skip
+    assert o == DcpOptions("dcp", "deepseek-v3-h200", 1, 512)
+    assert o.policy_options() == {"max_degree": 1, "min_shard_tokens": 512}
+    assert options(parser, "--dcp-policy", "round_robin").policy == "round_robin"
+    off = options(parser, "--dcp-policy", "off", "--load-balance-method", "total_tokens")
+    assert off.policy == "off"
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--dcp-max-degree", "2"], "degree <= 1"),
+        (["--dcp-max-degree", "0"], "must be >= 1"),
+        (["--dcp-policy", "off", "--dcp-max-degree", "1"], "need(s) a planner"),
+        (["--dcp-policy", "round_robin", "--dcp-min-shard-tokens", "64"], "applies to"),
+        (["--dcp-policy", "total_tokens", "--dcp-cost-profile", "x"], "applies to"),
+        (["--dcp-cost-profile", "no-such-profile"], "unknown cost profile"),
+        (["--load-balance-method", "round_robin"], "Pass --dcp-policy off"),
+        (["--tokenizer-worker-num", "2"], "--tokenizer-worker-num"),
+    ],
+)
+def test_bad_combinations_are_one_line_errors(parser, extra, message):
+    with pytest.raises(launch.LaunchError) as e:
+        options(parser, *extra)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_no_dp_attention_means_off_unless_asked(parser):
+    ns = parser.parse_args(["--model-path", "m"])
+    ns.load_balance_method_given = False
+    assert launch.dcp_options(ns).policy == "off"
+    with pytest.raises(OptionsError, match="need\\(s\\) --enable-dp-attention"):
+        resolve(policy="dcp", profile=None, max_degree=None, min_shard_tokens=None, dp_size=1,
+                enable_dp_attention=False, load_balance_method_given=False)  # fmt: skip
+
+
+def test_unknown_policy_is_an_argparse_error(parser, capsys):
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(SERVE + ["--dcp-policy", "nope"])
+    assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_our_flags_are_stripped_before_sglang_parses():
+    argv = SERVE + ["--dcp-policy", "dcp", "--dcp-max-degree=1", "--dcp-cost-profile", "p",
+                    "--dcp-min-shard-tokens", "8"]  # fmt: skip
+    assert launch.split_argv(argv) == SERVE
+
+
+def test_options_travel_through_the_environment(monkeypatch):
+    o = DcpOptions("dcp", "deepseek-v3-h200", 1, 256)
+    monkeypatch.setenv(env.SERVE_OPTIONS_VAR, o.to_json())
+    assert DcpOptions.from_env() == o
+    monkeypatch.delenv(env.SERVE_OPTIONS_VAR)
+    assert DcpOptions.from_env().policy == "off" and not DcpOptions.from_env().enabled
