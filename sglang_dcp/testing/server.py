@@ -173,3 +173,16 @@ class ServerProcess:
                 self._descendants = psutil.Process(self.proc.pid).children(recursive=True)
             except psutil.NoSuchProcess:
                 pass
+
+
+def tiny_dp_args(model_path: str, dp_size: int = 2) -> list[str]:
+    """Server flags for the tiny model with DP attention over ``dp_size`` CPU ranks.
+
+    ``--dtype float32``: SGLang's "auto" would run the float32 checkpoint in float16, and greedy
+    output would no longer match HF transformers token for token.
+    """
+    return [
+        "--model-path", model_path,
+        "--tp-size", str(dp_size), "--dp-size", str(dp_size), "--enable-dp-attention",
+        "--mem-fraction-static", "0.05", "--dtype", "float32",
+    ]  # fmt: skip

@@ -8,6 +8,8 @@ import pytest
 
 from hf_reference import hf_greedy, prompts
 
+from sglang_dcp.testing.server import tiny_dp_args
+
 pytestmark = pytest.mark.e2e
 
 MAX_NEW = 8
@@ -15,13 +17,7 @@ MAX_NEW = 8
 
 @pytest.fixture(scope="module")
 def server(launch_server, tiny_model_path):
-    return launch_server(
-        [
-            "--model-path", tiny_model_path,
-            "--tp-size", "2", "--dp-size", "2", "--enable-dp-attention",
-            "--mem-fraction-static", "0.05", "--dtype", "float32",
-        ]
-    )  # fmt: skip
+    return launch_server(tiny_dp_args(tiny_model_path))
 
 
 def _generate(server, input_ids, **extra):

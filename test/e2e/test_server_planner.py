@@ -22,7 +22,7 @@ import pytest
 
 from hf_reference import hf_greedy, prompts
 
-from sglang_dcp.testing.server import free_port
+from sglang_dcp.testing.server import free_port, tiny_dp_args
 
 pytestmark = pytest.mark.e2e
 
@@ -36,14 +36,9 @@ LINE = re.compile(
 @pytest.fixture(scope="module")
 def server(launch_server, tiny_model_path):
     return launch_server(
-        [
-            "--model-path", tiny_model_path,
-            "--tp-size", "2", "--dp-size", "2", "--enable-dp-attention",
-            "--mem-fraction-static", "0.05", "--dtype", "float32",
-            "--max-total-tokens", str(KV_PER_RANK),
-        ],
+        [*tiny_dp_args(tiny_model_path), "--max-total-tokens", str(KV_PER_RANK)],
         env={"SGLANG_DCP_PLANNER_LOG": "1"},
-    )  # fmt: skip
+    )
 
 
 def planner_events(server):
@@ -161,7 +156,7 @@ def test_bad_dcp_flags_are_one_line_startup_errors(tiny_model_path, extra, fragm
         [sys.executable, "-m", "sglang_dcp.launch_server", "--model-path", tiny_model_path,
          "--tp-size", "2", "--dp-size", "2", "--enable-dp-attention", "--port", str(free_port()), *extra],
         capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     errors = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
     assert len(errors) == 1 and fragment in errors[0], proc.stderr[-2000:]
