@@ -99,7 +99,15 @@ class DcpDispatcher:
             if not placement.retryable:
                 self.reject(req, placement.reason)
                 return
-            rank = home if home is not None else self._least_loaded()
+            # A baseline that chose a full rank keeps the request waiting for that rank (as
+            # SGLang's DP dispatch does): send it there, and finish() will drop the entry.
+            waiting = self.policy.waiting_rank(rid)
+            if home is not None:
+                rank = home
+            elif waiting is not None:
+                rank = waiting
+            else:
+                rank = self._least_loaded()
             self.num_overflow += 1
             self._log(
                 "sglang_dcp: planner overflow rid=%s rank=%d (%s) %s",
@@ -127,7 +135,7 @@ class DcpDispatcher:
         """Requests that finished or were aborted (any order; duplicates and unknown rids are
         ignored)."""
         for rid in rids or ():
-            if rid in self.policy:
+            if rid in self.policy or self.policy.waiting_rank(rid) is not None:
                 self.policy.finish(rid)
                 self._log("sglang_dcp: planner finish rid=%s %s", rid, self.state())
 

@@ -183,6 +183,25 @@ def test_baseline_policies_serve_too(sent, monkeypatch, policy):
     assert c.dcp_dispatcher.policy.kv_tokens() == [0] * NUM_RANKS
 
 
+@pytest.mark.parametrize("policy", ["round_robin", "total_tokens"])
+def test_baseline_overflow_waits_for_its_rank_and_finish_drops_it(sent, monkeypatch, policy):
+    """A baseline that picks a full rank keeps the request waiting for that rank: the request
+    goes there, and its finish notice drops the waiting entry (no load left behind)."""
+    monkeypatch.setenv(env.SERVE_OPTIONS_VAR, DcpOptions(policy=policy).to_json())
+    c = make_controller()
+    plugin._on_dp_controller_ready(None, c)
+    big = KV_PER_RANK - 64
+    c._request_dispatcher(make_req("a", big))
+    c._request_dispatcher(make_req("b", big))
+    c._request_dispatcher(make_req("c", 100))  # both ranks full: waits for the rank chosen
+    pol = c.dcp_dispatcher.policy
+    waiting = pol.waiting_rank("c")
+    assert waiting is not None and to_workers(sent)[-1] == (f"worker{waiting}", "c")
+    c._request_dispatcher(DcpFinished(rids=["c", "a", "b"]))
+    assert pol.waiting_rank("c") is None and len(pol) == 0
+    assert pol.kv_tokens() == [0] * NUM_RANKS
+
+
 def test_planner_page_is_a_multiple_of_sglangs():
     assert dpc.planner_page(1) == 64 and dpc.planner_page(16) == 64
     assert dpc.planner_page(48) == 192 and dpc.planner_page(None) == 64
