@@ -63,15 +63,18 @@ def _cut(pool: KVPool, m: ShardMove) -> tuple[ShardKey, list[tuple[ShardKey, Sha
     else:
         raise KeyError(f"rank {m.src} holds no shard of {m.rid!r} at token {m.start}")
     splits = []
-    if key[1] < m.start:
-        right = pool.split(key, m.start)
-        splits.append((key, right))
-        key = right
-    if pool.num_tokens(key) > m.end - m.start:
-        splits.append((key, pool.split(key, m.end)))
-    if pool.num_tokens(key) != m.end - m.start:
-        _undo(pool, splits)
-        raise KeyError(f"rank {m.src}: tokens [{m.start}, {m.end}) of {m.rid!r} span shards")
+    try:
+        if key[1] < m.start:
+            right = pool.split(key, m.start)
+            splits.append((key, right))
+            key = right
+        if pool.num_tokens(key) > m.end - m.start:
+            splits.append((key, pool.split(key, m.end)))
+        if pool.num_tokens(key) != m.end - m.start:
+            raise KeyError(f"rank {m.src}: tokens [{m.start}, {m.end}) of {m.rid!r} span shards")
+    except (KeyError, ValueError):
+        _undo(pool, splits)  # e.g. the second split is not page-aligned: source stays whole
+        raise
     return key, splits
 
 

@@ -117,10 +117,12 @@ class DecodeRunner:
         self.last_bucket: Bucket | None = None
         self.last_rounds = 0
 
-    def _alloc(self, b: Bucket) -> None:
+    def _make(self, b: Bucket) -> tuple[ExchangeBuffers, dict[str, torch.Tensor]]:
         shape = ExchangeShape(max_local=b.max_local, capacity=b.capacity, **self._shape)
-        self.buffers[b] = ExchangeBuffers(shape, self.device)
-        self.io[b] = self.model.make_io(b.max_local, self.device)
+        return ExchangeBuffers(shape, self.device), self.model.make_io(b.max_local, self.device)
+
+    def _alloc(self, b: Bucket) -> None:
+        self.buffers[b], self.io[b] = self._make(b)
 
     def _attend_fn(self, bufs: ExchangeBuffers) -> Attend:
         def attend(layer: int, q: torch.Tensor) -> torch.Tensor:
@@ -200,9 +202,10 @@ class DecodeRunner:
             placements, rank=self.comm.rank, num_ranks=W, local_slots=self.pool.slot_map()
         )
         bucket, rounds = pick_bucket(self.buckets, route.batch_size, max_pair_items(placements, W))
-        if bucket not in self.buffers:  # batch beyond every bucket: one-off, eager
-            self._alloc(bucket)
-        bufs, io = self.buffers[bucket], self.io[bucket]
+        if bucket in self.buffers:
+            bufs, io = self.buffers[bucket], self.io[bucket]
+        else:  # batch beyond every bucket: buffers for this step only (not kept), eager
+            bufs, io = self._make(bucket)
         B = route.batch_size
         for name, t in inputs.items():
             io[name][:B].copy_(t)

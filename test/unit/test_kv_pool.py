@@ -39,3 +39,14 @@ def test_full_pool_takes_nothing():
     with pytest.raises(KVPoolFull):
         p.extend(("b", 0), 1)
     assert p.num_tokens(("b", 0)) == 4
+
+
+def test_a_cut_that_fails_part_way_leaves_the_shard_whole():
+    from sglang_dcp.exchange.transfer import ShardMove, _cut
+
+    p = pool()
+    p.allocate(("a", 0), 16)
+    before = p.slots(("a", 0))
+    with pytest.raises(ValueError):  # first split (at 4) works, second (at 6) is not aligned
+        _cut(p, ShardMove("a", 0, 1, 4, 6))
+    assert p.keys() == [("a", 0)] and p.slots(("a", 0)) == before
