@@ -178,9 +178,6 @@ def check_args(ns: argparse.Namespace) -> None:
             f"--dp-size {dp} does not divide --tp-size {tp}: with --enable-dp-attention each DP "
             "rank owns tp_size/dp_size TP ranks; pick a dp-size that divides tp-size"
         )
-    if dp > 1 and not ns.enable_dp_attention:
-        # Not an error for SGLang (replicas); only noted.
-        pass
     host = ns.host or "127.0.0.1"
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
