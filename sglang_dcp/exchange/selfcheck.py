@@ -191,7 +191,7 @@ def run_rank(rank: int, cfg: CheckConfig, comm: Communicator, out: str) -> None:
                 for s in p.shards[:-1]
                 if s.rank != p.home_rank
             ]
-        migrations = [ShardMove(m.rid, m.src, m.dst, m.start, m.end) for m in st.migrations]
+        migrations = list(st.migrations)
         stats["moves"] += len(moves) + len(migrations)
         for batch in (moves, migrations):  # a migration may move a shard shipped just now
             for r in transfer_shards(comm, pool, batch):

@@ -23,6 +23,7 @@ import torch
 
 from sglang_dcp.exchange.comm import Communicator
 from sglang_dcp.exchange.kv_pool import KVPool, KVPoolFull, ShardKey
+from sglang_dcp.planner.base import Migration
 
 
 class Phase(Enum):
@@ -35,15 +36,9 @@ class Phase(Enum):
 FaultHook = Callable[[Phase, int], bool]
 
 
-@dataclass(frozen=True, slots=True)
-class ShardMove:
-    """Tokens ``[start, end)`` of ``rid`` from ``src`` to ``dst`` (a ``Migration`` fits as is)."""
-
-    rid: str
-    src: int
-    dst: int
-    start: int
-    end: int
+# Tokens ``[start, end)`` of ``rid`` from ``src`` to ``dst``: exactly the planner's Migration,
+# which covers the ship-after-prefill case as well.
+ShardMove = Migration
 
 
 @dataclass(frozen=True, slots=True)
