@@ -70,6 +70,13 @@ class KVPool:
     def num_tokens(self, key: ShardKey) -> int:
         return self._tables[key].num_tokens
 
+    def key_at(self, rid: str, token: int) -> ShardKey:
+        """The key of the shard of ``rid`` held here that contains ``token``; KeyError if none."""
+        for key in self._tables:
+            if key[0] == rid and key[1] <= token < key[1] + self._tables[key].num_tokens:
+                return key
+        raise KeyError(f"no shard of {rid!r} holds token {token} here")
+
     def _pages_for(self, n: int) -> int:
         return -(-n // self.page_size)
 

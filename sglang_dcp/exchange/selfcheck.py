@@ -183,7 +183,7 @@ def run_rank(rank: int, cfg: CheckConfig, comm: Communicator, out: str) -> None:
                     pool.k[l, slots], pool.v[l, slots] = k.to(dev), v.to(dev)
                 for s in p.shards[1:]:
                     if s.start < n:
-                        pool.split(_key_at(pool, p.rid, s.start), s.start)
+                        pool.split(pool.key_at(p.rid, s.start), s.start)
                 if p.shards[-1].start == n and n > 0:
                     pool.allocate((p.rid, n), 0)
             moves += [
@@ -214,14 +214,6 @@ def run_rank(rank: int, cfg: CheckConfig, comm: Communicator, out: str) -> None:
             results[(st.t, p.rid)] = io["attn"][i].to("cpu", copy=True)
     torch.save({"results": results, "stats": stats}, os.path.join(out, f"rank{rank}.pt"))
     comm.barrier()
-
-
-def _key_at(pool: KVPool, rid: str, token: int) -> tuple[str, int]:
-    """The key of the shard of ``rid`` on this rank that contains ``token``."""
-    for key in pool.keys():
-        if key[0] == rid and key[1] <= token < key[1] + pool.num_tokens(key):
-            return key
-    raise KeyError((rid, token))
 
 
 def reference_errors(cfg: CheckConfig, results: dict) -> tuple[float, str]:

@@ -51,12 +51,10 @@ class TransferResult:
 def _cut(pool: KVPool, m: ShardMove) -> tuple[ShardKey, list[tuple[ShardKey, ShardKey]]]:
     """Make ``[m.start, m.end)`` one shard on the sender (splitting page-aligned). Returns its key
     and the splits made, as (left, right) pairs to ``join`` back if the move fails."""
-    for rid, start in pool.keys():
-        if rid == m.rid and start <= m.start < start + pool.num_tokens((rid, start)):
-            key = (rid, start)
-            break
-    else:
-        raise KeyError(f"rank {m.src} holds no shard of {m.rid!r} at token {m.start}")
+    try:
+        key = pool.key_at(m.rid, m.start)
+    except KeyError:
+        raise KeyError(f"rank {m.src} holds no shard of {m.rid!r} at token {m.start}") from None
     splits = []
     try:
         if key[1] < m.start:

@@ -50,3 +50,15 @@ def test_a_cut_that_fails_part_way_leaves_the_shard_whole():
     with pytest.raises(ValueError):  # first split (at 4) works, second (at 6) is not aligned
         _cut(p, ShardMove("a", 0, 1, 4, 6))
     assert p.keys() == [("a", 0)] and p.slots(("a", 0)) == before
+
+
+def test_key_at_finds_the_shard_holding_a_token():
+    p = pool()
+    p.allocate(("a", 0), 12)
+    right = p.split(("a", 0), 8)
+    assert p.key_at("a", 0) == ("a", 0) and p.key_at("a", 7) == ("a", 0)
+    assert p.key_at("a", 8) == right and p.key_at("a", 11) == right
+    with pytest.raises(KeyError):
+        p.key_at("a", 12)
+    with pytest.raises(KeyError):
+        p.key_at("b", 0)
