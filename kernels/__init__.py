@@ -15,10 +15,11 @@ reference on CPU otherwise. The references (``*_ref``) are the test oracles as w
 """
 
 from .lse import lse_base2_to_natural, lse_natural_to_base2
-from .ops import decode_attention, kernels_interpreted, merge_attention_states
+from .ops import IMPLS, decode_attention, kernels_interpreted, merge_attention_states
 from .reference import decode_attention_ref, merge_attention_states_ref
 
 __all__ = [
+    "IMPLS",
     "decode_attention",
     "merge_attention_states",
     "decode_attention_ref",

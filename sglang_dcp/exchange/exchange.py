@@ -29,8 +29,8 @@ def default_kernels(impl: str = "auto") -> tuple[AttentionFn, MergeFn]:
     reference), ``torch`` or ``triton``."""
     from sglang_dcp import kernels
 
-    if impl not in ("auto", "torch", "triton"):
-        raise ValueError(f"impl must be auto, torch or triton, got {impl!r}")
+    if impl not in kernels.IMPLS:
+        raise ValueError(f"impl must be one of {kernels.IMPLS}, got {impl!r}")
     return (
         functools.partial(kernels.decode_attention, impl=impl),
         functools.partial(kernels.merge_attention_states, impl=impl),
