@@ -130,6 +130,13 @@ class DcpPolicy(SealedRangeRebalancer, LedgerPolicy):
     def verify(self) -> None:
         super().verify()
         assert self._free == [c - k for c, k in zip(self.cap, self.kv)], "free-KV cache drifted"
+        # _touched inlines CostProfile.rank_time_us for speed: the two must agree.
+        for r in range(self.num_ranks):
+            b, gi, go = self.batch[r], self.gin[r], self.gout[r]
+            want = self.profile.rank_time_us(self.kv[r], b + gi, b, gi, go)
+            assert abs(self.cost[r] - want) <= 1e-6 * max(1.0, want), (
+                f"rank {r}: cached cost {self.cost[r]} != profile.rank_time_us {want}"
+            )
 
     def rank_times(self) -> list[float]:
         """Predicted ``rank_time_us`` of every rank from the reserved KV (µs)."""
