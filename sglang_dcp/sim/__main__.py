@@ -86,6 +86,8 @@ def parse(argv=None) -> tuple[argparse.Namespace, object]:
     if args.profile not in available_profiles():
         parser.error(f"--profile: unknown profile {args.profile!r}; choose from "
                      f"{', '.join(available_profiles())}")
+    profile = load_profile(args.profile)
+    probe_cluster = cost.cluster_for(profile, 1)
     for label in policies:
         try:
             name, options = parse_policy(label)
@@ -94,8 +96,7 @@ def parse(argv=None) -> tuple[argparse.Namespace, object]:
         if name not in known:
             parser.error(f"--policies: unknown policy {name!r}; choose from {', '.join(known)}")
         try:  # let the planner validate the options now, not in the middle of a search
-            make_policy(name, cost.cluster_for(load_profile(args.profile), 1), args.profile,
-                             **options)
+            make_policy(name, probe_cluster, profile, **options)
         except (TypeError, ValueError) as e:
             parser.error(f"--policies: {label!r}: {e}")
     args.policies = tuple(dict.fromkeys(policies))

@@ -173,6 +173,11 @@ def simulate(
         if not q:
             del queues[key]
 
+    def drain_all() -> None:
+        """Retry every queue, oldest head first."""
+        for key in sorted(queues, key=lambda k: ready[queues[k][0]]):
+            drain(key)
+
     def land(e: list) -> None:
         """A background copy completed: its tokens now live (and are read) on dst."""
         _, i, src, dst, size = e
@@ -227,8 +232,7 @@ def simulate(
                     t += stall
                     stall_ms += stall
                 changed = True
-                for key in sorted(queues, key=lambda k: ready[queues[k][0]]):
-                    drain(key)
+                drain_all()
             next_rebalance = t + every
         while nxt < n and ready[order[nxt]] <= t:
             i = int(order[nxt])
@@ -288,8 +292,7 @@ def simulate(
         if heap[0][0] <= steps:
             while heap and heap[0][0] <= steps:
                 retire(heapq.heappop(heap)[1])
-            for key in sorted(queues, key=lambda k: ready[queues[k][0]]):
-                drain(key)
+            drain_all()
             refresh_loads()
 
     if not aborted and (np.any(np.abs(written) > 1e-6) or any(policy.guest_out())):
