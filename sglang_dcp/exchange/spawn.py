@@ -7,19 +7,14 @@ name): ``fn(rank, world_size, init_method, backend, *args)``; call ``init_rank``
 from __future__ import annotations
 
 import os
-import socket
+import shutil
+import tempfile
 import time
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def init_rank(
@@ -42,7 +37,10 @@ def init_rank(
 def run_ranks(fn, world_size: int, *args, backend: str = "gloo", timeout_s: float = 300) -> None:
     """Run ``fn`` on ``world_size`` fresh processes; raise if any fails or the deadline passes
     (every child is killed then, so nothing is left behind)."""
-    init_method = f"tcp://127.0.0.1:{free_port()}"
+    # A file store in a fresh folder, not a TCP port: a port picked free here can be taken by
+    # another process before rank 0 binds it, which fails the run at random.
+    store_dir = tempfile.mkdtemp(prefix="sglang-dcp-store-")
+    init_method = f"file://{os.path.join(store_dir, 'store')}"
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     ctx = mp.start_processes(
         fn,
@@ -61,3 +59,4 @@ def run_ranks(fn, world_size: int, *args, backend: str = "gloo", timeout_s: floa
             if p.is_alive():
                 p.kill()
             p.join(5)
+        shutil.rmtree(store_dir, ignore_errors=True)
