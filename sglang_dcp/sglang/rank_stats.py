@@ -1,0 +1,46 @@
+"""What one scheduler (one DP rank) reports about its DCP work: the numbers behind `/v1/loads`'s
+``dcp`` section and the Prometheus gauges.
+
+Pure Python, no SGLang import. The data path (``sglang_dcp.sglang.datapath``) updates the
+process's single ``RankStats`` (``stats()``); observers only read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(slots=True)
+class RankStats:
+    """Counters of one scheduler process (one DP rank). Gauges are "now", counters only grow."""
+
+    dp_rank: int = -1
+    # gauges
+    guest_kv_tokens: int = 0  # KV slots held here for requests homed on other ranks
+    guest_requests: int = 0  # requests with at least one shard here, homed elsewhere
+    home_dcp_requests: int = 0  # requests homed here whose KV spans > 1 rank (running)
+    guest_items_last_step: int = 0  # guest attention items served in the last active step
+    exchange_ms_last_step: float = 0.0  # wall time in the exchange, summed over layers
+    # counters
+    active_steps: int = 0  # steps in which this rank joined the exchange
+    exchange_ms_total: float = 0.0
+    moves_done: int = 0  # shard moves this rank took part in (as sender or receiver)
+    moves_failed: int = 0
+    moved_tokens: int = 0  # tokens received as guest shards
+    degree_count: dict[int, int] = field(default_factory=dict)  # homed placements by degree
+
+    def count_degree(self, degree: int) -> None:
+        self.degree_count[degree] = self.degree_count.get(degree, 0) + 1
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["degree_count"] = {str(k): v for k, v in sorted(self.degree_count.items())}
+        return d
+
+
+_STATS = RankStats()
+
+
+def stats() -> RankStats:
+    """This process's stats (one scheduler process is one DP rank)."""
+    return _STATS
