@@ -5,8 +5,9 @@ tokenized request (``rid``, the prompt length, ``max_new_tokens``, and ``routed_
 pinned home) and talks to SGLang only through the callables it is given. ``attach(controller)``
 (SGLang 0.5.21 ``DataParallelController``) builds one and swaps it in as ``controller.dispatching``.
 
-This step keeps every request's KV on its home rank (degree 1, ``options.SUPPORTED_MAX_DEGREE``),
-so outputs are SGLang's; only the choice of rank changes.
+An admitted request goes to its home rank together with its placement (``send(rank, req,
+placement)``); the home scheduler ships the sealed shards to their ranks after prefill
+(``datapath.py``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def prompt_len(req: Any) -> int:
 class DcpDispatcher:
     """Admit through ``policy``; send to the home rank; free on ``finished``.
 
-    - ``send(rank, req)``: hand the request to DP rank ``rank``'s scheduler.
+    - ``send(rank, req, placement)``: hand the request to DP rank ``rank``'s scheduler, with
+      the planner's placement (``None``: routed without a reservation).
     - ``reject(req, reason)``: answer the client with an error (HTTP 400); the request never
       reaches a scheduler. Used for rejections that waiting cannot cure.
     - ``active_ranks()``: ranks that may receive requests (``routed_dp_rank`` is checked).
@@ -63,6 +65,7 @@ class DcpDispatcher:
     ) -> None:
         self.policy = policy
         self._send = send
+        self.degree_count: dict[int, int] = {}
         self._reject = reject
         self._active_ranks = active_ranks
         self.max_new_tokens_cap = max_new_tokens_cap
@@ -85,11 +88,12 @@ class DcpDispatcher:
             self.reject(req, f"DP rank {home} is not active.")
             return
         if self.untracked_prefixes and str(rid).startswith(self.untracked_prefixes):
-            self._send(home if home is not None else self._least_loaded(), req)
+            self._send(home if home is not None else self._least_loaded(), req, None)
             return
         if rid in self.policy:
             logger.warning("sglang_dcp: request %s is already live; sent to its home again", rid)
-            self._send(self.policy.placement(rid).home_rank, req)
+            placement = self.policy.placement(rid)
+            self._send(placement.home_rank, req, placement)
             return
         max_new = getattr(req.sampling_params, "max_new_tokens", None)
         if max_new is None:
@@ -113,18 +117,14 @@ class DcpDispatcher:
                 "sglang_dcp: planner overflow rid=%s rank=%d (%s) %s",
                 rid, rank, placement.reason, self.state(),
             )  # fmt: skip
-            self._send(rank, req)
+            self._send(rank, req, None)
             return
-        if placement.degree != 1:
-            # The policy was built with max degree 1; anything else is a planner bug.
-            raise AssertionError(
-                f"planner placed {rid!r} on {placement.degree} ranks; this build serves degree 1"
-            )
+        self.degree_count[placement.degree] = self.degree_count.get(placement.degree, 0) + 1
         self._log(
             "sglang_dcp: planner admit rid=%s home=%d degree=%d %s",
             rid, placement.home_rank, placement.degree, self.state(),
         )  # fmt: skip
-        self._send(placement.home_rank, req)
+        self._send(placement.home_rank, req, placement)
 
     def reject(self, req: Any, reason: str) -> None:
         self.num_rejected += 1

@@ -37,22 +37,27 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
     """Build the planner for ``controller`` and route its requests through it."""
     import zmq
     from sglang.srt.constants import HEALTH_CHECK_RID_PREFIX
-    from sglang.srt.managers.io_struct import AbortReq, sock_send
+    from sglang.srt.managers.io_struct import AbortReq, TokenizedGenerateReqInput, sock_send
     from sglang.srt.utils.network import get_zmq_socket
     from sglang.utils import TypeBasedDispatcher
 
     from sglang_dcp.planner import ClusterSpec, make_policy
-    from sglang_dcp.sglang.messages import DcpFinished
+    from sglang_dcp.sglang.messages import DcpFinished, DcpGenerateReq
 
     n = controller.launch_dp_size
     page = planner_page(getattr(controller.server_args, "page_size", 1))
-    cluster = ClusterSpec.uniform(n, controller.max_total_num_tokens, page)
+    capacity = controller.max_total_num_tokens
+    if options.kv_capacity is not None:
+        capacity = min(capacity, options.kv_capacity)
+    cluster = ClusterSpec.uniform(n, capacity, page)
     profile = options.profile if options.policy == "dcp" else None
     policy = make_policy(options.policy, cluster, profile, **options.policy_options())
     tokenizer_ipc = controller.port_args.tokenizer_ipc_name
     sockets: dict[str, object] = {}
 
-    def send(rank: int, req) -> None:
+    def send(rank: int, req, placement) -> None:
+        if placement is not None and isinstance(req, TokenizedGenerateReqInput):
+            req = DcpGenerateReq.wrap(req, placement)
         sock_send(controller.workers[rank], req)
 
     def reject(req, reason: str) -> None:

@@ -16,9 +16,25 @@ installed wheel.
 | tokenizer_manager.py:3370                  | AFTER  | notices.                    | launcher/dcp|
 |   TokenizerManager._handle_abort_req       |        |   after_handle_abort_req    |             |
 
+| scheduler.py:1718 Scheduler.init_request_dispatcher   | AFTER  | datapath. (rank runtime)  | any/shard |
+| scheduler.py Scheduler.handle_generate_request        | AROUND | datapath. (placement in)  | any/shard |
+| scheduler.py:3266 Scheduler._add_request_to_queue     | AFTER  | datapath. (``req.dcp``)   | any/shard |
+| scheduler_components/dp_attn.py:412                   | AROUND | datapath. (step header)   | any/shard |
+|   prepare_mlp_sync_batch_raw                          |        |                           |           |
+| model_executor/forward_batch_info.py:904              | AFTER  | datapath. (step -> batch) | any/shard |
+|   ForwardBatch.init_new                               |        |                           |           |
+| mem_cache/base_prefix_cache.py:468 .free_kv_row       | AROUND | datapath. (skip moved)    | any/shard |
+| mem_cache/common.py:292 release_kv_cache              | AROUND | datapath. (release)       | any/shard |
+| scheduler_components/invariant_checker.py:95          | AROUND | datapath. (guest slots)   | any/shard |
+|   SchedulerInvariantChecker._check_full_pool          |        |                           |           |
+| model_runner_components/attention_backend_setup.py:166 | AROUND | backend. (wrap)         | any/shard |
+|   get_attention_backend                               |        |                           |           |
+| layers/layer_boundary/stage.py:168 StageBoundary.finish | AROUND | backend. (idle ranks)   | any/shard |
+
 "launcher": only in the launching process, where SGLang runs the tokenizer manager (one
 tokenizer worker; ``launch.py`` refuses ``--tokenizer-worker-num > 1`` with the planner on).
 "dcp": only when the launcher's ``--dcp-policy`` is not ``off`` (``options.DcpOptions``).
+"shard": only when requests may span ranks (``--dcp-max-degree > 1``, ``DcpOptions.sharding``).
 """
 
 from __future__ import annotations
@@ -30,6 +46,8 @@ from dataclasses import dataclass
 
 _DPC = "sglang.srt.managers.data_parallel_controller.DataParallelController"
 _TM = "sglang.srt.managers.tokenizer_manager.TokenizerManager"
+_SCHED = "sglang.srt.managers.scheduler.Scheduler"
+_DP = "sglang_dcp.sglang.datapath"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +57,7 @@ class Hook:
     params: tuple[str, ...]  # the target's parameter names, in order
     hook: str  # "module:function" of ours
     where: str = "any"  # "any" process that loads plugins | "launcher" only
-    when: str = "dcp"  # "always" | "dcp" (planner on)
+    when: str = "dcp"  # "always" | "dcp" (planner on) | "shard" (KV may span ranks)
 
 
 HOOKS: tuple[Hook, ...] = (
@@ -56,6 +74,54 @@ HOOKS: tuple[Hook, ...] = (
         f"{_TM}._handle_abort_req", "AFTER", ("self", "recv_obj"),
         "sglang_dcp.sglang.notices:after_handle_abort_req", where="launcher",
     ),
+    # data path (scheduler processes)
+    Hook(
+        f"{_SCHED}.init_request_dispatcher", "AFTER", ("self",),
+        f"{_DP}:after_init_request_dispatcher", when="shard",
+    ),
+    Hook(
+        f"{_SCHED}.handle_generate_request", "AROUND", ("self", "recv_req", "mm_input_error"),
+        f"{_DP}:around_handle_generate_request", when="shard",
+    ),
+    Hook(
+        f"{_SCHED}._add_request_to_queue", "AFTER", ("self", "req", "is_retracted"),
+        f"{_DP}:after_add_request_to_queue", when="shard",
+    ),
+    Hook(
+        "sglang.srt.managers.scheduler_components.dp_attn.prepare_mlp_sync_batch_raw", "AROUND",
+        ("local_batch", "model_runner", "get_idle_batch", "disable_cuda_graph",
+         "require_mlp_tp_gather", "disable_overlap_schedule", "offload_tags",
+         "draft_require_mlp_tp_gather", "dwdp"),
+        f"{_DP}:around_prepare_mlp_sync", when="shard",
+    ),
+    Hook(
+        "sglang.srt.model_executor.forward_batch_info.ForwardBatch.init_new", "AFTER",
+        ("batch", "model_runner", "capture_hidden_mode", "return_hidden_states_before_norm"),
+        f"{_DP}:after_forward_batch_init_new", when="shard",
+    ),
+    Hook(
+        "sglang.srt.mem_cache.base_prefix_cache.BasePrefixCache.free_kv_row", "AROUND",
+        ("self", "kv", "ranges"), f"{_DP}:around_free_kv_row", when="shard",
+    ),
+    Hook(
+        "sglang.srt.mem_cache.common.release_kv_cache", "AROUND",
+        ("req", "tree_cache", "is_insert"), f"{_DP}:around_release_kv_cache", when="shard",
+    ),
+    Hook(
+        "sglang.srt.managers.scheduler_components.invariant_checker."
+        "SchedulerInvariantChecker._check_full_pool", "AROUND", ("self", "ps", "uncached"),
+        f"{_DP}:around_check_full_pool", when="shard",
+    ),
+    Hook(
+        "sglang.srt.model_executor.model_runner_components.attention_backend_setup."
+        "get_attention_backend", "AROUND", ("model_runner", "init_new_workspace"),
+        "sglang_dcp.sglang.backend:around_get_attention_backend", when="shard",
+    ),
+    Hook(
+        "sglang.srt.layers.layer_boundary.stage.StageBoundary.finish", "AROUND",
+        ("self", "hidden_states", "forward_batch"),
+        "sglang_dcp.sglang.backend:around_stage_finish", when="shard",
+    ),
 )  # fmt: skip
 
 # SGLang callables (and instance attributes set in __init__) the glue relies on without hooking.
@@ -68,6 +134,8 @@ USES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("sglang.srt.managers.io_struct.sock_send", ("socket", "obj", "flags")),
     ("sglang.utils.TypeBasedDispatcher.__iadd__", ("self", "other")),
     ("sglang.srt.utils.network.get_zmq_socket", ("context", "socket_type", "endpoint", "bind")),
+    ("sglang.srt.layers.attention.attention_registry.register_attention_backend", ("name",)),
+    ("sglang.srt.mem_cache.memory_pool.KVWriteLoc", ("loc", "swa_loc", "full_loc")),
 )
 
 
@@ -93,18 +161,15 @@ def _is_launcher() -> bool:
     return multiprocessing.parent_process() is None
 
 
-def selected(dcp_enabled: bool, launcher: bool) -> list[Hook]:
-    return [
-        h
-        for h in HOOKS
-        if (h.when == "always" or dcp_enabled) and (h.where == "any" or launcher)
-    ]
+def selected(dcp_enabled: bool, launcher: bool, sharding: bool = False) -> list[Hook]:
+    wanted = {"always"} | ({"dcp"} if dcp_enabled else set()) | ({"shard"} if sharding else set())
+    return [h for h in HOOKS if h.when in wanted and (h.where == "any" or launcher)]
 
 
 _INSTALLED: set[Hook] = set()
 
 
-def install(dcp_enabled: bool, *, apply: bool = False) -> list[Hook]:
+def install(dcp_enabled: bool, *, sharding: bool = False, apply: bool = False) -> list[Hook]:
     """Check and register the hooks this process needs that are not registered yet.
 
     ``load_plugins()`` applies what ``register()`` registers. The launcher learns whether the
@@ -113,7 +178,8 @@ def install(dcp_enabled: bool, *, apply: bool = False) -> list[Hook]:
     """
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
-    chosen = [h for h in selected(dcp_enabled, _is_launcher()) if h not in _INSTALLED]
+    launcher = _is_launcher()
+    chosen = [h for h in selected(dcp_enabled, launcher, sharding) if h not in _INSTALLED]
     for h in chosen:
         check(h.target, h.params)
     for h in chosen:

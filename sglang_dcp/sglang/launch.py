@@ -4,10 +4,13 @@ Accepts every ``python -m sglang.launch_server`` argument, plus:
 
   --demo   serve the embedded default: a tiny random-weight Qwen3-MoE (made in the cache
            folder if missing) on CPU with DP attention over 2 DP ranks.
-  --dcp-policy, --dcp-cost-profile, --dcp-max-degree, --dcp-min-shard-tokens
+  --dcp-policy, --dcp-cost-profile, --dcp-max-degree, --dcp-min-shard-tokens, --dcp-kv-capacity
            the planner in the DP controller (on by default with DP attention over > 1 rank);
            checked here, then handed to SGLang's spawned processes as JSON in
            $SGLANG_DCP_SERVE_OPTIONS (``env.SERVE_OPTIONS_VAR``; set only by this launcher).
+           With a max degree > 1 the launcher also selects ``--attention-backend dcp_triton``
+           (torch_native on CPU; the DCP exchange wraps it) and ``--disable-overlap-schedule``
+           (the DCP data path runs without overlap).
 
 On a machine without CUDA it sets what SGLang's CPU engine needs (``--device cpu``,
 ``SGLANG_USE_CPU_ENGINE=1``, one OpenMP core binding per TP rank) unless you set them. Bad
@@ -30,7 +33,7 @@ from sglang_dcp.planner.profile import available_profiles
 from sglang_dcp.sglang.options import (
     DEFAULT_PROFILE,
     POLICY_CHOICES,
-    SUPPORTED_MAX_DEGREE,
+    ATTENTION_BACKEND,
     DcpOptions,
     OptionsError,
     resolve,
@@ -38,7 +41,10 @@ from sglang_dcp.sglang.options import (
 
 PROG = "python -m sglang_dcp.launch_server"
 DEMO_MODEL_NAME = "tiny-qwen3-moe-seed0"
-DEMO_DP_SIZE = 2
+DEMO_DP_SIZE = 4
+# A small planner budget per rank, so that a prompt of a few thousand tokens cannot sit on one
+# rank and is spread over several (SGLang's own pools stay larger: the home prefills it whole).
+DEMO_KV_CAPACITY = 1024
 DEMO_ARGS = [
     "--device", "cpu",
     "--tp-size", str(DEMO_DP_SIZE),
@@ -47,6 +53,9 @@ DEMO_ARGS = [
     "--mem-fraction-static", "0.05",
     # SGLang's "auto" dtype would run the float32 checkpoint in float16; keep it exact.
     "--dtype", "float32",
+    "--disable-radix-cache",
+    "--dcp-kv-capacity", str(DEMO_KV_CAPACITY),
+    "--dcp-min-shard-tokens", "128",
     "--host", "127.0.0.1",
     "--port", "30000",
 ]  # fmt: skip
@@ -93,8 +102,10 @@ def add_dcp_args(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
         default=None,
-        help="Most ranks one request's KV may span ('dcp'; group size for 'uniform'). This "
-        f"build supports {SUPPORTED_MAX_DEGREE} (KV stays on the home rank). Default: 1.",
+        help="Most ranks one request's KV may span ('dcp'; group size for 'uniform'). > 1 needs "
+        "--disable-radix-cache and --tp-size == --dp-size, and runs attention through the DCP "
+        f"exchange around SGLang's triton backend ({ATTENTION_BACKEND}; torch_native on CPU). "
+        "Default: --dp-size when those hold, else 1.",
     )
     group.add_argument(
         "--dcp-min-shard-tokens",
@@ -104,12 +115,22 @@ def add_dcp_args(parser: argparse.ArgumentParser) -> None:
         help="Smallest KV shard worth placing on another rank ('dcp'). Default: the cost "
         "profile's break-even shard.",
     )
+    group.add_argument(
+        "--dcp-kv-capacity",
+        type=int,
+        metavar="TOKENS",
+        default=None,
+        help="KV tokens per rank the planner may place (default: SGLang's KV pool size per "
+        "rank, max_total_num_tokens). Smaller values keep headroom for a home's whole-prompt "
+        "prefill before its sealed shards move out.",
+    )
 
 
 # Our flags that take no value / one value; stripped before SGLang parses the rest.
 _OUR_FLAGS_NO_VALUE = {"--demo"}
 _OUR_FLAGS_WITH_VALUE = {
     "--dcp-policy", "--dcp-cost-profile", "--dcp-max-degree", "--dcp-min-shard-tokens",
+    "--dcp-kv-capacity",
 }  # fmt: skip
 
 
@@ -200,15 +221,39 @@ def dcp_options(ns: argparse.Namespace) -> DcpOptions:
             dp_size=ns.dp_size or 1,
             enable_dp_attention=bool(ns.enable_dp_attention),
             load_balance_method_given=ns.load_balance_method_given,
+            kv_capacity=ns.dcp_kv_capacity,
+            tp_size=ns.tp_size or 1,
+            disable_radix_cache=bool(ns.disable_radix_cache),
+            attention_backend=ns.attention_backend,
         )
     except OptionsError as e:
         raise LaunchError(str(e)) from None
+    if opts.sharding and ns.attention_backend in ("triton", ATTENTION_BACKEND) and not _has_cuda():
+        raise LaunchError(
+            f"--attention-backend {ns.attention_backend} needs CUDA; on CPU the DCP exchange "
+            "runs over torch_native (drop the flag)"
+        )
     if opts.enabled and (getattr(ns, "tokenizer_worker_num", 1) or 1) > 1:
         raise LaunchError(
             "--tokenizer-worker-num > 1 is not supported with the sglang-dcp planner yet; "
             "drop it or pass --dcp-policy off"
         )
     return opts
+
+
+def sharding_argv(sglang_argv: list[str], opts: DcpOptions, cuda: bool) -> list[str]:
+    """With KV sharding on, pick an attention backend the DCP wrapper supports (``dcp_triton``,
+    i.e. triton, on GPU; torch_native on CPU, where SGLang would pick intel_amx) and turn
+    overlap scheduling off (the step header and the exchange assume one batch in flight)."""
+    if not opts.sharding:
+        return sglang_argv
+    names = {a.split("=", 1)[0] for a in sglang_argv}
+    extra = []
+    if "--attention-backend" not in names:
+        extra += ["--attention-backend", ATTENTION_BACKEND if cuda else "torch_native"]
+    if "--disable-overlap-schedule" not in names:
+        extra.append("--disable-overlap-schedule")
+    return sglang_argv + extra
 
 
 def enable_dcp(opts: DcpOptions) -> None:
@@ -218,6 +263,12 @@ def enable_dcp(opts: DcpOptions) -> None:
         from sglang_dcp.sglang import hooks
 
         hooks.install(True, apply=True)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def prepare_cpu_environment(sglang_argv: list[str], tp_size: int) -> list[str]:
@@ -290,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         check_args(ns)
         opts = dcp_options(ns)
         sglang_argv = prepare_cpu_environment(split_argv(argv), ns.tp_size or 1)
+        sglang_argv = sharding_argv(sglang_argv, opts, _has_cuda())
     except LaunchError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2

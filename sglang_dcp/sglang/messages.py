@@ -6,7 +6,15 @@ calling process; the plugin calls it in every process that runs it, before any s
 
 from __future__ import annotations
 
-from sglang.srt.managers.io_struct import BaseBatchReq, hook_custom_types
+from typing import List, Optional
+
+from sglang.srt.managers.io_struct import (
+    BaseBatchReq,
+    TokenizedGenerateReqInput,
+    hook_custom_types,
+)
+
+from sglang_dcp.types import Placement, Shard
 
 
 class DcpFinished(BaseBatchReq, kw_only=True):
@@ -17,5 +25,36 @@ class DcpFinished(BaseBatchReq, kw_only=True):
     """
 
 
+class DcpGenerateReq(TokenizedGenerateReqInput, kw_only=True):
+    """DP controller -> home scheduler: a tokenized request together with its placement.
+
+    A subclass of SGLang's request, not a message of its own, for two reasons found in 0.5.21's
+    ``request_receiver.py``: under DP attention a scheduler keeps only *work* requests (the four
+    tokenized request types, l.311) from its own socket, while every other message is replaced by
+    what global rank 0 received (``broadcast_pyobj`` from ``tp_group.ranks[0]``, l.200); and work
+    requests are handled before control messages of the same poll. As a subclass it is a work
+    request, and ``TypeBasedDispatcher`` (MRO match) hands it to ``handle_generate_request``.
+
+    ``dcp_shards``: ``[[rank, start, end], ...]`` in token order, the tail on ``dcp_home``.
+    """
+
+    dcp_home: int = -1
+    dcp_shards: Optional[List[List[int]]] = None
+
+    @classmethod
+    def wrap(cls, req: TokenizedGenerateReqInput, placement: Placement) -> "DcpGenerateReq":
+        fields = {f: getattr(req, f) for f in req.__struct_fields__}
+        return cls(
+            **fields,
+            dcp_home=placement.home_rank,
+            dcp_shards=[[s.rank, s.start, s.end] for s in placement.shards],
+        )
+
+    def placement(self) -> Placement:
+        return Placement(
+            self.rid, self.dcp_home, tuple(Shard(r, a, b) for r, a, b in self.dcp_shards or ())
+        )
+
+
 def register_types() -> None:
-    hook_custom_types(DcpFinished)
+    hook_custom_types(DcpFinished, DcpGenerateReq)

@@ -15,8 +15,9 @@ from sglang_dcp import env
 POLICY_CHOICES = ("dcp", "round_robin", "total_tokens", "uniform", "off")
 DEFAULT_POLICY = "dcp"
 DEFAULT_PROFILE = "qwen3-235b-h200"
-# Degree > 1 needs the placement messages of docs/integration.md §9 step 3 (not built yet).
-SUPPORTED_MAX_DEGREE = 1
+ATTENTION_BACKEND = "dcp_triton"  # backend.NAME (kept here: this module imports no SGLang)
+# SGLang backends the DCP wrapper goes around (backend.INNER_BACKENDS)
+SHARDABLE_BACKENDS = ("triton", "torch_native", ATTENTION_BACKEND)
 
 
 class OptionsError(ValueError):
@@ -31,10 +32,16 @@ class DcpOptions:
     profile: str = DEFAULT_PROFILE
     max_degree: int = 1
     min_shard_tokens: int | None = None
+    kv_capacity: int | None = None  # planner's KV tokens per rank (None: SGLang's pool size)
 
     @property
     def enabled(self) -> bool:
         return self.policy != "off"
+
+    @property
+    def sharding(self) -> bool:
+        """A request's KV may span ranks: the scheduler data path and the backend are on."""
+        return self.enabled and self.max_degree > 1
 
     def policy_options(self) -> dict:
         """Keyword options for ``planner.make_policy(self.policy, ...)``."""
@@ -67,17 +74,24 @@ def resolve(
     dp_size: int,
     enable_dp_attention: bool,
     load_balance_method_given: bool,
+    kv_capacity: int | None = None,
+    tp_size: int | None = None,
+    disable_radix_cache: bool = True,
+    attention_backend: str | None = None,
 ) -> DcpOptions:
     """Check the flags (``None`` = not given) against each other and the server shape.
 
     Without any ``--dcp-*`` flag the planner is on (policy ``dcp``) whenever there is something
-    to place (``--dp-size > 1`` with ``--enable-dp-attention``) and quietly off otherwise.
+    to place (``--dp-size > 1`` with ``--enable-dp-attention``) and quietly off otherwise. Its
+    max degree then defaults to ``--dp-size`` when the server can shard KV (``--disable-radix-cache``,
+    ``--tp-size == --dp-size``, attention backend unset or ``dcp_triton``), else to 1.
     """
     given = {
         "--dcp-policy": policy,
         "--dcp-cost-profile": profile,
         "--dcp-max-degree": max_degree,
         "--dcp-min-shard-tokens": min_shard_tokens,
+        "--dcp-kv-capacity": kv_capacity,
     }
     given = {k: v for k, v in given.items() if v is not None}
     if policy is not None and policy not in POLICY_CHOICES:
@@ -103,18 +117,37 @@ def resolve(
             "Pass --dcp-policy off to use it"
         )
     policy = policy or DEFAULT_POLICY
+    tp_size = dp_size if tp_size is None else tp_size
+    shard_blockers = []
+    if not disable_radix_cache:
+        shard_blockers.append(
+            "--disable-radix-cache (KV shipped to other ranks must not stay in the prefix tree)"
+        )
+    if tp_size != dp_size:
+        shard_blockers.append(f"--tp-size == --dp-size (got {tp_size} and {dp_size})")
+    if attention_backend not in (None, *SHARDABLE_BACKENDS):
+        shard_blockers.append(
+            f"--attention-backend triton, torch_native or {ATTENTION_BACKEND} (got "
+            f"{attention_backend}; the DCP exchange wraps one of those)"
+        )
     if max_degree is not None:
         if max_degree < 1:
             raise OptionsError(f"--dcp-max-degree must be >= 1, got {max_degree}")
-        if max_degree > SUPPORTED_MAX_DEGREE:
-            raise OptionsError(
-                f"--dcp-max-degree {max_degree}: this build keeps every request's KV on its home "
-                f"rank (degree <= {SUPPORTED_MAX_DEGREE}); sharded KV is not wired into SGLang yet"
-            )
+        if max_degree > dp_size:
+            raise OptionsError(f"--dcp-max-degree {max_degree} exceeds --dp-size {dp_size}")
         if policy not in ("dcp", "uniform"):
             raise OptionsError(
                 f"--dcp-max-degree applies to --dcp-policy dcp or uniform, not {policy}"
             )
+        if max_degree > 1 and shard_blockers:
+            raise OptionsError(
+                f"--dcp-max-degree {max_degree} spreads KV over ranks and needs "
+                + "; ".join(shard_blockers)
+            )
+    elif policy == "dcp" and not shard_blockers:
+        max_degree = dp_size
+    if kv_capacity is not None and kv_capacity < 1:
+        raise OptionsError(f"--dcp-kv-capacity must be >= 1, got {kv_capacity}")
     if min_shard_tokens is not None:
         if policy != "dcp":
             raise OptionsError(f"--dcp-min-shard-tokens applies to --dcp-policy dcp, not {policy}")
@@ -127,6 +160,7 @@ def resolve(
         profile=profile or DEFAULT_PROFILE,
         max_degree=max_degree or 1,
         min_shard_tokens=min_shard_tokens,
+        kv_capacity=kv_capacity,
     )
     if policy == "dcp":
         from sglang_dcp.planner import load_profile

@@ -58,9 +58,12 @@ def register() -> None:
     # load_plugins() applies registered hooks right after the plugins ran (importing the
     # target's module: free in every process that launches or is a scheduler, which already
     # imported it or its heavier dependency srt/managers/scheduler.py).
-    enabled = DcpOptions.from_env().enabled
-    if enabled:
+    from sglang_dcp.sglang import backend
+
+    backend.register()  # the --attention-backend choice must parse before the options are known
+    options = DcpOptions.from_env()
+    if options.enabled:
         from sglang_dcp.sglang.messages import register_types
 
         register_types()
-    hooks.install(enabled)
+    hooks.install(options.enabled, sharding=options.sharding)

@@ -1,0 +1,414 @@
+"""Scheduler side of DCP serving (SGLang 0.5.21): placements at home, the step header, shard
+moves, guest KV and its release. One ``RankRuntime`` per scheduler process (one DP rank).
+
+Life of a request with KV on several ranks (docs/integration.md §2-§5):
+
+1. The DP controller sends it to its home as a ``DcpGenerateReq`` (request + placement);
+   ``around_handle_generate_request`` keeps the placement and ``after_add_request_to_queue``
+   puts it on the ``Req`` as ``req.dcp``.
+2. The home prefills the whole prompt locally (SGLang unchanged).
+3. At the first step the home *decodes* it, the **step header** (``around_prepare_mlp_sync``,
+   run by every rank every scheduler iteration, before SGLang's own MLP-sync all-gather) ships
+   the sealed shards: every rank all-reduces "has news", and if any does, all-gathers every
+   rank's ``RankNews`` and runs ``exchange.transfer_shards`` over the TP group (receiver
+   allocates from its SGLang allocator, checksum confirm, the home frees its copy; a failed move
+   leaves the range at home).
+4. Every step that decodes such a request, every rank gets a ``DcpStep`` (on the ``ScheduleBatch``,
+   copied to the ``ForwardBatch``) and joins each layer's exchange (``backend.py``).
+5. When the home releases the request's KV (finish, abort, retraction),
+   ``around_release_kv_cache`` frees only what the home still holds (``around_free_kv_row``
+   skips moved ranges) and the next header tells the shard ranks to free their guest slots.
+
+The collectives run over SGLang's TP group; with ``--tp-size == --dp-size`` its rank is the DP
+rank. Every rank calls them in the same order: the header before SGLang's own gather, the
+exchange once per layer between the attention stage's prepare and finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from sglang_dcp.exchange.route import build_rank_route
+from sglang_dcp.planner.base import Migration
+from sglang_dcp.sglang.rank_stats import stats
+from sglang_dcp.sglang.step import Decoding, RankNews, StepPlan, plan_step, runtime_shards
+from sglang_dcp.types import Placement, Shard
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class HomeEntry:
+    """A request homed here whose placement spans several ranks."""
+
+    req: Any  # SGLang Req
+    placement: Placement
+    moved: list[tuple[int, int, int]] = field(default_factory=list)  # (rank, start, end) away
+    shipped: bool = False  # moves were attempted (at the first decode step)
+
+
+@dataclass(slots=True)
+class GuestEntry:
+    """KV of a request homed on ``home`` held here: ``ranges`` in token order, ``slots`` their
+    allocator slots concatenated in the same order."""
+
+    home: int
+    ranges: list[tuple[int, int]]
+    slots: torch.Tensor
+
+
+@dataclass(slots=True)
+class DcpStep:
+    """This rank's part of one step: what the attention backend needs to join the exchange."""
+
+    plan: StepPlan
+    rank: int
+    num_ranks: int
+    route: Any  # exchange.route.RankRoute
+    num_rows: int  # home rows (decode batch order) this rank computes through the exchange
+    tag: int
+    # filled by the backend on first use
+    bufs: Any = None
+    next_layer: int = 0
+    done_layer: int = -1
+    exchange_s: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.plan.active
+
+
+class RankRuntime:
+    """DCP state of one scheduler (DP rank)."""
+
+    def __init__(self, scheduler) -> None:
+        from sglang.srt.runtime_context import get_parallel
+
+        par = get_parallel()
+        self.tp_group = par.tp_group
+        self.rank = self.tp_group.rank_in_group
+        self.num_ranks = self.tp_group.world_size
+        self.scheduler = scheduler
+        self.incoming: Placement | None = None  # set while handle_generate_request runs
+        self.home: dict[str, HomeEntry] = {}
+        self.guests: dict[str, GuestEntry] = {}
+        self.releases: list[str] = []
+        self.moved_rows: dict[int, list[tuple[int, int]]] = {}  # req_pool_idx -> moved ranges
+        self.num_steps = 0
+        self._comm = None
+        stats().dp_rank = self.rank
+
+    # -- groups ---------------------------------------------------------------------------------
+    @property
+    def comm(self):
+        """Communicator for the exchange and KV transfer: the TP group's device group (NCCL on
+        GPU, gloo on CPU)."""
+        if self._comm is None:
+            from sglang_dcp.exchange.comm import TorchDistCommunicator
+
+            self._comm = TorchDistCommunicator(self.tp_group.device_group)
+        return self._comm
+
+    # -- requests -------------------------------------------------------------------------------
+    def attach(self, req) -> None:
+        p = self.incoming
+        if p is None or p.rid != req.rid:
+            return
+        req.dcp = p
+        stats().count_degree(p.degree)
+
+    def guest_tokens(self) -> int:
+        return sum(g.slots.numel() for g in self.guests.values())
+
+    def _refresh_gauges(self) -> None:
+        s = stats()
+        s.guest_kv_tokens = self.guest_tokens()
+        s.guest_requests = len(self.guests)
+        s.home_dcp_requests = sum(1 for h in self.home.values() if h.moved)
+
+    def released(self, req) -> None:
+        """The home gave ``req``'s KV back (finish, abort, retraction): guests free theirs at
+        the next header; a retracted request ships again after its new prefill."""
+        h = self.home.pop(req.rid, None)
+        if h is not None and h.moved:
+            self.releases.append(req.rid)
+        self._refresh_gauges()
+
+    def row_ranges_to_skip(self, req_pool_idx: int) -> list[tuple[int, int]] | None:
+        return self.moved_rows.get(req_pool_idx)
+
+    # -- the step header ------------------------------------------------------------------------
+    def header(self, local_batch, model_runner) -> DcpStep | None:
+        news = RankNews(releases=self.releases)
+        self.releases = []
+        decoding_reqs = []
+        if local_batch is not None and local_batch.forward_mode.is_decode():
+            seq_lens = local_batch.seq_lens_cpu.tolist()
+            for req, seq_len in zip(local_batch.reqs, seq_lens):
+                p = getattr(req, "dcp", None)
+                if p is None or p.degree == 1:
+                    continue
+                h = self.home.get(req.rid)
+                if h is None or h.req is not req:
+                    h = self.home[req.rid] = HomeEntry(req, p)
+                if not h.shipped:
+                    for s in p.shards[:-1]:
+                        if s.rank != self.rank:
+                            news.moves.append(Migration(req.rid, self.rank, s.rank, s.start, s.end))
+                    will_move = [
+                        (s.rank, s.start, s.end) for s in p.shards[:-1] if s.rank != self.rank
+                    ]
+                else:
+                    will_move = h.moved
+                shards = runtime_shards(p, will_move, int(seq_len))
+                news.decoding.append(Decoding(req.rid, self.rank, shards))
+                decoding_reqs.append(h)
+
+        flag = torch.tensor([1 if news else 0], dtype=torch.int64)
+        torch.distributed.all_reduce(
+            flag, op=torch.distributed.ReduceOp.MAX, group=self.tp_group.cpu_group
+        )
+        if not int(flag.item()):
+            return None
+        gathered: list[Any] = [None] * self.num_ranks
+        torch.distributed.all_gather_object(
+            gathered, news.to_wire(), group=self.tp_group.cpu_group
+        )
+        all_news = [RankNews.from_wire(w) for w in gathered]
+
+        for r, n in enumerate(all_news):
+            for rid in n.releases:
+                self._free_guest(rid)
+        moves = [m for n in all_news for m in n.moves]
+        failed = self._ship(moves, model_runner) if moves else []
+        for h in decoding_reqs:
+            h.shipped = True
+        plan = plan_step(all_news, failed)
+        self._refresh_gauges()
+        if not plan.active:
+            return None
+        return self._step(plan, local_batch)
+
+    def _free_guest(self, rid: str) -> None:
+        g = self.guests.pop(rid, None)
+        if g is not None:
+            self.scheduler.token_to_kv_pool_allocator.free(g.slots)
+
+    def _ship(self, moves: list[Migration], model_runner) -> list[Migration]:
+        """Run every rank's moves of this step; returns the failed ones (same list everywhere)."""
+        from sglang_dcp.exchange.transfer import transfer_shards
+        from sglang_dcp.sglang.kv_adapter import SGLangKVPool
+
+        kv = model_runner.token_to_kv_pool
+        pool = SGLangKVPool(
+            self.scheduler.token_to_kv_pool_allocator,
+            [kv.k_buffer[i] for i in range(kv.layer_num)],
+            [kv.v_buffer[i] for i in range(kv.layer_num)],
+        )
+        req_to_token = model_runner.req_to_token_pool.req_to_token
+        for m in moves:
+            if m.src == self.rank:
+                req = self.home[m.rid].req
+                row = req_to_token[req.kv.req_pool_idx]
+                pool.offer(m.rid, m.start, row[m.start : m.end].to(torch.long).cpu())
+        results = transfer_shards(self.comm, pool, moves)
+        failed = []
+        s = stats()
+        for res in results:
+            m = res.move
+            mine = self.rank in (m.src, m.dst)
+            if not res.ok:
+                failed.append(m)
+                if mine:
+                    s.moves_failed += 1
+                    logger.warning("sglang_dcp: shard move %s failed: %s", m, res.reason)
+                continue
+            if not mine:
+                continue
+            s.moves_done += 1
+            if m.src == self.rank:
+                logger.info(
+                    "sglang_dcp: shipped tokens [%d, %d) of %s from rank %d to rank %d",
+                    m.start, m.end, m.rid, m.src, m.dst,
+                )  # fmt: skip
+                h = self.home[m.rid]
+                h.moved.append((m.dst, m.start, m.end))
+                idx = h.req.kv.req_pool_idx
+                self.moved_rows.setdefault(idx, []).append((m.start, m.end))
+            else:
+                slots = pool.slot_tensor((m.rid, m.start))
+                g = self.guests.get(m.rid)
+                if g is None:
+                    self.guests[m.rid] = GuestEntry(m.src, [(m.start, m.end)], slots)
+                else:
+                    pairs = sorted(
+                        [*zip(g.ranges, _split(g.slots, g.ranges)), ((m.start, m.end), slots)]
+                    )
+                    g.ranges = [r for r, _ in pairs]
+                    g.slots = torch.cat([t for _, t in pairs])
+                s.moved_tokens += m.end - m.start
+        return failed
+
+    def _step(self, plan: StepPlan, local_batch) -> DcpStep:
+        """This rank's route for ``plan``: its decode rows (batch order) and guest items."""
+        mine: dict[str, Placement] = {p.rid: p for p in plan.placements if p.home_rank == self.rank}
+        placements: list[Placement] = []
+        local_slots: dict[str, list[int]] = {}
+        num_rows = 0
+        if local_batch is not None and local_batch.forward_mode.is_decode():
+            req_to_token = self.scheduler.req_to_token_pool.req_to_token
+            seq_lens = local_batch.seq_lens_cpu.tolist()
+            for req, seq_len in zip(local_batch.reqs, seq_lens):
+                seq_len = int(seq_len)
+                row = req_to_token[req.kv.req_pool_idx]
+                p = mine.get(req.rid)
+                if p is None:  # KV all here
+                    p = Placement(req.rid, self.rank, (Shard(self.rank, 0, seq_len),))
+                    local_slots[req.rid] = row[:seq_len].tolist()
+                else:
+                    local_slots[req.rid] = [
+                        t for s in p.shards if s.rank == self.rank
+                        for t in row[s.start : s.end].tolist()
+                    ]  # fmt: skip
+                placements.append(p)
+            num_rows = len(placements)
+        for p in plan.placements:
+            if p.home_rank != self.rank:
+                placements.append(p)
+                g = self.guests.get(p.rid)
+                if g is not None:
+                    local_slots[p.rid] = g.slots.tolist()
+        route = build_rank_route(
+            placements, rank=self.rank, num_ranks=self.num_ranks, local_slots=local_slots
+        )
+        self.num_steps += 1
+        return DcpStep(plan, self.rank, self.num_ranks, route, num_rows, tag=self.num_steps)
+
+
+def _split(slots: torch.Tensor, ranges: list[tuple[int, int]]) -> list[torch.Tensor]:
+    out, pos = [], 0
+    for a, b in ranges:
+        out.append(slots[pos : pos + b - a])
+        pos += b - a
+    return out
+
+
+# ---- the process's runtime and the hooks (hooks.py) ---------------------------------------------
+
+_RUNTIME: RankRuntime | None = None
+
+
+def runtime() -> RankRuntime | None:
+    return _RUNTIME
+
+
+def after_init_request_dispatcher(result, scheduler, *args, **kwargs):
+    """``Scheduler.init_request_dispatcher`` (scheduler.py:1718) runs once in ``__init__``, after
+    the pools exist: build this rank's runtime."""
+    global _RUNTIME
+    _RUNTIME = RankRuntime(scheduler)
+    return result
+
+
+def around_handle_generate_request(original, scheduler, recv_req, *args, **kwargs):
+    """``Scheduler.handle_generate_request`` (scheduler.py): remember the placement that came with
+    the request while SGLang builds its ``Req``."""
+    from sglang_dcp.sglang.messages import DcpGenerateReq
+
+    rt = _RUNTIME
+    if rt is None or not isinstance(recv_req, DcpGenerateReq):
+        return original(scheduler, recv_req, *args, **kwargs)
+    rt.incoming = recv_req.placement()
+    try:
+        return original(scheduler, recv_req, *args, **kwargs)
+    finally:
+        rt.incoming = None
+
+
+def after_add_request_to_queue(result, scheduler, req, *args, **kwargs):
+    """``Scheduler._add_request_to_queue`` (scheduler.py:3266): ``req.dcp = placement``."""
+    if _RUNTIME is not None:
+        _RUNTIME.attach(req)
+    return result
+
+
+def around_prepare_mlp_sync(original, local_batch, *args, **kwargs):
+    """``dp_attn.prepare_mlp_sync_batch_raw(local_batch, model_runner, ...)`` (dp_attn.py:412):
+    the step header first, then SGLang's gather; the step goes on the batch that will run."""
+    rt = _RUNTIME
+    if rt is None:
+        return original(local_batch, *args, **kwargs)
+    model_runner = kwargs.get("model_runner", args[0] if args else None)
+    step = rt.header(local_batch, model_runner)
+    batch = original(local_batch, *args, **kwargs)
+    if batch is not None:
+        batch.dcp_step = step
+    elif step is not None:  # pragma: no cover - a decoding home always runs a batch
+        raise RuntimeError("sglang_dcp: an active DCP step produced no batch on this rank")
+    return batch
+
+
+def after_forward_batch_init_new(result, *args, **kwargs):
+    """``ForwardBatch.init_new(batch, model_runner)`` (forward_batch_info.py:904, classmethod)."""
+    batch = kwargs.get("batch")
+    if batch is None:
+        batch = next((a for a in args if hasattr(a, "reqs")), None)
+    result.dcp_step = getattr(batch, "dcp_step", None)
+    return result
+
+
+def around_free_kv_row(original, tree_cache, kv, ranges, *args, **kwargs):
+    """``BasePrefixCache.free_kv_row(kv, ranges)`` (base_prefix_cache.py:468): never free a
+    range the home shipped away (its slots went back to the allocator at the move)."""
+    rt = _RUNTIME
+    skip = rt.row_ranges_to_skip(kv.req_pool_idx) if rt is not None else None
+    if skip:
+        ranges = _subtract(list(ranges), skip)
+    return original(tree_cache, kv, ranges, *args, **kwargs)
+
+
+def around_release_kv_cache(original, req, tree_cache, *args, **kwargs):
+    """``mem_cache.common.release_kv_cache(req, tree_cache, is_insert)`` (common.py:292)."""
+    rt = _RUNTIME
+    if rt is None or req.rid not in rt.home:
+        return original(req, tree_cache, *args, **kwargs)
+    idx = req.kv.req_pool_idx
+    try:
+        return original(req, tree_cache, *args, **kwargs)
+    finally:
+        rt.moved_rows.pop(idx, None)
+        rt.released(req)
+
+
+def around_check_full_pool(original, checker, ps, uncached=0, *args, **kwargs):
+    """``SchedulerInvariantChecker._check_full_pool(ps, uncached)`` (invariant_checker.py:95):
+    guest slots are held for other ranks' requests, not leaked."""
+    rt = _RUNTIME
+    if rt is not None:
+        uncached = uncached + rt.guest_tokens()
+    return original(checker, ps, uncached, *args, **kwargs)
+
+
+def _subtract(ranges: list[tuple[int, int]], cut: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``ranges`` minus ``cut`` (half-open, ascending)."""
+    out = []
+    for a, b in ranges:
+        pieces = [(a, b)]
+        for c, d in sorted(cut):
+            nxt = []
+            for x, y in pieces:
+                if d <= x or y <= c:
+                    nxt.append((x, y))
+                    continue
+                if x < c:
+                    nxt.append((x, c))
+                if d < y:
+                    nxt.append((d, y))
+            pieces = nxt
+        out.extend(pieces)
+    return out

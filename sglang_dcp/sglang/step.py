@@ -1,0 +1,119 @@
+"""One decode step's DCP plan, built identically on every rank from what the step header gathered.
+
+Pure Python (no SGLang, no torch.distributed). The header (``datapath.py``) gathers from every
+rank, in rank order, a ``RankNews``: the shard moves its home requests start this step, the
+requests whose guest KV may be freed, and the DCP requests it decodes this step with where their
+KV will be once the moves succeed. ``plan_step`` turns that, plus the transfer results (the same
+list on every rank), into the step's runtime placements.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sglang_dcp.exchange.route import max_pair_items, part_ranks
+from sglang_dcp.planner.base import Migration
+from sglang_dcp.types import Placement, Shard
+
+
+@dataclass(frozen=True, slots=True)
+class Decoding:
+    """A DCP request decoded by its home this step: KV tokens ``[0, seq_len)``, with ``shards``
+    (rank, start, end) in token order as they will be after this step's moves (the home's tail
+    ends at ``seq_len``, the new token included)."""
+
+    rid: str
+    home: int
+    shards: tuple[tuple[int, int, int], ...]
+
+    def placement(self) -> Placement:
+        return Placement(self.rid, self.home, tuple(Shard(*s) for s in self.shards))
+
+
+@dataclass(slots=True)
+class RankNews:
+    """What one rank tells every other rank at a step header."""
+
+    moves: list[Migration] = field(default_factory=list)
+    releases: list[str] = field(default_factory=list)  # rids homed here that ended
+    decoding: list[Decoding] = field(default_factory=list)  # in batch order
+
+    def __bool__(self) -> bool:
+        return bool(self.moves or self.releases or self.decoding)
+
+    def to_wire(self) -> tuple:
+        return (
+            [(m.rid, m.src, m.dst, m.start, m.end) for m in self.moves],
+            list(self.releases),
+            [(d.rid, d.home, [list(s) for s in d.shards]) for d in self.decoding],
+        )
+
+    @classmethod
+    def from_wire(cls, wire: tuple) -> "RankNews":
+        moves, releases, decoding = wire
+        return cls(
+            moves=[Migration(*m) for m in moves],
+            releases=list(releases),
+            decoding=[Decoding(r, h, tuple(tuple(s) for s in sh)) for r, h, sh in decoding],
+        )
+
+
+def runtime_shards(
+    placement: Placement, moved: Sequence[tuple[int, int, int]], seq_len: int
+) -> tuple[tuple[int, int, int], ...]:
+    """Where the KV of a home request lives now: the planner's sealed shards on the rank they
+    moved to (``moved``: (rank, start, end)), any other sealed shard still at home, the home's
+    tail up to ``seq_len``. Adjacent home ranges are merged."""
+    home = placement.home_rank
+    where = {(s, e): r for r, s, e in moved}
+    out: list[list[int]] = []
+    for sh in placement.shards[:-1]:
+        r = where.get((sh.start, sh.end), home)
+        if out and out[-1][0] == r == home and out[-1][2] == sh.start:
+            out[-1][2] = sh.end
+        else:
+            out.append([r, sh.start, sh.end])
+    tail_start = placement.shards[-1].start
+    if seq_len < tail_start:
+        raise ValueError(
+            f"{placement.rid!r}: {seq_len} KV tokens, but the planner's sealed shards end at "
+            f"{tail_start}"
+        )
+    if out and out[-1][0] == home and out[-1][2] == tail_start:
+        out[-1][2] = seq_len
+    else:
+        out.append([home, tail_start, seq_len])
+    return tuple(tuple(s) for s in out)
+
+
+@dataclass(frozen=True, slots=True)
+class StepPlan:
+    """The step every rank agrees on."""
+
+    placements: tuple[Placement, ...]  # DCP requests decoded this step, rank order, batch order
+    failed: tuple[Migration, ...]  # moves of this step that did not happen (KV stayed home)
+
+    @property
+    def active(self) -> bool:
+        """Some request has KV on a rank other than its home: every rank joins every layer's
+        exchange this step."""
+        return any(len(part_ranks(p)) > 1 for p in self.placements)
+
+    def capacity(self, num_ranks: int) -> int:
+        """Queries one rank sends one peer per layer (the same on every rank)."""
+        return max(1, max_pair_items(self.placements, num_ranks))
+
+
+def plan_step(news: Sequence[RankNews], failed: Sequence[Migration]) -> StepPlan:
+    """Runtime placements of this step from every rank's news, a failed move's range staying on
+    its home (``failed``: the moves ``transfer_shards`` could not complete)."""
+    bad = {(m.rid, m.start, m.end) for m in failed}
+    out = []
+    for n in news:
+        for d in n.decoding:
+            shards = tuple(
+                (d.home, s, e) if (d.rid, s, e) in bad else (r, s, e) for r, s, e in d.shards
+            )
+            out.append(Placement(d.rid, d.home, tuple(Shard(*s) for s in shards)))
+    return StepPlan(tuple(out), tuple(failed))
