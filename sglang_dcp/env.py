@@ -34,3 +34,14 @@ def planner_log() -> bool:
     Read-only view of the planner's state for tests and operators (otherwise DEBUG).
     """
     return os.environ.get("SGLANG_DCP_PLANNER_LOG", "") not in ("", "0", "false")
+
+
+def poison_moved() -> bool:
+    """Overwrite the home's copy of shipped KV with NaN right after each move.
+    ``SGLANG_DCP_POISON_MOVED=1``.
+
+    A debugging and test switch: the home's slots go back to SGLang's allocator at the move and
+    keep their old bytes until reused, so a bug that still reads them would go unnoticed; with
+    the poison it turns every affected output into garbage.
+    """
+    return os.environ.get("SGLANG_DCP_POISON_MOVED", "") not in ("", "0", "false")

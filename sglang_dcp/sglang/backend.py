@@ -1,13 +1,13 @@
 """The ``dcp_triton`` attention backend: SGLang's own backend, plus the exchange in DCP steps.
 
-With KV sharding on, ``around_get_attention_backend`` wraps the backend SGLang 0.5.21 builds
-(``attention_backend_setup.get_attention_backend``) in ``DcpAttnBackend``: ``triton`` on CUDA,
+With KV sharding on, ``around_build_resolved_backend`` wraps the backend SGLang 0.5.21 builds
+(``attention_backend_setup._build_resolved_backend``) in ``DcpAttnBackend``: ``triton`` on CUDA,
 ``torch_native`` on CPU. SGLang picks CPU/GPU code paths by the backend's *name*
 (``utils/common.py:1385`` ``support_triton``, ``mem_cache/allocation.py``), so the inner backend
 keeps its own name; ``--attention-backend dcp_triton`` (``register_attention_backend``) is the
 explicit GPU spelling and builds ``triton``. Outside DCP steps every call goes to the inner
-backend untouched. In a DCP step (``forward_batch.dcp_step.active``, the same on
-every rank, ``datapath.py``) every rank joins each layer's exchange exactly once:
+backend untouched. In a DCP step (``current_step().active``, the same on
+every rank, ``datapath.current_step()``) every rank joins each layer's exchange exactly once:
 
 - decode: the new K/V is stored, then every row's attention runs through
   ``exchange.exchange_attention`` (local KV of plain requests and of DCP tails, guest items for
@@ -24,6 +24,7 @@ query heads (``attn_tp_size == 1``). MLA models are not supported by this backen
 
 from __future__ import annotations
 
+import logging
 import time
 
 import torch
@@ -31,6 +32,7 @@ import torch
 from sglang_dcp.sglang.rank_stats import stats
 
 NAME = "dcp_triton"
+logger = logging.getLogger(__name__)
 
 _BACKEND: "DcpAttnBackend | None" = None
 
@@ -146,14 +148,14 @@ class DcpAttnBackend:
 
     # -- AttentionBackend.forward ---------------------------------------------------------------
     def forward(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
-        step = getattr(forward_batch, "dcp_step", None)
+        step = current_step()
         if step is None or not step.active:
             return self.inner.forward(q, k, v, layer, forward_batch, save_kv_cache, **kwargs)
         if getattr(layer, "logit_cap", 0) or (getattr(layer, "sliding_window_size", -1) or -1) > 0:
             raise NotImplementedError(
                 f"{NAME}: logit cap and sliding-window attention are not supported in DCP steps"
             )
-        pool = forward_batch.token_to_kv_pool
+        pool = self._runner.token_to_kv_pool
         mode = forward_batch.forward_mode
         if mode.is_decode():
             if save_kv_cache and k is not None and v is not None:
@@ -184,35 +186,41 @@ def step_comm():
     return runtime().comm
 
 
+def current_step():
+    from sglang_dcp.sglang.datapath import current_step as cs
+
+    return cs()
+
+
 INNER_BACKENDS = ("triton", "torch_native", NAME)
 
 
 def create(runner):
     """``ATTENTION_BACKENDS["dcp_triton"](runner)``: SGLang's ``triton`` backend (the DCP wrapper
-    goes around it in ``around_get_attention_backend``)."""
+    goes around it in ``around_build_resolved_backend``)."""
     from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS
 
     return ATTENTION_BACKENDS["triton"](runner)
 
 
-def around_get_attention_backend(original, *args, **kwargs):
-    """``attention_backend_setup.get_attention_backend(*, model_runner, init_new_workspace)``
-    (model_runner_components/attention_backend_setup.py:166): wrap the backend SGLang built."""
+def around_build_resolved_backend(original, *args, **kwargs):
+    """``attention_backend_setup._build_resolved_backend(*, model_runner, resolved,
+    init_new_workspace)`` (model_runner_components/attention_backend_setup.py:201), which every
+    path that builds a model runner's attention backend goes through: wrap what SGLang built."""
     global _BACKEND
-    from sglang.srt.runtime_context import attention_backends
-
-    runner = kwargs.get("model_runner")
-    prefill, decode = attention_backends()
-    if prefill != decode or prefill not in INNER_BACKENDS:
+    runner = kwargs["model_runner"]
+    resolved = kwargs["resolved"]
+    if resolved.prefill != resolved.decode or resolved.prefill not in INNER_BACKENDS:
         raise NotImplementedError(
             f"sglang_dcp: KV sharding runs over SGLang's triton (GPU) or torch_native (CPU) "
-            f"attention backend, got prefill={prefill} decode={decode}; pass --attention-backend "
-            "triton/torch_native or --dcp-max-degree 1"
+            f"attention backend, got prefill={resolved.prefill} decode={resolved.decode}; pass "
+            "--attention-backend triton/torch_native or --dcp-max-degree 1"
         )
-    if getattr(runner, "is_draft_worker", False):
+    if resolved.is_draft_override or getattr(runner, "is_draft_worker", False):
         raise NotImplementedError("sglang_dcp: speculative decoding is not supported with DCP")
     inner = original(*args, **kwargs)
     _BACKEND = DcpAttnBackend(inner, runner)
+    logger.info("sglang_dcp: %s attention runs through the DCP exchange", resolved.prefill)
     return _BACKEND
 
 
@@ -232,17 +240,16 @@ def around_stage_finish(original, boundary, hidden_states, forward_batch, *args,
     """``StageBoundary.finish(hidden_states, forward_batch)`` (layer_boundary/stage.py:168),
     after each layer's attention on every rank: a rank that skipped attention (no rows) joins
     this layer's exchange here; then the layer counter moves on."""
-    step = getattr(forward_batch, "dcp_step", None)
+    step = current_step()
     if step is not None and step.active:
         be = _BACKEND
         if be is None:
             raise RuntimeError(f"sglang_dcp: a DCP step needs --attention-backend {NAME}")
         layer_id = be.start_layer + step.next_layer
         if step.done_layer != layer_id:
-            pool = forward_batch.token_to_kv_pool
-            be.exchange(step, layer_id, pool, None, be.layer_scaling(layer_id))
+            be.exchange(step, layer_id, be._runner.token_to_kv_pool, None, be.layer_scaling(layer_id))
         step.next_layer += 1
-        if step.next_layer == forward_batch.token_to_kv_pool.layer_num:
+        if step.next_layer == be._runner.token_to_kv_pool.layer_num:
             s = stats()
             s.active_steps += 1
             s.exchange_ms_last_step = step.exchange_s * 1e3

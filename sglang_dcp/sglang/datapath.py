@@ -13,8 +13,8 @@ Life of a request with KV on several ranks (docs/integration.md §2-§5):
    rank's ``RankNews`` and runs ``exchange.transfer_shards`` over the TP group (receiver
    allocates from its SGLang allocator, checksum confirm, the home frees its copy; a failed move
    leaves the range at home).
-4. Every step that decodes such a request, every rank gets a ``DcpStep`` (on the ``ScheduleBatch``,
-   copied to the ``ForwardBatch``) and joins each layer's exchange (``backend.py``).
+4. Every step that decodes such a request, every rank gets a ``DcpStep`` (``current_step()``)
+   and joins each layer's exchange (``backend.py``).
 5. When the home releases the request's KV (finish, abort, retraction),
    ``around_release_kv_cache`` frees only what the home still holds (``around_free_kv_row``
    skips moved ranges) and the next header tells the shard ranks to free their guest slots.
@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from sglang_dcp import env
 from sglang_dcp.exchange.route import build_rank_route
 from sglang_dcp.planner.base import Migration
 from sglang_dcp.sglang.rank_stats import stats
@@ -100,6 +101,7 @@ class RankRuntime:
         self.releases: list[str] = []
         self.moved_rows: dict[int, list[tuple[int, int]]] = {}  # req_pool_idx -> moved ranges
         self.num_steps = 0
+        self.step: DcpStep | None = None  # the step of the forward about to run
         self._comm = None
         stats().dp_rank = self.rank
 
@@ -211,12 +213,21 @@ class RankRuntime:
             [kv.v_buffer[i] for i in range(kv.layer_num)],
         )
         req_to_token = model_runner.req_to_token_pool.req_to_token
+        offered = {}
         for m in moves:
             if m.src == self.rank:
                 req = self.home[m.rid].req
                 row = req_to_token[req.kv.req_pool_idx]
-                pool.offer(m.rid, m.start, row[m.start : m.end].to(torch.long).cpu())
+                offered[(m.rid, m.start)] = row[m.start : m.end].to(torch.long)
+                pool.offer(m.rid, m.start, offered[(m.rid, m.start)].cpu())
         results = transfer_shards(self.comm, pool, moves)
+        if env.poison_moved():
+            for res in results:
+                m = res.move
+                if res.ok and m.src == self.rank:
+                    slots = offered[(m.rid, m.start)]
+                    for buf in (*kv.k_buffer, *kv.v_buffer):
+                        buf[slots] = float("nan")
         failed = []
         s = stats()
         for res in results:
@@ -344,22 +355,26 @@ def around_prepare_mlp_sync(original, local_batch, *args, **kwargs):
     if rt is None:
         return original(local_batch, *args, **kwargs)
     model_runner = kwargs.get("model_runner", args[0] if args else None)
+    rt.step = None
     step = rt.header(local_batch, model_runner)
     batch = original(local_batch, *args, **kwargs)
-    if batch is not None:
-        batch.dcp_step = step
-    elif step is not None:  # pragma: no cover - a decoding home always runs a batch
+    if step is not None and batch is None:  # pragma: no cover - a decoding home always runs
         raise RuntimeError("sglang_dcp: an active DCP step produced no batch on this rank")
+    rt.step = step
     return batch
 
 
-def after_forward_batch_init_new(result, *args, **kwargs):
-    """``ForwardBatch.init_new(batch, model_runner)`` (forward_batch_info.py:904, classmethod)."""
-    batch = kwargs.get("batch")
-    if batch is None:
-        batch = next((a for a in args if hasattr(a, "reqs")), None)
-    result.dcp_step = getattr(batch, "dcp_step", None)
-    return result
+def current_step() -> DcpStep | None:
+    """The step the next forward belongs to (``None``: no exchange).
+
+    A process-wide slot, not a ``ForwardBatch`` field: SGLang's runners rebuild the
+    ``ForwardBatch`` from static buffers before the model runs (``eager_runner.load_batch``,
+    the CUDA-graph runners), dropping extra attributes. With overlap scheduling off
+    (``launch.sharding_argv``) the header of step N and the forward of step N alternate on the
+    scheduler thread, so the slot always holds the running step.
+    """
+    rt = _RUNTIME
+    return None if rt is None else rt.step
 
 
 def around_free_kv_row(original, tree_cache, kv, ranges, *args, **kwargs):

@@ -21,14 +21,12 @@ installed wheel.
 | scheduler.py:3266 Scheduler._add_request_to_queue     | AFTER  | datapath. (``req.dcp``)   | any/shard |
 | scheduler_components/dp_attn.py:412                   | AROUND | datapath. (step header)   | any/shard |
 |   prepare_mlp_sync_batch_raw                          |        |                           |           |
-| model_executor/forward_batch_info.py:904              | AFTER  | datapath. (step -> batch) | any/shard |
-|   ForwardBatch.init_new                               |        |                           |           |
 | mem_cache/base_prefix_cache.py:468 .free_kv_row       | AROUND | datapath. (skip moved)    | any/shard |
 | mem_cache/common.py:292 release_kv_cache              | AROUND | datapath. (release)       | any/shard |
 | scheduler_components/invariant_checker.py:95          | AROUND | datapath. (guest slots)   | any/shard |
 |   SchedulerInvariantChecker._check_full_pool          |        |                           |           |
-| model_runner_components/attention_backend_setup.py:166 | AROUND | backend. (wrap)         | any/shard |
-|   get_attention_backend                               |        |                           |           |
+| model_runner_components/attention_backend_setup.py:201 | AROUND | backend. (wrap)         | any/shard |
+|   _build_resolved_backend                             |        |                           |           |
 | layers/layer_boundary/stage.py:168 StageBoundary.finish | AROUND | backend. (idle ranks)   | any/shard |
 
 "launcher": only in the launching process, where SGLang runs the tokenizer manager (one
@@ -95,11 +93,6 @@ HOOKS: tuple[Hook, ...] = (
         f"{_DP}:around_prepare_mlp_sync", when="shard",
     ),
     Hook(
-        "sglang.srt.model_executor.forward_batch_info.ForwardBatch.init_new", "AFTER",
-        ("batch", "model_runner", "capture_hidden_mode", "return_hidden_states_before_norm"),
-        f"{_DP}:after_forward_batch_init_new", when="shard",
-    ),
-    Hook(
         "sglang.srt.mem_cache.base_prefix_cache.BasePrefixCache.free_kv_row", "AROUND",
         ("self", "kv", "ranges"), f"{_DP}:around_free_kv_row", when="shard",
     ),
@@ -114,8 +107,8 @@ HOOKS: tuple[Hook, ...] = (
     ),
     Hook(
         "sglang.srt.model_executor.model_runner_components.attention_backend_setup."
-        "get_attention_backend", "AROUND", ("model_runner", "init_new_workspace"),
-        "sglang_dcp.sglang.backend:around_get_attention_backend", when="shard",
+        "_build_resolved_backend", "AROUND", ("model_runner", "resolved", "init_new_workspace"),
+        "sglang_dcp.sglang.backend:around_build_resolved_backend", when="shard",
     ),
     Hook(
         "sglang.srt.layers.layer_boundary.stage.StageBoundary.finish", "AROUND",
