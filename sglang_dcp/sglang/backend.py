@@ -203,13 +203,12 @@ def create(runner):
     return ATTENTION_BACKENDS["triton"](runner)
 
 
-def around_build_resolved_backend(original, *args, **kwargs):
+def around_build_resolved_backend(original, *, model_runner, resolved, init_new_workspace):
     """``attention_backend_setup._build_resolved_backend(*, model_runner, resolved,
     init_new_workspace)`` (model_runner_components/attention_backend_setup.py:201), which every
     path that builds a model runner's attention backend goes through: wrap what SGLang built."""
     global _BACKEND
-    runner = kwargs["model_runner"]
-    resolved = kwargs["resolved"]
+    runner = model_runner
     if resolved.prefill != resolved.decode or resolved.prefill not in INNER_BACKENDS:
         raise NotImplementedError(
             f"sglang_dcp: KV sharding runs over SGLang's triton (GPU) or torch_native (CPU) "
@@ -218,7 +217,9 @@ def around_build_resolved_backend(original, *args, **kwargs):
         )
     if resolved.is_draft_override or getattr(runner, "is_draft_worker", False):
         raise NotImplementedError("sglang_dcp: speculative decoding is not supported with DCP")
-    inner = original(*args, **kwargs)
+    inner = original(
+        model_runner=model_runner, resolved=resolved, init_new_workspace=init_new_workspace
+    )
     _BACKEND = DcpAttnBackend(inner, runner)
     logger.info("sglang_dcp: %s attention runs through the DCP exchange", resolved.prefill)
     return _BACKEND
@@ -236,7 +237,7 @@ def register() -> None:
         add_attention_backend_choices([NAME])
 
 
-def around_stage_finish(original, boundary, hidden_states, forward_batch, *args, **kwargs):
+def around_stage_finish(original, self, hidden_states, forward_batch, *args, **kwargs):
     """``StageBoundary.finish(hidden_states, forward_batch)`` (layer_boundary/stage.py:168),
     after each layer's attention on every rank: a rank that skipped attention (no rows) joins
     this layer's exchange here; then the layer counter moves on."""
@@ -255,5 +256,5 @@ def around_stage_finish(original, boundary, hidden_states, forward_batch, *args,
             s.exchange_ms_last_step = step.exchange_s * 1e3
             s.exchange_ms_total += step.exchange_s * 1e3
             s.guest_items_last_step = step.route.num_guest_items
-    return original(boundary, hidden_states, forward_batch, *args, **kwargs)
+    return original(self, hidden_states, forward_batch, *args, **kwargs)
 

@@ -318,30 +318,30 @@ def runtime() -> RankRuntime | None:
     return _RUNTIME
 
 
-def after_init_request_dispatcher(result, scheduler, *args, **kwargs):
+def after_init_request_dispatcher(result, self, *args, **kwargs):
     """``Scheduler.init_request_dispatcher`` (scheduler.py:1718) runs once in ``__init__``, after
     the pools exist: build this rank's runtime."""
     global _RUNTIME
-    _RUNTIME = RankRuntime(scheduler)
+    _RUNTIME = RankRuntime(self)
     return result
 
 
-def around_handle_generate_request(original, scheduler, recv_req, *args, **kwargs):
+def around_handle_generate_request(original, self, recv_req, *args, **kwargs):
     """``Scheduler.handle_generate_request`` (scheduler.py): remember the placement that came with
     the request while SGLang builds its ``Req``."""
     from sglang_dcp.sglang.messages import DcpGenerateReq
 
     rt = _RUNTIME
     if rt is None or not isinstance(recv_req, DcpGenerateReq):
-        return original(scheduler, recv_req, *args, **kwargs)
+        return original(self, recv_req, *args, **kwargs)
     rt.incoming = recv_req.placement()
     try:
-        return original(scheduler, recv_req, *args, **kwargs)
+        return original(self, recv_req, *args, **kwargs)
     finally:
         rt.incoming = None
 
 
-def after_add_request_to_queue(result, scheduler, req, *args, **kwargs):
+def after_add_request_to_queue(result, self, req, *args, **kwargs):
     """``Scheduler._add_request_to_queue`` (scheduler.py:3266): ``req.dcp = placement``."""
     if _RUNTIME is not None:
         _RUNTIME.attach(req)
@@ -377,14 +377,14 @@ def current_step() -> DcpStep | None:
     return None if rt is None else rt.step
 
 
-def around_free_kv_row(original, tree_cache, kv, ranges, *args, **kwargs):
+def around_free_kv_row(original, self, kv, ranges, *args, **kwargs):
     """``BasePrefixCache.free_kv_row(kv, ranges)`` (base_prefix_cache.py:468): never free a
     range the home shipped away (its slots went back to the allocator at the move)."""
     rt = _RUNTIME
     skip = rt.row_ranges_to_skip(kv.req_pool_idx) if rt is not None else None
     if skip:
         ranges = _subtract(list(ranges), skip)
-    return original(tree_cache, kv, ranges, *args, **kwargs)
+    return original(self, kv, ranges, *args, **kwargs)
 
 
 def around_release_kv_cache(original, req, tree_cache, *args, **kwargs):
@@ -400,13 +400,13 @@ def around_release_kv_cache(original, req, tree_cache, *args, **kwargs):
         rt.released(req)
 
 
-def around_check_full_pool(original, checker, ps, uncached=0, *args, **kwargs):
+def around_check_full_pool(original, self, ps, uncached=0, *args, **kwargs):
     """``SchedulerInvariantChecker._check_full_pool(ps, uncached)`` (invariant_checker.py:95):
     guest slots are held for other ranks' requests, not leaked."""
     rt = _RUNTIME
     if rt is not None:
         uncached = uncached + rt.guest_tokens()
-    return original(checker, ps, uncached, *args, **kwargs)
+    return original(self, ps, uncached, *args, **kwargs)
 
 
 def _subtract(ranges: list[tuple[int, int]], cut: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -7,27 +7,32 @@ fails loudly at startup instead of misbehaving. ``USES`` lists SGLang callables 
 (not hooks) with the same check; ``test/sglang/test_hooks.py`` checks both against the
 installed wheel.
 
-| target (sglang/srt/managers/...)           | type   | ours (sglang_dcp.sglang.)   | where/when  |
-|--------------------------------------------|--------|-----------------------------|-------------|
-| data_parallel_controller.py:143            | AFTER  | plugin.                     | any/always  |
-|   DataParallelController.__init__          |        |   _on_dp_controller_ready   |             |
-| tokenizer_manager.py:2345 (async)          | AROUND | notices.                    | launcher/dcp|
-|   TokenizerManager._handle_batch_output    |        |   around_handle_batch_output|             |
-| tokenizer_manager.py:3370                  | AFTER  | notices.                    | launcher/dcp|
-|   TokenizerManager._handle_abort_req       |        |   after_handle_abort_req    |             |
-
-| scheduler.py:1718 Scheduler.init_request_dispatcher   | AFTER  | datapath. (rank runtime)  | any/shard |
-| scheduler.py Scheduler.handle_generate_request        | AROUND | datapath. (placement in)  | any/shard |
-| scheduler.py:3266 Scheduler._add_request_to_queue     | AFTER  | datapath. (``req.dcp``)   | any/shard |
-| scheduler_components/dp_attn.py:412                   | AROUND | datapath. (step header)   | any/shard |
-|   prepare_mlp_sync_batch_raw                          |        |                           |           |
-| mem_cache/base_prefix_cache.py:468 .free_kv_row       | AROUND | datapath. (skip moved)    | any/shard |
-| mem_cache/common.py:292 release_kv_cache              | AROUND | datapath. (release)       | any/shard |
-| scheduler_components/invariant_checker.py:95          | AROUND | datapath. (guest slots)   | any/shard |
-|   SchedulerInvariantChecker._check_full_pool          |        |                           |           |
-| model_runner_components/attention_backend_setup.py:201 | AROUND | backend. (wrap)         | any/shard |
-|   _build_resolved_backend                             |        |                           |           |
-| layers/layer_boundary/stage.py:168 StageBoundary.finish | AROUND | backend. (idle ranks)   | any/shard |
+| target (file under sglang/srt/, then the hooked name)   | type   | ours (sglang_dcp.sglang.) | where/when  |
+|---------------------------------------------------------|--------|---------------------------|-------------|
+| managers/data_parallel_controller.py:143                | AFTER  | plugin. (planner in DPC)  | any/always  |
+|   DataParallelController.__init__                       |        |                           |             |
+| managers/tokenizer_manager.py:2345 (async)              | AROUND | notices. (finish notice)  | launcher/dcp|
+|   TokenizerManager._handle_batch_output                 |        |                           |             |
+| managers/tokenizer_manager.py:3370                      | AFTER  | notices. (abort notice)   | launcher/dcp|
+|   TokenizerManager._handle_abort_req                    |        |                           |             |
+| managers/scheduler.py:1718                              | AFTER  | datapath. (rank runtime)  | any/shard   |
+|   Scheduler.init_request_dispatcher                     |        |                           |             |
+| managers/scheduler.py                                   | AROUND | datapath. (placement in)  | any/shard   |
+|   Scheduler.handle_generate_request                     |        |                           |             |
+| managers/scheduler.py:3266                              | AFTER  | datapath. (``req.dcp``)   | any/shard   |
+|   Scheduler._add_request_to_queue                       |        |                           |             |
+| managers/scheduler_components/dp_attn.py:412            | AROUND | datapath. (step header)   | any/shard   |
+|   dp_attn.prepare_mlp_sync_batch_raw                    |        |                           |             |
+| mem_cache/base_prefix_cache.py:468                      | AROUND | datapath. (skip moved)    | any/shard   |
+|   BasePrefixCache.free_kv_row                           |        |                           |             |
+| mem_cache/common.py:292                                 | AROUND | datapath. (release)       | any/shard   |
+|   common.release_kv_cache                               |        |                           |             |
+| managers/scheduler_components/invariant_checker.py:95   | AROUND | datapath. (guest slots)   | any/shard   |
+|   SchedulerInvariantChecker._check_full_pool            |        |                           |             |
+| model_executor/model_runner_components/                 | AROUND | backend. (wrap backend)   | any/shard   |
+|   attention_backend_setup._build_resolved_backend (l.201) |      |                           |             |
+| layers/layer_boundary/stage.py:168                      | AROUND | backend. (idle ranks)     | any/shard   |
+|   StageBoundary.finish                                  |        |                           |             |
 
 "launcher": only in the launching process, where SGLang runs the tokenizer manager (one
 tokenizer worker; ``launch.py`` refuses ``--tokenizer-worker-num > 1`` with the planner on).

@@ -154,6 +154,9 @@ def split_argv(argv: list[str]) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     from sglang.srt.server_args import ServerArgs
 
+    from sglang_dcp.sglang import backend
+
+    backend.register()  # --attention-backend dcp_triton (also done by the plugin)
     parser = _OneLineParser(
         prog=PROG,
         description="SGLang server with request-level dynamic context parallelism (sglang-dcp).",

@@ -95,3 +95,81 @@ def transfer_worker(rank: int, world_size: int, init_method: str, backend: str) 
         _expect(pool, "a", 4, 12)
         _expect(pool, "b", 4, 8)
     comm.barrier()
+
+
+class FakeAllocator:
+    """The two methods of SGLang's ``TokenToKVPoolAllocator`` the adapter uses (``alloc(n)``:
+    slots or ``None`` when full; ``free(slots)``), with a leak/double-free check."""
+
+    def __init__(self, size: int) -> None:
+        self.free_slots = list(range(size - 1, 0, -1))  # slot 0 is SGLang's padding slot
+        self.size = size
+
+    def available_size(self) -> int:
+        return len(self.free_slots)
+
+    def alloc(self, n: int):
+        if n > len(self.free_slots):
+            return None
+        return torch.tensor([self.free_slots.pop() for _ in range(n)], dtype=torch.int64)
+
+    def free(self, slots) -> None:
+        for s in slots.tolist():
+            assert s not in self.free_slots, f"slot {s} freed twice"
+            self.free_slots.append(s)
+
+
+def sglang_adapter_worker(rank: int, world_size: int, init_method: str, backend: str) -> None:
+    """``transfer_shards`` over SGLang-shaped pools (a list of per-layer buffers, an allocator)."""
+    from sglang_dcp.sglang.kv_adapter import SGLangKVPool
+
+    comm = TorchDistCommunicator(init_rank(rank, world_size, init_method, backend))
+    size = 64
+    k_layers = [torch.randn(size, HKV, D) for _ in range(L)]
+    v_layers = [torch.randn(size, HKV, D) for _ in range(L)]
+    alloc = FakeAllocator(size)
+    # rank 0 holds 20 tokens of "a" at scattered slots, as a home's req_to_token row would
+    row = alloc.alloc(20) if rank == 0 else None
+    if rank == 0:
+        row = row[torch.randperm(20, generator=torch.Generator().manual_seed(0))]
+    sent_k = torch.stack([k[row[4:12]] for k in k_layers]) if rank == 0 else None
+    sent_v = torch.stack([v[row[4:12]] for v in v_layers]) if rank == 0 else None
+
+    def pool():
+        return SGLangKVPool(alloc, k_layers, v_layers)
+
+    # 1. the receiver cannot allocate: the move fails, the sender keeps its slots
+    if rank == 1:
+        hog = alloc.alloc(alloc.available_size() - 4)
+    p = pool()
+    if rank == 0:
+        p.offer("a", 4, row[4:12])
+    free_before = alloc.available_size()
+    (res,) = transfer_shards(comm, p, [ShardMove("a", 0, 1, 4, 12)])
+    assert not res.ok and ("cannot allocate" in res.reason if rank == 1 else True)
+    assert alloc.available_size() == free_before and not p.freed
+    if rank == 1:
+        alloc.free(hog)
+
+    # 2. success: exact bytes at the receiver's new slots, the sender's slots back in its pool
+    p = pool()
+    if rank == 0:
+        p.offer("a", 4, row[4:12])
+    free_before = alloc.available_size()
+    (res,) = transfer_shards(comm, p, [ShardMove("a", 0, 1, 4, 12)])
+    assert res.ok, res.reason
+    if rank == 0:
+        assert alloc.available_size() == free_before + 8 and p.freed == [("a", 4)]
+    else:
+        slots = p.slot_tensor(("a", 4))
+        assert alloc.available_size() == free_before - 8 and slots.numel() == 8
+        got_k = torch.stack([k[slots] for k in k_layers])
+        got_v = torch.stack([v[slots] for v in v_layers])
+        want = [torch.empty_like(got_k), torch.empty_like(got_v)]
+        torch.distributed.recv(want[0], src=0)
+        torch.distributed.recv(want[1], src=0)
+        assert torch.equal(got_k, want[0]) and torch.equal(got_v, want[1])
+    if rank == 0:
+        torch.distributed.send(sent_k.contiguous(), dst=1)
+        torch.distributed.send(sent_v.contiguous(), dst=1)
+    torch.distributed.barrier()

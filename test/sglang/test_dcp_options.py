@@ -28,7 +28,31 @@ def options(parser, *extra):
 
 
 def test_default_is_the_dcp_planner_with_degree_one(parser):
+    # the radix cache is on, so KV cannot be shipped: degree 1
     assert options(parser) == DcpOptions(policy="dcp", max_degree=1)
+    assert not options(parser).sharding
+
+
+def test_degree_defaults_to_dp_size_when_the_server_can_shard(parser):
+    o = options(parser, "--disable-radix-cache")
+    assert o == DcpOptions(policy="dcp", max_degree=2) and o.sharding
+    o = options(parser, "--disable-radix-cache", "--dcp-kv-capacity", "512")
+    assert o.kv_capacity == 512
+    o = options(parser, "--disable-radix-cache", "--attention-backend", "torch_native")
+    assert o.sharding
+    # an unsupported backend keeps the default at 1 instead of failing
+    assert options(parser, "--disable-radix-cache", "--attention-backend", "flex_attention").max_degree == 1
+    assert not options(parser, "--disable-radix-cache", "--dcp-policy", "round_robin").sharding
+
+
+def test_launcher_adds_the_backend_and_turns_overlap_off():
+    o = DcpOptions(policy="dcp", max_degree=2)
+    assert launch.sharding_argv(["--x"], o, cuda=False) == [
+        "--x", "--attention-backend", "torch_native", "--disable-overlap-schedule"]
+    assert launch.sharding_argv(["--x"], o, cuda=True)[2] == "dcp_triton"
+    assert launch.sharding_argv(["--attention-backend", "triton"], o, cuda=True) == [
+        "--attention-backend", "triton", "--disable-overlap-schedule"]
+    assert launch.sharding_argv(["--x"], DcpOptions(policy="dcp"), cuda=False) == ["--x"]
 
 
 def test_flags_reach_the_options(parser):
@@ -44,7 +68,13 @@ def test_flags_reach_the_options(parser):
 @pytest.mark.parametrize(
     "extra,message",
     [
-        (["--dcp-max-degree", "2"], "degree <= 1"),
+        (["--dcp-max-degree", "2"], "needs --disable-radix-cache"),
+        (["--dcp-max-degree", "3", "--disable-radix-cache"], "exceeds --dp-size 2"),
+        (["--dcp-max-degree", "2", "--disable-radix-cache", "--attention-backend", "flex_attention"],
+         "--attention-backend triton, torch_native or dcp_triton"),
+        (["--dcp-max-degree", "2", "--disable-radix-cache", "--attention-backend", "dcp_triton"],
+         "needs CUDA"),
+        (["--dcp-kv-capacity", "0", "--disable-radix-cache"], "--dcp-kv-capacity must be >= 1"),
         (["--dcp-max-degree", "0"], "must be >= 1"),
         (["--dcp-policy", "off", "--dcp-max-degree", "1"], "need(s) a planner"),
         (["--dcp-policy", "round_robin", "--dcp-min-shard-tokens", "64"], "applies to"),
@@ -77,7 +107,7 @@ def test_unknown_policy_is_an_argparse_error(parser, capsys):
 
 def test_our_flags_are_stripped_before_sglang_parses():
     argv = SERVE + ["--dcp-policy", "dcp", "--dcp-max-degree=1", "--dcp-cost-profile", "p",
-                    "--dcp-min-shard-tokens", "8"]  # fmt: skip
+                    "--dcp-min-shard-tokens", "8", "--dcp-kv-capacity", "64"]  # fmt: skip
     assert launch.split_argv(argv) == SERVE
 
 

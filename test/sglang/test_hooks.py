@@ -22,7 +22,7 @@ def _short(hook):
 def test_hook_target_resolves_with_the_pinned_signature(hook):
     hooks.check(hook.target, hook.params)  # raises HookSignatureError with the difference
     assert hook.kind in ("BEFORE", "AFTER", "AROUND", "REPLACE")
-    assert hook.where in ("any", "launcher") and hook.when in ("always", "dcp")
+    assert hook.where in ("any", "launcher") and hook.when in ("always", "dcp", "shard")
 
 
 @pytest.mark.parametrize("hook", hooks.HOOKS, ids=lambda h: h.hook)
@@ -57,8 +57,12 @@ def test_selection_by_process_and_switch():
     always = [h for h in hooks.HOOKS if h.when == "always"]
     assert hooks.selected(False, launcher=True) == always
     assert hooks.selected(False, launcher=False) == always
-    assert hooks.selected(True, launcher=False) == [h for h in hooks.HOOKS if h.where == "any"]
-    assert hooks.selected(True, launcher=True) == list(hooks.HOOKS)
+    planner = [h for h in hooks.HOOKS if h.when != "shard"]
+    assert hooks.selected(True, launcher=False) == [h for h in planner if h.where == "any"]
+    assert hooks.selected(True, launcher=True) == planner
+    assert hooks.selected(True, launcher=False, sharding=True) == [
+        h for h in hooks.HOOKS if h.where == "any"]
+    assert hooks.selected(True, launcher=True, sharding=True) == list(hooks.HOOKS)
 
 
 def test_every_hook_is_listed_in_the_module_table():

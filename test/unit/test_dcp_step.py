@@ -1,0 +1,107 @@
+"""The step plan every rank derives from the header (``sglang_dcp.sglang.step``), pure Python."""
+
+from __future__ import annotations
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import given, settings
+
+from sglang_dcp.exchange.route import part_ranks, tokens_on
+from sglang_dcp.planner.base import Migration
+from sglang_dcp.sglang.datapath import _subtract
+from sglang_dcp.sglang.step import Decoding, RankNews, plan_step, runtime_shards
+from sglang_dcp.types import Placement, Shard
+
+
+def placement(home, sealed, tail_start, end):
+    shards = tuple(Shard(r, a, b) for r, a, b in sealed) + (Shard(home, tail_start, end),)
+    return Placement("r", home, shards)
+
+
+def test_runtime_shards_moves_sealed_shards_and_grows_the_tail():
+    p = placement(0, [(1, 0, 64), (2, 64, 192)], 192, 300)
+    moved = [(1, 0, 64), (2, 64, 192)]
+    assert runtime_shards(p, moved, 250) == ((1, 0, 64), (2, 64, 192), (0, 192, 250))
+
+
+def test_a_sealed_shard_that_did_not_move_stays_home_merged_with_the_tail():
+    p = placement(0, [(1, 0, 64), (2, 64, 192)], 192, 300)
+    assert runtime_shards(p, [(1, 0, 64)], 200) == ((1, 0, 64), (0, 64, 200))
+    assert runtime_shards(p, [], 200) == ((0, 0, 200),)
+
+
+def test_tail_cannot_end_before_the_sealed_shards():
+    with pytest.raises(ValueError, match="sealed shards end at 192"):
+        runtime_shards(placement(0, [(1, 0, 192)], 192, 300), [(1, 0, 192)], 100)
+
+
+def test_news_round_trip_the_wire():
+    n = RankNews(
+        moves=[Migration("a", 0, 1, 0, 64)],
+        releases=["b"],
+        decoding=[Decoding("a", 0, ((1, 0, 64), (0, 64, 90)))],
+    )
+    assert RankNews.from_wire(n.to_wire()) == n
+    assert not RankNews() and n
+
+
+def test_plan_puts_failed_moves_back_home_and_orders_by_rank():
+    news = [
+        RankNews(decoding=[Decoding("a", 0, ((1, 0, 64), (0, 64, 90)))]),
+        RankNews(decoding=[Decoding("b", 1, ((2, 0, 64), (3, 64, 128), (1, 128, 140)))]),
+        RankNews(),
+    ]
+    plan = plan_step(news, [Migration("b", 1, 3, 64, 128)])
+    assert [p.rid for p in plan.placements] == ["a", "b"]
+    b = plan.placements[1]
+    assert [(s.rank, s.start, s.end) for s in b.shards] == [(2, 0, 64), (1, 64, 128), (1, 128, 140)]
+    assert plan.active and plan.capacity(4) == 1
+    assert part_ranks(b) == (2, 1)
+
+
+def test_a_step_with_every_move_failed_is_not_active():
+    news = [RankNews(decoding=[Decoding("a", 0, ((1, 0, 64), (0, 64, 90)))]), RankNews()]
+    plan = plan_step(news, [Migration("a", 0, 1, 0, 64)])
+    assert not plan.active and plan.capacity(2) == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 6).flatmap(
+        lambda n: st.tuples(
+            st.lists(st.integers(1, 4), min_size=n, max_size=n),  # shard sizes in pages
+            st.lists(st.integers(0, 3), min_size=n, max_size=n),  # ranks
+            st.lists(st.booleans(), min_size=n, max_size=n),  # moved?
+            st.integers(0, 300),  # tokens past the tail start
+        )
+    ),
+    st.integers(0, 3),
+)
+def test_runtime_shards_cover_every_token_once(args, home):
+    sizes, ranks, moved_flags, extra = args
+    sealed, pos = [], 0
+    for size, r in zip(sizes, ranks):
+        sealed.append((r if r != home else (r + 1) % 4, pos, pos + 64 * size))
+        pos += 64 * size
+    p = placement(home, sealed, pos, pos + 500)
+    moved = [s for s, m in zip(sealed, moved_flags) if m]
+    seq_len = pos + extra
+    shards = runtime_shards(p, moved, seq_len)
+    cur = 0
+    for r, a, b in shards:
+        assert a == cur and b >= a
+        cur = b
+    assert cur == seq_len and shards[-1][0] == home
+    rp = Placement("r", home, tuple(Shard(*s) for s in shards))
+    for r in range(4):
+        want = sum(b - a for (rr, a, b) in moved if rr == r)
+        if r == home:
+            want = seq_len - sum(b - a for (_, a, b) in moved)
+        assert tokens_on(rp, r) == want
+
+
+def test_subtract_ranges():
+    assert _subtract([(0, 100)], [(0, 64)]) == [(64, 100)]
+    assert _subtract([(0, 100)], [(10, 20), (30, 40)]) == [(0, 10), (20, 30), (40, 100)]
+    assert _subtract([(0, 100)], [(0, 100)]) == []
+    assert _subtract([(5, 10)], [(20, 30)]) == [(5, 10)]
