@@ -46,10 +46,15 @@ class DcpDispatcher:
       (``HEALTH_CHECK...``) are dropped unanswered by a busy scheduler (scheduler.py:2093),
       so no finish would ever free them.
 
-    A retryable rejection (the cluster is full *now*) goes to the requested or least-loaded
-    rank without a reservation ("overflow"): SGLang's scheduler queues it as it would without
-    the planner, and the planner's view stays a lower bound. A DP-controller-side queue replaces
-    this when degree > 1 needs exact accounting (docs/integration.md §9 step 3).
+    A retryable rejection (the cluster is full *now*):
+
+    - with ``queue=True`` (policies that split: ``dcp``, ``uniform``) the request waits here, in
+      arrival order, and every ``finished`` retries the waiting requests (first fit: a later
+      request that fits goes ahead of an earlier one that does not). Nothing reaches a
+      scheduler without a reservation, so the planner's books are exact. ``drop_queued``
+      removes waiting requests that the client aborted.
+    - otherwise (the baselines, which model SGLang's own dispatch) it goes to the requested or
+      least-loaded rank without a reservation ("overflow") and SGLang's scheduler queues it.
     """
 
     def __init__(
@@ -62,6 +67,7 @@ class DcpDispatcher:
         max_new_tokens_cap: int = UNBOUNDED_MAX_NEW_TOKENS_FALLBACK,
         untracked_prefixes: tuple[str, ...] = (),
         verbose: bool | None = None,
+        queue: bool = False,
     ) -> None:
         self.policy = policy
         self._send = send
@@ -74,11 +80,15 @@ class DcpDispatcher:
         self._log = logger.info if verbose else logger.debug
         self.num_overflow = 0
         self.num_rejected = 0
+        self.queue_enabled = queue
+        self.queue: dict[str, Any] = {}  # rid -> request, arrival order
 
     def state(self) -> str:
         """One-line read-only view of the planner, as logged after every change."""
         p = self.policy
-        return f"live={len(p)} kv={p.kv_tokens()} batch={p.batch_sizes()}"
+        return (
+            f"live={len(p)} kv={p.kv_tokens()} batch={p.batch_sizes()} waiting={len(self.queue)}"
+        )
 
     def dispatch(self, req: Any) -> None:
         rid = req.rid
@@ -90,18 +100,24 @@ class DcpDispatcher:
         if self.untracked_prefixes and str(rid).startswith(self.untracked_prefixes):
             self._send(home if home is not None else self._least_loaded(), req, None)
             return
-        if rid in self.policy:
+        if rid in self.policy or rid in self.queue:
             logger.warning("sglang_dcp: request %s is already live; sent to its home again", rid)
+            if rid in self.queue:
+                self.queue[rid] = req
+                return
             placement = self.policy.placement(rid)
             self._send(placement.home_rank, req, placement)
             return
-        max_new = getattr(req.sampling_params, "max_new_tokens", None)
-        if max_new is None:
-            max_new = self.max_new_tokens_cap
-        placement = self.policy.admit(Request(rid, prompt_len(req), max_new), home_rank=home)
+        placement = self._admit(req)
         if isinstance(placement, Rejection):
             if not placement.retryable:
                 self.reject(req, placement.reason)
+                return
+            if self.queue_enabled:
+                self.queue[rid] = req
+                self._log(
+                    "sglang_dcp: planner queue rid=%s (%s) %s", rid, placement.reason, self.state()
+                )
                 return
             # A baseline that chose a full rank keeps the request waiting for that rank (as
             # SGLang's DP dispatch does): send it there, and finish() will drop the entry.
@@ -119,12 +135,46 @@ class DcpDispatcher:
             )  # fmt: skip
             self._send(rank, req, None)
             return
+        self._placed(req, placement)
+
+    def _admit(self, req: Any):
+        max_new = getattr(req.sampling_params, "max_new_tokens", None)
+        if max_new is None:
+            max_new = self.max_new_tokens_cap
+        home = getattr(req, "routed_dp_rank", None)
+        return self.policy.admit(Request(req.rid, prompt_len(req), max_new), home_rank=home)
+
+    def _placed(self, req: Any, placement) -> None:
         self.degree_count[placement.degree] = self.degree_count.get(placement.degree, 0) + 1
         self._log(
             "sglang_dcp: planner admit rid=%s home=%d degree=%d %s",
-            rid, placement.home_rank, placement.degree, self.state(),
+            req.rid, placement.home_rank, placement.degree, self.state(),
         )  # fmt: skip
         self._send(placement.home_rank, req, placement)
+
+    def drain(self) -> None:
+        """Retry the waiting requests in arrival order (first fit)."""
+        for rid, req in list(self.queue.items()):
+            placement = self._admit(req)
+            if isinstance(placement, Rejection):
+                if placement.retryable:
+                    continue
+                del self.queue[rid]
+                self.reject(req, placement.reason)
+                continue
+            del self.queue[rid]
+            self._placed(req, placement)
+
+    def drop_queued(self, rid: str | None, abort_all: bool = False) -> list[Any]:
+        """Remove waiting requests a client aborted (SGLang matches rids by prefix,
+        scheduler.py:5460); returns them so the caller can answer their clients."""
+        gone = [
+            r for r in self.queue if abort_all or (rid is not None and str(r).startswith(rid))
+        ]
+        out = [self.queue.pop(r) for r in gone]
+        for r in gone:
+            self._log("sglang_dcp: planner drop rid=%s (aborted while waiting) %s", r, self.state())
+        return out
 
     def reject(self, req: Any, reason: str) -> None:
         self.num_rejected += 1
@@ -134,10 +184,14 @@ class DcpDispatcher:
     def finished(self, rids: Sequence[str] | None) -> None:
         """Requests that finished or were aborted (any order; duplicates and unknown rids are
         ignored)."""
+        freed = False
         for rid in rids or ():
             if rid in self.policy or self.policy.waiting_rank(rid) is not None:
                 self.policy.finish(rid)
+                freed = True
                 self._log("sglang_dcp: planner finish rid=%s %s", rid, self.state())
+        if freed and self.queue:
+            self.drain()
 
     def _least_loaded(self) -> int:
         kv = self.policy.kv_tokens()

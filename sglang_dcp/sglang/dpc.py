@@ -60,14 +60,17 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
             req = DcpGenerateReq.wrap(req, placement)
         sock_send(controller.workers[rank], req)
 
-    def reject(req, reason: str) -> None:
+    def answer(req, finish: dict, message: str) -> None:
         # The tokenizer that sent it (several tokenizer workers stamp http_worker_ipc).
         ipc = getattr(req, "http_worker_ipc", None) or tokenizer_ipc
         if ipc not in sockets:
             sockets[ipc] = get_zmq_socket(controller.context, zmq.PUSH, ipc, False)
+        sock_send(sockets[ipc], AbortReq(rid=req.rid, finished_reason=finish, abort_message=message))
+
+    def reject(req, reason: str) -> None:
         reason = f"sglang-dcp planner rejected the request: {reason}"
         finish = {"type": "abort", "message": reason, "status_code": int(HTTPStatus.BAD_REQUEST)}
-        sock_send(sockets[ipc], AbortReq(rid=req.rid, finished_reason=finish, abort_message=reason))
+        answer(req, finish, reason)
 
     def active_ranks():
         return [r for r in controller._active_workers if controller.workers[r] is not None]
@@ -78,13 +81,23 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
         reject=reject,
         active_ranks=active_ranks,
         untracked_prefixes=(HEALTH_CHECK_RID_PREFIX,),
+        queue=options.policy in ("dcp", "uniform"),
     )
+
+    def on_abort(msg) -> None:
+        # A request still waiting in the planner's queue: no scheduler holds it, so answer its
+        # client here (as a scheduler does for its own waiting queue, scheduler.py:5466).
+        for req in dispatcher.drop_queued(msg.rid, msg.abort_all):
+            message = "aborted while waiting for KV in the DP controller"
+            answer(req, msg.finished_reason or {"type": "abort", "message": message}, message)
+        controller.send_control_message(msg)  # what the DPC does with an abort otherwise
+
     controller.dcp_dispatcher = dispatcher
     controller.dispatching = dispatcher.dispatch
     # SGLang's own load snapshots only feed its DPBudget; the planner keeps its own books.
     controller.refresh_load_budget_on_dispatch = False
     controller._request_dispatcher += TypeBasedDispatcher(
-        [(DcpFinished, lambda msg: dispatcher.finished(msg.rids))]
+        [(DcpFinished, lambda msg: dispatcher.finished(msg.rids)), (AbortReq, on_abort)]
     )
     logger.info(
         "sglang_dcp: planner %s routes requests in the DP controller (%d ranks, %d KV tokens "

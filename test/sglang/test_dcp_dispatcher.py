@@ -41,7 +41,9 @@ def make_req(rid, prompt_len, max_new=8, routed_dp_rank=None):
 def sent(monkeypatch):
     """(destination, message) for every sock_send, in order."""
     log = []
-    monkeypatch.setattr(io_struct, "sock_send", lambda sock, obj, flags=0: log.append((sock, obj)))
+    record = lambda sock, obj, flags=0: log.append((sock, obj))  # noqa: E731
+    monkeypatch.setattr(io_struct, "sock_send", record)
+    monkeypatch.setattr("sglang.srt.managers.data_parallel_controller.sock_send", record)
     monkeypatch.setattr(
         "sglang.srt.utils.network.get_zmq_socket",
         lambda ctx, kind, endpoint, bind: f"socket:{endpoint}",
@@ -151,16 +153,38 @@ def test_an_inactive_routed_rank_is_answered_400(sent, monkeypatch):
     assert "DP rank 1 is not active" in abort.finished_reason["message"]
 
 
-def test_a_full_cluster_overflows_to_sglangs_queue_untracked(controller, sent):
+def test_a_full_cluster_queues_in_the_dp_controller_until_a_finish(controller, sent):
     big = KV_PER_RANK - 64
     controller._request_dispatcher(make_req("a", big, max_new=8))
     controller._request_dispatcher(make_req("b", big, max_new=8))
     controller._request_dispatcher(make_req("c", 100, max_new=8))  # fits nowhere now, later yes
-    planner = controller.dcp_dispatcher.policy
-    assert "c" not in planner and controller.dcp_dispatcher.num_overflow == 1
-    assert [rid for _, rid in to_workers(sent)] == ["a", "b", "c"] and not _aborts(sent)
-    controller._request_dispatcher(DcpFinished(rids=["a", "b", "c"]))
-    assert len(planner) == 0
+    d = controller.dcp_dispatcher
+    assert "c" not in d.policy and list(d.queue) == ["c"] and d.num_overflow == 0
+    assert [rid for _, rid in to_workers(sent)] == ["a", "b"] and not _aborts(sent)
+    controller._request_dispatcher(DcpFinished(rids=["a"]))
+    assert not d.queue and "c" in d.policy
+    assert [rid for _, rid in to_workers(sent)] == ["a", "b", "c"]
+    controller._request_dispatcher(DcpFinished(rids=["b", "c"]))
+    assert len(d.policy) == 0 and d.policy.kv_tokens() == [0] * NUM_RANKS
+
+
+def test_an_abort_of_a_waiting_request_is_answered_here_and_forwarded(controller, sent):
+    big = KV_PER_RANK - 64
+    for rid in ("a", "b"):
+        controller._request_dispatcher(make_req(rid, big, max_new=8))
+    controller._request_dispatcher(make_req("wait-1", 100, max_new=8))
+    controller._request_dispatcher(make_req("wait-2", 100, max_new=8))
+    sent.clear()
+    controller._request_dispatcher(AbortReq(rid="wait-1"))
+    d = controller.dcp_dispatcher
+    assert list(d.queue) == ["wait-2"]
+    [(sock, answer)] = [(s, o) for s, o in _aborts(sent) if s.startswith("socket:")]
+    assert answer.rid == "wait-1" and answer.finished_reason["type"] == "abort"
+    # the abort still reaches every scheduler, as SGLang's DP controller sends it
+    assert sorted(s for s, o in sent if s.startswith("worker")) == ["worker0", "worker1"]
+    sent.clear()
+    controller._request_dispatcher(AbortReq(abort_all=True))
+    assert not d.queue and [o.rid for s, o in _aborts(sent) if s.startswith("socket:")] == ["wait-2"]
 
 
 def test_policy_off_leaves_sglangs_dispatch(sent, monkeypatch):

@@ -1,0 +1,183 @@
+"""End-to-end: requests whose KV spans DP ranks on a real 4-rank CPU server.
+
+``--tp-size 4 --dp-size 4 --enable-dp-attention`` with KV sharding on (``--disable-radix-cache``)
+and a small planner budget per rank (``--dcp-kv-capacity``), so long prompts cannot sit on one
+rank and are spread over 2-4 ranks. ``SGLANG_DCP_POISON_MOVED=1`` overwrites the home's copy of
+every shipped shard with NaN, so an output can only be right if attention really read the
+guest shards on the other ranks through the exchange.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import psutil
+import pytest
+
+from hf_reference import hf_greedy, prompts
+
+from sglang_dcp.testing.server import tiny_dp_args
+
+pytestmark = pytest.mark.e2e
+
+RANKS = 4
+KV_PER_RANK = 512  # planner budget per rank: a prompt over ~500 tokens must be split
+SHARD_ARGS = [
+    "--disable-radix-cache",
+    "--dcp-kv-capacity", str(KV_PER_RANK),
+    "--dcp-min-shard-tokens", "64",
+]  # fmt: skip
+ENV = {"SGLANG_DCP_POISON_MOVED": "1", "SGLANG_DCP_PLANNER_LOG": "1"}
+MAX_NEW = 8
+SHORT, LONG = (20, 90), (700, 1300, 1800)
+SHIPPED = re.compile(r"shipped tokens \[(\d+), (\d+)\) of (\S+) from rank (\d+) to rank (\d+)")
+
+
+@pytest.fixture(scope="module")
+def server(launch_server, tiny_model_path):
+    return launch_server([*tiny_dp_args(tiny_model_path, RANKS), *SHARD_ARGS], env=ENV)
+
+
+@pytest.fixture(scope="module")
+def rr_server(launch_server, tiny_model_path):
+    """The same server with the round-robin baseline (nothing is split)."""
+    return launch_server(
+        [*tiny_dp_args(tiny_model_path, RANKS), *SHARD_ARGS[:1], "--dcp-policy", "round_robin"]
+    )
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_model_path):
+    cache = {}
+
+    def greedy(ids, max_new=MAX_NEW):
+        key = (tuple(ids), max_new)
+        if key not in cache:
+            cache[key] = hf_greedy(tiny_model_path, ids, max_new)
+        return cache[key]
+
+    return greedy
+
+
+def generate(server, ids, rid=None, max_new=MAX_NEW, timeout=600.0):
+    payload = {
+        "input_ids": ids,
+        "sampling_params": {"max_new_tokens": max_new, "temperature": 0, "ignore_eos": True},
+    }
+    if rid is not None:
+        payload["rid"] = rid
+    return server.post("/generate", payload, timeout=timeout)
+
+
+def loads(server):
+    return {x["dp_rank"]: x for x in server.get("/v1/loads")["loads"]}
+
+
+def wait_drained(server, timeout=60.0):
+    """Every rank's KV pool is empty again: no request's and no guest shard's slots held."""
+    deadline = time.monotonic() + timeout
+    while True:
+        used = {r: x["num_used_tokens"] for r, x in loads(server).items()}
+        if not any(used.values()):
+            return
+        assert time.monotonic() < deadline, f"KV still held after {timeout:.0f} s: {used}"
+        time.sleep(0.5)
+
+
+def shipped(server, rid):
+    with open(server.log_path, errors="replace") as f:
+        return [
+            (int(a), int(b), int(src), int(dst))
+            for a, b, r, src, dst in SHIPPED.findall(f.read())
+            if r == rid
+        ]
+
+
+def test_long_prompts_spread_over_ranks_and_match_hf(server, hf):
+    for i, ids in enumerate(prompts(seed=3, count=5, lengths=SHORT + LONG)):
+        rid = f"spread-{i}"
+        out = generate(server, ids, rid)
+        assert out["output_ids"] == hf(ids), f"prompt of {len(ids)} tokens"
+        dcp = out["meta_info"]["dcp"]
+        assert dcp["home_rank"] == out["meta_info"]["dp_rank"]
+        assert len(dcp["shard_ranks"]) == dcp["degree"] and dcp["shard_ranks"][-1] == dcp["home_rank"]
+        if len(ids) in SHORT:
+            assert dcp["degree"] == 1 and not shipped(server, rid)
+        else:
+            assert 2 <= dcp["degree"] <= RANKS
+            moves = shipped(server, rid)
+            assert {dst for *_, dst in moves} == set(dcp["shard_ranks"][:-1])
+            assert all(src == dcp["home_rank"] for *_, src, _ in moves)
+    wait_drained(server)
+
+
+def test_same_outputs_as_the_round_robin_server(server, rr_server):
+    batch = prompts(seed=5, count=6, lengths=SHORT + LONG + (400,))
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        dcp = list(pool.map(lambda ids: generate(server, ids)["output_ids"], batch))
+        rr = list(pool.map(lambda ids: generate(rr_server, ids)["output_ids"], batch))
+    assert dcp == rr
+    wait_drained(server)
+
+
+def test_64_concurrent_mixed_requests_complete(server, hf):
+    batch = prompts(seed=11, count=64, lengths=(20, 700, 90, 1300, 300, 1800))
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        outs = list(pool.map(lambda ids: generate(server, ids, timeout=900), batch))
+    for ids, out in zip(batch, outs):
+        assert out["output_ids"] == hf(ids), f"prompt of {len(ids)} tokens"
+    assert max(o["meta_info"]["dcp"]["degree"] for o in outs if "dcp" in o["meta_info"]) > 1
+    wait_drained(server)
+
+
+def test_abort_mid_decode_frees_every_ranks_guest_kv(server):
+    ids = prompts(seed=13, count=1, lengths=(1300,))[0]
+    rid = "abort-long"
+    result = {}
+    t = threading.Thread(
+        target=lambda: result.update(out=generate(server, ids, rid, max_new=200))
+    )
+    t.start()
+    deadline = time.monotonic() + 120
+    while not shipped(server, rid):
+        assert time.monotonic() < deadline and t.is_alive(), "the request was never split"
+        time.sleep(0.2)
+    guests = {dst for *_, dst in shipped(server, rid)}
+    held = loads(server)
+    assert all(held[g]["num_used_tokens"] > 0 for g in guests), held  # guest KV is counted
+    abort = urllib.request.Request(
+        server.url + "/abort_request",
+        data=json.dumps({"rid": rid}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    urllib.request.urlopen(abort, timeout=30).close()
+    t.join(timeout=120)
+    assert result["out"]["meta_info"]["finish_reason"]["type"] == "abort"
+    wait_drained(server)
+
+
+def test_a_request_larger_than_the_cluster_is_a_400(server):
+    ids = prompts(seed=17, count=1, lengths=(RANKS * KV_PER_RANK + 64,))[0]
+    with pytest.raises(urllib.error.HTTPError) as e:
+        generate(server, ids, "too-long")
+    assert e.value.code == 400 and "does not fit" in e.value.read().decode()
+    assert len(generate(server, ids[:50])["output_ids"]) == MAX_NEW  # still serving
+
+
+def test_a_dead_scheduler_takes_the_server_down(rr_server):
+    """SGLang's own watchdog: a scheduler that dies brings the whole server down (no hang)."""
+    procs = psutil.Process(rr_server.proc.pid).children(recursive=True)
+    schedulers = [p for p in procs if "scheduler" in " ".join(p.cmdline() or [p.name()])]
+    assert len(schedulers) == RANKS, [p.cmdline() for p in procs]
+    schedulers[1].send_signal(signal.SIGKILL)
+    rr_server.proc.wait(timeout=120)
+    with open(rr_server.log_path, errors="replace") as f:
+        log = f.read()
+    assert "exit" in log.lower() or "died" in log.lower() or "killed" in log.lower()
