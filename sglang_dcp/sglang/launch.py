@@ -3,7 +3,8 @@
 Accepts every ``python -m sglang.launch_server`` argument, plus:
 
   --demo   serve the embedded default: a tiny random-weight Qwen3-MoE (made in the cache
-           folder if missing) on CPU with DP attention over 2 DP ranks.
+           folder if missing) on CPU with DP attention over 4 DP ranks, KV sharding on and a
+           1024-token planner budget per rank, so prompts over ~1000 tokens span ranks.
   --dcp-policy, --dcp-cost-profile, --dcp-max-degree, --dcp-min-shard-tokens, --dcp-kv-capacity
            the planner in the DP controller (on by default with DP attention over > 1 rank);
            checked here, then handed to SGLang's spawned processes as JSON in
@@ -313,6 +314,8 @@ def _announce_when_ready(host: str, port: int, demo: bool) -> None:
             "    -d '{\"text\": \"The quick brown fox\", "
             "\"sampling_params\": {\"max_new_tokens\": 16, \"temperature\": 0}}'",
             f"  curl -s {url}/v1/loads",
+            "[sglang-dcp] long prompts are spread over several ranks; see where their KV goes:",
+            f"  python -m sglang_dcp.demo_client --url {url} --lengths 40 900 3000",
         ]
     print("\n".join(lines), flush=True)
 

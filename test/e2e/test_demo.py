@@ -1,9 +1,12 @@
 """``python -m sglang_dcp.launch_server --demo``: builds the tiny model in the cache folder and
-serves it with DP attention on 2 ranks, announcing the URL and a ready-to-paste request."""
+serves it with DP attention on 4 ranks and KV sharding on, announcing the URL and ready-to-paste
+requests; a long prompt is spread over several ranks (``demo_client``)."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -29,4 +32,15 @@ def test_demo_serves_and_announces(launch_server, tmp_path):
     out = srv.post("/generate", {"input_ids": ids, "sampling_params": {
         "max_new_tokens": 4, "temperature": 0, "ignore_eos": True}})  # fmt: skip
     assert out["output_ids"] == hf_greedy(os.fspath(model), ids, 4)
-    assert len(srv.get("/v1/loads")["loads"]) == 2
+    assert len(srv.get("/v1/loads")["loads"]) == 4
+    assert "python -m sglang_dcp.demo_client" in log
+
+    done = subprocess.run(
+        [sys.executable, "-m", "sglang_dcp.demo_client", "--url", srv.url, "--lengths", "40", "3000"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    short, long = done.stdout.strip().splitlines()
+    assert short.strip().startswith("40 tokens:") and "degree 1" in short
+    degree = int(long.split("degree ")[1].split(",")[0])
+    assert long.strip().startswith("3000 tokens:") and degree >= 3, long
