@@ -8,6 +8,9 @@ Reads what it needs from the controller once, builds the planner, and rewires tw
 - ``controller._request_dispatcher`` (built in ``init_dispatcher`` l.352) gains a handler for
   ``DcpFinished`` notices from the tokenizer manager (notices.py).
 
+A request the planner placed goes to its home rank wrapped with its placement
+(``messages.DcpPlacedBatch``); the home scheduler sets ``req.dcp`` from it (placements.py).
+
 Rejections are answered from here: an ``AbortReq`` with a 400 finish reason goes straight to the
 tokenizer manager's PULL socket (``port_args.tokenizer_ipc_name``, as a scheduler's
 ``send_to_tokenizer`` does, scheduler_components/ipc_channels.py:52), which turns it into an
@@ -42,7 +45,7 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
     from sglang.utils import TypeBasedDispatcher
 
     from sglang_dcp.planner import ClusterSpec, make_policy
-    from sglang_dcp.sglang.messages import DcpFinished
+    from sglang_dcp.sglang.messages import DcpFinished, placed
 
     n = controller.launch_dp_size
     page = planner_page(getattr(controller.server_args, "page_size", 1))
@@ -53,6 +56,8 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
     sockets: dict[str, object] = {}
 
     def send(rank: int, req) -> None:
+        if req.rid in policy:  # placed: the placement rides with the request (messages.py)
+            req = placed(req, policy.placement(req.rid))
         sock_send(controller.workers[rank], req)
 
     def reject(req, reason: str) -> None:

@@ -19,7 +19,7 @@ from sglang.srt.sampling.sampling_params import SamplingParams  # noqa: E402
 from sglang_dcp import env  # noqa: E402
 from sglang_dcp.planner import ClusterSpec, make_policy  # noqa: E402
 from sglang_dcp.sglang import dpc, plugin  # noqa: E402
-from sglang_dcp.sglang.messages import DcpFinished  # noqa: E402
+from sglang_dcp.sglang.messages import DcpFinished, DcpPlacedBatch  # noqa: E402
 from sglang_dcp.sglang.options import DcpOptions  # noqa: E402
 from sglang_dcp.types import Request  # noqa: E402
 
@@ -77,7 +77,12 @@ def controller(sent, monkeypatch):
 
 
 def to_workers(sent):
-    return [(sock, obj.rid) for sock, obj in sent if sock.startswith("worker")]
+    """(worker, rid) per request sent to a scheduler; a placed one travels in a DcpPlacedBatch."""
+    return [
+        (sock, obj.batch[0].rid if isinstance(obj, DcpPlacedBatch) else obj.rid)
+        for sock, obj in sent
+        if sock.startswith("worker")
+    ]
 
 
 def test_requests_go_where_the_planner_says(controller, sent):
@@ -214,3 +219,23 @@ def test_health_probes_are_routed_without_a_reservation(controller, sent):
     assert [rid for _, rid in to_workers(sent)] == ["HEALTH_CHECK_abc", "HEALTH_CHECK_def"]
     assert to_workers(sent)[1][0] == "worker1"
     assert len(controller.dcp_dispatcher.policy) == 0
+
+
+def test_a_placed_request_travels_with_its_placement(controller, sent):
+    controller._request_dispatcher(make_req("r", 40, routed_dp_rank=1))
+    [(sock, msg)] = sent
+    assert sock == "worker1" and isinstance(msg, DcpPlacedBatch)
+    assert [r.rid for r in msg.batch] == msg.rids == ["r"]
+    [p] = msg.placements
+    assert p.to_placement() == controller.dcp_dispatcher.policy.placement("r")
+    assert (p.rid, p.home_rank) == ("r", 1) and p.shards[-1][0] == 1
+
+
+def test_untracked_requests_travel_alone(controller, sent):
+    controller._request_dispatcher(make_req("HEALTH_CHECK_x", 1, max_new=1))
+    big = KV_PER_RANK - 64
+    for rid in ("a", "b", "c"):  # "c" overflows untracked
+        controller._request_dispatcher(make_req(rid, big if rid != "c" else 100))
+    kinds = {to_workers([(s, m)])[0][1]: type(m).__name__ for s, m in sent}
+    assert kinds == {"HEALTH_CHECK_x": "TokenizedGenerateReqInput", "a": "DcpPlacedBatch",
+                     "b": "DcpPlacedBatch", "c": "TokenizedGenerateReqInput"}  # fmt: skip
