@@ -7,18 +7,44 @@ fails loudly at startup instead of misbehaving. ``USES`` lists SGLang callables 
 (not hooks) with the same check; ``test/sglang/test_hooks.py`` checks both against the
 installed wheel.
 
-| target (sglang/srt/managers/...)           | type   | ours (sglang_dcp.sglang.)   | where/when  |
-|--------------------------------------------|--------|-----------------------------|-------------|
-| data_parallel_controller.py:143            | AFTER  | plugin.                     | any/always  |
-|   DataParallelController.__init__          |        |   _on_dp_controller_ready   |             |
-| tokenizer_manager.py:2345 (async)          | AROUND | notices.                    | launcher/dcp|
-|   TokenizerManager._handle_batch_output    |        |   around_handle_batch_output|             |
-| tokenizer_manager.py:3370                  | AFTER  | notices.                    | launcher/dcp|
-|   TokenizerManager._handle_abort_req       |        |   after_handle_abort_req    |             |
+| target (sglang/srt/managers/...) -> ours (sglang_dcp.sglang.) | type   | where/when   |
+|---------------------------------------------------------------|--------|--------------|
+| data_parallel_controller.py:143                               | AFTER  | any/always   |
+|   DataParallelController.__init__                             |        |              |
+|   -> plugin._on_dp_controller_ready                           |        |              |
+| tokenizer_manager.py:2345 (async)                             | AROUND | launcher/dcp |
+|   TokenizerManager._handle_batch_output                       |        |              |
+|   -> notices.around_handle_batch_output                       |        |              |
+| tokenizer_manager.py:3370                                     | AFTER  | launcher/dcp |
+|   TokenizerManager._handle_abort_req                          |        |              |
+|   -> notices.after_handle_abort_req                           |        |              |
+| scheduler.py:1718                                             | AFTER  | any/dcp      |
+|   Scheduler.init_request_dispatcher                           |        |              |
+|   -> placements.after_init_request_dispatcher                 |        |              |
+| scheduler.py:3266                                             | AFTER  | any/dcp      |
+|   Scheduler._add_request_to_queue                             |        |              |
+|   -> placements.after_add_request_to_queue                    |        |              |
+| scheduler_components/output_streamer.py:218                   | AROUND | any/dcp      |
+|   SchedulerOutputStreamer.build_additional_customized_info    |        |              |
+|   -> observe.around_build_additional_customized_info          |        |              |
+| tokenizer_manager.py:2666                                     | AROUND | launcher/dcp |
+|   TokenizerManager.update_request_meta_info                   |        |              |
+|   -> observe.around_update_request_meta_info                  |        |              |
+| scheduler_components/load_inquirer.py:95                      | AFTER  | any/dcp      |
+|   SchedulerLoadInquirer.get_loads                             |        |              |
+|   -> observe.after_get_loads                                  |        |              |
+| scheduler.py:3641                                             | AFTER  | any/dcp      |
+|   Scheduler.get_next_batch_to_run                             |        |              |
+|   -> metrics.after_get_next_batch_to_run                      |        |              |
 
 "launcher": only in the launching process, where SGLang runs the tokenizer manager (one
 tokenizer worker; ``launch.py`` refuses ``--tokenizer-worker-num > 1`` with the planner on).
 "dcp": only when the launcher's ``--dcp-policy`` is not ``off`` (``options.DcpOptions``).
+
+Not hooks, set up by ``plugin.register()`` with them: the ClassVar
+``SchedulerOutputStreamer.has_additional_customized_info`` (output_streamer.py:52, the opt-in of
+the hook above, ``observe.enable_output_info``), and the check that the installed SGLang has
+patches/0002's ``LoadSnapshot.dcp`` (``observe.require_load_snapshot_section``).
 """
 
 from __future__ import annotations
@@ -30,6 +56,9 @@ from dataclasses import dataclass
 
 _DPC = "sglang.srt.managers.data_parallel_controller.DataParallelController"
 _TM = "sglang.srt.managers.tokenizer_manager.TokenizerManager"
+_SCHED = "sglang.srt.managers.scheduler.Scheduler"
+_STREAMER = "sglang.srt.managers.scheduler_components.output_streamer.SchedulerOutputStreamer"
+_LOADS = "sglang.srt.managers.scheduler_components.load_inquirer.SchedulerLoadInquirer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +85,33 @@ HOOKS: tuple[Hook, ...] = (
         f"{_TM}._handle_abort_req", "AFTER", ("self", "recv_obj"),
         "sglang_dcp.sglang.notices:after_handle_abort_req", where="launcher",
     ),
+    # observability: req.dcp on the home scheduler (degree-1 placement plumbing, placements.py),
+    # meta_info["dcp"] and the /v1/loads section (observe.py), Prometheus (metrics.py)
+    Hook(
+        f"{_SCHED}.init_request_dispatcher", "AFTER", ("self",),
+        "sglang_dcp.sglang.placements:after_init_request_dispatcher",
+    ),
+    Hook(
+        f"{_SCHED}._add_request_to_queue", "AFTER", ("self", "req", "is_retracted"),
+        "sglang_dcp.sglang.placements:after_add_request_to_queue",
+    ),
+    Hook(
+        f"{_STREAMER}.build_additional_customized_info", "AROUND", ("self", "reqs"),
+        "sglang_dcp.sglang.observe:around_build_additional_customized_info",
+    ),
+    Hook(
+        f"{_TM}.update_request_meta_info", "AROUND",
+        ("self", "meta_info", "state", "customized_info", "index", "finish_reason"),
+        "sglang_dcp.sglang.observe:around_update_request_meta_info", where="launcher",
+    ),
+    Hook(
+        f"{_LOADS}.get_loads", "AFTER", ("self",),
+        "sglang_dcp.sglang.observe:after_get_loads",
+    ),
+    Hook(
+        f"{_SCHED}.get_next_batch_to_run", "AFTER", ("self", "running_batch", "last_batch"),
+        "sglang_dcp.sglang.metrics:after_get_next_batch_to_run",
+    ),
 )  # fmt: skip
 
 # SGLang callables (and instance attributes set in __init__) the glue relies on without hooking.
@@ -68,6 +124,7 @@ USES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("sglang.srt.managers.io_struct.sock_send", ("socket", "obj", "flags")),
     ("sglang.utils.TypeBasedDispatcher.__iadd__", ("self", "other")),
     ("sglang.srt.utils.network.get_zmq_socket", ("context", "socket_type", "endpoint", "bind")),
+    (f"{_SCHED}.handle_batch_generate_request", ("self", "recv_req")),  # placements.py
 )
 
 

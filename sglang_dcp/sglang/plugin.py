@@ -5,7 +5,8 @@ every scheduler process, and, with ``patches/0001-dpc-load-plugins.patch``, in t
 process (not in the detokenizer). It must stay cheap and idempotent.
 
 Every hook is listed, with its signature check, in ``hooks.py``; the planner glue is in
-``dpc.py`` (DP controller) and ``notices.py`` (tokenizer manager).
+``dpc.py`` (DP controller) and ``notices.py`` (tokenizer manager), the scheduler side of
+placements in ``placements.py``, what clients see in ``observe.py`` and ``metrics.py``.
 """
 
 from __future__ import annotations
@@ -60,7 +61,10 @@ def register() -> None:
     # imported it or its heavier dependency srt/managers/scheduler.py).
     enabled = DcpOptions.from_env().enabled
     if enabled:
+        from sglang_dcp.sglang import observe
         from sglang_dcp.sglang.messages import register_types
 
         register_types()
+        observe.require_load_snapshot_section()
+        observe.enable_output_info()
     hooks.install(enabled)

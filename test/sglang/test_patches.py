@@ -149,7 +149,6 @@ def test_dpc_hook_matches_the_pinned_signature(dpc_probe):
 def test_installed_load_snapshot_has_the_dcp_section():
     """patches/0002: the rebuilt wheel's LoadSnapshot carries, encodes and renders ``dcp``."""
     import msgspec
-
     from sglang.srt.managers import load_snapshot as ls
 
     assert "dcp" in ls.LoadSnapshot.__struct_fields__ and "dcp" in ls.LoadSnapshot.VALID_SECTIONS
@@ -184,7 +183,9 @@ def test_make_patch_is_a_no_op_until_a_patch_changes():
     _wheel()
 
     def question(*extra):  # make -q: exit 0 = up to date, 1 = would rebuild; runs nothing
-        return subprocess.run(["make", "-q", *extra, "patch"], cwd=ROOT, capture_output=True).returncode
+        return subprocess.run(
+            ["make", "-q", *extra, "patch"], cwd=ROOT, capture_output=True
+        ).returncode
 
     assert question() == 0, "installed wheel is older than patches/; run `make patch`"
     for p in SERIES:
