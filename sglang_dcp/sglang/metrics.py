@@ -130,6 +130,8 @@ class DcpMetrics:
         self._last: RankStats | None = None
 
     def publish(self, now: RankStats) -> Update:
+        if now == self._last:  # the common case, every scheduler iteration: one comparison
+            return Update()
         u = diff(self._last, now)
         if u:
             for n, v in u.gauges.items():
