@@ -24,7 +24,10 @@ GAUGES = ("guest_kv_tokens", "guest_requests", "home_dcp_requests", "guest_items
 
 @pytest.fixture(scope="module")
 def server(launch_server, tiny_model_path):
-    return launch_server([*tiny_dp_args(tiny_model_path, 2), "--enable-metrics"])
+    # A longer start budget than the default: other servers often share this machine's cores.
+    return launch_server(
+        [*tiny_dp_args(tiny_model_path, 2), "--enable-metrics"], startup_timeout=600
+    )
 
 
 def generate(server, rid, input_ids, **extra):
