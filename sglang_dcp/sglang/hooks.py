@@ -15,12 +15,20 @@ installed wheel.
 |   TokenizerManager._handle_batch_output                 |        |                           |             |
 | managers/tokenizer_manager.py:3370                      | AFTER  | notices. (abort notice)   | launcher/dcp|
 |   TokenizerManager._handle_abort_req                    |        |                           |             |
-| managers/scheduler.py:1718                              | AFTER  | datapath. (rank runtime)  | any/shard   |
+| managers/scheduler.py:1718                              | AFTER  | datapath. (rank runtime)  | any/dcp     |
 |   Scheduler.init_request_dispatcher                     |        |                           |             |
-| managers/scheduler.py                                   | AROUND | datapath. (placement in)  | any/shard   |
+| managers/scheduler.py                                   | AROUND | datapath. (placement in)  | any/dcp     |
 |   Scheduler.handle_generate_request                     |        |                           |             |
-| managers/scheduler.py:3266                              | AFTER  | datapath. (``req.dcp``)   | any/shard   |
+| managers/scheduler.py:3266                              | AFTER  | datapath. (``req.dcp``)   | any/dcp     |
 |   Scheduler._add_request_to_queue                       |        |                           |             |
+| managers/scheduler_components/output_streamer.py:218    | AROUND | observe. (meta_info out)  | any/dcp     |
+|   SchedulerOutputStreamer.build_additional_customized_info |     |                           |             |
+| managers/tokenizer_manager.py:2666                      | AROUND | observe. (meta_info in)   | launcher/dcp|
+|   TokenizerManager.update_request_meta_info             |        |                           |             |
+| managers/scheduler_components/load_inquirer.py:95       | AFTER  | observe. (/v1/loads dcp)  | any/dcp     |
+|   SchedulerLoadInquirer.get_loads                       |        |                           |             |
+| managers/scheduler.py:3641                              | AFTER  | metrics. (Prometheus)     | any/dcp     |
+|   Scheduler.get_next_batch_to_run                       |        |                           |             |
 | managers/scheduler_components/dp_attn.py:412            | AROUND | datapath. (step header)   | any/shard   |
 |   dp_attn.prepare_mlp_sync_batch_raw                    |        |                           |             |
 | mem_cache/base_prefix_cache.py:468                      | AROUND | datapath. (skip moved)    | any/shard   |
@@ -38,6 +46,11 @@ installed wheel.
 tokenizer worker; ``launch.py`` refuses ``--tokenizer-worker-num > 1`` with the planner on).
 "dcp": only when the launcher's ``--dcp-policy`` is not ``off`` (``options.DcpOptions``).
 "shard": only when requests may span ranks (``--dcp-max-degree > 1``, ``DcpOptions.sharding``).
+
+Not hooks, set up by ``plugin.register()`` with them: the ClassVar
+``SchedulerOutputStreamer.has_additional_customized_info`` (output_streamer.py:52, the opt-in of
+the hook above, ``observe.enable_output_info``), and the check that the installed SGLang has
+patches/0002's ``LoadSnapshot.dcp`` (``observe.require_load_snapshot_section``).
 """
 
 from __future__ import annotations
@@ -51,6 +64,8 @@ _DPC = "sglang.srt.managers.data_parallel_controller.DataParallelController"
 _TM = "sglang.srt.managers.tokenizer_manager.TokenizerManager"
 _SCHED = "sglang.srt.managers.scheduler.Scheduler"
 _DP = "sglang_dcp.sglang.datapath"
+_STREAMER = "sglang.srt.managers.scheduler_components.output_streamer.SchedulerOutputStreamer"
+_LOADS = "sglang.srt.managers.scheduler_components.load_inquirer.SchedulerLoadInquirer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,19 +92,39 @@ HOOKS: tuple[Hook, ...] = (
         f"{_TM}._handle_abort_req", "AFTER", ("self", "recv_obj"),
         "sglang_dcp.sglang.notices:after_handle_abort_req", where="launcher",
     ),
-    # data path (scheduler processes)
+    # placements on the home scheduler (req.dcp), every placed request (datapath.py)
     Hook(
         f"{_SCHED}.init_request_dispatcher", "AFTER", ("self",),
-        f"{_DP}:after_init_request_dispatcher", when="shard",
+        f"{_DP}:after_init_request_dispatcher", when="dcp",
     ),
     Hook(
         f"{_SCHED}.handle_generate_request", "AROUND", ("self", "recv_req", "mm_input_error"),
-        f"{_DP}:around_handle_generate_request", when="shard",
+        f"{_DP}:around_handle_generate_request", when="dcp",
     ),
     Hook(
         f"{_SCHED}._add_request_to_queue", "AFTER", ("self", "req", "is_retracted"),
-        f"{_DP}:after_add_request_to_queue", when="shard",
+        f"{_DP}:after_add_request_to_queue", when="dcp",
     ),
+    # observability: meta_info["dcp"] and the /v1/loads section (observe.py), Prometheus
+    # (metrics.py)
+    Hook(
+        f"{_STREAMER}.build_additional_customized_info", "AROUND", ("self", "reqs"),
+        "sglang_dcp.sglang.observe:around_build_additional_customized_info",
+    ),
+    Hook(
+        f"{_TM}.update_request_meta_info", "AROUND",
+        ("self", "meta_info", "state", "customized_info", "index", "finish_reason"),
+        "sglang_dcp.sglang.observe:around_update_request_meta_info", where="launcher",
+    ),
+    Hook(
+        f"{_LOADS}.get_loads", "AFTER", ("self",),
+        "sglang_dcp.sglang.observe:after_get_loads",
+    ),
+    Hook(
+        f"{_SCHED}.get_next_batch_to_run", "AFTER", ("self", "running_batch", "last_batch"),
+        "sglang_dcp.sglang.metrics:after_get_next_batch_to_run",
+    ),
+    # the data path of requests whose KV spans ranks (datapath.py, backend.py)
     Hook(
         "sglang.srt.managers.scheduler_components.dp_attn.prepare_mlp_sync_batch_raw", "AROUND",
         ("local_batch", "model_runner", "get_idle_batch", "disable_cuda_graph",

@@ -242,6 +242,13 @@ def dcp_options(ns: argparse.Namespace) -> DcpOptions:
             "--tokenizer-worker-num > 1 is not supported with the sglang-dcp planner yet; "
             "drop it or pass --dcp-policy off"
         )
+    if opts.enabled and rust_egress_on():
+        # With it SGLang runs no DP controller (server_args.py:758), and the output streamer
+        # refuses the meta_info["dcp"] opt-in (output_streamer.py:68).
+        raise LaunchError(
+            "SGLANG_RUST_SERVER (SGLang's Rust egress) is not supported with the sglang-dcp "
+            "planner; unset it or pass --dcp-policy off"
+        )
     return opts
 
 
@@ -260,12 +267,19 @@ def sharding_argv(sglang_argv: list[str], opts: DcpOptions, cuda: bool) -> list[
     return sglang_argv + extra
 
 
+def rust_egress_on() -> bool:
+    from sglang.srt.environ import envs
+
+    return bool(envs.SGLANG_RUST_SERVER.get())
+
+
 def enable_dcp(opts: DcpOptions) -> None:
     """Hand the options to SGLang's spawned processes and hook this one (the tokenizer's)."""
     os.environ[env.SERVE_OPTIONS_VAR] = opts.to_json()
     if opts.enabled:
-        from sglang_dcp.sglang import hooks
+        from sglang_dcp.sglang import hooks, observe
 
+        observe.require_load_snapshot_section()  # the plugin's own check only logs (SGLang)
         hooks.install(True, apply=True)
 
 

@@ -5,7 +5,9 @@ every scheduler process, and, with ``patches/0001-dpc-load-plugins.patch``, in t
 process (not in the detokenizer). It must stay cheap and idempotent.
 
 Every hook is listed, with its signature check, in ``hooks.py``; the planner glue is in
-``dpc.py`` (DP controller) and ``notices.py`` (tokenizer manager).
+``dpc.py`` (DP controller) and ``notices.py`` (tokenizer manager), placements and the data path
+on the schedulers in ``datapath.py`` (attention in ``backend.py``), what clients see in
+``observe.py`` and ``metrics.py``.
 """
 
 from __future__ import annotations
@@ -63,7 +65,10 @@ def register() -> None:
     backend.register()  # the --attention-backend choice must parse before the options are known
     options = DcpOptions.from_env()
     if options.enabled:
+        from sglang_dcp.sglang import observe
         from sglang_dcp.sglang.messages import register_types
 
         register_types()
+        observe.require_load_snapshot_section()
+        observe.enable_output_info()
     hooks.install(options.enabled, sharding=options.sharding)

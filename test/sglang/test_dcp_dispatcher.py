@@ -19,7 +19,7 @@ from sglang.srt.sampling.sampling_params import SamplingParams  # noqa: E402
 from sglang_dcp import env  # noqa: E402
 from sglang_dcp.planner import ClusterSpec, make_policy  # noqa: E402
 from sglang_dcp.sglang import dpc, plugin  # noqa: E402
-from sglang_dcp.sglang.messages import DcpFinished  # noqa: E402
+from sglang_dcp.sglang.messages import DcpFinished, DcpGenerateReq  # noqa: E402
 from sglang_dcp.sglang.options import DcpOptions  # noqa: E402
 from sglang_dcp.types import Request  # noqa: E402
 
@@ -79,6 +79,7 @@ def controller(sent, monkeypatch):
 
 
 def to_workers(sent):
+    """(worker, rid) per request sent to a scheduler (a placed one is a DcpGenerateReq)."""
     return [(sock, obj.rid) for sock, obj in sent if sock.startswith("worker")]
 
 
@@ -238,3 +239,28 @@ def test_health_probes_are_routed_without_a_reservation(controller, sent):
     assert [rid for _, rid in to_workers(sent)] == ["HEALTH_CHECK_abc", "HEALTH_CHECK_def"]
     assert to_workers(sent)[1][0] == "worker1"
     assert len(controller.dcp_dispatcher.policy) == 0
+
+
+def test_a_placed_request_travels_with_its_placement(controller, sent):
+    from sglang_dcp.sglang.messages import register_types
+
+    register_types()
+    req = make_req("r", 40, routed_dp_rank=1)
+    controller._request_dispatcher(req)
+    [(sock, msg)] = sent
+    assert sock == "worker1" and isinstance(msg, DcpGenerateReq)
+    assert msg.placement() == controller.dcp_dispatcher.policy.placement("r")
+    # every field of SGLang's request survives, and the wire keeps the subclass
+    assert all(getattr(msg, f) == getattr(req, f) for f in req.__struct_fields__)
+    wire = io_struct.msgpack_decode(io_struct.msgpack_encode(msg))
+    assert type(wire) is DcpGenerateReq and wire.placement() == msg.placement()
+    assert list(wire.input_ids) == list(req.input_ids)
+
+
+def test_untracked_requests_travel_alone(controller, sent):
+    controller._request_dispatcher(make_req("HEALTH_CHECK_x", 1, max_new=1))
+    for rid in ("a", "b"):
+        controller._request_dispatcher(make_req(rid, 100))
+    kinds = {rid: type(m).__name__ for (s, m), (_, rid) in zip(sent, to_workers(sent))}
+    assert kinds == {"HEALTH_CHECK_x": "TokenizedGenerateReqInput", "a": "DcpGenerateReq",
+                     "b": "DcpGenerateReq"}  # fmt: skip

@@ -117,3 +117,13 @@ def test_options_travel_through_the_environment(monkeypatch):
     assert DcpOptions.from_env() == o
     monkeypatch.delenv(env.SERVE_OPTIONS_VAR)
     assert DcpOptions.from_env().policy == "off" and not DcpOptions.from_env().enabled
+
+
+def test_rust_egress_is_refused_with_the_planner(parser, monkeypatch):
+    monkeypatch.setenv("SGLANG_RUST_SERVER", "1")
+    with pytest.raises(launch.LaunchError, match="SGLANG_RUST_SERVER") as e:
+        options(parser)
+    assert "\n" not in str(e.value)
+    assert options(parser, "--dcp-policy", "off").policy == "off"
+    monkeypatch.setenv("SGLANG_RUST_SERVER", "0")
+    assert options(parser).policy == "dcp"

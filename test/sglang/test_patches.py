@@ -53,6 +53,13 @@ def test_cached_wheel_is_the_recorded_one():
 def test_series_applies_compiles_and_reverses_cleanly():
     files = patch_series.check(_wheel(), SERIES)
     assert "sglang/srt/managers/data_parallel_controller.py" in files
+    assert "sglang/srt/managers/load_snapshot.py" in files
+
+
+def test_each_patch_applies_and_reverses_on_its_own_prefix():
+    # Every prefix of the series is a valid series: a patch never depends on a later one.
+    for n in range(1, len(SERIES) + 1):
+        patch_series.check(_wheel(), SERIES[:n])
 
 
 def test_a_patch_that_no_longer_matches_is_rejected(tmp_path):
@@ -137,3 +144,49 @@ def test_dpc_hook_matches_the_pinned_signature(dpc_probe):
         "port_args",
         "run_scheduler_process_func",
     ]
+
+
+def test_installed_load_snapshot_has_the_dcp_section():
+    """patches/0002: the rebuilt wheel's LoadSnapshot carries, encodes and renders ``dcp``."""
+    import msgspec
+    from sglang.srt.managers import load_snapshot as ls
+
+    assert "dcp" in ls.LoadSnapshot.__struct_fields__ and "dcp" in ls.LoadSnapshot.VALID_SECTIONS
+    section = {"guest_kv_tokens": 128, "exchange_ms_last_step": 0.25}
+    snap = ls.LoadSnapshot(dp_rank=1, num_used_tokens=7, dcp=section)
+    back = ls.snapshot_decoder.decode(ls.snapshot_encoder.encode(snap))
+    assert back.dcp == section and isinstance(back.dcp["guest_kv_tokens"], int)
+    assert back.to_dict({"dcp"}) == {**back.to_dict({"core"}), "dcp": section}
+    assert back.to_dict({"all"})["dcp"] == section and back.to_dict(None)["dcp"] == section
+    assert "dcp" not in back.to_dict({"core"}) and "dcp" not in back.to_dict({"queues"})
+    # Without the section nothing changes, on the wire or in /v1/loads.
+    plain = ls.LoadSnapshot(dp_rank=0)
+    assert "dcp" not in plain.to_dict(None)
+    assert "dcp" not in msgspec.msgpack.decode(ls.snapshot_encoder.encode(plain))
+    assert ls.snapshot_decoder.decode(ls.snapshot_encoder.encode(plain)).dcp is None
+
+
+def test_loads_prometheus_format_renders_the_dcp_section():
+    from sglang.srt.entrypoints.v1_loads import _format_loads_prometheus
+    from sglang.srt.managers.load_snapshot import LoadSnapshot
+
+    loads = [LoadSnapshot(dp_rank=r, dcp={"guest_kv_tokens": 10 * r}) for r in (0, 1)]
+    text = _format_loads_prometheus(loads, None).body.decode()
+    assert 'sglang_dcp_guest_kv_tokens{dp_rank="0"} 0' in text
+    assert 'sglang_dcp_guest_kv_tokens{dp_rank="1"} 10' in text
+
+
+def test_make_patch_is_a_no_op_until_a_patch_changes():
+    """The stamp logic: installed and up to date -> nothing to do; any newer patch -> rebuild."""
+    if not (ROOT / ".venv" / ".sglang-dcp-patched").exists():
+        pytest.skip("no patched venv here; `make install` makes one")
+    _wheel()
+
+    def question(*extra):  # make -q: exit 0 = up to date, 1 = would rebuild; runs nothing
+        return subprocess.run(
+            ["make", "-q", *extra, "patch"], cwd=ROOT, capture_output=True
+        ).returncode
+
+    assert question() == 0, "installed wheel is older than patches/; run `make patch`"
+    for p in SERIES:
+        assert question("-W", str(p.relative_to(ROOT))) == 1, f"editing {p.name} would not rebuild"
