@@ -322,6 +322,11 @@ def after_init_request_dispatcher(result, self, *args, **kwargs):
     """``Scheduler.init_request_dispatcher`` (scheduler.py:1718) runs once in ``__init__``, after
     the pools exist: build this rank's runtime."""
     global _RUNTIME
+    from sglang_dcp.sglang import hooks
+    from sglang_dcp.sglang.options import DcpOptions
+
+    options = DcpOptions.from_env()
+    hooks.assert_applied(options.enabled, options.sharding)
     _RUNTIME = RankRuntime(self)
     return result
 

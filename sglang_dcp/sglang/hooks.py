@@ -202,6 +202,24 @@ def selected(dcp_enabled: bool, launcher: bool, sharding: bool = False) -> list[
 _INSTALLED: set[Hook] = set()
 
 
+def assert_applied(dcp_enabled: bool, sharding: bool) -> None:
+    """Fail loudly if a hook this process needs is not in place. SGLang's ``load_plugins()``
+    only logs a plugin's exception and carries on; a scheduler missing a data-path hook would
+    serve wrong outputs instead of stopping."""
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    missing = [
+        h.target
+        for h in selected(dcp_enabled, _is_launcher(), sharding)
+        if h.target not in HookRegistry._patched
+    ]
+    if missing:
+        raise RuntimeError(
+            "sglang_dcp: these SGLang hooks are not applied in this process (see the log for "
+            f"the plugin error): {', '.join(missing)}"
+        )
+
+
 def install(dcp_enabled: bool, *, sharding: bool = False, apply: bool = False) -> list[Hook]:
     """Check and register the hooks this process needs that are not registered yet.
 

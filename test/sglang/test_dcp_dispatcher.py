@@ -5,6 +5,7 @@ request and message types pushed through its real ``_request_dispatcher``."""
 from __future__ import annotations
 
 import warnings
+from array import array
 from types import SimpleNamespace
 
 import pytest
@@ -246,13 +247,19 @@ def test_a_placed_request_travels_with_its_placement(controller, sent):
 
     register_types()
     req = make_req("r", 40, routed_dp_rank=1)
+    req.input_ids = array("i", req.input_ids)  # as the tokenizer manager sends it
     controller._request_dispatcher(req)
     [(sock, msg)] = sent
     assert sock == "worker1" and isinstance(msg, DcpGenerateReq)
     assert msg.placement() == controller.dcp_dispatcher.policy.placement("r")
-    # every field of SGLang's request survives, and the wire keeps the subclass
-    assert all(getattr(msg, f) == getattr(req, f) for f in req.__struct_fields__)
-    wire = io_struct.msgpack_decode(io_struct.msgpack_encode(msg))
+    # every field of SGLang's request survives, and the wire keeps the subclass (a fresh
+    # request: this test's DP controller leaves a bare time-stats object on the dispatched one)
+    assert all(getattr(msg, f) is getattr(req, f) for f in req.__struct_fields__)
+    fresh = make_req("r", 40, routed_dp_rank=1)
+    fresh.input_ids = array("i", fresh.input_ids)
+    wire = io_struct.msgpack_decode(
+        io_struct.msgpack_encode(DcpGenerateReq.wrap(fresh, msg.placement()))
+    )
     assert type(wire) is DcpGenerateReq and wire.placement() == msg.placement()
     assert list(wire.input_ids) == list(req.input_ids)
 
