@@ -95,7 +95,8 @@ class RankRuntime:
         self.rank = self.tp_group.rank_in_group
         self.num_ranks = self.tp_group.world_size
         self.scheduler = scheduler
-        self.incoming: Placement | None = None  # set while handle_generate_request runs
+        # placements of requests SGLang has not queued yet (a grammar still compiling queues later)
+        self.incoming: dict[str, Placement] = {}
         self.home: dict[str, HomeEntry] = {}
         self.guests: dict[str, GuestEntry] = {}
         self.releases: list[str] = []
@@ -118,11 +119,17 @@ class RankRuntime:
 
     # -- requests -------------------------------------------------------------------------------
     def attach(self, req) -> None:
-        p = self.incoming
-        if p is None or p.rid != req.rid:
+        p = self.incoming.pop(req.rid, None)
+        if p is None:
             return
         req.dcp = p
         stats().count_degree(p.degree)
+
+    def forget_unqueued(self, rid: str, grammar_queue) -> None:
+        """After ``handle_generate_request``: drop the placement of a request SGLang answered
+        without queueing (an input error); keep it while its grammar compiles."""
+        if rid in self.incoming and not any(r.rid == rid for r in grammar_queue):
+            del self.incoming[rid]
 
     def guest_tokens(self) -> int:
         return sum(g.slots.numel() for g in self.guests.values())
@@ -339,11 +346,11 @@ def around_handle_generate_request(original, self, recv_req, *args, **kwargs):
     rt = _RUNTIME
     if rt is None or not isinstance(recv_req, DcpGenerateReq):
         return original(self, recv_req, *args, **kwargs)
-    rt.incoming = recv_req.placement()
+    rt.incoming[recv_req.rid] = recv_req.placement()
     try:
         return original(self, recv_req, *args, **kwargs)
     finally:
-        rt.incoming = None
+        rt.forget_unqueued(recv_req.rid, self.grammar_manager.grammar_queue)
 
 
 def after_add_request_to_queue(result, self, req, *args, **kwargs):
