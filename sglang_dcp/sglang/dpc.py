@@ -33,6 +33,28 @@ def planner_page(sglang_page_size: int | None) -> int:
     return PLANNER_PAGE * p // math.gcd(PLANNER_PAGE, p)
 
 
+POLL_MS = 50  # the DP controller's wait for the next message when its socket is empty
+
+
+def event_loop(controller) -> None:
+    """``DataParallelController.event_loop`` (data_parallel_controller.py:794) without the busy
+    spin: SGLang 0.5.21 re-polls its socket with ``NOBLOCK`` in a tight loop, a whole core per
+    server. Same handling, but an empty socket blocks in ``zmq.Poller.poll`` (``POLL_MS``)."""
+    import zmq
+    from sglang.srt.managers.io_struct import sock_recv
+
+    poller = zmq.Poller()
+    poller.register(controller.recv_from_tokenizer, zmq.POLLIN)
+    while True:
+        controller.soft_watchdog.feed()
+        try:
+            recv_req = sock_recv(controller.recv_from_tokenizer, flags=zmq.NOBLOCK)
+        except zmq.ZMQError:
+            poller.poll(POLL_MS)
+            continue
+        controller._request_dispatcher(recv_req)
+
+
 def attach(controller, options: DcpOptions) -> DcpDispatcher:
     """Build the planner for ``controller`` and route its requests through it."""
     import zmq
@@ -94,6 +116,7 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
 
     controller.dcp_dispatcher = dispatcher
     controller.dispatching = dispatcher.dispatch
+    controller.event_loop = lambda: event_loop(controller)
     # SGLang's own load snapshots only feed its DPBudget; the planner keeps its own books.
     controller.refresh_load_budget_on_dispatch = False
     controller._request_dispatcher += TypeBasedDispatcher(

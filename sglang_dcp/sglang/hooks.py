@@ -162,6 +162,8 @@ USES: tuple[tuple[str, tuple[str, ...]], ...] = (
     # calls self.dispatching, which dpc.attach replaces
     (f"{_DPC}.dispatching_with_trace", ("self", "req", "refresh_load_budget")),
     (f"{_DPC}.init_dispatcher", ("self",)),  # builds ._request_dispatcher
+    (f"{_DPC}.event_loop", ("self",)),  # replaced per instance by dpc.event_loop
+    ("sglang.srt.managers.io_struct.sock_recv", ("socket", "flags")),
     (f"{_TM}._dispatch_to_scheduler", ("self", "obj")),
     ("sglang.srt.managers.io_struct.hook_custom_types", ("new_types",)),
     ("sglang.srt.managers.io_struct.sock_send", ("socket", "obj", "flags")),

@@ -55,6 +55,8 @@ DEMO_ARGS = [
     # SGLang's "auto" dtype would run the float32 checkpoint in float16; keep it exact.
     "--dtype", "float32",
     "--disable-radix-cache",
+    # idle DP ranks would otherwise spin on their per-iteration collectives
+    "--sleep-on-idle",
     "--dcp-kv-capacity", str(DEMO_KV_CAPACITY),
     "--dcp-min-shard-tokens", "128",
     "--host", "127.0.0.1",

@@ -179,10 +179,11 @@ def tiny_dp_args(model_path: str, dp_size: int = 2) -> list[str]:
     """Server flags for the tiny model with DP attention over ``dp_size`` CPU ranks.
 
     ``--dtype float32``: SGLang's "auto" would run the float32 checkpoint in float16, and greedy
-    output would no longer match HF transformers token for token.
+    output would no longer match HF transformers token for token. ``--sleep-on-idle``: idle DP
+    ranks otherwise spin on their per-iteration collectives, and test servers share few cores.
     """
     return [
         "--model-path", model_path,
         "--tp-size", str(dp_size), "--dp-size", str(dp_size), "--enable-dp-attention",
-        "--mem-fraction-static", "0.05", "--dtype", "float32",
+        "--mem-fraction-static", "0.05", "--dtype", "float32", "--sleep-on-idle",
     ]  # fmt: skip

@@ -42,14 +42,17 @@ SHIPPED = re.compile(r"shipped tokens \[(\d+), (\d+)\) of (\S+) from rank (\d+) 
 
 @pytest.fixture(scope="module")
 def server(launch_server, tiny_model_path):
-    return launch_server([*tiny_dp_args(tiny_model_path, RANKS), *SHARD_ARGS], env=ENV)
+    return launch_server(
+        [*tiny_dp_args(tiny_model_path, RANKS), *SHARD_ARGS], env=ENV, startup_timeout=900
+    )
 
 
 @pytest.fixture(scope="module")
 def rr_server(launch_server, tiny_model_path):
     """The same server with the round-robin baseline (nothing is split)."""
     return launch_server(
-        [*tiny_dp_args(tiny_model_path, RANKS), *SHARD_ARGS[:1], "--dcp-policy", "round_robin"]
+        [*tiny_dp_args(tiny_model_path, RANKS), *SHARD_ARGS[:1], "--dcp-policy", "round_robin"],
+        startup_timeout=900,
     )
 
 
