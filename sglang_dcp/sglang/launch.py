@@ -68,6 +68,29 @@ class LaunchError(Exception):
     """A bad argument or environment; printed as one line."""
 
 
+LB_DCP = "dcp"
+
+
+def translate_lb_method(argv: list[str]) -> list[str]:
+    """``--load-balance-method dcp`` (the default here) is the sglang-dcp planner, spelled as
+    ``--dcp-policy dcp``; SGLang's own methods (``round_robin``, ``total_tokens``, ...) pass
+    through to SGLang, which then dispatches as it would without sglang-dcp."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--load-balance-method" and i + 1 < len(argv) and argv[i + 1] == LB_DCP:
+            out += ["--dcp-policy", "dcp"]
+            i += 2
+            continue
+        if a == f"--load-balance-method={LB_DCP}":
+            out += ["--dcp-policy", "dcp"]
+            i += 1
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
 class _OneLineParser(argparse.ArgumentParser):
     """SGLang has hundreds of flags: print the error, not a page of usage."""
 
@@ -89,9 +112,10 @@ def add_dcp_args(parser: argparse.ArgumentParser) -> None:
         choices=POLICY_CHOICES,
         default=None,
         help="How the DP controller places requests: 'dcp' (default with --enable-dp-attention "
-        "and --dp-size > 1: the sglang-dcp planner balances batch and KV), the planner's "
-        "baselines 'round_robin', 'total_tokens' and 'uniform', or 'off' (SGLang's own "
-        "--load-balance-method). 'routed_dp_rank' in a request pins its home rank.",
+        "and --dp-size > 1: the sglang-dcp planner balances batch and KV; also spelled "
+        "--load-balance-method dcp), the planner's baselines 'round_robin', 'total_tokens' and "
+        "'uniform', or 'off' (SGLang's own dispatch; also any other --load-balance-method, e.g. "
+        "round_robin). 'routed_dp_rank' in a request pins its home rank.",
     )
     group.add_argument(
         "--dcp-cost-profile",
@@ -337,7 +361,7 @@ def _announce_when_ready(host: str, port: int, demo: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = translate_lb_method(list(sys.argv[1:] if argv is None else argv))
     # Only this launcher sets it, after checking the flags (enable_dcp); never inherit one.
     os.environ.pop(env.SERVE_OPTIONS_VAR, None)
     pre = argparse.ArgumentParser(add_help=False)

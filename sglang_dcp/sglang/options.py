@@ -112,10 +112,13 @@ def resolve(
             )
         return DcpOptions(policy="off")
     if load_balance_method_given:
-        raise OptionsError(
-            "--load-balance-method is SGLang's dispatcher; the sglang-dcp planner replaces it. "
-            "Pass --dcp-policy off to use it"
-        )
+        # SGLang's own dispatcher (round_robin, total_tokens, ...) stays selectable.
+        if given:
+            raise OptionsError(
+                f"--load-balance-method selects SGLang's own dispatcher; {', '.join(sorted(given))} "
+                "need(s) the sglang-dcp planner (--load-balance-method dcp, the default)"
+            )
+        return DcpOptions(policy="off")
     policy = policy or DEFAULT_POLICY
     tp_size = dp_size if tp_size is None else tp_size
     shard_blockers = []

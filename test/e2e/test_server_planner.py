@@ -146,9 +146,11 @@ def test_shutdown_is_clean(server):
 @pytest.mark.parametrize(
     "extra,fragment",
     [
-        (["--dcp-max-degree", "2"], "--dcp-max-degree 2"),
+        (["--dcp-max-degree", "2"], "needs --disable-radix-cache"),
         (["--dcp-policy", "off", "--dcp-cost-profile", "x"], "--dcp-cost-profile"),
-        (["--load-balance-method", "round_robin"], "--dcp-policy off"),
+        (["--load-balance-method", "round_robin", "--dcp-max-degree", "2"], "SGLang's own dispatcher"),
+        (["--disable-radix-cache", "--dcp-max-degree", "2", "--attention-backend", "dcp_triton"],
+         "needs CUDA"),
     ],
 )
 def test_bad_dcp_flags_are_one_line_startup_errors(tiny_model_path, extra, fragment):

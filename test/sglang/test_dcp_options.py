@@ -80,7 +80,7 @@ def test_flags_reach_the_options(parser):
         (["--dcp-policy", "round_robin", "--dcp-min-shard-tokens", "64"], "applies to"),
         (["--dcp-policy", "total_tokens", "--dcp-cost-profile", "x"], "applies to"),
         (["--dcp-cost-profile", "no-such-profile"], "unknown cost profile"),
-        (["--load-balance-method", "round_robin"], "Pass --dcp-policy off"),
+        (["--load-balance-method", "round_robin", "--dcp-max-degree", "1"], "SGLang's own dispatcher"),
         (["--tokenizer-worker-num", "2"], "--tokenizer-worker-num"),
     ],
 )
@@ -88,6 +88,17 @@ def test_bad_combinations_are_one_line_errors(parser, extra, message):
     with pytest.raises(launch.LaunchError) as e:
         options(parser, *extra)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_load_balance_method_dcp_is_the_planner_and_sglangs_methods_stay_selectable(parser):
+    argv = launch.translate_lb_method(SERVE + ["--load-balance-method", "dcp"])
+    assert argv == SERVE + ["--dcp-policy", "dcp"]
+    assert launch.translate_lb_method(["--load-balance-method=dcp"]) == ["--dcp-policy", "dcp"]
+    assert options(parser, *argv[len(SERVE):]).policy == "dcp"
+    for method in ("round_robin", "total_tokens"):
+        assert launch.translate_lb_method(["--load-balance-method", method]) == [
+            "--load-balance-method", method]
+        assert options(parser, "--load-balance-method", method).policy == "off"
 
 
 def test_no_dp_attention_means_off_unless_asked(parser):
