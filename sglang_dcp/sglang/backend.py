@@ -57,6 +57,14 @@ class DcpAttnBackend:
             raise NotImplementedError(
                 f"--attention-backend {NAME} needs attention TP size 1 (--tp-size == --dp-size)"
             )
+        layers = getattr(getattr(runner.model, "model", None), "layers", None) or []
+        if not layers or not all(hasattr(layer, "attn_boundary") for layer in layers):
+            # Ranks without rows join each layer's exchange from StageBoundary.finish; a model
+            # whose layers do not go through it would deadlock the first DCP step.
+            raise NotImplementedError(
+                f"--attention-backend {NAME}: {type(runner.model).__name__} does not run its "
+                "attention through SGLang's layer boundary; serve it with --dcp-max-degree 1"
+            )
         mc = runner.model_config
         self.inner = inner
         self.num_q_heads = mc.num_attention_heads

@@ -330,6 +330,10 @@ def prepare_cpu_environment(sglang_argv: list[str], tp_size: int) -> list[str]:
     os.environ.setdefault(
         "SGLANG_CPU_OMP_THREADS_BIND", "|".join(str(r % ncpu) for r in range(tp_size))
     )
+    if tp_size > ncpu:
+        # More ranks than cores: an OpenMP thread spinning after its parallel region takes the
+        # core a peer rank needs to reach the next collective, so every collective waits.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return sglang_argv
 
 
