@@ -63,6 +63,18 @@ def free_server_port(low: int = 20000, high: int = 32000) -> int:
     raise ServerError(f"no free port range in [{low}, {high})")
 
 
+def free_low_port(avoid: int, low: int = 20000, high: int = 32000) -> int:
+    """A free port below the ephemeral range, outside ``avoid``'s SGLang-derived ports."""
+    import random
+
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(low, high)
+        if not avoid <= port <= avoid + _DERIVED_PORT_OFFSETS[-1] and _port_free(port):
+            return port
+    raise ServerError(f"no free port in [{low}, {high})")
+
+
 class ServerError(RuntimeError):
     pass
 
@@ -83,6 +95,11 @@ class ServerProcess:
     ) -> None:
         self.port = port or free_server_port()
         self.args = list(args) + ["--host", "127.0.0.1", "--port", str(self.port)]
+        if self.module == ServerProcess.module and "--nccl-port" not in self.args:
+            # SGLang's default is an ephemeral port picked at launch and bound minutes later by
+            # the schedulers' torch.distributed store; meanwhile a client connection can take
+            # it (EADDRINUSE at startup). Pick one below the ephemeral range instead.
+            self.args += ["--nccl-port", str(free_low_port(avoid=self.port))]
         self.log_path = log_path
         self.env = {**os.environ, **(env or {})}
         self.startup_timeout = startup_timeout
@@ -230,11 +247,12 @@ class RouterProcess(ServerProcess):
         startup_timeout: float = 120.0,
     ) -> None:
         self.worker_urls = list(worker_urls)
-        self.prometheus_port = free_port()
+        self.prometheus_port = free_low_port(avoid=0)
         super().__init__(
             ["--worker-urls", *self.worker_urls, "--prometheus-port", str(self.prometheus_port),
              *args],
-            log_path, port=port or free_port(), env=env, startup_timeout=startup_timeout,
+            log_path, port=port or free_low_port(avoid=self.prometheus_port), env=env,
+            startup_timeout=startup_timeout,
         )  # fmt: skip
 
     def ready(self) -> bool:
