@@ -39,6 +39,10 @@ ROUTER_DIST = "smg"  # the pinned router's PyPI name (requirements/cpu.txt)
 DEMO_ROUTER_PORT = 30000
 # SGLang with DP attention also binds port + 233 .. port + 240; these two ranges do not overlap.
 DEMO_SERVER_PORTS = (30010, 30020)
+# On CPU, SGLang sizes the KV pool from free system memory measured before and after loading the
+# weights, and fails if it dropped by more than 1 - mem_fraction_static meanwhile: with two
+# servers loading at once, --demo's 0.05 is too tight. The pool is capped instead.
+DEMO_SERVER_ARGS = ["--demo", "--mem-fraction-static", "0.2", "--max-total-tokens", "32768"]
 
 
 @dataclass(frozen=True)
@@ -116,10 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     RouterArgs.add_cli_args(parser, use_router_prefix=False)
     actions = {a.dest: a for a in parser._actions}
     for d in DCP_DEFAULTS:
-        actions[d.dest].default = d.value
-        actions[
-            d.dest
-        ].help = f"{actions[d.dest].help} [sglang-dcp default: {d.value}; smg: {d.smg}: {d.why}]"
+        action = actions[d.dest]
+        action.default = d.value
+        action.help = f"{action.help} [sglang-dcp default: {d.value}; smg: {d.smg}: {d.why}]"
     actions["dp_aware"].help = (
         "Route to a (server, DP rank) pair: the router sends data_parallel_rank=k, the "
         "request's home rank on that server; its planner still places the KV shards. A request "
@@ -264,17 +267,19 @@ def run_demo(argv: list[str]) -> int:
                 "is taken; stop what uses it (another demo?) and retry"
             )
     urls = [f"http://127.0.0.1:{p}" for p in DEMO_SERVER_PORTS]
-    if not any(a.split("=", 1)[0] == "--port" for a in argv):
+    given = {a.split("=", 1)[0] for a in argv}
+    if "--port" not in given:
         argv += ["--port", str(DEMO_ROUTER_PORT)]
+    if "--log-level" not in given:
+        argv += ["--log-level", "warn"]  # keep the ready banner in sight; the servers log to files
     args = parse(["--worker-urls", *urls, *argv])
     log_dir = os.path.join(env.cache_dir(), "demo-router")
     os.makedirs(log_dir, exist_ok=True)
     servers = [
-        ServerProcess(
-            ["--demo"], os.path.join(log_dir, f"server{i}.log"), port=p, startup_timeout=900
-        )
+        ServerProcess(DEMO_SERVER_ARGS, os.path.join(log_dir, f"server{i}.log"), port=p,
+                      startup_timeout=900)
         for i, p in enumerate(DEMO_SERVER_PORTS)
-    ]
+    ]  # fmt: skip
     for s in servers:
         print(f"[sglang-dcp] starting a demo server at {s.url} (log: {s.log_path})", flush=True)
     errors: list[str] = []
@@ -283,10 +288,10 @@ def run_demo(argv: list[str]) -> int:
         try:
             s.start()
         except ServerError as e:
-            errors.append(str(e))
+            errors.append(f"{s.url}: {str(e).splitlines()[0]} (log: {s.log_path})")
 
     try:
-        threads = [threading.Thread(target=start, args=(s,)) for s in servers]
+        threads = [threading.Thread(target=start, args=(s,), daemon=True) for s in servers]
         for t in threads:
             t.start()
         for t in threads:
