@@ -20,11 +20,12 @@ PATCHES             := $(sort $(wildcard patches/*.patch))
 PATCH_STAMP         := $(VENV)/.sglang-dcp-patched
 CHECK_WHEEL          = echo "$(SGLANG_WHEEL_SHA256)  $(SGLANG_WHEEL)" | sha256sum -c --quiet
 
-.PHONY: install install-gpu patch check-patches test test-fast demo bench-planner bench-sim bench-exchange bench-kernels-dry clean help
+.PHONY: install install-gpu patch check-patches test test-fast demo demo-router bench-planner bench-sim bench-exchange bench-kernels-dry clean help
 
 help:
 	@echo "make install      create $(VENV) with the pinned CPU stack (torch 2.13.0 CPU, triton 3.7.1, sglang $(SGLANG_VERSION))"
 	@echo "make demo         install, then serve the tiny demo model with DP attention on CPU"
+	@echo "make demo-router  install, then two tiny demo servers (2 DP ranks each) behind the router on :30000"
 	@echo "make test         install, then run the whole test suite"
 	@echo "make patch        rebuild the pinned sglang wheel with patches/*.patch and install it (part of install)"
 	@echo "make check-patches  prove patches/ applies, compiles and reverses cleanly on the pinned wheel"
@@ -94,6 +95,9 @@ test-fast: install
 
 demo: install
 	$(PY) -m sglang_dcp.launch_server --demo
+
+demo-router: install
+	$(PY) -m sglang_dcp.launch_router --demo
 
 bench-planner: install
 	$(PY) bench/planner.py

@@ -5,17 +5,20 @@ Enable with ``pytest_plugins = ["sglang_dcp.testing.pytest_plugin"]`` in a conft
 - ``tiny_model_path``: the tiny Qwen3-MoE checkpoint, built once per session.
 - ``launch_server``: a factory ``launch_server(args, **kw) -> ServerProcess``; every server it
   started is stopped at the end of the fixture's scope (module), and a test fails if a server
-  left processes behind. When a test fails, each live server's log tail is attached to the
-  report.
+  left processes behind. Safe to call from several threads (start servers in parallel).
+- ``launch_router``: the same for ``RouterProcess`` (``launch_router(worker_urls, **kw)``).
+
+When a test fails, each live server's and router's log tail is attached to the report.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import pytest
 
-from sglang_dcp.testing.server import ServerProcess
+from sglang_dcp.testing.server import RouterProcess, ServerProcess
 
 _LIVE: list[ServerProcess] = []
 
@@ -29,22 +32,41 @@ def tiny_model_path(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def launch_server(tmp_path_factory):
-    started: list[ServerProcess] = []
-    log_dir = tmp_path_factory.mktemp("server-logs")
+    with _launcher(tmp_path_factory, "server", ServerProcess) as launch:
+        yield launch
 
-    def _launch(args: list[str], **kwargs) -> ServerProcess:
-        log = os.path.join(log_dir, f"server{len(started)}.log")
-        srv = ServerProcess(args, log, **kwargs)
-        started.append(srv)
-        _LIVE.append(srv)
-        return srv.start()
 
-    yield _launch
-    leftovers = []
-    for srv in started:
-        leftovers += srv.stop()
-        _LIVE.remove(srv)
-    assert not leftovers, f"server processes had to be SIGKILLed: {leftovers}"
+@pytest.fixture(scope="module")
+def launch_router(tmp_path_factory):
+    with _launcher(tmp_path_factory, "router", RouterProcess) as launch:
+        yield launch
+
+
+class _launcher:
+    """Start processes of ``cls`` on demand; stop them all on exit, failing on leftovers."""
+
+    def __init__(self, tmp_path_factory, name: str, cls) -> None:
+        self.log_dir = tmp_path_factory.mktemp(f"{name}-logs")
+        self.name, self.cls = name, cls
+        self.started: list[ServerProcess] = []
+        self.numbers = itertools.count()  # thread-safe under the GIL
+
+    def __enter__(self):
+        def _launch(args_or_urls: list[str], **kwargs) -> ServerProcess:
+            log = os.path.join(self.log_dir, f"{self.name}{next(self.numbers)}.log")
+            proc = self.cls(args_or_urls, log, **kwargs)
+            self.started.append(proc)
+            _LIVE.append(proc)
+            return proc.start()
+
+        return _launch
+
+    def __exit__(self, *exc) -> None:
+        leftovers = []
+        for proc in self.started:
+            leftovers += proc.stop()
+            _LIVE.remove(proc)
+        assert not leftovers, f"{self.name} processes had to be SIGKILLed: {leftovers}"
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -52,5 +74,6 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     if report.failed:
-        for i, srv in enumerate(_LIVE):
-            report.sections.append((f"server {i} log ({srv.log_path})", srv.log_tail()))
+        for i, proc in enumerate(_LIVE):
+            kind = "router" if isinstance(proc, RouterProcess) else "server"
+            report.sections.append((f"{kind} {i} log ({proc.log_path})", proc.log_tail()))

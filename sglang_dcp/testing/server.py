@@ -1,9 +1,13 @@
-"""Start a real ``sglang_dcp.launch_server`` in a subprocess for tests, and clean it up.
+"""Start a real ``sglang_dcp.launch_server`` (or ``launch_router``) in a subprocess for tests,
+and clean it up.
 
 ``ServerProcess`` picks a free port, logs to a file, waits for ``/health`` (failing fast, with
 the log tail, if the process dies), and on ``stop()`` terminates the whole process tree and
-checks that nothing is left behind. The pytest fixtures in ``sglang_dcp.testing.pytest_plugin``
-wrap it and attach the server log to the report of a failing test.
+checks that nothing is left behind; ``kill()`` is a crash (SIGKILL to the whole tree), after
+which ``start()`` may bring it back on the same port. ``RouterProcess`` is the same for
+``python -m sglang_dcp.launch_router`` in front of servers. The pytest fixtures in
+``sglang_dcp.testing.pytest_plugin`` wrap both and attach the logs to the report of a failing
+test.
 """
 
 from __future__ import annotations
@@ -41,6 +45,11 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def port_range_free(port: int) -> bool:
+    """``port`` and the ports SGLang derives from it (DP attention) are all free."""
+    return all(_port_free(port + off) for off in _DERIVED_PORT_OFFSETS)
+
+
 def free_server_port(low: int = 20000, high: int = 32000) -> int:
     """A port whose SGLang-derived ports are free too, below Linux's ephemeral range
     (32768-60999) so the many client connections of a test run cannot grab them meanwhile."""
@@ -49,9 +58,21 @@ def free_server_port(low: int = 20000, high: int = 32000) -> int:
     rng = random.Random()
     for _ in range(200):
         port = rng.randrange(low, high - 241)
-        if all(_port_free(port + off) for off in _DERIVED_PORT_OFFSETS):
+        if port_range_free(port):
             return port
     raise ServerError(f"no free port range in [{low}, {high})")
+
+
+def free_low_port(avoid: int, low: int = 20000, high: int = 32000) -> int:
+    """A free port below the ephemeral range, outside ``avoid``'s SGLang-derived ports."""
+    import random
+
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(low, high)
+        if not avoid <= port <= avoid + _DERIVED_PORT_OFFSETS[-1] and _port_free(port):
+            return port
+    raise ServerError(f"no free port in [{low}, {high})")
 
 
 class ServerError(RuntimeError):
@@ -60,6 +81,8 @@ class ServerError(RuntimeError):
 
 class ServerProcess:
     """One server: ``ServerProcess(args, log_path).start()``; ``.url``; ``.stop()``."""
+
+    module = "sglang_dcp.launch_server"
 
     def __init__(
         self,
@@ -72,6 +95,11 @@ class ServerProcess:
     ) -> None:
         self.port = port or free_server_port()
         self.args = list(args) + ["--host", "127.0.0.1", "--port", str(self.port)]
+        if self.module == ServerProcess.module and "--nccl-port" not in self.args:
+            # SGLang's default is an ephemeral port picked at launch and bound minutes later by
+            # the schedulers' torch.distributed store; meanwhile a client connection can take
+            # it (EADDRINUSE at startup). Pick one below the ephemeral range instead.
+            self.args += ["--nccl-port", str(free_low_port(avoid=self.port))]
         self.log_path = log_path
         self.env = {**os.environ, **(env or {})}
         self.startup_timeout = startup_timeout
@@ -82,9 +110,14 @@ class ServerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def ready(self) -> bool:
+        """Serving: ``/health`` answers 200."""
+        with urllib.request.urlopen(self.url + "/health", timeout=5) as r:
+            return r.status == 200
+
     def start(self) -> "ServerProcess":
-        cmd = [sys.executable, "-m", "sglang_dcp.launch_server", *self.args]
-        self._log = open(self.log_path, "w")
+        cmd = [sys.executable, "-m", self.module, *self.args]
+        self._log = open(self.log_path, "a")  # a restart after kill() keeps the first run's log
         self._log.write("$ " + " ".join(cmd) + "\n")
         self._log.flush()
         self.proc = subprocess.Popen(
@@ -98,11 +131,10 @@ class ServerProcess:
                     f"log tail:\n{self.log_tail()}"
                 )
             try:
-                with urllib.request.urlopen(self.url + "/health", timeout=5) as r:
-                    if r.status == 200:
-                        self._remember_descendants()
-                        return self
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                if self.ready():
+                    self._remember_descendants()
+                    return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):
                 pass
             time.sleep(1.0)
         self.stop()
@@ -167,12 +199,83 @@ class ServerProcess:
         self.proc = None
         return killed
 
+    def kill(self) -> None:
+        """Crash the server: SIGKILL to its whole process tree at once, no draining. ``start()``
+        may follow (same port, same log)."""
+        if self.proc is None:
+            return
+        self._remember_descendants_alive()
+        try:
+            # start_new_session: the launcher leads a process group holding SGLang's children.
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        for p in self._descendants:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        self.proc.wait(timeout=30)
+        psutil.wait_procs(self._descendants, timeout=15)
+        self._log.close()
+        self.proc = None
+
     def _remember_descendants_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             try:
                 self._descendants = psutil.Process(self.proc.pid).children(recursive=True)
             except psutil.NoSuchProcess:
                 pass
+
+
+class RouterProcess(ServerProcess):
+    """``python -m sglang_dcp.launch_router`` in front of ``worker_urls``; ready once every
+    worker (every DP rank of each, with ``--dp-aware``) is registered and healthy.
+
+    Its Prometheus listener gets a free port (smg binds 0.0.0.0:29000 by default)."""
+
+    module = "sglang_dcp.launch_router"
+
+    def __init__(
+        self,
+        worker_urls: list[str],
+        log_path: str,
+        *,
+        args: list[str] = (),
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+        startup_timeout: float = 120.0,
+    ) -> None:
+        self.worker_urls = list(worker_urls)
+        self.prometheus_port = free_low_port(avoid=0)
+        super().__init__(
+            ["--worker-urls", *self.worker_urls, "--prometheus-port", str(self.prometheus_port),
+             *args],
+            log_path, port=port or free_low_port(avoid=self.prometheus_port), env=env,
+            startup_timeout=startup_timeout,
+        )  # fmt: skip
+
+    def ready(self) -> bool:
+        from sglang_dcp.router.launch import workers_ready
+
+        return workers_ready(self.url, self.worker_urls)
+
+    def workers(self) -> dict[str, str]:
+        """Worker URL (``URL@rank`` with ``--dp-aware``) -> status (ready, not_ready, failed)."""
+        return {w["url"]: w["status"] for w in self.get("/workers")["workers"]}
+
+    def requests_per_worker(self) -> dict[str, int]:
+        """smg's ``smg_worker_requests_total`` by worker URL: requests the router sent there."""
+        url = f"http://127.0.0.1:{self.prometheus_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            text = r.read().decode()
+        counts = {}
+        for line in text.splitlines():
+            if line.startswith("smg_worker_requests_total{"):
+                labels, value = line.rsplit(" ", 1)
+                worker = labels.split('worker="', 1)[1].split('"', 1)[0]
+                counts[worker] = counts.get(worker, 0) + int(float(value))
+        return counts
 
 
 def tiny_dp_args(model_path: str, dp_size: int = 2) -> list[str]:

@@ -1,0 +1,321 @@
+"""The launcher behind ``python -m sglang_dcp.launch_router``: SGLang's router in front of several
+sglang-dcp servers.
+
+The router is the SGLang Model Gateway (PyPI ``smg``, pinned in requirements/cpu.txt; README
+"Several servers behind the router" says why this one). This launcher accepts every flag of
+``python -m smg.launch_router`` and changes only:
+
+- defaults that suit DCP workers (``DCP_DEFAULTS``; each one's reason is in ``--help``), which an
+  explicit flag overrides;
+- checks that fail early in one ``error:`` line with exit code 2: no worker URL, a URL that is
+  not ``http(s)://HOST[:PORT]``, a port already taken, unknown flags;
+- ``--demo``: two tiny sglang-dcp servers on this machine's CPU with the router in front.
+
+The contract with the servers (README):
+
+- Without ``--dp-aware`` the router picks a server; that server's planner picks the home rank
+  and, for a long request, the ranks holding its KV shards.
+- With ``--dp-aware`` the router reads each server's DP size from ``/server_info``, picks a
+  (server, rank k) pair and adds ``"data_parallel_rank": k`` to the request, which SGLang reads as
+  ``routed_dp_rank``: k is the request's home rank; the planner still places its KV shards.
+  A request rank k can never hold is answered HTTP 400 with the planner's reason (the router
+  passes 4xx through without retrying); one that only does not fit now waits in rank k's queue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+PROG = "python -m sglang_dcp.launch_router"
+ROUTER_DIST = "smg"  # the pinned router's PyPI name (requirements/cpu.txt)
+DEMO_ROUTER_PORT = 30000
+# SGLang with DP attention also binds port + 233 .. port + 240; these two ranges do not overlap.
+DEMO_SERVER_PORTS = (30010, 30020)
+# On CPU, SGLang sizes the KV pool from free system memory measured before and after loading the
+# weights, and fails if it dropped by more than 1 - mem_fraction_static meanwhile: with two
+# servers loading at once, --demo's 0.05 is too tight. The pool is capped instead.
+DEMO_SERVER_ARGS = ["--demo", "--mem-fraction-static", "0.2", "--max-total-tokens", "32768"]
+
+
+@dataclass(frozen=True)
+class Default:
+    """A router default sglang-dcp changes: ``dest`` is the smg flag's argparse dest."""
+
+    dest: str
+    value: object
+    smg: object  # smg 1.13.0's own default, shown in --help
+    why: str
+
+
+DCP_DEFAULTS = (
+    Default(
+        "policy", "least_load", "cache_aware",
+        "least_load scores each server by its queued prefill tokens plus the tokens routed to it "
+        "since the last load poll, over its generation throughput, plus a KV-pressure term on its "
+        "KV usage averaged over its DP ranks. A DCP server spreads a long request's KV over its "
+        "ranks and counts guest shards where they live, so that average is the request's real "
+        "footprint. cache_aware (prefix affinity) stays available",
+    ),
+    Default(
+        "load_monitor_interval", 2, 10,
+        "seconds between polls of each server's /v1/loads: one long request changes a server's "
+        "footprint a lot, and a poll is one GET answered from shared memory",
+    ),
+    Default(
+        "health_check_interval_secs", 5, 60,
+        "with --health-failure-threshold 2, a dead server leaves rotation within about 10 s "
+        "(smg's defaults: about 3 minutes); requests meanwhile are retried on other servers",
+    ),
+    Default("health_failure_threshold", 2, 3, "see --health-check-interval-secs"),
+    Default(
+        "health_check_timeout_secs", 20, 5,
+        "SGLang's /health runs a one-token generation and waits up to 20 s "
+        "(SGLANG_HEALTH_CHECK_TIMEOUT) for any output; a busy server can need more than 5 s",
+    ),
+    Default(
+        "worker_startup_check_interval", 5, 30,
+        "seconds between registration attempts of a server that is not up yet: servers take "
+        "minutes to load, and the router starts using each within 5 s of it being healthy",
+    ),
+)  # fmt: skip
+
+
+class LaunchError(Exception):
+    """A bad argument or environment; printed as one line."""
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """The router has ~200 flags: print the error, not a page of usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from smg.router_args import RouterArgs
+
+    parser = _OneLineParser(
+        prog=PROG,
+        description="SGLang's router (smg) in front of several sglang-dcp servers, with "
+        "defaults that suit DCP workers. Every smg router flag is accepted; the defaults "
+        "marked [sglang-dcp] differ from smg's.",
+        allow_abbrev=False,
+    )
+    group = parser.add_argument_group("sglang-dcp")
+    group.add_argument(
+        "--demo",
+        action="store_true",
+        help=f"Start two tiny sglang-dcp demo servers on this machine's CPU (2 DP ranks each, "
+        f"ports {DEMO_SERVER_PORTS[0]} and {DEMO_SERVER_PORTS[1]}) and the router in front of "
+        f"them (--port, default {DEMO_ROUTER_PORT}); Ctrl-C stops all three.",
+    )
+    RouterArgs.add_cli_args(parser, use_router_prefix=False)
+    actions = {a.dest: a for a in parser._actions}
+    for d in DCP_DEFAULTS:
+        action = actions[d.dest]
+        action.default = d.value
+        action.help = f"{action.help} [sglang-dcp default: {d.value}; smg: {d.smg}: {d.why}]"
+    actions["dp_aware"].help = (
+        "Route to a (server, DP rank) pair: the router sends data_parallel_rank=k, the "
+        "request's home rank on that server; its planner still places the KV shards. A request "
+        "rank k can never hold gets HTTP 400 with the planner's reason; one that does not fit "
+        "now waits in rank k's queue. Without it the router picks a server and that server's "
+        "planner picks the home rank."
+    )
+    return parser
+
+
+def check_worker_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise LaunchError(
+            f"bad worker URL {url!r}: expected http://HOST:PORT (an sglang-dcp server's HTTP "
+            "address, as given to its --host/--port)"
+        )
+    try:
+        parts.port  # noqa: B018 -- raises on a non-numeric or out-of-range port
+    except ValueError:
+        raise LaunchError(f"bad worker URL {url!r}: the port is not a number in 1..65535") from None
+    if parts.path not in ("", "/") or parts.query:
+        raise LaunchError(f"bad worker URL {url!r}: give the server's base URL, without a path")
+
+
+def check_port(host: str | None, port: int, flag: str) -> None:
+    bind_host = "" if host in (None, "0.0.0.0", "::") else host
+    family = socket.AF_INET6 if bind_host and ":" in bind_host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((bind_host, port))
+        except OSError as e:
+            raise LaunchError(
+                f"port {port} on {host or '0.0.0.0'} is not available ({e.strerror}); pass {flag} "
+                "with a free port"
+            ) from None
+
+
+def check_args(ns: argparse.Namespace) -> None:
+    """Fail early, in one line, on what the router would report late or not at all."""
+    elsewhere = ns.service_discovery or ns.discovery_provider or ns.prefill or ns.decode
+    if not ns.worker_urls and not elsewhere:
+        raise LaunchError(
+            "--worker-urls is required: one URL per sglang-dcp server, e.g. "
+            "--worker-urls http://node0:30000 http://node8:30000 (or pass --demo)"
+        )
+    seen = set()
+    for url in ns.worker_urls:
+        check_worker_url(url)
+        if url.rstrip("/") in seen:
+            raise LaunchError(f"worker URL {url!r} is given twice")
+        seen.add(url.rstrip("/"))
+    check_port(ns.host, ns.port, "--port")
+    if ns.prometheus_port is not None:
+        check_port(ns.prometheus_host or ns.host, ns.prometheus_port, "--prometheus-port")
+
+
+def parse(argv: list[str]):
+    """smg's ``RouterArgs`` for ``argv`` (sglang-dcp's defaults applied, checked); raises
+    ``LaunchError`` on bad input and exits 2 on an argparse error."""
+    from smg.router_args import RouterArgs
+
+    ns = build_parser().parse_args(argv)  # argparse errors: one line, exit 2
+    check_args(ns)
+    try:
+        args = RouterArgs.from_cli_args(ns, use_router_prefix=False)
+        args._validate_router_args()
+    except ValueError as e:
+        raise LaunchError(f"invalid router arguments: {e}") from None
+    return args
+
+
+def _get_json(url: str, timeout: float = 5.0):
+    import json
+
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def workers_ready(router_url: str, worker_urls: list[str]) -> bool:
+    """Every worker (every one of its DP ranks, with --dp-aware) is registered and ready."""
+    try:
+        workers = _get_json(router_url + "/workers")["workers"]
+    except Exception:  # noqa: BLE001 -- not up yet, or not answering: not ready
+        return False
+    ready = {w["url"].split("@")[0] for w in workers if w.get("status") == "ready"}
+    not_ready = {w["url"].split("@")[0] for w in workers if w.get("status") != "ready"}
+    return {u.rstrip("/") for u in worker_urls} <= ready - not_ready
+
+
+def _announce_when_ready(router_url: str, worker_urls: list[str], demo: bool) -> None:
+    deadline = time.monotonic() + 1800
+    while not workers_ready(router_url, worker_urls):
+        if time.monotonic() > deadline:
+            return
+        time.sleep(1)
+    lines = [f"[sglang-dcp] router ready at {router_url}"]
+    if worker_urls:
+        lines[0] += f" in front of {' '.join(worker_urls)}"
+    if demo:
+        lines += [
+            "[sglang-dcp] try:",
+            f"  curl -s {router_url}/generate -H 'Content-Type: application/json' \\",
+            (
+                '    -d \'{"text": "The quick brown fox", '
+                '"sampling_params": {"max_new_tokens": 16, "temperature": 0}}\''
+            ),
+            f"  curl -s {router_url}/workers     # the servers and their health",
+            f"  curl -s {router_url}/get_loads   # per server and DP rank: KV tokens, batch, queue",
+        ]
+    print("\n".join(lines), flush=True)
+
+
+def run_router(args, *, demo: bool = False) -> int:
+    from smg.launch_router import launch_router
+
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    threading.Thread(
+        target=_announce_when_ready,
+        args=(f"http://{host}:{args.port}", list(args.worker_urls), demo),
+        daemon=True,
+    ).start()
+    try:
+        launch_router(args)  # blocks until SIGINT/SIGTERM
+    except Exception as e:  # noqa: BLE001 -- smg logged the details; say it in one line
+        print(f"{PROG}: error: the router stopped: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_demo(argv: list[str]) -> int:
+    """Two ``launch_server --demo`` servers, then the router in front of them, in this process."""
+    from sglang_dcp import env
+    from sglang_dcp.testing.server import ServerError, ServerProcess, port_range_free
+
+    argv = [a for a in argv if a != "--demo"]
+    for port in DEMO_SERVER_PORTS:
+        if not port_range_free(port):
+            raise LaunchError(
+                f"demo server port {port} (or one SGLang derives from it, {port + 233}..{port + 240}) "
+                "is taken; stop what uses it (another demo?) and retry"
+            )
+    urls = [f"http://127.0.0.1:{p}" for p in DEMO_SERVER_PORTS]
+    given = {a.split("=", 1)[0] for a in argv}
+    if "--port" not in given:
+        argv += ["--port", str(DEMO_ROUTER_PORT)]
+    if "--log-level" not in given:
+        argv += ["--log-level", "warn"]  # keep the ready banner in sight; the servers log to files
+    args = parse(["--worker-urls", *urls, *argv])
+    log_dir = os.path.join(env.cache_dir(), "demo-router")
+    os.makedirs(log_dir, exist_ok=True)
+    servers = [
+        ServerProcess(DEMO_SERVER_ARGS, os.path.join(log_dir, f"server{i}.log"), port=p,
+                      startup_timeout=900)
+        for i, p in enumerate(DEMO_SERVER_PORTS)
+    ]  # fmt: skip
+    for s in servers:
+        print(f"[sglang-dcp] starting a demo server at {s.url} (log: {s.log_path})", flush=True)
+    errors: list[str] = []
+
+    def start(s: ServerProcess) -> None:
+        try:
+            s.start()
+        except ServerError as e:
+            errors.append(f"{s.url}: {str(e).splitlines()[0]} (log: {s.log_path})")
+
+    try:
+        threads = [threading.Thread(target=start, args=(s,), daemon=True) for s in servers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            print(f"{PROG}: error: a demo server did not start: {errors[0]}", file=sys.stderr)
+            return 1
+        return run_router(args, demo=True)
+    finally:
+        for s in servers:
+            s.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if "--demo" in argv:
+            return run_demo(argv)
+        args = parse(argv)
+    except LaunchError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    return run_router(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
