@@ -42,7 +42,10 @@ DEMO_SERVER_PORTS = (30010, 30020)
 # On CPU, SGLang sizes the KV pool from free system memory measured before and after loading the
 # weights, and fails if it dropped by more than 1 - mem_fraction_static meanwhile: with two
 # servers loading at once, --demo's 0.05 is too tight. The pool is capped instead.
-DEMO_SERVER_ARGS = ["--demo", "--mem-fraction-static", "0.2", "--max-total-tokens", "32768"]
+DEMO_SERVER_ARGS = [
+    "--demo", "--mem-fraction-static", "0.2", "--max-total-tokens", "32768",
+    "--tp-size", "2", "--dp-size", "2",  # the single-server demo has 4 ranks; two of those is a lot
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
