@@ -171,8 +171,7 @@ def test_dp_aware_routing_pins_the_home_rank(servers, launch_router):
         k = int(k)
         meta = out["meta_info"]
         assert meta["dp_rank"] == k, (chosen, meta)
-        if "dcp" in meta:  # TODO(lead): unconditional once meta_info["dcp"] lands
-            assert meta["dcp"]["home_rank"] == k, meta["dcp"]
+        assert meta["dcp"]["home_rank"] == k, meta["dcp"]
         assert admitted(by_url[url])[f"dpa-{i}"] == k
         pairs.add((url, k))
     assert {k for _, k in pairs} == {0, 1}, pairs
