@@ -47,8 +47,7 @@ logger = logging.getLogger(__name__)
 class HomeEntry:
     """A request homed here whose placement spans several ranks."""
 
-    req: Any  # SGLang Req
-    placement: Placement
+    req: Any  # SGLang Req (its placement is ``req.dcp``)
     moved: list[tuple[int, int, int]] = field(default_factory=list)  # (rank, start, end) away
     shipped: bool = False  # moves were attempted (at the first decode step)
 
@@ -164,7 +163,7 @@ class RankRuntime:
                     continue
                 h = self.home.get(req.rid)
                 if h is None or h.req is not req:
-                    h = self.home[req.rid] = HomeEntry(req, p)
+                    h = self.home[req.rid] = HomeEntry(req)
                 if not h.shipped:
                     for s in p.shards[:-1]:
                         if s.rank != self.rank:
