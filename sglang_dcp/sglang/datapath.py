@@ -165,12 +165,10 @@ class RankRuntime:
                 if h is None or h.req is not req:
                     h = self.home[req.rid] = HomeEntry(req)
                 if not h.shipped:
-                    for s in p.shards[:-1]:
-                        if s.rank != self.rank:
-                            news.moves.append(Migration(req.rid, self.rank, s.rank, s.start, s.end))
                     will_move = [
                         (s.rank, s.start, s.end) for s in p.shards[:-1] if s.rank != self.rank
                     ]
+                    news.moves += [Migration(req.rid, self.rank, r, a, b) for r, a, b in will_move]
                 else:
                     will_move = h.moved
                 shards = runtime_shards(p, will_move, int(seq_len))
