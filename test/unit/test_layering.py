@@ -43,3 +43,12 @@ def test_pure_modules_import_no_torch_or_sglang():
                 if root in {"torch", "sglang", "triton"}:
                     offenders.append(f"{path.relative_to(ROOT)} imports {name}")
     assert not offenders, offenders
+
+
+def test_test_module_basenames_are_unique():
+    """The test folders are not packages, so pytest imports each test file by its basename:
+    two ``test_x.py`` in different folders break collection of the whole suite."""
+    seen: dict[str, pathlib.Path] = {}
+    for path in sorted((ROOT / "test").rglob("test_*.py")):
+        assert path.name not in seen, f"{path} and {seen[path.name]} share a basename"
+        seen[path.name] = path
