@@ -29,6 +29,7 @@ import time
 
 import torch
 
+from sglang_dcp import env
 from sglang_dcp.sglang.rank_stats import stats
 
 NAME = "dcp_triton"
@@ -176,7 +177,14 @@ class DcpAttnBackend:
                     v,
                 )
             q2 = q.reshape(-1, layer.tp_q_head_num * layer.qk_head_dim)
+            if q2.shape[0] < step.num_rows:  # more is DP-attention padding (MAX_LEN mode)
+                raise RuntimeError(
+                    f"sglang_dcp: rank {step.rank} decodes {q2.shape[0]} rows but its DCP step "
+                    f"was planned for {step.num_rows} (step header and forward disagree)"
+                )
             rows = self.exchange(step, layer.layer_id, pool, q2, layer.scaling)
+            if env.poison_moved():
+                _check_rows(step, layer.layer_id, rows, pool)
             out = q2.new_zeros(q2.shape[0], layer.tp_q_head_num * layer.v_head_dim)
             out[: rows.shape[0]] = rows.to(out.dtype)
             return out
@@ -186,6 +194,24 @@ class DcpAttnBackend:
         out = self.inner.forward(q, k, v, layer, forward_batch, save_kv_cache, **kwargs)
         self.exchange(step, layer.layer_id, pool, None, layer.scaling)
         return out
+
+
+def _check_rows(step, layer_id: int, rows: torch.Tensor, pool) -> None:
+    """Debug check under ``SGLANG_DCP_POISON_MOVED=1``: a NaN row read a poisoned (moved) slot;
+    log which request and which of its local slots hold NaN."""
+    bad = torch.isnan(rows.float()).any(dim=1).nonzero().flatten().tolist()
+    if not bad:
+        return
+    k = pool.get_key_buffer(layer_id)
+    for i in bad:
+        rid = step.row_rids[i] if i < len(step.row_rids) else "?"
+        slots = step.row_slots.get(rid, [])
+        nan_slots = [s for s in slots if torch.isnan(k[s].float()).any()]
+        logger.error(
+            "sglang_dcp: step %d layer %d row %d (%s) attention is NaN; %d local slots, NaN in "
+            "%s; plan %s",
+            step.tag, layer_id, i, rid, len(slots), nan_slots[:16], step.plan,
+        )  # fmt: skip
 
 
 def step_comm():

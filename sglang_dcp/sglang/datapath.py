@@ -77,6 +77,9 @@ class DcpStep:
     next_layer: int = 0
     done_layer: int = -1
     exchange_s: float = 0.0
+    # diagnostics: request id of each home row, and the local slots the route reads per request
+    row_rids: list[str] = field(default_factory=list)
+    row_slots: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def active(self) -> bool:
@@ -157,6 +160,8 @@ class RankRuntime:
         decoding_reqs = []
         if local_batch is not None and local_batch.forward_mode.is_decode():
             seq_lens = local_batch.seq_lens_cpu.tolist()
+            if env.poison_moved():
+                self._check_not_poisoned(local_batch, model_runner)
             for req, seq_len in zip(local_batch.reqs, seq_lens):
                 p = getattr(req, "dcp", None)
                 if p is None or p.degree == 1:
@@ -200,6 +205,25 @@ class RankRuntime:
             return None
         return self._step(plan, local_batch)
 
+    def _check_not_poisoned(self, local_batch, model_runner) -> None:
+        """Debug check under ``SGLANG_DCP_POISON_MOVED=1``: no KV this rank is about to read
+        for its decode rows (all but the newest token, minus shipped ranges) is NaN."""
+        k = model_runner.token_to_kv_pool.k_buffer[0]
+        req_to_token = model_runner.req_to_token_pool.req_to_token
+        for req, seq_len in zip(local_batch.reqs, local_batch.seq_lens_cpu.tolist()):
+            ranges = _subtract([(0, int(seq_len) - 1)], self.moved_rows.get(req.kv.req_pool_idx, []))
+            for a, b in ranges:
+                slots = req_to_token[req.kv.req_pool_idx, a:b].to(torch.long)
+                bad = torch.isnan(k[slots].float()).flatten(1).any(dim=1).nonzero().flatten()
+                if bad.numel():
+                    logger.error(
+                        "sglang_dcp: rank %d step %d: %s (seq_len %d, pool row %d) reads "
+                        "poisoned KV at positions %s (slots %s); moved rows %s",
+                        self.rank, self.num_steps, req.rid, seq_len, req.kv.req_pool_idx,
+                        (bad + a).tolist()[:8], slots[bad].tolist()[:8],
+                        self.moved_rows,
+                    )  # fmt: skip
+
     def _free_guest(self, rid: str) -> None:
         g = self.guests.pop(rid, None)
         if g is not None:
@@ -232,6 +256,10 @@ class RankRuntime:
                     slots = offered[(m.rid, m.start)]
                     for buf in (*kv.k_buffer, *kv.v_buffer):
                         buf[slots] = float("nan")
+                    logger.info(
+                        "sglang_dcp: poisoned slots %s..%s (%d) of %s [%d, %d)",
+                        slots.min().item(), slots.max().item(), slots.numel(), m.rid, m.start, m.end,
+                    )  # fmt: skip
         failed = []
         s = stats()
         for res in results:
@@ -302,7 +330,10 @@ class RankRuntime:
             placements, rank=self.rank, num_ranks=self.num_ranks, local_slots=local_slots
         )
         self.num_steps += 1
-        return DcpStep(plan, self.rank, self.num_ranks, route, num_rows, tag=self.num_steps)
+        return DcpStep(
+            plan, self.rank, self.num_ranks, route, num_rows, tag=self.num_steps,
+            row_rids=[p.rid for p in placements[:num_rows]], row_slots=local_slots,
+        )  # fmt: skip
 
 
 def _split(slots: torch.Tensor, ranges: list[tuple[int, int]]) -> list[torch.Tensor]:

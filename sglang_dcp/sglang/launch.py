@@ -364,6 +364,23 @@ def _announce_when_ready(host: str, port: int, demo: bool) -> None:
     print("\n".join(lines), flush=True)
 
 
+def become_subreaper() -> bool:
+    """Make this process the reaper of its orphaned descendants (Linux ``PR_SET_CHILD_SUBREAPER``).
+
+    When a scheduler dies, SGLang's DP controller signals the launcher and exits; its surviving
+    schedulers would be re-parented to init and escape the launcher's ``kill_process_tree``
+    (found by ``test_server_dcp.py::test_a_dead_scheduler_takes_the_server_down``). As a
+    subreaper the launcher inherits them instead, so SGLang's SIGQUIT handler kills them too.
+    Returns whether it took effect (not on non-Linux systems)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    PR_SET_CHILD_SUBREAPER = 36
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = translate_lb_method(list(sys.argv[1:] if argv is None else argv))
     # Only this launcher sets it, after checking the flags (enable_dcp); never inherit one.
@@ -407,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     enable_dcp(opts)
+    become_subreaper()
     host = "127.0.0.1" if ns.host in (None, "0.0.0.0") else ns.host
     threading.Thread(
         target=_announce_when_ready, args=(host, ns.port, ours.demo), daemon=True

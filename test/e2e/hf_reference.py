@@ -16,19 +16,28 @@ def _load(model_path: str):
 
 
 def hf_greedy(model_path: str, input_ids: list[int], max_new_tokens: int) -> list[int]:
-    """Token ids HF greedy-generates after ``input_ids`` (EOS ignored: exactly max_new_tokens)."""
+    """Token ids HF greedy-generates after ``input_ids``: exactly ``max_new_tokens``, EOS
+    neither stops nor is suppressed, as SGLang's ``ignore_eos`` does.
+
+    A plain cached argmax loop, not ``model.generate(min_new_tokens=...)``: that masks the EOS
+    logit (``MinNewTokensLogitsProcessor``), and the tiny model's EOS is token 0, which greedy
+    decoding legitimately picks (``test_server_dcp`` found a prompt whose second token is 0).
+    """
     import torch
 
     model = _load(model_path)
+    out_ids: list[int] = []
     with torch.no_grad():
-        out = model.generate(
-            torch.tensor([input_ids]),
-            max_new_tokens=max_new_tokens,
-            min_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=model.config.pad_token_id,
-        )
-    return out[0, len(input_ids):].tolist()
+        out = model(torch.tensor([input_ids]), use_cache=True)
+        for _ in range(max_new_tokens):
+            token = int(out.logits[0, -1].argmax())
+            out_ids.append(token)
+            if len(out_ids) == max_new_tokens:
+                break
+            out = model(
+                torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True
+            )
+    return out_ids
 
 
 def prompts(seed: int, count: int, lengths: tuple[int, ...], vocab: int = 512) -> list[list[int]]:

@@ -138,7 +138,8 @@ def test_64_concurrent_mixed_requests_complete(server, hf):
     with ThreadPoolExecutor(max_workers=64) as pool:
         outs = list(pool.map(lambda ids: generate(server, ids, timeout=900), batch))
     for ids, out in zip(batch, outs):
-        assert out["output_ids"] == hf(ids), f"prompt of {len(ids)} tokens"
+        meta = out["meta_info"]
+        assert out["output_ids"] == hf(ids), f"prompt of {len(ids)} tokens: {meta}"
     assert max(o["meta_info"]["dcp"]["degree"] for o in outs if "dcp" in o["meta_info"]) > 1
     wait_drained(server)
 
