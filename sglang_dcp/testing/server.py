@@ -101,7 +101,11 @@ class ServerProcess:
             # it (EADDRINUSE at startup). Pick one below the ephemeral range instead.
             self.args += ["--nccl-port", str(free_low_port(avoid=self.port))]
         self.log_path = log_path
-        self.env = {**os.environ, **(env or {})}
+        # The test suite sets TRITON_INTERPRET=1 for its kernel tests (test/conftest.py); a server
+        # inheriting it would run the DCP exchange's kernels through the Triton interpreter,
+        # ~50x slower than the torch path a CPU server uses. Pass it in ``env`` to get it.
+        inherited = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        self.env = {**inherited, **(env or {})}
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen | None = None
         self._descendants: list[psutil.Process] = []
