@@ -10,8 +10,8 @@ Accepts every ``python -m sglang.launch_server`` argument, plus:
            checked here, then handed to SGLang's spawned processes as JSON in
            $SGLANG_DCP_SERVE_OPTIONS (``env.SERVE_OPTIONS_VAR``; set only by this launcher).
            With a max degree > 1 the launcher also selects ``--attention-backend dcp_triton``
-           (torch_native on CPU; the DCP exchange wraps it) and ``--disable-overlap-schedule``
-           (the DCP data path runs without overlap).
+           (torch_native on CPU; the DCP exchange wraps it), ``--disable-overlap-schedule``
+           (the DCP data path runs without overlap) and, on CUDA, ``--disable-cuda-graph``.
 
 On a machine without CUDA it sets what SGLang's CPU engine needs (``--device cpu``,
 ``SGLANG_USE_CPU_ENGINE=1``, one OpenMP core binding per TP rank) unless you set them. Bad
@@ -281,7 +281,9 @@ def dcp_options(ns: argparse.Namespace) -> DcpOptions:
 def sharding_argv(sglang_argv: list[str], opts: DcpOptions, cuda: bool) -> list[str]:
     """With KV sharding on, pick an attention backend the DCP wrapper supports (``dcp_triton``,
     i.e. triton, on GPU; torch_native on CPU, where SGLang would pick intel_amx) and turn
-    overlap scheduling off (the step header and the exchange assume one batch in flight)."""
+    overlap scheduling off (the step header and the exchange assume one batch in flight). On
+    CUDA it also turns CUDA graphs off: a captured decode graph would replay without the
+    exchange (its capture is designed, docs/integration.md §7, not wired)."""
     if not opts.sharding:
         return sglang_argv
     names = {a.split("=", 1)[0] for a in sglang_argv}
@@ -290,6 +292,8 @@ def sharding_argv(sglang_argv: list[str], opts: DcpOptions, cuda: bool) -> list[
         extra += ["--attention-backend", ATTENTION_BACKEND if cuda else "torch_native"]
     if "--disable-overlap-schedule" not in names:
         extra.append("--disable-overlap-schedule")
+    if cuda and "--disable-cuda-graph" not in names:
+        extra.append("--disable-cuda-graph")
     return sglang_argv + extra
 
 

@@ -51,7 +51,7 @@ def test_launcher_adds_the_backend_and_turns_overlap_off():
         "--x", "--attention-backend", "torch_native", "--disable-overlap-schedule"]
     assert launch.sharding_argv(["--x"], o, cuda=True)[2] == "dcp_triton"
     assert launch.sharding_argv(["--attention-backend", "triton"], o, cuda=True) == [
-        "--attention-backend", "triton", "--disable-overlap-schedule"]
+        "--attention-backend", "triton", "--disable-overlap-schedule", "--disable-cuda-graph"]
     assert launch.sharding_argv(["--x"], DcpOptions(policy="dcp"), cuda=False) == ["--x"]
 
 
