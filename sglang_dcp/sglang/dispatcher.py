@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sglang_dcp import env
+from sglang_dcp.sglang.options import DEFAULT_QUEUE_MAX_BYPASS
 from sglang_dcp.types import Rejection, Request
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,10 @@ class DcpDispatcher:
       request that fits goes ahead of an earlier one that does not). Nothing reaches a
       scheduler without a reservation, so the planner's books are exact. ``drop_queued``
       removes waiting requests that the client aborted.
+    - ``max_bypass`` bounds first fit, so a long request is not starved by a stream of short
+      ones: once the oldest waiting request has been passed over ``max_bypass`` times (a later
+      request admitted while it waited), nothing is admitted ahead of it; new requests queue
+      behind it until it fits. ``0`` is strict arrival order, ``None`` unbounded first fit.
     - otherwise (the baselines, which model SGLang's own dispatch) it goes to the requested or
       least-loaded rank without a reservation ("overflow") and SGLang's scheduler queues it.
     """
@@ -68,7 +73,10 @@ class DcpDispatcher:
         untracked_prefixes: tuple[str, ...] = (),
         verbose: bool | None = None,
         queue: bool = False,
+        max_bypass: int | None = DEFAULT_QUEUE_MAX_BYPASS,
     ) -> None:
+        if max_bypass is not None and max_bypass < 0:
+            raise ValueError(f"max_bypass must be >= 0 or None, got {max_bypass}")
         self.policy = policy
         self._send = send
         self.degree_count: dict[int, int] = {}
@@ -82,6 +90,8 @@ class DcpDispatcher:
         self.num_rejected = 0
         self.queue_enabled = queue
         self.queue: dict[str, Any] = {}  # rid -> request, arrival order
+        self.max_bypass = max_bypass
+        self.bypassed: dict[str, int] = {}  # rid in queue -> later requests admitted before it
 
     def state(self) -> str:
         """One-line read-only view of the planner, as logged after every change."""
@@ -108,16 +118,17 @@ class DcpDispatcher:
             placement = self.policy.placement(rid)
             self._send(placement.home_rank, req, placement)
             return
+        head = self._starving_head()
+        if head is not None:
+            self._enqueue(req, f"waits behind {head}, passed over {self.bypassed[head]} times")
+            return
         placement = self._admit(req)
         if isinstance(placement, Rejection):
             if not placement.retryable:
                 self.reject(req, placement.reason)
                 return
             if self.queue_enabled:
-                self.queue[rid] = req
-                self._log(
-                    "sglang_dcp: planner queue rid=%s (%s) %s", rid, placement.reason, self.state()
-                )
+                self._enqueue(req, placement.reason)
                 return
             # A baseline that chose a full rank keeps the request waiting for that rank (as
             # SGLang's DP dispatch does): send it there, and finish() will drop the entry.
@@ -135,7 +146,21 @@ class DcpDispatcher:
             )  # fmt: skip
             self._send(rank, req, None)
             return
+        for waiting in self.queue:  # every waiting request was passed over
+            self.bypassed[waiting] += 1
         self._placed(req, placement)
+
+    def _enqueue(self, req: Any, reason: str) -> None:
+        self.queue[req.rid] = req
+        self.bypassed[req.rid] = 0
+        self._log("sglang_dcp: planner queue rid=%s (%s) %s", req.rid, reason, self.state())
+
+    def _starving_head(self) -> str | None:
+        """The oldest waiting request, if it has been passed over ``max_bypass`` times."""
+        if not self.queue or self.max_bypass is None:
+            return None
+        head = next(iter(self.queue))
+        return head if self.bypassed[head] >= self.max_bypass else None
 
     def _admit(self, req: Any):
         max_new = getattr(req.sampling_params, "max_new_tokens", None)
@@ -153,17 +178,27 @@ class DcpDispatcher:
         self._send(placement.home_rank, req, placement)
 
     def drain(self) -> None:
-        """Retry the waiting requests in arrival order (first fit)."""
+        """Retry the waiting requests in arrival order (first fit, bounded by ``max_bypass``)."""
+        skipped: list[str] = []  # still waiting, ahead of the ones tried next
         for rid, req in list(self.queue.items()):
             placement = self._admit(req)
             if isinstance(placement, Rejection):
                 if placement.retryable:
+                    if self.max_bypass is not None and self.bypassed[rid] >= self.max_bypass:
+                        break  # it has waited long enough: nothing behind it goes first
+                    skipped.append(rid)
                     continue
-                del self.queue[rid]
+                self._unqueue(rid)
                 self.reject(req, placement.reason)
                 continue
-            del self.queue[rid]
+            self._unqueue(rid)
+            for waiting in skipped:
+                self.bypassed[waiting] += 1
             self._placed(req, placement)
+
+    def _unqueue(self, rid: str) -> Any:
+        self.bypassed.pop(rid, None)
+        return self.queue.pop(rid)
 
     def drop_queued(self, rid: str | None, abort_all: bool = False) -> list[Any]:
         """Remove waiting requests a client aborted (SGLang matches rids by prefix,
@@ -171,7 +206,7 @@ class DcpDispatcher:
         gone = [
             r for r in self.queue if abort_all or (rid is not None and str(r).startswith(rid))
         ]
-        out = [self.queue.pop(r) for r in gone]
+        out = [self._unqueue(r) for r in gone]
         for r in gone:
             self._log("sglang_dcp: planner drop rid=%s (aborted while waiting) %s", r, self.state())
         return out

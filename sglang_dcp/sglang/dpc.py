@@ -104,6 +104,7 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
         active_ranks=active_ranks,
         untracked_prefixes=(HEALTH_CHECK_RID_PREFIX,),
         queue=options.policy in ("dcp", "uniform"),
+        max_bypass=options.queue_max_bypass,
     )
 
     def on_abort(msg) -> None:

@@ -5,7 +5,8 @@ Accepts every ``python -m sglang.launch_server`` argument, plus:
   --demo   serve the embedded default: a tiny random-weight Qwen3-MoE (made in the cache
            folder if missing) on CPU with DP attention over 4 DP ranks, KV sharding on and a
            1024-token planner budget per rank, so prompts over ~1000 tokens span ranks.
-  --dcp-policy, --dcp-cost-profile, --dcp-max-degree, --dcp-min-shard-tokens, --dcp-kv-capacity
+  --dcp-policy, --dcp-cost-profile, --dcp-max-degree, --dcp-min-shard-tokens, --dcp-kv-capacity,
+  --dcp-queue-max-bypass
            the planner in the DP controller (on by default with DP attention over > 1 rank);
            checked here, then handed to SGLang's spawned processes as JSON in
            $SGLANG_DCP_SERVE_OPTIONS (``env.SERVE_OPTIONS_VAR``; set only by this launcher).
@@ -33,6 +34,7 @@ from sglang_dcp import env
 from sglang_dcp.planner.profile import available_profiles
 from sglang_dcp.sglang.options import (
     DEFAULT_PROFILE,
+    DEFAULT_QUEUE_MAX_BYPASS,
     POLICY_CHOICES,
     ATTENTION_BACKEND,
     DcpOptions,
@@ -151,27 +153,41 @@ def add_dcp_args(parser: argparse.ArgumentParser) -> None:
         "rank, max_total_num_tokens). Smaller values keep headroom for a home's whole-prompt "
         "prefill before its sealed shards move out.",
     )
+    group.add_argument(
+        "--dcp-queue-max-bypass",
+        type=int,
+        metavar="N",
+        default=None,
+        help="Requests that do not fit now wait in the DP controller and are retried first fit "
+        "whenever a request finishes; once the oldest waiting request has been passed over N "
+        "times by later ones, nothing more is admitted ahead of it (no starvation of long "
+        f"requests). 0: strict arrival order. Default: {DEFAULT_QUEUE_MAX_BYPASS}.",
+    )
 
 
-# Our flags that take no value / one value; stripped before SGLang parses the rest.
-_OUR_FLAGS_NO_VALUE = {"--demo"}
-_OUR_FLAGS_WITH_VALUE = {
-    "--dcp-policy", "--dcp-cost-profile", "--dcp-max-degree", "--dcp-min-shard-tokens",
-    "--dcp-kv-capacity",
-}  # fmt: skip
+def _our_flags() -> tuple[set[str], set[str]]:
+    """sglang-dcp's own flags (``add_dcp_args``): those that take no value, those that take one."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_dcp_args(parser)
+    no_value: set[str] = set()
+    with_value: set[str] = set()
+    for action in parser._actions:
+        (no_value if action.nargs == 0 else with_value).update(action.option_strings)
+    return no_value, with_value
 
 
 def split_argv(argv: list[str]) -> list[str]:
     """Return ``argv`` without sglang-dcp's own flags (what SGLang's parser should see)."""
+    no_value, with_value = _our_flags()
     out, skip = [], False
     for a in argv:
         if skip:
             skip = False
             continue
         name = a.split("=", 1)[0]
-        if name in _OUR_FLAGS_NO_VALUE:
+        if name in no_value:
             continue
-        if name in _OUR_FLAGS_WITH_VALUE:
+        if name in with_value:
             skip = "=" not in a
             continue
         out.append(a)
@@ -252,6 +268,7 @@ def dcp_options(ns: argparse.Namespace) -> DcpOptions:
             enable_dp_attention=bool(ns.enable_dp_attention),
             load_balance_method_given=ns.load_balance_method_given,
             kv_capacity=ns.dcp_kv_capacity,
+            queue_max_bypass=ns.dcp_queue_max_bypass,
             tp_size=ns.tp_size or 1,
             disable_radix_cache=bool(ns.disable_radix_cache),
             attention_backend=ns.attention_backend,

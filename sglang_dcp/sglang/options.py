@@ -18,6 +18,8 @@ DEFAULT_PROFILE = "qwen3-235b-h200"
 ATTENTION_BACKEND = "dcp_triton"  # backend.NAME (kept here: this module imports no SGLang)
 # SGLang backends the DCP wrapper goes around (backend.INNER_BACKENDS)
 SHARDABLE_BACKENDS = ("triton", "torch_native", ATTENTION_BACKEND)
+# Later requests the DP controller may admit ahead of a waiting one before it blocks them.
+DEFAULT_QUEUE_MAX_BYPASS = 16
 
 
 class OptionsError(ValueError):
@@ -33,6 +35,7 @@ class DcpOptions:
     max_degree: int = 1
     min_shard_tokens: int | None = None
     kv_capacity: int | None = None  # planner's KV tokens per rank (None: SGLang's pool size)
+    queue_max_bypass: int = DEFAULT_QUEUE_MAX_BYPASS  # see dispatcher.DcpDispatcher
 
     @property
     def enabled(self) -> bool:
@@ -78,6 +81,7 @@ def resolve(
     tp_size: int | None = None,
     disable_radix_cache: bool = True,
     attention_backend: str | None = None,
+    queue_max_bypass: int | None = None,
 ) -> DcpOptions:
     """Check the flags (``None`` = not given) against each other and the server shape.
 
@@ -92,6 +96,7 @@ def resolve(
         "--dcp-max-degree": max_degree,
         "--dcp-min-shard-tokens": min_shard_tokens,
         "--dcp-kv-capacity": kv_capacity,
+        "--dcp-queue-max-bypass": queue_max_bypass,
     }
     given = {k: v for k, v in given.items() if v is not None}
     if policy is not None and policy not in POLICY_CHOICES:
@@ -156,6 +161,14 @@ def resolve(
             raise OptionsError(f"--dcp-min-shard-tokens applies to --dcp-policy dcp, not {policy}")
         if min_shard_tokens < 1:
             raise OptionsError(f"--dcp-min-shard-tokens must be >= 1, got {min_shard_tokens}")
+    if queue_max_bypass is not None:
+        if policy not in ("dcp", "uniform"):
+            raise OptionsError(
+                f"--dcp-queue-max-bypass applies to --dcp-policy dcp or uniform (the policies "
+                f"whose requests wait in the DP controller), not {policy}"
+            )
+        if queue_max_bypass < 0:
+            raise OptionsError(f"--dcp-queue-max-bypass must be >= 0, got {queue_max_bypass}")
     if profile is not None and policy != "dcp":
         raise OptionsError(f"--dcp-cost-profile applies to --dcp-policy dcp, not {policy}")
     opts = DcpOptions(
@@ -164,6 +177,9 @@ def resolve(
         max_degree=max_degree or 1,
         min_shard_tokens=min_shard_tokens,
         kv_capacity=kv_capacity,
+        queue_max_bypass=(
+            DEFAULT_QUEUE_MAX_BYPASS if queue_max_bypass is None else queue_max_bypass
+        ),
     )
     if policy == "dcp":
         from sglang_dcp.planner import load_profile

@@ -170,6 +170,13 @@ def test_a_full_cluster_queues_in_the_dp_controller_until_a_finish(controller, s
     assert len(d.policy) == 0 and d.policy.kv_tokens() == [0] * NUM_RANKS
 
 
+def test_the_queue_bound_comes_from_the_flags(sent, monkeypatch):
+    monkeypatch.setenv(env.SERVE_OPTIONS_VAR, DcpOptions(queue_max_bypass=3).to_json())
+    c = make_controller()
+    plugin._on_dp_controller_ready(None, c)
+    assert c.dcp_dispatcher.queue_enabled and c.dcp_dispatcher.max_bypass == 3
+
+
 def test_an_abort_of_a_waiting_request_is_answered_here_and_forwarded(controller, sent):
     big = KV_PER_RANK - 64
     for rid in ("a", "b"):

@@ -40,6 +40,8 @@ def test_degree_defaults_to_dp_size_when_the_server_can_shard(parser):
     assert o.kv_capacity == 512
     o = options(parser, "--disable-radix-cache", "--attention-backend", "torch_native")
     assert o.sharding
+    assert o.queue_max_bypass == 16
+    assert options(parser, "--dcp-queue-max-bypass", "0").queue_max_bypass == 0
     # an unsupported backend keeps the default at 1 instead of failing
     assert options(parser, "--disable-radix-cache", "--attention-backend", "flex_attention").max_degree == 1
     assert not options(parser, "--disable-radix-cache", "--dcp-policy", "round_robin").sharding
@@ -82,6 +84,8 @@ def test_flags_reach_the_options(parser):
         (["--dcp-cost-profile", "no-such-profile"], "unknown cost profile"),
         (["--load-balance-method", "round_robin", "--dcp-max-degree", "1"], "SGLang's own dispatcher"),
         (["--tokenizer-worker-num", "2"], "--tokenizer-worker-num"),
+        (["--dcp-queue-max-bypass", "-1"], "--dcp-queue-max-bypass must be >= 0"),
+        (["--dcp-policy", "round_robin", "--dcp-queue-max-bypass", "4"], "wait in the DP controller"),
     ],
 )
 def test_bad_combinations_are_one_line_errors(parser, extra, message):
@@ -118,12 +122,13 @@ def test_unknown_policy_is_an_argparse_error(parser, capsys):
 
 def test_our_flags_are_stripped_before_sglang_parses():
     argv = SERVE + ["--dcp-policy", "dcp", "--dcp-max-degree=1", "--dcp-cost-profile", "p",
-                    "--dcp-min-shard-tokens", "8", "--dcp-kv-capacity", "64"]  # fmt: skip
+                    "--dcp-min-shard-tokens", "8", "--dcp-kv-capacity", "64",
+                    "--dcp-queue-max-bypass", "3", "--demo"]  # fmt: skip
     assert launch.split_argv(argv) == SERVE
 
 
 def test_options_travel_through_the_environment(monkeypatch):
-    o = DcpOptions("dcp", "deepseek-v3-h200", 1, 256)
+    o = DcpOptions("dcp", "deepseek-v3-h200", 1, 256, queue_max_bypass=3)
     monkeypatch.setenv(env.SERVE_OPTIONS_VAR, o.to_json())
     assert DcpOptions.from_env() == o
     monkeypatch.delenv(env.SERVE_OPTIONS_VAR)
