@@ -44,13 +44,19 @@ class Harness:
         self.d.finished([rid])
 
 
-def test_first_fit_lets_short_requests_pass_a_long_one_a_bounded_number_of_times():
-    h = Harness(max_bypass=2)
+def long_waiting(max_bypass) -> Harness:
+    """A full cluster, then "long" (needs both ranks) waiting while one rank is free again."""
+    h = Harness(max_bypass)
     h.arrive("fill0", 1000)
     h.arrive("fill1", 1000)  # the cluster is full
     h.arrive("long", 1500)  # needs both ranks: waits
     assert h.d.queue.keys() == {"long"}
     h.finish("fill0")  # 1024 free on one rank: not enough for "long"
+    return h
+
+
+def test_first_fit_lets_short_requests_pass_a_long_one_a_bounded_number_of_times():
+    h = long_waiting(max_bypass=2)
     for i in range(2):  # two short ones fit and pass it
         h.arrive(f"short{i}", 100)
     assert h.placed[-2:] == ["short0", "short1"] and h.d.bypassed["long"] == 2
@@ -64,11 +70,7 @@ def test_first_fit_lets_short_requests_pass_a_long_one_a_bounded_number_of_times
 
 
 def test_zero_is_strict_arrival_order():
-    h = Harness(max_bypass=0)
-    h.arrive("fill0", 1000)
-    h.arrive("fill1", 1000)
-    h.arrive("long", 1500)
-    h.finish("fill0")
+    h = long_waiting(max_bypass=0)
     h.arrive("short", 100)  # would fit, but arrives after a waiting request
     assert list(h.d.queue) == ["long", "short"]
     h.finish("fill1")
@@ -76,11 +78,7 @@ def test_zero_is_strict_arrival_order():
 
 
 def test_an_aborted_waiting_request_forgets_its_count():
-    h = Harness(max_bypass=1)
-    h.arrive("fill0", 1000)
-    h.arrive("fill1", 1000)
-    h.arrive("long", 1500)
-    h.finish("fill0")
+    h = long_waiting(max_bypass=1)
     h.arrive("short", 100)
     assert h.d.bypassed == {"long": 1}
     assert [r.rid for r in h.d.drop_queued("long")] == ["long"]
