@@ -211,7 +211,8 @@ class RankRuntime:
         k = model_runner.token_to_kv_pool.k_buffer[0]
         req_to_token = model_runner.req_to_token_pool.req_to_token
         for req, seq_len in zip(local_batch.reqs, local_batch.seq_lens_cpu.tolist()):
-            ranges = _subtract([(0, int(seq_len) - 1)], self.moved_rows.get(req.kv.req_pool_idx, []))
+            moved = self.moved_rows.get(req.kv.req_pool_idx, [])
+            ranges = _subtract([(0, int(seq_len) - 1)], moved)
             for a, b in ranges:
                 slots = req_to_token[req.kv.req_pool_idx, a:b].to(torch.long)
                 bad = torch.isnan(k[slots].float()).flatten(1).any(dim=1).nonzero().flatten()
@@ -258,7 +259,8 @@ class RankRuntime:
                         buf[slots] = float("nan")
                     logger.info(
                         "sglang_dcp: poisoned slots %s..%s (%d) of %s [%d, %d)",
-                        slots.min().item(), slots.max().item(), slots.numel(), m.rid, m.start, m.end,
+                        slots.min().item(), slots.max().item(), slots.numel(),
+                        m.rid, m.start, m.end,
                     )  # fmt: skip
         failed = []
         s = stats()

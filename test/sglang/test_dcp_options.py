@@ -85,7 +85,8 @@ def test_flags_reach_the_options(parser):
         (["--load-balance-method", "round_robin", "--dcp-max-degree", "1"], "SGLang's own dispatcher"),
         (["--tokenizer-worker-num", "2"], "--tokenizer-worker-num"),
         (["--dcp-queue-max-bypass", "-1"], "--dcp-queue-max-bypass must be >= 0"),
-        (["--dcp-policy", "round_robin", "--dcp-queue-max-bypass", "4"], "wait in the DP controller"),
+        (["--dcp-policy", "round_robin", "--dcp-queue-max-bypass", "4"],
+         "wait in the DP controller"),
     ],
 )
 def test_bad_combinations_are_one_line_errors(parser, extra, message):
