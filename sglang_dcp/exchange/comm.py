@@ -80,3 +80,27 @@ class LocalCommunicator(Communicator):
 
     def barrier(self) -> None:
         pass
+
+
+class HostStagedCommunicator(Communicator):
+    """Several ranks sharing one GPU: device tensors go through host copies around a CPU
+    (gloo) communicator. For checks on a one-GPU machine only (NCCL refuses two ranks on one
+    device); it synchronises on every call and cannot be captured in a CUDA graph."""
+
+    def __init__(self, inner: Communicator) -> None:
+        self.inner = inner
+        self.rank = inner.rank
+        self.world_size = inner.world_size
+
+    def all_to_all_single(self, out, inp, out_splits=None, in_splits=None) -> None:
+        host_out = torch.empty(out.shape, dtype=out.dtype)
+        self.inner.all_to_all_single(host_out, inp.cpu(), out_splits, in_splits)
+        out.copy_(host_out)
+
+    def all_gather(self, out, inp) -> None:
+        host_out = torch.empty(out.shape, dtype=out.dtype)
+        self.inner.all_gather(host_out, inp.cpu())
+        out.copy_(host_out)
+
+    def barrier(self) -> None:
+        self.inner.barrier()

@@ -23,7 +23,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from sglang_dcp.exchange.comm import Communicator, TorchDistCommunicator
+from sglang_dcp.exchange.comm import (
+    Communicator,
+    HostStagedCommunicator,
+    TorchDistCommunicator,
+)
 from sglang_dcp.exchange.exchange import default_kernels
 from sglang_dcp.exchange.kv_pool import KVPool
 from sglang_dcp.exchange.route import max_pair_items, tokens_on
@@ -49,7 +53,7 @@ class CheckConfig:
     max_pages: int = 4  # per sealed shard
     capacity: int = 0  # largest per-peer capacity bucket; 0: enough for one round
     impl: str = "auto"  # kernels: auto | torch | triton
-    device: str = "cpu"  # "cuda": each rank's current CUDA device
+    device: str = "cpu"  # "cuda": each rank's current CUDA device (gloo: ranks share GPUs)
     cuda_graph: bool = False  # capture one graph per bucket (CUDA only)
     backend: str = "gloo"
 
@@ -119,8 +123,12 @@ class ToyStack:
 
 def _worker(rank: int, world_size: int, init_method: str, backend: str, cfg_d: dict, out: str):
     try:
-        group = init_rank(rank, world_size, init_method, backend)
-        run_rank(rank, CheckConfig(**cfg_d), TorchDistCommunicator(group), out)
+        cfg = CheckConfig(**cfg_d)
+        group = init_rank(rank, world_size, init_method, backend, device=cfg.device)
+        comm: Communicator = TorchDistCommunicator(group)
+        if cfg.device == "cuda" and backend == "gloo":
+            comm = HostStagedCommunicator(comm)
+        run_rank(rank, cfg, comm, out)
     except BaseException:
         with open(os.path.join(out, f"error{rank}.txt"), "w") as f:
             f.write(traceback.format_exc())
@@ -305,14 +313,25 @@ def main(argv: list[str] | None = None) -> int:
         help="torch.distributed backend (nccl: one GPU per rank)",
     )  # fmt: skip
     ap.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto",
+        help="where KV, buffers and kernels live (auto: cuda with nccl, else cpu); cuda with "
+        "gloo lets several ranks share one GPU, the all-to-alls going through host copies",
+    )  # fmt: skip
+    ap.add_argument(
         "--cuda-graph", action="store_true", help="capture/replay per bucket (with --backend nccl)"
     )
     ap.add_argument("--timeout", type=float, default=300, help="seconds before the ranks are killed")
     a = ap.parse_args(argv)
-    cuda = a.backend == "nccl"
+    device = a.device if a.device != "auto" else ("cuda" if a.backend == "nccl" else "cpu")
+    if a.backend == "nccl" and device != "cuda":
+        ap.error("--backend nccl needs --device cuda")
+    if a.cuda_graph and a.backend != "nccl":
+        ap.error("--cuda-graph needs --backend nccl (a graph cannot capture gloo's host copies)")
+    if device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda (or --backend nccl): no CUDA device is visible")
     cfg = CheckConfig(
         a.world_size, a.steps, a.seed, num_layers=a.layers, capacity=a.capacity, impl=a.impl,
-        device="cuda" if cuda else "cpu", cuda_graph=a.cuda_graph and cuda, backend=a.backend,
+        device=device, cuda_graph=a.cuda_graph, backend=a.backend,
     )
     results, stats = collect_results(cfg, timeout_s=a.timeout)
     err, where = reference_errors(cfg, results)

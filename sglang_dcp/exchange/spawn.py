@@ -18,11 +18,19 @@ import torch.multiprocessing as mp
 
 
 def init_rank(
-    rank: int, world_size: int, init_method: str, backend: str = "gloo", *, timeout_s: float = 120
+    rank: int,
+    world_size: int,
+    init_method: str,
+    backend: str = "gloo",
+    *,
+    device: str = "cpu",
+    timeout_s: float = 120,
 ) -> dist.ProcessGroup:
-    """Join the group; one intra-op thread per rank (ranks share few cores). Returns the group."""
+    """Join the group; one intra-op thread per rank (ranks share few cores). Returns the group.
+    With NCCL, or ``device="cuda"``, rank r uses GPU ``r % device_count`` (gloo ranks may share
+    one)."""
     torch.set_num_threads(1)
-    if backend == "nccl":
+    if backend == "nccl" or device == "cuda":
         torch.cuda.set_device(rank % torch.cuda.device_count())
     dist.init_process_group(
         backend,

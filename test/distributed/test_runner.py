@@ -83,3 +83,18 @@ def test_cuda_graph_matches_eager(tmp_path):
         torch.testing.assert_close(graph[k], eager[k])
     err, where = reference_errors(CheckConfig(1, 6, 0, **base), graph)
     assert err <= TOLERANCE and not math.isnan(err), where
+
+
+def test_host_staged_communicator_moves_the_same_values():
+    """The wrapper used when gloo ranks share a GPU: values arrive unchanged and in place."""
+    from sglang_dcp.exchange.comm import HostStagedCommunicator
+
+    comm = HostStagedCommunicator(LocalCommunicator())
+    inp = torch.randn(6, 3, dtype=torch.float64)
+    out = torch.full_like(inp, math.nan)
+    ptr = out.data_ptr()
+    comm.all_to_all_single(out, inp)
+    assert out.data_ptr() == ptr and torch.equal(out, inp)
+    out.fill_(math.nan)
+    comm.all_gather(out, inp)
+    assert torch.equal(out, inp) and (comm.rank, comm.world_size) == (0, 1)

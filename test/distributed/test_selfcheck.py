@@ -63,3 +63,31 @@ def test_selfcheck_cli_prints_error_last_and_exits_zero():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith("max_rel_err=") and float(last.split("=")[1]) <= TOLERANCE
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--cuda-graph"], "--cuda-graph needs --backend nccl"),
+        (["--backend", "nccl", "--device", "cpu"], "--backend nccl needs --device cuda"),
+    ],
+)
+def test_selfcheck_cli_refuses_bad_combinations(args, message, capsys):
+    from sglang_dcp.exchange.selfcheck import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--world-size", "2", *args])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("world_size, capacity", [(2, 0), (4, 0), (3, 1)])
+def test_selfcheck_ranks_sharing_one_gpu(world_size, capacity):
+    """Several gloo ranks on one GPU: KV, buffers and the Triton kernels on CUDA, the
+    all-to-alls through host copies (HostStagedCommunicator)."""
+    cfg = CheckConfig(world_size, 5, 7, capacity=capacity, num_layers=2, impl="triton",
+                      device="cuda")  # fmt: skip
+    results, stats = collect_results(cfg, timeout_s=240)
+    err, where = reference_errors(cfg, results)
+    assert err <= TOLERANCE, f"max_rel_err={err:.3e} at {where}"
+    assert stats["moves"] > 0 and stats["guest_items"] > 0

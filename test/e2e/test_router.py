@@ -110,8 +110,10 @@ def test_the_router_polls_each_servers_per_rank_load(servers, router):
     decode batch, waiting queue. A long request pinned to rank 1 of server 0 shows there."""
     a = servers[0]
     long_ids = prompts(seed=5, count=1, lengths=(600,))[0]
+    # 3400 new tokens (KV 4000 of 4096): on a quiet machine the request lives ~30 s, longer
+    # than one period of SGLang's load snapshot (both views below read that snapshot).
     done = threading.Thread(
-        target=lambda: generate(a.url, long_ids, "long-load", 3000, routed_dp_rank=1), daemon=True
+        target=lambda: generate(a.url, long_ids, "long-load", 3400, routed_dp_rank=1), daemon=True
     )
     done.start()
 
@@ -119,22 +121,23 @@ def test_the_router_polls_each_servers_per_rank_load(servers, router):
         loads = router.get("/get_loads")["loads"]
         return {l["dp_rank"]: l for l in loads if l.get("worker") == a.url}
 
-    def running_on_rank_1():
-        ranks = rank_loads()
-        r1 = ranks.get(1)
-        return (
-            ranks if r1 and r1["num_running_reqs"] >= 1 and r1["num_used_tokens"] >= 600 else None
-        )
+    def shows_it(r1) -> bool:
+        return bool(r1) and r1["num_running_reqs"] >= 1 and r1["num_used_tokens"] >= 600
 
-    ranks = wait_for("the router to see the long request on rank 1", running_on_rank_1, 120)
+    def both_see_it():
+        # what the router last polled, and the server's own endpoint, at the same moment
+        ranks = rank_loads()
+        own = {l["dp_rank"]: l for l in a.get("/v1/loads?include=core")["loads"]}
+        return (ranks, own) if shows_it(ranks.get(1)) and shows_it(own.get(1)) else None
+
+    ranks, own = wait_for("the router and the server to show the request on rank 1",
+                          both_see_it, 120)  # fmt: skip
     assert ranks[0]["num_used_tokens"] < 600, ranks  # its KV lives on rank 1 only (degree 1)
     for r in ranks.values():
         for key in ("num_used_tokens", "token_usage", "num_running_reqs", "num_waiting_reqs"):
             assert key in r, (key, r)
         assert r["max_total_num_tokens"] == KV_PER_RANK
-    # The server's own endpoint, which the router polls, has the same numbers.
-    own = {l["dp_rank"]: l for l in a.get("/v1/loads?include=core")["loads"]}
-    assert own[1]["num_used_tokens"] >= 600 and own[1]["num_running_reqs"] == 1, own
+    assert own[1]["num_running_reqs"] == 1, own
     _abort(a, "long-load")
     done.join(timeout=120)
     wait_for(

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import torch
 
+# Where the kernel suite runs: CUDA (compiled Triton) when a GPU is visible, else the CPU (the
+# Triton interpreter, test/conftest.py). Inputs are drawn on the CPU either way, so a seed gives
+# the same numbers on both.
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
 
 def make_decode_inputs(
     *,
@@ -18,9 +23,10 @@ def make_decode_inputs(
     mla: bool = False,
     index_dtype: torch.dtype = torch.int32,
     spare_slots: int = 37,
+    device: torch.device = DEVICE,
 ):
-    """Fresh random q and KV pool; each item's slots are scattered over a pool larger than the
-    slots used (random order, no two items sharing a slot)."""
+    """Fresh random q and KV pool on ``device``; each item's slots are scattered over a pool
+    larger than the slots used (random order, no two items sharing a slot)."""
     g = torch.Generator().manual_seed(seed)
     kv_dtype = kv_dtype or dtype
     nnz = sum(lens)
@@ -34,4 +40,6 @@ def make_decode_inputs(
     indptr = torch.zeros(len(lens) + 1, dtype=torch.int32)
     indptr[1:] = torch.tensor(lens, dtype=torch.int64).cumsum(0)
     indices = torch.randperm(num_slots, generator=g)[:nnz].to(index_dtype)
-    return q, k, v, indptr, indices
+    k = k.to(device)
+    v = k[..., :head_dim_v] if mla else v.to(device)  # MLA: V stays a view of K
+    return q.to(device), k, v, indptr.to(device), indices.to(device)

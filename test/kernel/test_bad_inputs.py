@@ -13,7 +13,7 @@ from sglang_dcp.kernels import decode_attention, merge_attention_states
 def _good():
     q, k, v, indptr, indices = make_decode_inputs(
         seed=0, lens=[3, 5], num_heads=8, num_kv_heads=2, head_dim=64, head_dim_v=64,
-        dtype=torch.float16,
+        dtype=torch.float16, device=torch.device("cpu"),  # the checks run before any dispatch
     )
     return dict(q=q, k_buffer=k, v_buffer=v, kv_indptr=indptr, kv_indices=indices, sm_scale=0.125)
 

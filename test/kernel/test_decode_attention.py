@@ -1,7 +1,8 @@
 """decode_attention against a float64 reference, and the splitting property.
 
-Runs under the Triton interpreter on CPU (test/conftest.py sets TRITON_INTERPRET=1); every case
-keeps (programs x loop iterations) to a few hundred.
+Runs compiled on CUDA where a GPU is visible, else under the Triton interpreter on CPU
+(test/conftest.py sets TRITON_INTERPRET=1); every case keeps (programs x loop iterations) to a few
+hundred.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kernel_inputs import make_decode_inputs
+from kernel_inputs import DEVICE, make_decode_inputs
 
 from sglang_dcp.kernels import (
     decode_attention,
@@ -73,7 +74,7 @@ def test_matches_float64_reference(poison, geom, num_kv_splits):
     )
     k_scale = v_scale = None
     if kv_dtype is FP8:
-        k_scale, v_scale = torch.tensor([0.7]), 1.3  # tensor and float forms
+        k_scale, v_scale = torch.tensor([0.7], device=DEVICE), 1.3  # tensor and float forms
     sm_scale = head_dim**-0.5
     o, lse = decode_attention(
         q, k, v, indptr, indices, sm_scale, num_kv_splits=num_kv_splits, k_scale=k_scale,
@@ -184,8 +185,9 @@ def test_merge_of_pieces_equals_whole(seed, total, cuts, forced):
     q = q1.expand(len(pieces), -1, -1).contiguous()
     piece_ptr = torch.zeros(len(pieces) + 1, dtype=torch.int32)
     piece_ptr[1:] = torch.tensor(pieces).cumsum(0)
+    piece_ptr = piece_ptr.to(DEVICE)
     o_parts, lse_parts = decode_attention(q, k, v, piece_ptr, indices, 0.125, num_kv_splits=forced)
-    seg = torch.tensor([0, len(pieces)], dtype=torch.int32)
+    seg = torch.tensor([0, len(pieces)], dtype=torch.int32, device=DEVICE)
     o_merged, lse_merged = merge_attention_states(o_parts, lse_parts, seg)
 
     torch.testing.assert_close(o_merged, o_whole, atol=2e-5, rtol=1e-5)
@@ -193,6 +195,9 @@ def test_merge_of_pieces_equals_whole(seed, total, cuts, forced):
 
 
 def test_interpreter_is_on():
-    """Guards the suite itself: on a CPU machine these tests must exercise the Triton kernels."""
+    """Guards the suite itself: these tests must exercise the Triton kernels, interpreted on a
+    CPU machine and compiled (inputs on CUDA) where a GPU is."""
     if not torch.cuda.is_available():
         assert kernels_interpreted()
+    else:
+        assert DEVICE.type == "cuda" and not kernels_interpreted()

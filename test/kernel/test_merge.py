@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from kernel_inputs import DEVICE
 
 from sglang_dcp.kernels import (
     lse_base2_to_natural,
@@ -25,7 +26,7 @@ def _parts(seed, counts, num_heads, head_dim_v, dtype, *, dead_fraction=0.2):
     o[dead] = math.nan  # an empty part's o is garbage: it must never be read into the sum
     seg = torch.zeros(len(counts) + 1, dtype=torch.int32)
     seg[1:] = torch.tensor(counts).cumsum(0)
-    return o, lse, seg
+    return o.to(DEVICE), lse.to(DEVICE), seg.to(DEVICE)
 
 
 CASES = [
@@ -62,7 +63,7 @@ def test_offset_and_noncontiguous_parts(poison):
     base, lse_parts, _ = _parts(6, [9], 8, 64, torch.float32, dead_fraction=0.0)
     o_parts = base[:, ::2]  # heads stride 2
     lse_parts = lse_parts[:, ::2].contiguous()
-    seg = torch.tensor([2, 5, 9], dtype=torch.int64)
+    seg = torch.tensor([2, 5, 9], dtype=torch.int64, device=DEVICE)
     o, lse = merge_attention_states(o_parts, lse_parts, seg)
     ref_o, ref_lse = merge_attention_states_ref(o_parts, lse_parts, seg, compute_dtype=torch.float64)
     torch.testing.assert_close(o.double(), ref_o.double(), atol=1e-5, rtol=1e-5)
