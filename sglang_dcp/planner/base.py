@@ -111,6 +111,12 @@ class Policy(ABC):
     @abstractmethod
     def guest_out(self) -> list[int]: ...
 
+    def never_fits(self, request: Request, home_rank: int | None = None) -> Rejection | None:
+        """The non-retryable ``Rejection`` that ``admit`` would give a request that could not be
+        placed even in an empty cluster, without placing or recording anything; ``None`` when
+        it could fit some day, or when the policy cannot tell without admitting it."""
+        return None
+
     def waiting_rank(self, rid: str) -> int | None:
         """The rank request ``rid`` waits for after a retryable rejection, or ``None`` if the
         policy does not bind waiting requests to a rank (it places globally). O(1)."""

@@ -182,13 +182,24 @@ class DcpPolicy(SealedRangeRebalancer, LedgerPolicy):
         )
         return -1 if k is None else k[2]
 
-    def _plan(self, req: Request, home_rank: int | None):
-        ps, cap, kv = self.page, self.cap, self.kv
+    def _sizes(self, req: Request) -> tuple[int, int, bool]:
+        """(reserved KV tokens, the prompt's full-page tokens, whether it may be split)."""
+        ps = self.page
         resv = page_up(req.prompt_len + req.max_new_tokens, ps)
         pfull = (req.prompt_len // ps) * ps
+        return resv, pfull, self.max_degree > 1 and pfull >= self.min_shard_tokens
+
+    def never_fits(self, request: Request, home_rank: int | None = None) -> Rejection | None:
+        resv, pfull, splittable = self._sizes(request)
+        if self._fits_empty(resv, pfull, splittable, home_rank):
+            return None
+        return self._reject(request, resv, pfull, splittable, pinned=home_rank)
+
+    def _plan(self, req: Request, home_rank: int | None):
+        cap, kv = self.cap, self.kv
+        resv, pfull, splittable = self._sizes(req)
         min_tail = resv - pfull
         ms = self.min_shard_tokens
-        splittable = self.max_degree > 1 and pfull >= ms
         need = min_tail if splittable else resv
         if home_rank is not None:
             h = home_rank

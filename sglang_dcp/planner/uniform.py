@@ -81,6 +81,20 @@ class UniformPolicy(LedgerPolicy):
             if self._fits(sealed, tail_start, resv, home):
                 return home, sealed, tail_start
             ever = ever or self._fits(sealed, tail_start, resv, home, empty=True)
+        return self._reject(req, resv, home_rank, ever)
+
+    def never_fits(self, request: Request, home_rank: int | None = None) -> Rejection | None:
+        resv = page_up(request.prompt_len + request.max_new_tokens, self.page)
+        g = self.group_size
+        homes = [home_rank] if home_rank is not None else range(self.num_ranks)
+        for home in homes:
+            sealed, tail_start = self._split(request, resv, home // g, home)
+            if self._fits(sealed, tail_start, resv, home, empty=True):
+                return None
+        return self._reject(request, resv, home_rank, ever=False)
+
+    def _reject(self, req: Request, resv: int, home_rank: int | None, ever: bool) -> Rejection:
+        g = self.group_size
         where = f"pinned home rank {home_rank}'s group" if home_rank is not None else "any group"
         if ever:
             return Rejection(

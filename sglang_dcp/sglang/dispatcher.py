@@ -120,6 +120,11 @@ class DcpDispatcher:
             return
         head = self._starving_head()
         if head is not None:
+            # it may not go ahead of the head, but one that can never fit is answered now
+            never = self.policy.never_fits(self._request(req), home_rank=home)
+            if never is not None:
+                self.reject(req, never.reason)
+                return
             self._enqueue(req, f"waits behind {head}, passed over {self.bypassed[head]} times")
             return
         placement = self._admit(req)
@@ -162,12 +167,15 @@ class DcpDispatcher:
         head = next(iter(self.queue))
         return head if self.bypassed[head] >= self.max_bypass else None
 
-    def _admit(self, req: Any):
+    def _request(self, req: Any) -> Request:
         max_new = getattr(req.sampling_params, "max_new_tokens", None)
         if max_new is None:
             max_new = self.max_new_tokens_cap
+        return Request(req.rid, prompt_len(req), max_new)
+
+    def _admit(self, req: Any):
         home = getattr(req, "routed_dp_rank", None)
-        return self.policy.admit(Request(req.rid, prompt_len(req), max_new), home_rank=home)
+        return self.policy.admit(self._request(req), home_rank=home)
 
     def _placed(self, req: Any, placement) -> None:
         self.degree_count[placement.degree] = self.degree_count.get(placement.degree, 0) + 1
@@ -195,6 +203,10 @@ class DcpDispatcher:
             for waiting in skipped:
                 self.bypassed[waiting] += 1
             self._placed(req, placement)
+            if self.max_bypass is not None and any(
+                self.bypassed[w] >= self.max_bypass for w in skipped
+            ):
+                break  # one it passed has now waited long enough: nothing more goes ahead of it
 
     def _unqueue(self, rid: str) -> Any:
         self.bypassed.pop(rid, None)

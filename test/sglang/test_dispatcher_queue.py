@@ -69,6 +69,25 @@ def test_first_fit_lets_short_requests_pass_a_long_one_a_bounded_number_of_times
     assert h.placed[-2:] == ["long", "short2"] and not h.d.queue
 
 
+def test_behind_a_starving_head_a_request_that_can_never_fit_is_answered_at_once():
+    h = long_waiting(max_bypass=0)
+    h.arrive("huge", RANKS * KV + 100)  # larger than the whole cluster: no reason to wait
+    assert h.rejected == ["huge"] and list(h.d.queue) == ["long"]
+    h.arrive("short", 100)  # fits some day: it waits behind "long"
+    assert list(h.d.queue) == ["long", "short"] and h.rejected == ["huge"]
+
+
+def test_one_drain_passes_a_waiting_request_at_most_max_bypass_times():
+    """Found by the property test below: a drain that placed two short requests behind a long
+    one that did not fit passed it over twice with max_bypass=1."""
+    h = Harness(max_bypass=1)
+    for i, prompt in enumerate([300, 700, 700, 40, 300, 40, 40]):
+        h.arrive(f"r{i}", prompt)
+    assert list(h.d.queue) == ["r2", "r4", "r5", "r6"]
+    h.finish("r0")  # r2 fits again, r4 does not; r5 may pass r4 once, r6 may not
+    assert h.placed[-2:] == ["r2", "r5"] and list(h.d.queue) == ["r4", "r6"]
+
+
 def test_zero_is_strict_arrival_order():
     h = long_waiting(max_bypass=0)
     h.arrive("short", 100)  # would fit, but arrives after a waiting request

@@ -4,7 +4,8 @@ After every op: the shards of each live request cover ``[0, length)`` exactly on
 (tail excepted) with the tail on the home rank; no rank is over capacity; the incremental
 per-rank aggregates equal a recomputation (``verify``). Also: d = 1 for requests shorter than
 ``min_shard_tokens`` under dcp; finish frees exactly what admit took; replaying the same
-sequence gives the same placements, migrations and loads.
+sequence gives the same placements, migrations and loads. ``never_fits`` changes nothing and
+agrees with ``admit``.
 """
 
 import dataclasses
@@ -90,7 +91,14 @@ def _run(spec, seq):
             rid = f"r{k}"
             home = None if home is None or home >= pol.num_ranks else home
             before = pol.kv_tokens()
+            never = pol.never_fits(Request(rid, prompt, new), home_rank=home)
+            assert pol.kv_tokens() == before and rid not in pol  # a question, nothing placed
             got = pol.admit(Request(rid, prompt, new), home_rank=home)
+            if never is not None:  # sound: admit rejects it the same way, for good
+                assert isinstance(got, Rejection) and not got.retryable, (never, got)
+                assert got.reason == never.reason
+            elif pol.name == "dcp":  # and complete where the policy can tell
+                assert isinstance(got, Placement) or got.retryable, got
             if isinstance(got, Placement):
                 lengths[rid] = prompt
                 order.append(rid)
