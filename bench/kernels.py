@@ -4,6 +4,9 @@ and SGLang 0.5.21's own Triton ``decode_attention_fwd``, on identical inputs, in
     python bench/kernels.py                 # GPU: full sweep -> bench/results/kernels-<gpu>.json/.md
     python bench/kernels.py --dry-run       # CPU: every case at toy size through the interpreter
                                             #      -> bench/results/kernels-dryrun-cpu.json/.md
+    python bench/kernels.py --sglang-wheel .cache/wheels/sglang-0.5.21-*.whl
+                                            # a GPU machine without SGLang: the peer kernel from
+                                            # the pinned wheel (bench/sglang_peer.py)
 
 Timing: medians of CUDA-event timings of back-to-back calls after warm-up; each case rotates over
 enough input sets (disjoint KV regions) that one pass reads more than the L2 cache. SGLang gets the
@@ -100,16 +103,20 @@ def kv_bytes(case: Case, elem: int) -> int:
 
 def make_sets(case: Case, n_sets: int, dtype, device):
     """n_sets input sets whose KV slots are disjoint regions of one pool, pages of 16 slots
-    shuffled inside each region (a fragmented token pool)."""
+    shuffled inside each region (a fragmented token pool). KV is drawn on ``device`` itself (the
+    largest cases hold tens of GiB)."""
     g = torch.Generator(device="cpu").manual_seed(0)
+    gd = torch.Generator(device=device).manual_seed(0)
     tokens = sum(case.lens)
     region = triton.cdiv(tokens, 16) * 16
     pool = n_sets * region
-    k = torch.randn(pool, case.num_kv_heads, case.head_dim, generator=g).to(dtype).to(device)
+    k = torch.randn(pool, case.num_kv_heads, case.head_dim, generator=gd, device=device,
+                    dtype=dtype)  # fmt: skip
     if case.head_dim == 576:  # MLA: V is the first 512 columns of K
         v = k[..., :512]
     else:
-        v = torch.randn(pool, case.num_kv_heads, case.head_dim_v, generator=g).to(dtype).to(device)
+        v = torch.randn(pool, case.num_kv_heads, case.head_dim_v, generator=gd, device=device,
+                        dtype=dtype)  # fmt: skip
     indptr = torch.zeros(len(case.lens) + 1, dtype=torch.int32)
     indptr[1:] = torch.tensor(case.lens).cumsum(0)
     indptr = indptr.to(device)
@@ -122,14 +129,10 @@ def make_sets(case: Case, n_sets: int, dtype, device):
     return k, v, indptr, sets
 
 
-def sglang_runner(case: Case, k, v, indptr, dtype, device, dry_run: bool):
-    if not torch.cuda.is_available():
-        from sglang_dcp.sglang import cpu_compat
-
-        cpu_compat.install()
-    from sglang.kernels.ops.attention.decode_attention import decode_attention_fwd
-    from sglang.kernels.ops.attention.metadata import get_num_kv_splits_triton
-    from sglang.srt.layers.attention.triton_backend import _mla_decode_kv_splits_cap
+def sglang_runner(case: Case, k, v, indptr, dtype, device, dry_run: bool, peer):
+    decode_attention_fwd = peer.decode_attention_fwd
+    get_num_kv_splits_triton = peer.get_num_kv_splits_triton
+    _mla_decode_kv_splits_cap = peer.mla_decode_kv_splits_cap
 
     cores = torch.cuda.get_device_properties(device).multi_processor_count if not dry_run else 16
     mla = case.head_dim == 576
@@ -188,7 +191,7 @@ def copy_gbps(device, dry_run: bool) -> float:
     return 2 * n / (us * 1e-6) / 1e9
 
 
-def run_case(case: Case, *, dtype, device, dry_run: bool, reps: int, copy: float) -> dict:
+def run_case(case: Case, *, dtype, device, dry_run: bool, reps: int, copy: float, peer) -> dict:
     elem = torch.tensor([], dtype=dtype).element_size()
     nbytes = kv_bytes(case, elem)
     n_sets = 1 if dry_run else max(1, min(64, math.ceil(L2_BYTES / max(nbytes, 1))))
@@ -212,7 +215,7 @@ def run_case(case: Case, *, dtype, device, dry_run: bool, reps: int, copy: float
             return decode_attention(q, k, v, indptr, slots, sm_scale, validate=False)
 
         ours = time_us(ours_fn, sets, dry_run=dry_run, reps=reps)
-        sglang = sglang_runner(case, k, v, indptr, dtype, device, dry_run)
+        sglang = sglang_runner(case, k, v, indptr, dtype, device, dry_run, peer)
         row["sglang_us"] = round(time_us(sglang, sets, dry_run=dry_run, reps=reps), 2)
         q, slots = sets[0]
         diff = (ours_fn(q, slots)[0].float() - sglang(q, slots).float()).abs().max()
@@ -229,8 +232,9 @@ def summarize(rows: list[dict]) -> dict:
     merges = [r for r in rows if r["kind"] == "merge"]
     frac = lambda r: r["ours_gbps"] / r["copy_gbps"]  # noqa: E731
     return dict(
-        geomean_speedup=round(math.exp(sum(map(math.log, speedups)) / len(speedups)), 3),
-        min_speedup=round(min(speedups), 3),
+        geomean_speedup=round(math.exp(sum(map(math.log, speedups)) / len(speedups)), 3)
+        if speedups else None,
+        min_speedup=round(min(speedups), 3) if speedups else None,
         min_copy_fraction_kv32k_b8=round(min(map(frac, big)), 3) if big else None,
         min_merge_copy_fraction=round(min(map(frac, merges)), 3) if merges else None,
     )
@@ -239,7 +243,9 @@ def summarize(rows: list[dict]) -> dict:
 def markdown(meta: dict, rows: list[dict], summary: dict) -> str:
     lines = [f"# Kernel benchmark: {meta['label']}", "",
              f"gpu `{meta['gpu']}`, git `{meta['git_sha']}`, dtype {meta['dtype']}, "
-             f"copy {rows[0]['copy_gbps']} GB/s", "",
+             f"copy {rows[0]['copy_gbps']} GB/s, torch {meta.get('torch')}, triton "
+             f"{meta.get('triton')}; command `{meta.get('command', 'python bench/kernels.py')}`",
+             "", f"Peer: {meta.get('peer', 'installed sglang')}.", "",
              "| kind | batch | kv_len | heads | ours us | sglang us | speedup | ours GB/s | % copy |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -248,10 +254,21 @@ def markdown(meta: dict, rows: list[dict], summary: dict) -> str:
                      f"{r['ours_us']} | {r['sglang_us'] or '-'} | {sp} | {r['ours_gbps']} | "
                      f"{100 * r['ours_gbps'] / r['copy_gbps']:.0f}% |")
     lines += ["", "Summary: " + ", ".join(f"{k} {v}" for k, v in summary.items()), ""]
+    for f in meta.get("failed", []):
+        lines.append(f"FAILED: {f['kind']} batch {f['batch']} kv_len {f['kv_len']} heads "
+                     f"{f['num_heads']}: {f['error']}")  # fmt: skip
+    if not meta.get("complete", True):
+        lines.append("INCOMPLETE: the run stopped before the last case.")
+    for sk in meta.get("skipped", []):
+        lines.append(f"Skipped (KV {sk['kv_gib']} GiB, over --max-kv-gib): {sk['kind']} batch "
+                     f"{sk['batch']} kv_len {sk['kv_len']} heads {sk['num_heads']}.")  # fmt: skip
+    lines.append("")
     return "\n".join(lines)
 
 
 def _git_sha() -> str:
+    if os.environ.get("GIT_SHA"):  # a copy of the tree without .git (a lent GPU machine)
+        return os.environ["GIT_SHA"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                               text=True, check=True).stdout.strip()
@@ -264,7 +281,15 @@ def main(argv=None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="toy sizes through the Triton interpreter")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--only", default=None, help="comma-separated kinds to run (gqa,mla,skewed,merge)")
+    ap.add_argument("--sglang-wheel", default=None,
+                    help="take SGLang's kernel from this pinned wheel file instead of the installed "
+                    "SGLang (bench/sglang_peer.py)")  # fmt: skip
+    ap.add_argument("--max-kv-gib", type=float, default=None,
+                    help="skip cases whose KV is larger (default: 45%% of the GPU's memory)")
     args = ap.parse_args(argv)
+    import sglang_peer
+
+    peer = sglang_peer.load(args.sglang_wheel)
     torch.manual_seed(0)
     if args.dry_run:
         device, dtype = torch.device("cpu"), torch.float16  # SGLang's kernel has no interpreter bf16
@@ -277,24 +302,55 @@ def main(argv=None) -> int:
         print("no CUDA device: run with --dry-run", file=sys.stderr)
         return 2
     copy = copy_gbps(device, args.dry_run)
-    rows = []
+    max_kv = args.max_kv_gib
+    if max_kv is None and not args.dry_run:
+        max_kv = 0.45 * torch.cuda.get_device_properties(device).total_memory / 2**30
+    elem = torch.tensor([], dtype=dtype).element_size()
+    rows, skipped, failed = [], [], []
+    command = "python bench/kernels.py " + " ".join(argv if argv is not None else sys.argv[1:])
+
+    def write(rows, *, final: bool):
+        summary = summarize(rows)
+        meta = dict(label=label, gpu=gpu, dry_run=args.dry_run, git_sha=_git_sha(),
+                    dtype=str(dtype).replace("torch.", ""), torch=torch.__version__,
+                    triton=triton.__version__, peer=peer.source, skipped=skipped, failed=failed,
+                    complete=final, command=command.strip())  # fmt: skip
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        out = RESULTS / f"kernels-{gpu}.json"
+        out.write_text(json.dumps(dict(meta=meta, summary=summary, rows=rows), indent=1) + "\n")
+        out.with_suffix(".md").write_text(markdown(meta, rows, summary))
+        return out
+
     for case in sweep(args.dry_run):
         if args.only and case.kind not in args.only.split(","):
             continue
-        row = run_case(case, dtype=dtype, device=device, dry_run=args.dry_run, reps=args.reps,
-                       copy=copy)
+        if max_kv is not None and kv_bytes(case, elem) > max_kv * 2**30:
+            skipped.append(dict(kind=case.kind, batch=case.batch, kv_len=case.kv_len,
+                                num_heads=case.num_heads,
+                                kv_gib=round(kv_bytes(case, elem) / 2**30, 1)))  # fmt: skip
+            print(f"skipped (KV over {max_kv:.0f} GiB): {skipped[-1]}", flush=True)
+            continue
+        try:
+            row = run_case(case, dtype=dtype, device=device, dry_run=args.dry_run,
+                           reps=args.reps, copy=copy, peer=peer)  # fmt: skip
+        except Exception as e:  # one failing case must not lose the others' numbers
+            failed.append(dict(kind=case.kind, batch=case.batch, kv_len=case.kv_len,
+                               num_heads=case.num_heads, error=f"{type(e).__name__}: {e}"[:300]))
+            print(f"FAILED: {failed[-1]}", flush=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
         rows.append(row)
         print(json.dumps(row), flush=True)
+        write(rows, final=False)  # partial results survive a timeout
+    if not rows:
+        print("no case ran", file=sys.stderr)
+        return 1
+    out = write(rows, final=True)
     summary = summarize(rows)
-    meta = dict(label=label, gpu=gpu, dry_run=args.dry_run, git_sha=_git_sha(),
-                dtype=str(dtype).replace("torch.", ""), torch=torch.__version__,
-                triton=triton.__version__)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"kernels-{gpu}.json"
-    out.write_text(json.dumps(dict(meta=meta, summary=summary, rows=rows), indent=1) + "\n")
-    out.with_suffix(".md").write_text(markdown(meta, rows, summary))
     print(f"{label}: {len(rows)} cases, " + ", ".join(f"{k} {v}" for k, v in summary.items())
           + f" -> {out.relative_to(ROOT)}")
+    return 1 if failed else 0
     return 0
 
 
