@@ -215,6 +215,14 @@ def run_case(case: Case, *, dtype, device, dry_run: bool, reps: int, copy: float
             return decode_attention(q, k, v, indptr, slots, sm_scale, validate=False)
 
         ours = time_us(ours_fn, sets, dry_run=dry_run, reps=reps)
+        if k.shape[0] * k.stride(0) >= 2**31:
+            # SGLang computes kv_loc * stride in int32 (its kv_indices dtype): a pool of 2^31
+            # elements or more makes it read out of bounds (an illegal-address fault that ends
+            # the process's CUDA context), so the peer is not run on such pools.
+            row["peer_note"] = "pool >= 2^31 elements: SGLang's int32 offsets overflow"
+            row["ours_us"] = round(ours, 2)
+            row["ours_gbps"] = round(nbytes / (ours * 1e-6) / 1e9, 1)
+            return row
         sglang = sglang_runner(case, k, v, indptr, dtype, device, dry_run, peer)
         row["sglang_us"] = round(time_us(sglang, sets, dry_run=dry_run, reps=reps), 2)
         q, slots = sets[0]
@@ -250,10 +258,16 @@ def markdown(meta: dict, rows: list[dict], summary: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         sp = f"{r['sglang_us'] / r['ours_us']:.2f}" if r["sglang_us"] else "-"
+        peer = r["sglang_us"] or ("n/a (1)" if r.get("peer_note") else "-")
         lines.append(f"| {r['kind']} | {r['batch']} | {r['kv_len']} | {r['num_heads']} | "
-                     f"{r['ours_us']} | {r['sglang_us'] or '-'} | {sp} | {r['ours_gbps']} | "
+                     f"{r['ours_us']} | {peer} | {sp} | {r['ours_gbps']} | "
                      f"{100 * r['ours_gbps'] / r['copy_gbps']:.0f}% |")
     lines += ["", "Summary: " + ", ".join(f"{k} {v}" for k, v in summary.items()), ""]
+    if any(r.get("peer_note") for r in rows):
+        lines += ["(1) SGLang's kernel not run: its KV pool has 2^31 elements or more, and it "
+                  "computes `kv_loc * stride` in int32 (an illegal-address fault was observed "
+                  "on the first such case, gqa batch 128 kv_len 32768). Ours uses int64 "
+                  "offsets.", ""]  # fmt: skip
     for f in meta.get("failed", []):
         lines.append(f"FAILED: {f['kind']} batch {f['batch']} kv_len {f['kv_len']} heads "
                      f"{f['num_heads']}: {f['error']}")  # fmt: skip
