@@ -64,9 +64,9 @@ def run(cmd: list[str], *, cwd: Path, env: dict, timeout: float) -> dict:
         p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
         rc, out = p.returncode, p.stdout + p.stderr
     except subprocess.TimeoutExpired as e:
-        rc = 124
-        out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (
-            e.stdout or "")
+        rc, out = 124, e.stdout or ""
+        if isinstance(out, bytes):  # TimeoutExpired keeps bytes even with text=True
+            out = out.decode(errors="replace")
         out += f"\n[timed out after {timeout:.0f} s]"
     return {"cmd": " ".join(cmd), "rc": rc, "seconds": round(time.monotonic() - t0, 1),
             "tail": out[-3000:]}  # fmt: skip
