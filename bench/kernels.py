@@ -321,25 +321,26 @@ def main(argv=None) -> int:
     rows, skipped, failed = [], [], []
     command = "python bench/kernels.py " + " ".join(argv if argv is not None else sys.argv[1:])
 
-    def write(rows, *, final: bool):
+    static = dict(label=label, gpu=gpu, dry_run=args.dry_run, git_sha=_git_sha(),
+                  dtype=str(dtype).replace("torch.", ""), torch=torch.__version__,
+                  triton=triton.__version__, peer=peer.source, command=command.strip())
+    out = RESULTS / f"kernels-{gpu}.json"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+
+    def write(rows, *, final: bool) -> dict:
         summary = summarize(rows)
-        meta = dict(label=label, gpu=gpu, dry_run=args.dry_run, git_sha=_git_sha(),
-                    dtype=str(dtype).replace("torch.", ""), torch=torch.__version__,
-                    triton=triton.__version__, peer=peer.source, skipped=skipped, failed=failed,
-                    complete=final, command=command.strip())  # fmt: skip
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        out = RESULTS / f"kernels-{gpu}.json"
+        meta = dict(static, skipped=skipped, failed=failed, complete=final)
         out.write_text(json.dumps(dict(meta=meta, summary=summary, rows=rows), indent=1) + "\n")
         out.with_suffix(".md").write_text(markdown(meta, rows, summary))
-        return out
+        return summary
 
     for case in sweep(args.dry_run):
         if args.only and case.kind not in args.only.split(","):
             continue
-        if max_kv is not None and kv_bytes(case, elem) > max_kv * 2**30:
+        kv_gib = kv_bytes(case, elem) / 2**30
+        if max_kv is not None and kv_gib > max_kv:
             skipped.append(dict(kind=case.kind, batch=case.batch, kv_len=case.kv_len,
-                                num_heads=case.num_heads,
-                                kv_gib=round(kv_bytes(case, elem) / 2**30, 1)))  # fmt: skip
+                                num_heads=case.num_heads, kv_gib=round(kv_gib, 1)))  # fmt: skip
             print(f"skipped (KV over {max_kv:.0f} GiB): {skipped[-1]}", flush=True)
             continue
         try:
@@ -358,12 +359,10 @@ def main(argv=None) -> int:
     if not rows:
         print("no case ran", file=sys.stderr)
         return 1
-    out = write(rows, final=True)
-    summary = summarize(rows)
+    summary = write(rows, final=True)
     print(f"{label}: {len(rows)} cases, " + ", ".join(f"{k} {v}" for k, v in summary.items())
           + f" -> {out.relative_to(ROOT)}")
     return 1 if failed else 0
-    return 0
 
 
 if __name__ == "__main__":
