@@ -10,20 +10,25 @@ from __future__ import annotations
 import os
 
 from sglang_dcp.planner.base import ClusterSpec, Migration, Policy
-from sglang_dcp.planner.baselines import RoundRobinPolicy, TotalTokensPolicy
+from sglang_dcp.planner.baselines import (
+    RoundRobinPolicy,
+    TotalTokensPolicy,
+    TotalTokensSnapshotPolicy,
+)
 from sglang_dcp.planner.dcp import DcpPolicy
 from sglang_dcp.planner.profile import CostProfile, available_profiles, load_profile
 from sglang_dcp.planner.state import KVOverflowError, LedgerPolicy
 from sglang_dcp.planner.uniform import UniformPolicy
 
-POLICIES = ("round_robin", "total_tokens", "uniform", "dcp")
+POLICIES = ("round_robin", "total_tokens", "total_tokens_sglang", "uniform", "dcp")
 
 _OPTIONS = {
     "round_robin": (),
     "total_tokens": (),
+    "total_tokens_sglang": ("publish_every_steps",),
     "uniform": ("group_size",),
     "dcp": ("max_degree", "min_shard_tokens", "min_gain_us", "batch_slack", "rebalance_threshold",
-            "home_rule", "fixed_exchange", "split_rule", "split_min_free"),
+            "home_rule", "fixed_exchange", "split_rule", "split_min_free", "step_slo_ms"),
 }
 
 
@@ -38,7 +43,7 @@ def make_policy(
     ``profile`` (a ``CostProfile``, or a shipped name / JSON path for ``load_profile``) is
     required by ``dcp`` and ignored by the others. Options: ``uniform``: ``group_size``;
     ``dcp``: ``max_degree`` (8), ``min_shard_tokens`` (the profile's break-even shard),
-    ``min_gain_us`` (0), ``batch_slack`` (0), ``rebalance_threshold`` (1.25), ``home_rule``
+    ``min_gain_us`` (0), ``batch_slack`` (0), ``rebalance_threshold`` (None: no migration), ``step_slo_ms`` (None), ``home_rule``
     ("step" | "batch"), ``split_rule`` ("fit" | "gain"), ``split_min_free`` (0.2),
     ``fixed_exchange`` ("always" | "first"); see ``dcp.py``. ``None`` values
     mean "default" (convenient for CLI flags left unset).
@@ -56,6 +61,8 @@ def make_policy(
         return RoundRobinPolicy(cluster)
     if name == "total_tokens":
         return TotalTokensPolicy(cluster)
+    if name == "total_tokens_sglang":
+        return TotalTokensSnapshotPolicy(cluster, **options)
     if name == "uniform":
         return UniformPolicy(cluster, **options)
     if profile is None:
@@ -77,6 +84,7 @@ __all__ = [
     "Policy",
     "RoundRobinPolicy",
     "TotalTokensPolicy",
+    "TotalTokensSnapshotPolicy",
     "UniformPolicy",
     "available_profiles",
     "load_profile",

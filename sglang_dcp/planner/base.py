@@ -25,12 +25,18 @@ from sglang_dcp.types import Placement, Rejection, Request
 class ClusterSpec:
     """Static shape of the decode cluster: ``num_ranks`` DP-attention ranks.
 
-    ``kv_capacity`` is per rank, in tokens, a multiple of ``page_size``.
+    ``kv_capacity`` is per rank, in tokens, a multiple of ``page_size``. Ranks
+    ``[k * ranks_per_node, (k + 1) * ranks_per_node)`` share node ``k`` (NVLink between them,
+    RDMA across nodes); the exchange of a guest item costs less when both ranks share a node.
     """
 
     num_ranks: int
     kv_capacity: tuple[int, ...]
     page_size: int = 64
+    ranks_per_node: int = 8
+
+    def node(self, rank: int) -> int:
+        return rank // self.ranks_per_node
 
     def __post_init__(self) -> None:
         if self.num_ranks < 1:
@@ -41,6 +47,9 @@ class ClusterSpec:
             )
         if self.page_size < 1:
             raise ValueError(f"page_size must be >= 1, got {self.page_size}")
+        if isinstance(self.ranks_per_node, bool) or not isinstance(self.ranks_per_node, int) \
+                or self.ranks_per_node < 1:
+            raise ValueError(f"ranks_per_node must be an int >= 1, got {self.ranks_per_node!r}")
         for r, c in enumerate(self.kv_capacity):
             if c < 0 or c % self.page_size:
                 raise ValueError(
@@ -49,9 +58,11 @@ class ClusterSpec:
                 )
 
     @classmethod
-    def uniform(cls, num_ranks: int, kv_capacity: int, page_size: int = 64) -> "ClusterSpec":
+    def uniform(cls, num_ranks: int, kv_capacity: int, page_size: int = 64,
+                ranks_per_node: int = 8) -> "ClusterSpec":
         cap = kv_capacity - kv_capacity % page_size
-        return cls(num_ranks=num_ranks, kv_capacity=(cap,) * num_ranks, page_size=page_size)
+        return cls(num_ranks=num_ranks, kv_capacity=(cap,) * num_ranks, page_size=page_size,
+                   ranks_per_node=ranks_per_node)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +121,16 @@ class Policy(ABC):
     # merges partials from); sum(guest_out) == sum(guest_items).
     @abstractmethod
     def guest_out(self) -> list[int]: ...
+
+    def guest_near(self) -> list[int]:
+        """Per rank: how many of its guest items (in and out) have their peer on the same node
+        (``ClusterSpec.ranks_per_node``); they pay the intranode exchange rate."""
+        return [0] * len(self.guest_out())
+
+    def on_time(self, now_ms: float, step: int) -> None:
+        """The clock of whoever drives the policy: time in ms and decode steps run so far.
+        Policies that see loads through periodic snapshots refresh them here; the default
+        ignores it. Called before each batch of admissions."""
 
     def never_fits(self, request: Request, home_rank: int | None = None) -> Rejection | None:
         """The non-retryable ``Rejection`` that ``admit`` would give a request that could not be

@@ -14,6 +14,18 @@ the same rid goes to the same rank (the counter does not move again) and the wai
 count towards that rank's load for ``total_tokens``. A request larger than the chosen rank's
 *total* capacity can never run there: ``retryable=False``.
 ``rebalance`` returns ``[]``: SGLang moves no KV between DP ranks.
+
+``total_tokens_sglang``: the same rule on the loads SGLang 0.5.21's DP controller really sees.
+Each scheduler publishes a load snapshot (used KV tokens + queued tokens, running + waiting
+requests) every ``load_snapshot_publish_interval`` = 15 decode iterations
+(``arg_groups/fields/observability.py``); ``DPBudget.update_budget`` reads them (throttled to
+20 ms) and overwrites its counters; between reads ``DPBudget.dispatch`` adds the dispatched
+request's prompt tokens and one request to the chosen rank (``data_parallel_controller.py``).
+So a burst between two snapshots is spread only by those speculative increments, and a rank
+whose requests finished still looks busy until its next snapshot (SGLang PRs #21699, #25235).
+Here a snapshot is taken at the first ``on_time`` call after every ``publish_every_steps``-th
+decode step (the simulator calls it at every event) and speculative increments are dropped
+then.
 """
 
 from __future__ import annotations
@@ -113,3 +125,40 @@ class TotalTokensPolicy(_SingleRankBaseline):
             if best_key is None or key < best_key:
                 best, best_key = r, key
         return best
+
+
+class TotalTokensSnapshotPolicy(TotalTokensPolicy):
+    name = "total_tokens_sglang"
+
+    def __init__(self, cluster: ClusterSpec, publish_every_steps: int = 15) -> None:
+        super().__init__(cluster)
+        if publish_every_steps < 1:
+            raise ValueError(
+                f"total_tokens_sglang: publish_every_steps must be >= 1, got {publish_every_steps}"
+            )
+        self.publish_every_steps = int(publish_every_steps)
+        self._period = -1
+        n = cluster.num_ranks
+        self._snap_tokens = [0] * n  # last published used + queued tokens, plus increments
+        self._snap_reqs = [0] * n
+
+    def on_time(self, now_ms: float, step: int) -> None:
+        period = step // self.publish_every_steps
+        if period != self._period:
+            self._period = period
+            self._snap_tokens = [u + w for u, w in zip(self.used, self._waiting_tokens)]
+            self._snap_reqs = [b + w for b, w in zip(self.batch, self._waiting_reqs)]
+
+    def _plan(self, req: Request, home_rank: int | None):
+        fresh = req.rid not in self._waiting and home_rank is None
+        got = super()._plan(req, home_rank)
+        if fresh:  # DPBudget.dispatch: speculative increment on the rank it chose
+            r = got[0] if not isinstance(got, Rejection) else self._waiting.get(req.rid, (None,))[0]
+            if r is not None:
+                self._snap_tokens[r] += req.prompt_len
+                self._snap_reqs[r] += 1
+        return got
+
+    def _choose(self) -> int:
+        t, q = self._snap_tokens, self._snap_reqs
+        return min(range(self.num_ranks), key=lambda r: (t[r], q[r], r))

@@ -63,11 +63,12 @@ class DcpPolicy(SealedRangeRebalancer, LedgerPolicy):
         min_shard_tokens: int | None = None,
         min_gain_us: float = 0.0,
         batch_slack: int = 0,
-        rebalance_threshold: float = 1.25,
+        rebalance_threshold: float | None = None,
         home_rule: str = "step",
         fixed_exchange: str = "always",
         split_rule: str = "fit",
         split_min_free: float = 0.2,
+        step_slo_ms: float | None = None,
     ) -> None:
         super().__init__(cluster)
         if not isinstance(profile, CostProfile):
@@ -76,7 +77,9 @@ class DcpPolicy(SealedRangeRebalancer, LedgerPolicy):
             raise ValueError(f"dcp: max_degree must be >= 1, got {max_degree}")
         if min_shard_tokens is not None and min_shard_tokens < 1:
             raise ValueError(f"dcp: min_shard_tokens must be >= 1, got {min_shard_tokens}")
-        if min_gain_us < 0 or batch_slack < 0 or rebalance_threshold < 1.0:
+        if min_gain_us < 0 or batch_slack < 0 or (
+            rebalance_threshold is not None and rebalance_threshold < 1.0
+        ):
             raise ValueError(
                 "dcp: need min_gain_us >= 0, batch_slack >= 0 and rebalance_threshold >= 1"
             )
@@ -90,6 +93,9 @@ class DcpPolicy(SealedRangeRebalancer, LedgerPolicy):
             raise ValueError(f"dcp: split_rule must be 'fit' or 'gain', got {split_rule!r}")
         if not 0.0 <= split_min_free <= 1.0:
             raise ValueError(f"dcp: split_min_free must be in [0, 1], got {split_min_free}")
+        if step_slo_ms is not None and not step_slo_ms > 0:
+            raise ValueError(f"dcp: step_slo_ms must be > 0, got {step_slo_ms}")
+        self.step_slo_us = None if step_slo_ms is None else float(step_slo_ms) * 1e3
         self.split_rule = split_rule
         self.split_min_free = float(split_min_free)
         self.home_rule = home_rule
@@ -100,11 +106,13 @@ class DcpPolicy(SealedRangeRebalancer, LedgerPolicy):
         self.min_shard_tokens = page_up(ms, self.page)
         self.min_gain_us = float(min_gain_us)
         self.batch_slack = int(batch_slack)
-        self.rebalance_threshold = float(rebalance_threshold)
+        self.rebalance_threshold = (None if rebalance_threshold is None
+                                    else float(rebalance_threshold))
         p = profile
         self._a = p.attn_us_per_kv_token
         self._item = p.attn_us_per_item
         self._ex = p.exchange_us_per_item
+        self._near_disc = p.near_discount_us()
         self._merge = p.merge_us_per_part
         self._floor = p.compute_us_floor
         self._cpt = p.compute_us_per_token
@@ -120,6 +128,7 @@ class DcpPolicy(SealedRangeRebalancer, LedgerPolicy):
             self._a * self.kv[r]
             + self._item * (b + gi)
             + self._ex * (gi + go)
+            - self._near_disc * self.near[r]
             + self._merge * go
             + max(self._floor, self._cpt * b)
         ) + self.profile.attn_us_fixed
@@ -133,7 +142,7 @@ class DcpPolicy(SealedRangeRebalancer, LedgerPolicy):
         # _touched inlines CostProfile.rank_time_us for speed: the two must agree.
         for r in range(self.num_ranks):
             b, gi, go = self.batch[r], self.gin[r], self.gout[r]
-            want = self.profile.rank_time_us(self.kv[r], b + gi, b, gi, go)
+            want = self.profile.rank_time_us(self.kv[r], b + gi, b, gi, go, self.near[r])
             assert abs(self.cost[r] - want) <= 1e-6 * max(1.0, want), (
                 f"rank {r}: cached cost {self.cost[r]} != profile.rank_time_us {want}"
             )
@@ -217,7 +226,7 @@ class DcpPolicy(SealedRangeRebalancer, LedgerPolicy):
         if self.split_rule == "fit" and splittable:
             if free_h >= resv:
                 return h, [], 0
-            if not self._may_split_for_fit(resv, home_rank):
+            if self.step_slo_us is None and not self._may_split_for_fit(resv, home_rank):
                 return Rejection(
                     req.rid,
                     f"request {req.rid!r} needs {resv} KV tokens, no rank has them free and "
@@ -255,6 +264,17 @@ class DcpPolicy(SealedRangeRebalancer, LedgerPolicy):
                 best_score, best = score, (h, sealed, tail_start)
         if best_score is None:
             return self._reject(req, resv, pfull, splittable, pinned=home_rank)
+        if self.step_slo_us is not None and best[1] and self.split_rule == "fit":
+            bmax = max(max(self.batch), self.batch[h] + 1)
+            step = best_score + self.profile.moe_us(bmax)
+            if step > self.step_slo_us and free_h < resv:
+                return Rejection(
+                    req.rid,
+                    f"request {req.rid!r} needs {resv} KV tokens, no rank has them free and "
+                    f"splitting it would predict a {step / 1e3:.1f} ms step, over the "
+                    f"{self.step_slo_us / 1e3:.1f} ms step budget: it waits",
+                    retryable=True,
+                )
         return best
 
     def _may_split_for_fit(self, resv: int, pinned: int | None) -> bool:

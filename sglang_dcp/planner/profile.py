@@ -9,7 +9,8 @@ Step-time model (one decode step of the whole DP-attention + EP cluster)::
 
     rank_time_r = attn_us_fixed + attn_us_per_kv_token * kv_tokens_r
                 + attn_us_per_item * items_r                      # local requests + guest queries
-                + exchange_us_per_item * (guest_in_r + guest_out_r)
+                + exchange_us_per_item * (guest_in_r + guest_out_r)          # across nodes
+                - (exchange_us_per_item - exchange_us_per_item_intranode) * near_r
                 + merge_us_per_part * guest_out_r                 # remote partials merged at home
                 + max(compute_us_floor, compute_us_per_token * batch_r)
     step_us     = max_r rank_time_r
@@ -21,6 +22,10 @@ layer: every rank waits for the slowest one, so the busiest rank's batch sets th
 all. For the same reason the whole step is the max over ranks, not the mean.
 ``guest_in_r``: queries rank r computes for requests homed elsewhere (receive q, send (o, lse)).
 ``guest_out_r``: remote shards of requests homed at r (send q, receive (o, lse), merge).
+``near_r``: those of rank r's guest items (in and out) whose peer sits on the same node
+(``ClusterSpec.ranks_per_node``): they pay NVLink rates, ``exchange_us_per_item_intranode``.
+That coefficient is optional in the JSON (``costs_us``): without it every item pays
+``exchange_us_per_item``, the across-node (RDMA) rate.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ _COST_FIELDS = (
     "prefill_us_per_token",
     "prefill_us_per_token_sq",
 )
+_OPTIONAL_COST_FIELDS = ("exchange_us_per_item_intranode",)  # default: exchange_us_per_item
 _ATTENTION_KINDS = ("mla", "gqa", "mha")
 
 
@@ -79,6 +85,8 @@ class CostProfile:
     prefill_us_per_token: float  # prefill(L) = a*L + b*L^2 on one prefill instance
     prefill_us_per_token_sq: float
     provenance: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    # per guest item whose peer is on the same node (NVLink); None: exchange_us_per_item
+    exchange_us_per_item_intranode: float | None = None
 
     def __post_init__(self) -> None:
         for f in ("name", "model", "hardware"):
@@ -108,6 +116,13 @@ class CostProfile:
                 )
             if v < 0:
                 raise ValueError(f"cost profile {self.name!r}: field '{f}' must be >= 0, got {v}")
+        v = self.exchange_us_per_item_intranode
+        if v is None:
+            object.__setattr__(self, "exchange_us_per_item_intranode",
+                               float(self.exchange_us_per_item))
+        elif isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+            raise ValueError(f"cost profile {self.name!r}: field "
+                             f"'exchange_us_per_item_intranode' must be a number >= 0, got {v!r}")
         if self.attn_us_per_kv_token <= 0:
             raise ValueError(
                 f"cost profile {self.name!r}: field 'attn_us_per_kv_token' must be > 0"
@@ -124,9 +139,19 @@ class CostProfile:
             + self.attn_us_per_item * items
         )
 
-    def exchange_us(self, guest_in: int, guest_out: int) -> float:
-        """Per-rank CP exchange time, excluding the cluster-wide fixed cost."""
-        return self.exchange_us_per_item * (guest_in + guest_out)
+    def exchange_us(self, guest_in: int, guest_out: int, near: int = 0) -> float:
+        """Per-rank CP exchange time, excluding the cluster-wide fixed cost; ``near`` of the
+        ``guest_in + guest_out`` items have their peer on the same node."""
+        return (self.exchange_us_per_item * (guest_in + guest_out)
+                - self.near_discount_us() * near)
+
+    def near_discount_us(self) -> float:
+        """What one guest item saves when its peer is on the same node (>= 0 in practice)."""
+        return self.exchange_us_per_item - self.exchange_us_per_item_intranode
+
+    def item_exchange_us(self, same_node: bool) -> float:
+        """Exchange cost of one guest item on each of its two ranks."""
+        return self.exchange_us_per_item_intranode if same_node else self.exchange_us_per_item
 
     def merge_us(self, parts: int) -> float:
         """LSE merge at home of ``parts`` remote partials."""
@@ -141,12 +166,13 @@ class CostProfile:
         return self.moe_us_fixed + self.moe_us_per_token * max_batch
 
     def rank_time_us(
-        self, kv_tokens: float, items: int, batch: int, guest_in: int = 0, guest_out: int = 0
+        self, kv_tokens: float, items: int, batch: int, guest_in: int = 0, guest_out: int = 0,
+        near: int = 0,
     ) -> float:
         """Everything one rank does before it waits in the MoE barrier."""
         return (
             self.attention_us(kv_tokens, items)
-            + self.exchange_us(guest_in, guest_out)
+            + self.exchange_us(guest_in, guest_out, near)
             + self.merge_us(guest_out)
             + self.compute_us(batch)
         )
@@ -158,15 +184,18 @@ class CostProfile:
         batch: Sequence[int],
         guest_in: Sequence[int] | None = None,
         guest_out: Sequence[int] | None = None,
+        near: Sequence[int] | None = None,
     ) -> float:
         """Predicted decode step time of the cluster; each argument has one entry per rank."""
         n = len(kv_tokens)
         gin = guest_in if guest_in is not None else (0,) * n
         gout = guest_out if guest_out is not None else (0,) * n
-        if not (len(items) == len(batch) == len(gin) == len(gout) == n):
+        nr = near if near is not None else (0,) * n
+        if not (len(items) == len(batch) == len(gin) == len(gout) == len(nr) == n):
             raise ValueError("step_time_us: all per-rank sequences must have the same length")
         worst = max(
-            self.rank_time_us(kv_tokens[r], items[r], batch[r], gin[r], gout[r]) for r in range(n)
+            self.rank_time_us(kv_tokens[r], items[r], batch[r], gin[r], gout[r], nr[r])
+            for r in range(n)
         )
         any_guest = any(gin) or any(gout)
         return worst + self.moe_us(max(batch)) + (self.exchange_us_fixed if any_guest else 0.0)
@@ -181,18 +210,20 @@ class CostProfile:
         The holder of a guest shard pays one exchange item and one attention item; the shard is
         worth moving only if it takes at least that much attention time off the home rank.
         """
-        per_guest = self.exchange_us_per_item + self.attn_us_per_item
+        per_guest = self.exchange_us_per_item_intranode + self.attn_us_per_item
         tokens = math.ceil(per_guest / self.attn_us_per_kv_token)
         return max(self.page_size, -(-tokens // self.page_size) * self.page_size)
 
     def cluster(
-        self, num_ranks: int, kv_capacity: int | None = None, page_size: int | None = None
+        self, num_ranks: int, kv_capacity: int | None = None, page_size: int | None = None,
+        ranks_per_node: int = 8,
     ) -> ClusterSpec:
         """A uniform cluster of ``num_ranks`` with this profile's defaults."""
         return ClusterSpec.uniform(
             num_ranks,
             self.kv_capacity_tokens if kv_capacity is None else kv_capacity,
             self.page_size if page_size is None else page_size,
+            ranks_per_node,
         )
 
     # ---- (de)serialisation ----------------------------------------------------------------
@@ -208,11 +239,12 @@ class CostProfile:
         if missing:
             names = ", ".join(f"costs_us.{f}" for f in missing)
             raise ValueError(f"cost profile {source}: missing field(s) {names}")
-        unknown = sorted(set(costs) - set(_COST_FIELDS))
+        unknown = sorted(set(costs) - set(_COST_FIELDS) - set(_OPTIONAL_COST_FIELDS))
         if unknown:
             names = ", ".join(f"costs_us.{f}" for f in unknown)
             raise ValueError(f"cost profile {source}: unknown field(s) {names}")
-        top = [f.name for f in fields(cls) if f.name not in _COST_FIELDS and f.name != "provenance"]
+        skip = {*_COST_FIELDS, *_OPTIONAL_COST_FIELDS, "provenance"}
+        top = [f.name for f in fields(cls) if f.name not in skip]
         missing = [f for f in top if f not in data]
         if missing:
             raise ValueError(f"cost profile {source}: missing field(s) {', '.join(missing)}")
@@ -223,19 +255,17 @@ class CostProfile:
         if not isinstance(prov, Mapping) or not prov.get("source"):
             raise ValueError(f"cost profile {source}: field 'provenance.source' is required")
         kwargs = {f: data[f] for f in top}
-        kwargs.update({f: costs[f] for f in _COST_FIELDS})
+        kwargs.update({f: costs[f] for f in (*_COST_FIELDS, *_OPTIONAL_COST_FIELDS) if f in costs})
         try:
             return cls(**kwargs, provenance=prov)
         except ValueError as e:
             raise ValueError(f"{e} (in {source})") from None
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            f.name: getattr(self, f.name)
-            for f in fields(self)
-            if f.name not in _COST_FIELDS and f.name != "provenance"
-        }
-        out["costs_us"] = {f: getattr(self, f) for f in _COST_FIELDS}
+        skip = {*_COST_FIELDS, *_OPTIONAL_COST_FIELDS, "provenance"}
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)
+                               if f.name not in skip}
+        out["costs_us"] = {f: getattr(self, f) for f in (*_COST_FIELDS, *_OPTIONAL_COST_FIELDS)}
         out["provenance"] = dict(self.provenance)
         return out
 

@@ -17,8 +17,13 @@ class SealedRangeRebalancer:
         ``max_moved_tokens`` in total, never a tail, never over capacity, never past
         ``max_degree``; a range that creates a new guest is at least ``min_shard_tokens``.
         Each move takes at most half the gap between the two ranks, so moves never oscillate.
+        With a step budget (``step_slo_ms``) a move is kept only if it lowers the predicted step
+        (slowest rank plus the cluster's fixed exchange cost); the first that does not is undone
+        and ends the round.
         """
         moves: list[Migration] = []
+        if self.rebalance_threshold is None:  # migration off (dcp's default)
+            return moves
         budget = max_moved_tokens
         ps, n = self.page, self.num_ranks
         while budget >= ps:
@@ -40,9 +45,22 @@ class SealedRangeRebalancer:
             if pick is None:
                 break
             rid, start, end = pick
-            moves.append(self._move(rid, src, dst, start, end))
+            before = self._predicted_step_us()
+            m = self._move(rid, src, dst, start, end)
+            if before is not None and self._predicted_step_us() >= before:
+                self._move(rid, dst, src, start, end)  # no gain once exchange is paid: undo
+                break
+            moves.append(m)
             budget -= end - start
         return moves
+
+    def _predicted_step_us(self) -> float | None:
+        """With a step budget (``dcp`` ``step_slo_ms``) a move must lower the predicted step
+        (slowest rank + the fixed exchange cost); without one, ``None``: balance KV alone."""
+        if getattr(self, "step_slo_us", None) is None:
+            return None
+        fixed = self.profile.exchange_us_fixed if self.num_guest_items else 0.0
+        return max(self.cost) + fixed
 
     def _pick_range(self, src: int, dst: int, want: int):
         """The largest movable range on ``src`` (ties: one that rejoins its home, then first)."""

@@ -12,6 +12,8 @@ Accounting (per rank ``r``):
   ``batch[r]``  live requests homed on r (its MoE / sampling batch).
   ``gin[r]``    guest items: requests homed elsewhere with at least one sealed shard on r.
   ``gout[r]``   remote parts of requests homed on r (sum over them of their non-home ranks).
+  ``near[r]``   those of r's guest items, in (``gin``) and out (``gout``), whose peer rank is on
+                r's node (``ClusterSpec.ranks_per_node``): they pay the intranode exchange rate.
   attention items on r = ``batch[r] + gin[r]``.
 """
 
@@ -76,6 +78,8 @@ class LedgerPolicy(Policy):
         self.batch = [0] * n
         self.gin = [0] * n
         self.gout = [0] * n
+        self.near = [0] * n
+        self._rpn = cluster.ranks_per_node
         self._recs: dict[str, _Rec] = {}
         self._homed: list[dict[str, None]] = [{} for _ in range(n)]
         self._hosted: list[dict[str, None]] = [{} for _ in range(n)]  # rids with a sealed shard
@@ -196,6 +200,9 @@ class LedgerPolicy(Policy):
         """Remote parts of the requests homed on each rank (what the home merges)."""
         return list(self.gout)
 
+    def guest_near(self) -> list[int]:
+        return list(self.near)
+
     def capacity(self) -> list[int]:
         return list(self.cap)
 
@@ -218,7 +225,7 @@ class LedgerPolicy(Policy):
         O(live requests); for tests and debugging. Raises ``AssertionError`` naming the fault.
         """
         n, ps = self.num_ranks, self.page
-        kv, used, batch, gin, gout = [0] * n, [0] * n, [0] * n, [0] * n, [0] * n
+        kv, used, batch, gin, gout, near = ([0] * n for _ in range(6))
         for rid, rec in self._recs.items():
             pos = 0
             for r, s, e in rec.sealed:
@@ -237,13 +244,16 @@ class LedgerPolicy(Policy):
             assert rec.guests == _guest_ranks(rec.sealed, rec.home), f"{rid}: stale guests"
             for g in rec.guests:
                 gin[g] += 1
+                if g // self._rpn == rec.home // self._rpn:
+                    near[g] += 1
+                    near[rec.home] += 1
             gout[rec.home] += len(rec.guests)
             assert rid in self._homed[rec.home], f"{rid}: missing from home index"
             for g in rec.guests:
                 assert rid in self._hosted[g], f"{rid}: missing from rank {g} guest index"
         for name, mine, ref in (
             ("kv", self.kv, kv), ("used", self.used, used), ("batch", self.batch, batch),
-            ("gin", self.gin, gin), ("gout", self.gout, gout),
+            ("gin", self.gin, gin), ("gout", self.gout, gout), ("near", self.near, near),
         ):
             assert mine == ref, f"aggregate {name} drifted: {mine} != {ref}"
         assert sum(len(d) for d in self._homed) == len(self._recs), "home index drifted"
@@ -280,16 +290,24 @@ class LedgerPolicy(Policy):
         return Placement(req.rid, home, tuple(shards))
 
     def _add_guests(self, rec: _Rec) -> None:
+        hn, rpn = rec.home // self._rpn, self._rpn
         for g in rec.guests:
             self.gin[g] += 1
             self._hosted[g][rec.rid] = None
+            if g // rpn == hn:
+                self.near[g] += 1
+                self.near[rec.home] += 1
         self.gout[rec.home] += len(rec.guests)
         self.num_guest_items += len(rec.guests)
 
     def _drop_guests(self, rec: _Rec) -> None:
+        hn, rpn = rec.home // self._rpn, self._rpn
         for g in rec.guests:
             self.gin[g] -= 1
             del self._hosted[g][rec.rid]
+            if g // rpn == hn:
+                self.near[g] -= 1
+                self.near[rec.home] -= 1
         self.gout[rec.home] -= len(rec.guests)
         self.num_guest_items -= len(rec.guests)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from sglang_dcp.planner import POLICIES, available_profiles, load_profile, make_policy
 from sglang_dcp.sim import cost
 from sglang_dcp.sim.experiment import parse_policy
-from sglang_dcp.sim.workload import WORKLOADS, load_trace, synthetic
+from sglang_dcp.sim.workload import load_trace, make_workload, workload_names
 
 DEFAULT_POLICIES = "round_robin,total_tokens,uniform,dcp"
 
@@ -36,12 +36,17 @@ def make_parser() -> argparse.ArgumentParser:
     src.add_argument("--trace", type=str, metavar="FILE",
                      help="Mooncake JSONL trace (timestamp ms, input_length, output_length).")
     src.add_argument("--workload", type=str, metavar="NAME",
-                     help=f"Built-in synthetic workload: one of {', '.join(WORKLOADS)}.")
+                     help=f"Built-in workload: one of {', '.join(workload_names())} "
+                          "(mooncake-* read the shared traces).")
     p.add_argument("--num-requests", type=int, default=None,
                    help="With --workload: number of requests to draw (default: the workload's).")
     p.add_argument("--ranks", type=int, default=16, help="Number of DP-attention ranks (EP size).")
     p.add_argument("--profile", type=str, default=cost.DEFAULT_PROFILE,
-                   help="Cost profile name (sglang_dcp/profiles/NAME.json).")
+                   help="Cost profile: a shipped name (sglang_dcp/profiles/NAME.json: "
+                        f"{', '.join(available_profiles())}) or the path of a profile JSON.")
+    p.add_argument("--ranks-per-node", type=int, default=8,
+                   help="DP ranks per node: guest items between ranks of one node pay the "
+                        "profile's intranode (NVLink) exchange rate, others the across-node one.")
     p.add_argument("--kv-capacity", type=int, default=None,
                    help="KV capacity per rank in tokens (default: the profile's).")
     p.add_argument("--slo-tpot-ms", type=float, default=50.0,
@@ -83,10 +88,12 @@ def parse(argv=None) -> tuple[argparse.Namespace, object]:
     known = list(POLICIES)
     if not policies:
         parser.error(f"--policies is empty; choose from {', '.join(known)}")
-    if args.profile not in available_profiles():
-        parser.error(f"--profile: unknown profile {args.profile!r}; choose from "
-                     f"{', '.join(available_profiles())}")
-    profile = load_profile(args.profile)
+    try:
+        profile = load_profile(args.profile)
+    except ValueError as e:
+        parser.error(f"--profile: {e}")
+    if args.ranks_per_node < 1:
+        parser.error(f"--ranks-per-node must be >= 1, got {args.ranks_per_node}")
     probe_cluster = cost.cluster_for(profile, 1)
     for label in policies:
         try:
@@ -111,22 +118,26 @@ def parse(argv=None) -> tuple[argparse.Namespace, object]:
         parser.error(f"--rate must be > 0, got {args.rate}")
     if args.max_runs < 1:
         parser.error(f"--max-runs must be >= 1, got {args.max_runs}")
+    if args.num_requests is not None and args.num_requests < 1:
+        parser.error(f"--num-requests must be >= 1, got {args.num_requests}")
     if args.trace is not None:
         if not os.path.isfile(args.trace):
             parser.error(f"--trace: no such file {args.trace!r}; pass a Mooncake JSONL trace or "
-                         f"use --workload {{{','.join(WORKLOADS)}}}")
+                         f"use --workload {{{','.join(workload_names())}}}")
         try:
             workload = load_trace(args.trace)
         except ValueError as e:
             parser.error(f"--trace: {e}")
+        if args.num_requests is not None:
+            workload = workload.head(args.num_requests)
     else:
-        if args.workload not in WORKLOADS:
-            parser.error(f"--workload: unknown workload {args.workload!r}; choose from "
-                         f"{', '.join(WORKLOADS)} or pass --trace FILE")
-        extra = {} if args.num_requests is None else {"num_requests": args.num_requests}
-        if args.num_requests is not None and args.num_requests < 1:
-            parser.error(f"--num-requests must be >= 1, got {args.num_requests}")
-        workload = synthetic(args.workload, seed=args.seed, **extra)
+        try:
+            workload = make_workload(args.workload, seed=args.seed,
+                                     num_requests=args.num_requests)
+        except KeyError as e:
+            parser.error(f"--workload: {e.args[0]} or pass --trace FILE")
+        except (FileNotFoundError, ValueError) as e:
+            parser.error(f"--workload: {e}")
     try:
         Path(args.out).mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -147,7 +158,7 @@ def main(argv=None) -> int:
     sim = SimOptions(rebalance_every_ms=args.rebalance_every_ms,
                      rebalance_max_tokens=args.rebalance_max_tokens, migration=args.migration)
     exp = Experiment(workload, args.ranks, args.profile, args.policies, search, sim,
-                     kv_capacity=args.kv_capacity)
+                     kv_capacity=args.kv_capacity, ranks_per_node=args.ranks_per_node)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -172,7 +183,8 @@ def run_fixed_rate(exp, rate: float):
 
     runs = {n: exp.run(n, rate, record=True) for n in exp.policies}
     summary = {
-        "policies": {n: {"max_rate_rps": None, **policy_summary(r)} for n, r in runs.items()},
+        "policies": {n: {"max_rate_rps": None, "goodput_rps": None, **policy_summary(r)}
+                     for n, r in runs.items()},
         "reference": {"rate_rps": rate, "why": "--rate", "best_baseline_rate_rps": None},
         "ratios": {},
         "search": {"slo_tpot_ms": exp.search.slo_tpot_ms,

@@ -69,3 +69,35 @@ def fluid_max_rate(workload: Workload, profile: CostProfile, num_ranks: int, *, 
         lo, hi = (mid, hi) if ok(mid)[0] else (lo, mid)
     return {"rate_rps": lo, "step_ms": fluid_step_ms(workload, profile, num_ranks, lo),
             "limited_by": ok(hi)[1]}
+
+
+class PooledStepModel:
+    """The step time of a perfectly balanced cluster of ``num_ranks``, for a simulation that
+    runs the whole cluster as ONE pooled rank (``kv_capacity = num_ranks x`` a rank's).
+
+    The pooled rank's KV and batch are spread evenly (fractional batches allowed) and nothing
+    is paid for exchange: ``step = profile.step_time_us`` with ``kv / R`` and ``batch / R`` on
+    every rank. Shapes as ``sim.cost.StepModel`` with one rank.
+    """
+
+    def __init__(self, profile: CostProfile, num_ranks: int, migration_gbps: float = 40.0):
+        from sglang_dcp.sim.cost import StepModel
+
+        self._inner = StepModel(profile, 1, migration_gbps)
+        self.profile, self.num_ranks = profile, num_ranks
+        self._b = 0.0
+
+    def set_loads(self, batch, guest_in, guest_out, near=None) -> None:
+        self._b = float(batch[0]) / self.num_ranks
+
+    def step_ms(self, kv: np.ndarray) -> np.ndarray:
+        p, b = self.profile, self._b
+        per_rank = kv[:, 0] / self.num_ranks
+        rank_us = p.attention_us(0.0, b) + p.attn_us_per_kv_token * per_rank + p.compute_us(b)
+        return (rank_us + p.moe_us_fixed + p.moe_us_per_token * b) * 1e-3
+
+    def prefill_ms(self, input_len: np.ndarray) -> np.ndarray:
+        return self._inner.prefill_ms(input_len)
+
+    def migration_ms(self, tokens: int) -> float:
+        return self._inner.migration_ms(tokens)

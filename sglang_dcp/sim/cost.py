@@ -22,12 +22,12 @@ from sglang_dcp.planner.profile import CostProfile
 DEFAULT_PROFILE = "deepseek-v3-h200"
 
 
-def cluster_for(profile: CostProfile, num_ranks: int,
-                kv_capacity: int | None = None) -> ClusterSpec:
+def cluster_for(profile: CostProfile, num_ranks: int, kv_capacity: int | None = None,
+                ranks_per_node: int = 8) -> ClusterSpec:
     """Uniform ranks with the profile's KV capacity (or ``kv_capacity`` tokens, page-rounded)."""
     if kv_capacity is not None:
         kv_capacity -= kv_capacity % profile.page_size
-    return profile.cluster(num_ranks, kv_capacity)
+    return profile.cluster(num_ranks, kv_capacity, ranks_per_node=ranks_per_node)
 
 
 class StepModel:
@@ -46,15 +46,15 @@ class StepModel:
         self._extra_us = 0.0
         self.set_loads([0] * num_ranks, [0] * num_ranks, [0] * num_ranks)
 
-    def set_loads(self, batch, guest_in, guest_out) -> None:
-        """batch, guest_in, guest_out: [num_ranks] ints (see ``CostProfile`` for the terms)."""
+    def set_loads(self, batch, guest_in, guest_out, near=None) -> None:
+        """batch, guest_in, guest_out, near: [num_ranks] ints (see ``CostProfile``)."""
         p = self.profile
         b = [int(x) for x in batch]
         gi = [int(x) for x in guest_in]
         go = [int(x) for x in guest_out]
-        self._base_us = np.array(
-            [p.rank_time_us(0.0, b[r] + gi[r], b[r], gi[r], go[r]) for r in range(self.num_ranks)]
-        )
+        nr = [0] * self.num_ranks if near is None else [int(x) for x in near]
+        self._base_us = np.array([p.rank_time_us(0.0, b[r] + gi[r], b[r], gi[r], go[r], nr[r])
+                                  for r in range(self.num_ranks)])
         any_guest = any(gi) or any(go)
         self._extra_us = p.moe_us(max(b)) + (p.exchange_us_fixed if any_guest else 0.0)
 

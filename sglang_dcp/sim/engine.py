@@ -51,7 +51,7 @@ GLOBAL = -1  # queue key of requests not bound to a rank
 class StepModel(Protocol):
     """What the loop needs from the cost profile (``sglang_dcp.sim.cost.StepModel``)."""
 
-    def set_loads(self, batch, guest_in, guest_out) -> None:
+    def set_loads(self, batch, guest_in, guest_out, near=None) -> None:
         """Per-rank loads that stay fixed until the next event: [num_ranks] each."""
 
     def step_ms(self, kv: np.ndarray) -> np.ndarray:
@@ -80,6 +80,10 @@ class SimOptions:
     abort_wait_count: int = 0  # 0: never
     abort_tpot_ms: float = float("inf")
     abort_tpot_count: int = 0
+    # The GLOBAL queue (policies that place globally) is the DP controller's: first fit, each
+    # waiting request passed over at most this many times (``--dcp-queue-max-bypass``, default
+    # 16); 0 is strict arrival order, None unbounded first fit.
+    queue_max_bypass: int | None = 16
 
 
 def _written_by_rank(p: Placement, length: int) -> list[tuple[int, int]]:
@@ -117,6 +121,8 @@ def simulate(
     batch = np.zeros(num_ranks)
     heap: list[tuple[int, int]] = []  # (global step at which it finishes, request index)
     queues: dict[int, deque[int]] = {}  # GLOBAL or a rank -> FIFO of request indices
+    bypass = options.queue_max_bypass  # None: unbounded first fit on the GLOBAL queue
+    passed: dict[int, int] = {}  # GLOBAL waiter -> later requests admitted ahead of it
     t = float(ready[order[0]]) if n else 0.0
     steps = busy = decoded = nxt = bad_wait = bad_tpot = migrated = 0
     stall_ms = 0.0
@@ -161,6 +167,8 @@ def simulate(
         return None
 
     def drain(key: int) -> None:
+        if key == GLOBAL and bypass is not None:
+            return drain_first_fit()
         q = queues[key]
         while q:
             k = try_admit(q[0])
@@ -172,6 +180,40 @@ def simulate(
             q.popleft()
         if not q:
             del queues[key]
+
+    def starving() -> bool:
+        """The GLOBAL head has been passed over ``queue_max_bypass`` times: nothing goes first."""
+        q = queues.get(GLOBAL)
+        return bool(q) and (bypass is None or passed[q[0]] >= bypass)
+
+    def drain_first_fit() -> None:
+        """The DP controller's queue (``sglang/dispatcher.py``): retry in arrival order, a later
+        request that fits goes ahead of earlier ones, at most ``queue_max_bypass`` times each."""
+        q = queues[GLOBAL]
+        keep: deque[int] = deque()
+        while q:
+            i = q.popleft()
+            k = try_admit(i)
+            if k is None:  # admitted (or rejected for good)
+                passed.pop(i, None)
+                if status[i] != REJECTED:
+                    for j in keep:
+                        passed[j] += 1
+                    if any(passed[j] >= bypass for j in keep):
+                        break
+                continue
+            if k != GLOBAL:  # the policy now binds it to a rank
+                passed.pop(i, None)
+                queues.setdefault(k, deque()).append(i)
+                continue
+            keep.append(i)
+            if passed[i] >= bypass:
+                break
+        keep.extend(q)
+        if keep:
+            queues[GLOBAL] = keep
+        else:
+            del queues[GLOBAL]
 
     def drain_all() -> None:
         """Retry every queue, oldest head first."""
@@ -206,11 +248,12 @@ def simulate(
         b = policy.batch_sizes()
         batch[:] = b
         batch_now = float(imbalance(batch))
-        model.set_loads(b, policy.guest_items(), policy.guest_out())
+        model.set_loads(b, policy.guest_items(), policy.guest_out(), policy.guest_near())
 
     aborted = False
     while nxt < n or queues or heap:
         changed = False
+        policy.on_time(t, steps)
         while pending and pending[0][0] <= t:
             land(pending.popleft())
         if t >= next_rebalance and heap:
@@ -237,12 +280,18 @@ def simulate(
         while nxt < n and ready[order[nxt]] <= t:
             i = int(order[nxt])
             nxt += 1
-            if GLOBAL in queues:
+            if GLOBAL in queues and starving():
                 queues[GLOBAL].append(i)
+                passed[i] = 0
                 continue
             key = try_admit(i)
             if key is not None:
                 queues.setdefault(key, deque()).append(i)
+                if key == GLOBAL:
+                    passed[i] = 0
+            elif GLOBAL in queues and status[i] != REJECTED:
+                for j in queues[GLOBAL]:  # admitted ahead of every waiting request
+                    passed[j] += 1
             changed = True
         if changed:
             refresh_loads()
@@ -266,7 +315,7 @@ def simulate(
         cum = np.cumsum(st)
         k = horizon
         target = min(next_rebalance, pending[0][0]) if pending else next_rebalance
-        if nxt < n and GLOBAL not in queues:  # otherwise an arrival just queues: not an event
+        if nxt < n and not starving():  # otherwise an arrival just queues: not an event
             target = min(target, float(ready[order[nxt]]))
         if target < np.inf:
             k = min(k, int(np.searchsorted(cum, target - t, side="left")) + 1)

@@ -12,15 +12,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from sglang_dcp.planner import load_profile, make_policy
+from sglang_dcp.planner import ClusterSpec, load_profile, make_policy
 from sglang_dcp.sim import cost
-from sglang_dcp.sim.bound import fluid_max_rate
+from sglang_dcp.sim.bound import PooledStepModel, fluid_max_rate
 from sglang_dcp.sim.engine import SimOptions, simulate
 from sglang_dcp.sim.metrics import RunResult, pct, policy_summary
 from sglang_dcp.sim.search import SearchSpec, abort_after, find_max_rate
 from sglang_dcp.sim.workload import Workload
 
-BASELINES = ("round_robin", "total_tokens")
+BASELINES = ("round_robin", "total_tokens", "total_tokens_sglang")  # SGLang's own dispatch
 
 
 @dataclass
@@ -33,21 +33,28 @@ class Experiment:
     sim: SimOptions = SimOptions()
     policy_options: dict = field(default_factory=dict)
     kv_capacity: int | None = None  # tokens per rank; None: the profile's
+    ranks_per_node: int = 8
 
     def __post_init__(self) -> None:
         self.profile = load_profile(self.profile_name)
-        self.cluster = cost.cluster_for(self.profile, self.num_ranks, self.kv_capacity)
+        self.cluster = cost.cluster_for(self.profile, self.num_ranks, self.kv_capacity,
+                                        self.ranks_per_node)
         self.model = cost.StepModel(self.profile, self.num_ranks)
         self.run_wall_s: list[float] = []
 
-    def run(self, policy: str, rate_rps: float, record: bool = False,
-            early_stop: bool = False) -> RunResult:
-        """Replay the workload at ``rate_rps`` through a fresh ``policy``. ``early_stop``: stop
-        once the SLO is certainly broken (for the search); ``record``: keep plot series."""
-        t0 = time.perf_counter()
-        name, options = parse_policy(policy)
-        pol = make_policy(name, self.cluster, self.profile,
-                               **{**self.policy_options, **options})
+    def run_pooled(self, rate_rps: float, early_stop: bool = False) -> RunResult:
+        """The whole cluster as one pooled rank (perfect packing, perfect balance, no exchange
+        cost; ``bound.PooledStepModel``) under the same arrivals, queue and SLO rules."""
+        cl = ClusterSpec.uniform(1, sum(self.cluster.kv_capacity), self.cluster.page_size)
+        pol = make_policy("dcp", cl, self.profile, max_degree=1)
+        opts = self._options(False, early_stop)
+        run = simulate(self.workload.at_rate(rate_rps), pol,
+                       PooledStepModel(self.profile, self.num_ranks), 1,
+                       kv_capacity=cl.kv_capacity, options=opts)
+        run.policy = "pooled"
+        return run
+
+    def _options(self, record: bool, early_stop: bool) -> SimOptions:
         opts = {**self.sim.__dict__, "record": record}
         if early_stop:
             w = self.workload
@@ -55,7 +62,19 @@ class Experiment:
                         abort_wait_count=abort_after(len(w)),
                         abort_tpot_ms=self.search.slo_tpot_ms,
                         abort_tpot_count=abort_after(int((w.output_len > 1).sum())))
-        opts = SimOptions(**opts)
+        return SimOptions(**opts)
+
+    def run(self, policy: str, rate_rps: float, record: bool = False,
+            early_stop: bool = False) -> RunResult:
+        """Replay the workload at ``rate_rps`` through a fresh ``policy``. ``early_stop``: stop
+        once the SLO is certainly broken (for the search); ``record``: keep plot series."""
+        t0 = time.perf_counter()
+        name, options = parse_policy(policy)
+        if name == "dcp":  # the planner knows the operator's TPOT SLO: its step budget
+            options = {"step_slo_ms": self.search.slo_tpot_ms, **options}
+        pol = make_policy(name, self.cluster, self.profile,
+                          **{**self.policy_options, **options})
+        opts = self._options(record, early_stop)
         run = simulate(self.workload.at_rate(rate_rps), pol, self.model, self.num_ranks,
                        kv_capacity=self.cluster.kv_capacity, options=opts)
         run.policy = policy
@@ -66,7 +85,8 @@ class Experiment:
 def parse_policy(label: str) -> tuple[str, dict]:
     """``"dcp:home_rule=step:max_degree=1"`` -> ``("dcp", {"home_rule": "step", ...})``.
 
-    Values are read as int, then float, else kept as strings. The label names the variant in
+    Values are read as int, then float, else kept as strings; ``none`` is ``None`` (the
+    default; for ``dcp:step_slo_ms=none``: no step budget). The label names the variant in
     every output.
     """
     name, *pairs = label.split(":")
@@ -75,6 +95,9 @@ def parse_policy(label: str) -> tuple[str, dict]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"policy {label!r}: option {pair!r} is not KEY=VALUE")
+        if value.lower() == "none":  # the option's default / off
+            options[key] = None
+            continue
         for kind in (int, float, str):
             try:
                 options[key] = kind(value)
@@ -84,7 +107,8 @@ def parse_policy(label: str) -> tuple[str, dict]:
     return name, options
 
 
-def run_experiment(exp: Experiment, progress: bool = False) -> tuple[dict, dict[str, RunResult]]:
+def run_experiment(exp: Experiment, progress: bool = False,
+                   pooled_bound: bool = True) -> tuple[dict, dict[str, RunResult]]:
     """Search every policy, replay all at the reference rate. Returns (summary, runs at ref)."""
     from tqdm import tqdm
 
@@ -102,6 +126,8 @@ def run_experiment(exp: Experiment, progress: bool = False) -> tuple[dict, dict[
     searches = {}
     for name in exp.policies:
         searches[name] = find_max_rate(run_at(name), exp.workload.rate_rps, exp.search)
+    pooled = find_max_rate(lambda r: exp.run_pooled(r, early_stop=True), exp.workload.rate_rps,
+                           exp.search) if pooled_bound else None
     bar.close()
 
     base = {n: searches[n].max_rate_rps for n in exp.policies if n in BASELINES}
@@ -120,9 +146,13 @@ def run_experiment(exp: Experiment, progress: bool = False) -> tuple[dict, dict[
         runs[name] = exp.run(name, ref_rate, record=True)
 
     policies, details = {}, {}
+    n_req = len(exp.workload)
     for name in exp.policies:
         run = runs[name]
-        policies[name] = {"max_rate_rps": searches[name].max_rate_rps, **policy_summary(run)}
+        served = 1.0 - run.rejected / n_req if n_req else 1.0
+        policies[name] = {"max_rate_rps": searches[name].max_rate_rps,
+                          "goodput_rps": searches[name].max_rate_rps * served,
+                          **policy_summary(run)}
         details[name] = {
             "p99_kv_wait_ms": pct(run.queue_ms, 99),
             "kv_imbalance_run": run.kv_imbalance_run,
@@ -135,10 +165,13 @@ def run_experiment(exp: Experiment, progress: bool = False) -> tuple[dict, dict[
             "search_trials": searches[name].trials,
         }
     best_base = max(base.values()) if base else None
+    fluid = fluid_max_rate(exp.workload, exp.profile, exp.num_ranks,
+                           slo_ms=exp.search.slo_tpot_ms, kv_capacity=exp.cluster.kv_capacity[0])
     summary = {
         "policies": policies,
         "reference": {"rate_rps": ref_rate, "why": why, "best_baseline_rate_rps": best_base},
-        "ratios": _ratios(policies, best_base),
+        "ratios": _ratios(policies, fluid["rate_rps"],
+                          pooled.max_rate_rps if pooled else None),
         "search": {
             "slo_tpot_ms": exp.search.slo_tpot_ms,
             "max_kv_wait_ms": exp.search.max_kv_wait_ms,
@@ -157,10 +190,12 @@ def run_experiment(exp: Experiment, progress: bool = False) -> tuple[dict, dict[
             "profile": exp.profile_name,
             "kv_capacity_tokens_per_rank": exp.cluster.kv_capacity[0],
             "page_size": exp.cluster.page_size,
+            "ranks_per_node": exp.cluster.ranks_per_node,
         },
-        "fluid_bound": fluid_max_rate(exp.workload, exp.profile, exp.num_ranks,
-                                      slo_ms=exp.search.slo_tpot_ms,
-                                      kv_capacity=exp.cluster.kv_capacity[0]),
+        "fluid_bound": fluid,
+        "pooled_bound": None if pooled is None else {
+            "rate_rps": pooled.max_rate_rps, "precision": pooled.precision,
+            "trials": pooled.trials},
         "details": details,
         "env": environment(),
         "timing": {"runs": len(exp.run_wall_s), "total_s": sum(exp.run_wall_s),
@@ -169,19 +204,35 @@ def run_experiment(exp: Experiment, progress: bool = False) -> tuple[dict, dict[
     return summary, runs
 
 
-def _ratios(policies: dict, best_base: float | None) -> dict:
-    """dcp against the best baseline and uniform, where those ran."""
-    out = {}
+def _ratios(policies: dict, fluid_rps: float | None, pooled_rps: float | None) -> dict:
+    """Goodput ratios. Goodput = max arrival rate within the SLO x the share of requests served
+    (a policy that rejects requests it cannot place does not get credit for them).
+
+    ``dcp_vs_best_baseline``: against the best of SGLang's dispatchers (``BASELINES``);
+    ``dcp_vs``: against every other policy; ``headroom_captured_{fluid,pooled}``:
+    ``(dcp - best) / (bound - best)`` for the two bounds (``bound.py``)."""
+    out: dict = {}
     if "dcp" not in policies:
         return out
-    d = policies["dcp"]
-    if best_base:
-        out["dcp_goodput_vs_best_baseline"] = d["max_rate_rps"] / best_base
-        b = max((n for n in BASELINES if n in policies), key=lambda n: policies[n]["max_rate_rps"])
-        if d["p99_tpot_ms"]:
-            out["baseline_p99_tpot_over_dcp"] = policies[b]["p99_tpot_ms"] / d["p99_tpot_ms"]
-    if "uniform" in policies and policies["uniform"]["max_rate_rps"]:
-        out["dcp_goodput_vs_uniform"] = d["max_rate_rps"] / policies["uniform"]["max_rate_rps"]
+    g = {n: p["goodput_rps"] for n, p in policies.items()}
+    d = g["dcp"]
+    out["dcp_vs"] = {n: (d / v if v else None) for n, v in g.items() if n != "dcp"}
+    base = {n: v for n, v in g.items() if n in BASELINES}
+    if base and max(base.values()) > 0:
+        b = max(base, key=base.get)
+        best = base[b]
+        out["best_baseline"] = b
+        out["dcp_goodput_vs_best_baseline"] = d / best
+        if policies["dcp"]["p99_tpot_ms"]:
+            out["baseline_p99_tpot_over_dcp"] = (policies[b]["p99_tpot_ms"]
+                                                 / policies["dcp"]["p99_tpot_ms"])
+        for key, bound in (("fluid", fluid_rps), ("pooled", pooled_rps)):
+            if bound is not None:
+                out[f"{key}_vs_best_baseline"] = bound / best
+                out[f"headroom_captured_{key}"] = ((d - best) / (bound - best)
+                                                   if bound > best else None)
+    if g.get("uniform"):
+        out["dcp_goodput_vs_uniform"] = d / g["uniform"]
     return out
 
 

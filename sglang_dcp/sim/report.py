@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 
 from sglang_dcp.sim.metrics import RunResult
 
-POLICY_KEYS = ("max_rate_rps", "p50_tpot_ms", "p99_tpot_ms", "p99_latency_ms", "kv_imbalance",
+POLICY_KEYS = ("max_rate_rps", "goodput_rps", "p50_tpot_ms", "p99_tpot_ms", "p99_latency_ms", "kv_imbalance",
                "batch_imbalance", "finished", "rejected")
 
 
@@ -60,29 +61,58 @@ def markdown(summary: dict) -> str:
     ]
     if summary.get("fluid_bound"):
         fb = summary["fluid_bound"]
-        lines.append(f"- fluid estimate of the best any placement can do (perfect balance, no "
-                     f"exchange; sglang_dcp/sim/bound.py): {_fmt(fb['rate_rps'], 2)} req/s, "
+        lines.append(f"- fluid estimate (perfect balance, no exchange, mean loads from Little's "
+                     f"law; sglang_dcp/sim/bound.py): {_fmt(fb['rate_rps'], 3)} req/s, "
                      f"limited by {fb['limited_by']}")
+    if summary.get("pooled_bound"):
+        lines.append(f"- pooled bound (the cluster as one rank: perfect packing and balance, no "
+                     f"exchange, same arrivals and SLO rules): "
+                     f"{_fmt(summary['pooled_bound']['rate_rps'], 3)} req/s")
+    gbase = _best_baseline_goodput(pol)
     lines += [
+        "- goodput = max rate x share of requests served (rejected requests earn nothing)",
         "",
-        "| policy | max rate (req/s) | vs best baseline | P50 TPOT (ms) | P99 TPOT (ms) | "
-        "P99 latency (ms) | KV imbalance | batch imbalance | finished | rejected |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| policy | max rate (req/s) | goodput (req/s) | vs best baseline | P50 TPOT (ms) | "
+        "P99 TPOT (ms) | P99 KV wait (ms) | KV imbalance | batch imbalance | finished | "
+        "rejected |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    det = summary.get("details", {})
     for name, p in pol.items():
-        ratio = p["max_rate_rps"] / base if base else None
+        g = p.get("goodput_rps", p["max_rate_rps"])
+        ratio = g / gbase if gbase and g is not None else None
+        wait = det.get(name, {}).get("p99_kv_wait_ms")
         lines.append(
-            f"| {name} | {_fmt(p['max_rate_rps'], 3)} | {_fmt(ratio)}x | {_fmt(p['p50_tpot_ms'])}"
-            f" | {_fmt(p['p99_tpot_ms'])} | {_fmt(p['p99_latency_ms'], 0)} | "
+            f"| {name} | {_fmt(p['max_rate_rps'], 3)} | {_fmt(g, 3)} | {_fmt(ratio)}x | "
+            f"{_fmt(p['p50_tpot_ms'])} | {_fmt(p['p99_tpot_ms'])} | {_fmt(wait, 0)} | "
             f"{_fmt(p['kv_imbalance'], 3)} | {_fmt(p['batch_imbalance'], 3)} | {p['finished']}"
             f" | {p['rejected']} |"
         )
-    reasons = {k: v["reject_reasons"] for k, v in summary.get("details", {}).items()
+    reasons = {k: group_reasons(v["reject_reasons"]) for k, v in det.items()
                if v.get("reject_reasons")}
     if reasons:
-        lines += ["", "Rejections (reason: count):"]
-        lines += [f"- {k}: {v}" for k, v in reasons.items()]
+        lines += ["", "Rejections (reason with numbers as N: count):"]
+        for k, v in reasons.items():
+            lines += [f"- {k}: " + "; ".join(f"{n} x {r!r}" for r, n in v.items())]
     return "\n".join(lines) + "\n"
+
+
+def _best_baseline_goodput(pol: dict) -> float | None:
+    from sglang_dcp.sim.experiment import BASELINES
+
+    vals = [p.get("goodput_rps", p["max_rate_rps"]) for n, p in pol.items() if n in BASELINES]
+    vals = [v for v in vals if v]
+    return max(vals) if vals else None
+
+
+def group_reasons(reasons: dict[str, int]) -> dict[str, int]:
+    """Rejection reasons with request ids and numbers folded (``N``), most frequent first."""
+    out: dict[str, int] = {}
+    for r, n in reasons.items():
+        key = re.sub(r"'[^']*'", "'ID'", r)
+        key = re.sub(r"\d+(\.\d+)?%?", "N", key)
+        out[key] = out.get(key, 0) + n
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def write_plots(out_dir: Path, summary: dict, runs: dict[str, RunResult]) -> list[Path]:
@@ -94,11 +124,19 @@ def write_plots(out_dir: Path, summary: dict, runs: dict[str, RunResult]) -> lis
 
     paths = []
     names = list(summary["policies"])
-    rates = [summary["policies"][n]["max_rate_rps"] or 0.0 for n in names]
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    rates = [summary["policies"][n].get("goodput_rps", summary["policies"][n]["max_rate_rps"])
+             or 0.0 for n in names]
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
     bars = ax.bar(names, rates, color="tab:blue")
-    ax.bar_label(bars, fmt="%.2f")
-    ax.set_ylabel("max rate within SLO (req/s)")
+    ax.bar_label(bars, fmt="%.3g")
+    for key, style in (("fluid_bound", ":"), ("pooled_bound", "--")):
+        if summary.get(key):
+            ax.axhline(summary[key]["rate_rps"], color="k", ls=style, lw=1,
+                       label=key.replace("_", " "))
+    if summary.get("fluid_bound") or summary.get("pooled_bound"):
+        ax.legend(fontsize=8)
+    ax.tick_params(axis="x", labelsize=8, rotation=15)
+    ax.set_ylabel("goodput within SLO (req/s)")
     ax.set_title(f"Goodput, P99 TPOT <= {summary['search']['slo_tpot_ms']} ms")
     fig.tight_layout()
     paths.append(out_dir / "goodput.png")

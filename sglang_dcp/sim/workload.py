@@ -178,3 +178,32 @@ def synthetic(spec: LongTailSpec | str, seed: int = 0, **overrides) -> Workload:
     arrivals -= arrivals[0]
     return Workload(name=name, arrival_ms=arrivals, input_len=inp, output_len=out,
                     meta={"seed": seed, "spec": spec.__dict__})
+
+
+def workload_names() -> list[str]:
+    """Every name ``make_workload`` takes: synthetic generators, published mixes, traces."""
+    from sglang_dcp.sim.mixes import MIXES
+
+    return [*WORKLOADS, *MIXES, *(f"mooncake-{t}" for t in TRACE_FILES)]
+
+
+def make_workload(name: str, seed: int = 0, num_requests: int | None = None) -> Workload:
+    """Workload ``name`` (see ``workload_names``); ``mooncake-*`` reads the shared trace and
+    ignores ``seed`` (``num_requests`` keeps its first requests). Unknown names: ``KeyError``."""
+    from sglang_dcp.sim import mixes
+
+    if name in WORKLOADS:
+        extra = {} if num_requests is None else {"num_requests": int(num_requests)}
+        return synthetic(name, seed=seed, **extra)
+    if name in mixes.MIXES:
+        return mixes.draw(name, seed=seed, num_requests=num_requests)
+    trace = name.removeprefix("mooncake-")
+    if name.startswith("mooncake-") and trace in TRACE_FILES:
+        path = find_trace(trace)
+        if path is None:
+            raise FileNotFoundError(
+                f"workload {name!r}: {TRACE_FILES[trace]} not found in $SGLANG_DCP_TRACE_DIR or "
+                "../shared/data; pass --trace FILE")
+        w = load_trace(path)
+        return w if num_requests is None else w.head(int(num_requests))
+    raise KeyError(f"unknown workload {name!r}; choose one of {', '.join(workload_names())}")

@@ -31,8 +31,8 @@ def req(i, prompt, new=0):
 
 
 def test_factory_names_and_errors():
-    assert POLICIES == ("round_robin", "total_tokens", "uniform", "dcp")
-    with pytest.raises(ValueError, match="round_robin, total_tokens, uniform, dcp"):
+    assert POLICIES == ("round_robin", "total_tokens", "total_tokens_sglang", "uniform", "dcp")
+    with pytest.raises(ValueError, match="round_robin, total_tokens, total_tokens_sglang, uniform"):
         make_policy("nope", cluster())
     with pytest.raises(ValueError, match="needs a cost profile"):
         make_policy("dcp", cluster())

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from sglang_dcp.planner import POLICIES, ClusterSpec, KVOverflowError, load_profile, make_policy
 from sglang_dcp.types import Placement, Rejection, Request
 
-PROFILES = {name: load_profile(name) for name in ("deepseek-v3-h200", "qwen3-235b-h200")}
+PROFILES = {name: load_profile(name) for name in (
+    "deepseek-v3-h200", "qwen3-235b-h200", "deepseek-v3-h200-node8", "kimi-k2-h200-ep32")}
 # Exchange almost free and attention dear: dcp splits and rebalances often, so the property
 # tests exercise those paths on small clusters (the shipped profiles split only huge requests).
 PROFILES["cheap-exchange"] = dataclasses.replace(
@@ -49,16 +50,19 @@ clusters = st.builds(
     st.sampled_from([None, 1, 8, 50]),  # min_shard_tokens in pages
     st.integers(1, 4),
     st.sampled_from([("fit", 0.2), ("fit", 0.0), ("gain", 0.2)]),  # dcp split_rule, min free
+    st.sampled_from([None, 1.0, 40.0, 1e6]),  # dcp step_slo_ms (None: split_min_free rule)
+    st.sampled_from([1, 2, 8]),  # ranks per node
 )
 
 
 def _build(spec):
-    n, page, pages, policy, prof, deg, ms, grp, (rule, free) = spec
-    cluster = ClusterSpec(n, tuple(p * page for p in pages), page)
+    n, page, pages, policy, prof, deg, ms, grp, (rule, free), slo, rpn = spec
+    cluster = ClusterSpec(n, tuple(p * page for p in pages), page, ranks_per_node=rpn)
     opts = {}
     if policy == "dcp":
         opts = {"max_degree": deg, "min_shard_tokens": None if ms is None else ms * page,
-                "split_rule": rule, "split_min_free": free}
+                "split_rule": rule, "split_min_free": free, "step_slo_ms": slo,
+                "rebalance_threshold": 1.25}
     if policy == "uniform":
         opts = {"group_size": max(g for g in range(1, grp + 1) if n % g == 0)}
     return make_policy(policy, cluster, PROFILES[prof], **opts)

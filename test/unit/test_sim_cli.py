@@ -11,7 +11,7 @@ import pytest
 from sglang_dcp.sim.search import SearchSpec, abort_after, find_max_rate
 
 ROOT = Path(__file__).resolve().parents[2]
-POLICY_KEYS = {"max_rate_rps", "p50_tpot_ms", "p99_tpot_ms", "p99_latency_ms", "kv_imbalance",
+POLICY_KEYS = {"max_rate_rps", "goodput_rps", "p50_tpot_ms", "p99_tpot_ms", "p99_latency_ms", "kv_imbalance",
                "batch_imbalance", "finished", "rejected"}
 
 
@@ -25,7 +25,14 @@ def _cli(*args, cwd=ROOT):
     (["--trace", "/nonexistent/trace.jsonl", "--out", "x"], "--trace: no such file"),
     (["--workload", "tiny", "--policies", "round_robin,bogus", "--out", "x"],
      "unknown policy 'bogus'"),
-    (["--workload", "tiny", "--profile", "nope", "--out", "x"], "unknown profile 'nope'"),
+    (["--workload", "tiny", "--profile", "nope", "--out", "x"], "unknown cost profile 'nope'"),
+    (["--workload", "tiny", "--profile", "/nonexistent/p.json", "--out", "x"],
+     "cost profile file not found"),
+    (["--workload", "agentic-nope", "--out", "x"], "unknown workload 'agentic-nope'"),
+    (["--workload", "bimodal", "--ranks-per-node", "0", "--out", "x"],
+     "--ranks-per-node must be >= 1"),
+    (["--workload", "bimodal", "--num-requests", "0", "--out", "x"],
+     "--num-requests must be >= 1"),
     (["--workload", "nope", "--out", "x"], "unknown workload 'nope'"),
     (["--workload", "tiny", "--ranks", "0", "--out", "x"], "--ranks must be >= 1"),
     (["--workload", "tiny", "--slo-tpot-ms", "-1", "--out", "x"], "--slo-tpot-ms must be > 0"),
@@ -61,11 +68,14 @@ def test_end_to_end_synthetic(tmp_path):
         assert set(fig) == POLICY_KEYS, name
         assert fig["finished"] + fig["rejected"] == 120
         assert fig["max_rate_rps"] > 0
+        assert fig["goodput_rps"] == pytest.approx(fig["max_rate_rps"])  # nothing rejected
         assert fig["p50_tpot_ms"] <= fig["p99_tpot_ms"]
     assert summary["search"]["rel_precision"] == 0.02
     ref = summary["reference"]["rate_rps"]
     assert ref == max(summary["policies"][n]["max_rate_rps"] for n in ("round_robin",
                                                                        "total_tokens"))
+    pooled = summary["pooled_bound"]["rate_rps"]
+    assert pooled > 0 and summary["ratios"]["headroom_captured_pooled"] is not None
     for png in ("goodput.png", "kv_occupancy.png", "step_time.png"):
         assert (out / png).stat().st_size > 1000
     assert "| dcp |" in (out / "summary.md").read_text()
@@ -97,3 +107,29 @@ def test_abort_after_decides_the_p99():
         x = np.zeros(n)
         x[n - min(c, n):] = 1.0
         assert np.percentile(x, 99) > 0.5 or c > n
+
+
+def test_profile_path_missing_coefficient_and_bad_trace_line(tmp_path):
+    """A measured profile is passed by path; a missing coefficient or a bad trace line is one
+    line on stderr naming it, exit code 2."""
+    from sglang_dcp.planner import load_profile
+
+    d = load_profile("deepseek-v3-h200").to_dict()
+    del d["costs_us"]["moe_us_per_token"]
+    prof = tmp_path / "mine.json"
+    prof.write_text(json.dumps(d))
+    res = _cli("--workload", "tiny", "--profile", str(prof), "--out", str(tmp_path / "o"))
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+    assert "costs_us.moe_us_per_token" in res.stderr
+    d["costs_us"]["moe_us_per_token"] = 1.0
+    prof.write_text(json.dumps(d))
+    res = _cli("--workload", "tiny", "--num-requests", "20", "--profile", str(prof),
+               "--policies", "dcp", "--rate", "5", "--no-plots", "--quiet",
+               "--out", str(tmp_path / "o"))
+    assert res.returncode == 0, res.stderr
+    trace = tmp_path / "t.jsonl"
+    trace.write_text('{"timestamp": 0, "input_length": 5, "output_length": 2}\n'
+                     '{"timestamp": 1, "output_length": 2}\n')
+    res = _cli("--trace", str(trace), "--out", str(tmp_path / "o"))
+    assert res.returncode == 2 and "t.jsonl:2" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1

@@ -17,7 +17,8 @@ POLICIES = ("round_robin", "total_tokens", "uniform", "dcp")
 
 def _run(workload, policy="round_robin", ranks=4, capacity=None, **opts):
     cluster = ClusterSpec.uniform(ranks, capacity or PROFILE.kv_capacity_tokens, PROFILE.page_size)
-    pol = make_policy(policy, cluster, PROFILE)
+    extra = {"rebalance_threshold": 1.25} if policy == "dcp" else {}  # exercise migrations
+    pol = make_policy(policy, cluster, PROFILE, **extra)
     run = simulate(workload, pol, StepModel(PROFILE, ranks), ranks,
                    kv_capacity=cluster.kv_capacity, options=SimOptions(**opts))
     return run, pol
@@ -135,11 +136,12 @@ def test_guest_out_matches_planner():
     seen = []
     orig = model.set_loads
 
-    def spy(batch, gin, gout):
+    def spy(batch, gin, gout, near):
         assert list(gin) == pol.guest_items()
         assert [int(x) for x in gout] == pol.guest_out()
+        assert list(near) == pol.guest_near()
         seen.append(sum(gin))
-        orig(batch, gin, gout)
+        orig(batch, gin, gout, near)
 
     model.set_loads = spy
     simulate(w.at_rate(w.rate_rps * 4), pol, model, 4, kv_capacity=cluster.kv_capacity,

@@ -1,0 +1,106 @@
+"""Long-context request mixes drawn from published length statistics (seeded, Poisson arrivals).
+
+``agentic-claude`` / ``agentic-codex``: one request per agent step of real Claude Code / Codex
+sessions, after **TraceLab** (arXiv 2606.30560, github uw-syfi/TraceLab; 4,265 sessions,
+357,161 agent steps; ``shared/reference/anchors.md`` section 7):
+
+- *cached prefix* by the published share of steps above 32k / 64k / 128k / 256k tokens:
+  Claude 87.4 / 72.4 / 48.5 / 23.7 %, Codex 89.7 / 75.9 / 42.2 / ~0 %. Inside a bin the prefix
+  is log-uniform. The published bins are doublings; the two open ends are **assumptions** (no
+  figure): the lowest bin starts at 8k (half of the first doubling below 32k: [8k, 32k) is two
+  doublings) and the top bin is one more doubling ([256k, 512k) for Claude; Codex has none).
+- *appended tokens* per step (the uncached part of the prompt), lognormal with TraceLab's
+  Claude figures at 64-128k prefix: p50 793, p90 3.7k (sigma = ln(3700 / 793) / 1.2816).
+  The request's prompt is prefix + appended: the simulator has no prefix cache, so the decode
+  cluster holds the whole context.
+- *output*: exponential (ServeGen, arXiv 2505.09999: outputs fit an exponential) with TraceLab's
+  mean of 186.9M output tokens / 357,161 steps = 523 tokens per step.
+
+``bimodal``: the vLLM DyCP RFC (#29295) traffic shape, "<2k tokens on the short tail,
+>64k-128k on the long tail": short prompts log-uniform in [128, 2048), long ones log-uniform in
+[64k, 128k). The RFC gives no share of long requests; ``long_frac`` = 0.2 is an **assumption**
+(override with ``num_requests``/spec fields in code). Outputs as in the agentic mixes.
+
+Sessions are not modelled (steps of one session arrive independently); arrivals are Poisson.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sglang_dcp.sim.workload import Workload
+
+K = 1024
+
+
+@dataclass(frozen=True)
+class BinnedSpec:
+    """Prompt = a prefix drawn log-uniformly inside bins with given shares + appended tokens."""
+
+    edges: tuple[int, ...]  # bin edges in tokens, len(shares) + 1
+    shares: tuple[float, ...]  # probability of each bin, sums to 1
+    append_p50: float = 0.0  # appended tokens: lognormal median (0: none)
+    append_sigma: float = 0.0
+    out_mean: float = 523.0  # exponential output length mean
+    max_output: int = 16384
+    num_requests: int = 1500
+    rate_rps: float = 1.0  # native rate; the goodput search rescales it
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if len(self.edges) != len(self.shares) + 1:
+            raise ValueError("BinnedSpec: need one more edge than shares")
+        if any(b <= a for a, b in zip(self.edges, self.edges[1:])) or self.edges[0] < 1:
+            raise ValueError("BinnedSpec: edges must be increasing and >= 1")
+        if abs(sum(self.shares) - 1.0) > 1e-9 or min(self.shares) < 0:
+            raise ValueError(f"BinnedSpec: shares must be >= 0 and sum to 1, got {self.shares}")
+
+
+def _shares_from_tail(above: tuple[float, ...]) -> tuple[float, ...]:
+    """Bin shares from the published "share of steps above edge k" (decreasing)."""
+    s = (1.0, *above, 0.0)
+    return tuple(max(0.0, a - b) for a, b in zip(s, s[1:]))
+
+
+_APPEND_SIGMA = float(np.log(3700 / 793) / 1.2815516)  # TraceLab Claude p50 793, p90 3.7k
+_TRACELAB = "TraceLab arXiv 2606.30560 (anchors section 7)"
+
+MIXES: dict[str, BinnedSpec] = {
+    "agentic-claude": BinnedSpec(
+        edges=(8 * K, 32 * K, 64 * K, 128 * K, 256 * K, 512 * K),
+        shares=_shares_from_tail((0.874, 0.724, 0.485, 0.237)),
+        append_p50=793, append_sigma=_APPEND_SIGMA, source=f"{_TRACELAB}, Claude Code steps"),
+    "agentic-codex": BinnedSpec(
+        edges=(8 * K, 32 * K, 64 * K, 128 * K, 256 * K),
+        shares=_shares_from_tail((0.897, 0.759, 0.422)),
+        append_p50=793, append_sigma=_APPEND_SIGMA, source=f"{_TRACELAB}, Codex steps"),
+    "bimodal": BinnedSpec(
+        edges=(128, 2 * K, 64 * K, 128 * K), shares=(0.8, 0.0, 0.2),
+        source="vLLM DyCP RFC #29295 (<2k short, 64k-128k long); 20% long is an assumption"),
+}
+
+
+def draw(name: str, seed: int = 0, num_requests: int | None = None) -> Workload:
+    """Draw mix ``name`` (a key of ``MIXES``) with ``seed``; deterministic."""
+    if name not in MIXES:
+        raise KeyError(f"unknown mix {name!r}; choose one of {sorted(MIXES)}")
+    spec = MIXES[name]
+    n = spec.num_requests if num_requests is None else int(num_requests)
+    if n < 1:
+        raise ValueError(f"num_requests must be >= 1, got {n}")
+    rng = np.random.default_rng(seed)
+    shares = np.asarray(spec.shares)
+    b = rng.choice(len(shares), size=n, p=shares / shares.sum())
+    lo = np.log(np.asarray(spec.edges[:-1], dtype=np.float64))[b]
+    hi = np.log(np.asarray(spec.edges[1:], dtype=np.float64))[b]
+    prefix = np.exp(lo + (hi - lo) * rng.random(n))
+    append = (rng.lognormal(np.log(spec.append_p50), spec.append_sigma, n)
+              if spec.append_p50 > 0 else np.zeros(n))
+    inp = np.maximum(prefix + append, 1).astype(np.int64)
+    out = np.clip(np.ceil(rng.exponential(spec.out_mean, n)), 1, spec.max_output).astype(np.int64)
+    arrivals = np.cumsum(rng.exponential(1e3 / spec.rate_rps, n))
+    arrivals -= arrivals[0]
+    return Workload(name=name, arrival_ms=arrivals, input_len=inp, output_len=out,
+                    meta={"seed": seed, "source": spec.source})
