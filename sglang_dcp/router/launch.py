@@ -60,12 +60,16 @@ class Default:
 
 DCP_DEFAULTS = (
     Default(
-        "policy", "least_load", "cache_aware",
-        "least_load scores each server by its queued prefill tokens plus the tokens routed to it "
-        "since the last load poll, over its generation throughput, plus a KV-pressure term on its "
-        "KV usage averaged over its DP ranks. A DCP server spreads a long request's KV over its "
-        "ranks and counts guest shards where they live, so that average is the request's real "
-        "footprint. cache_aware (prefix affinity) stays available",
+        "policy", "round_robin", "cache_aware",
+        "a burst that arrives between two load polls spreads evenly over the servers (24 "
+        "requests from 8 clients over 2 idle servers: 12/12 in every burst measured). "
+        "least_load split such bursts 16/8, 8/16 and 15/9 here (24/0 in issue 14): its score "
+        "counts a queued request at its uncached prompt tokens (a few for a short prompt) but a "
+        "running or just-sent one at --least-load-mean-prefill-tokens (1024). smg's worker-overload guard still skips a "
+        "server with >= --worker-overload-waiting-requests waiting or >= "
+        "--worker-overload-token-usage mean KV usage while another is below both. For servers "
+        "of different speeds use --policy power_of_two --power-of-two-load-metric "
+        "least_requests (fewest requests in flight, then least_load's score)",
     ),
     Default(
         "load_monitor_interval", 2, 10,
@@ -119,6 +123,19 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"Start two tiny sglang-dcp demo servers on this machine's CPU (2 DP ranks each, "
         f"ports {DEMO_SERVER_PORTS[0]} and {DEMO_SERVER_PORTS[1]}) and the router in front of "
         f"them (--port, default {DEMO_ROUTER_PORT}); Ctrl-C stops all three.",
+    )
+    group.add_argument(
+        "--ready-wait-secs",
+        type=float,
+        default=30.0,
+        help="How long an inference request sent before the router has a registered, healthy "
+        "server waits for one; past that it gets HTTP 503 router_not_ready naming the servers "
+        "still missing (Retry-After: 2), never smg's 404. The router is ready when GET "
+        "/readiness answers 200 (503 before; point a load balancer's probe there); GET /health "
+        "answers 503 router_not_ready until then and 200 after (liveness). The launcher prints "
+        "'router ready' once every --worker-urls server is registered. (smg itself serves before "
+        "registering its servers, so the launcher runs it on a loopback port and relays the "
+        "public --host/--port to it; smg sees clients as 127.0.0.1.)",
     )
     RouterArgs.add_cli_args(parser, use_router_prefix=False)
     actions = {a.dest: a for a in parser._actions}
@@ -187,16 +204,23 @@ def check_args(ns: argparse.Namespace) -> None:
 def parse(argv: list[str]):
     """smg's ``RouterArgs`` for ``argv`` (sglang-dcp's defaults applied, checked); raises
     ``LaunchError`` on bad input and exits 2 on an argparse error."""
+    return parse_all(argv)[0]
+
+
+def parse_all(argv: list[str]):
+    """``(RouterArgs, ready_wait_secs)``: smg's arguments and the launcher's own."""
     from smg.router_args import RouterArgs
 
     ns = build_parser().parse_args(argv)  # argparse errors: one line, exit 2
     check_args(ns)
+    if not ns.ready_wait_secs >= 0:
+        raise LaunchError("--ready-wait-secs must be >= 0")
     try:
         args = RouterArgs.from_cli_args(ns, use_router_prefix=False)
         args._validate_router_args()
     except ValueError as e:
         raise LaunchError(f"invalid router arguments: {e}") from None
-    return args
+    return args, ns.ready_wait_secs
 
 
 def _get_json(url: str, timeout: float = 5.0):
@@ -240,27 +264,43 @@ def _announce_when_ready(router_url: str, worker_urls: list[str], demo: bool) ->
     print("\n".join(lines), flush=True)
 
 
-def run_router(args, *, demo: bool = False) -> int:
-    from smg.launch_router import launch_router
+def run_router(args, *, ready_wait_secs: float = 30.0, demo: bool = False) -> int:
+    """smg on a loopback port, the public --host/--port relayed to it by ``gate.Gate`` (which
+    holds inference requests until smg has a healthy server); blocks until SIGINT/SIGTERM."""
+    import smg.launch_router as smg_launch
 
-    host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    from sglang_dcp.router.gate import Gate, free_loopback_port
+
+    public_host, public_port = args.host, args.port
+    args.host, args.port = "127.0.0.1", free_loopback_port()
+    try:
+        Gate(public_host, public_port, args.port, list(args.worker_urls),
+             wait_secs=ready_wait_secs).start()  # fmt: skip
+    except OSError as e:
+        print(f"{PROG}: error: cannot listen on {public_host}:{public_port}: {e}", file=sys.stderr)
+        return 1
+    host = "127.0.0.1" if public_host in ("0.0.0.0", "::") else public_host
     threading.Thread(
         target=_announce_when_ready,
-        args=(f"http://{host}:{args.port}", list(args.worker_urls), demo),
+        args=(f"http://{host}:{public_port}", list(args.worker_urls), demo),
         daemon=True,
     ).start()
+    banner = smg_launch.print_banner  # smg's banner would show the loopback port
+    smg_launch.print_banner = lambda _host, _port, mode: banner(public_host, public_port, mode)
     try:
-        launch_router(args)  # blocks until SIGINT/SIGTERM
+        smg_launch.launch_router(args)  # blocks until SIGINT/SIGTERM
     except Exception as e:  # noqa: BLE001 -- smg logged the details; say it in one line
         print(f"{PROG}: error: the router stopped: {e}", file=sys.stderr)
         return 1
+    finally:
+        smg_launch.print_banner = banner
     return 0
 
 
 def run_demo(argv: list[str]) -> int:
     """Two ``launch_server --demo`` servers, then the router in front of them, in this process."""
     from sglang_dcp import env
-    from sglang_dcp.testing.server import ServerError, ServerProcess, port_range_free
+    from sglang_dcp.router.demo import DemoServer, DemoServerError, port_range_free
 
     argv = [a for a in argv if a != "--demo"]
     for port in DEMO_SERVER_PORTS:
@@ -275,23 +315,23 @@ def run_demo(argv: list[str]) -> int:
         argv += ["--port", str(DEMO_ROUTER_PORT)]
     if "--log-level" not in given:
         argv += ["--log-level", "warn"]  # keep the ready banner in sight; the servers log to files
-    args = parse(["--worker-urls", *urls, *argv])
+    args, ready_wait_secs = parse_all(["--worker-urls", *urls, *argv])
     log_dir = os.path.join(env.cache_dir(), "demo-router")
     os.makedirs(log_dir, exist_ok=True)
     servers = [
-        ServerProcess(DEMO_SERVER_ARGS, os.path.join(log_dir, f"server{i}.log"), port=p,
-                      startup_timeout=900)
+        DemoServer(DEMO_SERVER_ARGS, os.path.join(log_dir, f"server{i}.log"), port=p,
+                   startup_timeout=900)
         for i, p in enumerate(DEMO_SERVER_PORTS)
     ]  # fmt: skip
     for s in servers:
         print(f"[sglang-dcp] starting a demo server at {s.url} (log: {s.log_path})", flush=True)
     errors: list[str] = []
 
-    def start(s: ServerProcess) -> None:
+    def start(s: DemoServer) -> None:
         try:
             s.start()
-        except ServerError as e:
-            errors.append(f"{s.url}: {str(e).splitlines()[0]} (log: {s.log_path})")
+        except DemoServerError as e:
+            errors.append(f"{s.url}: {e} (log: {s.log_path})")
 
     try:
         threads = [threading.Thread(target=start, args=(s,), daemon=True) for s in servers]
@@ -302,7 +342,7 @@ def run_demo(argv: list[str]) -> int:
         if errors:
             print(f"{PROG}: error: a demo server did not start: {errors[0]}", file=sys.stderr)
             return 1
-        return run_router(args, demo=True)
+        return run_router(args, ready_wait_secs=ready_wait_secs, demo=True)
     finally:
         for s in servers:
             s.stop()
@@ -313,11 +353,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "--demo" in argv:
             return run_demo(argv)
-        args = parse(argv)
+        args, ready_wait_secs = parse_all(argv)
     except LaunchError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
-    return run_router(args)
+    return run_router(args, ready_wait_secs=ready_wait_secs)
 
 
 if __name__ == "__main__":
