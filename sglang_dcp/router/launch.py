@@ -9,7 +9,13 @@ The router is the SGLang Model Gateway (PyPI ``smg``, pinned in requirements/cpu
   explicit flag overrides;
 - checks that fail early in one ``error:`` line with exit code 2: no worker URL, a URL that is
   not ``http(s)://HOST[:PORT]``, a port already taken, unknown flags;
-- ``--demo``: two tiny sglang-dcp servers on this machine's CPU with the router in front.
+- the public ``--host``/``--port`` belong to ``gate.Gate``, which relays to smg on a loopback
+  port: smg serves before it has registered its servers (404 "No worker available for model"
+  meanwhile), the gate holds inference requests until smg's ``/readiness`` is 200 (up to
+  ``--ready-wait-secs``, then 503 ``router_not_ready`` with the reason) and answers ``/health``
+  503 until then;
+- ``--demo``: two tiny sglang-dcp servers on this machine's CPU with the router in front
+  (``demo.DemoServer``; shipped code does not import ``sglang_dcp.testing``).
 
 The contract with the servers (README):
 

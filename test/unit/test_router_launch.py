@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from sglang_dcp.router.launch import DCP_DEFAULTS, LaunchError, parse
+from sglang_dcp.router.launch import DCP_DEFAULTS, LaunchError, parse, parse_all
 
 W = ["--worker-urls", "http://127.0.0.1:30010", "http://127.0.0.1:30020"]
 
@@ -62,6 +62,13 @@ def test_bad_worker_urls(argv, fragment):
         parse([*argv, "--port", str(_free_port()), "--prometheus-port", str(_free_port())])
 
 
+def test_ready_wait_secs():
+    assert parse_all([*W, "--port", str(_free_port()), "--prometheus-port", str(_free_port()),
+                      "--ready-wait-secs", "5"])[1] == 5.0  # fmt: skip
+    with pytest.raises(LaunchError, match="--ready-wait-secs"):
+        _parse("--ready-wait-secs", "-1")
+
+
 def test_ports_in_use():
     with socket.socket() as s:
         s.bind(("0.0.0.0", 0))
@@ -101,7 +108,9 @@ def test_help_shows_the_router_flags_and_why_each_default_changed():
     proc = _run("--help")
     assert proc.returncode == 0, proc.stderr
     out = "".join(proc.stdout.split())  # argparse wraps lines, also at hyphens
-    for flag in ("--worker-urls", "--dp-aware", "--demo", "--retry-max-retries"):
+    for flag in ("--worker-urls", "--dp-aware", "--demo", "--retry-max-retries", "--ready-wait-secs"):
         assert flag in out
+    # how a client or a load balancer knows the router is ready
+    assert "GET/readinessanswers200" in out and "router_not_ready" in out
     for d in DCP_DEFAULTS:
         assert f"[sglang-dcpdefault:{d.value};smg:{d.smg}:" in out, d.dest
