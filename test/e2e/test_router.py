@@ -4,12 +4,18 @@ The servers start in parallel and are shared by the module; the routers are
 ``python -m sglang_dcp.launch_router`` in front of them. Each server logs its planner's
 decisions (``SGLANG_DCP_PLANNER_LOG=1``), which says which server, and which rank, took a
 request. The last test crashes a server, so it runs last.
+
+test/unit/test_router_gate.py covers the same router against stub servers (servers that come up
+after the router, the 503 past --ready-wait-secs, streaming through the launcher's relay).
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import re
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -20,7 +26,7 @@ import pytest
 
 from hf_reference import hf_greedy, prompts
 
-from sglang_dcp.testing.server import tiny_dp_args
+from sglang_dcp.testing.server import free_port, tiny_dp_args
 
 # Two servers start in parallel (about 2 minutes on 2 free cores, far more on a busy machine) and
 # the last test restarts one: more than pytest.ini's 600 s per test.
@@ -185,6 +191,69 @@ def test_dp_aware_routing_pins_the_home_rank(servers, launch_router):
     body = e.value.read().decode()
     assert "planner rejected" in body and "pinned home rank" in body, body
     dp_router.stop()
+
+
+def test_a_burst_of_short_requests_spreads_over_both_servers(servers, router):
+    """24 short requests from 8 concurrent clients over two idle servers, twice: each server
+    takes 40-60% of each burst (issue 14: smg's least_load sent all 24 to one server)."""
+    ids = prompts(seed=61, count=24, lengths=(7, 12, 5))
+    for burst in range(2):
+        before = router.requests_per_worker()
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            outs = list(pool.map(lambda j: generate(router.url, j[1], f"burst{burst}-{j[0]}", 2),
+                                 enumerate(ids)))  # fmt: skip
+        assert all(len(o["output_ids"]) == 2 for o in outs)
+        after = router.requests_per_worker()
+        split = {s.url: after.get(s.url, 0) - before.get(s.url, 0) for s in servers}
+        assert sum(split.values()) == len(ids), split
+        assert all(0.4 * len(ids) <= n <= 0.6 * len(ids) for n in split.values()), split
+        admitted_per_server = [
+            sum(r.startswith(f"burst{burst}-") for r in admitted(s)) for s in servers
+        ]
+        assert admitted_per_server == [split[s.url] for s in servers], admitted_per_server
+        print(f"\nburst {burst}: {split}")
+
+
+def test_requests_right_after_the_router_starts_are_never_404(servers, tmp_path):
+    """A router started in front of two healthy servers registers them in the background
+    (smg answered 404 "No worker available for model" for ~4 s here); the launcher holds
+    requests meanwhile: from the first accepted connection on, every request gets its answer."""
+    port, prom = free_port(), free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(tmp_path / "router-early.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sglang_dcp.launch_router", "--worker-urls",
+         *[s.url for s in servers], "--port", str(port), "--prometheus-port", str(prom)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    ids = prompts(seed=71, count=16, lengths=(6, 9))
+    statuses = collections.Counter()
+    try:
+        start = time.monotonic()
+        while True:  # the launcher's port opens a moment after the process starts
+            try:
+                urllib.request.urlopen(url + "/liveness", timeout=5).close()
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.monotonic() - start < 60, "the launcher never listened"
+                time.sleep(0.05)
+
+        def send(j):
+            try:
+                generate(url, j[1], f"early-{j[0]}", 2, timeout=120)
+                return 200
+            except urllib.error.HTTPError as e:
+                return (e.code, e.read().decode(errors="replace")[:200])
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            statuses.update(pool.map(send, enumerate(ids)))
+        assert statuses == {200: len(ids)}, statuses
+        print(f"\nall {len(ids)} answered 200, {time.monotonic() - start:.1f} s after the "
+              "launcher listened")  # fmt: skip
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        log.close()
 
 
 def test_a_dead_server_leaves_rotation_and_comes_back(servers, router, tiny_model_path):
