@@ -19,22 +19,35 @@ could not run whole: KV fragmentation. So:
 2. **Split only for fit** (``split_rule="fit"``, the default): a request that some rank can
    hold whole is placed whole (``d = 1``) on the best such home. Otherwise it is split, with
    the home chosen among ranks that can hold its tail, *if* it can never fit whole (larger than
-   every rank's capacity) or at least ``split_min_free`` (0.2) of the cluster's KV is free: then
-   free KV exists but is fragmented, and waiting for one rank to drain is what a split saves.
-   With less free KV the cluster is KV-bound; a split would only pack the last free pages at a
-   recurring exchange cost, so the request waits (retryable ``Rejection``) and waiting is the
-   admission control. ``split_rule="gain"``: the older rule, which also splits requests that
+   every rank's capacity), or it is large against a rank (>= ``split_min_free`` of the largest
+   rank's capacity: one rank frees that much only after many finishes, so waiting is long), or
+   at least ``split_min_free`` (0.2) of the cluster's KV is free: then free KV exists but is
+   fragmented, and waiting for one rank to drain is what a split saves. Otherwise the cluster is
+   KV-bound for a small request; a split would only pack the last free pages at a recurring
+   exchange cost, so it waits (retryable ``Rejection``). ``split_rule="gain"``: the older rule, which also splits requests that
    fit when the predicted step ``max(M, peak) + exchange_fixed`` is lower by > ``min_gain_us``
    (``fixed_exchange``: charge the fixed cost to every split, ``"always"``, or only to the
    cluster's first guest, ``"first"``).
 3. **Shards** (when splitting): ``d = 2 .. max_degree``; the guests are the ``d - 1`` ranks with
-   the lowest predicted time (free KV >= ``min_shard_tokens``, by default the profile's
+   the lowest predicted time counting their item's exchange (a rank on the home's node,
+   ``ClusterSpec.ranks_per_node``, pays the profile's intranode rate, so it comes first when
+   that is cheaper) and free KV >= ``min_shard_tokens`` (by default the profile's
    break-even shard), and the request's tokens are water-filled over home + guests so their
    predicted times, per-guest exchange, attention-item and merge costs included, level out
    (each guest shard >= ``min_shard_tokens``, page-aligned, only the prompt's full pages; the
    home keeps the tail: the prompt's last partial page plus ``max_new_tokens``). The plan with
    the lowest predicted step wins; a larger ``d`` must beat a smaller one by > ``min_gain_us``.
    If no plan fits, guests by most free KV are tried.
+4. **Step budget** (``step_slo_ms``, the operator's TPOT SLO; the simulator passes its SLO, the
+   server's default is none): a placement whose predicted step (reserved KV, MoE barrier and
+   fixed exchange included) exceeds the budget waits instead, unless the cluster is empty
+   (``budget.py``; ``step_gate="all"``, the default, for any degree; ``"split"`` only for
+   splits). Admission is then both KV- and step-bounded: at a tight SLO the ranks run at the
+   SLO instead of past it. Measured in ``bench/results/sim.md``.
+5. **No migration by default** (``rebalance_threshold=None``): moving sealed shards for KV
+   balance never paid in the simulator (it adds exchange for the rest of a request's life);
+   with a threshold ``rebalance`` moves ranges (``rebalance.py``), and with a step budget only
+   while a move lowers the predicted step.
 
 Short requests (fewer full prompt pages than ``min_shard_tokens``) never split. Loads are
 reserved KV tokens (``kv_tokens()``), i.e. what the ranks hold when every live request reaches
@@ -47,11 +60,13 @@ from __future__ import annotations
 from sglang_dcp.planner.base import ClusterSpec
 from sglang_dcp.planner.profile import CostProfile
 from sglang_dcp.planner.rebalance import SealedRangeRebalancer
+from sglang_dcp.planner.budget import STEP_GATES, StepBudget
 from sglang_dcp.planner.state import LedgerPolicy, page_up
+from sglang_dcp.planner.waterfill import waterfill as _waterfill
 from sglang_dcp.types import Rejection, Request
 
 
-class DcpPolicy(SealedRangeRebalancer, LedgerPolicy):
+class DcpPolicy(StepBudget, SealedRangeRebalancer, LedgerPolicy):
     name = "dcp"
 
     def __init__(
@@ -69,6 +84,7 @@ class DcpPolicy(SealedRangeRebalancer, LedgerPolicy):
         split_rule: str = "fit",
         split_min_free: float = 0.2,
         step_slo_ms: float | None = None,
+        step_gate: str = "all",
     ) -> None:
         super().__init__(cluster)
         if not isinstance(profile, CostProfile):
@@ -95,7 +111,10 @@ class DcpPolicy(SealedRangeRebalancer, LedgerPolicy):
             raise ValueError(f"dcp: split_min_free must be in [0, 1], got {split_min_free}")
         if step_slo_ms is not None and not step_slo_ms > 0:
             raise ValueError(f"dcp: step_slo_ms must be > 0, got {step_slo_ms}")
+        if step_gate not in STEP_GATES:
+            raise ValueError(f"dcp: step_gate must be one of {STEP_GATES}, got {step_gate!r}")
         self.step_slo_us = None if step_slo_ms is None else float(step_slo_ms) * 1e3
+        self.step_gate = step_gate
         self.split_rule = split_rule
         self.split_min_free = float(split_min_free)
         self.home_rule = home_rule
@@ -205,6 +224,14 @@ class DcpPolicy(SealedRangeRebalancer, LedgerPolicy):
         return self._reject(request, resv, pfull, splittable, pinned=home_rank)
 
     def _plan(self, req: Request, home_rank: int | None):
+        plan = self._place(req, home_rank)
+        if isinstance(plan, Rejection) or self.step_slo_us is None:
+            return plan
+        return self._gate(req, plan, lambda: self._place(req, home_rank, split_only=True))
+
+    def _place(self, req: Request, home_rank: int | None, split_only: bool = False):
+        """A plan ``(home, sealed, tail_start)`` or a ``Rejection``; ``split_only``: the best
+        split (d >= 2) even if the request fits whole (the step budget asks for one)."""
         cap, kv = self.cap, self.kv
         resv, pfull, splittable = self._sizes(req)
         min_tail = resv - pfull
@@ -215,7 +242,7 @@ class DcpPolicy(SealedRangeRebalancer, LedgerPolicy):
             if cap[h] - kv[h] < need:
                 return self._reject(req, resv, pfull, splittable, pinned=h)
         else:
-            if self.split_rule == "fit" and splittable:
+            if self.split_rule == "fit" and splittable and not split_only:
                 h = self._choose_home(resv, resv)  # a home that holds it whole: no split
                 if h >= 0:
                     return h, [], 0
@@ -223,10 +250,10 @@ class DcpPolicy(SealedRangeRebalancer, LedgerPolicy):
             if h < 0:
                 return self._reject(req, resv, pfull, splittable)
         free_h = cap[h] - kv[h]
-        if self.split_rule == "fit" and splittable:
+        if self.split_rule == "fit" and splittable and not split_only:
             if free_h >= resv:
                 return h, [], 0
-            if self.step_slo_us is None and not self._may_split_for_fit(resv, home_rank):
+            if not self._may_split_for_fit(resv, home_rank):
                 return Rejection(
                     req.rid,
                     f"request {req.rid!r} needs {resv} KV tokens, no rank has them free and "
@@ -241,7 +268,7 @@ class DcpPolicy(SealedRangeRebalancer, LedgerPolicy):
         )
         M = max(self.cost)
         best_score = None
-        if free_h >= resv:
+        if free_h >= resv and not split_only:
             peak1 = base_h + a * resv
             if not splittable or peak1 <= M:
                 return h, [], 0  # a split cannot lower the step time: d = 1
@@ -253,7 +280,11 @@ class DcpPolicy(SealedRangeRebalancer, LedgerPolicy):
         if self.fixed_exchange == "first" and self.num_guest_items:
             fixed = 0.0
         cost = self.cost
-        by_time = sorted(range(self.num_ranks), key=cost.__getitem__)
+        # guests by predicted time with the item's exchange: same-node ranks first when cheaper
+        rpn, hn, disc = self.cluster.ranks_per_node, h // self.cluster.ranks_per_node, \
+            self._near_disc
+        by_time = sorted(range(self.num_ranks),
+                         key=lambda r: cost[r] - (disc if r // rpn == hn else 0.0))
         plans = self._try_guests(h, by_time, resv, pfull, min_tail, free_h, base_h)
         if best_score is None and not plans:
             by_free = sorted(range(self.num_ranks), key=lambda r: (kv[r] - cap[r], r))
@@ -264,25 +295,17 @@ class DcpPolicy(SealedRangeRebalancer, LedgerPolicy):
                 best_score, best = score, (h, sealed, tail_start)
         if best_score is None:
             return self._reject(req, resv, pfull, splittable, pinned=home_rank)
-        if self.step_slo_us is not None and best[1] and self.split_rule == "fit":
-            bmax = max(max(self.batch), self.batch[h] + 1)
-            step = best_score + self.profile.moe_us(bmax)
-            if step > self.step_slo_us and free_h < resv:
-                return Rejection(
-                    req.rid,
-                    f"request {req.rid!r} needs {resv} KV tokens, no rank has them free and "
-                    f"splitting it would predict a {step / 1e3:.1f} ms step, over the "
-                    f"{self.step_slo_us / 1e3:.1f} ms step budget: it waits",
-                    retryable=True,
-                )
         return best
 
     def _may_split_for_fit(self, resv: int, pinned: int | None) -> bool:
         """``split_rule="fit"``: split a request that no allowed home can hold whole now only if
-        none ever could (capacity below ``resv``), or at least ``split_min_free`` of the
-        cluster's KV is free (fragmented, not full)."""
+        none ever could (capacity below ``resv``), or it is large against a rank (at least
+        ``split_min_free`` of the largest rank's capacity: waiting for one rank to free that
+        much takes many finishes), or at least ``split_min_free`` of the cluster's KV is free
+        (fragmented, not full)."""
         cap = self.cap
-        if (cap[pinned] if pinned is not None else max(cap)) < resv:
+        largest = cap[pinned] if pinned is not None else max(cap)
+        if largest < resv or resv >= self.split_min_free * largest:
             return True
         total = sum(cap)
         return total - sum(self.kv) >= self.split_min_free * total
@@ -297,12 +320,13 @@ class DcpPolicy(SealedRangeRebalancer, LedgerPolicy):
                 if len(guests) == self.max_degree - 1:
                     break
         plans = []
-        per_guest = self._item + self._ex
-        home_extra = self._ex + self._merge
+        rpn = self.cluster.ranks_per_node
+        ex = [self._ex - (self._near_disc if g // rpn == h // rpn else 0.0) for g in guests]
         cost = self.cost
         for d in range(2, len(guests) + 2):
             gs = guests[: d - 1]
-            bases = [base_h + home_extra * (d - 1)] + [cost[g] + per_guest for g in gs]
+            home_extra = sum(ex[: d - 1]) + self._merge * (d - 1)
+            bases = [base_h + home_extra] + [cost[g] + self._item + e for g, e in zip(gs, ex)]
             lo = [min_tail] + [ms] * (d - 1)
             hi = [free_h] + [min(cap[g] - kv[g], pfull) for g in gs]
             x = _waterfill([c / a for c in bases], lo, hi, resv)
@@ -360,32 +384,3 @@ class DcpPolicy(SealedRangeRebalancer, LedgerPolicy):
             if caps[h] + min(pfull, sum(others[:k])) >= resv:
                 return True
         return False
-
-
-def _waterfill(heights: list[float], lo: list[int], hi: list[int], total: int):
-    """Minimise ``max_i (heights[i] + x[i])`` s.t. ``sum x = total``, ``lo <= x <= hi``.
-
-    Returns the continuous ``x`` (level ``L``: ``x_i = clamp(L - heights[i], lo_i, hi_i)``) or
-    None when infeasible. O(d log d) over the 2d breakpoints.
-    """
-    if total < sum(lo) or total > sum(hi):
-        return None
-    events = []
-    for hgt, l, u in zip(heights, lo, hi):
-        if u < l:
-            return None
-        events.append((hgt + l, 1))
-        events.append((hgt + u, -1))
-    events.sort()
-    f = float(sum(lo))
-    cur = events[0][0]
-    slope = 0
-    level = events[-1][0]
-    for pos, delta in events:
-        nf = f + slope * (pos - cur)
-        if nf >= total:
-            level = cur + (total - f) / slope if slope else cur
-            break
-        f, cur = nf, pos
-        slope += delta
-    return [min(max(level - hgt, l), u) for hgt, l, u in zip(heights, lo, hi)]

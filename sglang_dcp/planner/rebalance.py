@@ -45,16 +45,16 @@ class SealedRangeRebalancer:
             if pick is None:
                 break
             rid, start, end = pick
-            before = self._predicted_step_us()
+            before = self._current_step_us()
             m = self._move(rid, src, dst, start, end)
-            if before is not None and self._predicted_step_us() >= before:
+            if before is not None and self._current_step_us() >= before:
                 self._move(rid, dst, src, start, end)  # no gain once exchange is paid: undo
                 break
             moves.append(m)
             budget -= end - start
         return moves
 
-    def _predicted_step_us(self) -> float | None:
+    def _current_step_us(self) -> float | None:
         """With a step budget (``dcp`` ``step_slo_ms``) a move must lower the predicted step
         (slowest rank + the fixed exchange cost); without one, ``None``: balance KV alone."""
         if getattr(self, "step_slo_us", None) is None:

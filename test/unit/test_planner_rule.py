@@ -61,15 +61,57 @@ def test_request_waits_instead_of_splitting_when_the_cluster_is_kv_bound():
     p = make_policy("dcp", c, DS, min_shard_tokens=PAGE * 10)
     for r in range(4):  # 85% full: 9,600 free per rank, 38,400 in all
         fill(p, r, 54_400, f"f{r}")
-    rej = p.admit(req(0, 20_000, 100))  # fits the cluster's free KV only in pieces
+    rej = p.admit(req(0, 11_000, 100))  # fits the cluster's free KV only in pieces
     assert isinstance(rej, Rejection) and rej.retryable and "waits" in rej.reason
     assert sum(p.guest_items()) == 0
     # the same request splits once the gate allows it (split_min_free=0: always split for fit)
     q = make_policy("dcp", c, DS, min_shard_tokens=PAGE * 10, split_min_free=0.0)
     for r in range(4):
         fill(q, r, 54_400, f"f{r}")
-    assert q.admit(req(0, 20_000, 100)).degree > 1
+    assert q.admit(req(0, 11_000, 100)).degree > 1
     q.verify()
+
+
+def test_request_large_against_a_rank_splits_even_when_kv_bound():
+    """>= split_min_free of a rank's capacity: waiting for one rank to free it takes long."""
+    cap = 64 * 1000
+    c = ClusterSpec.uniform(4, cap, PAGE)
+    p = make_policy("dcp", c, DS, min_shard_tokens=PAGE * 10)
+    for r in range(4):  # 85% full, as above
+        fill(p, r, 54_400, f"f{r}")
+    got = p.admit(req(0, 20_000, 100))  # 31% of a rank
+    assert isinstance(got, Placement) and got.degree > 1
+    p.verify()
+
+
+def test_step_budget_holds_back_a_split_the_step_cannot_afford():
+    """With step_slo_ms, a split whose exchange would push the predicted step over the budget
+    waits; with the budget loose enough it is placed; an empty cluster always admits."""
+    cap = 64 * 1000
+    c = ClusterSpec.uniform(4, cap, PAGE)
+    tight = make_policy("dcp", c, DS, min_shard_tokens=PAGE * 10, step_slo_ms=1.0,
+                        step_gate="split")
+    assert tight.admit(req(9, 100_000, 100)).degree > 1  # empty cluster: nothing to wait for
+    tight.finish("r9")
+    for r in range(4):
+        fill(tight, r, 32_000, f"f{r}")
+    rej = tight.admit(req(0, 40_000, 100))
+    assert isinstance(rej, Rejection) and rej.retryable and "step budget" in rej.reason
+    loose = make_policy("dcp", c, DS, min_shard_tokens=PAGE * 10, step_slo_ms=1e6)
+    for r in range(4):
+        fill(loose, r, 32_000, f"f{r}")
+    got = loose.admit(req(0, 40_000, 100))
+    assert isinstance(got, Placement) and got.degree > 1
+    # the prediction the gate uses is the profile's step with the plan committed
+    pred = loose._predicted_step_us(got.home_rank, [[s.rank, s.start, s.end]
+                                                     for s in got.shards[:-1]], 0)
+    assert pred > 0
+    all_gate = make_policy("dcp", c, DS, step_slo_ms=1.0, step_gate="all")
+    fill(all_gate, 0, 1000, "a")
+    rej = all_gate.admit(req(1, 1000, 10))  # d = 1, but the step cannot afford any admission
+    assert isinstance(rej, Rejection) and rej.retryable
+    with pytest.raises(ValueError, match="step_gate"):
+        make_policy("dcp", c, DS, step_gate="bogus")
 
 
 def test_request_larger_than_every_rank_is_always_split():

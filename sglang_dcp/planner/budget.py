@@ -1,0 +1,75 @@
+"""A step-time budget for ``dcp``: the operator's TPOT SLO as the planner's admission bound.
+
+Mixed into ``DcpPolicy`` (which sets ``step_slo_us`` and ``step_gate`` and keeps the per-rank
+predicted times ``cost``). Without a budget (``step_slo_ms=None``) nothing here runs.
+
+A plan (``(home, sealed, tail_start)`` from ``DcpPolicy._place``) is admitted when the cluster's
+predicted step with it, ``max_r rank_time_r + moe_us(max batch) + exchange_us_fixed`` (if any
+guest item exists), is within the budget. A whole placement over the budget is replaced by the
+best split that is within it (a long request whole on one rank can alone push that rank's
+attention past the SLO). Otherwise the request waits (retryable rejection), for
+``step_gate="split"`` only when the plan splits it (an exchange the step cannot afford), for
+``"all"`` whatever its degree. A request is always admitted into an otherwise empty cluster
+(the split if it predicts a shorter step): there is nothing to wait for. Predicted times use reserved KV (every live request at
+its full ``max_new_tokens``), the same view the rest of the planner uses.
+"""
+
+from __future__ import annotations
+
+from sglang_dcp.types import Rejection, Request
+
+STEP_GATES = ("split", "all")
+
+
+class StepBudget:
+    def _predicted_step_us(self, home: int, sealed: list[list[int]], tail: int) -> float:
+        """The cluster's predicted step (µs) if a request homed on ``home`` with guest shards
+        ``sealed`` (``[rank, start, end]``) and ``tail`` tokens at home were admitted."""
+        p, cost, batch = self.profile, self.cost, self.batch
+        a, item, ex, merge = self._a, self._item, self._ex, self._merge
+        disc = self._near_disc
+        node = self.cluster.node
+        add: dict[int, float] = {}
+        guests = {r for r, _, _ in sealed if r != home}
+        b = batch[home]
+        add[home] = (a * tail + item + p.compute_us(b + 1) - p.compute_us(b)
+                     + (ex + merge) * len(guests))
+        for r, s, e in sealed:
+            add[r] = add.get(r, 0.0) + a * (e - s)
+        for g in guests:
+            near = node(g) == node(home)
+            add[g] += item + ex - (disc if near else 0.0)
+            if near:
+                add[home] -= disc
+        worst = max(cost)
+        for r, d in add.items():
+            if cost[r] + d > worst:
+                worst = cost[r] + d
+        fixed = p.exchange_us_fixed if (self.num_guest_items or guests) else 0.0
+        return worst + p.moe_us(max(max(batch), b + 1)) + fixed
+
+    def _gate(self, req: Request, plan, split_plan):
+        """``plan`` if its predicted step is within the budget; else a split from
+        ``split_plan()`` that is (the whole placement would put too much attention on one rank);
+        else ``plan`` into an empty cluster, or a retryable ``Rejection``."""
+        resv = -(-(req.prompt_len + req.max_new_tokens) // self.page) * self.page
+        home, sealed, tail_start = plan
+        step = self._predicted_step_us(home, sealed, resv - tail_start)
+        if step <= self.step_slo_us:
+            return plan
+        if not sealed and self.max_degree > 1:
+            alt = split_plan()
+            if not isinstance(alt, Rejection) and alt[1]:
+                alt_step = self._predicted_step_us(alt[0], alt[1], resv - alt[2])
+                if alt_step <= self.step_slo_us or not len(self) and alt_step < step:
+                    return alt
+        if not len(self) or (not sealed and self.step_gate == "split"):
+            return plan  # an empty cluster: waiting cannot make room
+        what = f"split over {len({r for r, _, _ in sealed} | {home})} ranks" if sealed else \
+            f"on rank {home}"
+        return Rejection(
+            req.rid,
+            f"request {req.rid!r} ({resv} KV tokens) {what} would predict a {step / 1e3:.1f} ms "
+            f"step, over the {self.step_slo_us / 1e3:.1f} ms step budget: it waits",
+            retryable=True,
+        )
