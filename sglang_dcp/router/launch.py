@@ -295,6 +295,8 @@ def run_router(args, *, ready_wait_secs: float = 30.0, demo: bool = False) -> in
     smg_launch.print_banner = lambda _host, _port, mode: banner(public_host, public_port, mode)
     try:
         smg_launch.launch_router(args)  # blocks until SIGINT/SIGTERM
+    except KeyboardInterrupt:  # Ctrl-C is how the demo stops: no traceback
+        return 0
     except Exception as e:  # noqa: BLE001 -- smg logged the details; say it in one line
         print(f"{PROG}: error: the router stopped: {e}", file=sys.stderr)
         return 1
@@ -329,6 +331,11 @@ def run_demo(argv: list[str]) -> int:
                    startup_timeout=900)
         for i, p in enumerate(DEMO_SERVER_PORTS)
     ]  # fmt: skip
+    # Build the demo checkpoint here, once: two servers building it at once race on its cache
+    # directory (the second one's rename fails).
+    from sglang_dcp.sglang.launch import demo_model_path
+
+    demo_model_path()
     for s in servers:
         print(f"[sglang-dcp] starting a demo server at {s.url} (log: {s.log_path})", flush=True)
     errors: list[str] = []
