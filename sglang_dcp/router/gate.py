@@ -164,7 +164,11 @@ class Gate:
                         await asyncio.wait_for(self._open_event.wait(), self.wait_secs)
                     except asyncio.TimeoutError:
                         return await self._not_ready(writer, method)
-                prefix = head
+                    prefix = head
+                else:
+                    # Relayed while not ready: this connection's next request must come back
+                    # through the check above, so smg closes it after this one.
+                    prefix = _connection_close(head)
             await self._relay(reader, writer, prefix)
         finally:
             writer.close()
@@ -216,6 +220,14 @@ async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             dst.write_eof()
         except OSError:
             pass
+
+
+def _connection_close(head: bytes) -> bytes:
+    """``head`` (request line and headers, ending in a blank line) asking for
+    ``Connection: close``."""
+    lines = head[:-4].split(b"\r\n")
+    kept = [lines[0]] + [h for h in lines[1:] if not h.lower().startswith(b"connection:")]
+    return b"\r\n".join(kept + [b"Connection: close"]) + b"\r\n\r\n"
 
 
 def _request_line(head: bytes) -> tuple[str, str]:

@@ -191,8 +191,17 @@ def test_requests_before_the_servers_exist_wait_for_them_never_404(router_with):
     # The launcher listens; no server is up yet.
     assert status == 503 and body["error"]["code"] == "router_not_ready", (status, body)
     assert stubs[0].url in body["error"]["message"], body
-    status, body = _call(url, "/readiness", timeout=10)
-    assert status == 503, (status, body)
+    import http.client
+
+    # A keep-alive connection that asks something first: that answer closes it, so its next
+    # request (a new connection) waits like the others instead of reaching smg unchecked.
+    conn = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=30)
+    conn.request("GET", "/readiness")
+    r = conn.getresponse()
+    assert r.status == 503 and r.getheader("Connection", "").lower() == "close", r.read()
+    r.read()
+    conn.request("POST", "/generate", body=json.dumps({"text": "same connection"}),
+                 headers={"Content-Type": "application/json"})  # fmt: skip
     with ThreadPoolExecutor(8) as pool:
         early = list(pool.map(lambda i: _generate(url, i), range(8)))
         while time.monotonic() - t0 < 30:
@@ -203,6 +212,9 @@ def test_requests_before_the_servers_exist_wait_for_them_never_404(router_with):
             time.sleep(0.1)
     seen.update(status for status, _ in early)
     assert seen == {200: 8}, early
+    late = conn.getresponse()  # sent before the 8 above
+    assert late.status == 200, late.read()
+    conn.close()
     assert probes[-1] == 200 and set(probes) <= {200, 503}, probes
     assert time.monotonic() - t0 >= 3.5  # they really waited for the servers
     assert _call(url, "/readiness")[0] == 200
