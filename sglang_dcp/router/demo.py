@@ -86,7 +86,8 @@ class DemoServer:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise DemoServerError(f"exited with code {self.proc.returncode} before it was healthy")
+                code = self.proc.returncode
+                raise DemoServerError(f"exited with code {code} before it was healthy")
             if self.healthy():
                 return self
             time.sleep(1.0)

@@ -151,7 +151,8 @@ def router_with(tmp_path):
 def _call(url: str, path: str, payload: dict | None = None, timeout: float = 60.0):
     """(status, parsed body) or (None, error) when nothing listens yet."""
     data = None if payload is None else json.dumps(payload).encode()
-    req = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    req = urllib.request.Request(url + path, data=data, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, _parse(r.read())
@@ -271,8 +272,11 @@ def test_streaming_and_keep_alive_go_through_the_relay(router_with):
         assert r.status == 200 and json.loads(r.read())["meta_info"]["port"] == stub.port
     conn.close()
     # a stream arrives chunk by chunk, not buffered until the end
-    req = urllib.request.Request(url + "/generate", data=json.dumps({"text": "s", "stream": True}).encode(),
-                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    req = urllib.request.Request(
+        url + "/generate",
+        data=json.dumps({"text": "s", "stream": True}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     arrivals = []
     with urllib.request.urlopen(req, timeout=30) as r:
         for line in r:

@@ -108,7 +108,8 @@ def test_help_shows_the_router_flags_and_why_each_default_changed():
     proc = _run("--help")
     assert proc.returncode == 0, proc.stderr
     out = "".join(proc.stdout.split())  # argparse wraps lines, also at hyphens
-    for flag in ("--worker-urls", "--dp-aware", "--demo", "--retry-max-retries", "--ready-wait-secs"):
+    flags = ("--worker-urls", "--dp-aware", "--demo", "--retry-max-retries", "--ready-wait-secs")
+    for flag in flags:
         assert flag in out
     # how a client or a load balancer knows the router is ready
     assert "GET/readinessanswers200" in out and "router_not_ready" in out
