@@ -11,6 +11,12 @@ installed wheel.
 |---------------------------------------------------------|--------|---------------------------|-------------|
 | managers/data_parallel_controller.py:143                | AFTER  | plugin. (planner in DPC)  | any/always  |
 |   DataParallelController.__init__                       |        |                           |             |
+| managers/tokenizer_manager.py:854 (async generator)     | AROUND | guard. (types, shapes)    | launcher/always|
+|   TokenizerManager.generate_request                     |        |                           |             |
+| managers/tokenizer_manager.py:1259                      | BEFORE | guard. (token ids)        | launcher/always|
+|   TokenizerManager._validate_one_request                |        |                           |             |
+| entrypoints/openai/serving_base.py:72 (async)           | AROUND | guard. (bool as int)      | launcher/always|
+|   OpenAIServingBase.handle_request                      |        |                           |             |
 | managers/tokenizer_manager.py:2345 (async)              | AROUND | notices. (finish notice)  | launcher/dcp|
 |   TokenizerManager._handle_batch_output                 |        |                           |             |
 | managers/tokenizer_manager.py:3370                      | AFTER  | notices. (abort notice)   | launcher/dcp|
@@ -83,6 +89,20 @@ HOOKS: tuple[Hook, ...] = (
         f"{_DPC}.__init__", "AFTER",
         ("self", "server_args", "port_args", "run_scheduler_process_func"),
         "sglang_dcp.sglang.plugin:_on_dp_controller_ready", when="always",
+    ),
+    # the input guard: a bad body is a 400 before it reaches a scheduler (guard.py)
+    Hook(
+        f"{_TM}.generate_request", "AROUND", ("self", "obj", "request"),
+        "sglang_dcp.sglang.guard:around_generate_request", where="launcher", when="always",
+    ),
+    Hook(
+        f"{_TM}._validate_one_request", "BEFORE", ("self", "obj", "input_ids"),
+        "sglang_dcp.sglang.guard:before_validate_one_request", where="launcher", when="always",
+    ),
+    Hook(
+        "sglang.srt.entrypoints.openai.serving_base.OpenAIServingBase.handle_request", "AROUND",
+        ("self", "request", "raw_request"),
+        "sglang_dcp.sglang.guard:around_openai_handle_request", where="launcher", when="always",
     ),
     Hook(
         f"{_TM}._handle_batch_output", "AROUND", ("self", "recv_obj"),

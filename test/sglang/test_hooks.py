@@ -56,7 +56,10 @@ def test_dpc_hook_is_the_plugins_and_always_on():
 def test_selection_by_process_and_switch():
     always = [h for h in hooks.HOOKS if h.when == "always"]
     assert hooks.selected(False, launcher=True) == always
-    assert hooks.selected(False, launcher=False) == always
+    assert hooks.selected(False, launcher=False) == [h for h in always if h.where == "any"]
+    # the input guard is always on where the tokenizer manager runs
+    assert {h.hook.split(":")[0] for h in always if h.where == "launcher"} == {
+        "sglang_dcp.sglang.guard"}
     planner = [h for h in hooks.HOOKS if h.when != "shard"]
     assert hooks.selected(True, launcher=False) == [h for h in planner if h.where == "any"]
     assert hooks.selected(True, launcher=True) == planner
