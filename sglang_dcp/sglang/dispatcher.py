@@ -17,14 +17,31 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sglang_dcp import env
+from sglang_dcp.planner.base import Policy
 from sglang_dcp.sglang.options import DEFAULT_QUEUE_MAX_BYPASS
 from sglang_dcp.types import Rejection, Request
 
 logger = logging.getLogger(__name__)
 
-# SamplingParams.max_new_tokens defaults to 128 (sampling/sampling_params.py:123); None means
-# "up to the context length", which the planner would reserve in full.
-UNBOUNDED_MAX_NEW_TOKENS_FALLBACK = 128
+# Where SGLang gives no bound (tests): the most new tokens the fit search looks at.
+SEARCH_CEILING = 1 << 22
+
+
+def page_up(n: int, page: int) -> int:
+    return -(-n // page) * page
+
+
+def sglang_max_new_bound(
+    prompt: int, *, max_req_len: int, pool_tokens: int, page: int, limit: int | None = None
+) -> int:
+    """The most new tokens SGLang 0.5.21 lets a ``prompt``-token request decode, whatever its
+    ``max_new_tokens`` (``Scheduler.init_req_max_new_tokens``, scheduler.py:2515, and
+    ``max_new_tokens_for_memory``, mem_cache/allocator/base.py:79): ``max_req_len`` (context
+    length and pool, minus one) and the rank's pool, and ``SGLANG_MAX_NEW_TOKENS_LIMIT``."""
+    bound = min(max_req_len - prompt - 1, pool_tokens - page_up(prompt, page) - page - 1)
+    if limit:
+        bound = min(bound, limit)
+    return max(0, bound)
 
 
 def prompt_len(req: Any) -> int:
@@ -42,7 +59,14 @@ class DcpDispatcher:
     - ``reject(req, reason)``: answer the client with an error (HTTP 400); the request never
       reaches a scheduler. Used for rejections that waiting cannot cure.
     - ``active_ranks()``: ranks that may receive requests (``routed_dp_rank`` is checked).
-    - ``max_new_tokens_cap``: the reservation when a request leaves ``max_new_tokens`` unset.
+    - ``max_new_bound(prompt_len)``: the most new tokens SGLang lets the request decode
+      (``sglang_max_new_bound``; ``None``: no bound). A reservation is never larger, and a
+      request that leaves ``max_new_tokens`` unset (``null``: "up to the context length")
+      gets the largest value the planner could ever hold for it (``fit_max_new``), written
+      into its ``sampling_params.max_new_tokens``: its home stops it there with
+      ``finish_reason: length``, so the planner's books stay exact.
+    - ``empty_policy()``: a new, empty policy like ``policy``; "could ever be placed" is
+      ``admit`` into it (without it: ``never_fits``, or one rank's capacity for the baselines).
     - ``untracked_prefixes``: rids routed without a reservation. SGLang's health probes
       (``HEALTH_CHECK...``) are dropped unanswered by a busy scheduler (scheduler.py:2093),
       so no finish would ever free them.
@@ -69,7 +93,8 @@ class DcpDispatcher:
         send: Callable[[int, Any], None],
         reject: Callable[[Any, str], None],
         active_ranks: Callable[[], Sequence[int]],
-        max_new_tokens_cap: int = UNBOUNDED_MAX_NEW_TOKENS_FALLBACK,
+        max_new_bound: Callable[[int], int] | None = None,
+        empty_policy: Callable[[], Any] | None = None,
         untracked_prefixes: tuple[str, ...] = (),
         verbose: bool | None = None,
         queue: bool = False,
@@ -82,7 +107,8 @@ class DcpDispatcher:
         self.degree_count: dict[int, int] = {}
         self._reject = reject
         self._active_ranks = active_ranks
-        self.max_new_tokens_cap = max_new_tokens_cap
+        self.max_new_bound = max_new_bound
+        self.empty_policy = empty_policy
         self.untracked_prefixes = untracked_prefixes
         verbose = env.planner_log() if verbose is None else verbose
         self._log = logger.info if verbose else logger.debug
@@ -110,6 +136,13 @@ class DcpDispatcher:
         if self.untracked_prefixes and str(rid).startswith(self.untracked_prefixes):
             self._send(home if home is not None else self._least_loaded(), req, None)
             return
+        if getattr(req.sampling_params, "max_new_tokens", 0) is None:
+            fit = self.fit_max_new(prompt_len(req), home)
+            if fit is None:
+                self.reject(req, self._never_reason(req))
+                return
+            req.sampling_params.max_new_tokens = fit
+            self._log("sglang_dcp: planner budget rid=%s max_new_tokens unset -> %d", rid, fit)
         if rid in self.policy or rid in self.queue:
             logger.warning("sglang_dcp: request %s is already live; sent to its home again", rid)
             if rid in self.queue:
@@ -123,14 +156,14 @@ class DcpDispatcher:
             # it may not go ahead of the head, but one that can never fit is answered now
             never = self.policy.never_fits(self._request(req), home_rank=home)
             if never is not None:
-                self.reject(req, never.reason)
+                self.reject(req, self._never_reason(req, never.reason))
                 return
             self._enqueue(req, f"waits behind {head}, passed over {self.bypassed[head]} times")
             return
         placement = self._admit(req)
         if isinstance(placement, Rejection):
             if not placement.retryable:
-                self.reject(req, placement.reason)
+                self.reject(req, self._never_reason(req, placement.reason))
                 return
             if self.queue_enabled:
                 self._enqueue(req, placement.reason)
@@ -168,10 +201,66 @@ class DcpDispatcher:
         return head if self.bypassed[head] >= self.max_bypass else None
 
     def _request(self, req: Any) -> Request:
+        p = prompt_len(req)
         max_new = getattr(req.sampling_params, "max_new_tokens", None)
-        if max_new is None:
-            max_new = self.max_new_tokens_cap
-        return Request(req.rid, prompt_len(req), max_new)
+        bound = self._bound(p)
+        max_new = bound if max_new is None else min(max_new, bound)
+        return Request(req.rid, p, max_new)
+
+    def _bound(self, prompt: int) -> int:
+        return SEARCH_CEILING if self.max_new_bound is None else self.max_new_bound(prompt)
+
+    def _ever_fits(self, prompt: int, max_new: int, home: int | None) -> bool:
+        """Some day, in an empty cluster, the planner could place this request."""
+        policy, r = self.policy, Request("fit-probe", prompt, max_new)
+        if self.empty_policy is not None:
+            # admit itself, into an empty copy: ``never_fits`` can be more optimistic than
+            # ``admit`` (dcp: a 3000-token prompt + 968 new over 4 x 1024 passes never_fits
+            # but an empty cluster "cannot place it now"), and a request stamped with such a
+            # budget would wait forever
+            return not isinstance(self.empty_policy().admit(r, home_rank=home), Rejection)
+        if type(policy).never_fits is not Policy.never_fits:
+            return policy.never_fits(r, home_rank=home) is None
+        # baselines: one rank holds the whole request (planner/baselines.py)
+        cap = policy.cap[home] if home is not None else max(policy.cap)
+        return page_up(prompt + max_new, policy.page) <= cap
+
+    def fit_max_new(self, prompt: int, home: int | None = None) -> int | None:
+        """The largest ``max_new_tokens`` (at most SGLang's bound) the planner could ever place
+        for a ``prompt``-token request; ``None`` if not even the prompt fits. Binary search:
+        a few dozen ``never_fits`` calls, microseconds each."""
+        lo, hi = 0, self._bound(prompt)
+        if not self._ever_fits(prompt, lo, home):
+            return None
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self._ever_fits(prompt, mid, home):
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def _never_reason(self, req: Any, planner_reason: str | None = None) -> str:
+        """Why a request can never be placed, stated by its binding limit: the most new tokens
+        its prompt leaves room for (the decode tail stays on the home rank) or, when not even
+        the prompt fits, the planner's own account."""
+        p = prompt_len(req)
+        home = getattr(req, "routed_dp_rank", None)
+        fit = self.fit_max_new(p, home)
+        want = getattr(req.sampling_params, "max_new_tokens", None)
+        if fit is None or want is None or want <= fit:
+            if planner_reason is None and self.empty_policy is not None:
+                probe = self.empty_policy().admit(Request(req.rid, p, 0), home_rank=home)
+                planner_reason = getattr(probe, "reason", None)
+            return planner_reason or f"a {p}-token prompt does not fit even an empty cluster"
+        cap = self.policy.cap[home] if home is not None else max(self.policy.cap)
+        where = f"pinned home rank {home}" if home is not None else "a rank"
+        return (
+            f"max_new_tokens {want} cannot be reserved: with a {p}-token prompt at most {fit} "
+            f"new tokens fit: the decode tail (every new token, with the prompt's pages that "
+            f"cannot move to other ranks) stays on its home rank, and {where} holds {cap} KV "
+            "tokens"
+        )
 
     def _admit(self, req: Any):
         home = getattr(req, "routed_dp_rank", None)

@@ -20,7 +20,7 @@ import logging
 import math
 from http import HTTPStatus
 
-from sglang_dcp.sglang.dispatcher import DcpDispatcher
+from sglang_dcp.sglang.dispatcher import DcpDispatcher, sglang_max_new_bound
 from sglang_dcp.sglang.options import DcpOptions
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,23 @@ def event_loop(controller) -> None:
         controller._request_dispatcher(recv_req)
 
 
+def _max_new_bound(controller):
+    """``prompt_len -> `` the most new tokens SGLang's schedulers will decode for it
+    (``dispatcher.sglang_max_new_bound``), from what the DP controller learnt from rank 0
+    (data_parallel_controller.py:726: ``max_req_input_len`` is ``max_req_len - 5``,
+    tp_worker.py:548)."""
+    from sglang.srt.environ import envs
+
+    input_len = getattr(controller, "max_req_input_len", None)
+    pool = controller.max_total_num_tokens
+    max_req_len = input_len + 5 if input_len is not None else pool - 1
+    page = max(1, int(getattr(controller.server_args, "page_size", 1) or 1))
+    limit = envs.SGLANG_MAX_NEW_TOKENS_LIMIT.get()
+    return lambda prompt: sglang_max_new_bound(
+        prompt, max_req_len=max_req_len, pool_tokens=pool, page=page, limit=limit
+    )
+
+
 def attach(controller, options: DcpOptions) -> DcpDispatcher:
     """Build the planner for ``controller`` and route its requests through it."""
     import zmq
@@ -73,7 +90,10 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
         capacity = min(capacity, options.kv_capacity)
     cluster = ClusterSpec.uniform(n, capacity, page)
     profile = options.profile if options.policy == "dcp" else None
-    policy = make_policy(options.policy, cluster, profile, **options.policy_options())
+    def new_policy():
+        return make_policy(options.policy, cluster, profile, **options.policy_options())
+
+    policy = new_policy()
     tokenizer_ipc = controller.port_args.tokenizer_ipc_name
     sockets: dict[str, object] = {}
 
@@ -99,6 +119,8 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
 
     dispatcher = DcpDispatcher(
         policy,
+        max_new_bound=_max_new_bound(controller),
+        empty_policy=new_policy,
         send=send,
         reject=reject,
         active_ranks=active_ranks,
