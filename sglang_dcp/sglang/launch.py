@@ -15,7 +15,8 @@ Accepts every ``python -m sglang.launch_server`` argument, plus:
            (the DCP data path runs without overlap) and, on CUDA, ``--disable-cuda-graph``.
 
 On a machine without CUDA it sets what SGLang's CPU engine needs (``--device cpu``,
-``SGLANG_USE_CPU_ENGINE=1``, one OpenMP core binding per TP rank) unless you set them. Bad
+``SGLANG_USE_CPU_ENGINE=1``, one OpenMP core binding per TP rank), ``--disable-cuda-graph`` and a
+``--mem-fraction-static`` that keeps all ranks within half the memory, unless you set them. Bad
 arguments end with one ``error:`` line and exit code 2.
 """
 
@@ -32,6 +33,7 @@ import warnings
 
 from sglang_dcp import env
 from sglang_dcp.planner.profile import available_profiles
+from sglang_dcp.sglang.demo import DEMO_DP_SIZE, DEMO_MODEL_NAME, demo_argv, demo_note
 from sglang_dcp.sglang.options import (
     DEFAULT_PROFILE,
     DEFAULT_QUEUE_MAX_BYPASS,
@@ -43,27 +45,6 @@ from sglang_dcp.sglang.options import (
 )
 
 PROG = "python -m sglang_dcp.launch_server"
-DEMO_MODEL_NAME = "tiny-qwen3-moe-seed0"
-DEMO_DP_SIZE = 4
-# A small planner budget per rank, so that a prompt of a few thousand tokens cannot sit on one
-# rank and is spread over several (SGLang's own pools stay larger: the home prefills it whole).
-DEMO_KV_CAPACITY = 1024
-DEMO_ARGS = [
-    "--device", "cpu",
-    "--tp-size", str(DEMO_DP_SIZE),
-    "--dp-size", str(DEMO_DP_SIZE),
-    "--enable-dp-attention",
-    "--mem-fraction-static", "0.05",
-    # SGLang's "auto" dtype would run the float32 checkpoint in float16; keep it exact.
-    "--dtype", "float32",
-    "--disable-radix-cache",
-    # idle DP ranks would otherwise spin on their per-iteration collectives
-    "--sleep-on-idle",
-    "--dcp-kv-capacity", str(DEMO_KV_CAPACITY),
-    "--dcp-min-shard-tokens", "128",
-    "--host", "127.0.0.1",
-    "--port", "30000",
-]  # fmt: skip
 
 
 class LaunchError(Exception):
@@ -336,14 +317,33 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+CPU_MEMORY_SHARE = 0.5  # of the machine's memory, for all ranks' weights + KV, by default
+
+
 def prepare_cpu_environment(sglang_argv: list[str], tp_size: int) -> list[str]:
-    """On a machine without CUDA, default to SGLang's CPU engine. Returns the new argv."""
+    """On a machine without CUDA, default to SGLang's CPU engine with CPU-safe settings (no
+    graphs, a memory fraction for all ranks together), announced in one line. Returns the new
+    argv."""
     import torch
 
     if torch.cuda.is_available():
         return sglang_argv
-    if not any(a.split("=", 1)[0] == "--device" for a in sglang_argv):
-        sglang_argv = ["--device", "cpu"] + sglang_argv
+    names = {a.split("=", 1)[0] for a in sglang_argv}
+    added = []
+    if "--device" not in names:
+        added += ["--device", "cpu"]
+    if "--disable-cuda-graph" not in names:
+        # SGLang captures a prefill graph even on CPU and fails ("... 'CPU' backend")
+        added.append("--disable-cuda-graph")
+    if not names & {"--mem-fraction-static", "--max-total-tokens"}:
+        # SGLang sizes each rank's weights + KV as a fraction of the machine's memory, every
+        # rank as if alone (its default leaves ~20 GB of KV on a 23 GB machine): together the
+        # ranks take at most CPU_MEMORY_SHARE of it.
+        added += ["--mem-fraction-static", f"{CPU_MEMORY_SHARE / max(1, tp_size):.3g}"]
+    if added:
+        print(f"[sglang-dcp] no CUDA device: {' '.join(added)} (pass them to override)",
+              flush=True)  # fmt: skip
+    sglang_argv = added + sglang_argv
     os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
     # SGLang's CPU engine binds each TP rank's OpenMP threads to cores and asserts that there
     # are enough NUMA nodes unless this is set; one core per rank, cycling over the cores.
@@ -411,8 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     ours, _ = pre.parse_known_args(argv)
 
     try:
+        demo_set: set[str] = set()
         if ours.demo:
-            argv = DEMO_ARGS + ["--model-path", demo_model_path()] + argv
+            argv, demo_set = demo_argv(argv, demo_model_path())
         # Loads sglang_dcp's plugin (and any other installed one) before argument parsing,
         # as sglang.launch_server does, so plugin-added choices are accepted.
         with warnings.catch_warnings():
@@ -431,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         sglang_argv = prepare_cpu_environment(split_argv(argv), ns.tp_size or 1)
         sglang_argv = sharding_argv(sglang_argv, opts, _has_cuda())
     except LaunchError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {demo_note(str(e), demo_set)}", file=sys.stderr)
         return 2
 
     from sglang.launch_server import run_server
@@ -441,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server_args = prepare_server_args(sglang_argv)
     except (ValueError, AssertionError) as e:
-        print(f"{PROG}: error: invalid server arguments: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {demo_note(f'invalid server arguments: {e}', demo_set)}",
+              file=sys.stderr)  # fmt: skip
         return 2
 
     enable_dcp(opts)

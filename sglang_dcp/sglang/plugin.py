@@ -48,7 +48,9 @@ def register() -> None:
     if _REGISTERED:
         return
     _REGISTERED = True
-    from sglang_dcp.sglang import cpu_compat
+    from sglang_dcp.sglang import cpu_compat, quiet
+
+    quiet.install()
 
     cpu_compat.install()
     fixes = cpu_compat.apply_sglang_fixes()
