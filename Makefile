@@ -20,7 +20,7 @@ PATCHES             := $(sort $(wildcard patches/*.patch))
 PATCH_STAMP         := $(VENV)/.sglang-dcp-patched
 CHECK_WHEEL          = echo "$(SGLANG_WHEEL_SHA256)  $(SGLANG_WHEEL)" | sha256sum -c --quiet
 
-.PHONY: install install-gpu patch check-patches test test-fast demo demo-router bench-planner bench-sim bench-exchange bench-kernels-dry clean help
+.PHONY: install install-gpu patch check-patches test test-fast demo demo-router bench-planner bench-sim bench-exchange bench-kernels-dry bench-serving clean help
 
 help:
 	@echo "make install      create $(VENV) with the pinned CPU stack (torch 2.13.0 CPU, triton 3.7.1, sglang $(SGLANG_VERSION))"
@@ -31,6 +31,7 @@ help:
 	@echo "make check-patches  prove patches/ applies, compiles and reverses cleanly on the pinned wheel"
 	@echo "make install-gpu  the same venv on a CUDA machine (+ sglang-kernel, sgl-deep-ep, flashinfer)"
 	@echo "make bench-planner | bench-sim | bench-exchange | bench-kernels-dry"
+	@echo "make bench-serving  SGLang's bench_serving against the demo, dcp vs round_robin (CPU numbers)"
 
 install: $(STAMP) $(PATCH_STAMP)
 
@@ -107,6 +108,11 @@ bench-sim: install
 
 bench-exchange: install
 	$(PY) bench/exchange.py
+
+# SGLang's own client (python -m sglang.bench_serving, random-ids prompts) against the demo
+# server, once with --dcp-policy dcp and once with round_robin; bench/results/serving-cpu.*
+bench-serving: install
+	$(PY) bench/serving.py
 
 bench-kernels-dry: install
 	TRITON_INTERPRET=1 $(PY) bench/kernels.py --dry-run

@@ -16,9 +16,15 @@ from hf_reference import hf_greedy
 pytestmark = pytest.mark.e2e
 
 
-def test_demo_serves_and_announces(launch_server, tmp_path):
-    cache = tmp_path / "cache"
+@pytest.fixture(scope="module")
+def demo(launch_server, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
     srv = launch_server(["--demo"], env={"SGLANG_DCP_CACHE_DIR": str(cache)})
+    return srv, cache
+
+
+def test_demo_serves_and_announces(demo):
+    srv, cache = demo
     model = cache / "tiny-qwen3-moe-seed0"
     assert (model / "model.safetensors").exists()
 
@@ -44,3 +50,44 @@ def test_demo_serves_and_announces(launch_server, tmp_path):
     assert short.strip().startswith("40 tokens:") and "degree 1" in short
     degree = int(long.split("degree ")[1].split(",")[0])
     assert long.strip().startswith("3000 tokens:") and degree >= 3, long
+
+
+README = os.path.join(os.path.dirname(__file__), "..", "..", "README.md")
+DEMO_URL = "http://127.0.0.1:30000"
+
+
+def readme_commands() -> list[str]:
+    """The README's cheap commands against the demo, as written: its curl requests, the
+    demo_client call and ``launch_server --help`` (continuation lines joined, "$ " dropped)."""
+    with open(README) as f:
+        lines = f.read().splitlines()
+    out, i = [], 0
+    while i < len(lines):
+        line = lines[i].strip().removeprefix("$ ")
+        while line.endswith("\\") and i + 1 < len(lines):
+            i += 1
+            line = line[:-1] + " " + lines[i].strip()
+        if line.startswith(f"curl -s {DEMO_URL}") or line.startswith(
+            ("python -m sglang_dcp.demo_client --url", "python -m sglang_dcp.launch_server --help")
+        ):
+            out.append(line.split("  #")[0].strip())
+        i += 1
+    return out
+
+
+def test_the_readme_commands_run_as_written(demo):
+    srv, cache = demo
+    commands = readme_commands()
+    assert sum(c.startswith("curl") for c in commands) >= 2, commands
+    assert any("demo_client" in c for c in commands), commands
+    env = {**os.environ, "SGLANG_DCP_CACHE_DIR": str(cache)}
+    env.pop("TRITON_INTERPRET", None)
+    for cmd in dict.fromkeys(commands):  # each once
+        run = cmd.replace(DEMO_URL, srv.url)
+        if run.startswith("python "):  # "python" is the venv's (README, Serving)
+            run = f"{sys.executable} {run[len('python '):]}"
+        done = subprocess.run(["bash", "-c", run], capture_output=True, text=True, timeout=600,
+                              env=env)  # fmt: skip
+        assert done.returncode == 0, f"{cmd}\n{done.stdout[-1500:]}\n{done.stderr[-1500:]}"
+        if cmd.startswith("curl"):
+            assert done.stdout.startswith("{") and '"error"' not in done.stdout, done.stdout[:500]
