@@ -76,3 +76,20 @@ def test_a_budget_that_never_fits_names_the_binding_limit(server):
     body = e.value.read().decode()
     assert "max_new_tokens 1500 cannot be reserved" in body, body
     assert f"holds {BUDGET} KV tokens" in body and "even when empty" not in body, body
+
+
+def test_startup_is_quiet_and_says_what_it_set_for_cpu(server):
+    with open(server.log_path, errors="replace") as f:
+        log = f.read()
+    assert "Ignore import error" not in log  # quiet.py: DEBUG only
+    assert "[sglang-dcp] no CUDA device: --disable-cuda-graph" in log
+
+
+def test_any_model_starts_on_cpu_without_extra_flags(launch_server, tiny_model_path):
+    """No DP attention, no memory fraction, no graph flag: the launcher's CPU defaults."""
+    srv = launch_server(["--model-path", tiny_model_path, "--dtype", "float32"])
+    with open(srv.log_path, errors="replace") as f:
+        log = f.read()
+    assert "--disable-cuda-graph --mem-fraction-static 0.5" in log
+    out = srv.post("/generate", {"input_ids": PROMPT, "sampling_params": {"max_new_tokens": 2}})
+    assert len(out["output_ids"]) == 2
