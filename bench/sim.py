@@ -54,7 +54,19 @@ DEPLOYMENTS = (
 )
 LONG_WORKLOADS = ("agentic-claude", "agentic-codex", "bimodal")
 SLOS = (35.0, 50.0)
-NUM_REQUESTS = {8: 1500, 16: 2000, 32: 3000}  # more requests where more of them run at once
+LIFETIMES = 10  # requests per scenario: enough for ~10 cluster-fulls to pass (steady state)
+
+
+def num_requests(workload: str, d: Deployment) -> int:
+    """``LIFETIMES`` x the requests a full cluster holds (its KV over the mean request), in
+    [1500, 20000]: fewer and a fast rate replays a fill-up transient, not a steady state."""
+    from sglang_dcp.planner import load_profile
+    from sglang_dcp.sim.workload import make_workload
+
+    w = make_workload(workload, seed=0, num_requests=20_000)
+    held = d.ranks * load_profile(d.profile).kv_capacity_tokens / float(
+        (w.input_len + w.output_len).mean())
+    return int(min(20_000, max(1500, -(-LIFETIMES * held // 500) * 500)))
 
 
 @dataclass(frozen=True)
@@ -70,7 +82,7 @@ class Scenario:
         f = ["--workload", self.workload, "--ranks", str(d.ranks), "--profile", d.profile,
              "--slo-tpot-ms", f"{self.slo_ms:g}", "--policies", POLICIES, "--seed", "0"]
         if self.role == "long-context":
-            f += ["--num-requests", str(NUM_REQUESTS[d.ranks])]
+            f += ["--num-requests", str(num_requests(self.workload, d))]
         return f + ["--no-plots", "--quiet", "--out", str(self.out.relative_to(ROOT))]
 
     @property

@@ -28,7 +28,7 @@ _OPTIONS = {
     "total_tokens_sglang": ("publish_every_steps",),
     "uniform": ("group_size",),
     "dcp": ("max_degree", "min_shard_tokens", "min_gain_us", "batch_slack", "rebalance_threshold",
-            "home_rule", "fixed_exchange", "split_rule", "split_min_free", "step_slo_ms", "step_gate"),
+            "home_rule", "fixed_exchange", "split_rule", "split_min_free", "step_slo_ms", "step_gate", "step_headroom"),
 }
 
 

@@ -55,14 +55,20 @@ class StepBudget:
         resv = -(-(req.prompt_len + req.max_new_tokens) // self.page) * self.page
         home, sealed, tail_start = plan
         step = self._predicted_step_us(home, sealed, resv - tail_start)
-        if step <= self.step_slo_us:
+        # Near the budget, and with the cluster already paying the fixed exchange (some guest
+        # exists), a whole placement is split if that predicts a shorter step: one more split
+        # costs only its items, and a rank loaded whole would hold back later admissions.
+        near = self.step_slo_us - (self.step_headroom_us if self.num_guest_items else 0.0)
+        if step <= near or (sealed and step <= self.step_slo_us):
             return plan
         if not sealed and self.max_degree > 1:
             alt = split_plan()
             if not isinstance(alt, Rejection) and alt[1]:
                 alt_step = self._predicted_step_us(alt[0], alt[1], resv - alt[2])
-                if alt_step <= self.step_slo_us or not len(self) and alt_step < step:
+                if alt_step < step and (alt_step <= self.step_slo_us or not len(self)):
                     return alt
+        if step <= self.step_slo_us:
+            return plan
         if not len(self) or (not sealed and self.step_gate == "split"):
             return plan  # an empty cluster: waiting cannot make room
         what = f"split over {len({r for r, _, _ in sealed} | {home})} ranks" if sealed else \

@@ -27,7 +27,12 @@ could not run whole: KV fragmentation. So:
    exchange cost, so it waits (retryable ``Rejection``). ``split_rule="gain"``: the older rule, which also splits requests that
    fit when the predicted step ``max(M, peak) + exchange_fixed`` is lower by > ``min_gain_us``
    (``fixed_exchange``: charge the fixed cost to every split, ``"always"``, or only to the
-   cluster's first guest, ``"first"``).
+   cluster's first guest, ``"first"``). ``split_rule="auto"`` picks by the profile's attention:
+   ``fit`` for MLA, whose option-A exchange item (a 576-wide q per head out, a 512-wide partial
+   back) costs the attention of 3.6k-8.3k KV tokens under the shipped MLA profiles, ``gain``
+   with ``fixed_exchange="first"`` for GQA/MHA, whose item costs the attention of ~500 tokens
+   (``CostProfile.break_even_tokens``); ``bench/results/sim.md`` has the measurements (the gain
+   rule loses up to 48% on MLA deployments and wins up to 9% on the GQA one).
 3. **Shards** (when splitting): ``d = 2 .. max_degree``; the guests are the ``d - 1`` ranks with
    the lowest predicted time counting their item's exchange (a rank on the home's node,
    ``ClusterSpec.ranks_per_node``, pays the profile's intranode rate, so it comes first when
@@ -85,6 +90,7 @@ class DcpPolicy(StepBudget, SealedRangeRebalancer, LedgerPolicy):
         split_min_free: float = 0.2,
         step_slo_ms: float | None = None,
         step_gate: str = "all",
+        step_headroom: bool = True,
     ) -> None:
         super().__init__(cluster)
         if not isinstance(profile, CostProfile):
@@ -105,8 +111,12 @@ class DcpPolicy(StepBudget, SealedRangeRebalancer, LedgerPolicy):
             raise ValueError(
                 f"dcp: fixed_exchange must be 'always' or 'first', got {fixed_exchange!r}"
             )
-        if split_rule not in ("fit", "gain"):
-            raise ValueError(f"dcp: split_rule must be 'fit' or 'gain', got {split_rule!r}")
+        if split_rule not in ("fit", "gain", "auto"):
+            raise ValueError(
+                f"dcp: split_rule must be 'fit', 'gain' or 'auto', got {split_rule!r}")
+        if split_rule == "auto":  # by the exchange's price against attention (module docstring)
+            split_rule = "fit" if profile.attention == "mla" else "gain"
+            fixed_exchange = "always" if profile.attention == "mla" else "first"
         if not 0.0 <= split_min_free <= 1.0:
             raise ValueError(f"dcp: split_min_free must be in [0, 1], got {split_min_free}")
         if step_slo_ms is not None and not step_slo_ms > 0:
@@ -115,6 +125,8 @@ class DcpPolicy(StepBudget, SealedRangeRebalancer, LedgerPolicy):
             raise ValueError(f"dcp: step_gate must be one of {STEP_GATES}, got {step_gate!r}")
         self.step_slo_us = None if step_slo_ms is None else float(step_slo_ms) * 1e3
         self.step_gate = step_gate
+        # a whole placement this close to the budget is split if that predicts a shorter step
+        self.step_headroom_us = profile.exchange_us_fixed if step_headroom else 0.0
         self.split_rule = split_rule
         self.split_min_free = float(split_min_free)
         self.home_rule = home_rule

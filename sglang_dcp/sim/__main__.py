@@ -4,7 +4,7 @@ Example::
 
     python -m sglang_dcp.sim --trace ../shared/data/mooncake_conversation_trace.jsonl \\
         --ranks 16 --profile deepseek-v3-h200 --slo-tpot-ms 50 \\
-        --policies round_robin,total_tokens,uniform,dcp --out bench/results/sim-conversation
+        --policies round_robin,total_tokens,uniform,dcp --out /tmp/sim-conversation
 """
 
 from __future__ import annotations

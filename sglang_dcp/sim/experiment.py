@@ -70,8 +70,8 @@ class Experiment:
         once the SLO is certainly broken (for the search); ``record``: keep plot series."""
         t0 = time.perf_counter()
         name, options = parse_policy(policy)
-        if name == "dcp":  # the planner knows the operator's TPOT SLO: its step budget
-            options = {"step_slo_ms": self.search.slo_tpot_ms, **options}
+        if name == "dcp":  # as an operator runs it: the TPOT SLO is its step budget
+            options = {"step_slo_ms": self.search.slo_tpot_ms, "split_rule": "auto", **options}
         pol = make_policy(name, self.cluster, self.profile,
                           **{**self.policy_options, **options})
         opts = self._options(record, early_stop)

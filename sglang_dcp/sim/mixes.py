@@ -7,8 +7,8 @@ sessions, after **TraceLab** (arXiv 2606.30560, github uw-syfi/TraceLab; 4,265 s
 - *cached prefix* by the published share of steps above 32k / 64k / 128k / 256k tokens:
   Claude 87.4 / 72.4 / 48.5 / 23.7 %, Codex 89.7 / 75.9 / 42.2 / ~0 %. Inside a bin the prefix
   is log-uniform. The published bins are doublings; the two open ends are **assumptions** (no
-  figure): the lowest bin starts at 8k (half of the first doubling below 32k: [8k, 32k) is two
-  doublings) and the top bin is one more doubling ([256k, 512k) for Claude; Codex has none).
+  figure): the lowest bin is [8k, 32k) (two doublings below the first published edge) and the
+  top bin one more doubling, [256k, 512k) (Claude; Codex has no steps above 256k).
 - *appended tokens* per step (the uncached part of the prompt), lognormal with TraceLab's
   Claude figures at 64-128k prefix: p50 793, p90 3.7k (sigma = ln(3700 / 793) / 1.2816).
   The request's prompt is prefix + appended: the simulator has no prefix cache, so the decode
@@ -19,7 +19,7 @@ sessions, after **TraceLab** (arXiv 2606.30560, github uw-syfi/TraceLab; 4,265 s
 ``bimodal``: the vLLM DyCP RFC (#29295) traffic shape, "<2k tokens on the short tail,
 >64k-128k on the long tail": short prompts log-uniform in [128, 2048), long ones log-uniform in
 [64k, 128k). The RFC gives no share of long requests; ``long_frac`` = 0.2 is an **assumption**
-(override with ``num_requests``/spec fields in code). Outputs as in the agentic mixes.
+(change it in ``MIXES`` to study another share). Outputs as in the agentic mixes.
 
 Sessions are not modelled (steps of one session arrive independently); arrivals are Poisson.
 """
