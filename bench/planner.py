@@ -126,7 +126,7 @@ def main() -> None:
     ap.add_argument("--profile", default="deepseek-v3-h200")
     ap.add_argument(
         "--policies",
-        default=",".join(POLICIES) + ",dcp[step_slo_ms=50+split_rule=auto],dcp[home_rule=batch]",
+        default=",".join(POLICIES) + ",dcp[step_slo_ms=200+split_rule=auto],dcp[home_rule=batch]",
         help="comma-separated; options in brackets joined by '+', "
         "e.g. dcp[max_degree=4+home_rule=step]",
     )
