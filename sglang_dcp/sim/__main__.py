@@ -75,6 +75,10 @@ def make_parser() -> argparse.ArgumentParser:
                    help="How rebalance() KV copies cost time: copied while decoding goes on "
                         "(tokens read on the source until the copy lands), or a stall of the "
                         "whole cluster.")
+    p.add_argument("--queue-max-bypass", type=int, default=16,
+                   help="The DP controller's queue (dcp, uniform): a waiting request is passed "
+                        "over at most this many times by later ones that fit (the server's "
+                        "--dcp-queue-max-bypass; 0 = arrival order; -1 = unbounded first fit).")
     p.add_argument("--no-plots", action="store_true", help="Skip the PNG plots.")
     p.add_argument("--quiet", action="store_true", help="No progress bar.")
     return p
@@ -116,6 +120,8 @@ def parse(argv=None) -> tuple[argparse.Namespace, object]:
             parser.error(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
     if args.rate is not None and not args.rate > 0:
         parser.error(f"--rate must be > 0, got {args.rate}")
+    if args.queue_max_bypass < -1:
+        parser.error(f"--queue-max-bypass must be >= -1, got {args.queue_max_bypass}")
     if args.max_runs < 1:
         parser.error(f"--max-runs must be >= 1, got {args.max_runs}")
     if args.num_requests is not None and args.num_requests < 1:
@@ -156,7 +162,8 @@ def main(argv=None) -> int:
     search = SearchSpec(args.slo_tpot_ms, args.max_kv_wait_ms, args.search_precision,
                         args.max_runs)
     sim = SimOptions(rebalance_every_ms=args.rebalance_every_ms,
-                     rebalance_max_tokens=args.rebalance_max_tokens, migration=args.migration)
+                     rebalance_max_tokens=args.rebalance_max_tokens, migration=args.migration,
+                     queue_max_bypass=None if args.queue_max_bypass < 0 else args.queue_max_bypass)
     exp = Experiment(workload, args.ranks, args.profile, args.policies, search, sim,
                      kv_capacity=args.kv_capacity, ranks_per_node=args.ranks_per_node)
     out = Path(args.out)
