@@ -6,7 +6,7 @@ Accepts every ``python -m sglang.launch_server`` argument, plus:
            folder if missing) on CPU with DP attention over 4 DP ranks, KV sharding on and a
            1024-token planner budget per rank, so prompts over ~1000 tokens span ranks.
   --dcp-policy, --dcp-cost-profile, --dcp-max-degree, --dcp-min-shard-tokens, --dcp-kv-capacity,
-  --dcp-queue-max-bypass
+  --dcp-queue-max-bypass, --dcp-slo-tpot-ms, --dcp-split-rule
            the planner in the DP controller (on by default with DP attention over > 1 rank);
            checked here, then handed to SGLang's spawned processes as JSON in
            $SGLANG_DCP_SERVE_OPTIONS (``env.SERVE_OPTIONS_VAR``; set only by this launcher).
@@ -35,10 +35,11 @@ from sglang_dcp import env
 from sglang_dcp.planner.profile import available_profiles
 from sglang_dcp.sglang.demo import DEMO_DP_SIZE, DEMO_MODEL_NAME, demo_argv, demo_note
 from sglang_dcp.sglang.options import (
+    ATTENTION_BACKEND,
     DEFAULT_PROFILE,
     DEFAULT_QUEUE_MAX_BYPASS,
     POLICY_CHOICES,
-    ATTENTION_BACKEND,
+    SPLIT_RULES,
     DcpOptions,
     OptionsError,
     resolve,
@@ -143,6 +144,24 @@ def add_dcp_args(parser: argparse.ArgumentParser) -> None:
         "whenever a request finishes; once the oldest waiting request has been passed over N "
         "times by later ones, nothing more is admitted ahead of it (no starvation of long "
         f"requests). 0: strict arrival order. Default: {DEFAULT_QUEUE_MAX_BYPASS}.",
+    )
+    group.add_argument(
+        "--dcp-slo-tpot-ms",
+        type=float,
+        metavar="MS",
+        default=None,
+        help="Your TPOT SLO as the 'dcp' planner's step budget: a placement whose predicted "
+        "decode step (cost profile) exceeds it waits, and a whole placement that would exceed "
+        "it is split instead. Default: none (admission bounded by KV only). The simulator's "
+        "results (bench/results/sim.md) use it.",
+    )
+    group.add_argument(
+        "--dcp-split-rule",
+        choices=SPLIT_RULES,
+        default=None,
+        help="When 'dcp' splits a request that some rank could hold whole: 'fit' (only for KV "
+        "fit or the step budget), 'gain' (also when it lowers the predicted step), 'auto' "
+        "(fit for MLA profiles, gain for GQA). Default: fit.",
     )
 
 
@@ -250,6 +269,8 @@ def dcp_options(ns: argparse.Namespace) -> DcpOptions:
             load_balance_method_given=ns.load_balance_method_given,
             kv_capacity=ns.dcp_kv_capacity,
             queue_max_bypass=ns.dcp_queue_max_bypass,
+            slo_tpot_ms=ns.dcp_slo_tpot_ms,
+            split_rule=ns.dcp_split_rule,
             tp_size=ns.tp_size or 1,
             disable_radix_cache=bool(ns.disable_radix_cache),
             attention_backend=ns.attention_backend,

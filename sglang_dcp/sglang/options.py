@@ -20,6 +20,7 @@ ATTENTION_BACKEND = "dcp_triton"  # backend.NAME (kept here: this module imports
 SHARDABLE_BACKENDS = ("triton", "torch_native", ATTENTION_BACKEND)
 # Later requests the DP controller may admit ahead of a waiting one before it blocks them.
 DEFAULT_QUEUE_MAX_BYPASS = 16
+SPLIT_RULES = ("fit", "gain", "auto")  # planner/dcp.py
 
 
 class OptionsError(ValueError):
@@ -36,6 +37,8 @@ class DcpOptions:
     min_shard_tokens: int | None = None
     kv_capacity: int | None = None  # planner's KV tokens per rank (None: SGLang's pool size)
     queue_max_bypass: int = DEFAULT_QUEUE_MAX_BYPASS  # see dispatcher.DcpDispatcher
+    slo_tpot_ms: float | None = None  # the planner's step budget (dcp step_slo_ms)
+    split_rule: str = "fit"  # dcp split_rule: fit | gain | auto
 
     @property
     def enabled(self) -> bool:
@@ -49,7 +52,8 @@ class DcpOptions:
     def policy_options(self) -> dict:
         """Keyword options for ``planner.make_policy(self.policy, ...)``."""
         if self.policy == "dcp":
-            return {"max_degree": self.max_degree, "min_shard_tokens": self.min_shard_tokens}
+            return {"max_degree": self.max_degree, "min_shard_tokens": self.min_shard_tokens,
+                    "step_slo_ms": self.slo_tpot_ms, "split_rule": self.split_rule}
         if self.policy == "uniform":
             return {"group_size": self.max_degree}
         return {}
@@ -82,6 +86,8 @@ def resolve(
     disable_radix_cache: bool = True,
     attention_backend: str | None = None,
     queue_max_bypass: int | None = None,
+    slo_tpot_ms: float | None = None,
+    split_rule: str | None = None,
 ) -> DcpOptions:
     """Check the flags (``None`` = not given) against each other and the server shape.
 
@@ -97,6 +103,8 @@ def resolve(
         "--dcp-min-shard-tokens": min_shard_tokens,
         "--dcp-kv-capacity": kv_capacity,
         "--dcp-queue-max-bypass": queue_max_bypass,
+        "--dcp-slo-tpot-ms": slo_tpot_ms,
+        "--dcp-split-rule": split_rule,
     }
     given = {k: v for k, v in given.items() if v is not None}
     if policy is not None and policy not in POLICY_CHOICES:
@@ -171,6 +179,14 @@ def resolve(
             raise OptionsError(f"--dcp-queue-max-bypass must be >= 0, got {queue_max_bypass}")
     if profile is not None and policy != "dcp":
         raise OptionsError(f"--dcp-cost-profile applies to --dcp-policy dcp, not {policy}")
+    for flag, value in (("--dcp-slo-tpot-ms", slo_tpot_ms), ("--dcp-split-rule", split_rule)):
+        if value is not None and policy != "dcp":
+            raise OptionsError(f"{flag} applies to --dcp-policy dcp, not {policy}")
+    if slo_tpot_ms is not None and not slo_tpot_ms > 0:
+        raise OptionsError(f"--dcp-slo-tpot-ms must be > 0, got {slo_tpot_ms}")
+    if split_rule is not None and split_rule not in SPLIT_RULES:
+        raise OptionsError(
+            f"--dcp-split-rule must be one of {', '.join(SPLIT_RULES)}, got {split_rule!r}")
     opts = DcpOptions(
         policy=policy,
         profile=profile or DEFAULT_PROFILE,
@@ -180,6 +196,8 @@ def resolve(
         queue_max_bypass=(
             DEFAULT_QUEUE_MAX_BYPASS if queue_max_bypass is None else queue_max_bypass
         ),
+        slo_tpot_ms=slo_tpot_ms,
+        split_rule=split_rule or "fit",
     )
     if policy == "dcp":
         from sglang_dcp.planner import load_profile

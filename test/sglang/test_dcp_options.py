@@ -61,7 +61,11 @@ def test_flags_reach_the_options(parser):
     o = options(parser, "--dcp-policy", "dcp", "--dcp-cost-profile", "deepseek-v3-h200",
                 "--dcp-max-degree", "1", "--dcp-min-shard-tokens", "512")  # fmt: skip
     assert o == DcpOptions("dcp", "deepseek-v3-h200", 1, 512)
-    assert o.policy_options() == {"max_degree": 1, "min_shard_tokens": 512}
+    assert o.policy_options() == {"max_degree": 1, "min_shard_tokens": 512,
+                                  "step_slo_ms": None, "split_rule": "fit"}
+    b = options(parser, "--dcp-slo-tpot-ms", "35", "--dcp-split-rule", "auto")
+    assert b.policy_options()["step_slo_ms"] == 35.0 and b.split_rule == "auto"
+    assert DcpOptions.from_json(b.to_json()) == b
     assert options(parser, "--dcp-policy", "round_robin").policy == "round_robin"
     off = options(parser, "--dcp-policy", "off", "--load-balance-method", "total_tokens")
     assert off.policy == "off"
@@ -87,6 +91,9 @@ def test_flags_reach_the_options(parser):
         (["--dcp-queue-max-bypass", "-1"], "--dcp-queue-max-bypass must be >= 0"),
         (["--dcp-policy", "round_robin", "--dcp-queue-max-bypass", "4"],
          "wait in the DP controller"),
+        (["--dcp-slo-tpot-ms", "0"], "--dcp-slo-tpot-ms must be > 0"),
+        (["--dcp-policy", "uniform", "--dcp-slo-tpot-ms", "50"], "applies to --dcp-policy dcp"),
+        (["--dcp-policy", "total_tokens", "--dcp-split-rule", "gain"], "applies to"),
     ],
 )
 def test_bad_combinations_are_one_line_errors(parser, extra, message):
