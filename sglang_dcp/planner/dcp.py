@@ -301,10 +301,13 @@ class DcpPolicy(StepBudget, SealedRangeRebalancer, LedgerPolicy):
         if best_score is None and not plans:
             by_free = sorted(range(self.num_ranks), key=lambda r: (kv[r] - cap[r], r))
             plans = self._try_guests(h, by_free, resv, pfull, min_tail, free_h, base_h)
+        best_peak = None
         for peak, sealed, tail_start in plans:
             score = (peak if peak > M else M) + fixed
-            if best_score is None or score < best_score - self.min_gain_us:
-                best_score, best = score, (h, sealed, tail_start)
+            if best_score is None or score < best_score - self.min_gain_us or (
+                split_only and score <= best_score and peak < best_peak
+            ):  # for the step budget: on a tie with the slowest rank, the lowest own peak
+                best_score, best, best_peak = score, (h, sealed, tail_start), peak
         if best_score is None:
             return self._reject(req, resv, pfull, splittable, pinned=home_rank)
         return best
@@ -348,6 +351,12 @@ class DcpPolicy(StepBudget, SealedRangeRebalancer, LedgerPolicy):
             sizes = [max(ms, int(v) // ps * ps) for v in x[1:]]
             sizes = [min(s, u) for s, u in zip(sizes, hi[1:])]
             tail = resv - sum(sizes)
+            for i, u in enumerate(hi[1:]):  # rounding down left the home too much: give the
+                if tail <= free_h:  # excess back to guests with room, whole pages at a time
+                    break
+                add = min((u - sizes[i]) // ps * ps, page_up(tail - free_h, ps))
+                sizes[i] += add
+                tail -= add
             if tail > free_h or tail < min_tail:
                 continue
             sealed, pos = [], 0

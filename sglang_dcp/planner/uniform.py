@@ -5,7 +5,8 @@ multiple). Every request, short or long, is split evenly over the ranks of one g
 
 - group: the one with the fewest reserved KV tokens among those where the request fits (ties:
   lowest group index); with a pinned home, the home's group.
-- home: the group's rank with the fewest homed requests, then fewest KV tokens, then lowest index.
+- home: the group's rank with the fewest homed requests, then fewest KV tokens, then lowest index
+  (where ranks differ in capacity and the request fits only with another home, that one).
 - shares: the page-rounded reservation has ``T`` pages; every non-home rank of the group takes
   ``T // group_size`` pages of the prompt's full pages (in rank order, as long as full prompt
   pages last); the home keeps the rest as its tail. A request with fewer pages than the group
@@ -61,9 +62,10 @@ class UniformPolicy(LedgerPolicy):
                 return False
         return (0 if empty else kv[home]) + resv - tail_start <= cap[home]
 
-    def _home(self, group: int) -> int:
+    def _homes(self, group: int) -> list[int]:
+        """The group's ranks, preferred home first (fewest homed, fewest KV tokens, index)."""
         g = self.group_size
-        return min(range(group * g, group * g + g), key=lambda r: (self.batch[r], self.kv[r], r))
+        return sorted(range(group * g, group * g + g), key=lambda r: (self.batch[r], self.kv[r], r))
 
     def _plan(self, req: Request, home_rank: int | None):
         resv = page_up(req.prompt_len + req.max_new_tokens, self.page)
@@ -76,11 +78,12 @@ class UniformPolicy(LedgerPolicy):
             groups = sorted(range(self.num_groups), key=lambda i: (load[i], i))
         ever = False
         for grp in groups:
-            home = home_rank if home_rank is not None else self._home(grp)
-            sealed, tail_start = self._split(req, resv, grp, home)
-            if self._fits(sealed, tail_start, resv, home):
-                return home, sealed, tail_start
-            ever = ever or self._fits(sealed, tail_start, resv, home, empty=True)
+            homes = [home_rank] if home_rank is not None else self._homes(grp)
+            for home in homes:  # the preferred home first; another where ranks differ in size
+                sealed, tail_start = self._split(req, resv, grp, home)
+                if self._fits(sealed, tail_start, resv, home):
+                    return home, sealed, tail_start
+                ever = ever or self._fits(sealed, tail_start, resv, home, empty=True)
         return self._reject(req, resv, home_rank, ever)
 
     def never_fits(self, request: Request, home_rank: int | None = None) -> Rejection | None:

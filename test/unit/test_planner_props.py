@@ -187,3 +187,22 @@ def test_dcp_long_requests_on_realistic_clusters(prof, n, reqs, budget):
         pol.verify()
     pol.rebalance(budget)
     pol.verify()
+
+
+@settings(max_examples=300, deadline=None)
+@given(clusters, st.integers(1, 400), st.integers(0, 63), st.integers(0, 400))
+def test_never_fits_is_what_an_empty_cluster_admits(spec, pages, offset, new_pages):
+    """``never_fits`` (the DP controller answers 400 with it) agrees with ``admit`` into the
+    same, empty cluster: a request it lets through must not wait forever. (The baselines do not
+    implement it: ``None`` means "cannot tell" there.)"""
+    if spec[3] not in ("dcp", "uniform"):
+        return
+    pol = _build(spec)
+    page = pol.page
+    r = Request("x", max(1, pages * page + offset % page), new_pages * page)
+    never = pol.never_fits(r)
+    got = pol.admit(r)
+    if never is None:
+        assert isinstance(got, Placement), got
+    else:
+        assert isinstance(got, Rejection) and not got.retryable

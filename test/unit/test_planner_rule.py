@@ -176,3 +176,16 @@ def test_policy_interface_guest_out_and_waiting_rank():
     assert p.waiting_rank("r2") == p.waiting()["r2"] and p.waiting_rank("r0") is None
     p.finish("r2")
     assert p.waiting_rank("r2") is None
+
+
+def test_never_fits_agrees_with_admit_into_an_empty_cluster():
+    """A request that ``never_fits`` lets through is placed by an empty cluster (found by the
+    DP controller's budget search: 3000 + 968 tokens on 4 x 1024 used to wait forever, the
+    guests' page rounding leaving the home one page over its free KV)."""
+    c = ClusterSpec.uniform(4, 1024, 64)
+    for prompt, new in ((3000, 968), (3000, 1000), (2900, 1060), (1000, 3000), (3100, 900)):
+        p = make_policy("dcp", c, DS, max_degree=4, min_shard_tokens=128)
+        ok = p.never_fits(req(0, prompt, new)) is None
+        got = p.admit(req(0, prompt, new))
+        assert ok == isinstance(got, Placement), (prompt, new, got)
+        p.verify()
