@@ -301,13 +301,10 @@ class DcpPolicy(StepBudget, SealedRangeRebalancer, LedgerPolicy):
         if best_score is None and not plans:
             by_free = sorted(range(self.num_ranks), key=lambda r: (kv[r] - cap[r], r))
             plans = self._try_guests(h, by_free, resv, pfull, min_tail, free_h, base_h)
-        best_peak = None
         for peak, sealed, tail_start in plans:
             score = (peak if peak > M else M) + fixed
-            if best_score is None or score < best_score - self.min_gain_us or (
-                split_only and score <= best_score and peak < best_peak
-            ):  # for the step budget: on a tie with the slowest rank, the lowest own peak
-                best_score, best, best_peak = score, (h, sealed, tail_start), peak
+            if best_score is None or score < best_score - self.min_gain_us:
+                best_score, best = score, (h, sealed, tail_start)
         if best_score is None:
             return self._reject(req, resv, pfull, splittable, pinned=home_rank)
         return best
