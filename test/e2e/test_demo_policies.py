@@ -1,0 +1,42 @@
+"""``--demo`` with every other placement policy starts and serves: the presets the demo adds
+(KV sharding, a planner budget) yield to the user's choice instead of refusing to start.
+
+The obvious comparison a new user makes (``--demo --dcp-policy round_robin`` against the default)
+once failed with an error about a flag the user never typed."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from hf_reference import hf_greedy
+
+pytestmark = pytest.mark.e2e
+
+IDS = [323, 312, 489, 454, 464]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.mark.parametrize("flags", [
+    ["--dcp-policy", "round_robin"],
+    ["--dcp-policy", "total_tokens"],
+    ["--dcp-policy", "uniform"],
+    ["--dcp-policy", "off"],
+    ["--load-balance-method", "round_robin"],
+    ["--dcp-slo-tpot-ms", "50", "--dcp-split-rule", "auto"],
+], ids=["round_robin", "total_tokens", "uniform", "off", "lb-round_robin", "dcp-slo"])
+def test_demo_starts_and_serves_with_policy(launch_server, cache, flags):
+    srv = launch_server(["--demo", *flags], env={"SGLANG_DCP_CACHE_DIR": str(cache)})
+    try:
+        out = srv.post("/generate", {"input_ids": IDS, "sampling_params": {
+            "max_new_tokens": 4, "temperature": 0, "ignore_eos": True}})  # fmt: skip
+        model = os.fspath(cache / "tiny-qwen3-moe-seed0")
+        assert out["output_ids"] == hf_greedy(model, IDS, 4)
+        assert len(srv.get("/v1/loads")["loads"]) == 4
+    finally:
+        srv.stop()
