@@ -184,9 +184,11 @@ def test_dp_aware_routing_pins_the_home_rank(servers, launch_router):
         assert admitted(by_url[url])[f"dpa-{i}"] == k
         pairs.add((url, k))
     assert {k for _, k in pairs} == {0, 1}, pairs
-    # The named rank can never hold it: the planner's 400 comes back through the router.
+    # The named rank can never hold it: the planner's 400 comes back through the router. (A
+    # prompt larger than a rank: an oversized max_new_tokens alone is capped at what SGLang
+    # decodes, dispatcher.py, and then fits.)
     with pytest.raises(urllib.error.HTTPError) as e:
-        generate(dp_router.url, [1, 2, 3], "dpa-too-big", KV_PER_RANK + 100)
+        generate(dp_router.url, [1] * (KV_PER_RANK + 100), "dpa-too-big", 4)
     assert e.value.code == 400
     body = e.value.read().decode()
     assert "planner rejected" in body and "pinned home rank" in body, body
