@@ -33,6 +33,7 @@ import warnings
 
 from sglang_dcp import env
 from sglang_dcp.planner.profile import available_profiles
+from sglang_dcp.sglang import quiet
 from sglang_dcp.sglang.demo import DEMO_DP_SIZE, DEMO_MODEL_NAME, demo_argv, demo_note
 from sglang_dcp.sglang.options import (
     ATTENTION_BACKEND,
@@ -325,6 +326,7 @@ def rust_egress_on() -> bool:
 def enable_dcp(opts: DcpOptions) -> None:
     """Hand the options to SGLang's spawned processes and hook this one (the tokenizer's)."""
     os.environ[env.SERVE_OPTIONS_VAR] = opts.to_json()
+    quiet.quiet_child_warnings()
     if opts.enabled:
         from sglang_dcp.sglang import hooks, observe
 
