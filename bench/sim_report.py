@@ -71,15 +71,18 @@ def _verdict(ok: bool) -> str:
 
 
 def write_report(results: Path, scens) -> Path:
-    rows = [row(sc, s) for sc in scens if (s := _load(sc)) is not None]
+    loaded = [(sc, s) for sc in scens if (s := _load(sc)) is not None]
+    rows = [row(sc, s) for sc, s in loaded]
+    ran = loaded[0][1].get("env", {}) if loaded else {}
     (results / "sim-matrix.json").write_text(json.dumps(rows, indent=2) + "\n")
     env = environment()
     timing = results / "sim-matrix" / "timing.json"
     wall = json.loads(timing.read_text()).get("total_wall_s") if timing.is_file() else None
     L = ["# Simulator results: the scenario matrix", "",
-         f"- date: {env['date']}; commit: `{env['commit']}`; hardware: {env['cpu']} (2 cores); "
-         f"Python {env['python']}" + (f"; `make bench-sim` took {wall / 60:.1f} min" if wall
-                                     else ""),
+         f"- runs: {ran.get('date')}, commit `{ran.get('commit')}`; hardware: {env['cpu']} "
+         f"(2 cores); Python {env['python']}" + (f"; `make bench-sim` took {wall / 60:.1f} min"
+                                                if wall else "")
+         + f" (this page written {env['date']})",
          "- all numbers are from the simulator (`sglang_dcp/sim`), driven by the shipped, "
          "*derived* cost profiles (see their provenance); nothing here ran on a GPU.",
          "- goodput = highest arrival rate with P99 TPOT <= SLO and P99 wait for KV <= 2 s, times "
@@ -154,8 +157,11 @@ def _targets(long: list[dict], moon: list[dict]) -> list[str]:
                  f"{', '.join(BASELINES)} | {_verdict(d >= before - 0.02)} |")
     big = [r for r in long if any(r["rejected"].get(n) for n in BASELINES)]
     served = sum(r["rejected"].get("dcp") == 0 for r in big)
-    counts = "; ".join(f"{r['id']}: baselines reject {max(r['rejected'].get(n) or 0 for n in BASELINES)}"
-                       f" of {r['num_requests']}, dcp {r['rejected'].get('dcp')}" for r in big)
+    def most(r):
+        return max(r["rejected"].get(n) or 0 for n in BASELINES)
+
+    counts = "; ".join(f"{r['id']}: baselines reject {most(r)} of {r['num_requests']}, "
+                       f"dcp {r['rejected'].get('dcp')}" for r in big)
     L.append(f"| requests larger than one rank: baselines reject, `dcp` serves | "
              f"{counts or 'no scenario has such requests'} | "
              f"{_verdict(served == len(big))} |")

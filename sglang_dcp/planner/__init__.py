@@ -28,7 +28,8 @@ _OPTIONS = {
     "total_tokens_sglang": ("publish_every_steps",),
     "uniform": ("group_size",),
     "dcp": ("max_degree", "min_shard_tokens", "min_gain_us", "batch_slack", "rebalance_threshold",
-            "home_rule", "fixed_exchange", "split_rule", "split_min_free", "step_slo_ms", "step_gate", "step_headroom"),
+            "home_rule", "fixed_exchange", "split_rule", "split_min_free", "step_slo_ms",
+            "step_gate", "step_headroom"),
 }
 
 
@@ -43,8 +44,10 @@ def make_policy(
     ``profile`` (a ``CostProfile``, or a shipped name / JSON path for ``load_profile``) is
     required by ``dcp`` and ignored by the others. Options: ``uniform``: ``group_size``;
     ``dcp``: ``max_degree`` (8), ``min_shard_tokens`` (the profile's break-even shard),
-    ``min_gain_us`` (0), ``batch_slack`` (0), ``rebalance_threshold`` (None: no migration), ``step_slo_ms`` (None), ``home_rule``
-    ("step" | "batch"), ``split_rule`` ("fit" | "gain"), ``split_min_free`` (0.2),
+    ``min_gain_us`` (0), ``batch_slack`` (0), ``rebalance_threshold`` (None: no migration),
+    ``step_slo_ms`` (None: no step budget), ``step_gate`` ("all"), ``step_headroom`` (True),
+    ``home_rule`` ("step" | "batch"), ``split_rule`` ("fit" | "gain" | "auto"),
+    ``split_min_free`` (0.2),
     ``fixed_exchange`` ("always" | "first"); see ``dcp.py``. ``None`` values
     mean "default" (convenient for CLI flags left unset).
     """

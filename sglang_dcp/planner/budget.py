@@ -10,8 +10,11 @@ best split that is within it (a long request whole on one rank can alone push th
 attention past the SLO). Otherwise the request waits (retryable rejection), for
 ``step_gate="split"`` only when the plan splits it (an exchange the step cannot afford), for
 ``"all"`` whatever its degree. A request is always admitted into an otherwise empty cluster
-(the split if it predicts a shorter step): there is nothing to wait for. Predicted times use reserved KV (every live request at
-its full ``max_new_tokens``), the same view the rest of the planner uses.
+(the split if it predicts a shorter step): there is nothing to wait for. Near the budget
+(within ``step_headroom_us``, the fixed exchange cost) and while guest items already exist, a
+whole placement is split if that predicts a shorter step. Predicted times use reserved KV
+(every live request at its full ``max_new_tokens``), the same view the rest of the planner
+uses.
 """
 
 from __future__ import annotations

@@ -24,8 +24,9 @@ could not run whole: KV fragmentation. So:
    at least ``split_min_free`` (0.2) of the cluster's KV is free: then free KV exists but is
    fragmented, and waiting for one rank to drain is what a split saves. Otherwise the cluster is
    KV-bound for a small request; a split would only pack the last free pages at a recurring
-   exchange cost, so it waits (retryable ``Rejection``). ``split_rule="gain"``: the older rule, which also splits requests that
-   fit when the predicted step ``max(M, peak) + exchange_fixed`` is lower by > ``min_gain_us``
+   exchange cost, so it waits (retryable ``Rejection``). ``split_rule="gain"``: the older rule,
+   which also splits requests that fit when the predicted step ``max(M, peak) +
+   exchange_fixed`` is lower by > ``min_gain_us``
    (``fixed_exchange``: charge the fixed cost to every split, ``"always"``, or only to the
    cluster's first guest, ``"first"``). ``split_rule="auto"`` picks by the profile's attention:
    ``fit`` for MLA, whose option-A exchange item (a 576-wide q per head out, a 512-wide partial

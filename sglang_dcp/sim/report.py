@@ -14,8 +14,8 @@ import numpy as np
 
 from sglang_dcp.sim.metrics import RunResult
 
-POLICY_KEYS = ("max_rate_rps", "goodput_rps", "p50_tpot_ms", "p99_tpot_ms", "p99_latency_ms", "kv_imbalance",
-               "batch_imbalance", "finished", "rejected")
+POLICY_KEYS = ("max_rate_rps", "goodput_rps", "p50_tpot_ms", "p99_tpot_ms", "p99_latency_ms",
+               "kv_imbalance", "batch_imbalance", "finished", "rejected")
 
 
 def _clean(x):
