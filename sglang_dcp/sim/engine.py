@@ -167,7 +167,7 @@ def simulate(
         return None
 
     def drain(key: int) -> None:
-        if key == GLOBAL and bypass is not None:
+        if key == GLOBAL:
             return drain_first_fit()
         q = queues[key]
         while q:
@@ -184,7 +184,7 @@ def simulate(
     def starving() -> bool:
         """The GLOBAL head has been passed over ``queue_max_bypass`` times: nothing goes first."""
         q = queues.get(GLOBAL)
-        return bool(q) and (bypass is None or passed[q[0]] >= bypass)
+        return bool(q) and bypass is not None and passed[q[0]] >= bypass
 
     def drain_first_fit() -> None:
         """The DP controller's queue (``sglang/dispatcher.py``): retry in arrival order, a later
@@ -199,7 +199,7 @@ def simulate(
                 if status[i] != REJECTED:
                     for j in keep:
                         passed[j] += 1
-                    if any(passed[j] >= bypass for j in keep):
+                    if bypass is not None and any(passed[j] >= bypass for j in keep):
                         break
                 continue
             if k != GLOBAL:  # the policy now binds it to a rank
@@ -207,7 +207,7 @@ def simulate(
                 queues.setdefault(k, deque()).append(i)
                 continue
             keep.append(i)
-            if passed[i] >= bypass:
+            if bypass is not None and passed[i] >= bypass:
                 break
         keep.extend(q)
         if keep:

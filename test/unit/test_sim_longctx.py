@@ -69,7 +69,7 @@ def _w(inp, out, arrival):
                     np.asarray(out, np.int64))
 
 
-@pytest.mark.parametrize("bypass,small_waits", [(16, False), (0, True)])
+@pytest.mark.parametrize("bypass,small_waits", [(16, False), (None, False), (0, True)])
 def test_first_fit_queue_passes_a_blocked_long_request(bypass, small_waits):
     """A long request waiting for KV does not block a short one behind it (first fit, as the
     DP controller's queue); with queue_max_bypass=0 arrival order is strict."""
