@@ -83,9 +83,7 @@ def test_startup_is_quiet_and_says_what_it_set_for_cpu(server):
         log = f.read()
     assert "Ignore import error" not in log  # quiet.py: DEBUG only
     assert "Applied 1 hook(s)" not in log and "Only CUDA" not in log  # ditto; child warnings
-    assert "Triton is not supported" not in log
-    before = log.split("server ready at")[0]  # SGLang's own INFO lines, about a dozen per rank
-    assert before.count("\n") < 105, before.count("\n")  # was ~150 on this 4-rank demo
+    assert "Triton is not supported" not in log  # what is left: SGLang's own INFO lines
     assert "[sglang-dcp] no CUDA device: --disable-cuda-graph" in log
 
 
