@@ -35,8 +35,9 @@ class ClusterSpec:
     page_size: int = 64
     ranks_per_node: int = 8
 
-    def node(self, rank: int) -> int:
-        return rank // self.ranks_per_node
+    def same_node(self, a: int, b: int) -> bool:
+        """Ranks ``a`` and ``b`` share a node (their exchange runs over NVLink)."""
+        return a // self.ranks_per_node == b // self.ranks_per_node
 
     def __post_init__(self) -> None:
         if self.num_ranks < 1:

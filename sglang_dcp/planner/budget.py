@@ -19,6 +19,7 @@ uses.
 
 from __future__ import annotations
 
+from sglang_dcp.planner.state import page_up
 from sglang_dcp.types import Rejection, Request
 
 STEP_GATES = ("split", "all")
@@ -29,21 +30,17 @@ class StepBudget:
         """The cluster's predicted step (µs) if a request homed on ``home`` with guest shards
         ``sealed`` (``[rank, start, end]``) and ``tail`` tokens at home were admitted."""
         p, cost, batch = self.profile, self.cost, self.batch
-        a, item, ex, merge = self._a, self._item, self._ex, self._merge
-        disc = self._near_disc
-        node = self.cluster.node
+        a, item = self._a, self._item
         add: dict[int, float] = {}
         guests = {r for r, _, _ in sealed if r != home}
         b = batch[home]
-        add[home] = (a * tail + item + p.compute_us(b + 1) - p.compute_us(b)
-                     + (ex + merge) * len(guests))
+        add[home] = a * tail + item + p.compute_us(b + 1) - p.compute_us(b)
         for r, s, e in sealed:
             add[r] = add.get(r, 0.0) + a * (e - s)
-        for g in guests:
-            near = node(g) == node(home)
-            add[g] += item + ex - (disc if near else 0.0)
-            if near:
-                add[home] -= disc
+        for g in guests:  # one item each way: q out and (o, lse) back, merged at home
+            ex = p.item_exchange_us(self.cluster.same_node(g, home))
+            add[g] += item + ex
+            add[home] += ex + self._merge
         worst = max(cost)
         for r, d in add.items():
             if cost[r] + d > worst:
@@ -55,7 +52,7 @@ class StepBudget:
         """``plan`` if its predicted step is within the budget; else a split from
         ``split_plan()`` that is (the whole placement would put too much attention on one rank);
         else ``plan`` into an empty cluster, or a retryable ``Rejection``."""
-        resv = -(-(req.prompt_len + req.max_new_tokens) // self.page) * self.page
+        resv = page_up(req.prompt_len + req.max_new_tokens, self.page)
         home, sealed, tail_start = plan
         step = self._predicted_step_us(home, sealed, resv - tail_start)
         # Near the budget, and with the cluster already paying the fixed exchange (some guest

@@ -65,8 +65,8 @@ from __future__ import annotations
 
 from sglang_dcp.planner.base import ClusterSpec
 from sglang_dcp.planner.profile import CostProfile
-from sglang_dcp.planner.rebalance import SealedRangeRebalancer
 from sglang_dcp.planner.budget import STEP_GATES, StepBudget
+from sglang_dcp.planner.rebalance import SealedRangeRebalancer
 from sglang_dcp.planner.state import LedgerPolicy, page_up
 from sglang_dcp.planner.waterfill import waterfill as _waterfill
 from sglang_dcp.types import Rejection, Request
@@ -294,10 +294,8 @@ class DcpPolicy(StepBudget, SealedRangeRebalancer, LedgerPolicy):
             fixed = 0.0
         cost = self.cost
         # guests by predicted time with the item's exchange: same-node ranks first when cheaper
-        rpn, hn, disc = self.cluster.ranks_per_node, h // self.cluster.ranks_per_node, \
-            self._near_disc
-        by_time = sorted(range(self.num_ranks),
-                         key=lambda r: cost[r] - (disc if r // rpn == hn else 0.0))
+        item_ex, same_node = self.profile.item_exchange_us, self.cluster.same_node
+        by_time = sorted(range(self.num_ranks), key=lambda r: cost[r] + item_ex(same_node(r, h)))
         plans = self._try_guests(h, by_time, resv, pfull, min_tail, free_h, base_h)
         if best_score is None and not plans:
             by_free = sorted(range(self.num_ranks), key=lambda r: (kv[r] - cap[r], r))
@@ -333,8 +331,7 @@ class DcpPolicy(StepBudget, SealedRangeRebalancer, LedgerPolicy):
                 if len(guests) == self.max_degree - 1:
                     break
         plans = []
-        rpn = self.cluster.ranks_per_node
-        ex = [self._ex - (self._near_disc if g // rpn == h // rpn else 0.0) for g in guests]
+        ex = [self.profile.item_exchange_us(self.cluster.same_node(g, h)) for g in guests]
         cost = self.cost
         for d in range(2, len(guests) + 2):
             gs = guests[: d - 1]

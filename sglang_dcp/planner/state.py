@@ -79,7 +79,6 @@ class LedgerPolicy(Policy):
         self.gin = [0] * n
         self.gout = [0] * n
         self.near = [0] * n
-        self._rpn = cluster.ranks_per_node
         self._recs: dict[str, _Rec] = {}
         self._homed: list[dict[str, None]] = [{} for _ in range(n)]
         self._hosted: list[dict[str, None]] = [{} for _ in range(n)]  # rids with a sealed shard
@@ -244,7 +243,7 @@ class LedgerPolicy(Policy):
             assert rec.guests == _guest_ranks(rec.sealed, rec.home), f"{rid}: stale guests"
             for g in rec.guests:
                 gin[g] += 1
-                if g // self._rpn == rec.home // self._rpn:
+                if self.cluster.same_node(g, rec.home):
                     near[g] += 1
                     near[rec.home] += 1
             gout[rec.home] += len(rec.guests)
@@ -290,26 +289,25 @@ class LedgerPolicy(Policy):
         return Placement(req.rid, home, tuple(shards))
 
     def _add_guests(self, rec: _Rec) -> None:
-        hn, rpn = rec.home // self._rpn, self._rpn
-        for g in rec.guests:
-            self.gin[g] += 1
-            self._hosted[g][rec.rid] = None
-            if g // rpn == hn:
-                self.near[g] += 1
-                self.near[rec.home] += 1
-        self.gout[rec.home] += len(rec.guests)
-        self.num_guest_items += len(rec.guests)
+        self._count_guests(rec, 1)
 
     def _drop_guests(self, rec: _Rec) -> None:
-        hn, rpn = rec.home // self._rpn, self._rpn
+        self._count_guests(rec, -1)
+
+    def _count_guests(self, rec: _Rec, sign: int) -> None:
+        """Add (``sign`` 1) or remove (-1) ``rec``'s guest items in every per-rank aggregate."""
+        same_node, home = self.cluster.same_node, rec.home
         for g in rec.guests:
-            self.gin[g] -= 1
-            del self._hosted[g][rec.rid]
-            if g // rpn == hn:
-                self.near[g] -= 1
-                self.near[rec.home] -= 1
-        self.gout[rec.home] -= len(rec.guests)
-        self.num_guest_items -= len(rec.guests)
+            self.gin[g] += sign
+            if sign > 0:
+                self._hosted[g][rec.rid] = None
+            else:
+                del self._hosted[g][rec.rid]
+            if same_node(g, home):
+                self.near[g] += sign
+                self.near[home] += sign
+        self.gout[home] += sign * len(rec.guests)
+        self.num_guest_items += sign * len(rec.guests)
 
     def _move(self, rid: str, src: int, dst: int, start: int, end: int) -> Migration:
         """Move written, page-aligned tokens ``[start, end)`` of ``rid`` from ``src`` to

@@ -92,9 +92,9 @@ class PooledStepModel:
 
     def step_ms(self, kv: np.ndarray) -> np.ndarray:
         p, b = self.profile, self._b
-        per_rank = kv[:, 0] / self.num_ranks
-        rank_us = p.attention_us(0.0, b) + p.attn_us_per_kv_token * per_rank + p.compute_us(b)
-        return (rank_us + p.moe_us_fixed + p.moe_us_per_token * b) * 1e-3
+        per_rank = kv[:, 0] / self.num_ranks  # rank_time_us is affine in the rank's KV
+        rank_us = p.rank_time_us(0.0, b, b) + p.attn_us_per_kv_token * per_rank
+        return (rank_us + p.moe_us(b)) * 1e-3
 
     def prefill_ms(self, input_len: np.ndarray) -> np.ndarray:
         return self._inner.prefill_ms(input_len)
