@@ -66,13 +66,14 @@ from __future__ import annotations
 from sglang_dcp.planner.base import ClusterSpec
 from sglang_dcp.planner.profile import CostProfile
 from sglang_dcp.planner.budget import STEP_GATES, StepBudget
+from sglang_dcp.planner.feasibility import Feasibility
 from sglang_dcp.planner.rebalance import SealedRangeRebalancer
 from sglang_dcp.planner.state import LedgerPolicy, page_up
-from sglang_dcp.planner.waterfill import waterfill as _waterfill
+from sglang_dcp.planner.waterfill import GuestPlans
 from sglang_dcp.types import Rejection, Request
 
 
-class DcpPolicy(StepBudget, SealedRangeRebalancer, LedgerPolicy):
+class DcpPolicy(StepBudget, GuestPlans, Feasibility, SealedRangeRebalancer, LedgerPolicy):
     name = "dcp"
 
     def __init__(
@@ -230,12 +231,6 @@ class DcpPolicy(StepBudget, SealedRangeRebalancer, LedgerPolicy):
         pfull = (req.prompt_len // ps) * ps
         return resv, pfull, self.max_degree > 1 and pfull >= self.min_shard_tokens
 
-    def never_fits(self, request: Request, home_rank: int | None = None) -> Rejection | None:
-        resv, pfull, splittable = self._sizes(request)
-        if self._fits_empty(resv, pfull, splittable, home_rank):
-            return None
-        return self._reject(request, resv, pfull, splittable, pinned=home_rank)
-
     def _plan(self, req: Request, home_rank: int | None):
         plan = self._place(req, home_rank)
         if isinstance(plan, Rejection) or self.step_slo_us is None:
@@ -320,83 +315,3 @@ class DcpPolicy(StepBudget, SealedRangeRebalancer, LedgerPolicy):
             return True
         total = sum(cap)
         return total - sum(self.kv) >= self.split_min_free * total
-
-    def _try_guests(self, h, order, resv, pfull, min_tail, free_h, base_h):
-        """Water-filled plans for d = 2 .. max_degree with guests taken from ``order``."""
-        cap, kv, ms, ps, a = self.cap, self.kv, self.min_shard_tokens, self.page, self._a
-        guests = []
-        for g in order:
-            if g != h and cap[g] - kv[g] >= ms:
-                guests.append(g)
-                if len(guests) == self.max_degree - 1:
-                    break
-        plans = []
-        ex = [self.profile.item_exchange_us(self.cluster.same_node(g, h)) for g in guests]
-        cost = self.cost
-        for d in range(2, len(guests) + 2):
-            gs = guests[: d - 1]
-            home_extra = sum(ex[: d - 1]) + self._merge * (d - 1)
-            bases = [base_h + home_extra] + [cost[g] + self._item + e for g, e in zip(gs, ex)]
-            lo = [min_tail] + [ms] * (d - 1)
-            hi = [free_h] + [min(cap[g] - kv[g], pfull) for g in gs]
-            x = _waterfill([c / a for c in bases], lo, hi, resv)
-            if x is None:
-                continue
-            # guests: whole pages, largest first in token order; home keeps the rest as tail
-            sizes = [max(ms, int(v) // ps * ps) for v in x[1:]]
-            sizes = [min(s, u) for s, u in zip(sizes, hi[1:])]
-            tail = resv - sum(sizes)
-            for i, u in enumerate(hi[1:]):  # rounding down left the home too much: give the
-                if tail <= free_h:  # excess back to guests with room, whole pages at a time
-                    break
-                add = min((u - sizes[i]) // ps * ps, page_up(tail - free_h, ps))
-                sizes[i] += add
-                tail -= add
-            if tail > free_h or tail < min_tail:
-                continue
-            sealed, pos = [], 0
-            for g, s in zip(gs, sizes):
-                sealed.append([g, pos, pos + s])
-                pos += s
-            peak = bases[0] + a * tail
-            for c, s in zip(bases[1:], sizes):
-                t = c + a * s
-                if t > peak:
-                    peak = t
-            plans.append((peak, sealed, pos))
-        return plans
-
-    def _reject(self, req, resv, pfull, splittable, pinned=None) -> Rejection:
-        ever = self._fits_empty(resv, pfull, splittable, pinned)
-        tail = resv - pfull if splittable else resv
-        what = (
-            f"request {req.rid!r} needs {resv} KV tokens (prompt {req.prompt_len} + max_new "
-            f"{req.max_new_tokens}, page-rounded; tail on home >= {tail})"
-        )
-        cap, kv = self.cap, self.kv
-        if pinned is not None:
-            where = f"pinned home rank {pinned} ({cap[pinned] - kv[pinned]} free of {cap[pinned]})"
-        else:
-            where = (
-                f"the cluster ({sum(cap) - sum(kv)} free of {sum(cap)}, "
-                f"max_degree {self.max_degree})"
-            )
-        if ever:
-            return Rejection(req.rid, f"{what}; {where} cannot place it now", retryable=True)
-        return Rejection(
-            req.rid, f"{what}; it does not fit {where} even when empty", retryable=False
-        )
-
-    def _fits_empty(self, resv, pfull, splittable, pinned) -> bool:
-        caps = self.cap
-        homes = [pinned] if pinned is not None else range(self.num_ranks)
-        if not splittable:
-            return any(caps[h] >= resv for h in homes)
-        ms, k = self.min_shard_tokens, self.max_degree - 1
-        for h in homes:
-            if caps[h] < resv - pfull:
-                continue
-            others = sorted((c for r, c in enumerate(caps) if r != h and c >= ms), reverse=True)
-            if caps[h] + min(pfull, sum(others[:k])) >= resv:
-                return True
-        return False

@@ -1,0 +1,54 @@
+"""Why ``dcp`` cannot place a request, now or ever (pure Python).
+
+Mixed into ``DcpPolicy`` (which provides the ledger, ``min_shard_tokens``, ``max_degree`` and
+``_sizes``): ``never_fits`` answers without placing anything; ``_reject`` builds the
+``Rejection`` (retryable when an empty cluster could place it); ``_fits_empty`` is the
+capacity test both share.
+"""
+
+from __future__ import annotations
+
+from sglang_dcp.types import Rejection, Request
+
+
+class Feasibility:
+    def never_fits(self, request: Request, home_rank: int | None = None) -> Rejection | None:
+        resv, pfull, splittable = self._sizes(request)
+        if self._fits_empty(resv, pfull, splittable, home_rank):
+            return None
+        return self._reject(request, resv, pfull, splittable, pinned=home_rank)
+
+    def _reject(self, req, resv, pfull, splittable, pinned=None) -> Rejection:
+        ever = self._fits_empty(resv, pfull, splittable, pinned)
+        tail = resv - pfull if splittable else resv
+        what = (
+            f"request {req.rid!r} needs {resv} KV tokens (prompt {req.prompt_len} + max_new "
+            f"{req.max_new_tokens}, page-rounded; tail on home >= {tail})"
+        )
+        cap, kv = self.cap, self.kv
+        if pinned is not None:
+            where = f"pinned home rank {pinned} ({cap[pinned] - kv[pinned]} free of {cap[pinned]})"
+        else:
+            where = (
+                f"the cluster ({sum(cap) - sum(kv)} free of {sum(cap)}, "
+                f"max_degree {self.max_degree})"
+            )
+        if ever:
+            return Rejection(req.rid, f"{what}; {where} cannot place it now", retryable=True)
+        return Rejection(
+            req.rid, f"{what}; it does not fit {where} even when empty", retryable=False
+        )
+
+    def _fits_empty(self, resv, pfull, splittable, pinned) -> bool:
+        caps = self.cap
+        homes = [pinned] if pinned is not None else range(self.num_ranks)
+        if not splittable:
+            return any(caps[h] >= resv for h in homes)
+        ms, k = self.min_shard_tokens, self.max_degree - 1
+        for h in homes:
+            if caps[h] < resv - pfull:
+                continue
+            others = sorted((c for r, c in enumerate(caps) if r != h and c >= ms), reverse=True)
+            if caps[h] + min(pfull, sum(others[:k])) >= resv:
+                return True
+        return False
