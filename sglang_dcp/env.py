@@ -45,3 +45,10 @@ def poison_moved() -> bool:
     the poison it turns every affected output into garbage.
     """
     return os.environ.get("SGLANG_DCP_POISON_MOVED", "") not in ("", "0", "false")
+
+
+def metadata_glue_graph() -> bool:
+    """SGLang's ``SGLANG_ENABLE_METADATA_GLUE_GRAPH`` (0.5.21 ``environ.py``: off by default)."""
+    return os.environ.get("SGLANG_ENABLE_METADATA_GLUE_GRAPH", "").strip().lower() in (
+        "1", "true", "yes", "on",
+    )  # fmt: skip
