@@ -36,6 +36,8 @@ import torch
 from sglang_dcp import env
 from sglang_dcp.exchange.route import build_rank_route
 from sglang_dcp.planner.base import Migration
+from sglang_dcp.sglang import ledger
+from sglang_dcp.sglang.ledger import RankLedger
 from sglang_dcp.sglang.rank_stats import stats
 from sglang_dcp.sglang.step import Decoding, RankNews, StepPlan, plan_step, runtime_shards
 from sglang_dcp.types import Placement, Shard
@@ -106,6 +108,7 @@ class RankRuntime:
         self.num_steps = 0
         self.step: DcpStep | None = None  # the step of the forward about to run
         self._comm = None
+        self.ledger = RankLedger(self.rank)  # what the planner hears of shard moves
         stats().dp_rank = self.rank
 
     # -- groups ---------------------------------------------------------------------------------
@@ -146,6 +149,8 @@ class RankRuntime:
         """The home gave ``req``'s KV back (finish, abort, retraction): guests free theirs at
         the next header; a retracted request ships again after its new prefill."""
         h = self.home.pop(req.rid, None)
+        if h is not None:
+            self.ledger.released(req)
         if h is not None and h.moved:
             self.releases.append(req.rid)
         self._refresh_gauges()
@@ -232,6 +237,7 @@ class RankRuntime:
 
     def _ship(self, moves: list[Migration], model_runner) -> list[Migration]:
         """Run every rank's moves of this step; returns the failed ones (same list everywhere)."""
+        from sglang_dcp.exchange.faults import move_faults
         from sglang_dcp.exchange.transfer import transfer_shards
         from sglang_dcp.sglang.kv_adapter import SGLangKVPool
 
@@ -249,7 +255,8 @@ class RankRuntime:
                 row = req_to_token[req.kv.req_pool_idx]
                 offered[(m.rid, m.start)] = row[m.start : m.end].to(torch.long)
                 pool.offer(m.rid, m.start, offered[(m.rid, m.start)].cpu())
-        results = transfer_shards(self.comm, pool, moves)
+        fault = move_faults(moves, env.inject_move_failure())  # testing only
+        results = transfer_shards(self.comm, pool, moves, fault=fault)
         if env.poison_moved():
             for res in results:
                 m = res.move
@@ -297,6 +304,7 @@ class RankRuntime:
                     g.ranges = [r for r, _ in pairs]
                     g.slots = torch.cat([t for _, t in pairs])
                 s.moved_tokens += m.end - m.start
+        self.ledger.shipped(results, self.home)
         return failed
 
     def _step(self, plan: StepPlan, local_batch) -> DcpStep:
@@ -365,6 +373,7 @@ def after_init_request_dispatcher(result, self, *args, **kwargs):
     options = DcpOptions.from_env()
     hooks.assert_applied(options.enabled, options.sharding)
     _RUNTIME = RankRuntime(self)
+    ledger.listen(self, _RUNTIME.ledger)
     return result
 
 
