@@ -93,6 +93,8 @@ def test_outputs_equal_hf_and_exactly_the_injected_moves_fail(server, tiny_model
     assert all(move_fault(m, server.p) is None for m in done)
     if server.p == 1.0:
         assert not done
+    else:  # some moves happen, some do not (which ones: a hash of each move, the same every run)
+        assert done
 
 
 def test_the_planners_books_follow_the_ranks(server):
