@@ -5,8 +5,11 @@ Reads what it needs from the controller once, builds the planner, and rewires tw
 
 - ``controller.dispatching`` (data_parallel_controller.py:167-173, called by
   ``dispatching_with_trace`` l.326 for every tokenized request) -> ``DcpDispatcher.dispatch``;
-- ``controller._request_dispatcher`` (built in ``init_dispatcher`` l.352) gains a handler for
-  ``DcpFinished`` notices from the tokenizer manager (notices.py).
+- ``controller._request_dispatcher`` (built in ``init_dispatcher`` l.352) gains handlers for
+  ``DcpFinished`` notices from the tokenizer manager (notices.py) and for the schedulers'
+  ``DcpShardReport`` (ledger.py), which arrive on a PULL socket of ours (the ledger inbox) that
+  ``event_loop`` polls with the controller's input; the planner's view goes back to the
+  schedulers as a control message (``ledger.PlannerBooks``).
 
 Rejections are answered from here: an ``AbortReq`` with a 400 finish reason goes straight to the
 tokenizer manager's PULL socket (``port_args.tokenizer_ipc_name``, as a scheduler's
