@@ -74,7 +74,7 @@ def wait_for(check, timeout, what):
 
 
 def test_outputs_equal_hf_and_exactly_the_injected_moves_fail(server, tiny_model_path):
-    batch = prompts(seed=21, count=5, lengths=(700, 40, 1300, 1800, 90))
+    batch = prompts(seed=21, count=3, lengths=(1300, 40, 1800))
     for i, ids in enumerate(batch):
         out = generate(server, ids, f"inject-{i}")
         assert out["output_ids"] == hf_greedy(tiny_model_path, ids, MAX_NEW), len(ids)
