@@ -191,6 +191,12 @@ USES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("sglang.srt.utils.network.get_zmq_socket", ("context", "socket_type", "endpoint", "bind")),
     ("sglang.srt.layers.attention.attention_registry.register_attention_backend", ("name",)),
     ("sglang.srt.mem_cache.memory_pool.KVWriteLoc", ("loc", "swa_loc", "full_loc")),
+    # the ledger (ledger.py, dpc.py): the planner's view to the schedulers, the inbox address,
+    # a retraction (not finished) vs a finish on release
+    (f"{_DPC}.send_control_message", ("self", "obj")),
+    ("sglang.srt.utils.network.NetworkAddress.parse", ("addr",)),
+    ("sglang.srt.utils.network.NetworkAddress.to_tcp", ("self",)),
+    ("sglang.srt.managers.schedule_batch.Req.finished", ("self",)),
 )
 
 
