@@ -156,6 +156,12 @@ class RankRuntime:
 
     # -- the step header ------------------------------------------------------------------------
     def header(self, local_batch, model_runner) -> DcpStep | None:
+        news, decoding_reqs = self.news(local_batch, model_runner)
+        return self._gather(news, decoding_reqs, local_batch, model_runner)
+
+    def news(self, local_batch, model_runner) -> tuple[RankNews, list[HomeEntry]]:
+        """This rank's news for the header: releases, and the split requests it decodes now
+        with their shards (moves at the first decode step); O(split requests)."""
         news = RankNews(releases=self.releases)
         self.releases = []
         decoding_reqs = []
@@ -184,7 +190,9 @@ class RankRuntime:
                 decoding_reqs.append(h)
             if env.poison_moved():
                 check_against_batch(local_batch, self.split_reqs, [d.rid for d in news.decoding])
+        return news, decoding_reqs
 
+    def _gather(self, news, decoding_reqs, local_batch, model_runner) -> DcpStep | None:
         flag = torch.tensor([1 if news else 0], dtype=torch.int64)
         torch.distributed.all_reduce(
             flag, op=torch.distributed.ReduceOp.MAX, group=self.tp_group.cpu_group
