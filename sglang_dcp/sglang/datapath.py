@@ -36,7 +36,6 @@ import torch
 from sglang_dcp import env
 from sglang_dcp.planner.base import Migration
 from sglang_dcp.sglang import ledger
-from sglang_dcp.sglang.ledger import RankLedger
 from sglang_dcp.sglang.rank_stats import stats
 from sglang_dcp.sglang.step import Decoding, RankNews, plan_step, runtime_shards
 from sglang_dcp.sglang.step_build import DcpStep, build_step, check_against_batch, is_decoding
@@ -90,7 +89,7 @@ class RankRuntime:
         from sglang_dcp.sglang.options import DcpOptions
 
         self.capacity = DcpOptions.from_env().max_guest_items
-        self.ledger = RankLedger(self.rank)  # what the planner hears of shard moves
+        self.ledger = ledger.RankLedger(self.rank)  # what the planner hears of shard moves
         stats().dp_rank = self.rank
 
     # -- groups ---------------------------------------------------------------------------------
