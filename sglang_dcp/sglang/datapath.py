@@ -35,6 +35,7 @@ import torch
 
 from sglang_dcp import env
 from sglang_dcp.planner.base import Migration
+from sglang_dcp.sglang import ledger
 from sglang_dcp.sglang.rank_stats import stats
 from sglang_dcp.sglang.step import Decoding, RankNews, plan_step, runtime_shards
 from sglang_dcp.sglang.step_build import DcpStep, build_step, check_against_batch, is_decoding
@@ -88,6 +89,7 @@ class RankRuntime:
         from sglang_dcp.sglang.options import DcpOptions
 
         self.capacity = DcpOptions.from_env().max_guest_items
+        self.ledger = ledger.RankLedger(self.rank)  # what the planner hears of shard moves
         stats().dp_rank = self.rank
 
     # -- groups ---------------------------------------------------------------------------------
@@ -142,6 +144,8 @@ class RankRuntime:
         h = self.home.pop(req.rid, None)
         if self.split_reqs.get(req.rid) is req and not req.is_retracted:
             del self.split_reqs[req.rid]
+        if h is not None:
+            self.ledger.released(req)
         if h is not None and h.moved:
             self.releases.append(req.rid)
         self._refresh_gauges()
@@ -240,6 +244,7 @@ class RankRuntime:
 
     def _ship(self, moves: list[Migration], model_runner) -> list[Migration]:
         """Run every rank's moves of this step; returns the failed ones (same list everywhere)."""
+        from sglang_dcp.exchange.faults import move_faults
         from sglang_dcp.exchange.transfer import transfer_shards
         from sglang_dcp.sglang.kv_adapter import SGLangKVPool
 
@@ -257,7 +262,8 @@ class RankRuntime:
                 row = req_to_token[req.kv.req_pool_idx]
                 offered[(m.rid, m.start)] = row[m.start : m.end].to(torch.long)
                 pool.offer(m.rid, m.start, offered[(m.rid, m.start)].cpu())
-        results = transfer_shards(self.comm, pool, moves)
+        fault = move_faults(moves, env.inject_move_failure())  # testing only
+        results = transfer_shards(self.comm, pool, moves, fault=fault)
         if env.poison_moved():
             for res in results:
                 m = res.move
@@ -305,6 +311,7 @@ class RankRuntime:
                     g.ranges = [r for r, _ in pairs]
                     g.slots = torch.cat([t for _, t in pairs])
                 s.moved_tokens += m.end - m.start
+        self.ledger.shipped(results, self.home)
         return failed
 
     def _step(self, plan, local_batch) -> DcpStep:
@@ -349,6 +356,7 @@ def after_init_request_dispatcher(result, self, *args, **kwargs):
     options = DcpOptions.from_env()
     hooks.assert_applied(options.enabled, options.sharding)
     _RUNTIME = RankRuntime(self)
+    ledger.listen(self, _RUNTIME.ledger)
     return result
 
 

@@ -72,7 +72,7 @@ def demo_model_path() -> str:
     """The demo checkpoint, built on first use."""
     path = os.path.join(env.cache_dir(), DEMO_MODEL_NAME)
     if not os.path.exists(os.path.join(path, "model.safetensors")):
-        from sglang_dcp.testing.tiny_model import build
+        from sglang_dcp.tiny_model import build
 
         print(f"[sglang-dcp] building the demo model in {path}", flush=True)
         tmp = path + f".tmp{os.getpid()}"
