@@ -41,7 +41,10 @@ from sglang_dcp.sglang.rank_stats import stats
 NAME = "dcp_triton"
 logger = logging.getLogger(__name__)
 
-_BACKEND: "DcpAttnBackend | None" = None
+def _backend() -> "DcpAttnBackend | None":
+    from sglang_dcp.sglang.context import ctx
+
+    return ctx().backend
 
 
 class DcpAttnBackend(MetadataCalls):
@@ -222,7 +225,7 @@ def step_comm():
 
 
 def needs_eager(step) -> bool:
-    be = _BACKEND
+    be = _backend()
     return be is not None and be.needs_eager(step)
 
 
@@ -247,7 +250,6 @@ def around_build_resolved_backend(original, *, model_runner, resolved, init_new_
     """``attention_backend_setup._build_resolved_backend(*, model_runner, resolved,
     init_new_workspace)`` (model_runner_components/attention_backend_setup.py:201), which every
     path that builds a model runner's attention backend goes through: wrap what SGLang built."""
-    global _BACKEND
     runner = model_runner
     if resolved.prefill != resolved.decode or resolved.prefill not in INNER_BACKENDS:
         raise NotImplementedError(
@@ -260,9 +262,11 @@ def around_build_resolved_backend(original, *, model_runner, resolved, init_new_
     inner = original(
         model_runner=model_runner, resolved=resolved, init_new_workspace=init_new_workspace
     )
-    _BACKEND = DcpAttnBackend(inner, runner)
+    from sglang_dcp.sglang.context import ctx
+
+    be = ctx().backend = DcpAttnBackend(inner, runner)
     logger.info("sglang_dcp: %s attention runs through the DCP exchange", resolved.prefill)
-    return _BACKEND
+    return be
 
 
 def register() -> None:
@@ -281,7 +285,7 @@ def around_stage_finish(original, self, hidden_states, forward_batch, *args, **k
     """``StageBoundary.finish(hidden_states, forward_batch)`` (layer_boundary/stage.py:168),
     after each layer's attention on every rank: a rank that skipped attention (no rows) joins
     this layer's exchange here; then the layer cursor moves on."""
-    be = _BACKEND
+    be = _backend()
     cur = be.cursor() if be is not None else None
     if cur is None and current_step() is not None and current_step().active:
         raise RuntimeError(f"sglang_dcp: a DCP step needs --attention-backend {NAME}")

@@ -353,24 +353,26 @@ def _split(slots: torch.Tensor, ranges: list[tuple[int, int]]) -> list[torch.Ten
 
 # ---- the process's runtime and the hooks (hooks.py) ---------------------------------------------
 
-_RUNTIME: RankRuntime | None = None
-
-
 def runtime() -> RankRuntime | None:
-    return _RUNTIME
+    """This process's rank runtime (``context.RankContext.runtime``; ``None`` before the
+    scheduler has its pools, and in processes that are not schedulers)."""
+    from sglang_dcp.sglang.context import ctx
+
+    return ctx().runtime
 
 
 def after_init_request_dispatcher(result, self, *args, **kwargs):
     """``Scheduler.init_request_dispatcher`` (scheduler.py:1718) runs once in ``__init__``, after
     the pools exist: build this rank's runtime."""
-    global _RUNTIME
     from sglang_dcp.sglang import hooks
+    from sglang_dcp.sglang.context import ctx
     from sglang_dcp.sglang.options import DcpOptions
 
     options = DcpOptions.from_env()
     hooks.assert_applied(options.enabled, options.sharding)
-    _RUNTIME = RankRuntime(self)
-    ledger.listen(self, _RUNTIME.ledger)
+    rt = RankRuntime(self)
+    ctx().set_runtime(rt)
+    ledger.listen(self, rt.ledger)
     return result
 
 
@@ -379,7 +381,7 @@ def around_handle_generate_request(original, self, recv_req, *args, **kwargs):
     the request while SGLang builds its ``Req``."""
     from sglang_dcp.sglang.messages import DcpGenerateReq
 
-    rt = _RUNTIME
+    rt = runtime()
     if rt is None or not isinstance(recv_req, DcpGenerateReq):
         return original(self, recv_req, *args, **kwargs)
     rt.incoming[recv_req.rid] = recv_req.placement()
@@ -391,15 +393,16 @@ def around_handle_generate_request(original, self, recv_req, *args, **kwargs):
 
 def after_add_request_to_queue(result, self, req, *args, **kwargs):
     """``Scheduler._add_request_to_queue`` (scheduler.py:3266): ``req.dcp = placement``."""
-    if _RUNTIME is not None:
-        _RUNTIME.attach(req)
+    rt = runtime()
+    if rt is not None:
+        rt.attach(req)
     return result
 
 
 def around_prepare_mlp_sync(original, local_batch, *args, **kwargs):
     """``dp_attn.prepare_mlp_sync_batch_raw(local_batch, model_runner, ...)`` (dp_attn.py:412):
     the step header first, then SGLang's gather; the step goes on the batch that will run."""
-    rt = _RUNTIME
+    rt = runtime()
     if rt is None:
         return original(local_batch, *args, **kwargs)
     model_runner = kwargs.get("model_runner", args[0] if args else None)
@@ -427,14 +430,14 @@ def current_step() -> DcpStep | None:
     (``launch.sharding_argv``) the header of step N and the forward of step N alternate on the
     scheduler thread, so the slot always holds the running step.
     """
-    rt = _RUNTIME
+    rt = runtime()
     return None if rt is None else rt.step
 
 
 def around_free_kv_row(original, self, kv, ranges, *args, **kwargs):
     """``BasePrefixCache.free_kv_row(kv, ranges)`` (base_prefix_cache.py:468): never free a
     range the home shipped away (its slots went back to the allocator at the move)."""
-    rt = _RUNTIME
+    rt = runtime()
     skip = rt.row_ranges_to_skip(kv.req_pool_idx) if rt is not None else None
     if skip:
         ranges = _subtract(list(ranges), skip)
@@ -443,7 +446,7 @@ def around_free_kv_row(original, self, kv, ranges, *args, **kwargs):
 
 def around_release_kv_cache(original, req, tree_cache, *args, **kwargs):
     """``mem_cache.common.release_kv_cache(req, tree_cache, is_insert)`` (common.py:292)."""
-    rt = _RUNTIME
+    rt = runtime()
     if rt is None or (req.rid not in rt.home and req.rid not in rt.split_reqs):
         return original(req, tree_cache, *args, **kwargs)
     idx = req.kv.req_pool_idx
@@ -457,7 +460,7 @@ def around_release_kv_cache(original, req, tree_cache, *args, **kwargs):
 def around_check_full_pool(original, self, ps, uncached=0, *args, **kwargs):
     """``SchedulerInvariantChecker._check_full_pool(ps, uncached)`` (invariant_checker.py:95):
     guest slots are held for other ranks' requests, not leaked."""
-    rt = _RUNTIME
+    rt = runtime()
     if rt is not None:
         uncached = uncached + rt.guest_tokens()
     return original(self, ps, uncached, *args, **kwargs)

@@ -171,8 +171,6 @@ class DcpMetrics:
         return u
 
 
-_OFF = object()
-_METRICS: DcpMetrics | object | None = None  # None: not decided yet; _OFF: this process does not
 
 
 def _dp_rank() -> int:
@@ -184,12 +182,14 @@ def _dp_rank() -> int:
 def for_scheduler(scheduler) -> DcpMetrics | None:
     """This process's metrics, made on first use: only with ``--enable-metrics``, only on the
     ``attn_tp_rank == 0`` scheduler of the rank."""
-    global _METRICS
-    if _METRICS is None:
+    from sglang_dcp.sglang.context import OFF, ctx
+
+    c = ctx()
+    if c.metrics is None:
         reporter = getattr(scheduler, "metrics_reporter", None)
         on = reporter is not None and reporter.enable_metrics and reporter.is_stats_logging_rank
-        _METRICS = DcpMetrics(_dp_rank()) if on else _OFF
-    return None if _METRICS is _OFF else _METRICS
+        c.metrics = DcpMetrics(_dp_rank()) if on else OFF
+    return None if c.metrics is OFF else c.metrics
 
 
 def after_get_next_batch_to_run(result, self, *args, **kwargs):

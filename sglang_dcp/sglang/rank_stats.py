@@ -2,7 +2,7 @@
 ``dcp`` section and the Prometheus gauges.
 
 Pure Python, no SGLang import. The data path (``sglang_dcp.sglang.datapath``) updates the
-process's single ``RankStats`` (``stats()``); observers only read it.
+process's ``RankStats`` (``stats()``, held by ``context.RankContext``); observers only read it.
 """
 
 from __future__ import annotations
@@ -52,9 +52,8 @@ class RankStats:
         return d
 
 
-_STATS = RankStats()
-
-
 def stats() -> RankStats:
-    """This process's stats (one scheduler process is one DP rank)."""
-    return _STATS
+    """This process's stats (one scheduler process is one DP rank; ``context.RankContext``)."""
+    from sglang_dcp.sglang.context import ctx
+
+    return ctx().stats

@@ -86,7 +86,9 @@ def run_rank(rank: int, num_ranks: int, init_method: str, dist_backend: str, ste
     be._init_state(TritonLikeInner(runner), runner, num_ranks=W, num_q_heads=H, head_dim=D,
                    v_head_dim=D)  # fmt: skip
     be._scaling = dict.fromkeys(range(LAYERS), SM)
-    backend._BACKEND = be
+    from sglang_dcp.sglang.context import ctx
+
+    ctx().backend = be
     state = SimpleNamespace(step=None, variant=None)
     backend.current_step = datapath.current_step = lambda: state.step
     backend.step_comm = lambda: comm

@@ -15,7 +15,7 @@ from sglang.srt.managers import io_struct  # noqa: E402
 
 from sglang_dcp.exchange.transfer import ShardMove, TransferResult  # noqa: E402
 from sglang_dcp.planner import ClusterSpec, load_profile, make_policy  # noqa: E402
-from sglang_dcp.sglang import ledger, rank_stats  # noqa: E402
+from sglang_dcp.sglang import context, ledger, rank_stats  # noqa: E402
 from sglang_dcp.sglang.dispatcher import DcpDispatcher  # noqa: E402
 from sglang_dcp.sglang.messages import DcpPlannerView, register_types  # noqa: E402
 from sglang_dcp.types import Placement, Shard  # noqa: E402
@@ -73,7 +73,7 @@ def test_a_retracted_request_holds_nothing_away_a_finished_one_keeps_its_ranges(
 
 
 def test_reports_wait_for_the_inbox_then_go_in_order(monkeypatch):
-    monkeypatch.setattr(rank_stats, "_STATS", rank_stats.RankStats())
+    monkeypatch.setattr(context, "_CTX", context.RankContext())
     sent = []
     rl = ledger.RankLedger(0, lambda inbox, msg: sent.append((inbox, msg)))
     someone_else = TransferResult(ShardMove("x", 3, 0, 0, 64), True)  # homed on rank 3

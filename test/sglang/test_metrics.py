@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from sglang_dcp.sglang import metrics, rank_stats
+from sglang_dcp.sglang import context, metrics, rank_stats
 from sglang_dcp.sglang.rank_stats import RankStats
 
 
@@ -130,10 +130,9 @@ def scheduler(enable_metrics=True, stats_rank=True):
 def test_the_hook_publishes_this_ranks_stats(monkeypatch):
     reg = CollectorRegistry()
     real = metrics.DcpMetrics
-    monkeypatch.setattr(metrics, "_METRICS", None)
+    monkeypatch.setattr(context, "_CTX", context.RankContext(stats=RankStats(guest_kv_tokens=64)))
     monkeypatch.setattr(metrics, "_dp_rank", lambda: 1)
     monkeypatch.setattr(metrics, "DcpMetrics", lambda rank: real(rank, registry=reg))
-    monkeypatch.setattr(rank_stats, "_STATS", RankStats(guest_kv_tokens=64))
     plan = object()
     assert metrics.after_get_next_batch_to_run(plan, scheduler(), None, None) is plan
     assert sample(generate_latest(reg).decode(), "sglang_dcp:guest_kv_tokens", dp_rank=1) == 64
@@ -146,7 +145,7 @@ def test_the_hook_publishes_this_ranks_stats(monkeypatch):
 def test_no_metrics_without_enable_metrics_or_off_the_stats_rank(
     monkeypatch, enable_metrics, stats_rank
 ):
-    monkeypatch.setattr(metrics, "_METRICS", None)
+    monkeypatch.setattr(context, "_CTX", context.RankContext())
     monkeypatch.setattr(metrics, "DcpMetrics", lambda rank: pytest.fail("made metrics"))
     s = scheduler(enable_metrics, stats_rank)
     assert metrics.after_get_next_batch_to_run("plan", s, None, None) == "plan"

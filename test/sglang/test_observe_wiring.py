@@ -22,7 +22,7 @@ from sglang.srt.managers.scheduler_components.output_streamer import (  # noqa: 
 )
 from sglang.srt.managers.tokenizer_manager import ReqState, TokenizerManager  # noqa: E402
 
-from sglang_dcp.sglang import hooks, observe, rank_stats  # noqa: E402
+from sglang_dcp.sglang import context, hooks, observe, rank_stats  # noqa: E402
 from sglang_dcp.types import Placement, Shard  # noqa: E402
 
 P0 = Placement("a", 1, (Shard(0, 0, 128), Shard(1, 128, 150)))
@@ -120,7 +120,7 @@ def test_loads_section_is_every_rank_stat_number(monkeypatch):
     s = rank_stats.RankStats(dp_rank=1, guest_kv_tokens=640, guest_requests=2,
                              exchange_ms_last_step=1.5, moves_done=3)  # fmt: skip
     s.count_degree(2)
-    monkeypatch.setattr(rank_stats, "_STATS", s)
+    monkeypatch.setattr(context, "_CTX", context.RankContext(stats=s))
     snap = observe.after_get_loads(
         LoadSnapshot(dp_rank=1, num_used_tokens=77), object.__new__(SchedulerLoadInquirer)
     )

@@ -1,0 +1,56 @@
+"""One scheduler process's DCP state in one object (one scheduler process is one DP rank).
+
+SGLang calls our hooks as plain functions with its own arguments, so the rank's state must be
+reachable from them: it lives here, in one ``RankContext`` per process, instead of one module
+global per part. Pure Python (no SGLang import); the parts are filled as SGLang builds them:
+
+- ``stats`` (``rank_stats.RankStats``): what the rank reports, from the start;
+- ``runtime`` (``datapath.RankRuntime``): placements, guest table, header, ledger; set once, when
+  the scheduler has its pools (``Scheduler.init_request_dispatcher``);
+- ``backend`` (``backend.DcpAttnBackend``): the attention wrapper and its static exchange; set
+  when SGLang builds the model runner's attention backend (the latest build serves);
+- ``metrics`` (``metrics.DcpMetrics``): decided on first use (``None``: not yet; ``OFF``: this
+  process does not publish).
+
+Tests swap the whole context with ``use(RankContext(...))``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sglang_dcp.sglang.rank_stats import RankStats
+
+OFF = object()
+
+
+@dataclass
+class RankContext:
+    stats: RankStats = field(default_factory=RankStats)
+    runtime: Any = None
+    backend: Any = None
+    metrics: Any = None
+
+    def set_runtime(self, runtime) -> None:
+        if self.runtime is not None:
+            raise RuntimeError(
+                "sglang_dcp: this process already has a DCP rank runtime (one scheduler process "
+                "is one DP rank)"
+            )
+        self.runtime = runtime
+
+
+_CTX = RankContext()
+
+
+def ctx() -> RankContext:
+    """This process's context."""
+    return _CTX
+
+
+def use(new: RankContext) -> RankContext:
+    """Replace this process's context (tests); returns the old one."""
+    global _CTX
+    old, _CTX = _CTX, new
+    return old
