@@ -180,6 +180,13 @@ def apply_sglang_fixes() -> list[str]:
     if not hasattr(TorchNativeAttnBackend, "get_cpu_graph_seq_len_fill_value"):
         TorchNativeAttnBackend.get_cpu_graph_seq_len_fill_value = lambda self: 1
         applied.append("TorchNativeAttnBackend.get_cpu_graph_seq_len_fill_value")
+    # Upstream symptom: DeepSeek-V3 (MLA) prefill on torch_native fails with "Expected size for
+    # first two dimensions of batch2 tensor ..." (the MHA path vs the latent pool; sglang/mla.py).
+    # Only where models run (schedulers): the handler table's import costs ~1 s elsewhere.
+    from sglang_dcp.sglang.mla import register_cpu_mla_handler
+
+    if "sglang.srt.managers.scheduler" in sys.modules and register_cpu_mla_handler():
+        applied.append("deepseek AttentionBackendRegistry['torch_native'] (absorbed MLA)")
     return applied
 
 

@@ -1,0 +1,87 @@
+"""MLA models (DeepSeek-V3 / R1, Kimi-K2) under DCP: the absorbed path's shapes, and the CPU hook.
+
+SGLang 0.5.21 runs DeepSeek attention (``models/deepseek_v2.py``) in one of two forms, picked
+per batch by a handler registered per backend *name*
+(``deepseek_common/attention_backend_handler.py``, ``AttentionBackendRegistry``):
+
+- **MHA** (``forward_mha.py``) for an extend with no cached prefix: the latent is expanded to
+  per-head K/V (``[T, H, 192]``-style q), the latent is written to the pool, and the backend is
+  called with ``save_kv_cache=False``;
+- **MLA, absorbed** (``forward_mla.py``) otherwise: ``q = [q_nope W_UK ; q_pe]``
+  ``[T, H, kv_lora_rank + rope]``, ``k = [kv_a ; k_pe]`` ``[T, 1, kv_lora_rank + rope]``,
+  ``v = kv_a`` ``[T, 1, kv_lora_rank]``; the backend returns the latent output
+  ``[T, H * kv_lora_rank]`` and the model applies W_UV (``w_vc``) and ``o_proj`` after it.
+
+The DCP exchange runs on the absorbed form unchanged: one latent KV head, the pool's value
+buffer is a view of the first ``kv_lora_rank`` columns of its key buffer
+(``MLATokenToKVPool``), shard ranks return latent partials ``o [H, kv_lora_rank]`` with their
+LSE, and the home merges them before W_UV. That merge is exact: W_UV is linear and per head, so
+``W_UV (sum_i w_i o_i) = sum_i w_i (W_UV o_i)``.
+
+**CPU.** ``torch_native`` has no handler of its own, so it gets ``triton``'s, which picks MHA for
+a fresh prefill; ``torch_native.forward_extend`` then reads the 576-wide (here 48-wide) latent
+pool against the MHA q and fails (``Expected size ... [4, 32] but got: [4, 48]``). The hook
+registers a ``torch_native`` handler that always takes the absorbed path (prefill included),
+which ``torch_native`` computes correctly (SDPA with one KV head, V a view of K). It is a
+registration in SGLang's own table, applied on CPU only (``cpu_compat.apply_sglang_fixes``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TORCH_NATIVE = "torch_native"
+
+
+@dataclass(frozen=True, slots=True)
+class MlaDims:
+    """Per-layer attention geometry of the absorbed MLA path, read once from the model config.
+
+    ``head_dim = kv_lora_rank + qk_rope_head_dim`` (q and the latent K row), ``v_head_dim =
+    kv_lora_rank`` (the latent output; V is K's first columns), one KV head.
+    """
+
+    num_q_heads: int
+    kv_lora_rank: int
+    qk_rope_head_dim: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.kv_lora_rank + self.qk_rope_head_dim
+
+    @property
+    def v_head_dim(self) -> int:
+        return self.kv_lora_rank
+
+    num_kv_heads = 1
+
+
+def mla_dims(model_config) -> MlaDims:
+    """``MlaDims`` of an SGLang ``ModelConfig`` with ``attention_arch == MLA``."""
+    return MlaDims(
+        num_q_heads=int(model_config.num_attention_heads),
+        kv_lora_rank=int(model_config.kv_lora_rank),
+        qk_rope_head_dim=int(model_config.qk_rope_head_dim),
+    )
+
+
+def _absorbed_always(attn, forward_batch):
+    """Handler for ``torch_native``: the absorbed MLA method for every batch."""
+    from sglang.srt.models.deepseek_common.attention_backend_handler import (
+        _dispatch_mla_subtype,
+    )
+
+    return _dispatch_mla_subtype(attn, forward_batch)
+
+
+def register_cpu_mla_handler() -> bool:
+    """Register the ``torch_native`` DeepSeek attention handler (module docstring, **CPU**).
+    Returns False when one is registered already (by SGLang or by an earlier call)."""
+    from sglang.srt.models.deepseek_common.attention_backend_handler import (
+        AttentionBackendRegistry,
+    )
+
+    if TORCH_NATIVE in AttentionBackendRegistry._handlers:
+        return False
+    AttentionBackendRegistry.register(TORCH_NATIVE, _absorbed_always)
+    return True
