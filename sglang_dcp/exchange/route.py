@@ -133,7 +133,9 @@ def build_rank_route(
     """Route of ``rank`` for one step.
 
     ``local_slots[rid]``: this rank's KV slots of ``rid`` in token order (all its shards here
-    concatenated); needed for every request with KV on this rank, extra keys are ignored.
+    concatenated): a sequence of ints, or any sized container (a device tensor, an
+    ``exchange.static.Slots``) kept as is; needed for every request with KV on this rank, extra
+    keys are ignored.
     """
     seen: set[str] = set()
     for p in placements:
@@ -154,7 +156,7 @@ def build_rank_route(
                 f"rank {rank}: slot map of {p.rid!r} has {len(got)} slots, placement puts "
                 f"{want} tokens here"
             )
-        return tuple(got)
+        return tuple(got) if isinstance(got, list) else got  # tuples, tensors, Slots as they are
 
     homes = [p for p in placements if p.home_rank == rank]
     send: list[list[int]] = [[] for _ in range(num_ranks)]
