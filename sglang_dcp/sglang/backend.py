@@ -19,7 +19,9 @@ every rank, ``datapath.current_step()``) every rank joins each layer's exchange 
   every layer of every rank) runs its exchange there.
 
 Shapes: ``q [num_tokens, H * D]``, output ``[num_tokens, H * Dv]``; per rank ``H`` is the model's
-query heads (``attn_tp_size == 1``). MLA models are not supported by this backend yet.
+query heads (``attn_tp_size == 1``). MLA models (``mla.py``): SGLang's absorbed path, ``D =
+kv_lora_rank + rope``, ``Dv = kv_lora_rank``, one latent KV head whose first ``Dv`` columns are V;
+the output is the latent, merged across ranks before the model applies W_UV.
 """
 
 from __future__ import annotations
@@ -48,11 +50,6 @@ class DcpAttnBackend:
     def __init__(self, inner, runner) -> None:
         from sglang.srt.runtime_context import get_parallel
 
-        if getattr(runner, "use_mla_backend", False):
-            raise NotImplementedError(
-                f"--attention-backend {NAME} does not support MLA models yet; serve them with "
-                "--dcp-max-degree 1 and SGLang's own MLA backend"
-            )
         par = get_parallel()
         if par.attn_tp_size != 1:
             raise NotImplementedError(
@@ -71,6 +68,13 @@ class DcpAttnBackend:
         self.num_q_heads = mc.num_attention_heads
         self.head_dim = mc.head_dim
         self.v_head_dim = getattr(mc, "v_head_dim", None) or mc.head_dim
+        self.mla = bool(getattr(runner, "use_mla_backend", False))
+        if self.mla:  # the absorbed path's latent geometry (mla.py), one KV head
+            from sglang_dcp.sglang.mla import mla_dims
+
+            d = mla_dims(mc)
+            self.num_q_heads, self.head_dim = d.num_q_heads, d.head_dim
+            self.v_head_dim = d.v_head_dim
         self.dtype = runner.dtype
         self.device = torch.device(runner.device)
         self.start_layer = getattr(runner.token_to_kv_pool, "start_layer", 0) or 0
@@ -92,8 +96,8 @@ class DcpAttnBackend:
             self._scaling = {
                 m.layer_id: float(m.scaling)
                 for m in self._runner.model.modules()
-                if isinstance(m, RadixAttention)
-            }
+                if isinstance(m, RadixAttention) and m.qk_head_dim == self.head_dim
+            }  # MLA layers also hold an MHA RadixAttention (prefill); the exchange runs MQA
         return self._scaling[layer_id]
 
     def _attention_fns(self):

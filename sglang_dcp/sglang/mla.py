@@ -85,3 +85,24 @@ def register_cpu_mla_handler() -> bool:
         return False
     AttentionBackendRegistry.register(TORCH_NATIVE, _absorbed_always)
     return True
+
+
+def is_mla_pool(kv_pool) -> bool:
+    """SGLang's ``MLATokenToKVPool`` (one latent buffer per layer, ``kv_buffer``) rather than an
+    MHA pool (``k_buffer`` / ``v_buffer``)."""
+    return hasattr(kv_pool, "kv_buffer") and not hasattr(kv_pool, "k_buffer")
+
+
+def pool_layers(kv_pool) -> tuple[list, list]:
+    """Per-layer storage that holds a token's KV, as ``(k_layers, v_layers)`` for moving or
+    poisoning slots: ``[num_slots, num_kv_heads, dim]`` each.
+
+    MHA pools: their K and V buffers. MLA pools: the latent buffer ``[num_slots, 1, kv_lora_rank
+    + rope]`` (the raw storage, so FP8 bytes move as stored) and zero-width V views, because V is
+    the latent's first columns and moves with it (``exchange.transfer`` then ships each token's
+    latent once, not twice).
+    """
+    if is_mla_pool(kv_pool):
+        k = list(kv_pool.kv_buffer)
+        return k, [buf[..., :0] for buf in k]
+    return list(kv_pool.k_buffer), list(kv_pool.v_buffer)
