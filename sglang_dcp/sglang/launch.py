@@ -38,6 +38,7 @@ from sglang_dcp import env
 from sglang_dcp.sglang import quiet
 from sglang_dcp.sglang.demo import DEFAULT_DEMO_MODEL, DEMO_MODELS, demo_argv, demo_note
 from sglang_dcp.sglang.flags import add_dcp_args, split_argv, translate_lb_method
+from sglang_dcp.sglang.mla import UNQUANTIZED_KV, quantized_kv_error
 from sglang_dcp.sglang.options import ATTENTION_BACKEND, DcpOptions, OptionsError, resolve
 
 PROG = "python -m sglang_dcp.launch_server"
@@ -141,6 +142,9 @@ def dcp_options(ns: argparse.Namespace) -> DcpOptions:
             f"--attention-backend {ns.attention_backend} needs CUDA; on CPU the DCP exchange "
             "runs over torch_native (drop the flag)"
         )
+    kv_dtype = getattr(ns, "kv_cache_dtype", None) or "auto"
+    if opts.sharding and kv_dtype not in UNQUANTIZED_KV:
+        raise LaunchError(quantized_kv_error(kv_dtype, _has_cuda()))
     if opts.enabled and (getattr(ns, "tokenizer_worker_num", 1) or 1) > 1:
         raise LaunchError(
             "--tokenizer-worker-num > 1 is not supported with the sglang-dcp planner yet; "

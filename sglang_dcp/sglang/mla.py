@@ -31,6 +31,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 TORCH_NATIVE = "torch_native"
+UNQUANTIZED_KV = ("auto", "bf16", "bfloat16", "float16", "float32")  # --kv-cache-dtype values
+
+
+def quantized_kv_error(kv_cache_dtype: str, cuda: bool) -> str:
+    """The launcher's one-line refusal of ``--kv-cache-dtype`` FP8/FP4 with KV sharding.
+
+    CPU: SGLang 0.5.21's ``torch_native`` (the backend the exchange wraps there, and the one
+    that computes prefill) passes the FP8 cache straight to SDPA, which refuses mixed dtypes
+    ("Expected query, key, and value to have the same dtype"), with or without DCP. GPU: SGLang's
+    ``triton`` backend reads FP8 MLA/GQA caches with per-layer scales, and the split-KV kernels
+    take ``k_scale``/``v_scale``, but the exchange does not pass the layers' scales yet, so it
+    refuses rather than compute with scale 1.
+    """
+    if not cuda:
+        return (
+            f"--kv-cache-dtype {kv_cache_dtype}: on CPU SGLang's torch_native attention (which "
+            "the DCP exchange wraps) cannot read a quantized KV cache; drop --kv-cache-dtype"
+        )
+    return (
+        f"--kv-cache-dtype {kv_cache_dtype} with KV sharding: the DCP exchange does not apply "
+        "the KV cache scales yet; drop --kv-cache-dtype or pass --dcp-max-degree 1"
+    )
 
 
 @dataclass(frozen=True, slots=True)
