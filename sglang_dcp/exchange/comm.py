@@ -66,6 +66,26 @@ class TorchDistCommunicator(Communicator):
         dist.barrier(group=self.group)
 
 
+class GroupCommunicator(TorchDistCommunicator):
+    """The exchange over SGLang's ``GroupCoordinator`` (duck-typed: ``all_to_all_single(out,
+    inp)``, ``device_group``): its equal-chunk all-to-all goes through pynccl on GPU, which a
+    CUDA graph can capture, and torch.distributed on the device group (gloo) on CPU. Uneven
+    splits (the KV transfer) and the rest use the device group directly."""
+
+    def __init__(self, coordinator) -> None:
+        super().__init__(coordinator.device_group)
+        self.coordinator = coordinator
+
+    def all_to_all_single(self, out, inp, out_splits=None, in_splits=None) -> None:
+        if out_splits is None and in_splits is None:
+            if out.is_cuda:  # SGLang's registered op (CUDA only): pynccl, capturable
+                self.coordinator.all_to_all_single(out, inp)
+            else:  # what that op runs, on the device group (gloo)
+                self.coordinator._all_to_all_single(out, inp)
+        else:
+            super().all_to_all_single(out, inp, out_splits, in_splits)
+
+
 class LocalCommunicator(Communicator):
     """A single rank talking to itself (local-only baselines and unit tests)."""
 

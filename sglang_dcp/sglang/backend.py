@@ -1,18 +1,23 @@
-"""The ``dcp_triton`` attention backend: SGLang's own backend, plus the exchange in DCP steps.
+"""The ``dcp_triton`` attention backend: SGLang's own backend, plus the exchange for split rows.
 
 With KV sharding on, ``around_build_resolved_backend`` wraps the backend SGLang 0.5.21 builds
 (``attention_backend_setup._build_resolved_backend``) in ``DcpAttnBackend``: ``triton`` on CUDA,
 ``torch_native`` on CPU. SGLang picks CPU/GPU code paths by the backend's *name*
 (``utils/common.py:1385`` ``support_triton``, ``mem_cache/allocation.py``), so the inner backend
 keeps its own name; ``--attention-backend dcp_triton`` (``register_attention_backend``) is the
-explicit GPU spelling and builds ``triton``. Outside DCP steps every call goes to the inner
-backend untouched. In a DCP step (``current_step().active``, the same on
-every rank, ``datapath.current_step()``) every rank joins each layer's exchange exactly once:
+explicit GPU spelling and builds ``triton``.
 
-- decode: the new K/V is stored, then every row's attention runs through
-  ``exchange.exchange_attention`` (local KV of plain requests and of DCP tails, guest items for
-  peers, LSE merge) with ``sglang_dcp.kernels`` (Triton on CUDA; the torch reference on CPU, or
-  the Triton interpreter under ``TRITON_INTERPRET=1``);
+Outside DCP steps every call goes to the inner backend untouched. In a DCP step
+(``datapath.current_step().active``, the same on every rank) every rank joins each layer's
+exchange exactly once, over one ``exchange.static.StaticExchange`` sized at the first metadata
+call (``init_cuda_graph_state`` on GPU) and never reallocated:
+
+- decode: the inner backend runs every row as without the plugin (K/V store included); rows of
+  split requests see a sequence length of 1 there (``_inner_view``: the graph runner's seq-len
+  fill value), so it never reads their moved KV. Those rows' queries go through the exchange
+  (local tail + guest parts on peers, LSE merge) and replace the inner output, all by device
+  ops keyed by ``req_pool_indices``, so the same code is captured in the ``dcp`` decode graph
+  (``graphs.py``);
 - extend: the inner backend computes the prefill, then the rank serves its guest items;
 - a rank whose batch has no rows never reaches the backend (the model skips attention on empty
   input): ``around_stage_finish`` (the attention stage's ``StageBoundary.finish``, called by
@@ -26,6 +31,7 @@ the output is the latent, merged across ranks before the model applies W_UV.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 
@@ -40,8 +46,15 @@ logger = logging.getLogger(__name__)
 _BACKEND: "DcpAttnBackend | None" = None
 
 
+class _Cursor:
+    """Which layer's exchange a forward joins next (a capture has no step)."""
+
+    next_layer = 0
+    done_layer = -1
+
+
 class DcpAttnBackend:
-    """Delegates everything to ``inner`` except ``forward`` in DCP steps.
+    """Delegates everything to ``inner`` except the metadata calls and ``forward`` in DCP steps.
 
     Not an ``AttentionBackend`` subclass on purpose: the base class's many methods would shadow
     the delegation (``__getattr__`` only sees names the class lacks).
@@ -64,27 +77,136 @@ class DcpAttnBackend:
                 "attention through SGLang's layer boundary; serve it with --dcp-max-degree 1"
             )
         mc = runner.model_config
-        self.inner = inner
-        self.num_q_heads = mc.num_attention_heads
-        self.head_dim = mc.head_dim
-        self.v_head_dim = getattr(mc, "v_head_dim", None) or mc.head_dim
-        self.mla = bool(getattr(runner, "use_mla_backend", False))
-        if self.mla:  # the absorbed path's latent geometry (mla.py), one KV head
+        heads, d, dv = mc.num_attention_heads, mc.head_dim, getattr(mc, "v_head_dim", None)
+        if getattr(runner, "use_mla_backend", False):  # the absorbed path's latent (mla.py)
             from sglang_dcp.sglang.mla import mla_dims
 
-            d = mla_dims(mc)
-            self.num_q_heads, self.head_dim = d.num_q_heads, d.head_dim
-            self.v_head_dim = d.v_head_dim
+            m = mla_dims(mc)
+            heads, d, dv = m.num_q_heads, m.head_dim, m.v_head_dim
+        self._init_state(
+            inner, runner, num_ranks=par.tp_group.world_size, num_q_heads=heads,
+            head_dim=d, v_head_dim=dv or d,
+        )  # fmt: skip
+
+    def _init_state(self, inner, runner, *, num_ranks, num_q_heads, head_dim, v_head_dim):
+        """Everything but the checks (``testing.graph_harness`` builds one without SGLang)."""
+        self.inner = inner
+        self.num_q_heads = num_q_heads
+        self.head_dim = head_dim
+        self.v_head_dim = v_head_dim
         self.dtype = runner.dtype
         self.device = torch.device(runner.device)
         self.start_layer = getattr(runner.token_to_kv_pool, "start_layer", 0) or 0
+        self.num_ranks = num_ranks
         self._runner = runner
         self._scaling: dict[int, float] | None = None
         self._kernels = None
-        self._bufs: dict = {}
+        self.ex = None  # StaticExchange, sized once (ensure_exchange)
+        self._capture = _Cursor()
+        self._inner_seq = None  # [max_bs] static seq lens the inner sees under graphs
+        self._num_real = None  # [1] real rows of a padded graph replay
+        self._inner_fb = None  # (forward batch, its view for the inner) of the running step
 
     def __getattr__(self, name):
         return getattr(self.__dict__["inner"], name)
+
+    # -- sizes ----------------------------------------------------------------------------------
+    def ensure_exchange(self):
+        """The static exchange, sized once: home rows ``min(max requests, (W - 1) * C)``, ``C``
+        from ``--dcp-max-guest-items``, KV indices the whole pool."""
+        if self.ex is None:
+            from sglang_dcp.exchange.buffers import ExchangeShape
+            from sglang_dcp.exchange.static import StaticExchange
+            from sglang_dcp.sglang.options import DcpOptions
+
+            r = self._runner
+            cap = DcpOptions.from_env().max_guest_items
+            reqs = r.req_to_token_pool.size + 1
+            shape = ExchangeShape(
+                num_ranks=self.num_ranks,
+                max_local=max(1, min(reqs, (self.num_ranks - 1) * cap)),
+                capacity=cap,
+                num_q_heads=self.num_q_heads,
+                head_dim=self.head_dim,
+                v_head_dim=self.v_head_dim,
+                max_kv_slots=r.token_to_kv_pool.size + r.token_to_kv_pool.page_size + 1,
+                dtype=self.dtype,
+            )
+            self.ex = StaticExchange(shape, self.device, num_row_keys=reqs)
+            stats().exchange_capacity = cap
+        return self.ex
+
+    def needs_eager(self, step) -> bool:
+        """A step the static buffers cannot run in one round (rounds, too many split rows)."""
+        return step.rounds > 1 or step.num_rows > self.ensure_exchange().shape.max_local
+
+    # -- metadata: SGLang's eager and graph entry points ----------------------------------------
+    def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int):
+        self.inner.init_cuda_graph_state(max_bs, max_num_tokens)
+        self.ensure_exchange()
+        self._inner_seq = torch.ones(max_bs, dtype=torch.int32, device=self.device)
+        self._num_real = torch.zeros(1, dtype=torch.long, device=self.device)
+
+    def init_forward_metadata(self, forward_batch):
+        self.inner.init_forward_metadata(self._prepare(forward_batch))
+
+    def init_forward_metadata_out_graph(self, forward_batch, in_capture: bool = False):
+        self.inner.init_forward_metadata_out_graph(
+            self._prepare(forward_batch, in_capture=in_capture), in_capture
+        )
+
+    def init_forward_metadata_in_graph(self, forward_batch):
+        self._capture = _Cursor()  # each captured run starts at the first layer
+        self.inner.init_forward_metadata_in_graph(forward_batch)
+
+    def _prepare(self, fb, *, in_capture: bool = False):
+        """Load the step's route (once per step), and the view of ``fb`` the inner backend
+        gets: split rows at sequence length 1 (never reading their moved KV)."""
+        self._inner_fb = None
+        if in_capture:
+            self.ensure_exchange().clear()
+            self._capture = _Cursor()
+            return fb
+        step = current_step()
+        if step is None or not step.active:
+            return fb
+        ex = self.load(step)
+        if not fb.forward_mode.is_decode_or_idle() or fb.req_pool_indices is None:
+            return fb
+        bs = fb.req_pool_indices.shape[0]
+        split = ex.row_index(fb.req_pool_indices) < ex.shape.max_local
+        view = copy.copy(fb)
+        if self._num_real is not None:  # rows past it are graph-replay padding
+            self._num_real.fill_(bs - int(getattr(fb, "num_padding", 0) or 0))
+        if self._inner_seq is not None and bs <= self._inner_seq.shape[0]:  # graph-sized
+            seq = self._inner_seq[:bs]
+            seq.copy_(torch.where(split, 1, fb.seq_lens))
+        else:
+            seq = torch.where(split, torch.ones_like(fb.seq_lens), fb.seq_lens)
+        view.seq_lens = seq
+        cpu = getattr(fb, "seq_lens_cpu", None)
+        if cpu is not None:
+            view.seq_lens_cpu = torch.where(split.cpu(), 1, cpu)
+        self._inner_fb = (fb, view)
+        return view
+
+    def load(self, step):
+        """Lay ``step``'s route out in the static exchange, once per step (from the metadata
+        call, or from the first layer on a rank whose idle batch skips it)."""
+        ex = self.ensure_exchange()
+        if not step.loaded:
+            ex.load(step.route, rounds=step.rounds, tag=step.tag, row_keys=step.row_keys)
+            step.loaded = True
+            s = stats()
+            s.active_steps += 1
+            s.exchange_rows_split += step.num_rows
+            s.exchange_eager_steps += int(self.needs_eager(step))
+            s.guest_capacity_high_water = ex.high_water
+        return ex
+
+    def _view_for_inner(self, fb):
+        held = self._inner_fb
+        return held[1] if held is not None and held[0] is fb else fb
 
     # -- the exchange ---------------------------------------------------------------------------
     def layer_scaling(self, layer_id: int) -> float:
@@ -107,121 +229,109 @@ class DcpAttnBackend:
             self._kernels = default_kernels("auto")
         return self._kernels
 
-    def _buffers(self, step):
-        """The step's exchange buffers (one set per shape, reused), loaded with its metadata."""
-        if step.bufs is None:
-            from sglang_dcp.exchange.buffers import ExchangeBuffers, ExchangeShape, build_step_meta
+    def cursor(self):
+        """The running exchange's layer cursor: the capture's (``dcp`` variant) or the step's;
+        ``None`` when this forward runs no exchange."""
+        from sglang_dcp.sglang.graphs import DCP, capturing_variant
 
-            shape = ExchangeShape(
-                num_ranks=step.num_ranks,
-                max_local=max(1, step.num_rows),
-                capacity=step.plan.capacity(step.num_ranks),
-                num_q_heads=self.num_q_heads,
-                head_dim=self.head_dim,
-                v_head_dim=self.v_head_dim,
-                max_kv_slots=max(1, step.route.num_kv_slots),
-                dtype=self.dtype,
-            )
-            bufs = self._bufs.get(shape)
-            if bufs is None:
-                if len(self._bufs) > 64:
-                    self._bufs.clear()
-                bufs = self._bufs[shape] = ExchangeBuffers(shape, self.device)
-            bufs.copy_from(build_step_meta(step.route, shape, tag=step.tag))
-            step.bufs = bufs
-        return step.bufs
+        variant = capturing_variant()
+        if variant is not None:
+            return self._capture if variant == DCP else None
+        step = current_step()
+        return step if step is not None and step.active else None
 
-    def exchange(self, step, layer_id: int, token_to_kv_pool, q: torch.Tensor | None, sm_scale):
-        """Join layer ``layer_id``'s exchange; returns ``[num_rows, H * Dv]`` (home rows)."""
-        from sglang_dcp.exchange.exchange import exchange_attention
-
-        if layer_id != self.start_layer + step.next_layer or step.done_layer == layer_id:
+    def exchange(self, cur, layer_id: int, q: torch.Tensor | None, x: torch.Tensor | None):
+        """Join layer ``layer_id``'s exchange with ``q [n, H, D]`` rows mapped by ``x [n]``
+        (``None``: no rows here); returns the merged ``[B, H, Dv]`` of the exchange rows."""
+        if layer_id != self.start_layer + cur.next_layer or cur.done_layer == layer_id:
             raise RuntimeError(
-                f"sglang_dcp: rank {step.rank} joined the exchange of layer {layer_id}, expected "
-                f"layer {self.start_layer + step.next_layer}: ranks would deadlock"
+                f"sglang_dcp: joined the exchange of layer {layer_id}, expected layer "
+                f"{self.start_layer + cur.next_layer}: ranks would deadlock"
             )
         t0 = time.perf_counter()
-        bufs = self._buffers(step)
-        B = step.num_rows
-        if B:
-            bufs.q_in[:B].copy_(q[:B].view(B, self.num_q_heads, self.head_dim))
+        ex = self.load(cur) if hasattr(cur, "route") else self.ensure_exchange()
+        if q is not None:
+            ex.scatter_rows(q, x)
         attention, merge = self._attention_fns()
-        exchange_attention(
-            bufs,
-            step_comm(),
-            token_to_kv_pool.get_key_buffer(layer_id),
-            token_to_kv_pool.get_value_buffer(layer_id),
-            sm_scale=sm_scale,
-            attention=attention,
-            merge=merge,
-        )
-        step.done_layer = layer_id
-        step.exchange_s += time.perf_counter() - t0
-        return bufs.out[:B].reshape(B, self.num_q_heads * self.v_head_dim)
+        pool = self._runner.token_to_kv_pool
+        merged = ex.run(
+            step_comm(), pool.get_key_buffer(layer_id), pool.get_value_buffer(layer_id),
+            sm_scale=self.layer_scaling(layer_id), attention=attention, merge=merge,
+        )  # fmt: skip
+        cur.done_layer = layer_id
+        if hasattr(cur, "exchange_s"):
+            cur.exchange_s += time.perf_counter() - t0
+        return merged
 
     # -- AttentionBackend.forward ---------------------------------------------------------------
     def forward(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
-        step = current_step()
-        if step is None or not step.active:
+        cur = self.cursor()
+        if cur is None:
             return self.inner.forward(q, k, v, layer, forward_batch, save_kv_cache, **kwargs)
         if getattr(layer, "logit_cap", 0) or (getattr(layer, "sliding_window_size", -1) or -1) > 0:
             raise NotImplementedError(
                 f"{NAME}: logit cap and sliding-window attention are not supported in DCP steps"
             )
-        pool = self._runner.token_to_kv_pool
         mode = forward_batch.forward_mode
-        if mode.is_decode():
-            if save_kv_cache and k is not None and v is not None:
-                from sglang.srt.mem_cache.memory_pool import KVWriteLoc
-
-                pool.set_kv_buffer(
-                    layer,
-                    KVWriteLoc(forward_batch.out_cache_loc, getattr(self.inner, "swa_out_cache_loc", None)),
-                    k,
-                    v,
-                )
-            q2 = q.reshape(-1, layer.tp_q_head_num * layer.qk_head_dim)
-            if q2.shape[0] < step.num_rows:  # more is DP-attention padding (MAX_LEN mode)
-                raise RuntimeError(
-                    f"sglang_dcp: rank {step.rank} decodes {q2.shape[0]} rows but its DCP step "
-                    f"was planned for {step.num_rows} (step header and forward disagree)"
-                )
-            rows = self.exchange(step, layer.layer_id, pool, q2, layer.scaling)
-            if env.poison_moved():
-                _check_rows(step, layer.layer_id, rows, pool)
-            out = q2.new_zeros(q2.shape[0], layer.tp_q_head_num * layer.v_head_dim)
-            out[: rows.shape[0]] = rows.to(out.dtype)
-            return out
         if mode.is_idle():
-            self.exchange(step, layer.layer_id, pool, None, layer.scaling)
+            self.exchange(cur, layer.layer_id, None, None)
             return q.new_empty(q.shape[0], layer.tp_q_head_num * layer.v_head_dim)
-        out = self.inner.forward(q, k, v, layer, forward_batch, save_kv_cache, **kwargs)
-        self.exchange(step, layer.layer_id, pool, None, layer.scaling)
-        return out
+        inner_fb = self._view_for_inner(forward_batch)
+        out = self.inner.forward(q, k, v, layer, inner_fb, save_kv_cache, **kwargs)
+        if not mode.is_decode():
+            self.exchange(cur, layer.layer_id, None, None)
+            return out
+        n = q.reshape(-1, layer.tp_q_head_num * layer.qk_head_dim).shape[0]
+        x = self._row_map(forward_batch, n)
+        q3 = q.reshape(n, layer.tp_q_head_num, layer.qk_head_dim)
+        merged = self.exchange(cur, layer.layer_id, q3, x)
+        rows = self.ex.gather_rows(out.reshape(n, -1), x, merged)
+        if env.poison_moved():
+            _check_rows(current_step(), layer.layer_id, rows, x, self.ex.shape.max_local)
+        return rows.view_as(out)
+
+    def _row_map(self, fb, n: int) -> torch.Tensor:
+        """``[n]`` exchange row per q row (``B``: SGLang's own output stays): keyed by
+        ``req_pool_indices``; DP-attention padding rows (past the batch, or past the real rows of
+        a padded graph replay) never map."""
+        ex = self.ex
+        keys = fb.req_pool_indices
+        m = keys.shape[0]
+        valid = None
+        if self._num_real is not None and m == n:
+            valid = torch.arange(n, device=keys.device) < self._num_real
+        x = ex.row_index(keys[:n], valid)
+        if m < n:
+            x = torch.cat([x, x.new_full((n - m,), ex.shape.max_local)])
+        return x
 
 
-def _check_rows(step, layer_id: int, rows: torch.Tensor, pool) -> None:
-    """Debug check under ``SGLANG_DCP_POISON_MOVED=1``: a NaN row read a poisoned (moved) slot;
-    log which request and which of its local slots hold NaN."""
+def _check_rows(step, layer_id: int, rows: torch.Tensor, x: torch.Tensor, B: int) -> None:
+    """Debug check under ``SGLANG_DCP_POISON_MOVED=1`` (syncs): a NaN output row read a
+    poisoned (moved) slot; log whether it came from the exchange and for which request."""
     bad = torch.isnan(rows.float()).any(dim=1).nonzero().flatten().tolist()
-    if not bad:
-        return
-    k = pool.get_key_buffer(layer_id)
     for i in bad:
-        rid = step.row_rids[i] if i < len(step.row_rids) else "?"
-        slots = step.row_slots.get(rid, [])
-        nan_slots = [s for s in slots if torch.isnan(k[s].float()).any()]
+        xi = int(x[i])
+        rid = step.row_rids[xi] if step is not None and xi < len(step.row_rids) else None
         logger.error(
-            "sglang_dcp: step %d layer %d row %d (%s) attention is NaN; %d local slots, NaN in "
-            "%s; plan %s",
-            step.tag, layer_id, i, rid, len(slots), nan_slots[:16], step.plan,
+            "sglang_dcp: step %s layer %d row %d is NaN (%s)",
+            getattr(step, "tag", "?"), layer_id, i,
+            f"exchange row {xi}, {rid}" if xi < B else "SGLang's own attention",
         )  # fmt: skip
 
 
 def step_comm():
+    """The exchange's communicator: SGLang's TP group (``--tp-size == --dp-size``: its rank is
+    the DP rank), whose ``all_to_all_single`` goes through pynccl on GPU (capturable in a CUDA
+    graph) and the gloo device group on CPU."""
     from sglang_dcp.sglang.datapath import runtime
 
-    return runtime().comm
+    return runtime().exchange_comm
+
+
+def needs_eager(step) -> bool:
+    be = _BACKEND
+    return be is not None and be.needs_eager(step)
 
 
 def current_step():
@@ -278,21 +388,20 @@ def register() -> None:
 def around_stage_finish(original, self, hidden_states, forward_batch, *args, **kwargs):
     """``StageBoundary.finish(hidden_states, forward_batch)`` (layer_boundary/stage.py:168),
     after each layer's attention on every rank: a rank that skipped attention (no rows) joins
-    this layer's exchange here; then the layer counter moves on."""
-    step = current_step()
-    if step is not None and step.active:
-        be = _BACKEND
-        if be is None:
-            raise RuntimeError(f"sglang_dcp: a DCP step needs --attention-backend {NAME}")
-        layer_id = be.start_layer + step.next_layer
-        if step.done_layer != layer_id:
-            be.exchange(step, layer_id, be._runner.token_to_kv_pool, None, be.layer_scaling(layer_id))
-        step.next_layer += 1
-        if step.next_layer == be._runner.token_to_kv_pool.layer_num:
+    this layer's exchange here; then the layer cursor moves on."""
+    be = _BACKEND
+    cur = be.cursor() if be is not None else None
+    if cur is None and current_step() is not None and current_step().active:
+        raise RuntimeError(f"sglang_dcp: a DCP step needs --attention-backend {NAME}")
+    if cur is not None:
+        layer_id = be.start_layer + cur.next_layer
+        if cur.done_layer != layer_id:
+            be.exchange(cur, layer_id, None, None)
+        cur.next_layer += 1
+        step = current_step()
+        if cur is step and cur.next_layer == be._runner.token_to_kv_pool.layer_num:
             s = stats()
-            s.active_steps += 1
             s.exchange_ms_last_step = step.exchange_s * 1e3
             s.exchange_ms_total += step.exchange_s * 1e3
             s.guest_items_last_step = step.route.num_guest_items
     return original(self, hidden_states, forward_batch, *args, **kwargs)
-

@@ -34,12 +34,11 @@ from typing import Any
 import torch
 
 from sglang_dcp import env
-from sglang_dcp.exchange.route import build_rank_route
 from sglang_dcp.planner.base import Migration
 from sglang_dcp.sglang.mla import pool_layers
 from sglang_dcp.sglang.rank_stats import stats
-from sglang_dcp.sglang.step import Decoding, RankNews, StepPlan, plan_step, runtime_shards
-from sglang_dcp.types import Placement, Shard
+from sglang_dcp.sglang.step import Decoding, RankNews, plan_step, runtime_shards
+from sglang_dcp.sglang.step_build import DcpStep, build_step, check_against_batch, is_decoding
 
 logger = logging.getLogger(__name__)
 
@@ -63,30 +62,6 @@ class GuestEntry:
     slots: torch.Tensor
 
 
-@dataclass(slots=True)
-class DcpStep:
-    """This rank's part of one step: what the attention backend needs to join the exchange."""
-
-    plan: StepPlan
-    rank: int
-    num_ranks: int
-    route: Any  # exchange.route.RankRoute
-    num_rows: int  # home rows (decode batch order) this rank computes through the exchange
-    tag: int
-    # filled by the backend on first use
-    bufs: Any = None
-    next_layer: int = 0
-    done_layer: int = -1
-    exchange_s: float = 0.0
-    # diagnostics: request id of each home row, and the local slots the route reads per request
-    row_rids: list[str] = field(default_factory=list)
-    row_slots: dict[str, list[int]] = field(default_factory=dict)
-
-    @property
-    def active(self) -> bool:
-        return self.plan.active
-
-
 class RankRuntime:
     """DCP state of one scheduler (DP rank)."""
 
@@ -101,12 +76,19 @@ class RankRuntime:
         # placements of requests SGLang has not queued yet (a grammar still compiling queues later)
         self.incoming: dict[str, Placement] = {}
         self.home: dict[str, HomeEntry] = {}
+        # requests homed here with a multi-rank placement, from queueing to release: the only
+        # requests a step header looks at (host work O(split requests), never O(batch))
+        self.split_reqs: dict[str, Any] = {}
         self.guests: dict[str, GuestEntry] = {}
         self.releases: list[str] = []
         self.moved_rows: dict[int, list[tuple[int, int]]] = {}  # req_pool_idx -> moved ranges
         self.num_steps = 0
         self.step: DcpStep | None = None  # the step of the forward about to run
         self._comm = None
+        self._xcomm = None
+        from sglang_dcp.sglang.options import DcpOptions
+
+        self.capacity = DcpOptions.from_env().max_guest_items
         stats().dp_rank = self.rank
 
     # -- groups ---------------------------------------------------------------------------------
@@ -120,12 +102,24 @@ class RankRuntime:
             self._comm = TorchDistCommunicator(self.tp_group.device_group)
         return self._comm
 
+    @property
+    def exchange_comm(self):
+        """The per-layer exchange's communicator: SGLang's TP group coordinator (pynccl on GPU,
+        graph-capturable; gloo on CPU)."""
+        if self._xcomm is None:
+            from sglang_dcp.exchange.comm import GroupCommunicator
+
+            self._xcomm = GroupCommunicator(self.tp_group)
+        return self._xcomm
+
     # -- requests -------------------------------------------------------------------------------
     def attach(self, req) -> None:
         p = self.incoming.pop(req.rid, None)
         if p is None:
             return
         req.dcp = p
+        if p.degree > 1:
+            self.split_reqs[req.rid] = req
         stats().count_degree(p.degree)
 
     def forget_unqueued(self, rid: str, grammar_queue) -> None:
@@ -147,6 +141,8 @@ class RankRuntime:
         """The home gave ``req``'s KV back (finish, abort, retraction): guests free theirs at
         the next header; a retracted request ships again after its new prefill."""
         h = self.home.pop(req.rid, None)
+        if self.split_reqs.get(req.rid) is req and not req.is_retracted:
+            del self.split_reqs[req.rid]
         if h is not None and h.moved:
             self.releases.append(req.rid)
         self._refresh_gauges()
@@ -159,27 +155,31 @@ class RankRuntime:
         news = RankNews(releases=self.releases)
         self.releases = []
         decoding_reqs = []
-        if local_batch is not None and local_batch.forward_mode.is_decode():
-            seq_lens = local_batch.seq_lens_cpu.tolist()
+        if self.split_reqs and local_batch is not None and local_batch.forward_mode.is_decode():
             if env.poison_moved():
                 self._check_not_poisoned(local_batch, model_runner)
-            for req, seq_len in zip(local_batch.reqs, seq_lens):
-                p = getattr(req, "dcp", None)
-                if p is None or p.degree == 1:
+            for rid, req in list(self.split_reqs.items()):
+                if req.finished() and req.kv.req_pool_idx is None:
+                    del self.split_reqs[rid]  # ended without a release (never prefilled)
                     continue
-                h = self.home.get(req.rid)
+                if not is_decoding(req):
+                    continue
+                p = req.dcp
+                h = self.home.get(rid)
                 if h is None or h.req is not req:
-                    h = self.home[req.rid] = HomeEntry(req)
+                    h = self.home[rid] = HomeEntry(req)
                 if not h.shipped:
                     will_move = [
                         (s.rank, s.start, s.end) for s in p.shards[:-1] if s.rank != self.rank
                     ]
-                    news.moves += [Migration(req.rid, self.rank, r, a, b) for r, a, b in will_move]
+                    news.moves += [Migration(rid, self.rank, r, a, b) for r, a, b in will_move]
                 else:
                     will_move = h.moved
-                shards = runtime_shards(p, will_move, int(seq_len))
-                news.decoding.append(Decoding(req.rid, self.rank, shards))
+                shards = runtime_shards(p, will_move, req.seqlen)
+                news.decoding.append(Decoding(rid, self.rank, shards))
                 decoding_reqs.append(h)
+            if env.poison_moved():
+                check_against_batch(local_batch, self.split_reqs, [d.rid for d in news.decoding])
 
         flag = torch.tensor([1 if news else 0], dtype=torch.int64)
         torch.distributed.all_reduce(
@@ -296,43 +296,19 @@ class RankRuntime:
                 s.moved_tokens += m.end - m.start
         return failed
 
-    def _step(self, plan: StepPlan, local_batch) -> DcpStep:
-        """This rank's route for ``plan``: its decode rows (batch order) and guest items."""
-        mine: dict[str, Placement] = {p.rid: p for p in plan.placements if p.home_rank == self.rank}
-        placements: list[Placement] = []
-        local_slots: dict[str, list[int]] = {}
-        num_rows = 0
-        if local_batch is not None and local_batch.forward_mode.is_decode():
-            req_to_token = self.scheduler.req_to_token_pool.req_to_token
-            seq_lens = local_batch.seq_lens_cpu.tolist()
-            for req, seq_len in zip(local_batch.reqs, seq_lens):
-                seq_len = int(seq_len)
-                row = req_to_token[req.kv.req_pool_idx]
-                p = mine.get(req.rid)
-                if p is None:  # KV all here
-                    p = Placement(req.rid, self.rank, (Shard(self.rank, 0, seq_len),))
-                    local_slots[req.rid] = row[:seq_len].tolist()
-                else:
-                    local_slots[req.rid] = [
-                        t for s in p.shards if s.rank == self.rank
-                        for t in row[s.start : s.end].tolist()
-                    ]  # fmt: skip
-                placements.append(p)
-            num_rows = len(placements)
-        for p in plan.placements:
-            if p.home_rank != self.rank:
-                placements.append(p)
-                g = self.guests.get(p.rid)
-                if g is not None:
-                    local_slots[p.rid] = g.slots.tolist()
-        route = build_rank_route(
-            placements, rank=self.rank, num_ranks=self.num_ranks, local_slots=local_slots
-        )
+    def _step(self, plan, local_batch) -> DcpStep:
+        """This rank's route for ``plan``: its split decode rows and guest items (O(split))."""
         self.num_steps += 1
-        return DcpStep(
-            plan, self.rank, self.num_ranks, route, num_rows, tag=self.num_steps,
-            row_rids=[p.rid for p in placements[:num_rows]], row_slots=local_slots,
-        )  # fmt: skip
+        return build_step(
+            plan,
+            rank=self.rank,
+            num_ranks=self.num_ranks,
+            home_reqs={rid: h.req for rid, h in self.home.items()},
+            guest_slots={rid: g.slots for rid, g in self.guests.items()},
+            req_to_token=self.scheduler.req_to_token_pool.req_to_token,
+            capacity=self.capacity,
+            tag=self.num_steps,
+        )
 
 
 def _split(slots: torch.Tensor, ranges: list[tuple[int, int]]) -> list[torch.Tensor]:
@@ -396,6 +372,11 @@ def around_prepare_mlp_sync(original, local_batch, *args, **kwargs):
     model_runner = kwargs.get("model_runner", args[0] if args else None)
     rt.step = None
     step = rt.header(local_batch, model_runner)
+    if step is not None and "disable_cuda_graph" in kwargs:
+        from sglang_dcp.sglang.backend import needs_eager
+
+        if needs_eager(step):  # rounds, or more split rows than the static buffers: the
+            kwargs["disable_cuda_graph"] = True  # decode graph vote is min-reduced over ranks
     batch = original(local_batch, *args, **kwargs)
     if step is not None and batch is None:  # pragma: no cover - a decoding home always runs
         raise RuntimeError("sglang_dcp: an active DCP step produced no batch on this rank")
@@ -429,7 +410,7 @@ def around_free_kv_row(original, self, kv, ranges, *args, **kwargs):
 def around_release_kv_cache(original, req, tree_cache, *args, **kwargs):
     """``mem_cache.common.release_kv_cache(req, tree_cache, is_insert)`` (common.py:292)."""
     rt = _RUNTIME
-    if rt is None or req.rid not in rt.home:
+    if rt is None or (req.rid not in rt.home and req.rid not in rt.split_reqs):
         return original(req, tree_cache, *args, **kwargs)
     idx = req.kv.req_pool_idx
     try:

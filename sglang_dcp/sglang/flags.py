@@ -13,6 +13,7 @@ from sglang_dcp.sglang.demo import DEFAULT_DEMO_MODEL, DEMO_DP_SIZE, DEMO_MODELS
 from sglang_dcp.sglang.options import (
     ATTENTION_BACKEND,
     DEFAULT_PROFILE,
+    DEFAULT_MAX_GUEST_ITEMS,
     DEFAULT_QUEUE_MAX_BYPASS,
     POLICY_CHOICES,
     SPLIT_RULES,
@@ -128,6 +129,16 @@ def add_dcp_args(parser: argparse.ArgumentParser) -> None:
         help="When 'dcp' splits a request that some rank could hold whole: 'fit' (only for KV "
         "fit or the step budget), 'gain' (also when it lowers the predicted step), 'auto' "
         "(fit for MLA profiles, gain for GQA). Default: fit.",
+    )
+    group.add_argument(
+        "--dcp-max-guest-items",
+        type=int,
+        metavar="N",
+        default=None,
+        help="Capacity of the static KV-sharding exchange: attention queries one DP rank sends "
+        "one peer per layer and round (its buffers are sized once from it, the max running "
+        "requests and the KV pool). A step needing more runs eagerly in several rounds "
+        f"(counted in sglang_dcp:exchange_eager_steps_total). Default: {DEFAULT_MAX_GUEST_ITEMS}.",
     )
 
 

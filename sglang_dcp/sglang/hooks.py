@@ -47,6 +47,9 @@ installed wheel.
 |   attention_backend_setup._build_resolved_backend (l.201) |      |                           |             |
 | layers/layer_boundary/stage.py:168                      | AROUND | backend. (idle ranks)     | any/shard   |
 |   StageBoundary.finish                                  |        |                           |             |
+| model_executor/runner/decode_cuda_graph_runner.py:54    | AROUND | graphs. (plain + dcp      | any/shard   |
+|   decode_cuda_graph_runner.create_attention_graph_variants | AROUND | decode graphs)        |             |
+|   (the imported name; defined in graph_variants.py:46)  |        |                           |             |
 
 "launcher": only in the launching process, where SGLang runs the tokenizer manager (one
 tokenizer worker; ``launch.py`` refuses ``--tokenizer-worker-num > 1`` with the planner on).
@@ -175,6 +178,11 @@ HOOKS: tuple[Hook, ...] = (
         ("self", "hidden_states", "forward_batch"),
         "sglang_dcp.sglang.backend:around_stage_finish", when="shard",
     ),
+    Hook(  # the name the decode graph runner imported (graph_variants.py:46 defines it)
+        "sglang.srt.model_executor.runner.decode_cuda_graph_runner."
+        "create_attention_graph_variants", "AROUND", ("hf_config",),
+        "sglang_dcp.sglang.graphs:around_create_attention_graph_variants", when="shard",
+    ),
 )  # fmt: skip
 
 # SGLang callables (and instance attributes set in __init__) the glue relies on without hooking.
@@ -191,6 +199,11 @@ USES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("sglang.srt.utils.network.get_zmq_socket", ("context", "socket_type", "endpoint", "bind")),
     ("sglang.srt.layers.attention.attention_registry.register_attention_backend", ("name",)),
     ("sglang.srt.mem_cache.memory_pool.KVWriteLoc", ("loc", "swa_loc", "full_loc")),
+    # the exchange's all-to-all (exchange.comm.GroupCommunicator)
+    ("sglang.srt.distributed.parallel_state.GroupCoordinator.all_to_all_single",
+     ("self", "output", "input")),
+    ("sglang.srt.distributed.parallel_state.GroupCoordinator._all_to_all_single",
+     ("self", "output", "input")),
 )
 
 

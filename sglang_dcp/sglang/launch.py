@@ -131,6 +131,7 @@ def dcp_options(ns: argparse.Namespace) -> DcpOptions:
             queue_max_bypass=ns.dcp_queue_max_bypass,
             slo_tpot_ms=ns.dcp_slo_tpot_ms,
             split_rule=ns.dcp_split_rule,
+            max_guest_items=ns.dcp_max_guest_items,
             tp_size=ns.tp_size or 1,
             disable_radix_cache=bool(ns.disable_radix_cache),
             attention_backend=ns.attention_backend,

@@ -13,6 +13,13 @@ Each scheduler process (one DP rank) publishes its ``RankStats`` with label ``dp
 | sglang_dcp:active_steps_total                       | counter   | active_steps          |
 | sglang_dcp:moved_tokens_total                       | counter   | moved_tokens          |
 | sglang_dcp:moves_total{result="done"|"failed"}      | counter   | moves_done/_failed    |
+| sglang_dcp:exchange_rows_total{split="yes"|"no"}    | counter   | exchange_rows_split/  |
+|                                                     |           | _unsplit (no: 0 by    |
+|                                                     |           | construction)         |
+| sglang_dcp:exchange_eager_steps_total               | counter   | exchange_eager_steps  |
+| sglang_dcp:exchange_capacity                        | gauge     | exchange_capacity     |
+| sglang_dcp:guest_capacity_high_water                | gauge     | guest_capacity_high_  |
+|                                                     |           | water                 |
 | sglang_dcp:degree_{bucket,count,sum}                | histogram | degree_count (one     |
 |                                                     |           | observation per       |
 |                                                     |           | placement homed here) |
@@ -46,12 +53,14 @@ from sglang_dcp.sglang.rank_stats import RankStats, stats
 PREFIX = "sglang_dcp:"
 GAUGES = (
     "guest_kv_tokens", "guest_requests", "home_dcp_requests",
-    "guest_items_last_step", "exchange_ms_last_step",
+    "guest_items_last_step", "exchange_ms_last_step", "exchange_capacity",
+    "guest_capacity_high_water",
 )  # fmt: skip
 # counter name (without "_total") -> RankStats field
 COUNTERS = {"exchange_ms": "exchange_ms_total", "active_steps": "active_steps",
-            "moved_tokens": "moved_tokens"}  # fmt: skip
+            "moved_tokens": "moved_tokens", "exchange_eager_steps": "exchange_eager_steps"}  # fmt: skip
 MOVES = {"done": "moves_done", "failed": "moves_failed"}
+ROWS = {"yes": "exchange_rows_split", "no": "exchange_rows_unsplit"}
 DEGREE_BUCKETS = (1, 2, 3, 4, 6, 8, 16, 32, 64)
 
 
@@ -62,10 +71,11 @@ class Update:
     gauges: dict[str, float] = field(default_factory=dict)  # name -> new value
     counters: dict[str, float] = field(default_factory=dict)  # name -> increment
     moves: dict[str, int] = field(default_factory=dict)  # result -> increment
+    rows: dict[str, int] = field(default_factory=dict)  # split label -> increment
     degrees: dict[int, int] = field(default_factory=dict)  # degree -> new observations
 
     def __bool__(self) -> bool:
-        return bool(self.gauges or self.counters or self.moves or self.degrees)
+        return bool(self.gauges or self.counters or self.moves or self.rows or self.degrees)
 
 
 def diff(last: RankStats | None, now: RankStats) -> Update:
@@ -83,6 +93,10 @@ def diff(last: RankStats | None, now: RankStats) -> Update:
         inc = getattr(now, f) - (getattr(last, f) if last else 0)
         if inc > 0:
             u.moves[result] = inc
+    for label, f in ROWS.items():
+        inc = getattr(now, f) - (getattr(last, f) if last else 0)
+        if inc > 0:
+            u.rows[label] = inc
     before = last.degree_count if last else {}
     for d, n in now.degree_count.items():
         if n > before.get(d, 0):
@@ -106,6 +120,8 @@ class DcpMetrics:
             "home_dcp_requests": "Running requests homed here whose KV spans more than one rank.",
             "guest_items_last_step": "Guest attention items served in the last active DCP step.",
             "exchange_ms_last_step": "Exchange wall time of the last active DCP step (all layers).",
+            "exchange_capacity": "Guest items per peer per round the static exchange holds.",
+            "guest_capacity_high_water": "Most queries this rank sent one peer in one step.",
         }
         self.gauges = {
             n: Gauge(PREFIX + n, docs[n], ["dp_rank"], registry=reg,
@@ -119,7 +135,13 @@ class DcpMetrics:
                                     ["dp_rank"], registry=reg).labels(**label),
             "moved_tokens": Counter(PREFIX + "moved_tokens", "Tokens received as guest shards.",
                                     ["dp_rank"], registry=reg).labels(**label),
+            "exchange_eager_steps": Counter(
+                PREFIX + "exchange_eager_steps", "DCP steps run eagerly in rounds (capacity).",
+                ["dp_rank"], registry=reg).labels(**label),
         }  # fmt: skip
+        rows = Counter(PREFIX + "exchange_rows", "Decode rows that went through the exchange.",
+                       ["dp_rank", "split"], registry=reg)  # fmt: skip
+        self.rows = {r: rows.labels(split=r, **label) for r in ROWS}
         moves = Counter(PREFIX + "moves", "KV shard moves this rank took part in.",
                         ["dp_rank", "result"], registry=reg)  # fmt: skip
         self.moves = {r: moves.labels(result=r, **label) for r in MOVES}
@@ -140,6 +162,8 @@ class DcpMetrics:
                 self.counters[n].inc(inc)
             for r, inc in u.moves.items():
                 self.moves[r].inc(inc)
+            for r, inc in u.rows.items():
+                self.rows[r].inc(inc)
             for d, n in u.degrees.items():
                 for _ in range(n):
                     self.degree.observe(d)

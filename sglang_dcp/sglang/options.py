@@ -20,6 +20,9 @@ ATTENTION_BACKEND = "dcp_triton"  # backend.NAME (kept here: this module imports
 SHARDABLE_BACKENDS = ("triton", "torch_native", ATTENTION_BACKEND)
 # Later requests the DP controller may admit ahead of a waiting one before it blocks them.
 DEFAULT_QUEUE_MAX_BYPASS = 16
+# Per-peer capacity of the static exchange (queries one rank sends one peer per round); a step
+# needing more runs eagerly in rounds (sglang_dcp:exchange_eager_steps_total).
+DEFAULT_MAX_GUEST_ITEMS = 16
 SPLIT_RULES = ("fit", "gain", "auto")  # planner/dcp.py
 
 
@@ -39,6 +42,7 @@ class DcpOptions:
     queue_max_bypass: int = DEFAULT_QUEUE_MAX_BYPASS  # see dispatcher.DcpDispatcher
     slo_tpot_ms: float | None = None  # the planner's step budget (dcp step_slo_ms)
     split_rule: str = "fit"  # dcp split_rule: fit | gain | auto
+    max_guest_items: int = DEFAULT_MAX_GUEST_ITEMS  # exchange queries per peer per round
 
     @property
     def enabled(self) -> bool:
@@ -88,6 +92,7 @@ def resolve(
     queue_max_bypass: int | None = None,
     slo_tpot_ms: float | None = None,
     split_rule: str | None = None,
+    max_guest_items: int | None = None,
 ) -> DcpOptions:
     """Check the flags (``None`` = not given) against each other and the server shape.
 
@@ -105,6 +110,7 @@ def resolve(
         "--dcp-queue-max-bypass": queue_max_bypass,
         "--dcp-slo-tpot-ms": slo_tpot_ms,
         "--dcp-split-rule": split_rule,
+        "--dcp-max-guest-items": max_guest_items,
     }
     given = {k: v for k, v in given.items() if v is not None}
     if policy is not None and policy not in POLICY_CHOICES:
@@ -187,6 +193,14 @@ def resolve(
     if split_rule is not None and split_rule not in SPLIT_RULES:
         raise OptionsError(
             f"--dcp-split-rule must be one of {', '.join(SPLIT_RULES)}, got {split_rule!r}")
+    if max_guest_items is not None:
+        if max_guest_items < 1:
+            raise OptionsError(f"--dcp-max-guest-items must be >= 1, got {max_guest_items}")
+        if (max_degree or 1) < 2:
+            raise OptionsError(
+                "--dcp-max-guest-items sizes the KV-sharding exchange; it needs "
+                "--dcp-max-degree > 1"
+            )
     opts = DcpOptions(
         policy=policy,
         profile=profile or DEFAULT_PROFILE,
@@ -198,6 +212,7 @@ def resolve(
         ),
         slo_tpot_ms=slo_tpot_ms,
         split_rule=split_rule or "fit",
+        max_guest_items=DEFAULT_MAX_GUEST_ITEMS if max_guest_items is None else max_guest_items,
     )
     if policy == "dcp":
         from sglang_dcp.planner import load_profile

@@ -28,6 +28,13 @@ class RankStats:
     moves_failed: int = 0
     moved_tokens: int = 0  # tokens received as guest shards
     degree_count: dict[int, int] = field(default_factory=dict)  # homed placements by degree
+    # the static exchange (backend.py): rows of split requests / of unsplit ones (0 by
+    # construction: unsplit rows keep SGLang's attention), steps run eagerly in rounds
+    exchange_rows_split: int = 0
+    exchange_rows_unsplit: int = 0
+    exchange_eager_steps: int = 0
+    exchange_capacity: int = 0  # per-peer guest items per round the buffers hold
+    guest_capacity_high_water: int = 0  # most queries one rank sent one peer in a step
 
     def count_degree(self, degree: int) -> None:
         self.degree_count[degree] = self.degree_count.get(degree, 0) + 1

@@ -21,7 +21,8 @@ def busy() -> RankStats:
     s = RankStats(dp_rank=0, guest_kv_tokens=512, guest_requests=2, home_dcp_requests=1,
                   guest_items_last_step=3, exchange_ms_last_step=0.5, active_steps=4,
                   exchange_ms_total=2.0, moves_done=2, moves_failed=1,
-                  moved_tokens=256)  # fmt: skip
+                  moved_tokens=256, exchange_rows_split=7, exchange_eager_steps=1,
+                  exchange_capacity=16, guest_capacity_high_water=3)  # fmt: skip
     s.count_degree(2)
     s.count_degree(2)
     s.count_degree(1)
@@ -37,8 +38,10 @@ def test_diff_writes_only_what_changed():
     s = busy()
     u = metrics.diff(RankStats(), s)
     assert u.gauges == {g: getattr(s, g) for g in metrics.GAUGES}
-    assert u.counters == {"exchange_ms": 2.0, "active_steps": 4, "moved_tokens": 256}
+    assert u.counters == {"exchange_ms": 2.0, "active_steps": 4, "moved_tokens": 256,
+                          "exchange_eager_steps": 1}  # fmt: skip
     assert u.moves == {"done": 2, "failed": 1} and u.degrees == {2: 2, 1: 1}
+    assert u.rows == {"yes": 7}  # split="no" never counts: unsplit rows keep SGLang's path
     assert not metrics.diff(s, replace(s, degree_count=dict(s.degree_count)))
     later = replace(s, guest_kv_tokens=0, active_steps=5, degree_count={2: 2, 1: 1, 4: 1})
     u = metrics.diff(s, later)
@@ -72,6 +75,11 @@ def test_exposed_names_labels_and_values():
     assert sample(text, "sglang_dcp:degree_count", dp_rank=1) == 3
     assert sample(text, "sglang_dcp:degree_bucket", dp_rank=1, le="1.0") == 1
     assert sample(text, "sglang_dcp:degree_sum", dp_rank=1) == 5
+    assert sample(text, "sglang_dcp:exchange_rows_total", dp_rank=1, split="yes") == 7
+    assert sample(text, "sglang_dcp:exchange_rows_total", dp_rank=1, split="no") == 0
+    assert sample(text, "sglang_dcp:exchange_eager_steps_total", dp_rank=1) == 1
+    assert sample(text, "sglang_dcp:exchange_capacity", dp_rank=1) == 16
+    assert sample(text, "sglang_dcp:guest_capacity_high_water", dp_rank=1) == 3
 
 
 # Two scheduler processes (DP ranks 0 and 1) write into one PROMETHEUS_MULTIPROC_DIR as SGLang's

@@ -1,0 +1,124 @@
+"""One rank's part of a DCP step, built with host work O(split requests): which of its requests
+decode split this step (the header's news) and its exchange route.
+
+Nothing here walks the decode batch or the KV tokens. The requests this rank homes with a
+multi-rank placement are tracked by the ``RankRuntime`` (``split_reqs``); in a decode step
+SGLang decodes every running request, so each of them that has finished its prefill decodes now,
+with ``req.seqlen`` KV tokens (the newest included). The route's slot containers are device
+views of ``req_to_token`` rows and guest slot tensors (``exchange.static.Slots``), never Python
+lists. ``check_against_batch`` (debug, ``SGLANG_DCP_POISON_MOVED=1``) verifies both claims
+against the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sglang_dcp.exchange.route import RankRoute, build_rank_route, num_rounds, part_ranks
+from sglang_dcp.exchange.static import Slots
+from sglang_dcp.sglang.step import StepPlan
+from sglang_dcp.types import Placement
+
+
+@dataclass(slots=True)
+class DcpStep:
+    """This rank's part of one active step: what the attention backend loads and runs.
+
+    ``route`` home rows are this rank's split requests decoded this step (``row_keys``: their
+    ``req_pool_idx``, in route order); every other batch row keeps SGLang's own attention."""
+
+    plan: StepPlan
+    rank: int
+    num_ranks: int
+    route: RankRoute
+    row_keys: tuple[int, ...]
+    tag: int
+    rounds: int = 1  # exchange rounds per layer at the engine's capacity (> 1: eager)
+    # set by the backend
+    loaded: bool = False
+    next_layer: int = 0
+    done_layer: int = -1
+    exchange_s: float = 0.0
+    row_rids: list[str] = field(default_factory=list)  # diagnostics: rid of each home row
+
+    @property
+    def active(self) -> bool:
+        return self.plan.active
+
+    @property
+    def num_rows(self) -> int:
+        return self.route.batch_size
+
+
+def is_decoding(req) -> bool:
+    """A request SGLang decodes in this (decode) step: prefilled (it has a pool row and a first
+    output token) and not finished."""
+    return (
+        getattr(req.kv, "req_pool_idx", None) is not None
+        and len(req.output_ids) > 0
+        and not req.finished()
+    )
+
+
+def split_placements(plan: StepPlan) -> list[Placement]:
+    """The step's placements whose KV really spans ranks (a placement whose moves all failed is
+    local and keeps SGLang's path); the same list on every rank."""
+    return [p for p in plan.placements if len(part_ranks(p)) > 1]
+
+
+def build_step(
+    plan: StepPlan,
+    *,
+    rank: int,
+    num_ranks: int,
+    home_reqs: dict[str, Any],
+    guest_slots: dict[str, Any],
+    req_to_token,
+    capacity: int,
+    tag: int,
+) -> DcpStep:
+    """``home_reqs[rid]``: the SGLang ``Req`` of each request homed here and decoded this step;
+    ``guest_slots[rid]``: this rank's guest slot tensor of a peer's request (token order)."""
+    placements = split_placements(plan)
+    local: dict[str, Slots] = {}
+    keys: list[int] = []
+    rids: list[str] = []
+    for p in placements:
+        if p.home_rank == rank:
+            req = home_reqs[p.rid]
+            idx = req.kv.req_pool_idx
+            row = req_to_token[idx]
+            local[p.rid] = Slots([row[s.start : s.end] for s in p.shards if s.rank == rank])
+            keys.append(int(idx))
+            rids.append(p.rid)
+        elif rank in part_ranks(p):
+            g = guest_slots.get(p.rid)
+            if g is None:
+                raise RuntimeError(
+                    f"sglang_dcp: rank {rank} holds no guest KV of {p.rid!r}, which the step "
+                    "header places here"
+                )
+            local[p.rid] = Slots([g])
+    route = build_rank_route(placements, rank=rank, num_ranks=num_ranks, local_slots=local)
+    return DcpStep(
+        plan, rank, num_ranks, route, tuple(keys), tag,
+        rounds=num_rounds(placements, num_ranks, capacity), row_rids=rids,
+    )  # fmt: skip
+
+
+def check_against_batch(local_batch, split_reqs: dict[str, Any], decoding: list[str]) -> None:
+    """Debug: the requests the header says decode split are exactly the batch's split requests,
+    with the batch's sequence lengths (O(batch); only under ``SGLANG_DCP_POISON_MOVED=1``)."""
+    in_batch = {}
+    for req, n in zip(local_batch.reqs, local_batch.seq_lens_cpu.tolist()):
+        if req.rid in split_reqs:
+            in_batch[req.rid] = int(n)
+            if req.seqlen != int(n):
+                raise RuntimeError(
+                    f"sglang_dcp: {req.rid} has seqlen {req.seqlen}, the batch says {int(n)}"
+                )
+    if set(in_batch) != set(decoding):
+        raise RuntimeError(
+            f"sglang_dcp: header decodes {sorted(decoding)}, the batch has {sorted(in_batch)}"
+        )

@@ -1,0 +1,331 @@
+"""Drive ``DcpAttnBackend`` through SGLang 0.5.21's decode call sequences on CPU ranks (gloo).
+
+Per step every rank runs the same decode twice, eagerly and as a graph replay, and checks both
+against a float64 reference:
+
+- eager, as ``eager_runner._execute_decode``: ``init_forward_metadata(fb)``, then each layer's
+  ``forward`` followed by ``StageBoundary.finish`` (a rank with no rows only reaches the latter);
+- graph, as ``decode_cuda_graph_runner``: once per (batch size, variant) ``init_cuda_graph_state``,
+  ``init_forward_metadata_out_graph(fb, in_capture=True)``, then under capture mode
+  ``init_forward_metadata_in_graph`` and the layers; per replay the real rows are copied into
+  the static inputs (padding rows keep stale values), ``out_graph(view)`` runs eagerly and the
+  captured code runs again *in capture mode over the static tensors*: every Python decision is
+  the capture's, as in a CUDA graph replay. The variant is ``graphs.DcpGraphVariants.select``'s.
+
+``TritonLikeInner`` stands in for SGLang's ``triton`` backend, which needs CUDA: like it, it
+builds static ``kv_indptr``/``kv_indices`` from ``req_to_token`` and ``seq_lens`` in
+``init_forward_metadata_out_graph`` and its ``forward`` reads only those (the torch reference
+kernel does the attention). Shapes: ``H`` query heads, ``HKV`` KV heads, ``D`` head dim.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from types import SimpleNamespace
+
+import torch
+
+from sglang_dcp.kernels import decode_attention
+
+H, HKV, D, LAYERS, SM = 4, 2, 8, 2, 0.35
+MAX_LEN, NUM_REQS = 64, 10
+
+
+class TritonLikeInner:
+    """Stand-in for SGLang's CUDA-only ``triton`` backend's decode path (see module doc)."""
+
+    def __init__(self, runner) -> None:
+        self.r = runner
+        self.kv_indptr = self.kv_indices = None
+
+    def get_cuda_graph_seq_len_fill_value(self) -> int:
+        return 1
+
+    def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int) -> None:
+        self.kv_indptr = torch.zeros(max_bs + 1, dtype=torch.int32)
+        self.kv_indices = torch.zeros(max_bs * MAX_LEN, dtype=torch.int64)
+
+    def init_forward_metadata(self, fb) -> None:
+        self.init_forward_metadata_out_graph(fb)
+
+    def init_forward_metadata_out_graph(self, fb, in_capture: bool = False) -> None:
+        if self.kv_indptr is None:
+            self.init_cuda_graph_state(64, 64)
+        bs = fb.req_pool_indices.shape[0]
+        lens = fb.seq_lens.long()
+        self.kv_indptr[1 : bs + 1].copy_(torch.cumsum(lens, 0))
+        rows = self.r.req_to_token_pool.req_to_token[fb.req_pool_indices.long()]
+        pos = 0
+        for i in range(bs):  # (create_flashinfer_kv_indices_triton on GPU)
+            n = int(lens[i])
+            self.kv_indices[pos : pos + n] = rows[i, :n]
+            pos += n
+        self.bs = bs
+
+    def init_forward_metadata_in_graph(self, fb) -> None:
+        pass
+
+    def forward(self, q, k, v, layer, fb, save_kv_cache=True, **kwargs):
+        pool = self.r.token_to_kv_pool
+        if save_kv_cache:
+            pool.k[layer.layer_id][fb.out_cache_loc] = k
+            pool.v[layer.layer_id][fb.out_cache_loc] = v
+        n = q.shape[0]
+        o, _ = decode_attention(
+            q.view(n, H, D), pool.k[layer.layer_id], pool.v[layer.layer_id],
+            self.kv_indptr[: n + 1], self.kv_indices, layer.scaling, impl="torch",
+        )  # fmt: skip
+        return o.reshape(n, H * D)
+
+
+@functools.lru_cache(maxsize=None)
+def kv_value(rid: int, token: int, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Known K/V of one token, the same on every rank: [HKV, D] each."""
+    g = torch.Generator().manual_seed(rid * 100_003 + token * 101 + layer)
+    return torch.randn(HKV, D, generator=g), torch.randn(HKV, D, generator=g)
+
+
+def q_value(rid: int, step: int, layer: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(7 + rid * 7919 + step * 31 + layer)
+    return torch.randn(H, D, generator=g)
+
+
+def reference(rid: int, length: int, step: int, layer: int) -> torch.Tensor:
+    """float64 attention of the request's query over all its tokens: [H * D]."""
+    ks, vs = zip(*(kv_value(rid, t, layer) for t in range(length)))
+    k = torch.stack(ks).double().repeat_interleave(H // HKV, 1)  # [n, H, D]
+    v = torch.stack(vs).double().repeat_interleave(H // HKV, 1)
+    q = q_value(rid, step, layer).double()
+    p = torch.softmax(torch.einsum("hd,nhd->hn", q, k) * SM, dim=1)
+    return torch.einsum("hn,nhd->hd", p, v).reshape(-1)
+
+
+def scenario(num_ranks: int, steps: int, seed: int):
+    """Per step: the running requests as (rid, home, length, shards) with shards (rank, start,
+    end) covering [0, length); splits, finishes and arrivals change from step to step."""
+    rng = random.Random(seed)
+    live: dict[int, list] = {}
+    out = []
+    nxt = 0
+    for i in range(steps):
+        quiet = i % 8 == 7  # every split request finishes: a step with nothing split
+        for rid in list(live):
+            if rng.random() < 0.15 or (quiet and len(live[rid][2]) > 0):
+                del live[rid]
+        target = rng.randrange(2, 8)
+        while len(live) < target and nxt < NUM_REQS * 4:
+            home = rng.randrange(num_ranks)
+            n0 = rng.randrange(4, 30)
+            ncut = 0 if quiet else rng.choice((0, 1, 1, 2))
+            cuts = sorted(rng.sample(range(1, n0), min(ncut, n0 - 1)))
+            b = [0, *cuts]
+            sealed = [(rng.randrange(num_ranks), a, c) for a, c in zip(b, [*cuts, n0])][:-1]
+            live[nxt] = [home, n0 - 1, sealed]
+            nxt += 1
+        step = []
+        for rid, st in live.items():
+            st[1] += 1  # one more token (the one this step decodes)
+            home, length, sealed = st
+            tail = sealed[-1][2] if sealed else 0
+            step.append((rid, home, length, tuple(sealed) + ((home, tail, length),)))
+        rng.shuffle(step)
+        out.append(step)
+    return out
+
+
+class _Pool:
+    """This rank's KV pool: per layer ``[num_slots, HKV, D]``; slot 0 is the padding dummy."""
+
+    def __init__(self, num_slots: int) -> None:
+        self.k = [torch.zeros(num_slots, HKV, D) for _ in range(LAYERS)]
+        self.v = [torch.zeros(num_slots, HKV, D) for _ in range(LAYERS)]
+        self.size, self.page_size, self.layer_num, self.start_layer = num_slots - 1, 1, LAYERS, 0
+
+    def get_key_buffer(self, layer_id):
+        return self.k[layer_id]
+
+    def get_value_buffer(self, layer_id):
+        return self.v[layer_id]
+
+
+DECODE = SimpleNamespace(is_decode=lambda: True, is_idle=lambda: False,
+                         is_decode_or_idle=lambda: True)  # fmt: skip
+IDLE = SimpleNamespace(is_decode=lambda: False, is_idle=lambda: True,
+                       is_decode_or_idle=lambda: True)  # fmt: skip
+LAYER = [SimpleNamespace(layer_id=i, tp_q_head_num=H, qk_head_dim=D, v_head_dim=D, scaling=SM,
+                         logit_cap=0, sliding_window_size=-1) for i in range(LAYERS)]  # fmt: skip
+
+
+def _slot(rid: int, rank: int, num_ranks: int, token: int) -> int:
+    return 1 + (rid * num_ranks + rank) * MAX_LEN + token
+
+
+def run_rank(rank: int, num_ranks: int, init_method: str, dist_backend: str, steps: int,
+             seed: int, capacity: int, out_path: str) -> None:  # fmt: skip
+    """One rank of the harness (``exchange.spawn.run_ranks`` target); writes its findings."""
+    import json
+    import os
+
+    from sglang_dcp import env
+    from sglang_dcp.exchange.comm import TorchDistCommunicator
+    from sglang_dcp.exchange.route import part_ranks
+    from sglang_dcp.exchange.spawn import init_rank
+    from sglang_dcp.sglang import backend, datapath, graphs
+    from sglang_dcp.sglang.options import DcpOptions
+    from sglang_dcp.sglang.step import StepPlan
+    from sglang_dcp.sglang.step_build import build_step
+    from sglang_dcp.types import Placement, Shard
+
+    W = num_ranks
+    os.environ[env.SERVE_OPTIONS_VAR] = DcpOptions(max_degree=W, max_guest_items=capacity).to_json()
+    comm = TorchDistCommunicator(init_rank(rank, W, init_method, dist_backend))
+    rows = NUM_REQS * 4 + 1
+    pool = _Pool(1 + rows * W * MAX_LEN)
+    runner = SimpleNamespace(
+        req_to_token_pool=SimpleNamespace(req_to_token=torch.zeros(rows, MAX_LEN, dtype=torch.int32),
+                                          size=rows - 1),
+        token_to_kv_pool=pool, device="cpu", dtype=torch.float32,
+    )  # fmt: skip
+    be = object.__new__(backend.DcpAttnBackend)
+    be._init_state(TritonLikeInner(runner), runner, num_ranks=W, num_q_heads=H, head_dim=D,
+                   v_head_dim=D)  # fmt: skip
+    be._scaling = dict.fromkeys(range(LAYERS), SM)
+    backend._BACKEND = be
+    state = SimpleNamespace(step=None, variant=None)
+    backend.current_step = datapath.current_step = lambda: state.step
+    backend.step_comm = lambda: comm
+    graphs.capturing_variant = lambda: state.variant
+    finish = backend.around_stage_finish
+
+    MAXBS = 8
+    be.init_cuda_graph_state(MAXBS, MAXBS)
+    S = SimpleNamespace(rpi=torch.zeros(MAXBS, dtype=torch.long),
+                        seq=torch.ones(MAXBS, dtype=torch.int32),
+                        loc=torch.zeros(MAXBS, dtype=torch.long),
+                        q=torch.zeros(LAYERS, MAXBS, H * D), k=torch.zeros(LAYERS, MAXBS, HKV, D),
+                        v=torch.zeros(LAYERS, MAXBS, HKV, D))  # fmt: skip
+
+    def layers(fb, q, k, v, n):
+        outs = []
+        for lay in LAYER:
+            if n:
+                outs.append(be.forward(q[lay.layer_id][:n], k[lay.layer_id][:n],
+                                       v[lay.layer_id][:n], lay, fb).clone())  # fmt: skip
+            finish(lambda *a: None, None, None, fb)
+        return outs
+
+    def static_fb(bs, pad=0):
+        return SimpleNamespace(forward_mode=DECODE, req_pool_indices=S.rpi[:bs],
+                               seq_lens=S.seq[:bs], seq_lens_cpu=S.seq[:bs].clone(),
+                               out_cache_loc=S.loc[:bs], num_padding=pad, batch_size=bs)  # fmt: skip
+
+    captured = {}
+    for bs in (8, 4, 2, 1):  # capture, largest first, both variants, in lockstep on every rank
+        for variant in graphs.DcpGraphVariants.capture_labels:
+            fb = static_fb(bs)
+            be.init_forward_metadata_out_graph(fb, in_capture=True)
+            state.variant = variant
+            be.init_forward_metadata_in_graph(fb)
+            layers(fb, S.q, S.k, S.v, bs)
+            state.variant = None
+            captured[(bs, variant)] = fb
+    ptrs = dict(be.ex.bufs.data_ptrs(), row=be.ex.row_slot.data_ptr(),
+                seq=be._inner_seq.data_ptr())  # fmt: skip
+
+    worst = {"eager": 0.0, "graph": 0.0}
+    counts = {"graph_dcp": 0, "graph_plain": 0, "eager_rounds": 0, "split_rows": 0}
+    for i, reqs in enumerate(scenario(W, steps, seed)):
+        # KV: every token this rank holds now, the home's moved copies poisoned (NaN)
+        placements, guest_slots, home = [], {}, []
+        for rid, h, length, shards in reqs:
+            p = Placement(str(rid), h, tuple(Shard(*s) for s in shards))
+            split = len(part_ranks(p)) > 1
+            if split:
+                placements.append(p)
+            for r, a, b in shards:
+                for t in range(a, b):
+                    if t == length - 1:
+                        continue  # the new token: forward stores it
+                    here = r == rank or (h == rank and not split)
+                    if here or h == rank:
+                        s = _slot(rid, rank, W, t)
+                        for lay in range(LAYERS):
+                            kk, vv = kv_value(rid, t, lay) if here else (float("nan"),) * 2
+                            pool.k[lay][s], pool.v[lay][s] = kk, vv
+            if h == rank:
+                home.append((rid, length))
+                runner.req_to_token_pool.req_to_token[rid, :length] = torch.tensor(
+                    [_slot(rid, rank, W, t) for t in range(length)], dtype=torch.int32)
+            elif split and rank in part_ranks(p):
+                guest_slots[str(rid)] = torch.tensor(
+                    [_slot(rid, rank, W, t) for r, a, b in shards if r == rank
+                     for t in range(a, b)], dtype=torch.long)  # fmt: skip
+        plan = StepPlan(tuple(placements), ())
+        fake = {str(rid): SimpleNamespace(kv=SimpleNamespace(req_pool_idx=rid)) for rid, _ in home}
+        n = len(home)
+        rpi = torch.tensor([rid for rid, _ in home], dtype=torch.long)
+        seq = torch.tensor([ln for _, ln in home], dtype=torch.int32)
+        loc = torch.tensor([_slot(rid, rank, W, ln - 1) for rid, ln in home], dtype=torch.long)
+        q = torch.stack([torch.stack([q_value(rid, i, lay).reshape(-1) for rid, _ in home])
+                         if n else torch.zeros(0, H * D) for lay in range(LAYERS)])  # fmt: skip
+        kv = [[kv_value(rid, ln - 1, lay) for rid, ln in home] for lay in range(LAYERS)]
+        k = torch.stack([torch.stack([x[0] for x in kl]) if n else torch.zeros(0, HKV, D)
+                         for kl in kv])  # fmt: skip
+        v = torch.stack([torch.stack([x[1] for x in kl]) if n else torch.zeros(0, HKV, D)
+                         for kl in kv])  # fmt: skip
+        ref = [torch.stack([reference(rid, ln, i, lay) for rid, ln in home]) if n else None
+               for lay in range(LAYERS)]  # fmt: skip
+
+        def mk_step(tag):
+            return build_step(plan, rank=rank, num_ranks=W, home_reqs=fake,
+                              guest_slots=guest_slots,
+                              req_to_token=runner.req_to_token_pool.req_to_token,
+                              capacity=capacity, tag=tag) if plan.active else None  # fmt: skip
+
+        # eager (eager_runner._execute_decode); an idle rank only reaches StageBoundary.finish
+        state.step = mk_step(2 * i + 1)
+        fb = SimpleNamespace(forward_mode=DECODE if n else IDLE, req_pool_indices=rpi,
+                             seq_lens=seq, seq_lens_cpu=seq.clone(), out_cache_loc=loc,
+                             batch_size=n)  # fmt: skip
+        if n:
+            be.init_forward_metadata(fb)
+        eager = layers(fb, q, k, v, n)
+        counts["split_rows"] += state.step.num_rows if state.step else 0
+        # graph replay, unless the step needs rounds (the decode-graph vote goes eager)
+        state.step = mk_step(2 * i + 2)
+        bs_all = max(1, max(sum(1 for r in reqs if r[1] == x) for x in range(W)))
+        bs = next(b for b in (1, 2, 4, 8) if b >= bs_all)
+        eager_only = state.step is not None and be.needs_eager(state.step)
+        eager_only = bool(comm_max(comm, int(eager_only)))
+        if eager_only:
+            counts["eager_rounds"] += 1
+            graph = None
+        else:
+            S.rpi[:n], S.seq[:n], S.loc[:n] = rpi, seq, loc
+            S.seq[n:bs], S.loc[n:bs] = 1, 0  # padding: fill value, dummy slot; rpi stays stale
+            S.q[:, :n], S.k[:, :n], S.v[:, :n] = q, k, v
+            be.init_forward_metadata_out_graph(static_fb(bs, bs - n))
+            variant = graphs.DcpGraphVariants().select(None)
+            counts["graph_" + variant] += 1
+            state.variant = variant  # replay: the captured code path, over the static tensors
+            fbc = captured[(bs, variant)]
+            be.init_forward_metadata_in_graph(fbc)
+            graph = [o[:n] for o in layers(fbc, S.q, S.k, S.v, bs)]
+            state.variant = None
+        for lay in range(LAYERS) if n else ():
+            worst["eager"] = max(worst["eager"], float((eager[lay].double() - ref[lay]).abs().max()))
+            if graph is not None:
+                worst["graph"] = max(worst["graph"],
+                                     float((graph[lay].double() - ref[lay]).abs().max()))
+        now = dict(be.ex.bufs.data_ptrs(), row=be.ex.row_slot.data_ptr(),
+                   seq=be._inner_seq.data_ptr())  # fmt: skip
+        assert now == ptrs, f"rank {rank} step {i}: a static buffer moved"
+    with open(out_path.format(rank=rank), "w") as f:
+        json.dump({"worst": worst, "counts": counts}, f)
+
+
+def comm_max(comm, x: int) -> int:
+    t = torch.tensor([x])
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX, group=comm.group)
+    return int(t)
