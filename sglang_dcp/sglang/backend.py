@@ -215,11 +215,13 @@ class DcpAttnBackend:
         if self._scaling is None:
             from sglang.srt.layers.radix_attention import RadixAttention
 
-            self._scaling = {
-                m.layer_id: float(m.scaling)
-                for m in self._runner.model.modules()
-                if isinstance(m, RadixAttention) and m.qk_head_dim == self.head_dim
-            }  # MLA layers also hold an MHA RadixAttention (prefill); the exchange runs MQA
+            self._scaling = {}
+            for m in self._runner.model.modules():
+                # MLA layers also hold an MHA RadixAttention (prefill): take the exchange's
+                if isinstance(m, RadixAttention) and (
+                    m.layer_id not in self._scaling or m.qk_head_dim == self.head_dim
+                ):
+                    self._scaling[m.layer_id] = float(m.scaling)
         return self._scaling[layer_id]
 
     def _attention_fns(self):
