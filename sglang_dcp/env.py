@@ -45,3 +45,36 @@ def poison_moved() -> bool:
     the poison it turns every affected output into garbage.
     """
     return os.environ.get("SGLANG_DCP_POISON_MOVED", "") not in ("", "0", "false")
+
+
+def metadata_glue_graph() -> bool:
+    """SGLang's ``SGLANG_ENABLE_METADATA_GLUE_GRAPH`` (0.5.21 ``environ.py``: off by default)."""
+    return os.environ.get("SGLANG_ENABLE_METADATA_GLUE_GRAPH", "").strip().lower() in (
+        "1", "true", "yes", "on",
+    )  # fmt: skip
+
+
+INJECT_MOVE_FAILURE_VAR = "SGLANG_DCP_INJECT_MOVE_FAILURE"
+
+
+def inject_move_failure() -> float:
+    """Fail this fraction of shard moves (testing only). ``SGLANG_DCP_INJECT_MOVE_FAILURE=P``.
+
+    Which moves fail is a pure function of each move (request id, ranks, token range), so every
+    rank agrees and a rerun with the same request ids fails the same moves
+    (``exchange.faults``). A failed move goes through the transfer's real failure handling: the
+    range stays on its home.
+    """
+    text = os.environ.get(INJECT_MOVE_FAILURE_VAR, "").strip()
+    if not text:
+        return 0.0
+    try:
+        p = float(text)
+    except ValueError:
+        p = -1.0
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(
+            f"{INJECT_MOVE_FAILURE_VAR}={text!r}: set it to a fraction of shard moves to fail, "
+            "between 0 and 1 (e.g. 0.5), or unset it"
+        )
+    return p

@@ -106,21 +106,31 @@ def tokens_on(p: Placement, rank: int) -> int:
     return sum(s.num_tokens for s in p.shards if s.rank == rank)
 
 
-def max_pair_items(placements: Sequence[Placement], num_ranks: int) -> int:
-    """The largest number of queries any home sends to any one peer (the same on every rank)."""
+def max_pair_items(
+    placements: Sequence[Placement],
+    num_ranks: int,
+    parts: Mapping[str, tuple[int, ...]] | None = None,
+) -> int:
+    """The largest number of queries any home sends to any one peer (the same on every rank).
+    ``parts``: ``part_ranks`` of each placement by rid, when the caller has them."""
     count = [[0] * num_ranks for _ in range(num_ranks)]
     for p in placements:
-        for r in part_ranks(p):
+        for r in parts[p.rid] if parts is not None else part_ranks(p):
             if r != p.home_rank:
                 count[p.home_rank][r] += 1
     return max((c for row in count for c in row), default=0)
 
 
-def num_rounds(placements: Sequence[Placement], num_ranks: int, capacity: int) -> int:
+def num_rounds(
+    placements: Sequence[Placement],
+    num_ranks: int,
+    capacity: int,
+    parts: Mapping[str, tuple[int, ...]] | None = None,
+) -> int:
     """Exchange rounds a step needs when each peer can take ``capacity`` queries per round."""
     if capacity < 1:
         raise ValueError(f"capacity must be >= 1, got {capacity}")
-    return max(1, -(-max_pair_items(placements, num_ranks) // capacity))
+    return max(1, -(-max_pair_items(placements, num_ranks, parts) // capacity))
 
 
 def build_rank_route(
@@ -129,6 +139,7 @@ def build_rank_route(
     rank: int,
     num_ranks: int,
     local_slots: Mapping[str, Sequence[int]],
+    parts: Mapping[str, tuple[int, ...]] | None = None,
 ) -> RankRoute:
     """Route of ``rank`` for one step.
 
@@ -143,6 +154,8 @@ def build_rank_route(
             raise ValueError(f"request {p.rid!r} placed twice in one step")
         seen.add(p.rid)
         _check(p, num_ranks)
+    if parts is None:
+        parts = {p.rid: part_ranks(p) for p in placements}
 
     def slots_of(p: Placement) -> tuple[int, ...]:
         want = tokens_on(p, rank)
@@ -162,18 +175,18 @@ def build_rank_route(
     send: list[list[int]] = [[] for _ in range(num_ranks)]
     merge: list[tuple[MergePart, ...]] = []
     for row, p in enumerate(homes):
-        parts = []
-        for r in part_ranks(p):
+        mparts = []
+        for r in parts[p.rid]:
             if r == rank:
-                parts.append(MergePart(rank, row))
+                mparts.append(MergePart(rank, row))
             else:
-                parts.append(MergePart(r, len(send[r])))
+                mparts.append(MergePart(r, len(send[r])))
                 send[r].append(row)
-        merge.append(tuple(parts))
+        merge.append(tuple(mparts))
 
     recv: list[list[GuestItem]] = [[] for _ in range(num_ranks)]
     for p in placements:
-        if p.home_rank != rank and rank in part_ranks(p):
+        if p.home_rank != rank and rank in parts[p.rid]:
             recv[p.home_rank].append(GuestItem(p.rid, p.home_rank, slots_of(p)))
 
     return RankRoute(

@@ -38,9 +38,9 @@ class Slots:
 
     __slots__ = ("parts", "n")
 
-    def __init__(self, parts: Sequence[torch.Tensor]) -> None:
-        self.parts = tuple(p for p in parts if p.numel())
-        self.n = sum(p.numel() for p in self.parts)
+    def __init__(self, parts: Sequence[torch.Tensor], n: int | None = None) -> None:
+        self.parts = tuple(parts)  # a zero-length piece is harmless to torch.cat
+        self.n = sum(p.numel() for p in self.parts) if n is None else n
 
     def __len__(self) -> int:
         return self.n
@@ -85,8 +85,13 @@ class StaticExchange:
         self._stage_len = W * C + 2 * n + B + 2 * W
         self._stage = torch.zeros(self._stage_len, dtype=torch.long, pin_memory=pin)
         self._dev = torch.zeros(self._stage_len, dtype=torch.long, device=device)
-        self._ci = torch.zeros(n, dtype=torch.long, device=device)  # item length prefix sums
-        self._cr = torch.zeros(B, dtype=torch.long, device=device)  # merge part prefix sums
+        # the gathers read their indices straight from the device staging copy (no copy op)
+        self.bufs.send_index = self._dev[self._off["send"] : self._off["send"] + W * C]
+        self.bufs.merge_index = self._dev[self._off["merge"] : self._off["merge"] + n]
+        self.bufs.seg_indptr[B + 1] = n  # the trash segment's end never changes
+        # header (count, tag) pairs of both messages, staged as int32: [2, W, 2]
+        self._hdr = torch.zeros(2, W, 2, dtype=torch.int32, pin_memory=pin)
+        self._hdr_dev = torch.zeros(2, W, 2, dtype=torch.int32, device=device)
         self.rounds: list[_Round] = []
         self.tag = 0
         self.high_water = 0  # largest per-peer query count seen (a capacity sizing aid)
@@ -160,18 +165,16 @@ class StaticExchange:
         W, C, B, n = s.num_ranks, s.capacity, s.max_local, s.num_items
         r = self.rounds[k]
         dev = self._dev
-        dev.copy_(r.stage, non_blocking=True)
-        b.send_index.copy_(dev[o["send"] : o["send"] + W * C])
-        torch.cumsum(dev[o["lens"] : o["lens"] + n], 0, out=self._ci)
-        b.kv_indptr[1:].copy_(self._ci)
-        b.merge_index.copy_(dev[o["merge"] : o["merge"] + n])
-        torch.cumsum(dev[o["counts"] : o["counts"] + B], 0, out=self._cr)
-        b.seg_indptr[1 : B + 1].copy_(self._cr)
-        b.seg_indptr[B + 1] = n
-        b.q_send_hdr[:, 0].copy_(dev[o["sc"] : o["sc"] + W])
-        b.q_send_hdr[:, 1].fill_(self.tag)
-        b.r_send_hdr[:, 0].copy_(dev[o["rc"] : o["rc"] + W])
-        b.r_send_hdr[:, 1].fill_(self.tag)
+        dev.copy_(r.stage, non_blocking=True)  # send_index and merge_index are views of it
+        torch.cumsum(dev[o["lens"] : o["lens"] + n], 0, dtype=torch.int32, out=b.kv_indptr[1:])
+        torch.cumsum(dev[o["counts"] : o["counts"] + B], 0, out=b.seg_indptr[1 : B + 1])
+        h = self._hdr.numpy()
+        st = r.stage.numpy()
+        h[0, :, 0], h[1, :, 0] = st[o["sc"] : o["sc"] + W], st[o["rc"] : o["rc"] + W]
+        h[:, :, 1] = self.tag
+        self._hdr_dev.copy_(self._hdr, non_blocking=True)
+        b.q_send_hdr[:, :2].copy_(self._hdr_dev[0])
+        b.r_send_hdr[:, :2].copy_(self._hdr_dev[1])
         if r.num_kv:
             torch.cat(r.pieces, out=b.kv_indices[: r.num_kv])
 

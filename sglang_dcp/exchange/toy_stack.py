@@ -25,7 +25,7 @@ import torch
 from sglang_dcp.exchange.kv_pool import KVPool
 from sglang_dcp.exchange.scenario import make_scenario
 
-MLA_KV_LORA_RANK, MLA_ROPE_DIM = 32, 16  # the tiny DeepSeek-V3's (testing/tiny_deepseek.py)
+MLA_KV_LORA_RANK, MLA_ROPE_DIM = 32, 16  # the tiny DeepSeek-V3's (sglang_dcp/tiny_deepseek.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,8 +15,8 @@ The router is the SGLang Model Gateway (PyPI ``smg``, pinned in requirements/cpu
   ``--ready-wait-secs``, then 503 ``router_not_ready`` with the reason) and answers ``/health``
   503 until then;
 - ``--demo``: two tiny sglang-dcp servers on this machine's CPU with the router in front
-  (``demo.DemoServer``; the router package does not import ``sglang_dcp.testing``, though the
-  demo checkpoint comes from ``sglang_dcp.sglang.launch.demo_model_path``, which does).
+  (``demo.DemoServer``; the demo checkpoint comes from ``sglang_dcp.sglang.launch.demo_model_path``;
+  no shipped module imports ``sglang_dcp.testing``).
 
 The contract with the servers (README):
 

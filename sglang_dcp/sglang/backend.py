@@ -31,13 +31,13 @@ the output is the latent, merged across ranks before the model applies W_UV.
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 
 import torch
 
 from sglang_dcp import env
+from sglang_dcp.sglang.backend_meta import MetadataCalls, _Cursor
 from sglang_dcp.sglang.rank_stats import stats
 
 NAME = "dcp_triton"
@@ -46,14 +46,7 @@ logger = logging.getLogger(__name__)
 _BACKEND: "DcpAttnBackend | None" = None
 
 
-class _Cursor:
-    """Which layer's exchange a forward joins next (a capture has no step)."""
-
-    next_layer = 0
-    done_layer = -1
-
-
-class DcpAttnBackend:
+class DcpAttnBackend(MetadataCalls):
     """Delegates everything to ``inner`` except the metadata calls and ``forward`` in DCP steps.
 
     Not an ``AttentionBackend`` subclass on purpose: the base class's many methods would shadow
@@ -76,16 +69,12 @@ class DcpAttnBackend:
                 f"--attention-backend {NAME}: {type(runner.model).__name__} does not run its "
                 "attention through SGLang's layer boundary; serve it with --dcp-max-degree 1"
             )
-        mc = runner.model_config
-        heads, d, dv = mc.num_attention_heads, mc.head_dim, getattr(mc, "v_head_dim", None)
-        if getattr(runner, "use_mla_backend", False):  # the absorbed path's latent (mla.py)
-            from sglang_dcp.sglang.mla import mla_dims
+        from sglang_dcp.sglang.mla import attention_dims
 
-            m = mla_dims(mc)
-            heads, d, dv = m.num_q_heads, m.head_dim, m.v_head_dim
+        heads, d, dv = attention_dims(runner)  # MLA: the absorbed path's latent (mla.py)
         self._init_state(
-            inner, runner, num_ranks=par.tp_group.world_size, num_q_heads=heads,
-            head_dim=d, v_head_dim=dv or d,
+            inner, runner, num_ranks=par.tp_group.world_size, num_q_heads=heads, head_dim=d,
+            v_head_dim=dv,
         )  # fmt: skip
 
     def _init_state(self, inner, runner, *, num_ranks, num_q_heads, head_dim, v_head_dim):
@@ -109,104 +98,6 @@ class DcpAttnBackend:
 
     def __getattr__(self, name):
         return getattr(self.__dict__["inner"], name)
-
-    # -- sizes ----------------------------------------------------------------------------------
-    def ensure_exchange(self):
-        """The static exchange, sized once: home rows ``min(max requests, (W - 1) * C)``, ``C``
-        from ``--dcp-max-guest-items``, KV indices the whole pool."""
-        if self.ex is None:
-            from sglang_dcp.exchange.buffers import ExchangeShape
-            from sglang_dcp.exchange.static import StaticExchange
-            from sglang_dcp.sglang.options import DcpOptions
-
-            r = self._runner
-            cap = DcpOptions.from_env().max_guest_items
-            reqs = r.req_to_token_pool.size + 1
-            shape = ExchangeShape(
-                num_ranks=self.num_ranks,
-                max_local=max(1, min(reqs, (self.num_ranks - 1) * cap)),
-                capacity=cap,
-                num_q_heads=self.num_q_heads,
-                head_dim=self.head_dim,
-                v_head_dim=self.v_head_dim,
-                max_kv_slots=r.token_to_kv_pool.size + r.token_to_kv_pool.page_size + 1,
-                dtype=self.dtype,
-            )
-            self.ex = StaticExchange(shape, self.device, num_row_keys=reqs)
-            stats().exchange_capacity = cap
-        return self.ex
-
-    def needs_eager(self, step) -> bool:
-        """A step the static buffers cannot run in one round (rounds, too many split rows)."""
-        return step.rounds > 1 or step.num_rows > self.ensure_exchange().shape.max_local
-
-    # -- metadata: SGLang's eager and graph entry points ----------------------------------------
-    def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int):
-        self.inner.init_cuda_graph_state(max_bs, max_num_tokens)
-        self.ensure_exchange()
-        self._inner_seq = torch.ones(max_bs, dtype=torch.int32, device=self.device)
-        self._num_real = torch.zeros(1, dtype=torch.long, device=self.device)
-
-    def init_forward_metadata(self, forward_batch):
-        self.inner.init_forward_metadata(self._prepare(forward_batch))
-
-    def init_forward_metadata_out_graph(self, forward_batch, in_capture: bool = False):
-        self.inner.init_forward_metadata_out_graph(
-            self._prepare(forward_batch, in_capture=in_capture), in_capture
-        )
-
-    def init_forward_metadata_in_graph(self, forward_batch):
-        self._capture = _Cursor()  # each captured run starts at the first layer
-        self.inner.init_forward_metadata_in_graph(forward_batch)
-
-    def _prepare(self, fb, *, in_capture: bool = False):
-        """Load the step's route (once per step), and the view of ``fb`` the inner backend
-        gets: split rows at sequence length 1 (never reading their moved KV)."""
-        self._inner_fb = None
-        if in_capture:
-            self.ensure_exchange().clear()
-            self._capture = _Cursor()
-            return fb
-        step = current_step()
-        if step is None or not step.active:
-            return fb
-        ex = self.load(step)
-        if not fb.forward_mode.is_decode_or_idle() or fb.req_pool_indices is None:
-            return fb
-        bs = fb.req_pool_indices.shape[0]
-        split = ex.row_index(fb.req_pool_indices) < ex.shape.max_local
-        view = copy.copy(fb)
-        if self._num_real is not None:  # rows past it are graph-replay padding
-            self._num_real.fill_(bs - int(getattr(fb, "num_padding", 0) or 0))
-        if self._inner_seq is not None and bs <= self._inner_seq.shape[0]:  # graph-sized
-            seq = self._inner_seq[:bs]
-            seq.copy_(torch.where(split, 1, fb.seq_lens))
-        else:
-            seq = torch.where(split, torch.ones_like(fb.seq_lens), fb.seq_lens)
-        view.seq_lens = seq
-        cpu = getattr(fb, "seq_lens_cpu", None)
-        if cpu is not None:
-            view.seq_lens_cpu = torch.where(split.cpu(), 1, cpu)
-        self._inner_fb = (fb, view)
-        return view
-
-    def load(self, step):
-        """Lay ``step``'s route out in the static exchange, once per step (from the metadata
-        call, or from the first layer on a rank whose idle batch skips it)."""
-        ex = self.ensure_exchange()
-        if not step.loaded:
-            ex.load(step.route, rounds=step.rounds, tag=step.tag, row_keys=step.row_keys)
-            step.loaded = True
-            s = stats()
-            s.active_steps += 1
-            s.exchange_rows_split += step.num_rows
-            s.exchange_eager_steps += int(self.needs_eager(step))
-            s.guest_capacity_high_water = ex.high_water
-        return ex
-
-    def _view_for_inner(self, fb):
-        held = self._inner_fb
-        return held[1] if held is not None and held[0] is fb else fb
 
     # -- the exchange ---------------------------------------------------------------------------
     def layer_scaling(self, layer_id: int) -> float:

@@ -35,6 +35,7 @@ import torch
 
 from sglang_dcp import env
 from sglang_dcp.planner.base import Migration
+from sglang_dcp.sglang import ledger
 from sglang_dcp.sglang.mla import pool_layers
 from sglang_dcp.sglang.rank_stats import stats
 from sglang_dcp.sglang.step import Decoding, RankNews, plan_step, runtime_shards
@@ -89,6 +90,7 @@ class RankRuntime:
         from sglang_dcp.sglang.options import DcpOptions
 
         self.capacity = DcpOptions.from_env().max_guest_items
+        self.ledger = ledger.RankLedger(self.rank)  # what the planner hears of shard moves
         stats().dp_rank = self.rank
 
     # -- groups ---------------------------------------------------------------------------------
@@ -143,6 +145,8 @@ class RankRuntime:
         h = self.home.pop(req.rid, None)
         if self.split_reqs.get(req.rid) is req and not req.is_retracted:
             del self.split_reqs[req.rid]
+        if h is not None:
+            self.ledger.released(req)
         if h is not None and h.moved:
             self.releases.append(req.rid)
         self._refresh_gauges()
@@ -152,6 +156,12 @@ class RankRuntime:
 
     # -- the step header ------------------------------------------------------------------------
     def header(self, local_batch, model_runner) -> DcpStep | None:
+        news, decoding_reqs = self.news(local_batch, model_runner)
+        return self._gather(news, decoding_reqs, local_batch, model_runner)
+
+    def news(self, local_batch, model_runner) -> tuple[RankNews, list[HomeEntry]]:
+        """This rank's news for the header: releases, and the split requests it decodes now
+        with their shards (moves at the first decode step); O(split requests)."""
         news = RankNews(releases=self.releases)
         self.releases = []
         decoding_reqs = []
@@ -180,7 +190,9 @@ class RankRuntime:
                 decoding_reqs.append(h)
             if env.poison_moved():
                 check_against_batch(local_batch, self.split_reqs, [d.rid for d in news.decoding])
+        return news, decoding_reqs
 
+    def _gather(self, news, decoding_reqs, local_batch, model_runner) -> DcpStep | None:
         flag = torch.tensor([1 if news else 0], dtype=torch.int64)
         torch.distributed.all_reduce(
             flag, op=torch.distributed.ReduceOp.MAX, group=self.tp_group.cpu_group
@@ -233,6 +245,7 @@ class RankRuntime:
 
     def _ship(self, moves: list[Migration], model_runner) -> list[Migration]:
         """Run every rank's moves of this step; returns the failed ones (same list everywhere)."""
+        from sglang_dcp.exchange.faults import move_faults
         from sglang_dcp.exchange.transfer import transfer_shards
         from sglang_dcp.sglang.kv_adapter import SGLangKVPool
 
@@ -246,7 +259,8 @@ class RankRuntime:
                 row = req_to_token[req.kv.req_pool_idx]
                 offered[(m.rid, m.start)] = row[m.start : m.end].to(torch.long)
                 pool.offer(m.rid, m.start, offered[(m.rid, m.start)].cpu())
-        results = transfer_shards(self.comm, pool, moves)
+        fault = move_faults(moves, env.inject_move_failure())  # testing only
+        results = transfer_shards(self.comm, pool, moves, fault=fault)
         if env.poison_moved():
             for res in results:
                 m = res.move
@@ -294,6 +308,7 @@ class RankRuntime:
                     g.ranges = [r for r, _ in pairs]
                     g.slots = torch.cat([t for _, t in pairs])
                 s.moved_tokens += m.end - m.start
+        self.ledger.shipped(results, self.home)
         return failed
 
     def _step(self, plan, local_batch) -> DcpStep:
@@ -338,6 +353,7 @@ def after_init_request_dispatcher(result, self, *args, **kwargs):
     options = DcpOptions.from_env()
     hooks.assert_applied(options.enabled, options.sharding)
     _RUNTIME = RankRuntime(self)
+    ledger.listen(self, _RUNTIME.ledger)
     return result
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 # --demo-model NAME -> the module whose build(out_dir, seed) writes that checkpoint
 DEMO_MODELS = {
-    "tiny-qwen3-moe": "sglang_dcp.testing.tiny_model",  # GQA
-    "tiny-deepseek-v3": "sglang_dcp.testing.tiny_deepseek",  # MLA, grouped top-k, shared expert
+    "tiny-qwen3-moe": "sglang_dcp.tiny_model",  # GQA
+    "tiny-deepseek-v3": "sglang_dcp.tiny_deepseek",  # MLA, grouped top-k, shared expert
 }
 DEFAULT_DEMO_MODEL = "tiny-qwen3-moe"
 DEMO_DP_SIZE = 4

@@ -5,8 +5,11 @@ Reads what it needs from the controller once, builds the planner, and rewires tw
 
 - ``controller.dispatching`` (data_parallel_controller.py:167-173, called by
   ``dispatching_with_trace`` l.326 for every tokenized request) -> ``DcpDispatcher.dispatch``;
-- ``controller._request_dispatcher`` (built in ``init_dispatcher`` l.352) gains a handler for
-  ``DcpFinished`` notices from the tokenizer manager (notices.py).
+- ``controller._request_dispatcher`` (built in ``init_dispatcher`` l.352) gains handlers for
+  ``DcpFinished`` notices from the tokenizer manager (notices.py) and for the schedulers'
+  ``DcpShardReport`` (ledger.py), which arrive on a PULL socket of ours (the ledger inbox) that
+  ``event_loop`` polls with the controller's input; the planner's view goes back to the
+  schedulers as a control message (``ledger.PlannerBooks``).
 
 Rejections are answered from here: an ``AbortReq`` with a 400 finish reason goes straight to the
 tokenizer manager's PULL socket (``port_args.tokenizer_ipc_name``, as a scheduler's
@@ -39,20 +42,46 @@ POLL_MS = 50  # the DP controller's wait for the next message when its socket is
 def event_loop(controller) -> None:
     """``DataParallelController.event_loop`` (data_parallel_controller.py:794) without the busy
     spin: SGLang 0.5.21 re-polls its socket with ``NOBLOCK`` in a tight loop, a whole core per
-    server. Same handling, but an empty socket blocks in ``zmq.Poller.poll`` (``POLL_MS``)."""
+    server. Same handling, but empty sockets block in ``zmq.Poller.poll`` (``POLL_MS``). With
+    the planner it also reads the ledger inbox (the ranks' ``DcpShardReport``) and publishes
+    the planner's view to the ranks (``ledger.PlannerBooks``)."""
     import zmq
     from sglang.srt.managers.io_struct import sock_recv
 
+    books = getattr(controller, "dcp_books", None)
+    sockets = [controller.recv_from_tokenizer]
+    if books is not None:
+        sockets.append(controller.dcp_inbox)
     poller = zmq.Poller()
-    poller.register(controller.recv_from_tokenizer, zmq.POLLIN)
+    for sock in sockets:
+        poller.register(sock, zmq.POLLIN)
     while True:
         controller.soft_watchdog.feed()
-        try:
-            recv_req = sock_recv(controller.recv_from_tokenizer, flags=zmq.NOBLOCK)
-        except zmq.ZMQError:
+        got = False
+        for sock in sockets:
+            try:
+                recv_req = sock_recv(sock, flags=zmq.NOBLOCK)
+            except zmq.ZMQError:
+                continue
+            got = True
+            controller._request_dispatcher(recv_req)
+        if books is not None:
+            books.tick()
+        if not got:
             poller.poll(POLL_MS)
-            continue
-        controller._request_dispatcher(recv_req)
+
+
+def _ledger_inbox(controller):
+    """A PULL socket the schedulers push their ``DcpShardReport`` to, and its address."""
+    import zmq
+    from sglang.srt.utils.network import NetworkAddress
+
+    # as PortArgs.init_new (server_args.py:724): schedulers on other nodes reach dist_init_addr
+    addr = getattr(controller.server_args, "dist_init_addr", None)
+    host = "127.0.0.1" if addr is None else NetworkAddress.parse(addr).host
+    sock = zmq.Context.instance().socket(zmq.PULL)
+    port = sock.bind_to_random_port(f"tcp://{host}")
+    return sock, NetworkAddress(host, port).to_tcp()
 
 
 def _max_new_bound(controller):
@@ -81,7 +110,13 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
     from sglang.utils import TypeBasedDispatcher
 
     from sglang_dcp.planner import ClusterSpec, make_policy
-    from sglang_dcp.sglang.messages import DcpFinished, DcpGenerateReq
+    from sglang_dcp.sglang.ledger import PlannerBooks
+    from sglang_dcp.sglang.messages import (
+        DcpFinished,
+        DcpGenerateReq,
+        DcpPlannerView,
+        DcpShardReport,
+    )
 
     n = controller.launch_dp_size
     page = planner_page(getattr(controller.server_args, "page_size", 1))
@@ -137,14 +172,25 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
             answer(req, msg.finished_reason or {"type": "abort", "message": message}, message)
         controller.send_control_message(msg)  # what the DPC does with an abort otherwise
 
+    inbox, inbox_address = _ledger_inbox(controller)
+
+    def publish(kv_tokens: list[int], guest_kv_tokens: list[int]) -> None:
+        controller.send_control_message(DcpPlannerView(
+            inbox=inbox_address, kv_tokens=kv_tokens, guest_kv_tokens=guest_kv_tokens
+        ))  # fmt: skip
+
+    books = PlannerBooks(dispatcher, publish)
     controller.dcp_dispatcher = dispatcher
+    controller.dcp_books, controller.dcp_inbox = books, inbox
     controller.dispatching = dispatcher.dispatch
     controller.event_loop = lambda: event_loop(controller)
     # SGLang's own load snapshots only feed its DPBudget; the planner keeps its own books.
     controller.refresh_load_budget_on_dispatch = False
-    controller._request_dispatcher += TypeBasedDispatcher(
-        [(DcpFinished, lambda msg: dispatcher.finished(msg.rids)), (AbortReq, on_abort)]
-    )
+    controller._request_dispatcher += TypeBasedDispatcher([
+        (DcpFinished, lambda msg: dispatcher.finished(msg.rids)), (AbortReq, on_abort),
+        (DcpShardReport, books.on_report),
+    ])  # fmt: skip
+    books.tick(force=True)  # the ranks learn the inbox before any request arrives
     logger.info(
         "sglang_dcp: planner %s routes requests in the DP controller (%d ranks, %d KV tokens "
         "each, page %d, max degree %d)",

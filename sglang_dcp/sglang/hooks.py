@@ -204,6 +204,12 @@ USES: tuple[tuple[str, tuple[str, ...]], ...] = (
      ("self", "output", "input")),
     ("sglang.srt.distributed.parallel_state.GroupCoordinator._all_to_all_single",
      ("self", "output", "input")),
+    # the ledger (ledger.py, dpc.py): the planner's view to the schedulers, the inbox address,
+    # a retraction (not finished) vs a finish on release
+    (f"{_DPC}.send_control_message", ("self", "obj")),
+    ("sglang.srt.utils.network.NetworkAddress.parse", ("addr",)),
+    ("sglang.srt.utils.network.NetworkAddress.to_tcp", ("self",)),
+    ("sglang.srt.managers.schedule_batch.Req.finished", ("self",)),
 )
 
 

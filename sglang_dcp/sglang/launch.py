@@ -14,7 +14,9 @@ Accepts every ``python -m sglang.launch_server`` argument, plus:
            $SGLANG_DCP_SERVE_OPTIONS (``env.SERVE_OPTIONS_VAR``; set only by this launcher).
            With a max degree > 1 the launcher also selects ``--attention-backend dcp_triton``
            (torch_native on CPU; the DCP exchange wraps it), ``--disable-overlap-schedule``
-           (the DCP data path runs without overlap) and, on CUDA, ``--disable-cuda-graph``.
+           (the DCP data path runs without overlap) and, on CUDA,
+           ``--cuda-graph-backend-prefill disabled`` (decode CUDA graphs stay on, captured
+           with and without the exchange).
 
 On a machine without CUDA it sets what SGLang's CPU engine needs (``--device cpu``,
 ``SGLANG_USE_CPU_ENGINE=1``, one OpenMP core binding per TP rank), ``--disable-cuda-graph`` and a
@@ -161,23 +163,53 @@ def dcp_options(ns: argparse.Namespace) -> DcpOptions:
     return opts
 
 
+PREFILL_GRAPH_FLAG = "--cuda-graph-backend-prefill"
+
+
 def sharding_argv(sglang_argv: list[str], opts: DcpOptions, cuda: bool) -> list[str]:
     """With KV sharding on, pick an attention backend the DCP wrapper supports (``dcp_triton``,
     i.e. triton, on GPU; torch_native on CPU, where SGLang would pick intel_amx) and turn
-    overlap scheduling off (the step header and the exchange assume one batch in flight). On
-    CUDA it also turns CUDA graphs off: a captured decode graph would replay without the
-    exchange (its capture is designed, docs/integration.md §7, not wired)."""
+    overlap scheduling off (the step header and the exchange assume one batch in flight).
+
+    Decode CUDA graphs stay on: every batch size is captured twice, without and with the
+    exchange (``graphs.py``). Prefill graphs are turned off (``--cuda-graph-backend-prefill
+    disabled``): a replayed prefill would skip the exchange its rank must join in a DCP step;
+    another value for that flag, or SGLang's metadata glue graph (host-fed metadata would replay
+    frozen), is refused."""
     if not opts.sharding:
         return sglang_argv
+    from sglang_dcp import env as dcp_env
+
+    if dcp_env.metadata_glue_graph():
+        raise LaunchError(
+            "SGLANG_ENABLE_METADATA_GLUE_GRAPH captures the attention metadata once, but KV "
+            "sharding rebuilds it every step; unset it or pass --dcp-max-degree 1"
+        )
     names = {a.split("=", 1)[0] for a in sglang_argv}
     extra = []
     if "--attention-backend" not in names:
         extra += ["--attention-backend", ATTENTION_BACKEND if cuda else "torch_native"]
     if "--disable-overlap-schedule" not in names:
         extra.append("--disable-overlap-schedule")
-    if cuda and "--disable-cuda-graph" not in names:
-        extra.append("--disable-cuda-graph")
+    prefill = _value_of(sglang_argv, PREFILL_GRAPH_FLAG)
+    if prefill is not None and prefill != "disabled":
+        raise LaunchError(
+            f"{PREFILL_GRAPH_FLAG} {prefill}: KV sharding runs prefills eagerly (a replayed "
+            f"prefill graph would skip the exchange); pass {PREFILL_GRAPH_FLAG} disabled or "
+            "--dcp-max-degree 1"
+        )
+    if cuda and prefill is None and "--disable-cuda-graph" not in names:
+        extra += [PREFILL_GRAPH_FLAG, "disabled"]
     return sglang_argv + extra
+
+
+def _value_of(argv: list[str], flag: str) -> str | None:
+    for i, a in enumerate(argv):
+        if a == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return None
 
 
 def rust_egress_on() -> bool:

@@ -10,6 +10,7 @@ from typing import List, Optional
 
 from sglang.srt.managers.io_struct import (
     BaseBatchReq,
+    BaseReq,
     TokenizedGenerateReqInput,
     hook_custom_types,
 )
@@ -56,5 +57,30 @@ class DcpGenerateReq(TokenizedGenerateReqInput, kw_only=True):
         )
 
 
+class DcpShardReport(BaseReq, kw_only=True):
+    """Home scheduler -> DP controller (its ledger inbox, ``ledger.py``): where the sealed KV of
+    the requests it just shipped really is.
+
+    ``sealed[i]``: ``[[rank, start, end], ...]`` of ``rids[i]`` in token order, covering the
+    tokens before the tail (a failed move's range on the home); ``moves_done`` /
+    ``moves_failed``: this report's moves, for the controller's log.
+    """
+
+    dcp_rank: int = -1
+    rids: Optional[List[str]] = None
+    sealed: Optional[List[List[List[int]]]] = None
+    moves_done: int = 0
+    moves_failed: int = 0
+
+
+class DcpPlannerView(BaseReq, kw_only=True):
+    """DP controller -> every scheduler (a control message: rank 0 broadcasts it): the planner's
+    books per rank, and the address of the controller's ledger inbox."""
+
+    inbox: str = ""
+    kv_tokens: Optional[List[int]] = None  # reserved KV per rank
+    guest_kv_tokens: Optional[List[int]] = None  # sealed KV held for other ranks' requests
+
+
 def register_types() -> None:
-    hook_custom_types(DcpFinished, DcpGenerateReq)
+    hook_custom_types(DcpFinished, DcpGenerateReq, DcpShardReport, DcpPlannerView)

@@ -87,6 +87,17 @@ def mla_dims(model_config) -> MlaDims:
     )
 
 
+def attention_dims(runner) -> tuple[int, int, int]:
+    """``(num_q_heads, head_dim, v_head_dim)`` of the rows the exchange carries for SGLang model
+    runner ``runner``: MLA models (``use_mla_backend``) the absorbed latent (``MlaDims``), others
+    the model's heads."""
+    mc = runner.model_config
+    if getattr(runner, "use_mla_backend", False):
+        d = mla_dims(mc)
+        return d.num_q_heads, d.head_dim, d.v_head_dim
+    return mc.num_attention_heads, mc.head_dim, getattr(mc, "v_head_dim", None) or mc.head_dim
+
+
 def _absorbed_always(attn, forward_batch):
     """Handler for ``torch_native``: the absorbed MLA method for every batch."""
     from sglang.srt.models.deepseek_common.attention_backend_handler import (

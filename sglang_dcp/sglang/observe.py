@@ -1,8 +1,9 @@
 """What a DCP server tells its clients: ``meta_info["dcp"]`` and the ``/v1/loads`` ``dcp`` section.
 
-``meta_info["dcp"]`` is ``types.Placement.to_json()`` of the request (``home_rank``, ``degree``,
-``shard_ranks``, ``shards``), on every generate response, streamed chunks included, of a request
-the planner placed; requests SGLang dispatched on its own get no key. How it travels (SGLang
+``meta_info["dcp"]`` is ``types.Placement.to_json()`` of the request's ranges as they are when
+the output is built (``home_rank``, ``degree``, ``shard_ranks``, ``shards``: shipped shards where
+they went, a failed move's range on the home, the tail up to the KV held; ``ledger.py``), on
+every generate response, streamed chunks included, of a request the planner placed; requests SGLang dispatched on its own get no key. How it travels (SGLang
 0.5.21, no text patch):
 
 1. home scheduler: ``SchedulerOutputStreamer`` (managers/scheduler_components/output_streamer.py)
@@ -22,11 +23,15 @@ Not with SGLang's Rust egress (``SGLANG_RUST_SERVER``): ``SchedulerOutputStreame
 (l.67) refuses the opt-in there; the launcher refuses the combination first (launch.py).
 
 ``/v1/loads``: patches/0002 gives ``LoadSnapshot`` an optional ``dcp`` dict; the AFTER hook on
-``SchedulerLoadInquirer.get_loads`` (load_inquirer.py:95) fills it from ``rank_stats.stats()``.
+``SchedulerLoadInquirer.get_loads`` (load_inquirer.py:95) fills it from ``rank_stats.stats()``
+(with the planner's books for the rank, ``planner_kv_tokens`` and ``planner_guest_kv_tokens``)
+and the rank's own KV count ``kv_tokens`` (SGLang's ``num_used_tokens``: its allocator's slots
+in use, guest shards included).
 """
 
 from __future__ import annotations
 
+from sglang_dcp.sglang.ledger import current_placement
 from sglang_dcp.sglang.rank_stats import RankStats, stats
 
 KEY = "dcp"  # the meta_info key, the customized_info key and the /v1/loads section
@@ -58,8 +63,9 @@ def require_load_snapshot_section() -> None:
 
 
 def placement_values(reqs) -> list | None:
-    """One ``Placement.to_json()`` or None per request; None when no request has a placement."""
-    values = [p.to_json() if (p := getattr(r, "dcp", None)) is not None else None for r in reqs]
+    """One ``Placement.to_json()`` of the request's ranges as they are now
+    (``ledger.current_placement``) or None per request; None when no request has a placement."""
+    values = [p.to_json() if (p := current_placement(r)) is not None else None for r in reqs]
     return values if any(v is not None for v in values) else None
 
 
@@ -89,5 +95,6 @@ def loads_section(s: RankStats) -> dict[str, int | float]:
 
 
 def after_get_loads(result, self, *args, **kwargs):
-    result.dcp = loads_section(stats())
+    # the rank's own KV count next to the planner's (``planner_kv_tokens``, ledger.py)
+    result.dcp = {**loads_section(stats()), "kv_tokens": result.num_used_tokens}
     return result

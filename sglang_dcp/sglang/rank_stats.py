@@ -20,6 +20,9 @@ class RankStats:
     guest_requests: int = 0  # requests with at least one shard here, homed elsewhere
     home_dcp_requests: int = 0  # requests homed here whose KV spans > 1 rank (running)
     guest_items_last_step: int = 0  # guest attention items served in the last active step
+    # the planner's books for this rank (the DP controller's view, ledger.py)
+    planner_kv_tokens: int = 0  # reserved: prompt + max_new_tokens of requests homed here, guests
+    planner_guest_kv_tokens: int = 0  # sealed KV it believes this rank holds for other ranks
     exchange_ms_last_step: float = 0.0  # wall time in the exchange, summed over layers
     # counters
     active_steps: int = 0  # steps in which this rank joined the exchange

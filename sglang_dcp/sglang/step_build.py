@@ -80,7 +80,8 @@ def build_step(
 ) -> DcpStep:
     """``home_reqs[rid]``: the SGLang ``Req`` of each request homed here and decoded this step;
     ``guest_slots[rid]``: this rank's guest slot tensor of a peer's request (token order)."""
-    placements = split_placements(plan)
+    parts = {p.rid: part_ranks(p) for p in plan.placements}
+    placements = [p for p in plan.placements if len(parts[p.rid]) > 1]
     local: dict[str, Slots] = {}
     keys: list[int] = []
     rids: list[str] = []
@@ -89,21 +90,24 @@ def build_step(
             req = home_reqs[p.rid]
             idx = req.kv.req_pool_idx
             row = req_to_token[idx]
-            local[p.rid] = Slots([row[s.start : s.end] for s in p.shards if s.rank == rank])
+            local[p.rid] = Slots([row[s.start : s.end] for s in p.shards if s.rank == rank],
+                                 sum(s.end - s.start for s in p.shards if s.rank == rank))
             keys.append(int(idx))
             rids.append(p.rid)
-        elif rank in part_ranks(p):
+        elif rank in parts[p.rid]:
             g = guest_slots.get(p.rid)
             if g is None:
                 raise RuntimeError(
                     f"sglang_dcp: rank {rank} holds no guest KV of {p.rid!r}, which the step "
                     "header places here"
                 )
-            local[p.rid] = Slots([g])
-    route = build_rank_route(placements, rank=rank, num_ranks=num_ranks, local_slots=local)
+            local[p.rid] = Slots([g], g.numel())
+    route = build_rank_route(
+        placements, rank=rank, num_ranks=num_ranks, local_slots=local, parts=parts
+    )
     return DcpStep(
         plan, rank, num_ranks, route, tuple(keys), tag,
-        rounds=num_rounds(placements, num_ranks, capacity), row_rids=rids,
+        rounds=num_rounds(placements, num_ranks, capacity, parts), row_rids=rids,
     )  # fmt: skip
 
 

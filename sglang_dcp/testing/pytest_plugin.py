@@ -26,14 +26,14 @@ _LIVE: list[ServerProcess] = []
 
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory) -> str:
-    from sglang_dcp.testing.tiny_model import build
+    from sglang_dcp.tiny_model import build
 
     return build(str(tmp_path_factory.mktemp("models") / "tiny-qwen3-moe"), seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_deepseek_path(tmp_path_factory) -> str:
-    from sglang_dcp.testing.tiny_deepseek import build
+    from sglang_dcp.tiny_deepseek import build
 
     return build(str(tmp_path_factory.mktemp("models") / "tiny-deepseek-v3"), seed=0)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from sglang_dcp.exchange.comm import TorchDistCommunicator
+from sglang_dcp.exchange.faults import move_faults
 from sglang_dcp.exchange.kv_pool import KVPool
 from sglang_dcp.exchange.spawn import init_rank
 from sglang_dcp.exchange.transfer import Phase, ShardMove, transfer_shards
@@ -66,6 +67,13 @@ def transfer_worker(rank: int, world_size: int, init_method: str, backend: str) 
         if rank == 1:
             assert [k for k in pool.keys() if k[0] == "a"] == [] and pool.num_free_pages == free
             assert phase.value in res[0].reason or "injected" in res[0].reason, res[0].reason
+
+    # SGLANG_DCP_INJECT_MOVE_FAILURE=1 fails the move through the same handling
+    res = transfer_shards(comm, pool, [ShardMove("a", 0, 1, 0, 8)],
+                          fault=move_faults([ShardMove("a", 0, 1, 0, 8)], 1.0))  # fmt: skip
+    assert not res[0].ok and pool.num_free_pages == free
+    if rank == 0:
+        _expect(pool, "a", 0, 12)
 
     # the receiver is full: nothing moves, the source keeps its shard as it was
     if rank == 1:

@@ -40,12 +40,14 @@ def generate(server, rid, input_ids, **extra):
     return server.post("/generate", payload)
 
 
-def degree_one(home: int, prompt_len: int) -> dict:
+def degree_one(home: int, prompt_len: int, outputs: int = MAX_NEW) -> dict:
+    """The ranges of an unsplit request after ``outputs`` tokens: its KV holds the prompt and
+    every output token but the newest."""
     return {
         "home_rank": home,
         "degree": 1,
         "shard_ranks": [home],
-        "shards": [[home, 0, prompt_len]],
+        "shards": [[home, 0, prompt_len + outputs - 1]],
     }
 
 
@@ -87,7 +89,9 @@ def test_every_streamed_chunk_has_the_placement(server):
             if line.startswith("data:") and line != "data: [DONE]":
                 chunks.append(json.loads(line[len("data:") :]))
     assert len(chunks) >= 2
-    assert all(c["meta_info"]["dcp"] == degree_one(1, len(ids)) for c in chunks)
+    for c in chunks:
+        meta = c["meta_info"]
+        assert meta["dcp"] == degree_one(1, len(ids), meta["completion_tokens"]), meta
 
 
 def degree_counts(body: str) -> dict[str, float]:
@@ -138,6 +142,20 @@ def test_loads_have_the_dcp_section_on_both_ranks(server, include):
         dcp = ld["dcp"]
         assert dcp["guest_kv_tokens"] == 0 and dcp["moves_failed"] == 0
         assert set(GAUGES) <= set(dcp)
+        assert {"kv_tokens", "planner_kv_tokens", "planner_guest_kv_tokens"} <= set(dcp)
     assert "dcp" not in server.get("/v1/loads?include=core")["loads"][0]
     prom = text(server, "/v1/loads?format=prometheus")
     assert 'sglang_dcp_guest_kv_tokens{dp_rank="1"} 0' in prom
+
+
+def test_the_planner_view_next_to_the_ranks_own_count(server):
+    """Reserved KV while a request runs, and nothing on either side once the server is idle."""
+    generate(server, "view", list(range(7, 40)), routed_dp_rank=0)
+
+    def idle_and_equal():
+        for ld in server.get("/v1/loads?include=dcp")["loads"]:
+            d = ld["dcp"]
+            assert (d["planner_kv_tokens"], d["kv_tokens"]) == (0, 0), ld
+            assert d["planner_guest_kv_tokens"] == d["guest_kv_tokens"] == 0, ld
+
+    eventually(idle_and_equal)

@@ -121,6 +121,28 @@ def test_long_prompts_spread_over_ranks_and_match_hf(server, hf):
     wait_drained(server)
 
 
+def _dcp_stats(server):
+    return {x["dp_rank"]: x["dcp"] for x in server.get("/v1/loads?include=dcp")["loads"]}
+
+
+def test_short_requests_never_touch_the_exchange(server, hf):
+    """Sharding on, nothing split: no DCP step, no row through the exchange, SGLang's own
+    attention for every row (split="no" rows stay 0 by construction)."""
+    before = _dcp_stats(server)
+    batch = prompts(seed=9, count=8, lengths=SHORT)
+    with ThreadPoolExecutor(8) as pool:
+        outs = list(pool.map(lambda ids: generate(server, ids), batch))
+    for ids, out in zip(batch, outs):
+        assert out["output_ids"] == hf(ids)
+        assert out["meta_info"]["dcp"]["degree"] == 1
+    after = _dcp_stats(server)
+    for r in range(RANKS):
+        assert after[r]["active_steps"] == before[r]["active_steps"], (before[r], after[r])
+        assert after[r]["exchange_rows_split"] == before[r]["exchange_rows_split"]
+        assert after[r]["exchange_rows_unsplit"] == 0
+    wait_drained(server)
+
+
 def test_same_outputs_as_the_round_robin_server(server, rr_server):
     batch = prompts(seed=5, count=6, lengths=SHORT + LONG + (400,))
     with ThreadPoolExecutor(max_workers=3) as pool:

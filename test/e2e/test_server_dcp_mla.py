@@ -1,6 +1,6 @@
 """End-to-end: an MLA model (the DeepSeek-V3 architecture) with KV spread over DP ranks.
 
-The tiny DeepSeek-V3 (``sglang_dcp.testing.tiny_deepseek``: MLA with q/KV LoRA ranks, YaRN
+The tiny DeepSeek-V3 (``sglang_dcp.tiny_deepseek``: MLA with q/KV LoRA ranks, YaRN
 rope, a dense first layer, grouped top-k MoE with a shared expert) on a real 4-rank CPU server,
 with the same settings and checks as ``test_server_dcp.py`` (whose helpers this reuses): the
 exchange carries SGLang's absorbed queries ``[H, kv_lora_rank + rope]`` and latent partials

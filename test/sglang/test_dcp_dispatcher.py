@@ -20,7 +20,11 @@ from sglang.srt.sampling.sampling_params import SamplingParams  # noqa: E402
 from sglang_dcp import env  # noqa: E402
 from sglang_dcp.planner import ClusterSpec, make_policy  # noqa: E402
 from sglang_dcp.sglang import dpc, plugin  # noqa: E402
-from sglang_dcp.sglang.messages import DcpFinished, DcpGenerateReq  # noqa: E402
+from sglang_dcp.sglang.messages import (  # noqa: E402
+    DcpFinished,
+    DcpGenerateReq,
+    DcpPlannerView,
+)
 from sglang_dcp.sglang.options import DcpOptions  # noqa: E402
 from sglang_dcp.types import Request  # noqa: E402
 
@@ -76,12 +80,21 @@ def controller(sent, monkeypatch):
     monkeypatch.setenv(env.SERVE_OPTIONS_VAR, DcpOptions().to_json())
     c = make_controller()
     plugin._on_dp_controller_ready(None, c)  # the AFTER hook on __init__
+    # the planner's first view to the schedulers (test_ledger.py); these tests follow requests
+    views = [obj for _, obj in sent]  # send_control_message: every worker (control step 1)
+    assert len(views) == NUM_RANKS and all(v == views[0] for v in views)
+    assert views[0].inbox.startswith("tcp://127.0.0.1:") and views[0].kv_tokens == [0] * NUM_RANKS
+    sent.clear()
     return c
 
 
 def to_workers(sent):
-    """(worker, rid) per request sent to a scheduler (a placed one is a DcpGenerateReq)."""
-    return [(sock, obj.rid) for sock, obj in sent if sock.startswith("worker")]
+    """(worker, rid) per request sent to a scheduler (a placed one is a DcpGenerateReq); not
+    the planner's view (``DcpPlannerView``, ledger.py)."""
+    return [
+        (sock, obj.rid) for sock, obj in sent
+        if sock.startswith("worker") and not isinstance(obj, DcpPlannerView)
+    ]  # fmt: skip
 
 
 def test_requests_go_where_the_planner_says(controller, sent):
@@ -149,6 +162,7 @@ def test_an_inactive_routed_rank_is_answered_400(sent, monkeypatch):
     monkeypatch.setenv(env.SERVE_OPTIONS_VAR, DcpOptions().to_json())
     c = make_controller(_active_workers=[0])
     plugin._on_dp_controller_ready(None, c)
+    sent.clear()  # the planner's first view
     c._request_dispatcher(make_req("x", 10, routed_dp_rank=1))
     assert to_workers(sent) == []
     [(_, abort)] = _aborts(sent)

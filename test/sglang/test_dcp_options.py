@@ -52,9 +52,25 @@ def test_launcher_adds_the_backend_and_turns_overlap_off():
     assert launch.sharding_argv(["--x"], o, cuda=False) == [
         "--x", "--attention-backend", "torch_native", "--disable-overlap-schedule"]
     assert launch.sharding_argv(["--x"], o, cuda=True)[2] == "dcp_triton"
+    # decode CUDA graphs stay on (plain + dcp variants); prefill graphs off
     assert launch.sharding_argv(["--attention-backend", "triton"], o, cuda=True) == [
-        "--attention-backend", "triton", "--disable-overlap-schedule", "--disable-cuda-graph"]
+        "--attention-backend", "triton", "--disable-overlap-schedule",
+        "--cuda-graph-backend-prefill", "disabled"]
+    assert "--cuda-graph-backend-prefill" not in launch.sharding_argv(
+        ["--disable-cuda-graph"], o, cuda=True)
     assert launch.sharding_argv(["--x"], DcpOptions(policy="dcp"), cuda=False) == ["--x"]
+
+
+def test_launcher_refuses_graphs_that_would_skip_the_exchange(monkeypatch):
+    o = DcpOptions(policy="dcp", max_degree=2)
+    with pytest.raises(launch.LaunchError, match="--cuda-graph-backend-prefill breakable"):
+        launch.sharding_argv(["--cuda-graph-backend-prefill", "breakable"], o, cuda=True)
+    assert launch.sharding_argv(["--cuda-graph-backend-prefill=disabled"], o, cuda=True)[-1] == (
+        "--disable-overlap-schedule")
+    monkeypatch.setenv("SGLANG_ENABLE_METADATA_GLUE_GRAPH", "1")
+    with pytest.raises(launch.LaunchError, match="SGLANG_ENABLE_METADATA_GLUE_GRAPH"):
+        launch.sharding_argv([], o, cuda=True)
+    assert launch.sharding_argv([], DcpOptions(policy="dcp"), cuda=True) == []
 
 
 def test_flags_reach_the_options(parser):

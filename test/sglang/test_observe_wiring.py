@@ -30,10 +30,13 @@ P1 = Placement("b", 0, (Shard(0, 0, 9),))
 
 
 def req(rid, placement=None):
+    """A request after its prefill output whose sealed shards all shipped."""
     r = object.__new__(Req)
     r.rid = rid
     if placement is not None:
         r.dcp = placement
+        r.origin_input_ids, r.output_ids = list(range(placement.shards[-1].end)), [7]
+        r.dcp_moved = [(s.rank, s.start, s.end) for s in placement.shards[:-1]]
     return r
 
 
@@ -118,8 +121,10 @@ def test_loads_section_is_every_rank_stat_number(monkeypatch):
                              exchange_ms_last_step=1.5, moves_done=3)  # fmt: skip
     s.count_degree(2)
     monkeypatch.setattr(rank_stats, "_STATS", s)
-    snap = observe.after_get_loads(LoadSnapshot(dp_rank=1), object.__new__(SchedulerLoadInquirer))
-    assert snap.dcp == observe.loads_section(s)
+    snap = observe.after_get_loads(
+        LoadSnapshot(dp_rank=1, num_used_tokens=77), object.__new__(SchedulerLoadInquirer)
+    )
+    assert snap.dcp == {**observe.loads_section(s), "kv_tokens": 77}
     assert snap.dcp["guest_kv_tokens"] == 640 and snap.dcp["exchange_ms_last_step"] == 1.5
     assert "dp_rank" not in snap.dcp and "degree_count" not in snap.dcp
     assert set(snap.dcp) == {
@@ -127,6 +132,7 @@ def test_loads_section_is_every_rank_stat_number(monkeypatch):
         "exchange_ms_last_step", "active_steps", "exchange_ms_total", "moves_done",
         "moves_failed", "moved_tokens", "exchange_rows_split", "exchange_rows_unsplit",
         "exchange_eager_steps", "exchange_capacity", "guest_capacity_high_water",
+        "planner_kv_tokens", "planner_guest_kv_tokens", "kv_tokens",
     }  # fmt: skip
     assert snap.to_dict({"dcp"})["dcp"] == snap.dcp and snap.to_dict(None)["dcp"] == snap.dcp
 

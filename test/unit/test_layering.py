@@ -54,3 +54,26 @@ def test_test_module_basenames_are_unique():
     for path in sorted((ROOT / "test").rglob("test_*.py")):
         assert path.name not in seen, f"{path} and {seen[path.name]} share a basename"
         seen[path.name] = path
+
+
+def _imported_modules(path: pathlib.Path) -> set[str]:
+    """Like ``_imports``, plus ``from a import b`` as ``a.b`` (``b`` may be a module)."""
+    names = _imports(path)
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return names
+
+
+def test_shipped_modules_never_import_the_test_harness():
+    """``sglang_dcp.testing`` drives real servers for the tests; the package itself (launchers,
+    the demo, the router) must work without it, so the harness imports shipped code and never
+    the reverse (no import cycle between them either)."""
+    offenders = []
+    for path in sorted(PKG.rglob("*.py")):
+        if (PKG / "testing") in path.parents:
+            continue
+        for name in _imported_modules(path):
+            if name == "sglang_dcp.testing" or name.startswith("sglang_dcp.testing."):
+                offenders.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not offenders, offenders

@@ -3,8 +3,8 @@
 import json
 import os
 
-from sglang_dcp.testing.tiny_deepseek import build, main
-from sglang_dcp.testing.tiny_model import checkpoint_digest
+from sglang_dcp.tiny_deepseek import build, main
+from sglang_dcp.tiny_model import checkpoint_digest
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):

@@ -3,7 +3,7 @@
 import json
 import os
 
-from sglang_dcp.testing.tiny_model import build, checkpoint_digest, main
+from sglang_dcp.tiny_model import build, checkpoint_digest, main
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):

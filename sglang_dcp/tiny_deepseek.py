@@ -1,6 +1,6 @@
 """Write a deterministic random-weight DeepSeek-V3 checkpoint (MLA + grouped top-k MoE).
 
-``python -m sglang_dcp.testing.tiny_deepseek OUT_DIR [--seed N]``
+``python -m sglang_dcp.tiny_deepseek OUT_DIR [--seed N]``
 
 The checkpoint has the real DeepSeek-V3 architecture (HF ``DeepseekV3ForCausalLM`` layout,
 safetensors) at toy size, the config keys of the published ``config.json`` included
@@ -25,7 +25,7 @@ import json
 import os
 import sys
 
-from sglang_dcp.testing.tiny_model import build_tokenizer, checkpoint_digest
+from sglang_dcp.tiny_model import build_tokenizer, checkpoint_digest
 
 TINY_DEEPSEEK_CONFIG = dict(
     vocab_size=512,
@@ -100,7 +100,7 @@ def build(out_dir: str, seed: int = 0) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m sglang_dcp.testing.tiny_deepseek",
+        prog="python -m sglang_dcp.tiny_deepseek",
         description="Write a deterministic random-weight tiny DeepSeek-V3 checkpoint + tokenizer.",
     )
     p.add_argument("out_dir", help="directory to write (created if missing)")

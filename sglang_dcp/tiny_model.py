@@ -1,6 +1,6 @@
 """Write a deterministic random-weight Qwen3-MoE checkpoint and a small local tokenizer.
 
-``python -m sglang_dcp.testing.tiny_model OUT_DIR [--seed N]``
+``python -m sglang_dcp.tiny_model OUT_DIR [--seed N]``
 
 The checkpoint has the real Qwen3-MoE architecture (HF layout, safetensors) at toy size:
 3 layers, hidden 64, 4 query heads / 2 KV heads (GQA), head_dim 16, 8 experts, top-2. The
@@ -118,7 +118,7 @@ def checkpoint_digest(out_dir: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m sglang_dcp.testing.tiny_model",
+        prog="python -m sglang_dcp.tiny_model",
         description="Write a deterministic random-weight tiny Qwen3-MoE checkpoint + tokenizer.",
     )
     p.add_argument("out_dir", help="directory to write (created if missing)")

@@ -1,0 +1,136 @@
+"""``DcpAttnBackend``'s side of SGLang's metadata calls: the static exchange, sized once, and
+what each forward's metadata call prepares (SGLang 0.5.21 ``base_attn_backend`` API).
+
+SGLang calls, per forward, ``init_forward_metadata(fb)`` (eager) or, around CUDA graphs,
+``init_cuda_graph_state`` once, ``init_forward_metadata_out_graph(fb, in_capture)`` before each
+capture and replay (eager host work) and ``init_forward_metadata_in_graph(fb)`` inside the
+captured region. Here those calls load the step's route into the static exchange (once per step,
+``load``) and give the inner backend a view of ``fb`` in which the rows of split requests have
+sequence length 1 (the graph runner's seq-len fill value), so SGLang's own attention never reads
+their moved KV; under graphs that view's ``seq_lens`` is a static tensor and the number of real
+(unpadded) rows lives on the device for the captured row map.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from sglang_dcp.sglang.rank_stats import stats
+
+
+class _Cursor:
+    """Which layer's exchange a forward joins next (a capture has no step)."""
+
+    next_layer = 0
+    done_layer = -1
+
+
+def current_step():
+    from sglang_dcp.sglang.datapath import current_step as cs
+
+    return cs()
+
+
+class MetadataCalls:
+    """Mixed into ``backend.DcpAttnBackend`` (its ``inner``, ``_runner``, sizes)."""
+
+    # -- sizes ----------------------------------------------------------------------------------
+    def ensure_exchange(self):
+        """The static exchange, sized once: home rows ``min(max requests, (W - 1) * C)``, ``C``
+        from ``--dcp-max-guest-items``, KV indices the whole pool."""
+        if self.ex is None:
+            from sglang_dcp.exchange.buffers import ExchangeShape
+            from sglang_dcp.exchange.static import StaticExchange
+            from sglang_dcp.sglang.options import DcpOptions
+
+            r = self._runner
+            cap = DcpOptions.from_env().max_guest_items
+            reqs = r.req_to_token_pool.size + 1
+            shape = ExchangeShape(
+                num_ranks=self.num_ranks,
+                max_local=max(1, min(reqs, (self.num_ranks - 1) * cap)),
+                capacity=cap,
+                num_q_heads=self.num_q_heads,
+                head_dim=self.head_dim,
+                v_head_dim=self.v_head_dim,
+                max_kv_slots=r.token_to_kv_pool.size + r.token_to_kv_pool.page_size + 1,
+                dtype=self.dtype,
+            )
+            self.ex = StaticExchange(shape, self.device, num_row_keys=reqs)
+            stats().exchange_capacity = cap
+        return self.ex
+
+    def needs_eager(self, step) -> bool:
+        """A step the static buffers cannot run in one round (rounds, too many split rows)."""
+        return step.rounds > 1 or step.num_rows > self.ensure_exchange().shape.max_local
+
+    # -- metadata: SGLang's eager and graph entry points ----------------------------------------
+    def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int):
+        self.inner.init_cuda_graph_state(max_bs, max_num_tokens)
+        self.ensure_exchange()
+        self._inner_seq = torch.ones(max_bs, dtype=torch.int32, device=self.device)
+        self._num_real = torch.zeros(1, dtype=torch.long, device=self.device)
+
+    def init_forward_metadata(self, forward_batch):
+        self.inner.init_forward_metadata(self._prepare(forward_batch))
+
+    def init_forward_metadata_out_graph(self, forward_batch, in_capture: bool = False):
+        self.inner.init_forward_metadata_out_graph(
+            self._prepare(forward_batch, in_capture=in_capture), in_capture
+        )
+
+    def init_forward_metadata_in_graph(self, forward_batch):
+        self._capture = _Cursor()  # each captured run starts at the first layer
+        self.inner.init_forward_metadata_in_graph(forward_batch)
+
+    def _prepare(self, fb, *, in_capture: bool = False):
+        """Load the step's route (once per step), and the view of ``fb`` the inner backend
+        gets: split rows at sequence length 1 (never reading their moved KV)."""
+        self._inner_fb = None
+        if in_capture:
+            self.ensure_exchange().clear()
+            self._capture = _Cursor()
+            return fb
+        step = current_step()
+        if step is None or not step.active:
+            return fb
+        ex = self.load(step)
+        if not fb.forward_mode.is_decode_or_idle() or fb.req_pool_indices is None:
+            return fb
+        bs = fb.req_pool_indices.shape[0]
+        split = ex.row_index(fb.req_pool_indices) < ex.shape.max_local
+        view = copy.copy(fb)
+        if self._num_real is not None:  # rows past it are graph-replay padding
+            self._num_real.fill_(bs - int(getattr(fb, "num_padding", 0) or 0))
+        if self._inner_seq is not None and bs <= self._inner_seq.shape[0]:  # graph-sized
+            seq = self._inner_seq[:bs]
+            seq.copy_(torch.where(split, 1, fb.seq_lens))
+        else:
+            seq = torch.where(split, torch.ones_like(fb.seq_lens), fb.seq_lens)
+        view.seq_lens = seq
+        cpu = getattr(fb, "seq_lens_cpu", None)
+        if cpu is not None:
+            view.seq_lens_cpu = torch.where(split.cpu(), 1, cpu)
+        self._inner_fb = (fb, view)
+        return view
+
+    def load(self, step):
+        """Lay ``step``'s route out in the static exchange, once per step (from the metadata
+        call, or from the first layer on a rank whose idle batch skips it)."""
+        ex = self.ensure_exchange()
+        if not step.loaded:
+            ex.load(step.route, rounds=step.rounds, tag=step.tag, row_keys=step.row_keys)
+            step.loaded = True
+            s = stats()
+            s.active_steps += 1
+            s.exchange_rows_split += step.num_rows
+            s.exchange_eager_steps += int(self.needs_eager(step))
+            s.guest_capacity_high_water = ex.high_water
+        return ex
+
+    def _view_for_inner(self, fb):
+        held = self._inner_fb
+        return held[1] if held is not None and held[0] is fb else fb
+
