@@ -26,10 +26,17 @@ from sglang_dcp.testing.server import tiny_dp_args
 pytestmark = pytest.mark.e2e
 
 
+# Two servers load at once (and other tests' may too): SGLang's CPU memory profile at startup
+# sees the others' allocations, and 0.05 of host memory (tiny_dp_args) then fails with "Loaded
+# weights leave no GPU memory for the KV cache"; a larger fraction with the pool capped instead
+# (as launch_router --demo does). 16k tokens x 576 B (3 layers x 48 fp32 latent) per rank.
+POOL = ["--mem-fraction-static", "0.2", "--max-total-tokens", "16384"]
+
+
 @pytest.fixture(scope="module")
 def servers(launch_server, tiny_deepseek_path):
     """(the DCP server, the same with the round-robin baseline), started together."""
-    args = tiny_dp_args(tiny_deepseek_path, RANKS)
+    args = [*tiny_dp_args(tiny_deepseek_path, RANKS), *POOL]
     with ThreadPoolExecutor(max_workers=2) as pool:
         dcp = pool.submit(launch_server, [*args, *SHARD_ARGS], env=ENV, startup_timeout=900)
         rr = pool.submit(
