@@ -1,8 +1,9 @@
 """End-to-end: an MLA model (the DeepSeek-V3 architecture) with KV spread over DP ranks.
 
 The tiny DeepSeek-V3 (``sglang_dcp.tiny_deepseek``: MLA with q/KV LoRA ranks, YaRN
-rope, a dense first layer, grouped top-k MoE with a shared expert) on a real 4-rank CPU server,
-with the same settings and checks as ``test_server_dcp.py`` (whose helpers this reuses): the
+rope, a dense first layer, grouped top-k MoE with a shared expert) served by ``launch_server
+--demo --demo-model tiny-deepseek-v3`` (4 CPU ranks, DP attention, KV sharding) with the planner
+budget and checks of ``test_server_dcp.py`` (whose helpers this reuses): the
 exchange carries SGLang's absorbed queries ``[H, kv_lora_rank + rope]`` and latent partials
 ``[H, kv_lora_rank]``; ``SGLANG_DCP_POISON_MOVED=1`` makes the home's copy of every shipped
 latent shard NaN, so an output can only be right if attention read the guest shards.
@@ -22,6 +23,7 @@ from hf_reference import hf_greedy, prompts
 from test_server_dcp import ENV, LONG, RANKS, SHARD_ARGS, SHORT, generate, loads, shipped, wait_drained
 
 from sglang_dcp.testing.server import tiny_dp_args
+from sglang_dcp.tiny_model import checkpoint_digest
 
 pytestmark = pytest.mark.e2e
 
@@ -34,17 +36,25 @@ POOL = ["--mem-fraction-static", "0.2", "--max-total-tokens", "16384"]
 
 
 @pytest.fixture(scope="module")
-def servers(launch_server, tiny_deepseek_path):
-    """(the DCP server, the same with the round-robin baseline), started together."""
-    args = [*tiny_dp_args(tiny_deepseek_path, RANKS), *POOL]
+def servers(launch_server, tiny_deepseek_path, tmp_path_factory):
+    """(the DCP server, the same model with the round-robin baseline), started together. The DCP
+    one is ``--demo --demo-model tiny-deepseek-v3`` (4 ranks, sharding on) with this file's
+    planner budget; the demo builds its model in the cache folder, byte-identical to the
+    fixture's (checked)."""
+    cache = tmp_path_factory.mktemp("cache")
+    demo = ["--demo", "--demo-model", "tiny-deepseek-v3", *SHARD_ARGS, *POOL]
+    rr_args = [*tiny_dp_args(tiny_deepseek_path, RANKS), *POOL, *SHARD_ARGS[:1]]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        dcp = pool.submit(launch_server, [*args, *SHARD_ARGS], env=ENV, startup_timeout=900)
+        env = {**ENV, "SGLANG_DCP_CACHE_DIR": str(cache)}
+        dcp = pool.submit(launch_server, demo, env=env, startup_timeout=900)
         rr = pool.submit(
-            launch_server,
-            [*args, *SHARD_ARGS[:1], "--dcp-policy", "round_robin"],
-            startup_timeout=900,
+            launch_server, [*rr_args, "--dcp-policy", "round_robin"], startup_timeout=900
         )
-        return dcp.result(), rr.result()
+        dcp, rr = dcp.result(), rr.result()
+    built = checkpoint_digest(str(cache / "tiny-deepseek-v3-seed0"))
+    assert built == checkpoint_digest(tiny_deepseek_path)
+    assert len(dcp.get("/v1/loads")["loads"]) == RANKS
+    return dcp, rr
 
 
 @pytest.fixture(scope="module")
