@@ -8,6 +8,8 @@ scenario (``scenario.py``): prompts are prefilled at home and their sealed shard
 ``transfer_shards``; requests finish and arrive; one sealed shard migrates mid-run. The parent
 replays the same stack in float64 over the unsharded KV and compares every step's attention
 output of every request and layer. Prints ``max_rel_err=<value>`` last; exit 0 iff <= 1e-5.
+``--mla``: SGLang's absorbed MLA shapes (one latent KV head, V a view of its first columns,
+latent partials merged; ``toy_stack.py``).
 """
 
 from __future__ import annotations
@@ -18,8 +20,7 @@ import os
 import sys
 import tempfile
 import traceback
-import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 
@@ -29,96 +30,20 @@ from sglang_dcp.exchange.comm import (
     TorchDistCommunicator,
 )
 from sglang_dcp.exchange.exchange import default_kernels
-from sglang_dcp.exchange.kv_pool import KVPool
 from sglang_dcp.exchange.route import max_pair_items, tokens_on
 from sglang_dcp.exchange.scenario import make_scenario
 from sglang_dcp.exchange.spawn import init_rank, run_ranks
+from sglang_dcp.exchange.toy_stack import (
+    CheckConfig,
+    ToyStack,
+    Weights,
+    make_pool,
+    reference_errors,
+)
 from sglang_dcp.exchange.transfer import ShardMove, transfer_shards
 from sglang_dcp.runner.graph import DecodeRunner, capture_buckets
 
 TOLERANCE = 1e-5
-
-
-@dataclass(frozen=True, slots=True)
-class CheckConfig:
-    world_size: int
-    steps: int
-    seed: int
-    num_layers: int = 3
-    hidden: int = 32
-    num_q_heads: int = 4
-    num_kv_heads: int = 2
-    head_dim: int = 16
-    page_size: int = 4
-    max_pages: int = 4  # per sealed shard
-    capacity: int = 0  # largest per-peer capacity bucket; 0: enough for one round
-    impl: str = "auto"  # kernels: auto | torch | triton
-    device: str = "cpu"  # "cuda": each rank's current CUDA device (gloo: ranks share GPUs)
-    cuda_graph: bool = False  # capture one graph per bucket (CUDA only)
-    backend: str = "gloo"
-
-
-def _randn(*shape: int, key: tuple) -> torch.Tensor:
-    g = torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
-    return torch.randn(*shape, generator=g)
-
-
-def _rid_num(rid: str) -> int:
-    return int(rid[1:])
-
-
-class Weights:
-    def __init__(self, cfg: CheckConfig, dtype: torch.dtype = torch.float32) -> None:
-        c, s = cfg, 1 / math.sqrt(cfg.hidden)
-        self.cfg = cfg
-        L, H, Hq, Hkv, D = c.num_layers, c.hidden, c.num_q_heads, c.num_kv_heads, c.head_dim
-        self.wq = [(_randn(H, Hq * D, key=(c.seed, "wq", l)) * s).to(dtype) for l in range(L)]
-        self.wk = [(_randn(H, Hkv * D, key=(c.seed, "wk", l)) * s).to(dtype) for l in range(L)]
-        self.wv = [(_randn(H, Hkv * D, key=(c.seed, "wv", l)) * s).to(dtype) for l in range(L)]
-        so = 1 / math.sqrt(Hq * D)
-        self.wo = [(_randn(Hq * D, H, key=(c.seed, "wo", l)) * so).to(dtype) for l in range(L)]
-
-    def to(self, device: torch.device) -> "Weights":
-        for name in ("wq", "wk", "wv", "wo"):
-            setattr(self, name, [t.to(device) for t in getattr(self, name)])
-        return self
-
-    def prompt_kv(self, rid: str, layer: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        c = self.cfg
-        key = (c.seed, _rid_num(rid), layer)
-        return (
-            _randn(n, c.num_kv_heads, c.head_dim, key=("k",) + key),
-            _randn(n, c.num_kv_heads, c.head_dim, key=("v",) + key),
-        )
-
-    def x0(self, rid: str, t: int) -> torch.Tensor:
-        return _randn(self.cfg.hidden, key=(self.cfg.seed, "x", _rid_num(rid), t))
-
-
-class ToyStack:
-    """The attention stack driven by ``DecodeRunner`` (implements ``DecodeModel``)."""
-
-    def __init__(self, w: Weights, pool: KVPool) -> None:
-        self.w, self.pool = w, pool
-
-    def make_io(self, max_local: int, device) -> dict[str, torch.Tensor]:
-        c = self.w.cfg
-        return {
-            "x": torch.zeros(max_local, c.hidden, device=device),
-            "loc": torch.zeros(max_local, dtype=torch.long, device=device),
-            "attn": torch.zeros(max_local, c.num_layers, c.num_q_heads, c.head_dim, device=device),
-        }
-
-    def forward(self, io, attend) -> None:
-        c, w = self.w.cfg, self.w
-        x, loc = io["x"], io["loc"]
-        B = x.shape[0]
-        for l in range(c.num_layers):
-            self.pool.k[l].index_copy_(0, loc, (x @ w.wk[l]).view(B, c.num_kv_heads, c.head_dim))
-            self.pool.v[l].index_copy_(0, loc, (x @ w.wv[l]).view(B, c.num_kv_heads, c.head_dim))
-            o = attend(l, (x @ w.wq[l]).view(B, c.num_q_heads, c.head_dim))
-            io["attn"][:, l].copy_(o)
-            x = x + o.reshape(B, -1) @ w.wo[l]
 
 
 def _worker(rank: int, world_size: int, init_method: str, backend: str, cfg_d: dict, out: str):
@@ -149,14 +74,7 @@ def run_rank(rank: int, cfg: CheckConfig, comm: Communicator, out: str) -> None:
     # room for every request ever held at once on one rank (prefill at home, then decode)
     most = sum(pages(p) for p in steps[-1].placements)
     most += sum(pages(p) for s in steps for p in s.arrivals)
-    pool = KVPool(
-        num_layers=cfg.num_layers,
-        num_pages=most + cfg.steps + 2,
-        page_size=cfg.page_size,
-        num_kv_heads=cfg.num_kv_heads,
-        head_dim=cfg.head_dim,
-        device=dev,
-    )
+    pool = make_pool(cfg, most + cfg.steps + 2, dev)
     max_batch = max(sum(p.home_rank == r for p in s.placements) for s in steps for r in range(W))
     max_pair = max(max_pair_items(s.placements, W) for s in steps)
     runner = DecodeRunner(
@@ -165,7 +83,7 @@ def run_rank(rank: int, cfg: CheckConfig, comm: Communicator, out: str) -> None:
         model=ToyStack(w, pool),
         num_q_heads=cfg.num_q_heads,
         head_dim=cfg.head_dim,
-        v_head_dim=cfg.head_dim,
+        v_head_dim=cfg.v_head_dim,
         sm_scale=1 / math.sqrt(cfg.head_dim),
         buckets=capture_buckets(max(1, max_batch), cfg.capacity or max(1, max_pair)),
         kernels=default_kernels(cfg.impl),
@@ -224,47 +142,6 @@ def run_rank(rank: int, cfg: CheckConfig, comm: Communicator, out: str) -> None:
     comm.barrier()
 
 
-def reference_errors(cfg: CheckConfig, results: dict) -> tuple[float, str]:
-    """Replay the stack in float64 over unsharded KV; (max relative error, where it occurred)."""
-    w = Weights(cfg)
-    f64 = lambda ts: [t.double() for t in ts]  # noqa: E731
-    wq, wk, wv, wo = f64(w.wq), f64(w.wk), f64(w.wv), f64(w.wo)
-    Hq, Hkv, D = cfg.num_q_heads, cfg.num_kv_heads, cfg.head_dim
-    kv: dict[str, list[list[torch.Tensor]]] = {}
-    worst, where = 0.0, "no outputs"
-    scenario = make_scenario(
-        cfg.world_size, cfg.steps, cfg.seed, page_size=cfg.page_size, max_pages=cfg.max_pages
-    )
-    for st in scenario:
-        for rid in st.finishes:
-            del kv[rid]
-        for p in st.arrivals:
-            n = p.shards[-1].end
-            kv[p.rid] = [
-                [t.double() for t in w.prompt_kv(p.rid, l, n)] for l in range(cfg.num_layers)
-            ]
-        for p in st.placements:
-            got = results.get((st.t, p.rid))
-            if got is None:
-                return math.inf, f"step {st.t}: no output for {p.rid} from home rank {p.home_rank}"
-            x = w.x0(p.rid, st.t).double()
-            for l in range(cfg.num_layers):
-                k, v = kv[p.rid][l]
-                k = torch.cat([k, (x @ wk[l]).view(1, Hkv, D)])
-                v = torch.cat([v, (x @ wv[l]).view(1, Hkv, D)])
-                kv[p.rid][l] = [k, v]
-                q = (x @ wq[l]).view(Hkv, Hq // Hkv, D)
-                s = torch.einsum("hgd,nhd->hgn", q, k) / math.sqrt(D)
-                o = torch.einsum("hgn,nhd->hgd", torch.softmax(s, -1), v).reshape(Hq, D)
-                err = float((got[l].double() - o).abs().max() / o.abs().max().clamp_min(1e-30))
-                if not err <= worst:
-                    worst = err if not math.isnan(err) else math.inf
-                    where = (f"step {st.t} layer {l} request {p.rid} (home {p.home_rank}, shards "
-                             f"{[(s.rank, s.start, s.end) for s in p.shards]})")
-                x = x + o.reshape(-1) @ wo[l]
-    return worst, where
-
-
 def collect_results(cfg: CheckConfig, timeout_s: float = 300) -> tuple[dict, dict]:
     """Run the ranks; ((step, rid) -> attention outputs [num_layers, num_q_heads, head_dim],
     run statistics)."""
@@ -320,6 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--cuda-graph", action="store_true", help="capture/replay per bucket (with --backend nccl)"
     )
+    ap.add_argument(
+        "--mla", action="store_true",
+        help="MLA shapes (DeepSeek-V3's absorbed path at the tiny model's size: q [H, 48], one "
+        "latent KV head [48] whose first 32 columns are V, latent outputs [H, 32])",
+    )  # fmt: skip
     ap.add_argument("--timeout", type=float, default=300, help="seconds before the ranks are killed")
     a = ap.parse_args(argv)
     device = a.device if a.device != "auto" else ("cuda" if a.backend == "nccl" else "cpu")
@@ -329,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--cuda-graph needs --backend nccl (a graph cannot capture gloo's host copies)")
     if device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda (or --backend nccl): no CUDA device is visible")
-    cfg = CheckConfig(
+    make = CheckConfig.for_mla if a.mla else CheckConfig
+    cfg = make(
         a.world_size, a.steps, a.seed, num_layers=a.layers, capacity=a.capacity, impl=a.impl,
         device=device, cuda_graph=a.cuda_graph, backend=a.backend,
     )
@@ -337,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     err, where = reference_errors(cfg, results)
     print(
         f"world_size={cfg.world_size} steps={cfg.steps} seed={cfg.seed} layers={cfg.num_layers} "
+        f"{'mla ' if cfg.mla else ''}"
         f"outputs={len(results)} guest_items={stats['guest_items']} "
         f"shard_moves={stats['moves']} max_rounds={stats['max_rounds']}"
     )

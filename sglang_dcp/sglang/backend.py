@@ -24,7 +24,9 @@ call (``init_cuda_graph_state`` on GPU) and never reallocated:
   every layer of every rank) runs its exchange there.
 
 Shapes: ``q [num_tokens, H * D]``, output ``[num_tokens, H * Dv]``; per rank ``H`` is the model's
-query heads (``attn_tp_size == 1``). MLA models are not supported by this backend yet.
+query heads (``attn_tp_size == 1``). MLA models (``mla.py``): SGLang's absorbed path, ``D =
+kv_lora_rank + rope``, ``Dv = kv_lora_rank``, one latent KV head whose first ``Dv`` columns are V;
+the output is the latent, merged across ranks before the model applies W_UV.
 """
 
 from __future__ import annotations
@@ -57,11 +59,6 @@ class DcpAttnBackend(MetadataCalls):
     def __init__(self, inner, runner) -> None:
         from sglang.srt.runtime_context import get_parallel
 
-        if getattr(runner, "use_mla_backend", False):
-            raise NotImplementedError(
-                f"--attention-backend {NAME} does not support MLA models yet; serve them with "
-                "--dcp-max-degree 1 and SGLang's own MLA backend"
-            )
         par = get_parallel()
         if par.attn_tp_size != 1:
             raise NotImplementedError(
@@ -75,10 +72,12 @@ class DcpAttnBackend(MetadataCalls):
                 f"--attention-backend {NAME}: {type(runner.model).__name__} does not run its "
                 "attention through SGLang's layer boundary; serve it with --dcp-max-degree 1"
             )
-        mc = runner.model_config
+        from sglang_dcp.sglang.mla import attention_dims
+
+        heads, d, dv = attention_dims(runner)  # MLA: the absorbed path's latent (mla.py)
         self._init_state(
-            inner, runner, num_ranks=par.tp_group.world_size, num_q_heads=mc.num_attention_heads,
-            head_dim=mc.head_dim, v_head_dim=getattr(mc, "v_head_dim", None) or mc.head_dim,
+            inner, runner, num_ranks=par.tp_group.world_size, num_q_heads=heads, head_dim=d,
+            v_head_dim=dv,
         )  # fmt: skip
 
     def _init_state(self, inner, runner, *, num_ranks, num_q_heads, head_dim, v_head_dim):
@@ -110,11 +109,13 @@ class DcpAttnBackend(MetadataCalls):
         if self._scaling is None:
             from sglang.srt.layers.radix_attention import RadixAttention
 
-            self._scaling = {
-                m.layer_id: float(m.scaling)
-                for m in self._runner.model.modules()
-                if isinstance(m, RadixAttention)
-            }
+            self._scaling = {}
+            for m in self._runner.model.modules():
+                # MLA layers also hold an MHA RadixAttention (prefill): take the exchange's
+                if isinstance(m, RadixAttention) and (
+                    m.layer_id not in self._scaling or m.qk_head_dim == self.head_dim
+                ):
+                    self._scaling[m.layer_id] = float(m.scaling)
         return self._scaling[layer_id]
 
     def _attention_fns(self):

@@ -180,7 +180,32 @@ def apply_sglang_fixes() -> list[str]:
     if not hasattr(TorchNativeAttnBackend, "get_cpu_graph_seq_len_fill_value"):
         TorchNativeAttnBackend.get_cpu_graph_seq_len_fill_value = lambda self: 1
         applied.append("TorchNativeAttnBackend.get_cpu_graph_seq_len_fill_value")
+    if "sglang.srt.managers.scheduler" not in sys.modules:
+        return applied  # the rest only matters where models run; its imports cost ~1 s elsewhere
+    # Upstream symptom: DeepSeek-V3 (MLA) prefill on torch_native fails with "Expected size for
+    # first two dimensions of batch2 tensor ..." (the MHA path vs the latent pool; sglang/mla.py).
+    from sglang_dcp.sglang.mla import register_cpu_mla_handler
+
+    if register_cpu_mla_handler():
+        applied.append("deepseek AttentionBackendRegistry['torch_native'] (absorbed MLA)")
+    # Upstream symptom: DeepSeek-V3's grouped top-k (layers/moe/topk.py, @torch.compile) builds
+    # C++ per process and shape on CPU (seconds each), and DP ranks compiling the same kernel race
+    # on SGLang's shared inductor cache: "InductorError: ImportError: ....main.so: file too
+    # short". The routing functions run eagerly instead (same math).
+    applied += _eager_moe_routing()
     return applied
+
+
+def _eager_moe_routing() -> list[str]:
+    import sglang.srt.layers.moe.topk as topk
+
+    done = []
+    for name, fn in list(vars(topk).items()):
+        orig = getattr(fn, "_torchdynamo_orig_callable", None)
+        if orig is not None:
+            setattr(topk, name, orig)
+            done.append(f"topk.{name} (eager)")
+    return done
 
 
 def install_pth(site_dir: str | None = None) -> str:

@@ -36,6 +36,7 @@ import torch
 from sglang_dcp import env
 from sglang_dcp.planner.base import Migration
 from sglang_dcp.sglang import ledger
+from sglang_dcp.sglang.mla import pool_layers
 from sglang_dcp.sglang.rank_stats import stats
 from sglang_dcp.sglang.step import Decoding, RankNews, plan_step, runtime_shards
 from sglang_dcp.sglang.step_build import DcpStep, build_step, check_against_batch, is_decoding
@@ -234,7 +235,7 @@ class RankRuntime:
     def _check_not_poisoned(self, local_batch, model_runner) -> None:
         """Debug check under ``SGLANG_DCP_POISON_MOVED=1``: no KV this rank is about to read
         for its decode rows (all but the newest token, minus shipped ranges) is NaN."""
-        k = model_runner.token_to_kv_pool.k_buffer[0]
+        k = pool_layers(model_runner.token_to_kv_pool)[0][0]
         req_to_token = model_runner.req_to_token_pool.req_to_token
         for req, seq_len in zip(local_batch.reqs, local_batch.seq_lens_cpu.tolist()):
             moved = self.moved_rows.get(req.kv.req_pool_idx, [])
@@ -262,12 +263,8 @@ class RankRuntime:
         from sglang_dcp.exchange.transfer import transfer_shards
         from sglang_dcp.sglang.kv_adapter import SGLangKVPool
 
-        kv = model_runner.token_to_kv_pool
-        pool = SGLangKVPool(
-            self.scheduler.token_to_kv_pool_allocator,
-            [kv.k_buffer[i] for i in range(kv.layer_num)],
-            [kv.v_buffer[i] for i in range(kv.layer_num)],
-        )
+        k_layers, v_layers = pool_layers(model_runner.token_to_kv_pool)  # MLA: latent only
+        pool = SGLangKVPool(self.scheduler.token_to_kv_pool_allocator, k_layers, v_layers)
         req_to_token = model_runner.req_to_token_pool.req_to_token
         offered = {}
         for m in moves:
@@ -283,7 +280,7 @@ class RankRuntime:
                 m = res.move
                 if res.ok and m.src == self.rank:
                     slots = offered[(m.rid, m.start)]
-                    for buf in (*kv.k_buffer, *kv.v_buffer):
+                    for buf in (*k_layers, *v_layers):
                         buf[slots] = float("nan")
                     logger.info(
                         "sglang_dcp: poisoned slots %s..%s (%d) of %s [%d, %d)",

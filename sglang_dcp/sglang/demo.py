@@ -10,7 +10,12 @@ the demo set say so (``demo_note``). Pure Python: no SGLang import.
 
 from __future__ import annotations
 
-DEMO_MODEL_NAME = "tiny-qwen3-moe-seed0"
+# --demo-model NAME -> the module whose build(out_dir, seed) writes that checkpoint
+DEMO_MODELS = {
+    "tiny-qwen3-moe": "sglang_dcp.tiny_model",  # GQA
+    "tiny-deepseek-v3": "sglang_dcp.tiny_deepseek",  # MLA, grouped top-k, shared expert
+}
+DEFAULT_DEMO_MODEL = "tiny-qwen3-moe"
 DEMO_DP_SIZE = 4
 # A small planner budget per rank, so that a prompt of a few thousand tokens cannot sit on one
 # rank and is spread over several (SGLang's own pools stay larger: the home prefills it whole).

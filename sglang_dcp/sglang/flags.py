@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from sglang_dcp.planner.profile import available_profiles
-from sglang_dcp.sglang.demo import DEMO_DP_SIZE
+from sglang_dcp.sglang.demo import DEFAULT_DEMO_MODEL, DEMO_DP_SIZE, DEMO_MODELS
 from sglang_dcp.sglang.options import (
     ATTENTION_BACKEND,
     DEFAULT_PROFILE,
@@ -47,9 +47,16 @@ def add_dcp_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--demo",
         action="store_true",
-        help="Serve the embedded default: a tiny random Qwen3-MoE (created under "
+        help="Serve the embedded default: a tiny random MoE model (--demo-model; created under "
         "$SGLANG_DCP_CACHE_DIR if missing) on CPU with DP attention over "
         f"{DEMO_DP_SIZE} ranks. Other flags given override the demo's.",
+    )
+    group.add_argument(
+        "--demo-model",
+        choices=sorted(DEMO_MODELS),
+        default=None,
+        help=f"The model --demo serves: {DEFAULT_DEMO_MODEL} (default; GQA) or tiny-deepseek-v3 "
+        "(the DeepSeek-V3 architecture: MLA, grouped top-k MoE with a shared expert).",
     )
     group.add_argument(
         "--dcp-policy",

@@ -5,6 +5,8 @@ Accepts every ``python -m sglang.launch_server`` argument, plus:
   --demo   serve the embedded default: a tiny random-weight Qwen3-MoE (made in the cache
            folder if missing) on CPU with DP attention over 4 DP ranks, KV sharding on and a
            1024-token planner budget per rank, so prompts over ~1000 tokens span ranks.
+  --demo-model tiny-deepseek-v3
+           the same with a tiny DeepSeek-V3-architecture model (MLA) instead.
   --dcp-policy, --dcp-cost-profile, --dcp-max-degree, --dcp-min-shard-tokens, --dcp-kv-capacity,
   --dcp-queue-max-bypass, --dcp-slo-tpot-ms, --dcp-split-rule
            the planner in the DP controller (on by default with DP attention over > 1 rank);
@@ -25,6 +27,7 @@ arguments end with one ``error:`` line and exit code 2.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import socket
 import sys
@@ -35,8 +38,9 @@ import warnings
 
 from sglang_dcp import env
 from sglang_dcp.sglang import quiet
-from sglang_dcp.sglang.demo import DEMO_MODEL_NAME, demo_argv, demo_note
+from sglang_dcp.sglang.demo import DEFAULT_DEMO_MODEL, DEMO_MODELS, demo_argv, demo_note
 from sglang_dcp.sglang.flags import add_dcp_args, split_argv, translate_lb_method
+from sglang_dcp.sglang.mla import UNQUANTIZED_KV, quantized_kv_error
 from sglang_dcp.sglang.options import ATTENTION_BACKEND, DcpOptions, OptionsError, resolve
 
 PROG = "python -m sglang_dcp.launch_server"
@@ -68,12 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def demo_model_path() -> str:
-    """The demo checkpoint, built on first use."""
-    path = os.path.join(env.cache_dir(), DEMO_MODEL_NAME)
+def demo_model_path(name: str = DEFAULT_DEMO_MODEL) -> str:
+    """The checkpoint of demo model ``name`` (``demo.DEMO_MODELS``), built on first use."""
+    path = os.path.join(env.cache_dir(), f"{name}-seed0")
     if not os.path.exists(os.path.join(path, "model.safetensors")):
-        from sglang_dcp.tiny_model import build
-
+        build = importlib.import_module(DEMO_MODELS[name]).build
         print(f"[sglang-dcp] building the demo model in {path}", flush=True)
         tmp = path + f".tmp{os.getpid()}"
         build(tmp, seed=0)
@@ -142,6 +145,9 @@ def dcp_options(ns: argparse.Namespace) -> DcpOptions:
             f"--attention-backend {ns.attention_backend} needs CUDA; on CPU the DCP exchange "
             "runs over torch_native (drop the flag)"
         )
+    kv_dtype = getattr(ns, "kv_cache_dtype", None) or "auto"
+    if opts.sharding and kv_dtype not in UNQUANTIZED_KV:
+        raise LaunchError(quantized_kv_error(kv_dtype, _has_cuda()))
     if opts.enabled and (getattr(ns, "tokenizer_worker_num", 1) or 1) > 1:
         raise LaunchError(
             "--tokenizer-worker-num > 1 is not supported with the sglang-dcp planner yet; "
@@ -324,8 +330,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         demo_set: set[str] = set()
+        if ours.demo_model and not ours.demo:
+            raise LaunchError("--demo-model applies only with --demo (or pass --model-path PATH)")
         if ours.demo:
-            argv, demo_set = demo_argv(argv, demo_model_path())
+            argv, demo_set = demo_argv(argv, demo_model_path(ours.demo_model or DEFAULT_DEMO_MODEL))
         # Loads sglang_dcp's plugin (and any other installed one) before argument parsing,
         # as sglang.launch_server does, so plugin-added choices are accepted.
         with warnings.catch_warnings():

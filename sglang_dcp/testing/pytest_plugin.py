@@ -2,7 +2,8 @@
 
 Enable with ``pytest_plugins = ["sglang_dcp.testing.pytest_plugin"]`` in a conftest.
 
-- ``tiny_model_path``: the tiny Qwen3-MoE checkpoint, built once per session.
+- ``tiny_model_path``: the tiny Qwen3-MoE checkpoint, built once per session;
+  ``tiny_deepseek_path``: the tiny DeepSeek-V3 (MLA) one.
 - ``launch_server``: a factory ``launch_server(args, **kw) -> ServerProcess``; every server it
   started is stopped at the end of the fixture's scope (module), and a test fails if a server
   left processes behind. Safe to call from several threads (start servers in parallel).
@@ -28,6 +29,13 @@ def tiny_model_path(tmp_path_factory) -> str:
     from sglang_dcp.tiny_model import build
 
     return build(str(tmp_path_factory.mktemp("models") / "tiny-qwen3-moe"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_deepseek_path(tmp_path_factory) -> str:
+    from sglang_dcp.tiny_deepseek import build
+
+    return build(str(tmp_path_factory.mktemp("models") / "tiny-deepseek-v3"), seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 import math
 
 import pytest
+import torch
 
 from sglang_dcp.exchange.selfcheck import TOLERANCE, CheckConfig, collect_results, reference_errors
 
@@ -26,6 +27,32 @@ def test_selfcheck(world_size, seed, steps, capacity):
     assert stats["moves"] > 0 and stats["guest_items"] > 0
     if capacity == 1:
         assert stats["max_rounds"] > 1
+
+
+@pytest.mark.parametrize("world_size, seed, capacity", [(3, 1, 0), (4, 4, 1)])
+def test_selfcheck_mla(world_size, seed, capacity):
+    """SGLang's absorbed MLA shapes: one latent KV head, V a view of its first columns, latent
+    partials merged at home (``--mla``)."""
+    cfg = CheckConfig.for_mla(world_size, 5, seed, capacity=capacity, **SMALL)
+    assert (cfg.num_kv_heads, cfg.head_dim, cfg.v_head_dim) == (1, 48, 32)
+    results, stats = collect_results(cfg, timeout_s=120)
+    err, where = reference_errors(cfg, results)
+    assert err <= TOLERANCE, f"max_rel_err={err:.3e} at {where}"
+    assert stats["moves"] > 0 and stats["guest_items"] > 0
+    assert next(iter(results.values())).shape == (2, 4, 32)  # [layers, H, kv_lora_rank]
+
+
+def test_selfcheck_mla_triton_interpreter():
+    """MLA through the Triton kernels (interpreted): K tiles reused as V (V_FROM_K)."""
+    from sglang_dcp.exchange.toy_stack import make_pool
+    from sglang_dcp.kernels.ops import decode_config
+
+    cfg = CheckConfig.for_mla(2, 2, 5, num_layers=1, impl="triton", max_pages=2)
+    pool = make_pool(cfg, 4, "cpu")
+    assert decode_config(torch.zeros(1, 4, 48), pool.k[0], pool.v[0]).v_from_k
+    results, _ = collect_results(cfg, timeout_s=240)
+    err, where = reference_errors(cfg, results)
+    assert err <= TOLERANCE, f"max_rel_err={err:.3e} at {where}"
 
 
 def test_selfcheck_reports_divergence():

@@ -57,3 +57,15 @@ def test_help_lists_sglang_and_dcp_flags():
     proc = _run(["--help"])
     assert proc.returncode == 0
     assert "--enable-dp-attention" in proc.stdout and "--demo" in proc.stdout
+
+
+def test_quantized_kv_cache_with_kv_sharding(tiny_deepseek_path):
+    """FP8 KV: SGLang's CPU attention cannot read it; on GPU the exchange lacks the scales."""
+    proc = _run(["--model-path", tiny_deepseek_path, "--tp-size", "2", "--dp-size", "2",
+                 "--enable-dp-attention", "--disable-radix-cache", "--kv-cache-dtype",
+                 "fp8_e4m3"])  # fmt: skip
+    _assert_one_line_error(proc, "--kv-cache-dtype fp8_e4m3", "drop --kv-cache-dtype")
+
+
+def test_demo_model_needs_demo():
+    _assert_one_line_error(_run(["--demo-model", "tiny-deepseek-v3"]), "--demo-model", "--demo")

@@ -44,3 +44,21 @@ def test_apply_fixes_is_idempotent():
 
     cpu_compat.apply_sglang_fixes()
     assert cpu_compat.apply_sglang_fixes() == []
+
+
+def test_deepseek_fixes_where_models_run():
+    """In a scheduler-like process: DeepSeek's torch_native handler takes the absorbed MLA path
+    for a fresh prefill too, and the MoE routing's compiled functions run eagerly."""
+    code = (
+        "import types, sglang.srt.managers.scheduler\n"
+        "from sglang_dcp.sglang import cpu_compat\n"
+        "fixed = cpu_compat.apply_sglang_fixes()\n"
+        "from sglang.srt.models.deepseek_common.attention_backend_handler import "
+        "AttentionBackendRegistry as R\n"
+        "import sglang.srt.layers.moe.topk as t\n"
+        "print(any('absorbed MLA' in f for f in fixed), R.get_handler('torch_native')("
+        "types.SimpleNamespace(), None).name, hasattr(t.biased_grouped_topk_impl, "
+        "'_torchdynamo_orig_callable'), cpu_compat.apply_sglang_fixes())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip().splitlines()[-1] == "True MLA False []", out.stderr[-2000:]

@@ -69,3 +69,15 @@ def test_typed_flags_win_and_are_not_blamed_on_the_demo():
 def test_user_model_path_replaces_the_demo_model():
     argv, _ = demo_argv(["--model-path", "/mine"], "/demo")
     assert typed_flags(argv)["--model-path"] == "/mine" and "/demo" not in argv
+
+
+def test_demo_models_build_and_the_flag_is_ours():
+    import importlib
+
+    from sglang_dcp.sglang.demo import DEFAULT_DEMO_MODEL, DEMO_MODELS
+    from sglang_dcp.sglang.flags import split_argv
+
+    assert DEFAULT_DEMO_MODEL == "tiny-qwen3-moe" and "tiny-deepseek-v3" in DEMO_MODELS
+    assert all(callable(importlib.import_module(m).build) for m in DEMO_MODELS.values())
+    argv = ["--demo", "--demo-model", "tiny-deepseek-v3", "--port", "1", "--demo-model=x"]
+    assert split_argv(argv) == ["--port", "1"]  # SGLang never sees it
