@@ -90,6 +90,9 @@ class RankRuntime:
 
         self.capacity = DcpOptions.from_env().max_guest_items
         self.ledger = ledger.RankLedger(self.rank)  # what the planner hears of shard moves
+        from sglang_dcp.sglang.header import StepHeader
+
+        self.header_state = StepHeader(self.rank, self.num_ranks)
         stats().dp_rank = self.rank
 
     # -- groups ---------------------------------------------------------------------------------
@@ -154,9 +157,46 @@ class RankRuntime:
         return self.moved_rows.get(req_pool_idx)
 
     # -- the step header ------------------------------------------------------------------------
-    def header(self, local_batch, model_runner) -> DcpStep | None:
+    def before_sync(self, local_batch, model_runner):
+        """The header's first half, before SGLang's per-step gather: this rank's news and its
+        flag in SGLang's row (``header.py``)."""
         news, decoding_reqs = self.news(local_batch, model_runner)
-        return self._gather(news, decoding_reqs, local_batch, model_runner)
+        decoding_here = local_batch is not None and local_batch.forward_mode.is_decode()
+        self.header_state.set_news(news, decoding_here)
+        self.header_state.gathered = None
+        return news, decoding_reqs
+
+    def after_sync(self, news, decoding_reqs, model_runner) -> DcpStep | None:
+        """The header's second half, after SGLang's gather: every rank's news (one extra
+        collective only if a flag was up, else the predictions), moves, the step."""
+        from sglang.srt.model_executor.forward_batch_info import ForwardMode
+
+        hs = self.header_state
+        gathered = hs.any_news()
+        hs.count(gathered)
+        if gathered:
+            wire: list[Any] = [None] * self.num_ranks
+            torch.distributed.all_gather_object(wire, news.to_wire(), group=self.tp_group.cpu_group)
+            all_news = [RankNews.from_wire(w) for w in wire]
+        else:
+            all_news = hs.predicted_news(ForwardMode.DECODE.value)
+        for n in all_news:
+            for rid in n.releases:
+                self._free_guest(rid)
+        moves = [m for n in all_news for m in n.moves]
+        failed = self._ship(moves, model_runner) if moves else []
+        for h in decoding_reqs:
+            h.shipped = True
+        plan = plan_step(all_news, failed)
+        if hs.gathered is not None:
+            modes = hs.gathered[:, 5].tolist()
+            hs.remember(plan, [m == ForwardMode.DECODE.value for m in modes])
+        else:  # no table (SGLang skipped its gather): every rank sent its news
+            hs.remember(plan, [True] * self.num_ranks)
+        self._refresh_gauges()
+        if not plan.active:
+            return None
+        return self._step(plan, None)
 
     def news(self, local_batch, model_runner) -> tuple[RankNews, list[HomeEntry]]:
         """This rank's news for the header: releases, and the split requests it decodes now
@@ -190,32 +230,6 @@ class RankRuntime:
             if env.poison_moved():
                 check_against_batch(local_batch, self.split_reqs, [d.rid for d in news.decoding])
         return news, decoding_reqs
-
-    def _gather(self, news, decoding_reqs, local_batch, model_runner) -> DcpStep | None:
-        flag = torch.tensor([1 if news else 0], dtype=torch.int64)
-        torch.distributed.all_reduce(
-            flag, op=torch.distributed.ReduceOp.MAX, group=self.tp_group.cpu_group
-        )
-        if not int(flag.item()):
-            return None
-        gathered: list[Any] = [None] * self.num_ranks
-        torch.distributed.all_gather_object(
-            gathered, news.to_wire(), group=self.tp_group.cpu_group
-        )
-        all_news = [RankNews.from_wire(w) for w in gathered]
-
-        for r, n in enumerate(all_news):
-            for rid in n.releases:
-                self._free_guest(rid)
-        moves = [m for n in all_news for m in n.moves]
-        failed = self._ship(moves, model_runner) if moves else []
-        for h in decoding_reqs:
-            h.shipped = True
-        plan = plan_step(all_news, failed)
-        self._refresh_gauges()
-        if not plan.active:
-            return None
-        return self._step(plan, local_batch)
 
     def _check_not_poisoned(self, local_batch, model_runner) -> None:
         """Debug check under ``SGLANG_DCP_POISON_MOVED=1``: no KV this rank is about to read
@@ -390,15 +404,16 @@ def around_prepare_mlp_sync(original, local_batch, *args, **kwargs):
         return original(local_batch, *args, **kwargs)
     model_runner = kwargs.get("model_runner", args[0] if args else None)
     rt.step = None
-    step = rt.header(local_batch, model_runner)
-    if step is not None and "disable_cuda_graph" in kwargs:
+    news, decoding_reqs = rt.before_sync(local_batch, model_runner)
+    batch = original(local_batch, *args, **kwargs)  # SGLang's gather carries the news flags
+    step = rt.after_sync(news, decoding_reqs, model_runner)
+    if step is not None:
+        if batch is None:  # pragma: no cover - a decoding home always runs
+            raise RuntimeError("sglang_dcp: an active DCP step produced no batch on this rank")
         from sglang_dcp.sglang.backend import needs_eager
 
-        if needs_eager(step):  # rounds, or more split rows than the static buffers: the
-            kwargs["disable_cuda_graph"] = True  # decode graph vote is min-reduced over ranks
-    batch = original(local_batch, *args, **kwargs)
-    if step is not None and batch is None:  # pragma: no cover - a decoding home always runs
-        raise RuntimeError("sglang_dcp: an active DCP step produced no batch on this rank")
+        if needs_eager(step):  # rounds, or more split rows than the static buffers: eager on
+            batch.can_run_decode_cuda_graph = False  # every rank (the step is the same)
     rt.step = step
     return batch
 

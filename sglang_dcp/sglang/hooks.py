@@ -47,6 +47,10 @@ installed wheel.
 |   attention_backend_setup._build_resolved_backend (l.201) |      |                           |             |
 | layers/layer_boundary/stage.py:168                      | AROUND | backend. (idle ranks)     | any/shard   |
 |   StageBoundary.finish                                  |        |                           |             |
+| managers/scheduler_components/dp_attn.py:128/145/175    | AFTER  | header. (news flag on     | any/shard   |
+|   MLPSyncBatchInfo._get_local_tensor                    |        |   SGLang's sync row)      |             |
+|   MLPSyncBatchInfo._get_fallback_tensor                 |        |                           |             |
+|   MLPSyncBatchInfo.all_gather                           |        |                           |             |
 | model_executor/runner/decode_cuda_graph_runner.py:54    | AROUND | graphs. (plain + dcp      | any/shard   |
 |   decode_cuda_graph_runner.create_attention_graph_variants | AROUND | decode graphs)        |             |
 |   (the imported name; defined in graph_variants.py:46)  |        |                           |             |
@@ -75,6 +79,7 @@ _SCHED = "sglang.srt.managers.scheduler.Scheduler"
 _DP = "sglang_dcp.sglang.datapath"
 _STREAMER = "sglang.srt.managers.scheduler_components.output_streamer.SchedulerOutputStreamer"
 _LOADS = "sglang.srt.managers.scheduler_components.load_inquirer.SchedulerLoadInquirer"
+_MLPSYNC = "sglang.srt.managers.scheduler_components.dp_attn.MLPSyncBatchInfo"
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +182,19 @@ HOOKS: tuple[Hook, ...] = (
         "sglang.srt.layers.layer_boundary.stage.StageBoundary.finish", "AROUND",
         ("self", "hidden_states", "forward_batch"),
         "sglang_dcp.sglang.backend:around_stage_finish", when="shard",
+    ),
+    # the step header's news flag rides on SGLang's per-step MLP-sync row (header.py)
+    Hook(
+        f"{_MLPSYNC}._get_local_tensor", "AFTER", ("self", "device", "dtype"),
+        "sglang_dcp.sglang.header:after_get_local_tensor", when="shard",
+    ),
+    Hook(
+        f"{_MLPSYNC}._get_fallback_tensor", "AFTER", ("self", "device", "dtype"),
+        "sglang_dcp.sglang.header:after_get_fallback_tensor", when="shard",
+    ),
+    Hook(
+        f"{_MLPSYNC}.all_gather", "AFTER", ("self", "device", "group", "use_all_reduce"),
+        "sglang_dcp.sglang.header:after_all_gather", when="shard",
     ),
     Hook(  # the name the decode graph runner imported (graph_variants.py:46 defines it)
         "sglang.srt.model_executor.runner.decode_cuda_graph_runner."

@@ -38,6 +38,10 @@ class RankStats:
     exchange_eager_steps: int = 0
     exchange_capacity: int = 0  # per-peer guest items per round the buffers hold
     guest_capacity_high_water: int = 0  # most queries one rank sent one peer in a step
+    # the step header (header.py): scheduler iterations it ran, and those that needed its one
+    # extra collective (an all-gather of news; every other iteration rides on SGLang's sync)
+    header_steps: int = 0
+    header_gathers: int = 0
 
     def count_degree(self, degree: int) -> None:
         self.degree_count[degree] = self.degree_count.get(degree, 0) + 1

@@ -143,6 +143,28 @@ def test_short_requests_never_touch_the_exchange(server, hf):
     wait_drained(server)
 
 
+def test_the_header_rides_on_sglangs_sync(server, hf):
+    """No extra collective per step without news: 50 short requests cost none; a split request
+    costs one at its first decode (its moves) and one at its release, none while it decodes."""
+    before = _dcp_stats(server)
+    batch = prompts(seed=13, count=50, lengths=SHORT)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda ids: generate(server, ids, max_new=4), batch))
+    mid = _dcp_stats(server)
+    for r in range(RANKS):
+        assert mid[r]["header_gathers"] == before[r]["header_gathers"], (before[r], mid[r])
+        assert mid[r]["header_steps"] > before[r]["header_steps"]
+    ids = prompts(seed=14, count=1, lengths=(1300,))[0]
+    out = generate(server, ids, max_new=24)
+    assert out["meta_info"]["dcp"]["degree"] >= 2 and out["output_ids"] == hf(ids, 24)
+    wait_drained(server)
+    after = _dcp_stats(server)
+    for r in range(RANKS):
+        steps = after[r]["header_steps"] - mid[r]["header_steps"]
+        gathers = after[r]["header_gathers"] - mid[r]["header_gathers"]
+        assert steps >= 24 and gathers <= 3, (r, steps, gathers)
+
+
 def test_same_outputs_as_the_round_robin_server(server, rr_server):
     batch = prompts(seed=5, count=6, lengths=SHORT + LONG + (400,))
     with ThreadPoolExecutor(max_workers=3) as pool:
