@@ -16,10 +16,6 @@ def _page_up(n, page):
     return -(-n // page) * page
 
 
-def _home_books(pol, before, pl):
-    return pol.kv_tokens()[pl.home_rank] - before[pl.home_rank]
-
-
 @settings(max_examples=200, deadline=None)
 @given(
     n=st.integers(2, 8),
