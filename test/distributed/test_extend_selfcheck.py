@@ -44,3 +44,12 @@ def test_selfcheck_cli_extend_prints_error_last_and_exits_zero():
     first, last = proc.stdout.strip().splitlines()[-2:]
     assert first.startswith("extend world_size=2") and "ships=" in first
     assert last.startswith("max_rel_err=") and float(last.split("=")[1]) <= TOLERANCE
+
+
+def test_extend_selfcheck_triton_interpreter():
+    """The same rows through the Triton kernels (interpreted on CPU)."""
+    cfg = ExtendConfig(2, 2, num_requests=3, num_layers=1, impl="triton")
+    results, stats = collect_results(cfg, timeout_s=240)
+    err, where = reference_errors(cfg, results)
+    assert err <= TOLERANCE, f"max_rel_err={err:.3e} at {where}"
+    assert stats["guest_rows"] > 0
