@@ -61,6 +61,10 @@ class KVPool:
     def num_free_pages(self) -> int:
         return len(self._free)
 
+    def free_pages(self) -> list[int]:
+        """Pages no shard holds (checks poison them: a read of one shows)."""
+        return list(self._free)
+
     def keys(self) -> list[ShardKey]:
         return sorted(self._tables)
 

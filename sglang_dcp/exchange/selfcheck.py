@@ -171,6 +171,11 @@ def run_selfcheck(cfg: CheckConfig, timeout_s: float = 300) -> tuple[float, str]
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--extend" in argv:  # prefill into shards: its own scenario and options
+        from sglang_dcp.exchange.extend_check import main as extend_main
+
+        return extend_main([a for a in argv if a != "--extend"])
     ap = argparse.ArgumentParser(
         prog="python -m sglang_dcp.exchange.selfcheck",
         description=__doc__.split("\n\n")[0]
@@ -203,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         "latent KV head [48] whose first 32 columns are V, latent outputs [H, 32])",
     )  # fmt: skip
     ap.add_argument("--timeout", type=float, default=300, help="seconds before the ranks are killed")
+    ap.add_argument("--extend", action="store_true",
+                    help="check the extend-mode exchange instead (prefill into shards; see "
+                    "'--extend --help')")
     a = ap.parse_args(argv)
     device = a.device if a.device != "auto" else ("cuda" if a.backend == "nccl" else "cpu")
     if a.backend == "nccl" and device != "cuda":

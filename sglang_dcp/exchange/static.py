@@ -45,6 +45,16 @@ class Slots:
     def __len__(self) -> int:
         return self.n
 
+    def head(self, n: int) -> "Slots":
+        """The first ``n`` slots, as views (extend mode: a chunk row's causal slots)."""
+        parts, left = [], n
+        for p in self.parts:
+            if left <= 0:
+                break
+            parts.append(p[:left])
+            left -= min(left, p.numel())
+        return Slots(parts, min(n, self.n))
+
 
 def _pieces(slots) -> tuple[torch.Tensor, ...]:
     if isinstance(slots, Slots):

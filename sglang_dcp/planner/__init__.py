@@ -29,7 +29,7 @@ _OPTIONS = {
     "uniform": ("group_size",),
     "dcp": ("max_degree", "min_shard_tokens", "min_gain_us", "batch_slack", "rebalance_threshold",
             "home_rule", "fixed_exchange", "split_rule", "split_min_free", "step_slo_ms",
-            "step_gate", "step_headroom"),
+            "step_gate", "step_headroom", "prefill_chunk"),
 }
 
 
@@ -48,7 +48,9 @@ def make_policy(
     ``step_slo_ms`` (None: no step budget), ``step_gate`` ("all"), ``step_headroom`` (True),
     ``home_rule`` ("step" | "batch"), ``split_rule`` ("fit" | "gain" | "auto"),
     ``split_min_free`` (0.2),
-    ``fixed_exchange`` ("always" | "first"); see ``dcp.py``. ``None`` values
+    ``fixed_exchange`` ("always" | "first"), ``prefill_chunk`` (None: the home prefills a split
+    request whole; tokens: prefill into shards, the home's transient booked, ``prefill.py``);
+    see ``dcp.py``. ``None`` values
     mean "default" (convenient for CLI flags left unset).
     """
     if name not in POLICIES:

@@ -139,6 +139,11 @@ class Policy(ABC):
         it could fit some day, or when the policy cannot tell without admitting it."""
         return None
 
+    def prefill_done(self, rid: str) -> bool:
+        """The home finished prefilling ``rid``: release what the books held for its prefill
+        beyond its reservation (``planner/prefill.py``). Returns whether they changed."""
+        return False
+
     def waiting_rank(self, rid: str) -> int | None:
         """The rank request ``rid`` waits for after a retryable rejection, or ``None`` if the
         policy does not bind waiting requests to a rank (it places globally). O(1)."""

@@ -93,6 +93,7 @@ class DcpPolicy(StepBudget, GuestPlans, Feasibility, SealedRangeRebalancer, Ledg
         step_slo_ms: float | None = None,
         step_gate: str = "all",
         step_headroom: bool = True,
+        prefill_chunk: int | None = None,
     ) -> None:
         super().__init__(cluster)
         if not isinstance(profile, CostProfile):
@@ -123,6 +124,9 @@ class DcpPolicy(StepBudget, GuestPlans, Feasibility, SealedRangeRebalancer, Ledg
             raise ValueError(f"dcp: split_min_free must be in [0, 1], got {split_min_free}")
         if step_slo_ms is not None and not step_slo_ms > 0:
             raise ValueError(f"dcp: step_slo_ms must be > 0, got {step_slo_ms}")
+        if prefill_chunk is not None and prefill_chunk < 1:
+            raise ValueError(f"dcp: prefill_chunk must be >= 1 tokens, got {prefill_chunk}")
+        self.prefill_chunk = prefill_chunk  # prefill into shards: the home's transient (prefill.py)
         if step_gate not in STEP_GATES:
             raise ValueError(f"dcp: step_gate must be one of {STEP_GATES}, got {step_gate!r}")
         self.step_slo_us = None if step_slo_ms is None else float(step_slo_ms) * 1e3
@@ -244,7 +248,8 @@ class DcpPolicy(StepBudget, GuestPlans, Feasibility, SealedRangeRebalancer, Ledg
         resv, pfull, splittable = self._sizes(req)
         min_tail = resv - pfull
         ms = self.min_shard_tokens
-        need = min_tail if splittable else resv
+        extra = self._transient_bound(req.prompt_len, resv, pfull) if splittable else 0
+        need = min_tail + extra if splittable else resv
         if home_rank is not None:
             h = home_rank
             if cap[h] - kv[h] < need:
@@ -291,10 +296,11 @@ class DcpPolicy(StepBudget, GuestPlans, Feasibility, SealedRangeRebalancer, Ledg
         # guests by predicted time with the item's exchange: same-node ranks first when cheaper
         item_ex, same_node = self.profile.item_exchange_us, self.cluster.same_node
         by_time = sorted(range(self.num_ranks), key=lambda r: cost[r] + item_ex(same_node(r, h)))
-        plans = self._try_guests(h, by_time, resv, pfull, min_tail, free_h, base_h)
+        room = free_h - extra  # the home's room for its tail while a chunk passes through
+        plans = self._try_guests(h, by_time, resv, pfull, min_tail, room, base_h)
         if best_score is None and not plans:
             by_free = sorted(range(self.num_ranks), key=lambda r: (kv[r] - cap[r], r))
-            plans = self._try_guests(h, by_free, resv, pfull, min_tail, free_h, base_h)
+            plans = self._try_guests(h, by_free, resv, pfull, min_tail, room, base_h)
         for peak, sealed, tail_start in plans:
             score = (peak if peak > M else M) + fixed
             if best_score is None or score < best_score - self.min_gain_us:

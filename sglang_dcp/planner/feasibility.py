@@ -14,16 +14,19 @@ from sglang_dcp.types import Rejection, Request
 class Feasibility:
     def never_fits(self, request: Request, home_rank: int | None = None) -> Rejection | None:
         resv, pfull, splittable = self._sizes(request)
-        if self._fits_empty(resv, pfull, splittable, home_rank):
+        extra = self._transient_bound(request.prompt_len, resv, pfull) if splittable else 0
+        if self._fits_empty(resv, pfull, splittable, home_rank, extra):
             return None
         return self._reject(request, resv, pfull, splittable, pinned=home_rank)
 
     def _reject(self, req, resv, pfull, splittable, pinned=None) -> Rejection:
-        ever = self._fits_empty(resv, pfull, splittable, pinned)
+        extra = self._transient_bound(req.prompt_len, resv, pfull) if splittable else 0
+        ever = self._fits_empty(resv, pfull, splittable, pinned, extra)
         tail = resv - pfull if splittable else resv
+        chunk = f" + {extra} while its prefill passes a chunk through" if extra else ""
         what = (
             f"request {req.rid!r} needs {resv} KV tokens (prompt {req.prompt_len} + max_new "
-            f"{req.max_new_tokens}, page-rounded; tail on home >= {tail})"
+            f"{req.max_new_tokens}, page-rounded; tail on home >= {tail}{chunk})"
         )
         cap, kv = self.cap, self.kv
         if pinned is not None:
@@ -39,16 +42,19 @@ class Feasibility:
             req.rid, f"{what}; it does not fit {where} even when empty", retryable=False
         )
 
-    def _fits_empty(self, resv, pfull, splittable, pinned) -> bool:
+    def _fits_empty(self, resv, pfull, splittable, pinned, extra=0) -> bool:
+        """``extra``: the home's prefill transient bound of a split (``prefill.py``)."""
         caps = self.cap
         homes = [pinned] if pinned is not None else range(self.num_ranks)
         if not splittable:
             return any(caps[h] >= resv for h in homes)
         ms, k = self.min_shard_tokens, self.max_degree - 1
         for h in homes:
-            if caps[h] < resv - pfull:
+            if caps[h] >= resv:  # whole: no split, no transient
+                return True
+            if caps[h] < resv - pfull + extra:
                 continue
             others = sorted((c for r, c in enumerate(caps) if r != h and c >= ms), reverse=True)
-            if caps[h] + min(pfull, sum(others[:k])) >= resv:
+            if caps[h] - extra + min(pfull, sum(others[:k])) >= resv:
                 return True
         return False

@@ -20,6 +20,7 @@ Accounting (per rank ``r``):
 from __future__ import annotations
 
 from sglang_dcp.planner.base import ClusterSpec, Migration, Policy
+from sglang_dcp.planner.prefill import PrefillTransient
 from sglang_dcp.planner.reported import ReportedRanges
 from sglang_dcp.types import Placement, Rejection, Request, Shard
 
@@ -36,9 +37,10 @@ class _Rec:
     ``[0, tail_start)``; the tail ``[tail_start, length)`` lives on ``home`` and has
     ``resv_end - tail_start`` tokens reserved there."""
 
-    __slots__ = ("rid", "home", "sealed", "tail_start", "length", "resv_end", "guests")
+    __slots__ = ("rid", "home", "sealed", "tail_start", "length", "resv_end", "guests",
+                 "transient")
 
-    def __init__(self, rid, home, sealed, tail_start, length, resv_end):
+    def __init__(self, rid, home, sealed, tail_start, length, resv_end, transient=0):
         self.rid = rid
         self.home = home
         self.sealed = sealed
@@ -46,6 +48,7 @@ class _Rec:
         self.length = length
         self.resv_end = resv_end
         self.guests = _guest_ranks(sealed, home)
+        self.transient = transient  # home KV booked for prefill into shards (prefill.py)
 
 
 def _guest_ranks(sealed: list[list[int]], home: int) -> tuple[int, ...]:
@@ -60,7 +63,7 @@ def page_up(tokens: int, page: int) -> int:
     return -(-tokens // page) * page
 
 
-class LedgerPolicy(ReportedRanges, Policy):
+class LedgerPolicy(PrefillTransient, ReportedRanges, Policy):
     """Base for all policies. Subclasses implement ``_plan`` (and may override ``rebalance``).
 
     ``_plan(request, home_rank)`` returns ``Rejection`` or ``(home, sealed, tail_start)`` with
@@ -145,7 +148,7 @@ class LedgerPolicy(ReportedRanges, Policy):
         for r, s, e in rec.sealed:
             kv[r] -= e - s
             used[r] -= e - s
-        kv[h] -= rec.resv_end - rec.tail_start
+        kv[h] -= rec.resv_end - rec.tail_start + rec.transient
         used[h] -= rec.length - rec.tail_start
         self.batch[h] -= 1
         del self._homed[h][rid]
@@ -238,7 +241,7 @@ class LedgerPolicy(ReportedRanges, Policy):
             assert rec.tail_start % ps == 0, f"{rid}: tail start {rec.tail_start} not aligned"
             assert rec.tail_start <= rec.length <= rec.resv_end, f"{rid}: tail out of range"
             assert rec.resv_end % ps == 0, f"{rid}: reservation end not aligned"
-            kv[rec.home] += rec.resv_end - rec.tail_start
+            kv[rec.home] += rec.resv_end - rec.tail_start + rec.transient
             used[rec.home] += rec.length - rec.tail_start
             batch[rec.home] += 1
             assert rec.guests == _guest_ranks(rec.sealed, rec.home), f"{rid}: stale guests"
@@ -279,10 +282,11 @@ class LedgerPolicy(ReportedRanges, Policy):
             kv[r] += e - s
             used[r] += e - s
             shards.append(Shard(r, s, e))
-        kv[home] += resv_end - tail_start
+        extra = self._prefill_extra(req.prompt_len, resv_end, home, sealed)
+        kv[home] += resv_end - tail_start + extra
         used[home] += req.prompt_len - tail_start
         self.batch[home] += 1
-        rec = _Rec(req.rid, home, sealed, tail_start, req.prompt_len, resv_end)
+        rec = _Rec(req.rid, home, sealed, tail_start, req.prompt_len, resv_end, extra)
         self._recs[req.rid] = rec
         self._homed[home][req.rid] = None
         self._add_guests(rec)

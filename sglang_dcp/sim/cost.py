@@ -18,6 +18,7 @@ import numpy as np
 
 from sglang_dcp.planner.base import ClusterSpec
 from sglang_dcp.planner.profile import CostProfile
+from sglang_dcp.sim.prefill import DEFAULT_CHUNK, shard_prefill_exchange_us
 
 DEFAULT_PROFILE = "deepseek-v3-h200"
 
@@ -37,9 +38,13 @@ class StepModel:
     ``step_ms`` then costs one numpy expression per chunk of steps.
     """
 
-    def __init__(self, profile: CostProfile, num_ranks: int, migration_gbps: float = 40.0):
+    def __init__(self, profile: CostProfile, num_ranks: int, migration_gbps: float = 40.0, *,
+                 kv_capacity: int | None = None, prefill_chunk: int = DEFAULT_CHUNK):
         self.profile = profile
         self.num_ranks = num_ranks
+        # a prompt longer than this prefills into shards (sim/prefill.py); None: never
+        self.kv_capacity = kv_capacity
+        self.prefill_chunk = prefill_chunk
         self.slope_us = profile.attention_us(1.0, 0) - profile.attention_us(0.0, 0)
         self.migration_gbps = migration_gbps
         self._base_us = np.zeros(num_ranks)
@@ -64,8 +69,14 @@ class StepModel:
         return (rank_us.max(axis=1) + self._extra_us) * 1e-3
 
     def prefill_ms(self, input_len: np.ndarray) -> np.ndarray:
-        p = self.profile
-        return np.array([p.prefill_us(int(x)) for x in input_len], dtype=np.float64) * 1e-3
+        """Prefill time per prompt: the profile's ``prefill_us``, plus the exchange of prefill
+        into shards for a prompt longer than ``kv_capacity`` (``sim/prefill.py``)."""
+        p, cap, C = self.profile, self.kv_capacity, self.prefill_chunk
+        return np.array([
+            p.prefill_us(int(x))
+            + (shard_prefill_exchange_us(p, int(x), kv_capacity=cap, chunk=C)
+               if cap is not None and x > cap else 0.0)
+            for x in input_len], dtype=np.float64) * 1e-3  # fmt: skip
 
     def migration_ms(self, tokens: int) -> float:
         """Moving sealed KV between ranks: bytes / link bandwidth (the profile has no term yet;

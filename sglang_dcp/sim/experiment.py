@@ -39,7 +39,8 @@ class Experiment:
         self.profile = load_profile(self.profile_name)
         self.cluster = cost.cluster_for(self.profile, self.num_ranks, self.kv_capacity,
                                         self.ranks_per_node)
-        self.model = cost.StepModel(self.profile, self.num_ranks)
+        self.model = cost.StepModel(self.profile, self.num_ranks,
+                                    kv_capacity=max(self.cluster.kv_capacity))
         self.run_wall_s: list[float] = []
 
     def run_pooled(self, rate_rps: float, early_stop: bool = False) -> RunResult:

@@ -5,7 +5,8 @@ After every op: the shards of each live request cover ``[0, length)`` exactly on
 per-rank aggregates equal a recomputation (``verify``). Also: d = 1 for requests shorter than
 ``min_shard_tokens`` under dcp; finish frees exactly what admit took; replaying the same
 sequence gives the same placements, migrations and loads. ``never_fits`` changes nothing and
-agrees with ``admit``.
+agrees with ``admit``. With ``prefill_chunk`` a split request books at most one chunk more on
+its home until ``prefill_done``.
 """
 
 import dataclasses
@@ -34,6 +35,7 @@ ops = st.lists(
         st.tuples(st.just("finish"), st.integers(0, 10**6)),
         st.tuples(st.just("capacity"), st.integers(0, 15), st.integers(0, 600)),
         st.tuples(st.just("rebalance"), st.integers(0, 100_000)),
+        st.tuples(st.just("prefilled"), st.integers(0, 10**6)),
     ),
     min_size=1,
     max_size=40,
@@ -52,20 +54,28 @@ clusters = st.builds(
     st.sampled_from([("fit", 0.2), ("fit", 0.0), ("gain", 0.2)]),  # dcp split_rule, min free
     st.sampled_from([None, 1.0, 40.0, 1e6]),  # dcp step_slo_ms (None: split_min_free rule)
     st.sampled_from([1, 2, 8]),  # ranks per node
+    st.sampled_from([None, 1, 4]),  # dcp prefill_chunk in pages (None: prefill at home)
 )
 
 
 def _build(spec):
-    n, page, pages, policy, prof, deg, ms, grp, (rule, free), slo, rpn = spec
+    n, page, pages, policy, prof, deg, ms, grp, (rule, free), slo, rpn, chunk = spec
     cluster = ClusterSpec(n, tuple(p * page for p in pages), page, ranks_per_node=rpn)
     opts = {}
     if policy == "dcp":
         opts = {"max_degree": deg, "min_shard_tokens": None if ms is None else ms * page,
                 "split_rule": rule, "split_min_free": free, "step_slo_ms": slo,
-                "rebalance_threshold": 1.25}
+                "rebalance_threshold": 1.25,
+                "prefill_chunk": None if chunk is None else chunk * page}
     if policy == "uniform":
         opts = {"group_size": max(g for g in range(1, grp + 1) if n % g == 0)}
     return make_policy(policy, cluster, PROFILES[prof], **opts)
+
+
+def chunk_of(pol) -> int:
+    """What ``prefill_chunk`` may book on a home at most: one chunk, page-rounded."""
+    c = getattr(pol, "prefill_chunk", None) or 0
+    return -(-c // pol.page) * pol.page
 
 
 def _check_placement(pol, rid, length):
@@ -108,7 +118,9 @@ def _run(spec, seq):
                 order.append(rid)
                 assert got == pol.placement(rid)
                 resv = -(-(prompt + new) // pol.page) * pol.page
-                assert sum(pol.kv_tokens()) - sum(before) == resv
+                # the reservation, plus the home's prefill transient until prefill_done
+                transient = sum(pol.kv_tokens()) - sum(before) - resv
+                assert 0 <= transient <= (chunk_of(pol) if got.degree > 1 else 0)
                 if home is not None:
                     assert got.home_rank == home
                 if pol.name in ("round_robin", "total_tokens"):
@@ -146,6 +158,13 @@ def _run(spec, seq):
             if cap >= pol.kv_tokens()[r]:
                 pol.set_capacity(r, cap)
             trace.append((kind, r, pol.capacity()[r]))
+        elif kind == "prefilled" and order:
+            rid = order[op[1] % len(order)]
+            kv_before = sum(pol.kv_tokens())
+            changed = pol.prefill_done(rid)
+            assert changed == (sum(pol.kv_tokens()) < kv_before)
+            assert not pol.prefill_done(rid)
+            trace.append((kind, rid, changed))
         elif kind == "rebalance":
             moves = pol.rebalance(op[1])
             assert sum(m.end - m.start for m in moves) <= op[1]
