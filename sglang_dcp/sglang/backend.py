@@ -12,16 +12,13 @@ Outside DCP steps every call goes to the inner backend untouched. In a DCP step
 exchange exactly once, over one ``exchange.static.StaticExchange`` sized at the first metadata
 call (``init_cuda_graph_state`` on GPU) and never reallocated:
 
-- decode: the inner backend runs every row as without the plugin (K/V store included); rows of
-  split requests see a sequence length of 1 there (``_inner_view``: the graph runner's seq-len
-  fill value), so it never reads their moved KV. Those rows' queries go through the exchange
-  (local tail + guest parts on peers, LSE merge) and replace the inner output, all by device
-  ops keyed by ``req_pool_indices``, so the same code is captured in the ``dcp`` decode graph
-  (``graphs.py``);
+- decode: the inner backend runs every row as without the plugin (K/V store included), split
+  rows at sequence length 1 (``backend_meta.py``); their queries go through the exchange and
+  replace the inner output, by device ops keyed by ``req_pool_indices`` (graph-capturable,
+  ``graphs.py``);
 - extend: the inner backend computes the prefill, then the rank serves its guest items;
-- a rank whose batch has no rows never reaches the backend (the model skips attention on empty
-  input): ``around_stage_finish`` (the attention stage's ``StageBoundary.finish``, called by
-  every layer of every rank) runs its exchange there.
+- a rank with no rows never reaches the backend (the model skips attention on empty input):
+  ``around_stage_finish`` (``StageBoundary.finish``, every layer of every rank) joins for it.
 
 Shapes: ``q [num_tokens, H * D]``, output ``[num_tokens, H * Dv]``; per rank ``H`` is the model's
 query heads (``attn_tp_size == 1``). MLA models (``mla.py``): SGLang's absorbed path, ``D =

@@ -7,27 +7,26 @@ Life of a request with KV on several ranks (docs/integration.md §2-§5):
    ``around_handle_generate_request`` keeps the placement and ``after_add_request_to_queue``
    puts it on the ``Req`` as ``req.dcp``.
 2. The home prefills the whole prompt locally (SGLang unchanged).
-3. At the first step the home *decodes* it, the **step header** (``around_prepare_mlp_sync``,
-   run by every rank every scheduler iteration, before SGLang's own MLP-sync all-gather) ships
-   the sealed shards: every rank all-reduces "has news", and if any does, all-gathers every
-   rank's ``RankNews`` and runs ``exchange.transfer_shards`` over the TP group (receiver
-   allocates from its SGLang allocator, checksum confirm, the home frees its copy; a failed move
-   leaves the range at home).
+3. At the first step the home *decodes* it, the **step header** (``sched_hooks.
+   around_prepare_mlp_sync``, every rank every scheduler iteration, around SGLang's own MLP-sync
+   all-gather, which carries each rank's news flag: ``header.py``) ships the sealed shards: if
+   any rank has news, every rank's ``RankNews`` is all-gathered and ``shipping.ship`` runs
+   ``exchange.transfer_shards`` over the TP group (receiver allocates from its SGLang allocator,
+   checksum confirm, the home frees its copy; a failed move leaves the range at home).
 4. Every step that decodes such a request, every rank gets a ``DcpStep`` (``current_step()``)
    and joins each layer's exchange (``backend.py``).
 5. When the home releases the request's KV (finish, abort, retraction),
    ``around_release_kv_cache`` frees only what the home still holds (``around_free_kv_row``
    skips moved ranges) and the next header tells the shard ranks to free their guest slots.
 
-The collectives run over SGLang's TP group; with ``--tp-size == --dp-size`` its rank is the DP
-rank. Every rank calls them in the same order: the header before SGLang's own gather, the
-exchange once per layer between the attention stage's prepare and finish.
+The SGLang hooks that drive it are in ``sched_hooks.py``. The collectives run over SGLang's TP
+group; with ``--tp-size == --dp-size`` its rank is the DP rank. Every rank calls them in the
+same order: the header's gather (news only) after SGLang's own, the exchange once per layer
+between the attention stage's prepare and finish.
 """
 
 from __future__ import annotations
 
-import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,13 +34,10 @@ import torch
 
 from sglang_dcp import env
 from sglang_dcp.planner.base import Migration
-from sglang_dcp.sglang import ledger
-from sglang_dcp.sglang.mla import pool_layers
+from sglang_dcp.sglang import ledger, shipping
 from sglang_dcp.sglang.rank_stats import stats
 from sglang_dcp.sglang.step import Decoding, RankNews, plan_step, runtime_shards
 from sglang_dcp.sglang.step_build import DcpStep, build_step, check_against_batch, is_decoding
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -233,24 +229,7 @@ class RankRuntime:
         return news, decoding_reqs
 
     def _check_not_poisoned(self, local_batch, model_runner) -> None:
-        """Debug check under ``SGLANG_DCP_POISON_MOVED=1``: no KV this rank is about to read
-        for its decode rows (all but the newest token, minus shipped ranges) is NaN."""
-        k = pool_layers(model_runner.token_to_kv_pool)[0][0]
-        req_to_token = model_runner.req_to_token_pool.req_to_token
-        for req, seq_len in zip(local_batch.reqs, local_batch.seq_lens_cpu.tolist()):
-            moved = self.moved_rows.get(req.kv.req_pool_idx, [])
-            ranges = _subtract([(0, int(seq_len) - 1)], moved)
-            for a, b in ranges:
-                slots = req_to_token[req.kv.req_pool_idx, a:b].to(torch.long)
-                bad = torch.isnan(k[slots].float()).flatten(1).any(dim=1).nonzero().flatten()
-                if bad.numel():
-                    logger.error(
-                        "sglang_dcp: rank %d step %d: %s (seq_len %d, pool row %d) reads "
-                        "poisoned KV at positions %s (slots %s); moved rows %s",
-                        self.rank, self.num_steps, req.rid, seq_len, req.kv.req_pool_idx,
-                        (bad + a).tolist()[:8], slots[bad].tolist()[:8],
-                        self.moved_rows,
-                    )  # fmt: skip
+        shipping.check_not_poisoned(self, local_batch, model_runner)
 
     def _free_guest(self, rid: str) -> None:
         g = self.guests.pop(rid, None)
@@ -259,71 +238,7 @@ class RankRuntime:
 
     def _ship(self, moves: list[Migration], model_runner) -> list[Migration]:
         """Run every rank's moves of this step; returns the failed ones (same list everywhere)."""
-        from sglang_dcp.exchange.faults import move_faults
-        from sglang_dcp.exchange.transfer import transfer_shards
-        from sglang_dcp.sglang.kv_adapter import SGLangKVPool
-
-        k_layers, v_layers = pool_layers(model_runner.token_to_kv_pool)  # MLA: latent only
-        pool = SGLangKVPool(self.scheduler.token_to_kv_pool_allocator, k_layers, v_layers)
-        req_to_token = model_runner.req_to_token_pool.req_to_token
-        offered = {}
-        for m in moves:
-            if m.src == self.rank:
-                req = self.home[m.rid].req
-                row = req_to_token[req.kv.req_pool_idx]
-                offered[(m.rid, m.start)] = row[m.start : m.end].to(torch.long)
-                pool.offer(m.rid, m.start, offered[(m.rid, m.start)].cpu())
-        fault = move_faults(moves, env.inject_move_failure())  # testing only
-        results = transfer_shards(self.comm, pool, moves, fault=fault)
-        if env.poison_moved():
-            for res in results:
-                m = res.move
-                if res.ok and m.src == self.rank:
-                    slots = offered[(m.rid, m.start)]
-                    for buf in (*k_layers, *v_layers):
-                        buf[slots] = float("nan")
-                    logger.info(
-                        "sglang_dcp: poisoned slots %s..%s (%d) of %s [%d, %d)",
-                        slots.min().item(), slots.max().item(), slots.numel(),
-                        m.rid, m.start, m.end,
-                    )  # fmt: skip
-        failed = []
-        s = stats()
-        for res in results:
-            m = res.move
-            mine = self.rank in (m.src, m.dst)
-            if not res.ok:
-                failed.append(m)
-                if mine:
-                    s.moves_failed += 1
-                    logger.warning("sglang_dcp: shard move %s failed: %s", m, res.reason)
-                continue
-            if not mine:
-                continue
-            s.moves_done += 1
-            if m.src == self.rank:
-                logger.info(
-                    "sglang_dcp: shipped tokens [%d, %d) of %s from rank %d to rank %d",
-                    m.start, m.end, m.rid, m.src, m.dst,
-                )  # fmt: skip
-                h = self.home[m.rid]
-                h.moved.append((m.dst, m.start, m.end))
-                idx = h.req.kv.req_pool_idx
-                self.moved_rows.setdefault(idx, []).append((m.start, m.end))
-            else:
-                slots = pool.slot_tensor((m.rid, m.start))
-                g = self.guests.get(m.rid)
-                if g is None:
-                    self.guests[m.rid] = GuestEntry(m.src, [(m.start, m.end)], slots)
-                else:
-                    pairs = sorted(
-                        [*zip(g.ranges, _split(g.slots, g.ranges)), ((m.start, m.end), slots)]
-                    )
-                    g.ranges = [r for r, _ in pairs]
-                    g.slots = torch.cat([t for _, t in pairs])
-                s.moved_tokens += m.end - m.start
-        self.ledger.shipped(results, self.home)
-        return failed
+        return shipping.ship(self, moves, model_runner)
 
     def _step(self, plan, local_batch) -> DcpStep:
         """This rank's route for ``plan``: its split decode rows and guest items (O(split))."""
@@ -340,15 +255,8 @@ class RankRuntime:
         )
 
 
-def _split(slots: torch.Tensor, ranges: list[tuple[int, int]]) -> list[torch.Tensor]:
-    out, pos = [], 0
-    for a, b in ranges:
-        out.append(slots[pos : pos + b - a])
-        pos += b - a
-    return out
+# ---- the process's runtime -----------------------------------------------------------------
 
-
-# ---- the process's runtime and the hooks (hooks.py) ---------------------------------------------
 
 def runtime() -> RankRuntime | None:
     """This process's rank runtime (``context.RankContext.runtime``; ``None`` before the
@@ -356,66 +264,6 @@ def runtime() -> RankRuntime | None:
     from sglang_dcp.sglang.context import ctx
 
     return ctx().runtime
-
-
-def after_init_request_dispatcher(result, self, *args, **kwargs):
-    """``Scheduler.init_request_dispatcher`` (scheduler.py:1718) runs once in ``__init__``, after
-    the pools exist: build this rank's runtime."""
-    from sglang_dcp.sglang import hooks
-    from sglang_dcp.sglang.context import ctx
-    from sglang_dcp.sglang.options import DcpOptions
-
-    options = DcpOptions.from_env()
-    hooks.assert_applied(options.enabled, options.sharding)
-    rt = RankRuntime(self)
-    ctx().set_runtime(rt)
-    ledger.listen(self, rt.ledger)
-    return result
-
-
-def around_handle_generate_request(original, self, recv_req, *args, **kwargs):
-    """``Scheduler.handle_generate_request`` (scheduler.py): remember the placement that came with
-    the request while SGLang builds its ``Req``."""
-    from sglang_dcp.sglang.messages import DcpGenerateReq
-
-    rt = runtime()
-    if rt is None or not isinstance(recv_req, DcpGenerateReq):
-        return original(self, recv_req, *args, **kwargs)
-    rt.incoming[recv_req.rid] = recv_req.placement()
-    try:
-        return original(self, recv_req, *args, **kwargs)
-    finally:
-        rt.forget_unqueued(recv_req.rid, self.grammar_manager.grammar_queue)
-
-
-def after_add_request_to_queue(result, self, req, *args, **kwargs):
-    """``Scheduler._add_request_to_queue`` (scheduler.py:3266): ``req.dcp = placement``."""
-    rt = runtime()
-    if rt is not None:
-        rt.attach(req)
-    return result
-
-
-def around_prepare_mlp_sync(original, local_batch, *args, **kwargs):
-    """``dp_attn.prepare_mlp_sync_batch_raw(local_batch, model_runner, ...)`` (dp_attn.py:412):
-    the step header first, then SGLang's gather; the step goes on the batch that will run."""
-    rt = runtime()
-    if rt is None:
-        return original(local_batch, *args, **kwargs)
-    model_runner = kwargs.get("model_runner", args[0] if args else None)
-    rt.step = None
-    news, decoding_reqs = rt.before_sync(local_batch, model_runner)
-    batch = original(local_batch, *args, **kwargs)  # SGLang's gather carries the news flags
-    step = rt.after_sync(news, decoding_reqs, model_runner)
-    if step is not None:
-        if batch is None:  # pragma: no cover - a decoding home always runs
-            raise RuntimeError("sglang_dcp: an active DCP step produced no batch on this rank")
-        from sglang_dcp.sglang.backend import needs_eager
-
-        if needs_eager(step):  # rounds, or more split rows than the static buffers: eager on
-            batch.can_run_decode_cuda_graph = False  # every rank (the step is the same)
-    rt.step = step
-    return batch
 
 
 def current_step() -> DcpStep | None:
@@ -429,38 +277,6 @@ def current_step() -> DcpStep | None:
     """
     rt = runtime()
     return None if rt is None else rt.step
-
-
-def around_free_kv_row(original, self, kv, ranges, *args, **kwargs):
-    """``BasePrefixCache.free_kv_row(kv, ranges)`` (base_prefix_cache.py:468): never free a
-    range the home shipped away (its slots went back to the allocator at the move)."""
-    rt = runtime()
-    skip = rt.row_ranges_to_skip(kv.req_pool_idx) if rt is not None else None
-    if skip:
-        ranges = _subtract(list(ranges), skip)
-    return original(self, kv, ranges, *args, **kwargs)
-
-
-def around_release_kv_cache(original, req, tree_cache, *args, **kwargs):
-    """``mem_cache.common.release_kv_cache(req, tree_cache, is_insert)`` (common.py:292)."""
-    rt = runtime()
-    if rt is None or (req.rid not in rt.home and req.rid not in rt.split_reqs):
-        return original(req, tree_cache, *args, **kwargs)
-    idx = req.kv.req_pool_idx
-    try:
-        return original(req, tree_cache, *args, **kwargs)
-    finally:
-        rt.moved_rows.pop(idx, None)
-        rt.released(req)
-
-
-def around_check_full_pool(original, self, ps, uncached=0, *args, **kwargs):
-    """``SchedulerInvariantChecker._check_full_pool(ps, uncached)`` (invariant_checker.py:95):
-    guest slots are held for other ranks' requests, not leaked."""
-    rt = runtime()
-    if rt is not None:
-        uncached = uncached + rt.guest_tokens()
-    return original(self, ps, uncached, *args, **kwargs)
 
 
 def _subtract(ranges: list[tuple[int, int]], cut: list[tuple[int, int]]) -> list[tuple[int, int]]:

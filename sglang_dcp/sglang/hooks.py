@@ -21,11 +21,11 @@ installed wheel.
 |   TokenizerManager._handle_batch_output                 |        |                           |             |
 | managers/tokenizer_manager.py:3370                      | AFTER  | notices. (abort notice)   | launcher/dcp|
 |   TokenizerManager._handle_abort_req                    |        |                           |             |
-| managers/scheduler.py:1718                              | AFTER  | datapath. (rank runtime)  | any/dcp     |
+| managers/scheduler.py:1718                              | AFTER  | sched_hooks (rank runtime)| any/dcp     |
 |   Scheduler.init_request_dispatcher                     |        |                           |             |
-| managers/scheduler.py                                   | AROUND | datapath. (placement in)  | any/dcp     |
+| managers/scheduler.py                                   | AROUND | sched_hooks (placement in)| any/dcp     |
 |   Scheduler.handle_generate_request                     |        |                           |             |
-| managers/scheduler.py:3266                              | AFTER  | datapath. (``req.dcp``)   | any/dcp     |
+| managers/scheduler.py:3266                              | AFTER  | sched_hooks (``req.dcp``) | any/dcp     |
 |   Scheduler._add_request_to_queue                       |        |                           |             |
 | managers/scheduler_components/output_streamer.py:218    | AROUND | observe. (meta_info out)  | any/dcp     |
 |   SchedulerOutputStreamer.build_additional_customized_info |     |                           |             |
@@ -35,13 +35,13 @@ installed wheel.
 |   SchedulerLoadInquirer.get_loads                       |        |                           |             |
 | managers/scheduler.py:3641                              | AFTER  | metrics. (Prometheus)     | any/dcp     |
 |   Scheduler.get_next_batch_to_run                       |        |                           |             |
-| managers/scheduler_components/dp_attn.py:412            | AROUND | datapath. (step header)   | any/shard   |
+| managers/scheduler_components/dp_attn.py:412            | AROUND | sched_hooks (step header) | any/shard   |
 |   dp_attn.prepare_mlp_sync_batch_raw                    |        |                           |             |
-| mem_cache/base_prefix_cache.py:468                      | AROUND | datapath. (skip moved)    | any/shard   |
+| mem_cache/base_prefix_cache.py:468                      | AROUND | sched_hooks (skip moved)  | any/shard   |
 |   BasePrefixCache.free_kv_row                           |        |                           |             |
-| mem_cache/common.py:292                                 | AROUND | datapath. (release)       | any/shard   |
+| mem_cache/common.py:292                                 | AROUND | sched_hooks (release)     | any/shard   |
 |   common.release_kv_cache                               |        |                           |             |
-| managers/scheduler_components/invariant_checker.py:95   | AROUND | datapath. (guest slots)   | any/shard   |
+| managers/scheduler_components/invariant_checker.py:95   | AROUND | sched_hooks (guest slots) | any/shard   |
 |   SchedulerInvariantChecker._check_full_pool            |        |                           |             |
 | model_executor/model_runner_components/                 | AROUND | backend. (wrap backend)   | any/shard   |
 |   attention_backend_setup._build_resolved_backend (l.201) |      |                           |             |
@@ -76,7 +76,7 @@ from dataclasses import dataclass
 _DPC = "sglang.srt.managers.data_parallel_controller.DataParallelController"
 _TM = "sglang.srt.managers.tokenizer_manager.TokenizerManager"
 _SCHED = "sglang.srt.managers.scheduler.Scheduler"
-_DP = "sglang_dcp.sglang.datapath"
+_DP = "sglang_dcp.sglang.sched_hooks"
 _STREAMER = "sglang.srt.managers.scheduler_components.output_streamer.SchedulerOutputStreamer"
 _LOADS = "sglang.srt.managers.scheduler_components.load_inquirer.SchedulerLoadInquirer"
 _MLPSYNC = "sglang.srt.managers.scheduler_components.dp_attn.MLPSyncBatchInfo"
@@ -120,7 +120,7 @@ HOOKS: tuple[Hook, ...] = (
         f"{_TM}._handle_abort_req", "AFTER", ("self", "recv_obj"),
         "sglang_dcp.sglang.notices:after_handle_abort_req", where="launcher",
     ),
-    # placements on the home scheduler (req.dcp), every placed request (datapath.py)
+    # placements on the home scheduler (req.dcp), every placed request (sched_hooks.py)
     Hook(
         f"{_SCHED}.init_request_dispatcher", "AFTER", ("self",),
         f"{_DP}:after_init_request_dispatcher", when="dcp",
@@ -152,7 +152,7 @@ HOOKS: tuple[Hook, ...] = (
         f"{_SCHED}.get_next_batch_to_run", "AFTER", ("self", "running_batch", "last_batch"),
         "sglang_dcp.sglang.metrics:after_get_next_batch_to_run",
     ),
-    # the data path of requests whose KV spans ranks (datapath.py, backend.py)
+    # the data path of requests whose KV spans ranks (sched_hooks.py, backend.py)
     Hook(
         "sglang.srt.managers.scheduler_components.dp_attn.prepare_mlp_sync_batch_raw", "AROUND",
         ("local_batch", "model_runner", "get_idle_batch", "disable_cuda_graph",

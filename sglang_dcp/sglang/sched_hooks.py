@@ -1,0 +1,108 @@
+"""The scheduler-side SGLang hooks of DCP serving (hooks.py lists them): thin glue from SGLang's
+call sites to this rank's ``datapath.RankRuntime``.
+
+- ``Scheduler.init_request_dispatcher``: build the runtime once the pools exist;
+- ``Scheduler.handle_generate_request`` / ``_add_request_to_queue``: the placement that came with
+  a request becomes ``req.dcp``;
+- ``dp_attn.prepare_mlp_sync_batch_raw``: the step header around SGLang's per-step gather;
+- ``BasePrefixCache.free_kv_row``, ``common.release_kv_cache``: never free shipped ranges, tell
+  the guests at release;
+- ``SchedulerInvariantChecker._check_full_pool``: guest slots are held, not leaked.
+"""
+
+from __future__ import annotations
+
+from sglang_dcp.sglang import ledger
+from sglang_dcp.sglang.datapath import RankRuntime, _subtract, runtime
+
+
+def after_init_request_dispatcher(result, self, *args, **kwargs):
+    """``Scheduler.init_request_dispatcher`` (scheduler.py:1718) runs once in ``__init__``, after
+    the pools exist: build this rank's runtime."""
+    from sglang_dcp.sglang import hooks
+    from sglang_dcp.sglang.context import ctx
+    from sglang_dcp.sglang.options import DcpOptions
+
+    options = DcpOptions.from_env()
+    hooks.assert_applied(options.enabled, options.sharding)
+    rt = RankRuntime(self)
+    ctx().set_runtime(rt)
+    ledger.listen(self, rt.ledger)
+    return result
+
+
+def around_handle_generate_request(original, self, recv_req, *args, **kwargs):
+    """``Scheduler.handle_generate_request`` (scheduler.py): remember the placement that came with
+    the request while SGLang builds its ``Req``."""
+    from sglang_dcp.sglang.messages import DcpGenerateReq
+
+    rt = runtime()
+    if rt is None or not isinstance(recv_req, DcpGenerateReq):
+        return original(self, recv_req, *args, **kwargs)
+    rt.incoming[recv_req.rid] = recv_req.placement()
+    try:
+        return original(self, recv_req, *args, **kwargs)
+    finally:
+        rt.forget_unqueued(recv_req.rid, self.grammar_manager.grammar_queue)
+
+
+def after_add_request_to_queue(result, self, req, *args, **kwargs):
+    """``Scheduler._add_request_to_queue`` (scheduler.py:3266): ``req.dcp = placement``."""
+    rt = runtime()
+    if rt is not None:
+        rt.attach(req)
+    return result
+
+
+def around_prepare_mlp_sync(original, local_batch, *args, **kwargs):
+    """``dp_attn.prepare_mlp_sync_batch_raw(local_batch, model_runner, ...)`` (dp_attn.py:412):
+    the step header first, then SGLang's gather; the step goes on the batch that will run."""
+    rt = runtime()
+    if rt is None:
+        return original(local_batch, *args, **kwargs)
+    model_runner = kwargs.get("model_runner", args[0] if args else None)
+    rt.step = None
+    news, decoding_reqs = rt.before_sync(local_batch, model_runner)
+    batch = original(local_batch, *args, **kwargs)  # SGLang's gather carries the news flags
+    step = rt.after_sync(news, decoding_reqs, model_runner)
+    if step is not None:
+        if batch is None:  # pragma: no cover - a decoding home always runs
+            raise RuntimeError("sglang_dcp: an active DCP step produced no batch on this rank")
+        from sglang_dcp.sglang.backend import needs_eager
+
+        if needs_eager(step):  # rounds, or more split rows than the static buffers: eager on
+            batch.can_run_decode_cuda_graph = False  # every rank (the step is the same)
+    rt.step = step
+    return batch
+
+
+def around_free_kv_row(original, self, kv, ranges, *args, **kwargs):
+    """``BasePrefixCache.free_kv_row(kv, ranges)`` (base_prefix_cache.py:468): never free a
+    range the home shipped away (its slots went back to the allocator at the move)."""
+    rt = runtime()
+    skip = rt.row_ranges_to_skip(kv.req_pool_idx) if rt is not None else None
+    if skip:
+        ranges = _subtract(list(ranges), skip)
+    return original(self, kv, ranges, *args, **kwargs)
+
+
+def around_release_kv_cache(original, req, tree_cache, *args, **kwargs):
+    """``mem_cache.common.release_kv_cache(req, tree_cache, is_insert)`` (common.py:292)."""
+    rt = runtime()
+    if rt is None or (req.rid not in rt.home and req.rid not in rt.split_reqs):
+        return original(req, tree_cache, *args, **kwargs)
+    idx = req.kv.req_pool_idx
+    try:
+        return original(req, tree_cache, *args, **kwargs)
+    finally:
+        rt.moved_rows.pop(idx, None)
+        rt.released(req)
+
+
+def around_check_full_pool(original, self, ps, uncached=0, *args, **kwargs):
+    """``SchedulerInvariantChecker._check_full_pool(ps, uncached)`` (invariant_checker.py:95):
+    guest slots are held for other ranks' requests, not leaked."""
+    rt = runtime()
+    if rt is not None:
+        uncached = uncached + rt.guest_tokens()
+    return original(self, ps, uncached, *args, **kwargs)
