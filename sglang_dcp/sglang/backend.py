@@ -34,6 +34,7 @@ import time
 import torch
 
 from sglang_dcp import env
+from sglang_dcp.sglang import shipping
 from sglang_dcp.sglang.backend_meta import MetadataCalls, _Cursor
 from sglang_dcp.sglang.rank_stats import stats
 
@@ -180,7 +181,7 @@ class DcpAttnBackend(MetadataCalls):
         merged = self.exchange(cur, layer.layer_id, q3, x)
         rows = self.ex.gather_rows(out.reshape(n, -1), x, merged)
         if env.poison_moved():
-            _check_rows(current_step(), layer.layer_id, rows, x, self.ex.shape.max_local)
+            shipping.check_rows(current_step(), layer.layer_id, rows, x, self.ex.shape.max_local)
         return rows.view_as(out)
 
     def _row_map(self, fb, n: int) -> torch.Tensor:
@@ -197,20 +198,6 @@ class DcpAttnBackend(MetadataCalls):
         if m < n:
             x = torch.cat([x, x.new_full((n - m,), ex.shape.max_local)])
         return x
-
-
-def _check_rows(step, layer_id: int, rows: torch.Tensor, x: torch.Tensor, B: int) -> None:
-    """Debug check under ``SGLANG_DCP_POISON_MOVED=1`` (syncs): a NaN output row read a
-    poisoned (moved) slot; log whether it came from the exchange and for which request."""
-    bad = torch.isnan(rows.float()).any(dim=1).nonzero().flatten().tolist()
-    for i in bad:
-        xi = int(x[i])
-        rid = step.row_rids[xi] if step is not None and xi < len(step.row_rids) else None
-        logger.error(
-            "sglang_dcp: step %s layer %d row %d is NaN (%s)",
-            getattr(step, "tag", "?"), layer_id, i,
-            f"exchange row {xi}, {rid}" if xi < B else "SGLang's own attention",
-        )  # fmt: skip
 
 
 def step_comm():

@@ -122,3 +122,17 @@ def _subtract(ranges, cut):
     from sglang_dcp.sglang.datapath import _subtract as sub
 
     return sub(ranges, cut)
+
+
+def check_rows(step, layer_id: int, rows: torch.Tensor, x: torch.Tensor, B: int) -> None:
+    """Debug check under ``SGLANG_DCP_POISON_MOVED=1`` (syncs): a NaN output row read a
+    poisoned (moved) slot; log whether it came from the exchange and for which request."""
+    bad = torch.isnan(rows.float()).any(dim=1).nonzero().flatten().tolist()
+    for i in bad:
+        xi = int(x[i])
+        rid = step.row_rids[xi] if step is not None and xi < len(step.row_rids) else None
+        logger.error(
+            "sglang_dcp: step %s layer %d row %d is NaN (%s)",
+            getattr(step, "tag", "?"), layer_id, i,
+            f"exchange row {xi}, {rid}" if xi < B else "SGLang's own attention",
+        )  # fmt: skip
