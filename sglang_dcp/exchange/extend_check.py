@@ -57,6 +57,13 @@ class ExtendConfig:
     device: str = "cpu"
     backend: str = "gloo"
 
+    # the toy stack (toy_stack.Weights) is shared with the decode self-check: GQA here
+    mla = False
+
+    @property
+    def v_head_dim(self) -> int:
+        return self.head_dim
+
     def scenario(self):
         return make_extend_scenario(
             self.world_size, self.seed, num_requests=self.num_requests,
