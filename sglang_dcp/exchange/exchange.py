@@ -55,9 +55,14 @@ def attend_items(
     sm_scale: float,
     attention: AttentionFn,
     num_kv_splits: int | None = None,
+    k_scale: float | torch.Tensor | None = None,
+    v_scale: float | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One launch over local and guest items: (o [num_items, H, Dv], lse [num_items, H] fp32)."""
+    """One launch over local and guest items: (o [num_items, H, Dv], lse [num_items, H] fp32).
+    ``k_scale``/``v_scale``: per-tensor scales of an FP8 (e4m3) KV cache, ``None`` otherwise."""
     kw = {} if num_kv_splits is None else {"num_kv_splits": num_kv_splits}
+    if k_scale is not None or v_scale is not None:
+        kw.update(k_scale=k_scale, v_scale=v_scale)
     return attention(
         bufs.q_items, k_buffer, v_buffer, bufs.kv_indptr, bufs.kv_indices, sm_scale, **kw
     )
@@ -101,11 +106,14 @@ def exchange_attention(
     attention: AttentionFn,
     merge: MergeFn,
     num_kv_splits: int | None = None,
+    k_scale: float | torch.Tensor | None = None,
+    v_scale: float | torch.Tensor | None = None,
 ) -> None:
     """Attention of ``bufs.q_in`` over KV spread across ranks into ``bufs.out``/``bufs.out_lse``.
 
     ``k_buffer: [num_slots, num_kv_heads, head_dim]``, ``v_buffer: [num_slots, num_kv_heads,
-    v_head_dim]``: this rank's pool for the layer. Every rank calls this together.
+    v_head_dim]``: this rank's pool for the layer (FP8 e4m3 with ``k_scale``/``v_scale``, or the
+    queries' dtype). Every rank calls this together.
     """
     send_queries(bufs, comm)
     o, lse = attend_items(
@@ -115,6 +123,8 @@ def exchange_attention(
         sm_scale=sm_scale,
         attention=attention,
         num_kv_splits=num_kv_splits,
+        k_scale=k_scale,
+        v_scale=v_scale,
     )
     send_outputs(bufs, comm, o, lse)
     merge_outputs(bufs, o, lse, merge)

@@ -188,13 +188,17 @@ class StaticExchange:
         if r.num_kv:
             torch.cat(r.pieces, out=b.kv_indices[: r.num_kv])
 
-    def run(self, comm, k_buffer, v_buffer, *, sm_scale: float, attention, merge) -> torch.Tensor:
+    def run(
+        self, comm, k_buffer, v_buffer, *, sm_scale: float, attention, merge, k_scale=None,
+        v_scale=None,
+    ) -> torch.Tensor:  # fmt: skip
         """Every round of this step's exchange for one layer; returns the merged ``[B, H, Dv]``
         of the home rows. One round: graph-safe, in place. Several: eager, round by round, LSE
         merged (the merge is associative, so rounds merge like shards)."""
         from sglang_dcp.exchange.exchange import exchange_attention, merge_rounds
 
-        kw = dict(sm_scale=sm_scale, attention=attention, merge=merge)
+        kw = dict(sm_scale=sm_scale, attention=attention, merge=merge, k_scale=k_scale,
+                  v_scale=v_scale)  # fmt: skip
         if len(self.rounds) <= 1:
             exchange_attention(self.bufs, comm, k_buffer, v_buffer, **kw)
             return self.bufs.out

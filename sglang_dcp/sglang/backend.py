@@ -92,6 +92,7 @@ class DcpAttnBackend(MetadataCalls):
         self._scaling: dict[int, float] | None = None
         self._kernels = None
         self.ex = None  # StaticExchange, sized once (ensure_exchange)
+        self.current_ex = None  # the running step's: self.ex, or a bigger one-off (eager)
         self._capture = _Cursor()
         self._inner_seq = None  # [max_bs] static seq lens the inner sees under graphs
         self._num_real = None  # [1] real rows of a padded graph replay
@@ -101,21 +102,6 @@ class DcpAttnBackend(MetadataCalls):
         return getattr(self.__dict__["inner"], name)
 
     # -- the exchange ---------------------------------------------------------------------------
-    def layer_scaling(self, layer_id: int) -> float:
-        """``sm_scale`` of layer ``layer_id``, read from the model's ``RadixAttention`` modules (a
-        rank serving guest items for a layer it never ran attention for needs it too)."""
-        if self._scaling is None:
-            from sglang.srt.layers.radix_attention import RadixAttention
-
-            self._scaling = {}
-            for m in self._runner.model.modules():
-                # MLA layers also hold an MHA RadixAttention (prefill): take the exchange's
-                if isinstance(m, RadixAttention) and (
-                    m.layer_id not in self._scaling or m.qk_head_dim == self.head_dim
-                ):
-                    self._scaling[m.layer_id] = float(m.scaling)
-        return self._scaling[layer_id]
-
     def _attention_fns(self):
         if self._kernels is None:
             from sglang_dcp.exchange.exchange import default_kernels
@@ -148,9 +134,13 @@ class DcpAttnBackend(MetadataCalls):
             ex.scatter_rows(q, x)
         attention, merge = self._attention_fns()
         pool = self._runner.token_to_kv_pool
+        k_buf = pool.get_key_buffer(layer_id)
+        scales = {}
+        if k_buf.dtype == torch.float8_e4m3fn:  # FP8 cache: the layer's scales, as SGLang's
+            scales = self.layer_kv_scales(layer_id)  # triton backend applies them
         merged = ex.run(
-            step_comm(), pool.get_key_buffer(layer_id), pool.get_value_buffer(layer_id),
-            sm_scale=self.layer_scaling(layer_id), attention=attention, merge=merge,
+            step_comm(), k_buf, pool.get_value_buffer(layer_id),
+            sm_scale=self.layer_scaling(layer_id), attention=attention, merge=merge, **scales,
         )  # fmt: skip
         cur.done_layer = layer_id
         if hasattr(cur, "exchange_s"):
@@ -179,16 +169,17 @@ class DcpAttnBackend(MetadataCalls):
         x = self._row_map(forward_batch, n)
         q3 = q.reshape(n, layer.tp_q_head_num, layer.qk_head_dim)
         merged = self.exchange(cur, layer.layer_id, q3, x)
-        rows = self.ex.gather_rows(out.reshape(n, -1), x, merged)
+        rows = self.current_ex.gather_rows(out.reshape(n, -1), x, merged)
         if env.poison_moved():
-            shipping.check_rows(current_step(), layer.layer_id, rows, x, self.ex.shape.max_local)
+            shipping.check_rows(current_step(), layer.layer_id, rows, x,
+                                self.current_ex.shape.max_local)  # fmt: skip
         return rows.view_as(out)
 
     def _row_map(self, fb, n: int) -> torch.Tensor:
         """``[n]`` exchange row per q row (``B``: SGLang's own output stays): keyed by
         ``req_pool_indices``; DP-attention padding rows (past the batch, or past the real rows of
         a padded graph replay) never map."""
-        ex = self.ex
+        ex = self.current_ex
         keys = fb.req_pool_indices
         m = keys.shape[0]
         valid = None

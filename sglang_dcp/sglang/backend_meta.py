@@ -1,5 +1,6 @@
-"""``DcpAttnBackend``'s side of SGLang's metadata calls: the static exchange, sized once, and
-what each forward's metadata call prepares (SGLang 0.5.21 ``base_attn_backend`` API).
+"""``DcpAttnBackend``'s side of SGLang's metadata calls: the static exchange, sized once, what
+each forward's metadata call prepares (SGLang 0.5.21 ``base_attn_backend`` API), and the
+per-layer constants the exchange needs (``sm_scale``, FP8 KV scales).
 
 SGLang calls, per forward, ``init_forward_metadata(fb)`` (eager) or, around CUDA graphs,
 ``init_cuda_graph_state`` once, ``init_forward_metadata_out_graph(fb, in_capture)`` before each
@@ -58,7 +59,7 @@ class MetadataCalls:
                 max_kv_slots=r.token_to_kv_pool.size + r.token_to_kv_pool.page_size + 1,
                 dtype=self.dtype,
             )
-            self.ex = StaticExchange(shape, self.device, num_row_keys=reqs)
+            self.ex = self.current_ex = StaticExchange(shape, self.device, num_row_keys=reqs)
             stats().exchange_capacity = cap
         return self.ex
 
@@ -90,7 +91,8 @@ class MetadataCalls:
         gets: split rows at sequence length 1 (never reading their moved KV)."""
         self._inner_fb = None
         if in_capture:
-            self.ensure_exchange().clear()
+            self.current_ex = self.ensure_exchange()
+            self.current_ex.clear()
             self._capture = _Cursor()
             return fb
         step = current_step()
@@ -120,6 +122,9 @@ class MetadataCalls:
         """Lay ``step``'s route out in the static exchange, once per step (from the metadata
         call, or from the first layer on a rank whose idle batch skips it)."""
         ex = self.ensure_exchange()
+        if step.num_rows > ex.shape.max_local:  # eager (needs_eager): a one-off bigger set
+            ex = self._overflow(step.num_rows)
+        self.current_ex = ex
         if not step.loaded:
             ex.load(step.route, rounds=step.rounds, tag=step.tag, row_keys=step.row_keys)
             step.loaded = True
@@ -130,7 +135,46 @@ class MetadataCalls:
             s.guest_capacity_high_water = ex.high_water
         return ex
 
+    def _overflow(self, rows: int):
+        """Buffers for a step with more split rows than the static set holds (run eagerly, as
+        SGLang runs a batch larger than its largest graph); kept for the next such step."""
+        from dataclasses import replace
+
+        from sglang_dcp.exchange.static import StaticExchange
+
+        big = getattr(self, "_big", None)
+        if big is None or big.shape.max_local < rows:
+            shape = replace(self.ex.shape, max_local=1 << (rows - 1).bit_length())
+            big = self._big = StaticExchange(shape, self.device,
+                                             num_row_keys=self.ex.row_slot.shape[0])  # fmt: skip
+        return big
+
     def _view_for_inner(self, fb):
         held = self._inner_fb
         return held[1] if held is not None and held[0] is fb else fb
 
+    # -- per-layer constants, read from the model once -------------------------------------
+    def layer_scaling(self, layer_id: int) -> float:
+        """``sm_scale`` of layer ``layer_id``, read from the model's ``RadixAttention`` modules (a
+        rank serving guest items for a layer it never ran attention for needs it too)."""
+        if self._scaling is None:
+            from sglang.srt.layers.radix_attention import RadixAttention
+
+            self._scaling, self._kv_scales = {}, {}
+            for m in self._runner.model.modules():
+                # MLA layers also hold an MHA RadixAttention (prefill): take the exchange's
+                if isinstance(m, RadixAttention) and (
+                    m.layer_id not in self._scaling or m.qk_head_dim == self.head_dim
+                ):
+                    self._scaling[m.layer_id] = float(m.scaling)
+                    quantized = m.k_scale is not None and m.v_scale is not None
+                    self._kv_scales[m.layer_id] = dict(
+                        k_scale=float(m.k_scale_float) if quantized else 1.0,
+                        v_scale=float(m.v_scale_float) if quantized else 1.0,
+                    )  # as triton_backend.forward_decode: no scales loaded means 1.0
+        return self._scaling[layer_id]
+
+    def layer_kv_scales(self, layer_id: int) -> dict:
+        """``k_scale``/``v_scale`` of layer ``layer_id``'s FP8 KV cache (1.0 when none loaded)."""
+        self.layer_scaling(layer_id)
+        return self._kv_scales[layer_id]

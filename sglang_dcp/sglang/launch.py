@@ -147,7 +147,9 @@ def dcp_options(ns: argparse.Namespace) -> DcpOptions:
         )
     kv_dtype = getattr(ns, "kv_cache_dtype", None) or "auto"
     if opts.sharding and kv_dtype not in UNQUANTIZED_KV:
-        raise LaunchError(quantized_kv_error(kv_dtype, _has_cuda()))
+        refusal = quantized_kv_error(kv_dtype, _has_cuda())
+        if refusal:
+            raise LaunchError(refusal)
     if opts.enabled and (getattr(ns, "tokenizer_worker_num", 1) or 1) > 1:
         raise LaunchError(
             "--tokenizer-worker-num > 1 is not supported with the sglang-dcp planner yet; "

@@ -32,26 +32,29 @@ from dataclasses import dataclass
 
 TORCH_NATIVE = "torch_native"
 UNQUANTIZED_KV = ("auto", "bf16", "bfloat16", "float16", "float32")  # --kv-cache-dtype values
+FP8_KV = ("fp8_e4m3",)  # what the exchange's kernels read (torch.float8_e4m3fn, with scales)
 
 
-def quantized_kv_error(kv_cache_dtype: str, cuda: bool) -> str:
-    """The launcher's one-line refusal of ``--kv-cache-dtype`` FP8/FP4 with KV sharding.
+def quantized_kv_error(kv_cache_dtype: str, cuda: bool) -> str | None:
+    """The launcher's one-line refusal of a quantized ``--kv-cache-dtype`` with KV sharding, or
+    ``None`` where the exchange serves it (``fp8_e4m3`` on CUDA: the split-KV kernels dequantise
+    with each layer's ``k_scale``/``v_scale``, as SGLang's triton backend does).
 
     CPU: SGLang 0.5.21's ``torch_native`` (the backend the exchange wraps there, and the one
     that computes prefill) passes the FP8 cache straight to SDPA, which refuses mixed dtypes
-    ("Expected query, key, and value to have the same dtype"), with or without DCP. GPU: SGLang's
-    ``triton`` backend reads FP8 MLA/GQA caches with per-layer scales, and the split-KV kernels
-    take ``k_scale``/``v_scale``, but the exchange does not pass the layers' scales yet, so it
-    refuses rather than compute with scale 1.
+    ("Expected query, key, and value to have the same dtype"), with or without DCP. Other
+    formats (``fp8_e5m2``, MXFP8, FP4) are not read by the exchange's kernels.
     """
     if not cuda:
         return (
             f"--kv-cache-dtype {kv_cache_dtype}: on CPU SGLang's torch_native attention (which "
             "the DCP exchange wraps) cannot read a quantized KV cache; drop --kv-cache-dtype"
         )
+    if kv_cache_dtype in FP8_KV:
+        return None
     return (
-        f"--kv-cache-dtype {kv_cache_dtype} with KV sharding: the DCP exchange does not apply "
-        "the KV cache scales yet; drop --kv-cache-dtype or pass --dcp-max-degree 1"
+        f"--kv-cache-dtype {kv_cache_dtype} with KV sharding: the DCP exchange reads "
+        f"{', '.join(FP8_KV)} or unquantized KV; use one of those or pass --dcp-max-degree 1"
     )
 
 

@@ -24,17 +24,17 @@ from types import SimpleNamespace
 import torch
 
 from sglang_dcp.testing.graph_scenario import (
-    D, H, HKV, LAYERS, MAX_LEN, NUM_REQS, SM, TritonLikeInner, kv_value, q_value, reference,
-    scenario,
+    D, FP8, H, HKV, KV_SCALE, LAYERS, MAX_LEN, NUM_REQS, SM, TritonLikeInner, kv_value, q_value,
+    reference, scenario, store,
 )  # fmt: skip
 
 
 class _Pool:
     """This rank's KV pool: per layer ``[num_slots, HKV, D]``; slot 0 is the padding dummy."""
 
-    def __init__(self, num_slots: int) -> None:
-        self.k = [torch.zeros(num_slots, HKV, D) for _ in range(LAYERS)]
-        self.v = [torch.zeros(num_slots, HKV, D) for _ in range(LAYERS)]
+    def __init__(self, num_slots: int, dtype: torch.dtype) -> None:
+        self.k = [torch.zeros(num_slots, HKV, D).to(dtype) for _ in range(LAYERS)]
+        self.v = [torch.zeros(num_slots, HKV, D).to(dtype) for _ in range(LAYERS)]
         self.size, self.page_size, self.layer_num, self.start_layer = num_slots - 1, 1, LAYERS, 0
 
     def get_key_buffer(self, layer_id):
@@ -57,8 +57,9 @@ def _slot(rid: int, rank: int, num_ranks: int, token: int) -> int:
 
 
 def run_rank(rank: int, num_ranks: int, init_method: str, dist_backend: str, steps: int,
-             seed: int, capacity: int, out_path: str) -> None:  # fmt: skip
-    """One rank of the harness (``exchange.spawn.run_ranks`` target); writes its findings."""
+             seed: int, capacity: int, out_path: str, kv_dtype: str = "float32") -> None:  # fmt: skip
+    """One rank of the harness (``exchange.spawn.run_ranks`` target); writes its findings.
+    ``kv_dtype``: ``float32`` or ``fp8_e4m3`` (an FP8 cache with per-layer scales)."""
     import json
     import os
 
@@ -76,7 +77,8 @@ def run_rank(rank: int, num_ranks: int, init_method: str, dist_backend: str, ste
     os.environ[env.SERVE_OPTIONS_VAR] = DcpOptions(max_degree=W, max_guest_items=capacity).to_json()
     comm = TorchDistCommunicator(init_rank(rank, W, init_method, dist_backend))
     rows = NUM_REQS * 4 + 1
-    pool = _Pool(1 + rows * W * MAX_LEN)
+    dtype = FP8 if kv_dtype == "fp8_e4m3" else torch.float32
+    pool = _Pool(1 + rows * W * MAX_LEN, dtype)
     runner = SimpleNamespace(
         req_to_token_pool=SimpleNamespace(req_to_token=torch.zeros(rows, MAX_LEN, dtype=torch.int32),
                                           size=rows - 1),
@@ -86,6 +88,7 @@ def run_rank(rank: int, num_ranks: int, init_method: str, dist_backend: str, ste
     be._init_state(TritonLikeInner(runner), runner, num_ranks=W, num_q_heads=H, head_dim=D,
                    v_head_dim=D)  # fmt: skip
     be._scaling = dict.fromkeys(range(LAYERS), SM)
+    be._kv_scales = {i: dict(k_scale=KV_SCALE, v_scale=KV_SCALE) for i in range(LAYERS)}
     from sglang_dcp.sglang.context import ctx
 
     ctx().backend = be
@@ -149,7 +152,8 @@ def run_rank(rank: int, num_ranks: int, init_method: str, dist_backend: str, ste
                         s = _slot(rid, rank, W, t)
                         for lay in range(LAYERS):
                             kk, vv = kv_value(rid, t, lay) if here else (float("nan"),) * 2
-                            pool.k[lay][s], pool.v[lay][s] = kk, vv
+                            store(pool.k[lay], s, kk)
+                            store(pool.v[lay], s, vv)
             if h == rank:
                 home.append((rid, length))
                 runner.req_to_token_pool.req_to_token[rid, :length] = torch.tensor(
@@ -171,7 +175,7 @@ def run_rank(rank: int, num_ranks: int, init_method: str, dist_backend: str, ste
                          for kl in kv])  # fmt: skip
         v = torch.stack([torch.stack([x[1] for x in kl]) if n else torch.zeros(0, HKV, D)
                          for kl in kv])  # fmt: skip
-        ref = [torch.stack([reference(rid, ln, i, lay) for rid, ln in home]) if n else None
+        ref = [torch.stack([reference(rid, ln, i, lay, dtype) for rid, ln in home]) if n else None
                for lay in range(LAYERS)]  # fmt: skip
 
         def mk_step(tag):

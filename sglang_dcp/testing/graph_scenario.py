@@ -14,6 +14,19 @@ from sglang_dcp.kernels import decode_attention
 
 H, HKV, D, LAYERS, SM = 4, 2, 8, 2, 0.35
 MAX_LEN, NUM_REQS = 64, 10
+FP8, KV_SCALE = torch.float8_e4m3fn, 0.5  # the FP8 runs: e4m3 cache, one scale per tensor
+
+
+def store(buf: torch.Tensor, idx, value) -> None:
+    """Write K or V as SGLang's pools do: an FP8 cache holds ``value / scale``."""
+    if buf.dtype == FP8 and isinstance(value, torch.Tensor):
+        value = (value / KV_SCALE).to(FP8)
+    buf[idx] = value
+
+
+def seen(value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """What attention reads back of a stored ``value``."""
+    return (value / KV_SCALE).to(FP8).float() * KV_SCALE if dtype == FP8 else value
 
 
 class TritonLikeInner:
@@ -53,12 +66,13 @@ class TritonLikeInner:
     def forward(self, q, k, v, layer, fb, save_kv_cache=True, **kwargs):
         pool = self.r.token_to_kv_pool
         if save_kv_cache:
-            pool.k[layer.layer_id][fb.out_cache_loc] = k
-            pool.v[layer.layer_id][fb.out_cache_loc] = v
+            store(pool.k[layer.layer_id], fb.out_cache_loc, k)
+            store(pool.v[layer.layer_id], fb.out_cache_loc, v)
         n = q.shape[0]
+        scales = dict(k_scale=KV_SCALE, v_scale=KV_SCALE) if pool.k[0].dtype == FP8 else {}
         o, _ = decode_attention(
             q.view(n, H, D), pool.k[layer.layer_id], pool.v[layer.layer_id],
-            self.kv_indptr[: n + 1], self.kv_indices, layer.scaling, impl="torch",
+            self.kv_indptr[: n + 1], self.kv_indices, layer.scaling, impl="torch", **scales,
         )  # fmt: skip
         return o.reshape(n, H * D)
 
@@ -75,9 +89,11 @@ def q_value(rid: int, step: int, layer: int) -> torch.Tensor:
     return torch.randn(H, D, generator=g)
 
 
-def reference(rid: int, length: int, step: int, layer: int) -> torch.Tensor:
-    """float64 attention of the request's query over all its tokens: [H * D]."""
-    ks, vs = zip(*(kv_value(rid, t, layer) for t in range(length)))
+def reference(rid: int, length: int, step: int, layer: int, dtype=torch.float32) -> torch.Tensor:
+    """float64 attention of the request's query over all its tokens (as the cache holds them in
+    ``dtype``): [H * D]."""
+    ks, vs = zip(*((seen(k, dtype), seen(v, dtype)) for k, v in
+                   (kv_value(rid, t, layer) for t in range(length))))  # fmt: skip
     k = torch.stack(ks).double().repeat_interleave(H // HKV, 1)  # [n, H, D]
     v = torch.stack(vs).double().repeat_interleave(H // HKV, 1)
     q = q_value(rid, step, layer).double()

@@ -14,10 +14,22 @@ W = 3
 def test_eager_and_graph_replay_equal_the_reference(tmp_path):
     out = str(tmp_path / "rank{rank}.json")
     run_ranks(graph_harness.run_rank, W, 20, 11, 1, out, timeout_s=500)
+    _check(out)
+
+
+def test_an_fp8_cache_goes_through_the_exchange_with_its_scales(tmp_path):
+    """--kv-cache-dtype fp8_e4m3: the exchange dequantises with the layers' scales, as SGLang's
+    own attention does for unsplit rows (the reference reads the values the cache holds)."""
+    out = str(tmp_path / "rank{rank}.json")
+    run_ranks(graph_harness.run_rank, W, 12, 5, 1, out, "fp8_e4m3", timeout_s=500)
+    _check(out, min_dcp=3)
+
+
+def _check(out, min_dcp=5):
     res = [json.load(open(out.format(rank=r))) for r in range(W)]
     for r in res:
         assert r["worst"]["eager"] < 1e-4 and r["worst"]["graph"] < 1e-4, r
     c = res[0]["counts"]
-    assert c["graph_dcp"] >= 5 and c["graph_plain"] >= 1, c  # both variants replayed
+    assert c["graph_dcp"] >= min_dcp and c["graph_plain"] >= 1, c  # both variants replayed
     assert sum(x["counts"]["split_rows"] for x in res) >= 10
     assert c["eager_rounds"] >= 1, c  # over capacity (1): eager rounds, never truncated

@@ -167,3 +167,13 @@ def test_rust_egress_is_refused_with_the_planner(parser, monkeypatch):
     assert options(parser, "--dcp-policy", "off").policy == "off"
     monkeypatch.setenv("SGLANG_RUST_SERVER", "0")
     assert options(parser).policy == "dcp"
+
+
+def test_quantized_kv_with_sharding():
+    from sglang_dcp.sglang.mla import quantized_kv_error
+
+    assert quantized_kv_error("fp8_e4m3", cuda=True) is None  # the exchange applies the scales
+    for dtype in ("fp8_e5m2", "mxfp8", "nvfp4"):
+        msg = quantized_kv_error(dtype, cuda=True)
+        assert msg.startswith(f"--kv-cache-dtype {dtype}") and "fp8_e4m3" in msg
+    assert "torch_native" in quantized_kv_error("fp8_e4m3", cuda=False)
