@@ -18,7 +18,6 @@ import json
 import platform
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._meta import cpu_hardware, git_commit  # noqa: E402
 from sglang_dcp.planner import POLICIES, ClusterSpec, load_profile, make_policy  # noqa: E402
 from sglang_dcp.types import Placement, Request  # noqa: E402
 
@@ -47,24 +47,6 @@ def _lengths(rng: random.Random, count: int) -> tuple[list[tuple[int, int]], str
         for _ in range(count)
     ]
     return out, "lognormal(8.9, 0.9) fallback"
-
-
-def _hardware() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        info = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-        return f"{info.get('Model name', '?').strip()}, {info.get('CPU(s)', '?').strip()} cores"
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown CPU"
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=ROOT
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (no commit yet)"
 
 
 def bench_policy(name, profile, num_ranks, live, timed, seed, page, fill=0.75):
@@ -155,9 +137,9 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     meta = {
-        "hardware": _hardware(),
+        "hardware": cpu_hardware(),
         "python": platform.python_version(),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "profile": args.profile,
         "seed": args.seed,

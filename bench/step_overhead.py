@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,8 +37,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._meta import cpu_hardware, git_commit  # noqa: E402
 from sglang_dcp import env  # noqa: E402
-from sglang_dcp.planner.base import Migration  # noqa: E402,F401
 from sglang_dcp.sglang import backend, datapath  # noqa: E402
 from sglang_dcp.sglang.options import DcpOptions  # noqa: E402
 from sglang_dcp.sglang.step import Decoding, RankNews, plan_step  # noqa: E402
@@ -129,23 +128,6 @@ def measure(running: int, split: int, iters: int) -> dict:
     return row
 
 
-def _hardware() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        info = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-        return f"{info.get('Model name', '?').strip()}, {info.get('CPU(s)', '?').strip()} cores"
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown CPU"
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                              capture_output=True, check=True).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--running", type=int, nargs="+", default=[64, 256, 1024])
@@ -163,9 +145,9 @@ def main() -> None:
         lines.append("| " + " | ".join(
             f"{r[c]:.1f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
     print("\n".join(lines))
-    meta = {"hardware": _hardware() + " (CPU; torch device ops run as CPU kernels)",
+    meta = {"hardware": cpu_hardware() + " (CPU; torch device ops run as CPU kernels)",
             "python": platform.python_version(), "torch": torch.__version__,
-            "git_commit": _commit(), "command": "python " + " ".join(sys.argv),
+            "git_commit": git_commit(short=True), "command": "python " + " ".join(sys.argv),
             "iters": a.iters, "threads": 1}  # fmt: skip
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "step_overhead.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
