@@ -58,8 +58,22 @@ def _slot(rid: int, rank: int, num_ranks: int, token: int) -> int:
 
 def run_rank(rank: int, num_ranks: int, init_method: str, dist_backend: str, steps: int,
              seed: int, capacity: int, out_path: str, kv_dtype: str = "float32") -> None:  # fmt: skip
-    """One rank of the harness (``exchange.spawn.run_ranks`` target); writes its findings.
-    ``kv_dtype``: ``float32`` or ``fp8_e4m3`` (an FP8 cache with per-layer scales)."""
+    """One rank of the harness (``exchange.spawn.run_ranks`` target); writes its findings, or
+    its traceback to ``<out_path>.err`` (a peer's crash then reads as its own failure)."""
+    import traceback
+
+    try:
+        _run_rank(rank, num_ranks, init_method, dist_backend, steps, seed, capacity, out_path,
+                  kv_dtype)  # fmt: skip
+    except BaseException:
+        with open(out_path.format(rank=rank) + ".err", "w") as f:
+            f.write(traceback.format_exc())
+        raise
+
+
+def _run_rank(rank, num_ranks, init_method, dist_backend, steps, seed, capacity, out_path,
+              kv_dtype) -> None:  # fmt: skip
+    """``kv_dtype``: ``float32`` or ``fp8_e4m3`` (an FP8 cache with per-layer scales)."""
     import json
     import os
 

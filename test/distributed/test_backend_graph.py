@@ -4,6 +4,7 @@ padding over 20 steps; eager and graph replay both equal the float64 reference, 
 poisoned at its source; no static buffer ever moves; steps that need rounds run eagerly."""
 
 import json
+import os
 
 from sglang_dcp.exchange.spawn import run_ranks
 from sglang_dcp.testing import graph_harness
@@ -13,7 +14,7 @@ W = 3
 
 def test_eager_and_graph_replay_equal_the_reference(tmp_path):
     out = str(tmp_path / "rank{rank}.json")
-    run_ranks(graph_harness.run_rank, W, 20, 11, 1, out, timeout_s=500)
+    _run(20, 11, 1, out)
     _check(out)
 
 
@@ -21,8 +22,19 @@ def test_an_fp8_cache_goes_through_the_exchange_with_its_scales(tmp_path):
     """--kv-cache-dtype fp8_e4m3: the exchange dequantises with the layers' scales, as SGLang's
     own attention does for unsplit rows (the reference reads the values the cache holds)."""
     out = str(tmp_path / "rank{rank}.json")
-    run_ranks(graph_harness.run_rank, W, 12, 5, 1, out, "fp8_e4m3", timeout_s=500)
+    _run(12, 5, 1, out, "fp8_e4m3")
     _check(out, min_dcp=3)
+
+
+def _run(steps, seed, capacity, out, *extra):
+    """The ranks; a failure names every rank's own traceback (one rank's exception often
+    surfaces as a peer's SIGABRT in gloo)."""
+    try:
+        run_ranks(graph_harness.run_rank, W, steps, seed, capacity, out, *extra, timeout_s=500)
+    except Exception as e:
+        errs = [out.format(rank=r) + ".err" for r in range(W)]
+        found = {p: open(p).read()[-3000:] for p in errs if os.path.exists(p)}
+        raise AssertionError(f"{e}\nrank tracebacks: {found or 'none written'}") from e
 
 
 def _check(out, min_dcp=5):
