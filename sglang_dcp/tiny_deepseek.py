@@ -20,12 +20,10 @@ byte-identical files.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 
-from sglang_dcp.tiny_model import build_tokenizer, checkpoint_digest
+from sglang_dcp.tiny_model import build_tokenizer, cli, random_weights, save
 
 TINY_DEEPSEEK_CONFIG = dict(
     vocab_size=512,
@@ -82,40 +80,23 @@ def build(out_dir: str, seed: int = 0) -> str:
 
     gen = torch.Generator().manual_seed(seed)
     model = DeepseekV3ForCausalLM(config)
+    random_weights(model, config.initializer_range, gen)
     with torch.no_grad():
-        for name, p in sorted(model.named_parameters()):
-            if "norm" in name:
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
-            else:
-                std = config.initializer_range / max(1.0, p.shape[-1] ** 0.5 / 8)
-                p.copy_(std * torch.randn(p.shape, generator=gen))
         for name, b in sorted(model.named_buffers()):
             if name.endswith("e_score_correction_bias"):
                 # nonzero, so expert choice differs from the scores alone (as in the real model)
                 b.copy_(0.05 * torch.randn(b.shape, generator=gen))
-    model.generation_config.do_sample = False
-    model.save_pretrained(out_dir, safe_serialization=True)
-    return out_dir
+    return save(model, out_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m sglang_dcp.tiny_deepseek",
-        description="Write a deterministic random-weight tiny DeepSeek-V3 checkpoint + tokenizer.",
-    )
-    p.add_argument("out_dir", help="directory to write (created if missing)")
-    p.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
-    args = p.parse_args(argv)
-    build(args.out_dir, seed=args.seed)
-    with open(os.path.join(args.out_dir, "config.json")) as f:
-        cfg = json.load(f)
-    print(
-        f"wrote {args.out_dir}: {cfg['model_type']}, {cfg['num_hidden_layers']} layers, MLA "
-        f"kv_lora_rank {cfg['kv_lora_rank']} + rope {cfg['qk_rope_head_dim']}, "
-        f"{cfg['n_routed_experts']} experts top-{cfg['num_experts_per_tok']}, "
-        f"weights sha256 {checkpoint_digest(args.out_dir)[:16]}"
-    )
-    return 0
+    return cli(
+        argv, module="sglang_dcp.tiny_deepseek", what="DeepSeek-V3", build=build,
+        describe=lambda c: (
+            f"MLA kv_lora_rank {c['kv_lora_rank']} + rope {c['qk_rope_head_dim']}, "
+            f"{c['n_routed_experts']} experts top-{c['num_experts_per_tok']}"
+        ),
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -93,14 +93,26 @@ def build(out_dir: str, seed: int = 0) -> str:
 
     gen = torch.Generator().manual_seed(seed)
     model = Qwen3MoeForCausalLM(config)
+    random_weights(model, config.initializer_range, gen)
+    return save(model, out_dir)
+
+
+def random_weights(model, initializer_range: float, gen) -> None:
+    """Seeded weights in name order: norms near 1, the rest scaled by fan-in."""
+    import torch
+
     with torch.no_grad():
         for name, p in sorted(model.named_parameters()):
             if "norm" in name:
                 # RMSNorm weights near 1, perturbed so they are not a no-op.
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
             else:
-                std = config.initializer_range / max(1.0, p.shape[-1] ** 0.5 / 8)
+                std = initializer_range / max(1.0, p.shape[-1] ** 0.5 / 8)
                 p.copy_(std * torch.randn(p.shape, generator=gen))
+
+
+def save(model, out_dir: str) -> str:
+    """Greedy generation config, safetensors; returns ``out_dir``."""
     model.generation_config.do_sample = False
     model.save_pretrained(out_dir, safe_serialization=True)
     return out_dir
@@ -116,10 +128,12 @@ def checkpoint_digest(out_dir: str) -> str:
     return h.hexdigest()
 
 
-def main(argv: list[str] | None = None) -> int:
+def cli(argv, *, module: str, what: str, build, describe) -> int:
+    """``python -m <module> OUT_DIR [--seed N]``: write a tiny checkpoint, print ``describe``
+    of its config and the weights' digest."""
     p = argparse.ArgumentParser(
-        prog="python -m sglang_dcp.tiny_model",
-        description="Write a deterministic random-weight tiny Qwen3-MoE checkpoint + tokenizer.",
+        prog=f"python -m {module}",
+        description=f"Write a deterministic random-weight tiny {what} checkpoint + tokenizer.",
     )
     p.add_argument("out_dir", help="directory to write (created if missing)")
     p.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
@@ -129,10 +143,16 @@ def main(argv: list[str] | None = None) -> int:
         cfg = json.load(f)
     print(
         f"wrote {args.out_dir}: {cfg['model_type']}, {cfg['num_hidden_layers']} layers, "
-        f"{cfg['num_local_experts']} experts top-{cfg['num_experts_per_tok']}, "
-        f"weights sha256 {checkpoint_digest(args.out_dir)[:16]}"
+        f"{describe(cfg)}, weights sha256 {checkpoint_digest(args.out_dir)[:16]}"
     )
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli(
+        argv, module="sglang_dcp.tiny_model", what="Qwen3-MoE", build=build,
+        describe=lambda c: f"{c['num_local_experts']} experts top-{c['num_experts_per_tok']}",
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -20,20 +20,19 @@ import math
 import os
 import sys
 import tempfile
-import traceback
 from dataclasses import asdict, dataclass
 
 import torch
 
 from sglang_dcp.exchange.buffers import ExchangeShape
-from sglang_dcp.exchange.comm import Communicator, HostStagedCommunicator, TorchDistCommunicator
+from sglang_dcp.exchange.comm import Communicator
 from sglang_dcp.exchange.exchange import default_kernels
 from sglang_dcp.exchange.extend import build_extend_route, extend_placements, home_rows
 from sglang_dcp.exchange.extend_scenario import make_extend_scenario
 from sglang_dcp.exchange.kv_pool import KVPool
 from sglang_dcp.exchange.route import max_pair_items, num_rounds
-from sglang_dcp.exchange.selfcheck import TOLERANCE, Weights
-from sglang_dcp.exchange.spawn import init_rank, run_ranks
+from sglang_dcp.exchange.selfcheck import TOLERANCE, Weights, run_worker
+from sglang_dcp.exchange.spawn import run_ranks
 from sglang_dcp.exchange.static import Slots, StaticExchange
 from sglang_dcp.exchange.transfer import transfer_shards
 
@@ -163,17 +162,7 @@ def run_rank(rank: int, cfg: ExtendConfig, comm: Communicator, out: str) -> None
 
 
 def _worker(rank: int, world_size: int, init_method: str, backend: str, cfg_d: dict, out: str):
-    try:
-        cfg = ExtendConfig(**cfg_d)
-        group = init_rank(rank, world_size, init_method, backend, device=cfg.device)
-        comm: Communicator = TorchDistCommunicator(group)
-        if cfg.device == "cuda" and backend == "gloo":
-            comm = HostStagedCommunicator(comm)
-        run_rank(rank, cfg, comm, out)
-    except BaseException:
-        with open(os.path.join(out, f"error{rank}.txt"), "w") as f:
-            f.write(traceback.format_exc())
-        raise
+    run_worker(rank, world_size, init_method, backend, ExtendConfig(**cfg_d), out, run_rank)
 
 
 def collect_results(cfg: ExtendConfig, timeout_s: float = 300) -> tuple[dict, dict]:

@@ -18,6 +18,7 @@ import random
 from dataclasses import dataclass
 
 from sglang_dcp.exchange.extend import Chunk
+from sglang_dcp.exchange.scenario import sealed_shards
 from sglang_dcp.planner.base import Migration
 from sglang_dcp.types import Placement, Shard
 
@@ -42,14 +43,7 @@ class ExtendStep:
 
 
 def _request(rng, rid, home, degree, *, W, page, max_pages, decode, empty_tail=False):
-    others = rng.sample([r for r in range(W) if r != home], degree - 1)
-    sealed = others + ([home] if rng.random() < 0.3 else [])
-    rng.shuffle(sealed)
-    shards, pos = [], 0
-    for r in sealed:
-        n = page * rng.randint(1, max_pages)
-        shards.append(Shard(r, pos, pos + n))
-        pos += n
+    shards, pos = sealed_shards(rng, home, degree, W=W, page=page, max_pages=max_pages)
     prompt_tail = 0 if empty_tail and pos else rng.randint(1, 2 * page)
     shards.append(Shard(home, pos, pos + prompt_tail + decode))
     return Placement(rid, home, tuple(shards)), pos + prompt_tail

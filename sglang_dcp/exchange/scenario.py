@@ -25,9 +25,11 @@ class ScenarioStep:
     placements: tuple[Placement, ...]
 
 
-def _new(
-    rng: random.Random, rid: str, home: int, degree: int, *, W: int, page: int, max_pages: int
-) -> Placement:
+def sealed_shards(
+    rng: random.Random, home: int, degree: int, *, W: int, page: int, max_pages: int
+) -> tuple[list[Shard], int]:
+    """Random sealed shards of a new request on ``degree - 1`` peers (sometimes one more on its
+    home), whole pages each, in token order; returns them and the first token after them."""
     others = rng.sample([r for r in range(W) if r != home], degree - 1)
     sealed = others + ([home] if rng.random() < 0.3 else [])
     rng.shuffle(sealed)
@@ -36,6 +38,13 @@ def _new(
         n = page * rng.randint(1, max_pages)
         shards.append(Shard(r, pos, pos + n))
         pos += n
+    return shards, pos
+
+
+def _new(
+    rng: random.Random, rid: str, home: int, degree: int, *, W: int, page: int, max_pages: int
+) -> Placement:
+    shards, pos = sealed_shards(rng, home, degree, W=W, page=page, max_pages=max_pages)
     tail = rng.choice([0, rng.randint(1, 2 * page)])
     shards.append(Shard(home, pos, pos + tail))
     return Placement(rid, home, tuple(shards))

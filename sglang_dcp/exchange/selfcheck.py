@@ -47,13 +47,18 @@ TOLERANCE = 1e-5
 
 
 def _worker(rank: int, world_size: int, init_method: str, backend: str, cfg_d: dict, out: str):
+    run_worker(rank, world_size, init_method, backend, CheckConfig(**cfg_d), out, run_rank)
+
+
+def run_worker(rank, world_size, init_method, backend, cfg, out: str, run) -> None:
+    """A self-check rank: its communicator (host-staged for gloo ranks sharing a GPU), then
+    ``run(rank, cfg, comm, out)``; a failure's traceback goes to ``out/error<rank>.txt``."""
     try:
-        cfg = CheckConfig(**cfg_d)
         group = init_rank(rank, world_size, init_method, backend, device=cfg.device)
         comm: Communicator = TorchDistCommunicator(group)
         if cfg.device == "cuda" and backend == "gloo":
             comm = HostStagedCommunicator(comm)
-        run_rank(rank, cfg, comm, out)
+        run(rank, cfg, comm, out)
     except BaseException:
         with open(os.path.join(out, f"error{rank}.txt"), "w") as f:
             f.write(traceback.format_exc())

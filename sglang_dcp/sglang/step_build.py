@@ -18,7 +18,6 @@ from typing import Any
 from sglang_dcp.exchange.route import RankRoute, build_rank_route, num_rounds, part_ranks
 from sglang_dcp.exchange.static import Slots
 from sglang_dcp.sglang.step import StepPlan
-from sglang_dcp.types import Placement
 
 
 @dataclass(slots=True)
@@ -59,12 +58,6 @@ def is_decoding(req) -> bool:
         and len(req.output_ids) > 0
         and not req.finished()
     )
-
-
-def split_placements(plan: StepPlan) -> list[Placement]:
-    """The step's placements whose KV really spans ranks (a placement whose moves all failed is
-    local and keeps SGLang's path); the same list on every rank."""
-    return [p for p in plan.placements if len(part_ranks(p)) > 1]
 
 
 def build_step(
