@@ -189,8 +189,12 @@ def test_64_concurrent_mixed_requests_complete(server, hf):
 
 
 def test_abort_mid_decode_frees_every_ranks_guest_kv(server):
-    ids = prompts(seed=13, count=1, lengths=(1300,))[0]
-    rid = "abort-long"
+    abort_mid_decode(server, prompts(seed=13, count=1, lengths=(1300,))[0], "abort-long")
+
+
+def abort_mid_decode(server, ids, rid):
+    """Abort a split request once its guest KV is counted on the shard ranks; then every
+    rank's KV drains (also used by test_server_dcp_mla.py)."""
     result = {}
     t = threading.Thread(
         target=lambda: result.update(out=generate(server, ids, rid, max_new=200))

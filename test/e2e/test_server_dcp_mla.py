@@ -11,16 +11,14 @@ latent shard NaN, so an output can only be right if attention read the guest sha
 
 from __future__ import annotations
 
-import json
-import threading
-import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from hf_reference import hf_greedy, prompts
-from test_server_dcp import ENV, LONG, RANKS, SHARD_ARGS, SHORT, generate, loads, shipped, wait_drained
+from test_server_dcp import (
+    ENV, LONG, RANKS, SHARD_ARGS, SHORT, abort_mid_decode, generate, shipped, wait_drained,
+)  # fmt: skip
 
 from sglang_dcp.testing.server import tiny_dp_args
 from sglang_dcp.tiny_model import checkpoint_digest
@@ -104,26 +102,6 @@ def test_mla_32_concurrent_mixed_requests_complete(servers, hf):
 
 def test_mla_abort_mid_decode_frees_every_ranks_kv(servers):
     server, _ = servers
-    ids = prompts(seed=13, count=1, lengths=(1300,))[0]
-    rid = "mla-abort-long"
-    result = {}
-    t = threading.Thread(target=lambda: result.update(out=generate(server, ids, rid, max_new=200)))
-    t.start()
-    deadline = time.monotonic() + 120
-    while not shipped(server, rid):
-        assert time.monotonic() < deadline and t.is_alive(), "the request was never split"
-        time.sleep(0.2)
-    guests = {dst for *_, dst in shipped(server, rid)}
-    deadline = time.monotonic() + 60
-    while not all(loads(server)[g]["num_used_tokens"] > 0 for g in guests):
-        assert time.monotonic() < deadline and t.is_alive(), loads(server)
-        time.sleep(0.5)
-    abort = urllib.request.Request(
-        server.url + "/abort_request",
-        data=json.dumps({"rid": rid}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    urllib.request.urlopen(abort, timeout=30).close()
-    t.join(timeout=120)
-    assert result["out"]["meta_info"]["finish_reason"]["type"] == "abort"
-    wait_drained(server)
+    abort_mid_decode(server, prompts(seed=13, count=1, lengths=(1300,))[0], "mla-abort-long")
+
+
