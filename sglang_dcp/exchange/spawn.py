@@ -43,12 +43,24 @@ def init_rank(
 
 
 def _rank_main(rank: int, fn, *args) -> None:
-    """Run ``fn`` on this rank, then leave the process group before the interpreter exits: a
-    gloo group torn down by interpreter exit aborted a rank now and then ("terminate called
-    without an active exception", SIGABRT; seen once in six runs of test_transfer)."""
+    """Run ``fn`` on this rank, leave the process group, then end the process without
+    interpreter finalization. A gloo group torn down at interpreter exit aborted a rank now and
+    then ("terminate called without an active exception", SIGABRT: once in six runs of
+    test_transfer before the explicit destroy, and once in a full CI run of test_backend_graph
+    after it, with no Python exception on any rank): gloo's C++ threads can still own tensors
+    whose release needs the GIL while finalization tears the interpreter down (pytorch#179291).
+    ``os._exit`` skips that teardown once everything is done; the faulthandler names the
+    Python frame of any native abort that still happens while ``fn`` runs."""
+    import faulthandler
+    import sys
+
+    faulthandler.enable(sys.stderr, all_threads=True)
     fn(rank, *args)
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_ranks(fn, world_size: int, *args, backend: str = "gloo", timeout_s: float = 300) -> None:
