@@ -2,7 +2,7 @@
 
 Each rank sends every peer exactly ``capacity`` rows per round, whatever the route, so the
 ``all_to_all_single`` splits never change and a captured CUDA graph stays valid on replay. The
-real row count travels in a 16-byte header in front of each peer's rows. A message is raw bytes
+real row count travels in a 16-byte header (``wire.py`` §1) in front of each peer's rows. A message is raw bytes
 (``uint8``) so that the header, the query rows and, on the way back, the ``o`` and ``lse`` rows go
 in one collective each way::
 
@@ -28,8 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from sglang_dcp.exchange.route import RankRoute
-
-HEADER_BYTES = 16  # int32 x4: row count, tag, 0, 0
+from sglang_dcp.exchange.wire import HDR_COUNT, HDR_TAG, HEADER_BYTES
 
 
 def _round16(n: int) -> int:
@@ -203,10 +202,10 @@ class ExchangeBuffers:
             self.kv_indices[:n].copy_(meta.kv_indices, non_blocking=True)
         self.merge_index.copy_(meta.merge_index, non_blocking=True)
         self.seg_indptr.copy_(meta.seg_indptr, non_blocking=True)
-        self.q_send_hdr[:, 0].copy_(meta.send_count, non_blocking=True)
-        self.q_send_hdr[:, 1].fill_(meta.tag)
-        self.r_send_hdr[:, 0].copy_(meta.recv_count, non_blocking=True)
-        self.r_send_hdr[:, 1].fill_(meta.tag)
+        self.q_send_hdr[:, HDR_COUNT].copy_(meta.send_count, non_blocking=True)
+        self.q_send_hdr[:, HDR_TAG].fill_(meta.tag)
+        self.r_send_hdr[:, HDR_COUNT].copy_(meta.recv_count, non_blocking=True)
+        self.r_send_hdr[:, HDR_TAG].fill_(meta.tag)
         self.meta = meta
 
     def data_ptrs(self) -> dict[str, int]:
@@ -218,9 +217,9 @@ class ExchangeBuffers:
         device memory, so never inside a captured graph)."""
         m = self.meta
         assert m is not None
-        got_q = self.q_recv_hdr[:, 0].cpu()
-        got_r = self.r_recv_hdr[:, 0].cpu()
-        tags = torch.cat([self.q_recv_hdr[:, 1], self.r_recv_hdr[:, 1]]).cpu()
+        got_q = self.q_recv_hdr[:, HDR_COUNT].cpu()
+        got_r = self.r_recv_hdr[:, HDR_COUNT].cpu()
+        tags = torch.cat([self.q_recv_hdr[:, HDR_TAG], self.r_recv_hdr[:, HDR_TAG]]).cpu()
         for p in range(self.shape.num_ranks):
             if int(got_q[p]) != int(m.recv_count[p]) or int(got_r[p]) != int(m.send_count[p]):
                 raise RuntimeError(

@@ -30,6 +30,7 @@ import torch
 
 from sglang_dcp.exchange.buffers import ExchangeBuffers, ExchangeShape
 from sglang_dcp.exchange.route import RankRoute, split_rounds
+from sglang_dcp.exchange.wire import HDR_COUNT, HDR_TAG
 
 
 class Slots:
@@ -180,10 +181,11 @@ class StaticExchange:
         torch.cumsum(dev[o["counts"] : o["counts"] + B], 0, out=b.seg_indptr[1 : B + 1])
         h = self._hdr.numpy()
         st = r.stage.numpy()
-        h[0, :, 0], h[1, :, 0] = st[o["sc"] : o["sc"] + W], st[o["rc"] : o["rc"] + W]
-        h[:, :, 1] = self.tag
+        h[0, :, HDR_COUNT] = st[o["sc"] : o["sc"] + W]
+        h[1, :, HDR_COUNT] = st[o["rc"] : o["rc"] + W]
+        h[:, :, HDR_TAG] = self.tag
         self._hdr_dev.copy_(self._hdr, non_blocking=True)
-        b.q_send_hdr[:, :2].copy_(self._hdr_dev[0])
+        b.q_send_hdr[:, :2].copy_(self._hdr_dev[0])  # (HDR_COUNT, HDR_TAG) are fields 0, 1
         b.r_send_hdr[:, :2].copy_(self._hdr_dev[1])
         if r.num_kv:
             torch.cat(r.pieces, out=b.kv_indices[: r.num_kv])

@@ -23,6 +23,7 @@ import torch
 
 from sglang_dcp.exchange.comm import Communicator
 from sglang_dcp.exchange.kv_pool import KVPool, KVPoolFull, ShardKey
+from sglang_dcp.exchange.wire import MOVE_CHECKSUM, MOVE_DST_OK, MOVE_SRC_OK, MOVE_STATE_WIDTH
 from sglang_dcp.planner.base import Migration
 
 
@@ -103,7 +104,7 @@ def transfer_shards(
     failed = fault or (lambda phase, i: False)
 
     # 1. sender finds its range, receiver allocates; everyone learns both sides' status
-    state = torch.zeros(M, 3, dtype=torch.float64, device=dev)  # src ok, dst ok, checksum
+    state = torch.zeros(M, MOVE_STATE_WIDTH, dtype=torch.float64, device=dev)  # wire.py §2
     src_key: dict[int, ShardKey] = {}
     src_splits: dict[int, list[tuple[ShardKey, ShardKey]]] = {}
     why: dict[int, str] = {}
@@ -111,8 +112,8 @@ def transfer_shards(
         if m.src == me:
             try:
                 src_key[i], src_splits[i] = _cut(pool, m)
-                state[i, 0] = 1
-                state[i, 2] = _checksum(pool, pool.slot_tensor(src_key[i]))
+                state[i, MOVE_SRC_OK] = 1
+                state[i, MOVE_CHECKSUM] = _checksum(pool, pool.slot_tensor(src_key[i]))
             except (KeyError, ValueError) as e:
                 why[i] = f"sender {me}: {e}"
         if m.dst == me:
@@ -120,13 +121,16 @@ def transfer_shards(
                 if failed(Phase.ALLOCATE, i):
                     raise KVPoolFull("injected fault")
                 pool.allocate((m.rid, m.start), m.end - m.start)
-                state[i, 1] = 1
+                state[i, MOVE_DST_OK] = 1
             except (KVPoolFull, KeyError) as e:
                 why[i] = f"receiver {me} cannot allocate: {e}"
-    gathered = torch.zeros(W * M, 3, dtype=torch.float64, device=dev)
+    gathered = torch.zeros(W * M, MOVE_STATE_WIDTH, dtype=torch.float64, device=dev)
     comm.all_gather(gathered, state)
-    gathered = gathered.view(W, M, 3).cpu()
-    ok = [bool(gathered[m.src, i, 0]) and bool(gathered[m.dst, i, 1]) for i, m in enumerate(moves)]
+    gathered = gathered.view(W, M, MOVE_STATE_WIDTH).cpu()
+    ok = [
+        bool(gathered[m.src, i, MOVE_SRC_OK]) and bool(gathered[m.dst, i, MOVE_DST_OK])
+        for i, m in enumerate(moves)
+    ]
 
     # 2. bytes move: one uneven all_to_all of every layer's K and V, grouped by peer
     L, _, Hkv, D = pool.k.shape
@@ -170,7 +174,7 @@ def transfer_shards(
         m = moves[i]
         if m.dst != me:
             continue
-        want = float(gathered[m.src, i, 2])
+        want = float(gathered[m.src, i, MOVE_CHECKSUM])
         got = _checksum(pool, pool.slot_tensor((m.rid, m.start)))
         if failed(Phase.CONFIRM, i):
             why[i] = f"receiver {me}: injected fault before confirming"
@@ -191,7 +195,7 @@ def transfer_shards(
                 pool.free(src_key[i])
             else:
                 _undo(pool, src_splits[i])  # the source ends exactly as it began
-        if not done and m.dst == me and pool.has((m.rid, m.start)) and bool(gathered[me, i, 1]):
+        if not done and m.dst == me and pool.has((m.rid, m.start)) and bool(gathered[me, i, MOVE_DST_OK]):
             pool.free((m.rid, m.start))
         reason = "" if done else why.get(i, "failed on a peer")
         results.append(TransferResult(m, done, reason))

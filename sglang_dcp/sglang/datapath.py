@@ -35,6 +35,7 @@ import torch
 from sglang_dcp import env
 from sglang_dcp.planner.base import Migration
 from sglang_dcp.sglang import ledger, shipping
+from sglang_dcp.sglang.header import gather_news
 from sglang_dcp.sglang.rank_stats import stats
 from sglang_dcp.sglang.step import Decoding, RankNews, plan_step, runtime_shards
 from sglang_dcp.sglang.step_build import DcpStep, build_step, check_against_batch, is_decoding
@@ -172,9 +173,7 @@ class RankRuntime:
         gathered = hs.any_news()
         hs.count(gathered)
         if gathered:
-            wire: list[Any] = [None] * self.num_ranks
-            torch.distributed.all_gather_object(wire, news.to_wire(), group=self.tp_group.cpu_group)
-            all_news = [RankNews.from_wire(w) for w in wire]
+            all_news = gather_news(hs.words, hs.record_words(), self.tp_group.cpu_group)
         else:
             all_news = hs.predicted_news(ForwardMode.DECODE.value)
         for n in all_news:

@@ -2,8 +2,8 @@
 
 Every scheduler iteration SGLang all-gathers one small int row per rank before the forward
 (``dp_attn.MLPSyncBatchInfo.all_gather``: token counts, graph votes, the forward mode). The
-hooks here append one column to that row, this rank's *news flag*, and read every rank's flag
-and forward mode back from the gathered table (``tp0_info_cpu``), so all ranks learn together,
+hooks here append two columns to that row, this rank's *news flag* and the length of its news
+record (int64 words, ``exchange/wire.py`` §3), and read every rank's flag, length and forward mode back from the gathered table (``tp0_info_cpu``), so all ranks learn together,
 at no extra collective, whether any rank has news.
 
 News is what no other rank can predict:
@@ -18,8 +18,9 @@ longer (each decode step adds one token; no speculative decoding with sharding);
 other mode decodes none. A home compares what it will really decode with that prediction and
 raises its flag on any difference (a new, finished, retracted or not-yet-running request).
 
-If any flag is up, every rank sends its news in one ``all_gather_object`` (pickled tuples,
-``step.RankNews.to_wire``) and the predictions restart from it; otherwise nothing more is sent.
+If any flag is up, every rank sends its news record in one all-gather of int64 words, padded to
+the longest length in the table (no pickling, no size exchange), and the predictions restart
+from it; otherwise nothing more is sent.
 In steady decoding of split requests the header costs no collective beyond SGLang's own.
 """
 
@@ -31,6 +32,7 @@ from sglang_dcp.sglang.rank_stats import stats
 from sglang_dcp.sglang.step import Decoding, RankNews, StepPlan
 
 FLAG_FILL = 0  # a rank outside the gather (SGLang's fallback row) has no news
+FLAG_COL, WORDS_COL = -2, -1  # the columns appended to SGLang's row
 
 
 def advance(d: Decoding) -> Decoding:
@@ -47,6 +49,7 @@ class StepHeader:
         self.rank, self.num_ranks = rank, num_ranks
         self.last: list[tuple[Decoding, ...]] = [()] * num_ranks
         self.flag = 0  # this rank's news flag, appended to SGLang's row
+        self.words: list[int] = []  # this rank's news record (its length is appended too)
         self.gathered: Any = None  # SGLang's gathered table ([ranks, width] CPU int64)
 
     def predicted(self, rank: int) -> tuple[Decoding, ...]:
@@ -57,12 +60,19 @@ class StepHeader:
         mine = tuple(news.decoding) if decoding_here else ()
         expect = self.predicted(self.rank) if decoding_here else ()
         self.flag = int(bool(news.moves or news.releases) or mine != expect)
+        self.words = news.to_words()
 
     def any_news(self) -> bool:
         """Whether any rank raised its flag this step (read from SGLang's gathered table; with
         no table, e.g. SGLang skipped its gather, assume news: always safe, never wrong)."""
         t = self.gathered
-        return True if t is None else bool(t[:, -1].max())
+        return True if t is None else bool(t[:, FLAG_COL].max())
+
+    def record_words(self) -> int | None:
+        """The longest news record of any rank (from SGLang's gathered table), or None without
+        a table (then the lengths must be exchanged first)."""
+        t = self.gathered
+        return None if t is None else int(t[:, WORDS_COL].max())
 
     def predicted_news(self, decode_mode: int) -> list[RankNews]:
         """Every rank's news when nobody raised a flag: its predicted decoding (DECODE-mode
@@ -91,6 +101,25 @@ class StepHeader:
         s.header_gathers += int(gathered)
 
 
+def gather_news(words: list[int], longest: int | None, group) -> list[RankNews]:
+    """Every rank's news from one all-gather of int64 words over ``group`` (the TP group's CPU
+    group), each record padded to ``longest`` (from SGLang's table; ``None``: exchange the
+    lengths first, one more tiny collective, only when SGLang skipped its gather)."""
+    import torch
+    import torch.distributed as dist
+
+    n = dist.get_world_size(group)
+    if longest is None:
+        lens = [torch.zeros(1, dtype=torch.int64) for _ in range(n)]
+        dist.all_gather(lens, torch.tensor([len(words)], dtype=torch.int64), group=group)
+        longest = max(int(x) for x in lens)
+    mine = torch.zeros(longest, dtype=torch.int64)
+    mine[: len(words)] = torch.tensor(words, dtype=torch.int64)
+    out = [torch.empty(longest, dtype=torch.int64) for _ in range(n)]
+    dist.all_gather(out, mine, group=group)
+    return [RankNews.from_words(t.tolist()) for t in out]
+
+
 # ---- hooks on SGLang's MLP-sync row (hooks.py) --------------------------------------------------
 
 
@@ -105,13 +134,15 @@ def after_get_local_tensor(result, self, *args, **kwargs):
     """``MLPSyncBatchInfo._get_local_tensor(device, dtype)`` (dp_attn.py:128): this rank's row,
     plus its news flag."""
     h = _header()
-    return _append(result, h.flag if h is not None else FLAG_FILL)
+    if h is None:
+        return _append(result, FLAG_FILL, 0)
+    return _append(result, h.flag, len(h.words))
 
 
 def after_get_fallback_tensor(result, self, *args, **kwargs):
     """``MLPSyncBatchInfo._get_fallback_tensor(device, dtype)`` (dp_attn.py:145): the row of a
-    rank outside the gather, plus a lowered flag (the widths must agree)."""
-    return _append(result, FLAG_FILL)
+    rank outside the gather, plus a lowered flag and no record (the widths must agree)."""
+    return _append(result, FLAG_FILL, 0)
 
 
 def after_all_gather(result, self, *args, **kwargs):
@@ -123,7 +154,7 @@ def after_all_gather(result, self, *args, **kwargs):
     return result
 
 
-def _append(row, flag: int):
+def _append(row, flag: int, words: int):
     import torch
 
-    return torch.cat([row, row.new_tensor([flag])])
+    return torch.cat([row, row.new_tensor([flag, words])])

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sglang_dcp.exchange.route import max_pair_items, part_ranks
+from sglang_dcp.exchange.wire import decode_news, encode_news
 from sglang_dcp.planner.base import Migration
 from sglang_dcp.types import Placement, Shard
 
@@ -42,20 +43,21 @@ class RankNews:
     def __bool__(self) -> bool:
         return bool(self.moves or self.releases or self.decoding)
 
-    def to_wire(self) -> tuple:
-        return (
+    def to_words(self) -> list[int]:
+        """This news as int64 words (``exchange/wire.py`` §3: fixed-size records, no pickle)."""
+        return encode_news(
             [(m.rid, m.src, m.dst, m.start, m.end) for m in self.moves],
-            list(self.releases),
-            [(d.rid, d.home, [list(s) for s in d.shards]) for d in self.decoding],
+            self.releases,
+            [(d.rid, d.home, d.shards) for d in self.decoding],
         )
 
     @classmethod
-    def from_wire(cls, wire: tuple) -> "RankNews":
-        moves, releases, decoding = wire
+    def from_words(cls, words) -> "RankNews":
+        moves, releases, decoding = decode_news(words)
         return cls(
             moves=[Migration(*m) for m in moves],
-            releases=list(releases),
-            decoding=[Decoding(r, h, tuple(tuple(s) for s in sh)) for r, h, sh in decoding],
+            releases=releases,
+            decoding=[Decoding(r, h, sh) for r, h, sh in decoding],
         )
 
 

@@ -17,10 +17,12 @@ def D(rid, home, *shards):
     return Decoding(rid, home, tuple(shards))
 
 
-def table(modes, flags=None):
-    t = torch.zeros(len(modes), 10, dtype=torch.int64)
+def table(modes, flags=None, words=None):
+    """SGLang's gathered table (9 columns) plus the header's flag and record-length columns."""
+    t = torch.zeros(len(modes), 11, dtype=torch.int64)
     t[:, 5] = torch.tensor(modes)
-    t[:, -1] = torch.tensor(flags or [0] * len(modes))
+    t[:, -2] = torch.tensor(flags or [0] * len(modes))
+    t[:, -1] = torch.tensor(words or [0] * len(modes))
     return t
 
 
@@ -72,16 +74,18 @@ def test_a_failed_move_is_remembered_at_home():
 def test_no_table_means_news():
     h = StepHeader(0, 2)
     assert h.any_news()  # SGLang skipped its gather: gathering is always safe
-    h.gathered = table([DECODE, DECODE], [0, 1])
-    assert h.any_news()
+    assert h.record_words() is None  # the lengths are exchanged first then
+    h.gathered = table([DECODE, DECODE], [0, 1], [6, 17])
+    assert h.any_news() and h.record_words() == 17
 
 
 def test_the_flag_rides_on_sglangs_row(monkeypatch):
     h = StepHeader(0, 2)
-    h.flag = 1
+    h.set_news(RankNews(releases=["a"]), decoding_here=False)
     monkeypatch.setattr(header, "_header", lambda: h)
     row = torch.tensor([5, 5, 1, 0, 1, 2, 0, 0, 1])
-    assert header.after_get_local_tensor(row, None).tolist() == [*row.tolist(), 1]
-    assert header.after_get_fallback_tensor(row, None).tolist() == [*row.tolist(), 0]
+    got = header.after_get_local_tensor(row, None).tolist()
+    assert got == [*row.tolist(), 1, len(h.words)] and len(h.words) > 6
+    assert header.after_get_fallback_tensor(row, None).tolist() == [*row.tolist(), 0, 0]
     info = SimpleNamespace(tp0_info_cpu=table([DECODE, IDLE], [1, 0]))
     assert header.after_all_gather("ret", info) == "ret" and h.gathered is info.tp0_info_cpu

@@ -41,7 +41,7 @@ def test_news_round_trip_the_wire():
         releases=["b"],
         decoding=[Decoding("a", 0, ((1, 0, 64), (0, 64, 90)))],
     )
-    assert RankNews.from_wire(n.to_wire()) == n
+    assert RankNews.from_words(n.to_words()) == n
     assert not RankNews() and n
 
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from sglang_dcp.router.launch import DCP_DEFAULTS, LaunchError, parse, parse_all
+from sglang_dcp.router.args import DCP_DEFAULTS, LaunchError, parse, parse_all
 
 W = ["--worker-urls", "http://127.0.0.1:30010", "http://127.0.0.1:30020"]
 
