@@ -173,7 +173,7 @@ class RankRuntime:
         gathered = hs.any_news()
         hs.count(gathered)
         if gathered:
-            all_news = gather_news(hs.words, hs.record_words(), self.tp_group.cpu_group)
+            all_news = gather_news(hs, news, ForwardMode.DECODE.value, self.tp_group.cpu_group)
         else:
             all_news = hs.predicted_news(ForwardMode.DECODE.value)
         for n in all_news:

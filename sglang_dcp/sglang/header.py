@@ -18,9 +18,10 @@ longer (each decode step adds one token; no speculative decoding with sharding);
 other mode decodes none. A home compares what it will really decode with that prediction and
 raises its flag on any difference (a new, finished, retracted or not-yet-running request).
 
-If any flag is up, every rank sends its news record in one all-gather of int64 words, padded to
-the longest length in the table (no pickling, no size exchange), and the predictions restart
-from it; otherwise nothing more is sent.
+If any flag is up, the ranks run one all-gather of int64 words, padded to the longest length in
+the table (no pickling, no size exchange): a flagged rank sends its news record, any other rank
+an empty one (its news is the prediction, which every rank computes itself); the predictions
+restart from the result. Otherwise nothing more is sent. Only flagged ranks encode a record.
 In steady decoding of split requests the header costs no collective beyond SGLang's own.
 """
 
@@ -49,7 +50,7 @@ class StepHeader:
         self.rank, self.num_ranks = rank, num_ranks
         self.last: list[tuple[Decoding, ...]] = [()] * num_ranks
         self.flag = 0  # this rank's news flag, appended to SGLang's row
-        self.words: list[int] = []  # this rank's news record (its length is appended too)
+        self.words: list[int] = []  # this rank's news record when flagged (length appended too)
         self.gathered: Any = None  # SGLang's gathered table ([ranks, width] CPU int64)
 
     def predicted(self, rank: int) -> tuple[Decoding, ...]:
@@ -60,19 +61,13 @@ class StepHeader:
         mine = tuple(news.decoding) if decoding_here else ()
         expect = self.predicted(self.rank) if decoding_here else ()
         self.flag = int(bool(news.moves or news.releases) or mine != expect)
-        self.words = news.to_words()
+        self.words = news.to_words() if self.flag else []
 
     def any_news(self) -> bool:
         """Whether any rank raised its flag this step (read from SGLang's gathered table; with
         no table, e.g. SGLang skipped its gather, assume news: always safe, never wrong)."""
         t = self.gathered
         return True if t is None else bool(t[:, FLAG_COL].max())
-
-    def record_words(self) -> int | None:
-        """The longest news record of any rank (from SGLang's gathered table), or None without
-        a table (then the lengths must be exchanged first)."""
-        t = self.gathered
-        return None if t is None else int(t[:, WORDS_COL].max())
 
     def predicted_news(self, decode_mode: int) -> list[RankNews]:
         """Every rank's news when nobody raised a flag: its predicted decoding (DECODE-mode
@@ -101,23 +96,31 @@ class StepHeader:
         s.header_gathers += int(gathered)
 
 
-def gather_news(words: list[int], longest: int | None, group) -> list[RankNews]:
-    """Every rank's news from one all-gather of int64 words over ``group`` (the TP group's CPU
-    group), each record padded to ``longest`` (from SGLang's table; ``None``: exchange the
-    lengths first, one more tiny collective, only when SGLang skipped its gather)."""
+def gather_news(hs: StepHeader, news: RankNews, decode_mode: int, group) -> list[RankNews]:
+    """Every rank's news, in a step where some rank raised its flag: one all-gather of int64
+    words over ``group`` (the TP group's CPU group). With SGLang's table, flagged ranks send
+    their record (padded to the table's longest) and the others' news is their prediction;
+    without it (SGLang skipped its gather) every rank sends its record, after one more tiny
+    collective for the lengths."""
     import torch
     import torch.distributed as dist
 
     n = dist.get_world_size(group)
-    if longest is None:
+    t = hs.gathered
+    if t is None:
+        words = news.to_words()
         lens = [torch.zeros(1, dtype=torch.int64) for _ in range(n)]
         dist.all_gather(lens, torch.tensor([len(words)], dtype=torch.int64), group=group)
-        longest = max(int(x) for x in lens)
+        longest, flagged = max(int(x) for x in lens), [True] * n
+    else:
+        words, longest = hs.words, int(t[:, WORDS_COL].max())
+        flagged = [bool(f) for f in t[:, FLAG_COL].tolist()]
     mine = torch.zeros(longest, dtype=torch.int64)
     mine[: len(words)] = torch.tensor(words, dtype=torch.int64)
     out = [torch.empty(longest, dtype=torch.int64) for _ in range(n)]
     dist.all_gather(out, mine, group=group)
-    return [RankNews.from_words(t.tolist()) for t in out]
+    predicted = hs.predicted_news(decode_mode) if t is not None else None
+    return [RankNews.from_words(out[r].tolist()) if flagged[r] else predicted[r] for r in range(n)]
 
 
 # ---- hooks on SGLang's MLP-sync row (hooks.py) --------------------------------------------------

@@ -14,7 +14,8 @@ retried, head of line, whenever KV frees (a finish or a migration). Policies tha
 (``dcp``, ``uniform``) share one FIFO: while it is non-empty, new arrivals queue behind it, so
 nothing overtakes and nothing starves. Policies whose dispatch is final (the SGLang baselines:
 a request waits for the rank it was sent to) say so through ``waiting_rank(rid)``; each
-such rank gets its own FIFO and other ranks keep admitting, as SGLang's per-rank queues do.
+such rank gets its own FIFO and other ranks keep admitting, as SGLang's per-rank queues do
+(``queues.py``).
 A retryable rejection while nothing runs means the request cannot fit even in an empty cluster:
 it is rejected with the planner's reason. Every request ends finished or rejected.
 
@@ -34,56 +35,17 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
 from sglang_dcp.planner.base import Policy
 from sglang_dcp.sim.metrics import FINISHED, REJECTED, RunResult, Series, TimeWeighted, imbalance
+from sglang_dcp.sim.options import SimOptions, StepModel
+from sglang_dcp.sim.queues import GLOBAL, WaitQueues
 from sglang_dcp.sim.workload import Workload
 from sglang_dcp.types import Placement, Rejection, Request
 
 MAX_CHUNK = 512  # steps evaluated per vectorized call; a chunk without an event just repeats
-GLOBAL = -1  # queue key of requests not bound to a rank
-
-
-class StepModel(Protocol):
-    """What the loop needs from the cost profile (``sglang_dcp.sim.cost.StepModel``)."""
-
-    def set_loads(self, batch, guest_in, guest_out, near=None) -> None:
-        """Per-rank loads that stay fixed until the next event: [num_ranks] each."""
-
-    def step_ms(self, kv: np.ndarray) -> np.ndarray:
-        """kv: [num_steps, num_ranks] resident KV tokens. Returns [num_steps] step times."""
-
-    def prefill_ms(self, input_len: np.ndarray) -> np.ndarray: ...
-
-    def migration_ms(self, tokens: int) -> float: ...
-
-
-@dataclass(frozen=True)
-class SimOptions:
-    fast_forward: bool = True
-    rebalance_every_ms: float = 0.0  # 0: never call Policy.rebalance
-    rebalance_max_tokens: int = 0
-    # "background": sealed shards are copied while decoding goes on (one FIFO copy channel at
-    # the model's migration bandwidth); attention reads them on src until the copy lands.
-    # "stall": the whole cluster stops for the copy (pessimistic bound).
-    migration: str = "background"
-    record: bool = False  # keep KV-occupancy and step-time series for plots
-    record_points: int = 2000  # KV samples kept over the run
-    # Stop early (result.aborted) once abort_wait_count requests waited longer than
-    # abort_wait_ms for KV, or abort_tpot_count saw a TPOT above abort_tpot_ms: the goodput
-    # search only needs pass/fail (``search.abort_after`` gives counts that decide the P99).
-    abort_wait_ms: float = float("inf")
-    abort_wait_count: int = 0  # 0: never
-    abort_tpot_ms: float = float("inf")
-    abort_tpot_count: int = 0
-    # The GLOBAL queue (policies that place globally) is the DP controller's: first fit, each
-    # waiting request passed over at most this many times (``--dcp-queue-max-bypass``, default
-    # 16); 0 is strict arrival order, None unbounded first fit.
-    queue_max_bypass: int | None = 16
 
 
 def _written_by_rank(p: Placement, length: int) -> list[tuple[int, int]]:
@@ -120,9 +82,7 @@ def simulate(
     written = np.zeros(num_ranks)  # KV tokens that exist, per rank
     batch = np.zeros(num_ranks)
     heap: list[tuple[int, int]] = []  # (global step at which it finishes, request index)
-    queues: dict[int, deque[int]] = {}  # GLOBAL or a rank -> FIFO of request indices
-    bypass = options.queue_max_bypass  # None: unbounded first fit on the GLOBAL queue
-    passed: dict[int, int] = {}  # GLOBAL waiter -> later requests admitted ahead of it
+    waiting = WaitQueues(options.queue_max_bypass)  # GLOBAL or a rank -> FIFO (queues.py)
     t = float(ready[order[0]]) if n else 0.0
     steps = busy = decoded = nxt = bad_wait = bad_tpot = migrated = 0
     stall_ms = 0.0
@@ -166,59 +126,11 @@ def simulate(
         heapq.heappush(heap, (steps + int(out_len[i]) - 1, i))
         return None
 
-    def drain(key: int) -> None:
-        if key == GLOBAL:
-            return drain_first_fit()
-        q = queues[key]
-        while q:
-            k = try_admit(q[0])
-            if k is not None:
-                if k != key:  # the policy now binds it elsewhere
-                    queues.setdefault(k, deque()).append(q.popleft())
-                    continue
-                break
-            q.popleft()
-        if not q:
-            del queues[key]
-
-    def starving() -> bool:
-        """The GLOBAL head has been passed over ``queue_max_bypass`` times: nothing goes first."""
-        q = queues.get(GLOBAL)
-        return bool(q) and bypass is not None and passed[q[0]] >= bypass
-
-    def drain_first_fit() -> None:
-        """The DP controller's queue (``sglang/dispatcher.py``): retry in arrival order, a later
-        request that fits goes ahead of earlier ones, at most ``queue_max_bypass`` times each."""
-        q = queues[GLOBAL]
-        keep: deque[int] = deque()
-        while q:
-            i = q.popleft()
-            k = try_admit(i)
-            if k is None:  # admitted (or rejected for good)
-                passed.pop(i, None)
-                if status[i] != REJECTED:
-                    for j in keep:
-                        passed[j] += 1
-                    if bypass is not None and any(passed[j] >= bypass for j in keep):
-                        break
-                continue
-            if k != GLOBAL:  # the policy now binds it to a rank
-                passed.pop(i, None)
-                queues.setdefault(k, deque()).append(i)
-                continue
-            keep.append(i)
-            if bypass is not None and passed[i] >= bypass:
-                break
-        keep.extend(q)
-        if keep:
-            queues[GLOBAL] = keep
-        else:
-            del queues[GLOBAL]
+    def rejected(i: int) -> bool:
+        return status[i] == REJECTED
 
     def drain_all() -> None:
-        """Retry every queue, oldest head first."""
-        for key in sorted(queues, key=lambda k: ready[queues[k][0]]):
-            drain(key)
+        waiting.drain_all(try_admit, rejected, ready)
 
     def land(e: list) -> None:
         """A background copy completed: its tokens now live (and are read) on dst."""
@@ -251,7 +163,7 @@ def simulate(
         model.set_loads(b, policy.guest_items(), policy.guest_out(), policy.guest_near())
 
     aborted = False
-    while nxt < n or queues or heap:
+    while nxt < n or waiting or heap:
         changed = False
         policy.on_time(t, steps)
         while pending and pending[0][0] <= t:
@@ -280,18 +192,14 @@ def simulate(
         while nxt < n and ready[order[nxt]] <= t:
             i = int(order[nxt])
             nxt += 1
-            if GLOBAL in queues and starving():
-                queues[GLOBAL].append(i)
-                passed[i] = 0
+            if waiting.starving():
+                waiting.wait(GLOBAL, i)
                 continue
             key = try_admit(i)
             if key is not None:
-                queues.setdefault(key, deque()).append(i)
-                if key == GLOBAL:
-                    passed[i] = 0
-            elif GLOBAL in queues and status[i] != REJECTED:
-                for j in queues[GLOBAL]:  # admitted ahead of every waiting request
-                    passed[j] += 1
+                waiting.wait(key, i)
+            elif status[i] != REJECTED:
+                waiting.overtaken()  # admitted ahead of every waiting request
             changed = True
         if changed:
             refresh_loads()
@@ -300,7 +208,7 @@ def simulate(
             aborted = True
             break
         if not heap:
-            assert not queues, "requests wait while nothing runs"
+            assert not waiting, "requests wait while nothing runs"
             if nxt < n:
                 if series is not None:  # close the busy period in the KV plot
                     series.t_ms.append(t)
@@ -315,7 +223,7 @@ def simulate(
         cum = np.cumsum(st)
         k = horizon
         target = min(next_rebalance, pending[0][0]) if pending else next_rebalance
-        if nxt < n and not starving():  # otherwise an arrival just queues: not an event
+        if nxt < n and not waiting.starving():  # otherwise an arrival just queues: not an event
             target = min(target, float(ready[order[nxt]]))
         if target < np.inf:
             k = min(k, int(np.searchsorted(cum, target - t, side="left")) + 1)

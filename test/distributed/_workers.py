@@ -181,3 +181,37 @@ def sglang_adapter_worker(rank: int, world_size: int, init_method: str, backend:
         torch.distributed.send(sent_k.contiguous(), dst=1)
         torch.distributed.send(sent_v.contiguous(), dst=1)
     torch.distributed.barrier()
+
+
+def news_gather_worker(rank, world_size, init_method, backend, out_path, with_table):
+    """Rank ``rank`` of ``test_news_gather``: ranks 0 and 2 have news the others cannot predict,
+    rank 1 decodes as predicted; ``with_table``: SGLang's gathered table exists (else every rank
+    sends its record after a length exchange). Writes what it gathered."""
+    import json
+
+    from sglang_dcp.planner.base import Migration
+    from sglang_dcp.sglang.header import StepHeader, gather_news
+    from sglang_dcp.sglang.step import Decoding, RankNews
+
+    group = init_rank(rank, world_size, init_method, backend)
+    DECODE = 2
+    h = StepHeader(rank, world_size)
+    h.last[1] = (Decoding("b-1", 1, ((2, 0, 64), (1, 64, 70))),)  # every rank remembers rank 1
+    mine = {
+        0: RankNews(moves=[Migration("a/é", 0, 2, 0, 128)], releases=["gone"],
+                    decoding=[Decoding("a/é", 0, ((2, 0, 128), (0, 128, 131)))]),  # fmt: skip
+        1: RankNews(decoding=list(h.predicted(1))),
+        2: RankNews(releases=["x" * 100]),
+    }[rank]
+    h.set_news(mine, decoding_here=rank != 2)
+    rows = [torch.tensor([0, 0, 0, 0, 0, DECODE, 0, 0, 0, h.flag, len(h.words)])]
+    if with_table:
+        table = [torch.zeros(11, dtype=torch.int64) for _ in range(world_size)]
+        torch.distributed.all_gather(table, rows[0], group=group)
+        h.gathered = torch.stack(table)
+    news = gather_news(h, mine, DECODE, group)
+    with open(out_path.format(rank=rank), "w") as f:
+        json.dump({"flag": h.flag, "words": len(h.words),
+                   "news": [[[[m.rid, m.src, m.dst, m.start, m.end] for m in n.moves], n.releases,
+                             [[d.rid, d.home, [list(s) for s in d.shards]] for d in n.decoding]]
+                            for n in news]}, f)  # fmt: skip

@@ -1,0 +1,48 @@
+"""What the event loop (``engine.simulate``) takes besides the workload and the policy: the
+step-cost model it needs (``StepModel``, implemented by ``sim.cost.StepModel``) and its
+options (``SimOptions``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+class StepModel(Protocol):
+    """What the loop needs from the cost profile (``sglang_dcp.sim.cost.StepModel``)."""
+
+    def set_loads(self, batch, guest_in, guest_out, near=None) -> None:
+        """Per-rank loads that stay fixed until the next event: [num_ranks] each."""
+
+    def step_ms(self, kv: np.ndarray) -> np.ndarray:
+        """kv: [num_steps, num_ranks] resident KV tokens. Returns [num_steps] step times."""
+
+    def prefill_ms(self, input_len: np.ndarray) -> np.ndarray: ...
+
+    def migration_ms(self, tokens: int) -> float: ...
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    fast_forward: bool = True
+    rebalance_every_ms: float = 0.0  # 0: never call Policy.rebalance
+    rebalance_max_tokens: int = 0
+    # "background": sealed shards are copied while decoding goes on (one FIFO copy channel at
+    # the model's migration bandwidth); attention reads them on src until the copy lands.
+    # "stall": the whole cluster stops for the copy (pessimistic bound).
+    migration: str = "background"
+    record: bool = False  # keep KV-occupancy and step-time series for plots
+    record_points: int = 2000  # KV samples kept over the run
+    # Stop early (result.aborted) once abort_wait_count requests waited longer than
+    # abort_wait_ms for KV, or abort_tpot_count saw a TPOT above abort_tpot_ms: the goodput
+    # search only needs pass/fail (``search.abort_after`` gives counts that decide the P99).
+    abort_wait_ms: float = float("inf")
+    abort_wait_count: int = 0  # 0: never
+    abort_tpot_ms: float = float("inf")
+    abort_tpot_count: int = 0
+    # The GLOBAL queue (policies that place globally) is the DP controller's: first fit, each
+    # waiting request passed over at most this many times (``--dcp-queue-max-bypass``, default
+    # 16); 0 is strict arrival order, None unbounded first fit.
+    queue_max_bypass: int | None = 16
