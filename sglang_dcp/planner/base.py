@@ -21,6 +21,21 @@ from dataclasses import dataclass
 from sglang_dcp.types import Placement, Rejection, Request
 
 
+def page_up(tokens: int, page: int) -> int:
+    """``tokens`` rounded up to whole pages."""
+    return -(-tokens // page) * page
+
+
+def guest_ranks(sealed, home: int) -> tuple[int, ...]:
+    """The ranks other than ``home`` holding one of ``sealed``'s ``[rank, start, end]`` ranges,
+    in first-seen order."""
+    seen: dict[int, None] = {}
+    for s in sealed:
+        if s[0] != home:
+            seen[s[0]] = None
+    return tuple(seen)
+
+
 @dataclass(frozen=True, slots=True)
 class ClusterSpec:
     """Static shape of the decode cluster: ``num_ranks`` DP-attention ranks.

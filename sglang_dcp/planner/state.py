@@ -19,9 +19,11 @@ Accounting (per rank ``r``):
 
 from __future__ import annotations
 
-from sglang_dcp.planner.base import ClusterSpec, Migration, Policy
+from sglang_dcp.planner.base import ClusterSpec, Migration, Policy, guest_ranks, page_up
 from sglang_dcp.planner.prefill import PrefillTransient
+from sglang_dcp.planner.record import Rec
 from sglang_dcp.planner.reported import ReportedRanges
+from sglang_dcp.planner.verify import VerifiedBooks
 from sglang_dcp.types import Placement, Rejection, Request, Shard
 
 
@@ -32,38 +34,7 @@ class KVOverflowError(RuntimeError):
     """
 
 
-class _Rec:
-    """One live request. ``sealed``: ``[rank, start, end]`` lists in token order covering
-    ``[0, tail_start)``; the tail ``[tail_start, length)`` lives on ``home`` and has
-    ``resv_end - tail_start`` tokens reserved there."""
-
-    __slots__ = ("rid", "home", "sealed", "tail_start", "length", "resv_end", "guests",
-                 "transient")
-
-    def __init__(self, rid, home, sealed, tail_start, length, resv_end, transient=0):
-        self.rid = rid
-        self.home = home
-        self.sealed = sealed
-        self.tail_start = tail_start
-        self.length = length
-        self.resv_end = resv_end
-        self.guests = _guest_ranks(sealed, home)
-        self.transient = transient  # home KV booked for prefill into shards (prefill.py)
-
-
-def _guest_ranks(sealed: list[list[int]], home: int) -> tuple[int, ...]:
-    seen: dict[int, None] = {}
-    for s in sealed:
-        if s[0] != home:
-            seen[s[0]] = None
-    return tuple(seen)
-
-
-def page_up(tokens: int, page: int) -> int:
-    return -(-tokens // page) * page
-
-
-class LedgerPolicy(PrefillTransient, ReportedRanges, Policy):
+class LedgerPolicy(VerifiedBooks, PrefillTransient, ReportedRanges, Policy):
     """Base for all policies. Subclasses implement ``_plan`` (and may override ``rebalance``).
 
     ``_plan(request, home_rank)`` returns ``Rejection`` or ``(home, sealed, tail_start)`` with
@@ -83,7 +54,7 @@ class LedgerPolicy(PrefillTransient, ReportedRanges, Policy):
         self.gin = [0] * n
         self.gout = [0] * n
         self.near = [0] * n
-        self._recs: dict[str, _Rec] = {}
+        self._recs: dict[str, Rec] = {}
         self._homed: list[dict[str, None]] = [{} for _ in range(n)]
         self._hosted: list[dict[str, None]] = [{} for _ in range(n)]  # rids with a sealed shard
         self.num_guest_items = 0  # cluster-wide sum of gin
@@ -222,53 +193,6 @@ class LedgerPolicy(PrefillTransient, ReportedRanges, Policy):
     def __len__(self) -> int:
         return len(self._recs)
 
-    def verify(self) -> None:
-        """Recompute every aggregate from the live requests and check every invariant.
-
-        O(live requests); for tests and debugging. Raises ``AssertionError`` naming the fault.
-        """
-        n, ps = self.num_ranks, self.page
-        kv, used, batch, gin, gout, near = ([0] * n for _ in range(6))
-        for rid, rec in self._recs.items():
-            pos = 0
-            for r, s, e in rec.sealed:
-                assert s == pos and e > s, f"{rid}: shard [{s},{e}) breaks coverage at {pos}"
-                assert s % ps == 0 and e % ps == 0, f"{rid}: shard [{s},{e}) not page aligned"
-                kv[r] += e - s
-                used[r] += e - s
-                pos = e
-            assert pos == rec.tail_start, f"{rid}: sealed shards end at {pos} != tail start"
-            assert rec.tail_start % ps == 0, f"{rid}: tail start {rec.tail_start} not aligned"
-            assert rec.tail_start <= rec.length <= rec.resv_end, f"{rid}: tail out of range"
-            assert rec.resv_end % ps == 0, f"{rid}: reservation end not aligned"
-            kv[rec.home] += rec.resv_end - rec.tail_start + rec.transient
-            used[rec.home] += rec.length - rec.tail_start
-            batch[rec.home] += 1
-            assert rec.guests == _guest_ranks(rec.sealed, rec.home), f"{rid}: stale guests"
-            for g in rec.guests:
-                gin[g] += 1
-                if self.cluster.same_node(g, rec.home):
-                    near[g] += 1
-                    near[rec.home] += 1
-            gout[rec.home] += len(rec.guests)
-            assert rid in self._homed[rec.home], f"{rid}: missing from home index"
-            for g in rec.guests:
-                assert rid in self._hosted[g], f"{rid}: missing from rank {g} guest index"
-        for name, mine, ref in (
-            ("kv", self.kv, kv), ("used", self.used, used), ("batch", self.batch, batch),
-            ("gin", self.gin, gin), ("gout", self.gout, gout), ("near", self.near, near),
-        ):
-            assert mine == ref, f"aggregate {name} drifted: {mine} != {ref}"
-        assert sum(len(d) for d in self._homed) == len(self._recs), "home index drifted"
-        assert sum(len(d) for d in self._hosted) == sum(gin), "guest index drifted"
-        assert self.num_guest_items == sum(gin), "num_guest_items drifted"
-        for r in range(n):
-            # after ``restate`` the books follow the ranks, which may hold more than the budget
-            assert 0 <= kv[r] and (self.restated or kv[r] <= self.cap[r]), (
-                f"rank {r}: {kv[r]} reserved > capacity {self.cap[r]}"
-            )
-            assert self.cap[r] % ps == 0, f"rank {r}: capacity not page aligned"
-
     # ---- internals ------------------------------------------------------------------------
 
     def _commit(
@@ -286,7 +210,7 @@ class LedgerPolicy(PrefillTransient, ReportedRanges, Policy):
         kv[home] += resv_end - tail_start + extra
         used[home] += req.prompt_len - tail_start
         self.batch[home] += 1
-        rec = _Rec(req.rid, home, sealed, tail_start, req.prompt_len, resv_end, extra)
+        rec = Rec(req.rid, home, sealed, tail_start, req.prompt_len, resv_end, extra)
         self._recs[req.rid] = rec
         self._homed[home][req.rid] = None
         self._add_guests(rec)
@@ -296,13 +220,13 @@ class LedgerPolicy(PrefillTransient, ReportedRanges, Policy):
         shards.append(Shard(home, tail_start, req.prompt_len))
         return Placement(req.rid, home, tuple(shards))
 
-    def _add_guests(self, rec: _Rec) -> None:
+    def _add_guests(self, rec: Rec) -> None:
         self._count_guests(rec, 1)
 
-    def _drop_guests(self, rec: _Rec) -> None:
+    def _drop_guests(self, rec: Rec) -> None:
         self._count_guests(rec, -1)
 
-    def _count_guests(self, rec: _Rec, sign: int) -> None:
+    def _count_guests(self, rec: Rec, sign: int) -> None:
         """Add (``sign`` 1) or remove (-1) ``rec``'s guest items in every per-rank aggregate."""
         same_node, home = self.cluster.same_node, rec.home
         for g in rec.guests:
@@ -351,7 +275,7 @@ class LedgerPolicy(PrefillTransient, ReportedRanges, Policy):
         self._drop_guests(rec)
         rec.sealed = merged
         old_guests = rec.guests
-        rec.guests = _guest_ranks(merged, rec.home)
+        rec.guests = guest_ranks(merged, rec.home)
         self._add_guests(rec)
         m = end - start
         self.kv[src] -= m
