@@ -67,13 +67,16 @@ from sglang_dcp.planner.base import ClusterSpec
 from sglang_dcp.planner.profile import CostProfile
 from sglang_dcp.planner.budget import STEP_GATES, StepBudget
 from sglang_dcp.planner.feasibility import Feasibility
+from sglang_dcp.planner.home import HomeChoice
 from sglang_dcp.planner.rebalance import SealedRangeRebalancer
 from sglang_dcp.planner.state import LedgerPolicy, page_up
 from sglang_dcp.planner.waterfill import GuestPlans
 from sglang_dcp.types import Rejection, Request
 
 
-class DcpPolicy(StepBudget, GuestPlans, Feasibility, SealedRangeRebalancer, LedgerPolicy):
+class DcpPolicy(
+    StepBudget, GuestPlans, HomeChoice, Feasibility, SealedRangeRebalancer, LedgerPolicy
+):
     name = "dcp"
 
     def __init__(
@@ -189,44 +192,6 @@ class DcpPolicy(StepBudget, GuestPlans, Feasibility, SealedRangeRebalancer, Ledg
         return list(self.cost)
 
     # ---- admission ------------------------------------------------------------------------
-
-    def _choose_home(self, need: int, resv: int) -> int:
-        cap, kv = self.cap, self.kv
-        if self.home_rule == "step":
-            return self._choose_home_step(need, resv)
-        if self.batch_slack == 0:
-            k = min(self._keys)
-            if cap[k[2]] - kv[k[2]] >= need:
-                return k[2]
-            feas = [k for k in self._keys if cap[k[2]] - kv[k[2]] >= need]
-            return min(feas)[2] if feas else -1
-        feas = [k for k in self._keys if cap[k[2]] - kv[k[2]] >= need]
-        if not feas:
-            return -1
-        lim = min(feas)[0] + self.batch_slack
-        return min((c, r) for b, c, r in feas if b <= lim)[1]
-
-    def _choose_home_step(self, need: int, resv: int) -> int:
-        """The rank minimising the predicted step time with the whole request on it (d = 1),
-        MoE barrier included; ties: fewest homed, then lowest index."""
-        batch, cost, free = self.batch, self.cost, self._free
-        # score_r = max(cost_r, M - add) + moe_us_per_token * [batch_r >= max batch] (+ add)
-        lvl = max(cost) - (self._a * resv + self._item)
-        bmin = min(batch)
-        r0 = batch.index(bmin)
-        if free[r0] >= need and cost[r0] <= lvl:
-            return r0  # lowest possible score, and the fewest homed (lowest index) among them
-        bmax = max(batch)
-        mpt = self.profile.moe_us_per_token
-        k = min(
-            (
-                ((c if c > lvl else lvl) + (mpt if b >= bmax else 0.0), b, r)
-                for (b, c, r), f in zip(self._keys, free)
-                if f >= need
-            ),
-            default=None,
-        )
-        return -1 if k is None else k[2]
 
     def _sizes(self, req: Request) -> tuple[int, int, bool]:
         """(reserved KV tokens, the prompt's full-page tokens, whether it may be split)."""

@@ -1,0 +1,47 @@
+"""The ``dcp`` policy's home choice (its docstring, rule 1): over the cached per-rank predicted
+times (``DcpPolicy._touched``), O(num_ranks) per call."""
+
+from __future__ import annotations
+
+
+class HomeChoice:
+    """Mixin of ``dcp.DcpPolicy``: ``_choose_home(need, resv)`` returns the home rank for a
+    request needing ``need`` free KV tokens there and reserving ``resv``, or -1 if none can."""
+
+    def _choose_home(self, need: int, resv: int) -> int:
+        cap, kv = self.cap, self.kv
+        if self.home_rule == "step":
+            return self._choose_home_step(need, resv)
+        if self.batch_slack == 0:
+            k = min(self._keys)
+            if cap[k[2]] - kv[k[2]] >= need:
+                return k[2]
+            feas = [k for k in self._keys if cap[k[2]] - kv[k[2]] >= need]
+            return min(feas)[2] if feas else -1
+        feas = [k for k in self._keys if cap[k[2]] - kv[k[2]] >= need]
+        if not feas:
+            return -1
+        lim = min(feas)[0] + self.batch_slack
+        return min((c, r) for b, c, r in feas if b <= lim)[1]
+
+    def _choose_home_step(self, need: int, resv: int) -> int:
+        """The rank minimising the predicted step time with the whole request on it (d = 1),
+        MoE barrier included; ties: fewest homed, then lowest index."""
+        batch, cost, free = self.batch, self.cost, self._free
+        # score_r = max(cost_r, M - add) + moe_us_per_token * [batch_r >= max batch] (+ add)
+        lvl = max(cost) - (self._a * resv + self._item)
+        bmin = min(batch)
+        r0 = batch.index(bmin)
+        if free[r0] >= need and cost[r0] <= lvl:
+            return r0  # lowest possible score, and the fewest homed (lowest index) among them
+        bmax = max(batch)
+        mpt = self.profile.moe_us_per_token
+        k = min(
+            (
+                ((c if c > lvl else lvl) + (mpt if b >= bmax else 0.0), b, r)
+                for (b, c, r), f in zip(self._keys, free)
+                if f >= need
+            ),
+            default=None,
+        )
+        return -1 if k is None else k[2]
