@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 from sglang_dcp.planner import ClusterSpec, make_policy
-from sglang_dcp.sglang.dispatcher import DcpDispatcher, page_up, sglang_max_new_bound
+from sglang_dcp.sglang.dispatcher import DcpDispatcher
+from sglang_dcp.sglang.fit import page_up, sglang_max_new_bound
 
 RANKS, KV, PAGE = 4, 1024, 64
 CONTEXT = 8192
