@@ -25,10 +25,11 @@
 3. **Step news records** (``sglang/header.py``, ``datapath.py``): a rank's ``RankNews`` as a flat
    list of int64 words, no pickling, gathered only in steps where some rank has news::
 
-       header:    [n_moves, n_releases, n_decoding, n_shards, n_rids, n_string_words]
-       moves:     n_moves x [rid, src, dst, start, end]
-       releases:  n_releases x [rid]
-       decoding:  n_decoding x [rid, home, first_shard, n_shards]
+       header:    [one count per section (NEWS_SECTIONS), n_shards, n_rids, n_string_words]
+       sections, in NEWS_SECTIONS order, one fixed-size record each:
+         moves:     [rid, src, dst, start, end]         (and ``after``, the same)
+         releases:  [rid]
+         decoding:  [rid, home, first_shard, n_shards]  (``extending``: + start, end)
        shards:    n_shards x [rank, start, end]
        rids:      n_rids x [byte_offset, byte_length]   (rid fields above index this table)
        strings:   the rids' UTF-8 bytes, 8 per word (little-endian), zero-padded
@@ -74,13 +75,23 @@ def gqa_item_bytes(num_q_heads: int, head_dim: int, *, elem_bytes: int = 2) -> i
 
 # ---- 3. step news records ---------------------------------------------------------------------
 
-NEWS_HEADER = 6
-_MOVE, _DECODING, _SHARD, _RID = 5, 4, 3, 2
+# (section, kind, extra ints): "move" records are (rid, src, dst, start, end), "rid" records a
+# rid, "layout" records (rid, home, shards, *extra) with shards ((rank, start, end), ...)
+NEWS_SECTIONS = (
+    ("moves", "move", 0),  # shard moves before this step's forward
+    ("releases", "rid", 0),  # requests whose KV was released at home
+    ("decoding", "layout", 0),  # split requests decoded this step
+    ("extending", "layout", 2),  # prefill chunks of split requests: + (start, end)
+    ("after", "move", 0),  # moves right after this step's forward (prefill pieces)
+)
+NEWS_HEADER = len(NEWS_SECTIONS) + 3  # + n_shards, n_rids, n_string_words
+_WIDTH = {"move": 5, "rid": 1, "layout": 4}
+_SHARD, _RID = 3, 2
 
 
-def encode_news(moves, releases, decoding) -> list[int]:
-    """A rank's news as int64 words. ``moves``: (rid, src, dst, start, end); ``releases``: rids;
-    ``decoding``: (rid, home, shards) with shards ((rank, start, end), ...)."""
+def encode_news(news: dict[str, list]) -> list[int]:
+    """A rank's news (``{section: records}``, see ``NEWS_SECTIONS``; missing sections are
+    empty) as int64 words."""
     rids: dict[str, int] = {}
 
     def rid_index(rid: str) -> int:
@@ -88,18 +99,25 @@ def encode_news(moves, releases, decoding) -> list[int]:
             rids[rid] = len(rids)
         return rids[rid]
 
-    body: list[int] = []
-    for rid, src, dst, start, end in moves:
-        body += (rid_index(rid), src, dst, start, end)
-    for rid in releases:
-        body.append(rid_index(rid))
-    shard_words: list[int] = []
-    for rid, home, shards in decoding:
-        body += (rid_index(rid), home, len(shard_words) // _SHARD, len(shards))
-        for r, a, b in shards:
-            shard_words += (r, a, b)
-    raw = [rid.encode() for rid in rids]
+    counts, body, shard_words = [], [], []
+    for name, kind, extra in NEWS_SECTIONS:
+        recs = news.get(name, ())
+        counts.append(len(recs))
+        for rec in recs:
+            if kind == "move":
+                rid, src, dst, start, end = rec
+                body += (rid_index(rid), src, dst, start, end)
+            elif kind == "rid":
+                body.append(rid_index(rec))
+            else:
+                rid, home, shards, *more = rec
+                if len(more) != extra:
+                    raise ValueError(f"news {name!r}: {rec!r} needs {extra} extra fields")
+                body += (rid_index(rid), home, len(shard_words) // _SHARD, len(shards), *more)
+                for r, a, b in shards:
+                    shard_words += (r, a, b)
     table: list[int] = []
+    raw = [rid.encode() for rid in rids]
     pos = 0
     for b in raw:
         table += (pos, len(b))
@@ -107,44 +125,46 @@ def encode_news(moves, releases, decoding) -> list[int]:
     blob = b"".join(raw)
     blob += bytes(-len(blob) % 8)
     strings = [int.from_bytes(blob[i : i + 8], "little", signed=True) for i in range(0, len(blob), 8)]
-    header = [len(moves), len(releases), len(decoding), len(shard_words) // _SHARD, len(rids),
-              len(strings)]  # fmt: skip
+    header = [*counts, len(shard_words) // _SHARD, len(rids), len(strings)]
     return header + body + shard_words + table + strings
 
 
-def decode_news(words) -> tuple[list, list, list]:
-    """``encode_news``'s inverse (``words``: a sequence of ints, trailing padding ignored);
-    returns (moves, releases, decoding) in the same forms."""
-    w = [int(x) for x in words[:NEWS_HEADER]]
-    if len(w) < NEWS_HEADER or min(w) < 0:
-        raise ValueError(f"news record: bad header {w}")
-    n_moves, n_rel, n_dec, n_sh, n_rids, n_str = w
-    size = NEWS_HEADER + _MOVE * n_moves + n_rel + _DECODING * n_dec + _SHARD * n_sh
-    size += _RID * n_rids + n_str
+def decode_news(words) -> dict[str, list]:
+    """``encode_news``'s inverse (``words``: a sequence of ints, trailing padding ignored; all
+    zeros is empty news): ``{section: records}`` for every section, records as tuples."""
+    head = [int(x) for x in words[:NEWS_HEADER]]
+    if len(head) < NEWS_HEADER or min(head) < 0:
+        raise ValueError(f"news record: bad header {head}")
+    *counts, n_sh, n_rids, n_str = head
+    size = NEWS_HEADER + _SHARD * n_sh + _RID * n_rids + n_str
+    size += sum(c * (_WIDTH[kind] + extra) for c, (_, kind, extra) in zip(counts, NEWS_SECTIONS))
     if len(words) < size:
         raise ValueError(f"news record: {len(words)} words, the header says {size}")
     vals = [int(x) for x in words[:size]]
-    pos = NEWS_HEADER
-    moves_at, pos = pos, pos + _MOVE * n_moves
-    rel_at, pos = pos, pos + n_rel
-    dec_at, pos = pos, pos + _DECODING * n_dec
-    sh_at, pos = pos, pos + _SHARD * n_sh
-    rid_at, pos = pos, pos + _RID * n_rids
-    blob = b"".join(v.to_bytes(8, "little", signed=True) for v in vals[pos : pos + n_str])
+    sh_at = size - n_str - _RID * n_rids - _SHARD * n_sh
+    rid_at = sh_at + _SHARD * n_sh
+    blob = b"".join(v.to_bytes(8, "little", signed=True) for v in vals[size - n_str : size])
     names = []
     for i in range(n_rids):
         off, ln = vals[rid_at + _RID * i : rid_at + _RID * (i + 1)]
         names.append(blob[off : off + ln].decode())
-    moves = []
-    for i in range(n_moves):
-        rid, src, dst, start, end = vals[moves_at + _MOVE * i : moves_at + _MOVE * (i + 1)]
-        moves.append((names[rid], src, dst, start, end))
-    releases = [names[vals[rel_at + i]] for i in range(n_rel)]
-    decoding = []
-    for i in range(n_dec):
-        rid, home, first, n = vals[dec_at + _DECODING * i : dec_at + _DECODING * (i + 1)]
-        shards = tuple(
-            tuple(vals[sh_at + _SHARD * j : sh_at + _SHARD * (j + 1)]) for j in range(first, first + n)
-        )
-        decoding.append((names[rid], home, shards))
-    return moves, releases, decoding
+    out: dict[str, list] = {}
+    pos = NEWS_HEADER
+    for c, (name, kind, extra) in zip(counts, NEWS_SECTIONS):
+        recs = out[name] = []
+        w = _WIDTH[kind] + extra
+        for i in range(c):
+            rec = vals[pos + w * i : pos + w * (i + 1)]
+            if kind == "move":
+                recs.append((names[rec[0]], *rec[1:]))
+            elif kind == "rid":
+                recs.append(names[rec[0]])
+            else:
+                rid, home, first, n, *more = rec
+                shards = tuple(
+                    tuple(vals[sh_at + _SHARD * j : sh_at + _SHARD * (j + 1)])
+                    for j in range(first, first + n)
+                )
+                recs.append((names[rid], home, shards, *more))
+        pos += w * c
+    return out

@@ -45,19 +45,19 @@ class RankNews:
 
     def to_words(self) -> list[int]:
         """This news as int64 words (``exchange/wire.py`` §3: fixed-size records, no pickle)."""
-        return encode_news(
-            [(m.rid, m.src, m.dst, m.start, m.end) for m in self.moves],
-            self.releases,
-            [(d.rid, d.home, d.shards) for d in self.decoding],
-        )
+        return encode_news({
+            "moves": [(m.rid, m.src, m.dst, m.start, m.end) for m in self.moves],
+            "releases": self.releases,
+            "decoding": [(d.rid, d.home, d.shards) for d in self.decoding],
+        })  # fmt: skip
 
     @classmethod
     def from_words(cls, words) -> "RankNews":
-        moves, releases, decoding = decode_news(words)
+        n = decode_news(words)
         return cls(
-            moves=[Migration(*m) for m in moves],
-            releases=releases,
-            decoding=[Decoding(r, h, sh) for r, h, sh in decoding],
+            moves=[Migration(*m) for m in n["moves"]],
+            releases=n["releases"],
+            decoding=[Decoding(*d) for d in n["decoding"]],
         )
 
 
