@@ -42,6 +42,9 @@ class RankStats:
     # extra collective (an all-gather of news; every other iteration rides on SGLang's sync)
     header_steps: int = 0
     header_gathers: int = 0
+    # header steps with KV work (guest frees, shard moves) that first waited for the forward in
+    # flight (overlap.py; with overlap scheduling on, the only steps that give up overlap)
+    header_forward_waits: int = 0
 
     def count_degree(self, degree: int) -> None:
         self.degree_count[degree] = self.degree_count.get(degree, 0) + 1

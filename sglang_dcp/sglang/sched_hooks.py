@@ -13,7 +13,8 @@ call sites to this rank's ``datapath.RankRuntime``.
 from __future__ import annotations
 
 from sglang_dcp.sglang import ledger
-from sglang_dcp.sglang.datapath import RankRuntime, _subtract, runtime
+from sglang_dcp.sglang.datapath import RankRuntime, runtime
+from sglang_dcp.sglang.step import subtract
 
 
 def after_init_request_dispatcher(result, self, *args, **kwargs):
@@ -82,7 +83,7 @@ def around_free_kv_row(original, self, kv, ranges, *args, **kwargs):
     rt = runtime()
     skip = rt.row_ranges_to_skip(kv.req_pool_idx) if rt is not None else None
     if skip:
-        ranges = _subtract(list(ranges), skip)
+        ranges = subtract(list(ranges), skip)
     return original(self, kv, ranges, *args, **kwargs)
 
 

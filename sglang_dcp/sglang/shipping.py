@@ -15,6 +15,7 @@ from sglang_dcp import env
 from sglang_dcp.planner.base import Migration
 from sglang_dcp.sglang.mla import pool_layers
 from sglang_dcp.sglang.rank_stats import stats
+from sglang_dcp.sglang.step import subtract
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def check_not_poisoned(rt, local_batch, model_runner) -> None:
     req_to_token = model_runner.req_to_token_pool.req_to_token
     for req, seq_len in zip(local_batch.reqs, local_batch.seq_lens_cpu.tolist()):
         moved = rt.moved_rows.get(req.kv.req_pool_idx, [])
-        ranges = _subtract([(0, int(seq_len) - 1)], moved)
+        ranges = subtract([(0, int(seq_len) - 1)], moved)
         for a, b in ranges:
             slots = req_to_token[req.kv.req_pool_idx, a:b].to(torch.long)
             bad = torch.isnan(k[slots].float()).flatten(1).any(dim=1).nonzero().flatten()
@@ -116,12 +117,6 @@ def _split(slots: torch.Tensor, ranges: list[tuple[int, int]]) -> list[torch.Ten
         out.append(slots[pos : pos + b - a])
         pos += b - a
     return out
-
-
-def _subtract(ranges, cut):
-    from sglang_dcp.sglang.datapath import _subtract as sub
-
-    return sub(ranges, cut)
 
 
 def check_rows(step, layer_id: int, rows: torch.Tensor, x: torch.Tensor, B: int) -> None:

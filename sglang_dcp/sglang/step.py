@@ -117,3 +117,23 @@ def plan_step(news: Sequence[RankNews], failed: Sequence[Migration]) -> StepPlan
             )
             out.append(Placement(d.rid, d.home, tuple(Shard(*s) for s in shards)))
     return StepPlan(tuple(out), tuple(failed))
+
+
+def subtract(ranges: list[tuple[int, int]], cut: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``ranges`` minus ``cut`` (half-open, ascending)."""
+    out = []
+    for a, b in ranges:
+        pieces = [(a, b)]
+        for c, d in sorted(cut):
+            nxt = []
+            for x, y in pieces:
+                if d <= x or y <= c:
+                    nxt.append((x, y))
+                    continue
+                if x < c:
+                    nxt.append((x, c))
+                if d < y:
+                    nxt.append((d, y))
+            pieces = nxt
+        out.extend(pieces)
+    return out

@@ -8,8 +8,7 @@ from hypothesis import given, settings
 
 from sglang_dcp.exchange.route import part_ranks, tokens_on
 from sglang_dcp.planner.base import Migration
-from sglang_dcp.sglang.datapath import _subtract
-from sglang_dcp.sglang.step import Decoding, RankNews, plan_step, runtime_shards
+from sglang_dcp.sglang.step import Decoding, RankNews, plan_step, runtime_shards, subtract
 from sglang_dcp.types import Placement, Shard
 
 
@@ -101,7 +100,7 @@ def test_runtime_shards_cover_every_token_once(args, home):
 
 
 def test_subtract_ranges():
-    assert _subtract([(0, 100)], [(0, 64)]) == [(64, 100)]
-    assert _subtract([(0, 100)], [(10, 20), (30, 40)]) == [(0, 10), (20, 30), (40, 100)]
-    assert _subtract([(0, 100)], [(0, 100)]) == []
-    assert _subtract([(5, 10)], [(20, 30)]) == [(5, 10)]
+    assert subtract([(0, 100)], [(0, 64)]) == [(64, 100)]
+    assert subtract([(0, 100)], [(10, 20), (30, 40)]) == [(0, 10), (20, 30), (40, 100)]
+    assert subtract([(0, 100)], [(0, 100)]) == []
+    assert subtract([(5, 10)], [(20, 30)]) == [(5, 10)]
