@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sglang_dcp.sglang.rank_stats import stats
-from sglang_dcp.sglang.step import runtime_shards
+from sglang_dcp.sglang.step import reassign, runtime_shards
 from sglang_dcp.types import Placement, Shard
 
 logger = logging.getLogger(__name__)
@@ -38,11 +38,14 @@ logger = logging.getLogger(__name__)
 
 
 def actual_sealed(placement: Placement, moved: Sequence[tuple[int, int, int]]) -> list[list[int]]:
-    """The planner's sealed shards of ``placement`` where they are: on the rank they moved to
-    (``moved``: (rank, start, end)), else still on the home."""
-    where = {(s, e): r for r, s, e in moved}
-    home = placement.home_rank
-    return [[where.get((s.start, s.end), home), s.start, s.end] for s in placement.shards[:-1]]
+    """The sealed ranges of ``placement`` where they are: ``moved`` ((rank, start, end), in the
+    order the moves happened) applied over the home, up to the planner's tail start or the end
+    of the last moved range, whichever is later (``Policy.restate``'s ``[0, T)``)."""
+    end = max([placement.shards[-1].start, *(b for _, _, b in moved)])
+    shards: tuple = ((placement.home_rank, 0, end),)
+    for r, a, b in moved:
+        shards = reassign(shards, a, b, r)
+    return [list(x) for x in shards if x[2] > x[1]]
 
 
 def kv_len(req) -> int:
@@ -78,10 +81,11 @@ class RankLedger:
 
     def shipped(self, results: Sequence[Any], home: Mapping[str, Any]) -> None:
         """After a header's ``transfer_shards(...)`` (``results``, the same list everywhere):
-        report the requests homed here that shipped (``home``: rid -> ``HomeEntry``)."""
+        report the requests homed here whose shards moved or failed to, from the home or
+        between other ranks (``home``: rid -> ``HomeEntry``)."""
         from sglang_dcp.sglang.messages import DcpShardReport
 
-        mine = [r for r in results if r.move.src == self.rank]
+        mine = [r for r in results if r.move.rid in home]
         rids, sealed = [], []
         for rid in dict.fromkeys(r.move.rid for r in mine):
             h = home.get(rid)
