@@ -35,6 +35,7 @@ import torch
 from sglang_dcp import env
 from sglang_dcp.planner.base import Migration
 from sglang_dcp.sglang import ledger, overlap, shipping
+from sglang_dcp.sglang.migration import MAX_PER_STEP, Migrations
 from sglang_dcp.sglang.rank_stats import stats
 from sglang_dcp.sglang.step import Decoding, RankNews, plan_step, runtime_shards
 from sglang_dcp.sglang.step_build import DcpStep, build_step, check_against_batch, decodes_now, kv_len
@@ -88,6 +89,7 @@ class RankRuntime:
 
         self.capacity = DcpOptions.from_env().max_guest_items
         self.ledger = ledger.RankLedger(self.rank)  # what the planner hears of shard moves
+        self.migrations = Migrations(self.rank, self.num_ranks)  # the controller's asks
         from sglang_dcp.sglang.header import StepHeader
 
         self.header_state = StepHeader(self.rank, self.num_ranks)
@@ -148,6 +150,7 @@ class RankRuntime:
             self.seen_decode.pop(req.rid, None)
         if h is not None:
             self.ledger.released(req)
+        self.migrations.forget(req.rid)
         if h is not None and h.moved:
             self.releases.append(req.rid)
         self._refresh_gauges()
@@ -185,7 +188,8 @@ class RankRuntime:
         for n in all_news:
             for rid in n.releases:
                 self._free_guest(rid)
-        failed = self._ship(moves, model_runner) if moves else []
+        homes = {d.rid: d.home for n in all_news for d in n.decoding}
+        failed = self._ship(moves, model_runner, homes) if moves else []
         for h in decoding_reqs:
             h.shipped = True
         plan = plan_step(all_news, failed)
@@ -205,6 +209,7 @@ class RankRuntime:
         news = RankNews(releases=self.releases)
         self.releases = []
         decoding_reqs = []
+        budget = MAX_PER_STEP  # migrations this home starts this step
         if self.split_reqs and local_batch is not None and local_batch.forward_mode.is_decode():
             if env.poison_moved():
                 self._check_not_poisoned(local_batch, model_runner)
@@ -225,8 +230,14 @@ class RankRuntime:
                         (s.rank, s.start, s.end) for s in p.shards[:-1] if s.rank != self.rank
                     ]
                     news.moves += [Migration(rid, self.rank, r, a, b) for r, a, b in will_move]
-                else:
-                    will_move = h.moved
+                else:  # decoding: the controller's migrations, if any (migration.py)
+                    n, dropped = kv_len(req), self.migrations.dropped
+                    asked = self.migrations.take(rid, runtime_shards(p, h.moved, n), n, budget)
+                    if self.migrations.dropped > dropped:  # the controller booked them
+                        self.ledger.layout(rid, self.home)
+                    budget -= len(asked)
+                    news.moves += asked
+                    will_move = [*h.moved, *((m.dst, m.start, m.end) for m in asked)]
                 shards = runtime_shards(p, will_move, kv_len(req))
                 news.decoding.append(Decoding(rid, self.rank, shards))
                 decoding_reqs.append(h)
@@ -242,9 +253,9 @@ class RankRuntime:
         if g is not None:
             self.scheduler.token_to_kv_pool_allocator.free(g.slots)
 
-    def _ship(self, moves: list[Migration], model_runner) -> list[Migration]:
+    def _ship(self, moves: list[Migration], model_runner, homes) -> list[Migration]:
         """Run every rank's moves of this step; returns the failed ones (same list everywhere)."""
-        return shipping.ship(self, moves, model_runner)
+        return shipping.ship(self, moves, model_runner, homes)
 
     def _step(self, plan, local_batch) -> DcpStep:
         """This rank's route for ``plan``: its split decode rows and guest items (O(split))."""

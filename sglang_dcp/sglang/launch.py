@@ -8,7 +8,7 @@ Accepts every ``python -m sglang.launch_server`` argument, plus:
   --demo-model tiny-deepseek-v3
            the same with a tiny DeepSeek-V3-architecture model (MLA) instead.
   --dcp-policy, --dcp-cost-profile, --dcp-max-degree, --dcp-min-shard-tokens, --dcp-kv-capacity,
-  --dcp-queue-max-bypass, --dcp-slo-tpot-ms, --dcp-split-rule
+  --dcp-queue-max-bypass, --dcp-slo-tpot-ms, --dcp-split-rule, --dcp-rebalance-threshold
            the planner in the DP controller (on by default with DP attention over > 1 rank);
            checked here, then handed to SGLang's spawned processes as JSON in
            $SGLANG_DCP_SERVE_OPTIONS (``env.SERVE_OPTIONS_VAR``; set only by this launcher).
@@ -134,6 +134,7 @@ def dcp_options(ns: argparse.Namespace) -> DcpOptions:
             slo_tpot_ms=ns.dcp_slo_tpot_ms,
             split_rule=ns.dcp_split_rule,
             max_guest_items=ns.dcp_max_guest_items,
+            rebalance_threshold=ns.dcp_rebalance_threshold,
             tp_size=ns.tp_size or 1,
             disable_radix_cache=bool(ns.disable_radix_cache),
             attention_backend=ns.attention_backend,

@@ -83,11 +83,19 @@ class RankLedger:
         """After a header's ``transfer_shards(...)`` (``results``, the same list everywhere):
         report the requests homed here whose shards moved or failed to, from the home or
         between other ranks (``home``: rid -> ``HomeEntry``)."""
+        mine = [r for r in results if r.move.rid in home]
+        done = sum(1 for r in mine if r.ok)
+        self._report(list(dict.fromkeys(r.move.rid for r in mine)), home, done, len(mine) - done)
+
+    def layout(self, rid: str, home: Mapping[str, Any]) -> None:
+        """Report ``rid``'s ranges as they are (a migration the controller booked was dropped)."""
+        self._report([rid], home, 0, 0)
+
+    def _report(self, rids_in: list[str], home: Mapping[str, Any], done: int, failed: int) -> None:
         from sglang_dcp.sglang.messages import DcpShardReport
 
-        mine = [r for r in results if r.move.rid in home]
         rids, sealed = [], []
-        for rid in dict.fromkeys(r.move.rid for r in mine):
+        for rid in rids_in:
             h = home.get(rid)
             if h is None or getattr(h.req, "dcp", None) is None:
                 continue
@@ -96,10 +104,8 @@ class RankLedger:
             sealed.append(actual_sealed(h.req.dcp, h.moved))
         if not rids:
             return
-        done = sum(1 for r in mine if r.ok)
         report = DcpShardReport(
-            dcp_rank=self.rank, rids=rids, sealed=sealed,
-            moves_done=done, moves_failed=len(mine) - done,
+            dcp_rank=self.rank, rids=rids, sealed=sealed, moves_done=done, moves_failed=failed,
         )  # fmt: skip
         self.num_reports += 1
         if self.inbox is None:

@@ -30,6 +30,7 @@ class RankStats:
     moves_done: int = 0  # shard moves this rank took part in (as sender or receiver)
     moves_failed: int = 0
     moved_tokens: int = 0  # tokens received as guest shards
+    migrations_done: int = 0  # moves of requests homed here while they decoded (migration.py)
     degree_count: dict[int, int] = field(default_factory=dict)  # homed placements by degree
     # the static exchange (backend.py): rows of split requests / of unsplit ones (0 by
     # construction: unsplit rows keep SGLang's attention), steps run eagerly in rounds

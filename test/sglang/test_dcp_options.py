@@ -80,7 +80,10 @@ def test_flags_reach_the_options(parser):
                 "--dcp-max-degree", "1", "--dcp-min-shard-tokens", "512")  # fmt: skip
     assert o == DcpOptions("dcp", "deepseek-v3-h200", 1, 512)
     assert o.policy_options() == {"max_degree": 1, "min_shard_tokens": 512,
-                                  "step_slo_ms": None, "split_rule": "fit"}
+                                  "step_slo_ms": None, "split_rule": "fit",
+                                  "rebalance_threshold": None}
+    r = options(parser, "--disable-radix-cache", "--dcp-rebalance-threshold", "1.25")
+    assert r.sharding and r.policy_options()["rebalance_threshold"] == 1.25
     b = options(parser, "--dcp-slo-tpot-ms", "35", "--dcp-split-rule", "auto")
     assert b.policy_options()["step_slo_ms"] == 35.0 and b.split_rule == "auto"
     assert DcpOptions.from_json(b.to_json()) == b
@@ -112,6 +115,8 @@ def test_flags_reach_the_options(parser):
         (["--dcp-slo-tpot-ms", "0"], "--dcp-slo-tpot-ms must be > 0"),
         (["--dcp-policy", "uniform", "--dcp-slo-tpot-ms", "50"], "applies to --dcp-policy dcp"),
         (["--dcp-policy", "total_tokens", "--dcp-split-rule", "gain"], "applies to"),
+        (["--dcp-rebalance-threshold", "1.5"], "needs --dcp-policy dcp and --dcp-max-degree > 1"),
+        (["--disable-radix-cache", "--dcp-rebalance-threshold", "0.5"], "max/mean KV ratio, >= 1"),
     ],
 )
 def test_bad_combinations_are_one_line_errors(parser, extra, message):
