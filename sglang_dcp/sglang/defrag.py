@@ -72,8 +72,8 @@ class Defragmenter:
         sent (none when nobody waits, too soon, or the policy does not rebalance)."""
         d = self.dispatcher
         policy = d.policy
-        if not d.queue or not hasattr(policy, "rebalance"):
-            return []
+        if not d.queue or getattr(policy, "rebalance_threshold", None) is None:
+            return []  # nobody waits, or the policy does not migrate (dcp without a threshold)
         now = self._clock()
         if now - self._last < self.interval_s:
             return []

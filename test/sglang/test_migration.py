@@ -117,3 +117,11 @@ def test_migration_failures_are_injected_only_away_from_a_guest():
     hook = move_fault_hook(moves, 0.0, "mfail-", homes)
     fails = [[hook(ph, i) for ph in Phase] for i in range(3)]
     assert fails == [[False] * 3, [False, True, False], [False] * 3]  # SEND of move 1 only
+
+
+def test_policies_that_do_not_migrate_are_left_alone():
+    c = ClusterSpec.uniform(4, PAGE * 1000, PAGE)
+    for name in ("round_robin", "total_tokens", "uniform"):
+        pol = make_policy(name, c)
+        f, sent, _, _ = controller(pol)
+        assert f.on_wait() == [] and sent == []
