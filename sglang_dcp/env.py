@@ -78,3 +78,17 @@ def inject_move_failure() -> float:
             "between 0 and 1 (e.g. 0.5), or unset it"
         )
     return p
+
+
+def test_migrate() -> bool:
+    """Testing only: the DP controller asks to migrate one guest shard of every split request
+    once it decodes (after its home's first report), to a rank that holds none of its KV
+    (``defrag.probe_move``). ``SGLANG_DCP_TEST_MIGRATE=1``."""
+    return os.environ.get("SGLANG_DCP_TEST_MIGRATE", "") not in ("", "0", "false")
+
+
+def test_migrate_fail() -> str:
+    """Testing only: migrations away from a guest of requests whose id starts with this prefix
+    fail mid-copy (the bytes arrive corrupted, the receiver's checksum refuses them).
+    ``SGLANG_DCP_TEST_MIGRATE_FAIL=PREFIX``; empty: none."""
+    return os.environ.get("SGLANG_DCP_TEST_MIGRATE_FAIL", "").strip()

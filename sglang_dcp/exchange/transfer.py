@@ -78,7 +78,12 @@ def _undo(pool: KVPool, splits: list[tuple[ShardKey, ShardKey]]) -> None:
 
 
 def _checksum(pool: KVPool, slots: torch.Tensor) -> float:
-    return float(pool.k[:, slots].double().sum() + 2 * pool.v[:, slots].double().sum())
+    """Every layer's K and V of the range summed per token, each token weighted by its place in
+    the range (1, 2, ...): the same bytes in another slot order give another sum."""
+    w = torch.arange(1, slots.numel() + 1, dtype=torch.float64, device=pool.k.device)
+    k = pool.k[:, slots].double().sum(dim=(0, 2, 3))
+    v = pool.v[:, slots].double().sum(dim=(0, 2, 3))
+    return float((w * (k + 2 * v)).sum())
 
 
 def transfer_shards(

@@ -54,6 +54,15 @@ class SealedRangeRebalancer:
             budget -= end - start
         return moves
 
+    def undo(self, m: Migration) -> None:
+        """Take back a move ``rebalance`` booked (the caller could not carry it out)."""
+        self._move(m.rid, m.dst, m.src, m.start, m.end)
+
+    def is_split(self, rid: str) -> bool:
+        """Whether ``rid`` holds sealed KV on a rank other than its home now."""
+        rec = self._recs.get(rid)
+        return rec is not None and bool(rec.guests)
+
     def _current_step_us(self) -> float | None:
         """With a step budget (``dcp`` ``step_slo_ms``) a move must lower the predicted step
         (slowest rank + the fixed exchange cost); without one, ``None``: balance KV alone."""

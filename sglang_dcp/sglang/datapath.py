@@ -34,11 +34,12 @@ import torch
 
 from sglang_dcp import env
 from sglang_dcp.planner.base import Migration
-from sglang_dcp.sglang import ledger, shipping
+from sglang_dcp.sglang import ledger, overlap, shipping
 from sglang_dcp.sglang.header import gather_news
+from sglang_dcp.sglang.migration import MAX_PER_STEP, Migrations
 from sglang_dcp.sglang.rank_stats import stats
 from sglang_dcp.sglang.step import Decoding, RankNews, plan_step, runtime_shards
-from sglang_dcp.sglang.step_build import DcpStep, build_step, check_against_batch, is_decoding
+from sglang_dcp.sglang.step_build import DcpStep, build_step, check_against_batch, decodes_now, kv_len
 
 
 @dataclass(slots=True)
@@ -77,6 +78,7 @@ class RankRuntime:
         # requests homed here with a multi-rank placement, from queueing to release: the only
         # requests a step header looks at (host work O(split requests), never O(batch))
         self.split_reqs: dict[str, Any] = {}
+        self.seen_decode: dict[str, int] = {}  # rid -> decode_batch_idx at the last header
         self.guests: dict[str, GuestEntry] = {}
         self.releases: list[str] = []
         self.moved_rows: dict[int, list[tuple[int, int]]] = {}  # req_pool_idx -> moved ranges
@@ -88,6 +90,7 @@ class RankRuntime:
 
         self.capacity = DcpOptions.from_env().max_guest_items
         self.ledger = ledger.RankLedger(self.rank)  # what the planner hears of shard moves
+        self.migrations = Migrations(self.rank, self.num_ranks)  # the controller's asks
         from sglang_dcp.sglang.header import StepHeader
 
         self.header_state = StepHeader(self.rank, self.num_ranks)
@@ -145,8 +148,10 @@ class RankRuntime:
         h = self.home.pop(req.rid, None)
         if self.split_reqs.get(req.rid) is req and not req.is_retracted:
             del self.split_reqs[req.rid]
+            self.seen_decode.pop(req.rid, None)
         if h is not None:
             self.ledger.released(req)
+        self.migrations.forget(req.rid)
         if h is not None and h.moved:
             self.releases.append(req.rid)
         self._refresh_gauges()
@@ -176,11 +181,14 @@ class RankRuntime:
             all_news = gather_news(hs, news, ForwardMode.DECODE.value, self.tp_group.cpu_group)
         else:
             all_news = hs.predicted_news(ForwardMode.DECODE.value)
+        moves = [m for n in all_news for m in n.moves]
+        if moves or any(n.releases for n in all_news):  # the same on every rank
+            overlap.wait_for_forward(model_runner)
         for n in all_news:
             for rid in n.releases:
                 self._free_guest(rid)
-        moves = [m for n in all_news for m in n.moves]
-        failed = self._ship(moves, model_runner) if moves else []
+        homes = {d.rid: d.home for n in all_news for d in n.decoding}
+        failed = self._ship(moves, model_runner, homes) if moves else []
         for h in decoding_reqs:
             h.shipped = True
         plan = plan_step(all_news, failed)
@@ -200,15 +208,18 @@ class RankRuntime:
         news = RankNews(releases=self.releases)
         self.releases = []
         decoding_reqs = []
+        budget = MAX_PER_STEP  # migrations this home starts this step
         if self.split_reqs and local_batch is not None and local_batch.forward_mode.is_decode():
             if env.poison_moved():
                 self._check_not_poisoned(local_batch, model_runner)
             for rid, req in list(self.split_reqs.items()):
                 if req.finished() and req.kv.req_pool_idx is None:
                     del self.split_reqs[rid]  # ended without a release (never prefilled)
+                    self.seen_decode.pop(rid, None)
                     continue
-                if not is_decoding(req):
+                if not decodes_now(req, self.seen_decode.get(rid, 0)):
                     continue
+                self.seen_decode[rid] = req.decode_batch_idx
                 p = req.dcp
                 h = self.home.get(rid)
                 if h is None or h.req is not req:
@@ -218,9 +229,15 @@ class RankRuntime:
                         (s.rank, s.start, s.end) for s in p.shards[:-1] if s.rank != self.rank
                     ]
                     news.moves += [Migration(rid, self.rank, r, a, b) for r, a, b in will_move]
-                else:
-                    will_move = h.moved
-                shards = runtime_shards(p, will_move, req.seqlen)
+                else:  # decoding: the controller's migrations, if any (migration.py)
+                    n, dropped = kv_len(req), self.migrations.dropped
+                    asked = self.migrations.take(rid, runtime_shards(p, h.moved, n), n, budget)
+                    if self.migrations.dropped > dropped:  # the controller booked them
+                        self.ledger.layout(rid, self.home)
+                    budget -= len(asked)
+                    news.moves += asked
+                    will_move = [*h.moved, *((m.dst, m.start, m.end) for m in asked)]
+                shards = runtime_shards(p, will_move, kv_len(req))
                 news.decoding.append(Decoding(rid, self.rank, shards))
                 decoding_reqs.append(h)
             if env.poison_moved():
@@ -235,9 +252,9 @@ class RankRuntime:
         if g is not None:
             self.scheduler.token_to_kv_pool_allocator.free(g.slots)
 
-    def _ship(self, moves: list[Migration], model_runner) -> list[Migration]:
+    def _ship(self, moves: list[Migration], model_runner, homes) -> list[Migration]:
         """Run every rank's moves of this step; returns the failed ones (same list everywhere)."""
-        return shipping.ship(self, moves, model_runner)
+        return shipping.ship(self, moves, model_runner, homes)
 
     def _step(self, plan, local_batch) -> DcpStep:
         """This rank's route for ``plan``: its split decode rows and guest items (O(split))."""
@@ -270,29 +287,10 @@ def current_step() -> DcpStep | None:
 
     A process-wide slot, not a ``ForwardBatch`` field: SGLang's runners rebuild the
     ``ForwardBatch`` from static buffers before the model runs (``eager_runner.load_batch``,
-    the CUDA-graph runners), dropping extra attributes. With overlap scheduling off
-    (``launch.sharding_argv``) the header of step N and the forward of step N alternate on the
-    scheduler thread, so the slot always holds the running step.
+    the CUDA-graph runners), dropping extra attributes. Planning (the header) and launching a
+    forward alternate on the scheduler thread, with overlap scheduling on or off: the header of
+    step N+1 runs after step N's forward was launched (its host side, which reads this slot,
+    has returned), so the slot always holds the step being launched.
     """
     rt = runtime()
     return None if rt is None else rt.step
-
-
-def _subtract(ranges: list[tuple[int, int]], cut: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """``ranges`` minus ``cut`` (half-open, ascending)."""
-    out = []
-    for a, b in ranges:
-        pieces = [(a, b)]
-        for c, d in sorted(cut):
-            nxt = []
-            for x, y in pieces:
-                if d <= x or y <= c:
-                    nxt.append((x, y))
-                    continue
-                if x < c:
-                    nxt.append((x, c))
-                if d < y:
-                    nxt.append((d, y))
-            pieces = nxt
-        out.extend(pieces)
-    return out

@@ -67,6 +67,7 @@ def event_loop(controller) -> None:
             controller._request_dispatcher(recv_req)
         if books is not None:
             books.tick()
+            controller.dcp_defrag.on_wait()  # requests waiting for KV: migrate sealed KV
         if not got:
             poller.poll(POLL_MS)
 
@@ -111,9 +112,12 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
 
     from sglang_dcp.planner import ClusterSpec, make_policy
     from sglang_dcp.sglang.ledger import PlannerBooks
+    from sglang_dcp import env
+    from sglang_dcp.sglang.defrag import Defragmenter
     from sglang_dcp.sglang.messages import (
         DcpFinished,
         DcpGenerateReq,
+        DcpMigrate,
         DcpPlannerView,
         DcpShardReport,
     )
@@ -180,15 +184,33 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
         ))  # fmt: skip
 
     books = PlannerBooks(dispatcher, publish)
-    controller.dcp_dispatcher = dispatcher
+
+    def migrate(moves) -> None:
+        controller.send_control_message(
+            DcpMigrate(moves=[[m.rid, m.src, m.dst, m.start, m.end] for m in moves])
+        )
+
+    defrag = Defragmenter(
+        dispatcher, migrate, num_ranks=n, max_tokens=max(page, capacity // 8),
+        testing=env.test_migrate(),
+    )  # fmt: skip
+
+    def on_report(report) -> None:
+        books.on_report(report)
+        defrag.on_report(report)
+
+    def on_finished(msg) -> None:
+        dispatcher.finished(msg.rids)
+        defrag.finished(msg.rids)
+
+    controller.dcp_dispatcher, controller.dcp_defrag = dispatcher, defrag
     controller.dcp_books, controller.dcp_inbox = books, inbox
     controller.dispatching = dispatcher.dispatch
     controller.event_loop = lambda: event_loop(controller)
     # SGLang's own load snapshots only feed its DPBudget; the planner keeps its own books.
     controller.refresh_load_budget_on_dispatch = False
     controller._request_dispatcher += TypeBasedDispatcher([
-        (DcpFinished, lambda msg: dispatcher.finished(msg.rids)), (AbortReq, on_abort),
-        (DcpShardReport, books.on_report),
+        (DcpFinished, on_finished), (AbortReq, on_abort), (DcpShardReport, on_report),
     ])  # fmt: skip
     books.tick(force=True)  # the ranks learn the inbox before any request arrives
     logger.info(

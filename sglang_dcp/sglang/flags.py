@@ -131,6 +131,16 @@ def add_dcp_args(parser: argparse.ArgumentParser) -> None:
         "(fit for MLA profiles, gain for GQA). Default: fit.",
     )
     group.add_argument(
+        "--dcp-rebalance-threshold",
+        type=float,
+        metavar="RATIO",
+        default=None,
+        help="'dcp' only, with KV sharding: while requests wait in the DP controller for KV, "
+        "migrate sealed KV ranges of decoding split requests from the fullest rank to the "
+        "emptiest while max/mean KV per rank exceeds RATIO (bounded per step; the request "
+        "keeps decoding). Default: off.",
+    )
+    group.add_argument(
         "--dcp-max-guest-items",
         type=int,
         metavar="N",

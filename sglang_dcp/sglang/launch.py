@@ -8,15 +8,15 @@ Accepts every ``python -m sglang.launch_server`` argument, plus:
   --demo-model tiny-deepseek-v3
            the same with a tiny DeepSeek-V3-architecture model (MLA) instead.
   --dcp-policy, --dcp-cost-profile, --dcp-max-degree, --dcp-min-shard-tokens, --dcp-kv-capacity,
-  --dcp-queue-max-bypass, --dcp-slo-tpot-ms, --dcp-split-rule
+  --dcp-queue-max-bypass, --dcp-slo-tpot-ms, --dcp-split-rule, --dcp-rebalance-threshold
            the planner in the DP controller (on by default with DP attention over > 1 rank);
            checked here, then handed to SGLang's spawned processes as JSON in
            $SGLANG_DCP_SERVE_OPTIONS (``env.SERVE_OPTIONS_VAR``; set only by this launcher).
            With a max degree > 1 the launcher also selects ``--attention-backend dcp_triton``
-           (torch_native on CPU; the DCP exchange wraps it), ``--disable-overlap-schedule``
-           (the DCP data path runs without overlap) and, on CUDA,
+           (torch_native on CPU; the DCP exchange wraps it) and, on CUDA,
            ``--cuda-graph-backend-prefill disabled`` (decode CUDA graphs stay on, captured
-           with and without the exchange).
+           with and without the exchange). Overlap scheduling stays on (``overlap.py``);
+           ``--disable-overlap-schedule`` still turns it off.
 
 On a machine without CUDA it sets what SGLang's CPU engine needs (``--device cpu``,
 ``SGLANG_USE_CPU_ENGINE=1``, one OpenMP core binding per TP rank), ``--disable-cuda-graph`` and a
@@ -134,6 +134,7 @@ def dcp_options(ns: argparse.Namespace) -> DcpOptions:
             slo_tpot_ms=ns.dcp_slo_tpot_ms,
             split_rule=ns.dcp_split_rule,
             max_guest_items=ns.dcp_max_guest_items,
+            rebalance_threshold=ns.dcp_rebalance_threshold,
             tp_size=ns.tp_size or 1,
             disable_radix_cache=bool(ns.disable_radix_cache),
             attention_backend=ns.attention_backend,
@@ -170,8 +171,8 @@ PREFILL_GRAPH_FLAG = "--cuda-graph-backend-prefill"
 
 def sharding_argv(sglang_argv: list[str], opts: DcpOptions, cuda: bool) -> list[str]:
     """With KV sharding on, pick an attention backend the DCP wrapper supports (``dcp_triton``,
-    i.e. triton, on GPU; torch_native on CPU, where SGLang would pick intel_amx) and turn
-    overlap scheduling off (the step header and the exchange assume one batch in flight).
+    i.e. triton, on GPU; torch_native on CPU, where SGLang would pick intel_amx). Overlap
+    scheduling is left as the user set it (on by default: ``overlap.py``).
 
     Decode CUDA graphs stay on: every batch size is captured twice, without and with the
     exchange (``graphs.py``). Prefill graphs are turned off (``--cuda-graph-backend-prefill
@@ -191,8 +192,6 @@ def sharding_argv(sglang_argv: list[str], opts: DcpOptions, cuda: bool) -> list[
     extra = []
     if "--attention-backend" not in names:
         extra += ["--attention-backend", ATTENTION_BACKEND if cuda else "torch_native"]
-    if "--disable-overlap-schedule" not in names:
-        extra.append("--disable-overlap-schedule")
     prefill = _value_of(sglang_argv, PREFILL_GRAPH_FLAG)
     if prefill is not None and prefill != "disabled":
         raise LaunchError(

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sglang_dcp.sglang.rank_stats import stats
-from sglang_dcp.sglang.step import runtime_shards
+from sglang_dcp.sglang.step import reassign, runtime_shards
 from sglang_dcp.types import Placement, Shard
 
 logger = logging.getLogger(__name__)
@@ -38,11 +38,14 @@ logger = logging.getLogger(__name__)
 
 
 def actual_sealed(placement: Placement, moved: Sequence[tuple[int, int, int]]) -> list[list[int]]:
-    """The planner's sealed shards of ``placement`` where they are: on the rank they moved to
-    (``moved``: (rank, start, end)), else still on the home."""
-    where = {(s, e): r for r, s, e in moved}
-    home = placement.home_rank
-    return [[where.get((s.start, s.end), home), s.start, s.end] for s in placement.shards[:-1]]
+    """The sealed ranges of ``placement`` where they are: ``moved`` ((rank, start, end), in the
+    order the moves happened) applied over the home, up to the planner's tail start or the end
+    of the last moved range, whichever is later (``Policy.restate``'s ``[0, T)``)."""
+    end = max([placement.shards[-1].start, *(b for _, _, b in moved)])
+    shards: tuple = ((placement.home_rank, 0, end),)
+    for r, a, b in moved:
+        shards = reassign(shards, a, b, r)
+    return [list(x) for x in shards if x[2] > x[1]]
 
 
 def kv_len(req) -> int:
@@ -78,12 +81,21 @@ class RankLedger:
 
     def shipped(self, results: Sequence[Any], home: Mapping[str, Any]) -> None:
         """After a header's ``transfer_shards(...)`` (``results``, the same list everywhere):
-        report the requests homed here that shipped (``home``: rid -> ``HomeEntry``)."""
+        report the requests homed here whose shards moved or failed to, from the home or
+        between other ranks (``home``: rid -> ``HomeEntry``)."""
+        mine = [r for r in results if r.move.rid in home]
+        done = sum(1 for r in mine if r.ok)
+        self._report(list(dict.fromkeys(r.move.rid for r in mine)), home, done, len(mine) - done)
+
+    def layout(self, rid: str, home: Mapping[str, Any]) -> None:
+        """Report ``rid``'s ranges as they are (a migration the controller booked was dropped)."""
+        self._report([rid], home, 0, 0)
+
+    def _report(self, rids_in: list[str], home: Mapping[str, Any], done: int, failed: int) -> None:
         from sglang_dcp.sglang.messages import DcpShardReport
 
-        mine = [r for r in results if r.move.src == self.rank]
         rids, sealed = [], []
-        for rid in dict.fromkeys(r.move.rid for r in mine):
+        for rid in rids_in:
             h = home.get(rid)
             if h is None or getattr(h.req, "dcp", None) is None:
                 continue
@@ -92,10 +104,8 @@ class RankLedger:
             sealed.append(actual_sealed(h.req.dcp, h.moved))
         if not rids:
             return
-        done = sum(1 for r in mine if r.ok)
         report = DcpShardReport(
-            dcp_rank=self.rank, rids=rids, sealed=sealed,
-            moves_done=done, moves_failed=len(mine) - done,
+            dcp_rank=self.rank, rids=rids, sealed=sealed, moves_done=done, moves_failed=failed,
         )  # fmt: skip
         self.num_reports += 1
         if self.inbox is None:

@@ -6,7 +6,7 @@ calling process; the plugin calls it in every process that runs it, before any s
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Union
 
 from sglang.srt.managers.io_struct import (
     BaseBatchReq,
@@ -82,5 +82,13 @@ class DcpPlannerView(BaseReq, kw_only=True):
     guest_kv_tokens: Optional[List[int]] = None  # sealed KV held for other ranks' requests
 
 
+class DcpMigrate(BaseReq, kw_only=True):
+    """DP controller -> every scheduler (a control message): move these sealed ranges of
+    decoding requests (``moves[i]``: ``[rid, src, dst, start, end]``); each request's home
+    runs them at its next decode steps (``migration.py``) and reports the result."""
+
+    moves: Optional[List[List[Union[str, int]]]] = None
+
+
 def register_types() -> None:
-    hook_custom_types(DcpFinished, DcpGenerateReq, DcpShardReport, DcpPlannerView)
+    hook_custom_types(DcpFinished, DcpGenerateReq, DcpShardReport, DcpPlannerView, DcpMigrate)

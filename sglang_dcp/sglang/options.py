@@ -43,6 +43,7 @@ class DcpOptions:
     slo_tpot_ms: float | None = None  # the planner's step budget (dcp step_slo_ms)
     split_rule: str = "fit"  # dcp split_rule: fit | gain | auto
     max_guest_items: int = DEFAULT_MAX_GUEST_ITEMS  # exchange queries per peer per round
+    rebalance_threshold: float | None = None  # dcp: migrate sealed KV while requests wait
 
     @property
     def enabled(self) -> bool:
@@ -57,7 +58,8 @@ class DcpOptions:
         """Keyword options for ``planner.make_policy(self.policy, ...)``."""
         if self.policy == "dcp":
             return {"max_degree": self.max_degree, "min_shard_tokens": self.min_shard_tokens,
-                    "step_slo_ms": self.slo_tpot_ms, "split_rule": self.split_rule}
+                    "step_slo_ms": self.slo_tpot_ms, "split_rule": self.split_rule,
+                    "rebalance_threshold": self.rebalance_threshold}
         if self.policy == "uniform":
             return {"group_size": self.max_degree}
         return {}
@@ -93,6 +95,7 @@ def resolve(
     slo_tpot_ms: float | None = None,
     split_rule: str | None = None,
     max_guest_items: int | None = None,
+    rebalance_threshold: float | None = None,
 ) -> DcpOptions:
     """Check the flags (``None`` = not given) against each other and the server shape.
 
@@ -111,6 +114,7 @@ def resolve(
         "--dcp-slo-tpot-ms": slo_tpot_ms,
         "--dcp-split-rule": split_rule,
         "--dcp-max-guest-items": max_guest_items,
+        "--dcp-rebalance-threshold": rebalance_threshold,
     }
     given = {k: v for k, v in given.items() if v is not None}
     if policy is not None and policy not in POLICY_CHOICES:
@@ -188,6 +192,14 @@ def resolve(
     for flag, value in (("--dcp-slo-tpot-ms", slo_tpot_ms), ("--dcp-split-rule", split_rule)):
         if value is not None and policy != "dcp":
             raise OptionsError(f"{flag} applies to --dcp-policy dcp, not {policy}")
+    if rebalance_threshold is not None and (policy != "dcp" or (max_degree or 1) < 2):
+        raise OptionsError(
+            "--dcp-rebalance-threshold migrates sealed KV between ranks: it needs --dcp-policy "
+            "dcp and --dcp-max-degree > 1"
+        )
+    if rebalance_threshold is not None and not rebalance_threshold >= 1.0:
+        raise OptionsError(
+            f"--dcp-rebalance-threshold is a max/mean KV ratio, >= 1; got {rebalance_threshold}")
     if slo_tpot_ms is not None and not slo_tpot_ms > 0:
         raise OptionsError(f"--dcp-slo-tpot-ms must be > 0, got {slo_tpot_ms}")
     if split_rule is not None and split_rule not in SPLIT_RULES:
@@ -213,6 +225,7 @@ def resolve(
         slo_tpot_ms=slo_tpot_ms,
         split_rule=split_rule or "fit",
         max_guest_items=DEFAULT_MAX_GUEST_ITEMS if max_guest_items is None else max_guest_items,
+        rebalance_threshold=rebalance_threshold,
     )
     if policy == "dcp":
         from sglang_dcp.planner import load_profile

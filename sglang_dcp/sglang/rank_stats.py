@@ -30,6 +30,7 @@ class RankStats:
     moves_done: int = 0  # shard moves this rank took part in (as sender or receiver)
     moves_failed: int = 0
     moved_tokens: int = 0  # tokens received as guest shards
+    migrations_done: int = 0  # moves of requests homed here while they decoded (migration.py)
     degree_count: dict[int, int] = field(default_factory=dict)  # homed placements by degree
     # the static exchange (backend.py): rows of split requests / of unsplit ones (0 by
     # construction: unsplit rows keep SGLang's attention), steps run eagerly in rounds
@@ -42,6 +43,9 @@ class RankStats:
     # extra collective (an all-gather of news; every other iteration rides on SGLang's sync)
     header_steps: int = 0
     header_gathers: int = 0
+    # header steps with KV work (guest frees, shard moves) that first waited for the forward in
+    # flight (overlap.py; with overlap scheduling on, the only steps that give up overlap)
+    header_forward_waits: int = 0
 
     def count_degree(self, degree: int) -> None:
         self.degree_count[degree] = self.degree_count.get(degree, 0) + 1

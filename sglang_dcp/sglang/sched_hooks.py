@@ -13,7 +13,8 @@ call sites to this rank's ``datapath.RankRuntime``.
 from __future__ import annotations
 
 from sglang_dcp.sglang import ledger
-from sglang_dcp.sglang.datapath import RankRuntime, _subtract, runtime
+from sglang_dcp.sglang.datapath import RankRuntime, runtime
+from sglang_dcp.sglang.step import subtract
 
 
 def after_init_request_dispatcher(result, self, *args, **kwargs):
@@ -28,7 +29,22 @@ def after_init_request_dispatcher(result, self, *args, **kwargs):
     rt = RankRuntime(self)
     ctx().set_runtime(rt)
     ledger.listen(self, rt.ledger)
+    _listen_for_migrations(self, rt)
     return result
+
+
+def _listen_for_migrations(scheduler, rt: RankRuntime) -> None:
+    """The controller's ``DcpMigrate`` (every rank gets it) to the homes' queues."""
+    from sglang.utils import TypeBasedDispatcher
+
+    from sglang_dcp.planner.base import Migration
+    from sglang_dcp.sglang.messages import DcpMigrate
+
+    def on_migrate(msg) -> None:
+        moves = [Migration(str(r), *map(int, rest)) for r, *rest in msg.moves or ()]
+        rt.migrations.ask(moves, lambda rid: rid in rt.split_reqs)
+
+    scheduler._request_dispatcher += TypeBasedDispatcher([(DcpMigrate, on_migrate)])
 
 
 def around_handle_generate_request(original, self, recv_req, *args, **kwargs):
@@ -82,7 +98,7 @@ def around_free_kv_row(original, self, kv, ranges, *args, **kwargs):
     rt = runtime()
     skip = rt.row_ranges_to_skip(kv.req_pool_idx) if rt is not None else None
     if skip:
-        ranges = _subtract(list(ranges), skip)
+        ranges = subtract(list(ranges), skip)
     return original(self, kv, ranges, *args, **kwargs)
 
 

@@ -15,16 +15,22 @@ from sglang_dcp import env
 from sglang_dcp.planner.base import Migration
 from sglang_dcp.sglang.mla import pool_layers
 from sglang_dcp.sglang.rank_stats import stats
+from sglang_dcp.sglang.step import subtract
 
 logger = logging.getLogger(__name__)
 
 
-def ship(rt, moves: list[Migration], model_runner) -> list[Migration]:
-    """Run every rank's moves of this step; returns the failed ones (same list everywhere)."""
-    from sglang_dcp.exchange.faults import move_faults
-    from sglang_dcp.sglang.datapath import GuestEntry
+def ship(rt, moves: list[Migration], model_runner, homes: dict[str, int]) -> list[Migration]:
+    """Run every rank's moves of this step (``homes``: each moved request's home rank, from
+    the header); returns the failed ones (same list everywhere).
+
+    A move's source is the home (a range of its ``req_to_token`` row: the first-decode
+    shipping, or a migration of a range still at home) or a guest (a range of its guest
+    slots: a migration); its destination a guest or the home (the range rejoins the row)."""
     from sglang_dcp.exchange.transfer import transfer_shards
+    from sglang_dcp.sglang.datapath import GuestEntry
     from sglang_dcp.sglang.kv_adapter import SGLangKVPool
+    from sglang_dcp.sglang.migration import move_fault_hook
 
     k_layers, v_layers = pool_layers(model_runner.token_to_kv_pool)  # MLA: latent only
     pool = SGLangKVPool(rt.scheduler.token_to_kv_pool_allocator, k_layers, v_layers)
@@ -32,11 +38,13 @@ def ship(rt, moves: list[Migration], model_runner) -> list[Migration]:
     offered = {}
     for m in moves:
         if m.src == rt.rank:
-            req = rt.home[m.rid].req
-            row = req_to_token[req.kv.req_pool_idx]
-            offered[(m.rid, m.start)] = row[m.start : m.end].to(torch.long)
-            pool.offer(m.rid, m.start, offered[(m.rid, m.start)].cpu())
-    fault = move_faults(moves, env.inject_move_failure())  # testing only
+            slots = _source_slots(rt, m, req_to_token)
+            if slots is not None:  # else the transfer fails it: "holds no shard"
+                offered[(m.rid, m.start)] = slots
+                pool.offer(m.rid, m.start, slots.cpu())
+    # the home knows which moves are migrations (its request shipped at an earlier step)
+    migrating = {(m.rid, m.start) for m in moves if m.rid in rt.home and rt.home[m.rid].shipped}
+    fault = move_fault_hook(moves, env.inject_move_failure(), env.test_migrate_fail(), homes)
     results = transfer_shards(rt.comm, pool, moves, fault=fault)
     if env.poison_moved():
         for res in results:
@@ -61,23 +69,29 @@ def ship(rt, moves: list[Migration], model_runner) -> list[Migration]:
                 s.moves_failed += 1
                 logger.warning("sglang_dcp: shard move %s failed: %s", m, res.reason)
             continue
-        if not mine:
-            continue
-        s.moves_done += 1
-        if m.src == rt.rank:
+        h = rt.home.get(m.rid)
+        if h is not None:  # the home: where the range is now
+            what = "migrated" if (m.rid, m.start) in migrating else "shipped"
             logger.info(
-                "sglang_dcp: shipped tokens [%d, %d) of %s from rank %d to rank %d",
-                m.start, m.end, m.rid, m.src, m.dst,
+                "sglang_dcp: %s tokens [%d, %d) of %s from rank %d to rank %d",
+                what, m.start, m.end, m.rid, m.src, m.dst,
             )  # fmt: skip
-            h = rt.home[m.rid]
             h.moved.append((m.dst, m.start, m.end))
             idx = h.req.kv.req_pool_idx
-            rt.moved_rows.setdefault(idx, []).append((m.start, m.end))
-        else:
+            if m.src == rt.rank:
+                rt.moved_rows.setdefault(idx, []).append((m.start, m.end))
+            elif m.dst == rt.rank:  # rejoins the home's row
+                req_to_token[idx, m.start : m.end] = pool.slot_tensor((m.rid, m.start)).to(
+                    req_to_token.dtype
+                )
+                rt.moved_rows[idx] = subtract(rt.moved_rows.get(idx, []), [(m.start, m.end)])
+        elif m.src == rt.rank:  # a guest gave its range away
+            _drop_guest_range(rt, m)
+        elif m.dst == rt.rank:
             slots = pool.slot_tensor((m.rid, m.start))
             g = rt.guests.get(m.rid)
             if g is None:
-                rt.guests[m.rid] = GuestEntry(m.src, [(m.start, m.end)], slots)
+                rt.guests[m.rid] = GuestEntry(homes[m.rid], [(m.start, m.end)], slots)
             else:
                 pairs = sorted(
                     [*zip(g.ranges, _split(g.slots, g.ranges)), ((m.start, m.end), slots)]
@@ -85,8 +99,40 @@ def ship(rt, moves: list[Migration], model_runner) -> list[Migration]:
                 g.ranges = [r for r, _ in pairs]
                 g.slots = torch.cat([t for _, t in pairs])
             s.moved_tokens += m.end - m.start
+        if mine:
+            s.moves_done += 1
+        s.migrations_done += int((m.rid, m.start) in migrating)
     rt.ledger.shipped(results, rt.home)
     return failed
+
+
+def _source_slots(rt, m: Migration, req_to_token) -> torch.Tensor | None:
+    """This rank's slots of tokens ``[m.start, m.end)`` of ``m.rid`` (home row or guest)."""
+    h = rt.home.get(m.rid)
+    if h is not None:
+        return req_to_token[h.req.kv.req_pool_idx, m.start : m.end].to(torch.long)
+    g = rt.guests.get(m.rid)
+    if g is None:
+        return None
+    for (a, b), part in zip(g.ranges, _split(g.slots, g.ranges)):
+        if a <= m.start and m.end <= b:
+            return part[m.start - a : m.end - a]
+    return None
+
+
+def _drop_guest_range(rt, m: Migration) -> None:
+    """The guest side of a migration away: its slots went back at the transfer's commit."""
+    g = rt.guests[m.rid]
+    keep = [
+        ((x, y), part[x - a : y - a])
+        for (a, b), part in zip(g.ranges, _split(g.slots, g.ranges))
+        for x, y in subtract([(a, b)], [(m.start, m.end)])
+    ]
+    if not keep:
+        del rt.guests[m.rid]
+        return
+    g.ranges = [r for r, _ in keep]
+    g.slots = torch.cat([t for _, t in keep])
 
 
 def check_not_poisoned(rt, local_batch, model_runner) -> None:
@@ -96,7 +142,7 @@ def check_not_poisoned(rt, local_batch, model_runner) -> None:
     req_to_token = model_runner.req_to_token_pool.req_to_token
     for req, seq_len in zip(local_batch.reqs, local_batch.seq_lens_cpu.tolist()):
         moved = rt.moved_rows.get(req.kv.req_pool_idx, [])
-        ranges = _subtract([(0, int(seq_len) - 1)], moved)
+        ranges = subtract([(0, int(seq_len) - 1)], moved)
         for a, b in ranges:
             slots = req_to_token[req.kv.req_pool_idx, a:b].to(torch.long)
             bad = torch.isnan(k[slots].float()).flatten(1).any(dim=1).nonzero().flatten()
@@ -116,12 +162,6 @@ def _split(slots: torch.Tensor, ranges: list[tuple[int, int]]) -> list[torch.Ten
         out.append(slots[pos : pos + b - a])
         pos += b - a
     return out
-
-
-def _subtract(ranges, cut):
-    from sglang_dcp.sglang.datapath import _subtract as sub
-
-    return sub(ranges, cut)
 
 
 def check_rows(step, layer_id: int, rows: torch.Tensor, x: torch.Tensor, B: int) -> None:

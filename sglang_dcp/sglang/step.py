@@ -61,32 +61,60 @@ class RankNews:
         )
 
 
+def reassign(
+    shards: Sequence[tuple[int, int, int]], start: int, end: int, rank: int
+) -> tuple[tuple[int, int, int], ...]:
+    """``shards`` ((rank, start, end) tiling a request's KV in token order) with tokens
+    ``[start, end)`` on ``rank``; adjacent pieces on one rank are merged."""
+    out: list[list[int]] = []
+
+    def put(r: int, a: int, b: int) -> None:
+        if out and out[-1][0] == r and out[-1][2] == a:
+            out[-1][2] = b
+        else:
+            out.append([r, a, b])
+
+    placed = False
+    for r, a, b in shards:
+        if b <= start or end <= a:
+            if not placed and a >= end:
+                put(rank, start, end)
+                placed = True
+            put(r, a, b)
+            continue
+        if a < start:
+            put(r, a, start)
+        if not placed:
+            put(rank, start, end)
+            placed = True
+        if end < b:
+            put(r, end, b)
+    if not placed:
+        raise ValueError(f"tokens [{start}, {end}) lie outside the request's KV {list(shards)}")
+    return tuple(tuple(s) for s in out)
+
+
 def runtime_shards(
     placement: Placement, moved: Sequence[tuple[int, int, int]], seq_len: int
 ) -> tuple[tuple[int, int, int], ...]:
-    """Where the KV of a home request lives now: the planner's sealed shards on the rank they
-    moved to (``moved``: (rank, start, end)), any other sealed shard still at home, the home's
-    tail up to ``seq_len``. Adjacent home ranges are merged."""
-    home = placement.home_rank
-    where = {(s, e): r for r, s, e in moved}
-    out: list[list[int]] = []
-    for sh in placement.shards[:-1]:
-        r = where.get((sh.start, sh.end), home)
-        if out and out[-1][0] == r == home and out[-1][2] == sh.start:
-            out[-1][2] = sh.end
-        else:
-            out.append([r, sh.start, sh.end])
+    """Where the KV of a home request lives now: each range in ``moved`` ((rank, start, end),
+    in the order the moves happened: a planner's sealed shard shipped at the first decode step,
+    or a range migrated later) on its rank, every other token up to ``seq_len`` on the home,
+    which always has the last piece (the tail). Adjacent pieces on one rank are merged."""
     tail_start = placement.shards[-1].start
     if seq_len < tail_start:
         raise ValueError(
             f"{placement.rid!r}: {seq_len} KV tokens, but the planner's sealed shards end at "
             f"{tail_start}"
         )
-    if out and out[-1][0] == home and out[-1][2] == tail_start:
-        out[-1][2] = seq_len
-    else:
-        out.append([home, tail_start, seq_len])
-    return tuple(tuple(s) for s in out)
+    out: tuple[tuple[int, int, int], ...] = ((placement.home_rank, 0, seq_len),)
+    for r, a, b in moved:
+        if b > seq_len:
+            raise ValueError(f"{placement.rid!r}: moved range [{a}, {b}) past {seq_len} tokens")
+        out = reassign(out, a, b, r)
+    if out[-1][0] != placement.home_rank:  # the tail is on the home, even when empty
+        out = (*out, (placement.home_rank, seq_len, seq_len))
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,14 +136,37 @@ class StepPlan:
 
 
 def plan_step(news: Sequence[RankNews], failed: Sequence[Migration]) -> StepPlan:
-    """Runtime placements of this step from every rank's news, a failed move's range staying on
-    its home (``failed``: the moves ``transfer_shards`` could not complete)."""
-    bad = {(m.rid, m.start, m.end) for m in failed}
+    """Runtime placements of this step from every rank's news (which assumed its moves would
+    succeed), a failed move's range staying where it was (``failed``: the moves
+    ``transfer_shards`` could not complete; the source is untouched)."""
+    bad: dict[str, list[Migration]] = {}
+    for m in failed:
+        bad.setdefault(m.rid, []).append(m)
     out = []
     for n in news:
         for d in n.decoding:
-            shards = tuple(
-                (d.home, s, e) if (d.rid, s, e) in bad else (r, s, e) for r, s, e in d.shards
-            )
+            shards = d.shards
+            for m in bad.get(d.rid, ()):
+                shards = reassign(shards, m.start, m.end, m.src)
             out.append(Placement(d.rid, d.home, tuple(Shard(*s) for s in shards)))
     return StepPlan(tuple(out), tuple(failed))
+
+
+def subtract(ranges: list[tuple[int, int]], cut: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``ranges`` minus ``cut`` (half-open, ascending)."""
+    out = []
+    for a, b in ranges:
+        pieces = [(a, b)]
+        for c, d in sorted(cut):
+            nxt = []
+            for x, y in pieces:
+                if d <= x or y <= c:
+                    nxt.append((x, y))
+                    continue
+                if x < c:
+                    nxt.append((x, c))
+                if d < y:
+                    nxt.append((d, y))
+            pieces = nxt
+        out.extend(pieces)
+    return out

@@ -2,12 +2,12 @@
 decode split this step (the header's news) and its exchange route.
 
 Nothing here walks the decode batch or the KV tokens. The requests this rank homes with a
-multi-rank placement are tracked by the ``RankRuntime`` (``split_reqs``); in a decode step
-SGLang decodes every running request, so each of them that has finished its prefill decodes now,
-with ``req.seqlen`` KV tokens (the newest included). The route's slot containers are device
-views of ``req_to_token`` rows and guest slot tensors (``exchange.static.Slots``), never Python
-lists. ``check_against_batch`` (debug, ``SGLANG_DCP_POISON_MOVED=1``) verifies both claims
-against the batch.
+multi-rank placement are tracked by the ``RankRuntime`` (``split_reqs``); which of them decode
+now, and with how many KV tokens, comes from plan-time state only (``decodes_now``), so the
+answer is the same with overlap scheduling on, where step N+1 is planned before step N's
+results are processed. The route's slot containers are device views of ``req_to_token`` rows and
+guest slot tensors (``exchange.static.Slots``), never Python lists. ``check_against_batch``
+(debug, ``SGLANG_DCP_POISON_MOVED=1``) verifies both claims against the batch.
 """
 
 from __future__ import annotations
@@ -50,14 +50,23 @@ class DcpStep:
         return self.route.batch_size
 
 
-def is_decoding(req) -> bool:
-    """A request SGLang decodes in this (decode) step: prefilled (it has a pool row and a first
-    output token) and not finished."""
-    return (
-        getattr(req.kv, "req_pool_idx", None) is not None
-        and len(req.output_ids) > 0
-        and not req.finished()
-    )
+def decodes_now(req, seen: int) -> bool:
+    """Whether SGLang decodes ``req`` in the decode step being planned; ``seen``: its
+    ``decode_batch_idx`` at this rank's previous header (0: none yet).
+
+    SGLang's ``prepare_for_decode`` raises ``req.decode_batch_idx`` of every request in the batch
+    it plans, just before the header runs (a retraction resets it to 0). ``output_ids`` and
+    ``finished()`` would not do: with overlap on they lag one step (a request finished at step N
+    is still in batch N+1; its first token is not in ``output_ids`` at its first decode)."""
+    idx = req.decode_batch_idx
+    return idx > 0 and idx != seen and req.kv.req_pool_idx is not None
+
+
+def kv_len(req) -> int:
+    """The KV tokens ``req`` has once the planned step ran (its newest token included): what
+    SGLang's allocator committed at plan time (``kv.kv_committed_len``, the batch's
+    ``seq_lens_cpu``), never ``req.seqlen``, which lags one step with overlap on."""
+    return req.kv.kv_committed_len
 
 
 def build_step(
@@ -111,9 +120,9 @@ def check_against_batch(local_batch, split_reqs: dict[str, Any], decoding: list[
     for req, n in zip(local_batch.reqs, local_batch.seq_lens_cpu.tolist()):
         if req.rid in split_reqs:
             in_batch[req.rid] = int(n)
-            if req.seqlen != int(n):
+            if kv_len(req) != int(n):
                 raise RuntimeError(
-                    f"sglang_dcp: {req.rid} has seqlen {req.seqlen}, the batch says {int(n)}"
+                    f"sglang_dcp: {req.rid} has {kv_len(req)} KV tokens, the batch says {int(n)}"
                 )
     if set(in_batch) != set(decoding):
         raise RuntimeError(

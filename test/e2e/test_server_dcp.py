@@ -174,33 +174,58 @@ def test_same_outputs_as_the_round_robin_server(server, rr_server):
     wait_drained(server)
 
 
+def test_overlap_scheduling_is_on(server):
+    """The launcher leaves SGLang's overlap scheduler on with sharding (overlap.py): every test
+    of this module runs with step N+1 planned while step N's forward is in flight."""
+    info = server.get("/server_info")
+    assert info["disable_overlap_schedule"] is False
+    assert info["dp_size"] == RANKS and info["enable_dp_attention"] is True
+
+
 @pytest.mark.timeout(1500)
 def test_64_concurrent_mixed_requests_complete(server, hf):
+    """64 concurrent requests under overlap scheduling, short and split long ones, while two
+    more split requests are aborted mid-decode: every other output equals HF, every rank's KV
+    drains, and the steps that freed or moved KV waited for the forward in flight."""
     # one prompt in eight is long enough to be split; on 2 CPU cores each split request holds
     # most of the cluster's 4 x 512-token planner budget, so they run (and wait) one by one
     batch = prompts(seed=11, count=64, lengths=(20, 90, 300, 40, 700, 20, 90, 40))
-    with ThreadPoolExecutor(max_workers=64) as pool:
-        outs = list(pool.map(lambda ids: generate(server, ids, timeout=900), batch))
+    aborted = prompts(seed=23, count=2, lengths=(1300, 900))
+    before = _dcp_stats(server)
+    with ThreadPoolExecutor(max_workers=66) as pool:
+        futs = [pool.submit(generate, server, ids, timeout=900) for ids in batch]
+        aborts = [
+            pool.submit(
+                abort_mid_decode, server, ids, f"overlap-abort-{i}", drain=False, wait_s=900
+            )
+            for i, ids in enumerate(aborted)
+        ]
+        outs = [f.result() for f in futs]
+        for a in aborts:
+            a.result()
     for ids, out in zip(batch, outs):
         meta = out["meta_info"]
         assert out["output_ids"] == hf(ids), f"prompt of {len(ids)} tokens: {meta}"
     assert max(o["meta_info"]["dcp"]["degree"] for o in outs if "dcp" in o["meta_info"]) > 1
     wait_drained(server)
+    after = _dcp_stats(server)
+    for r in range(RANKS):  # every rank saw the moves and the releases, and waited for them
+        assert after[r]["header_forward_waits"] > before[r]["header_forward_waits"], after[r]
 
 
 def test_abort_mid_decode_frees_every_ranks_guest_kv(server):
     abort_mid_decode(server, prompts(seed=13, count=1, lengths=(1300,))[0], "abort-long")
 
 
-def abort_mid_decode(server, ids, rid):
-    """Abort a split request once its guest KV is counted on the shard ranks; then every
-    rank's KV drains (also used by test_server_dcp_mla.py)."""
+def abort_mid_decode(server, ids, rid, drain=True, wait_s=120.0):
+    """Abort a split request once its guest KV is counted on the shard ranks (within
+    ``wait_s``); then every rank's KV drains (``drain``; also used by test_server_dcp_mla.py)."""
     result = {}
     t = threading.Thread(
         target=lambda: result.update(out=generate(server, ids, rid, max_new=200))
     )
     t.start()
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + wait_s
     while not shipped(server, rid):
         assert time.monotonic() < deadline and t.is_alive(), "the request was never split"
         time.sleep(0.2)
@@ -218,7 +243,8 @@ def abort_mid_decode(server, ids, rid):
     urllib.request.urlopen(abort, timeout=30).close()
     t.join(timeout=120)
     assert result["out"]["meta_info"]["finish_reason"]["type"] == "abort"
-    wait_drained(server)
+    if drain:
+        wait_drained(server)
 
 
 def test_a_request_larger_than_the_cluster_is_a_400(server):

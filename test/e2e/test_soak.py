@@ -1,4 +1,5 @@
 """Soak: minutes of mixed traffic on a 4-rank sharding server, then the books must balance.
+Overlap scheduling is on and split requests migrate a shard while they decode.
 
 Clients run concurrently for ``SGLANG_DCP_SOAK_S`` seconds (default 300): short and long
 (split) prompts, streamed and not, aborted mid-decode, clients that drop the connection
@@ -6,6 +7,15 @@ mid-stream, and malformed bodies. Every request either completes, is answered 4x
 or was cut by its own client; nothing gets a 5xx. Afterwards no rank holds KV, every rank is
 still serving, and the same greedy probes give the same outputs as before the soak (home copies
 of shipped KV poisoned throughout).
+
+Shard migration shares this server (one server start less for the suite):
+``SGLANG_DCP_TEST_MIGRATE=1`` makes the DP controller ask, after a home's first report on a
+split request, to move its first guest range to a rank holding none of its KV (``defrag.py``
+-> ``DcpMigrate`` -> ``migration.py`` -> ``shipping.ship``), so every split request of the soak
+with a free rank migrates once while it decodes; the source's copy is poisoned once moved, so an
+output can only equal HF if attention reads the new copy. ``SGLANG_DCP_TEST_MIGRATE_FAIL=mfail-``
+corrupts the bytes of those requests' migrations in flight: the receiver's checksum refuses
+them and the source must stay as it was.
 """
 
 from __future__ import annotations
@@ -19,9 +29,11 @@ import time
 from collections import Counter
 from urllib.parse import urlparse
 
+import re
+
 import pytest
 
-from hf_reference import prompts
+from hf_reference import hf_greedy, prompts
 from test_server_dcp import ENV, RANKS, SHARD_ARGS, generate, loads, wait_drained
 
 from sglang_dcp.testing.server import tiny_dp_args
@@ -33,11 +45,18 @@ CLIENTS = 6
 KINDS = ("short", "long", "stream", "abort", "disconnect", "malformed")
 
 
+MIGRATE_ENV = {"SGLANG_DCP_TEST_MIGRATE": "1", "SGLANG_DCP_TEST_MIGRATE_FAIL": "mfail-"}
+MIGRATED = re.compile(r"migrated tokens \[(\d+), (\d+)\) of (\S+) from rank (\d+) to rank (\d+)")
+FAILED = re.compile(r"shard move Migration\(rid='([^']+)', src=(\d+), dst=(\d+), start=(\d+)")
+MIGRATE_NEW = 48
+
+
 @pytest.fixture(scope="module")
 def server(launch_server, tiny_model_path):
     return launch_server(
-        [*tiny_dp_args(tiny_model_path, RANKS), *SHARD_ARGS], env=ENV, startup_timeout=900
-    )
+        [*tiny_dp_args(tiny_model_path, RANKS), *SHARD_ARGS], env={**ENV, **MIGRATE_ENV},
+        startup_timeout=900,
+    )  # fmt: skip
 
 
 def _conn(server, timeout=600):
@@ -104,6 +123,75 @@ def _one(server, kind: str, rng: random.Random, n: int) -> str:
     return "cut"
 
 
+def log(server) -> str:
+    with open(server.log_path, errors="replace") as f:
+        return f.read()
+
+
+def dcp_loads(server):
+    return {x["dp_rank"]: x["dcp"] for x in server.get("/v1/loads?include=dcp")["loads"]}
+
+
+def wait_for(check, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not (got := check()):
+        assert time.monotonic() < deadline, f"{what} after {timeout:.0f} s"
+        time.sleep(0.3)
+    return got
+
+
+def run(server, ids, rid):
+    result = {}
+    payload = {"rid": rid, "input_ids": ids,
+               "sampling_params": {"max_new_tokens": MIGRATE_NEW, "temperature": 0,
+                                   "ignore_eos": True}}  # fmt: skip
+    t = threading.Thread(
+        target=lambda: result.update(out=server.post("/generate", payload, timeout=600))
+    )
+    t.start()
+    return t, result
+
+
+def test_a_shard_moved_mid_decode_keeps_the_hf_output(server, tiny_model_path):
+    ids = prompts(seed=31, count=1, lengths=(700,))[0]
+    t, result = run(server, ids, "mig-0")
+    a, b, _, src, dst = wait_for(
+        lambda: [m for m in MIGRATED.findall(log(server)) if m[2] == "mig-0"], 300,
+        "no migration of mig-0",
+    )[0]
+    a, b, src, dst = int(a), int(b), int(src), int(dst)
+
+    def moved_on():  # the source gave its slots back, the destination holds the range
+        loads = dcp_loads(server)
+        return loads[src]["guest_kv_tokens"] == 0 and loads[dst]["guest_kv_tokens"] == b - a
+
+    wait_for(moved_on, 60, "the source still holds, or the destination lacks, the range")
+    t.join(timeout=600)
+    out = result["out"]
+    assert out["output_ids"] == hf_greedy(tiny_model_path, ids, MIGRATE_NEW)
+    dcp = out["meta_info"]["dcp"]
+    assert [dst, a, b] in dcp["shards"] and src not in dcp["shard_ranks"], dcp
+    assert src != dcp["home_rank"] and dst != dcp["home_rank"]
+    assert sum(d["migrations_done"] for d in dcp_loads(server).values()) >= 1
+
+
+def test_a_failed_migration_leaves_the_source_intact(server, tiny_model_path):
+    ids = prompts(seed=37, count=1, lengths=(700,))[0]
+    t, result = run(server, ids, "mfail-0")
+    failed = wait_for(
+        lambda: [m for m in FAILED.findall(log(server)) if m[0] == "mfail-0"], 300,
+        "no failed migration of mfail-0",
+    )
+    src = int(failed[0][1])
+    t.join(timeout=600)
+    out = result["out"]
+    assert out["output_ids"] == hf_greedy(tiny_model_path, ids, MIGRATE_NEW)
+    dcp = out["meta_info"]["dcp"]
+    assert src in dcp["shard_ranks"] and src != dcp["home_rank"], dcp
+    assert not [m for m in MIGRATED.findall(log(server)) if m[2] == "mfail-0"]
+    assert "checksum" in log(server)
+
+
 def test_minutes_of_mixed_traffic_leave_nothing_behind(server):
     probes = prompts(seed=77, count=3, lengths=(40, 900, 1300))
     before = [generate(server, ids)["output_ids"] for ids in probes]
@@ -145,3 +233,17 @@ def test_minutes_of_mixed_traffic_leave_nothing_behind(server):
     assert all(x["num_used_tokens"] == 0 for x in loads(server).values())
     after = [generate(server, ids)["output_ids"] for ids in probes]
     assert after == before
+
+
+def test_after_it_all_every_rank_and_the_planner_drain(server):
+    def idle_and_equal():
+        loads = {x["dp_rank"]: x for x in server.get("/v1/loads?include=dcp")["loads"]}
+        return all(
+            x["num_used_tokens"] == 0
+            and x["dcp"]["planner_kv_tokens"] == x["dcp"]["kv_tokens"] == 0
+            and x["dcp"]["planner_guest_kv_tokens"] == x["dcp"]["guest_kv_tokens"] == 0
+            for x in loads.values()
+        )
+
+    wait_for(idle_and_equal, 60, "KV still held (planner or ranks) on an idle server")
+    assert "Traceback" not in log(server)

@@ -47,15 +47,17 @@ def test_degree_defaults_to_dp_size_when_the_server_can_shard(parser):
     assert not options(parser, "--disable-radix-cache", "--dcp-policy", "round_robin").sharding
 
 
-def test_launcher_adds_the_backend_and_turns_overlap_off():
+def test_launcher_adds_the_backend_and_leaves_overlap_on():
     o = DcpOptions(policy="dcp", max_degree=2)
     assert launch.sharding_argv(["--x"], o, cuda=False) == [
-        "--x", "--attention-backend", "torch_native", "--disable-overlap-schedule"]
+        "--x", "--attention-backend", "torch_native"]
+    # a user may still turn overlap scheduling off
+    assert launch.sharding_argv(["--disable-overlap-schedule"], o, cuda=False) == [
+        "--disable-overlap-schedule", "--attention-backend", "torch_native"]
     assert launch.sharding_argv(["--x"], o, cuda=True)[2] == "dcp_triton"
     # decode CUDA graphs stay on (plain + dcp variants); prefill graphs off
     assert launch.sharding_argv(["--attention-backend", "triton"], o, cuda=True) == [
-        "--attention-backend", "triton", "--disable-overlap-schedule",
-        "--cuda-graph-backend-prefill", "disabled"]
+        "--attention-backend", "triton", "--cuda-graph-backend-prefill", "disabled"]
     assert "--cuda-graph-backend-prefill" not in launch.sharding_argv(
         ["--disable-cuda-graph"], o, cuda=True)
     assert launch.sharding_argv(["--x"], DcpOptions(policy="dcp"), cuda=False) == ["--x"]
@@ -66,7 +68,7 @@ def test_launcher_refuses_graphs_that_would_skip_the_exchange(monkeypatch):
     with pytest.raises(launch.LaunchError, match="--cuda-graph-backend-prefill breakable"):
         launch.sharding_argv(["--cuda-graph-backend-prefill", "breakable"], o, cuda=True)
     assert launch.sharding_argv(["--cuda-graph-backend-prefill=disabled"], o, cuda=True)[-1] == (
-        "--disable-overlap-schedule")
+        "dcp_triton")
     monkeypatch.setenv("SGLANG_ENABLE_METADATA_GLUE_GRAPH", "1")
     with pytest.raises(launch.LaunchError, match="SGLANG_ENABLE_METADATA_GLUE_GRAPH"):
         launch.sharding_argv([], o, cuda=True)
@@ -78,7 +80,10 @@ def test_flags_reach_the_options(parser):
                 "--dcp-max-degree", "1", "--dcp-min-shard-tokens", "512")  # fmt: skip
     assert o == DcpOptions("dcp", "deepseek-v3-h200", 1, 512)
     assert o.policy_options() == {"max_degree": 1, "min_shard_tokens": 512,
-                                  "step_slo_ms": None, "split_rule": "fit"}
+                                  "step_slo_ms": None, "split_rule": "fit",
+                                  "rebalance_threshold": None}
+    r = options(parser, "--disable-radix-cache", "--dcp-rebalance-threshold", "1.25")
+    assert r.sharding and r.policy_options()["rebalance_threshold"] == 1.25
     b = options(parser, "--dcp-slo-tpot-ms", "35", "--dcp-split-rule", "auto")
     assert b.policy_options()["step_slo_ms"] == 35.0 and b.split_rule == "auto"
     assert DcpOptions.from_json(b.to_json()) == b
@@ -110,6 +115,8 @@ def test_flags_reach_the_options(parser):
         (["--dcp-slo-tpot-ms", "0"], "--dcp-slo-tpot-ms must be > 0"),
         (["--dcp-policy", "uniform", "--dcp-slo-tpot-ms", "50"], "applies to --dcp-policy dcp"),
         (["--dcp-policy", "total_tokens", "--dcp-split-rule", "gain"], "applies to"),
+        (["--dcp-rebalance-threshold", "1.5"], "needs --dcp-policy dcp and --dcp-max-degree > 1"),
+        (["--disable-radix-cache", "--dcp-rebalance-threshold", "0.5"], "max/mean KV ratio, >= 1"),
     ],
 )
 def test_bad_combinations_are_one_line_errors(parser, extra, message):

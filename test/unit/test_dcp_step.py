@@ -8,8 +8,14 @@ from hypothesis import given, settings
 
 from sglang_dcp.exchange.route import part_ranks, tokens_on
 from sglang_dcp.planner.base import Migration
-from sglang_dcp.sglang.datapath import _subtract
-from sglang_dcp.sglang.step import Decoding, RankNews, plan_step, runtime_shards
+from sglang_dcp.sglang.step import (
+    Decoding,
+    RankNews,
+    plan_step,
+    reassign,
+    runtime_shards,
+    subtract,
+)
 from sglang_dcp.types import Placement, Shard
 
 
@@ -54,9 +60,38 @@ def test_plan_puts_failed_moves_back_home_and_orders_by_rank():
     plan = plan_step(news, [Migration("b", 1, 3, 64, 128)])
     assert [p.rid for p in plan.placements] == ["a", "b"]
     b = plan.placements[1]
-    assert [(s.rank, s.start, s.end) for s in b.shards] == [(2, 0, 64), (1, 64, 128), (1, 128, 140)]
+    # the failed range stays on its source (the home here), merged with the home's tail
+    assert [(s.rank, s.start, s.end) for s in b.shards] == [(2, 0, 64), (1, 64, 140)]
     assert plan.active and plan.capacity(4) == 1
     assert part_ranks(b) == (2, 1)
+
+
+def test_a_failed_migration_stays_on_its_guest():
+    # b's shard [0, 64) on rank 2 was to move to rank 3 mid-decode; the copy failed
+    news = [RankNews(decoding=[Decoding("b", 1, ((3, 0, 64), (1, 64, 140)))])]
+    plan = plan_step(news, [Migration("b", 2, 3, 0, 64)])
+    assert [(s.rank, s.start, s.end) for s in plan.placements[0].shards] == [
+        (2, 0, 64), (1, 64, 140)]
+
+
+def test_reassign_cuts_places_and_merges():
+    home = ((0, 0, 200),)
+    assert reassign(home, 64, 128, 2) == ((0, 0, 64), (2, 64, 128), (0, 128, 200))
+    moved = ((1, 0, 64), (2, 64, 128), (0, 128, 200))
+    assert reassign(moved, 64, 128, 1) == ((1, 0, 128), (0, 128, 200))  # joins its neighbour
+    assert reassign(moved, 64, 128, 0) == ((1, 0, 64), (0, 64, 200))  # rejoins the home
+    assert reassign(moved, 0, 32, 3) == ((3, 0, 32), (1, 32, 64), (2, 64, 128), (0, 128, 200))
+    with pytest.raises(ValueError, match="outside"):
+        reassign(home, 300, 364, 1)
+
+
+def test_runtime_shards_follow_moves_in_order():
+    p = placement(0, [(1, 0, 64), (2, 64, 128)], 128, 300)
+    # shipped at the first decode, then [0, 64) migrated from rank 1 to rank 3 mid-decode
+    moved = [(1, 0, 64), (2, 64, 128), (3, 0, 64)]
+    assert runtime_shards(p, moved, 150) == ((3, 0, 64), (2, 64, 128), (0, 128, 150))
+    with pytest.raises(ValueError, match="past"):
+        runtime_shards(p, [(1, 0, 200)], 150)
 
 
 def test_a_step_with_every_move_failed_is_not_active():
@@ -101,7 +136,7 @@ def test_runtime_shards_cover_every_token_once(args, home):
 
 
 def test_subtract_ranges():
-    assert _subtract([(0, 100)], [(0, 64)]) == [(64, 100)]
-    assert _subtract([(0, 100)], [(10, 20), (30, 40)]) == [(0, 10), (20, 30), (40, 100)]
-    assert _subtract([(0, 100)], [(0, 100)]) == []
-    assert _subtract([(5, 10)], [(20, 30)]) == [(5, 10)]
+    assert subtract([(0, 100)], [(0, 64)]) == [(64, 100)]
+    assert subtract([(0, 100)], [(10, 20), (30, 40)]) == [(0, 10), (20, 30), (40, 100)]
+    assert subtract([(0, 100)], [(0, 100)]) == []
+    assert subtract([(5, 10)], [(20, 30)]) == [(5, 10)]

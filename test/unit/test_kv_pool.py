@@ -62,3 +62,20 @@ def test_key_at_finds_the_shard_holding_a_token():
         p.key_at("a", 12)
     with pytest.raises(KeyError):
         p.key_at("b", 0)
+
+
+def test_the_transfer_checksum_sees_slot_order():
+    import torch
+
+    from sglang_dcp.exchange.transfer import _checksum
+
+    p = pool()
+    p.allocate(("a", 0), 8)
+    slots = torch.tensor(p.slots(("a", 0)))
+    p.k[:, slots] = torch.arange(16, dtype=torch.float32).view(1, 8, 1, 2)
+    p.v[:, slots] = torch.arange(16, 32, dtype=torch.float32).view(1, 8, 1, 2)
+    assert _checksum(p, slots) == _checksum(p, slots.clone())
+    assert _checksum(p, slots) != _checksum(p, slots.flip(0))  # same bytes, other order
+    swapped = slots.clone()
+    swapped[[2, 3]] = slots[[3, 2]]
+    assert _checksum(p, slots) != _checksum(p, swapped)
