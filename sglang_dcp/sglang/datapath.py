@@ -6,13 +6,12 @@ Life of a request with KV on several ranks (docs/integration.md §2-§5):
 1. The DP controller sends it to its home as a ``DcpGenerateReq`` (request + placement);
    ``around_handle_generate_request`` keeps the placement and ``after_add_request_to_queue``
    puts it on the ``Req`` as ``req.dcp``.
-2. The home prefills the whole prompt locally (SGLang unchanged).
-3. At the first step the home *decodes* it, the **step header** (``sched_hooks.
-   around_prepare_mlp_sync``, every rank every scheduler iteration, around SGLang's own MLP-sync
-   all-gather, which carries each rank's news flag: ``header.py``) ships the sealed shards: if
-   any rank has news, every rank's ``RankNews`` is all-gathered and ``shipping.ship`` runs
-   ``exchange.transfer_shards`` over the TP group (receiver allocates from its SGLang allocator,
-   checksum confirm, the home frees its copy; a failed move leaves the range at home).
+2-3. The home prefills the prompt; the **step header** (``sched_hooks.around_prepare_mlp_sync``,
+   every rank every scheduler iteration, around SGLang's MLP-sync all-gather, which carries each
+   rank's news flag: ``header.py``) gathers every rank's ``RankNews`` when a flag is up, and
+   ``shipping.ship`` moves sealed ranges with ``exchange.transfer_shards`` over the TP group
+   (receiver allocates, checksum confirm, the home frees its copy; a failed move leaves the
+   range at home): after each prefill chunk (``prefill_shards.py``), or at the first decode.
 4. Every step that decodes such a request, every rank gets a ``DcpStep`` (``current_step()``)
    and joins each layer's exchange (``backend.py``).
 5. When the home releases the request's KV (finish, abort, retraction),
@@ -36,6 +35,8 @@ from sglang_dcp import env
 from sglang_dcp.planner.base import Migration
 from sglang_dcp.sglang import ledger, shipping
 from sglang_dcp.sglang.rank_stats import stats
+from sglang_dcp.sglang.prefill_shards import away_pieces
+from sglang_dcp.sglang.step import _subtract  # noqa: F401  (sched_hooks, shipping, tests)
 from sglang_dcp.sglang.step import Decoding, RankNews, plan_step, runtime_shards
 from sglang_dcp.sglang.step_build import DcpStep, build_step, check_against_batch, is_decoding
 
@@ -46,7 +47,8 @@ class HomeEntry:
 
     req: Any  # SGLang Req (its placement is ``req.dcp``)
     moved: list[tuple[int, int, int]] = field(default_factory=list)  # (rank, start, end) away
-    shipped: bool = False  # moves were attempted (at the first decode step)
+    failed: list[tuple[int, int, int]] = field(default_factory=list)  # moves that stayed home
+    offered: int = 0  # tokens [0, offered) of its sealed shards were shipped (or tried)
 
 
 @dataclass(slots=True)
@@ -81,6 +83,10 @@ class RankRuntime:
         self.moved_rows: dict[int, list[tuple[int, int]]] = {}  # req_pool_idx -> moved ranges
         self.num_steps = 0
         self.step: DcpStep | None = None  # the step of the forward about to run
+        self.after: tuple[Migration, ...] = ()  # prefill pieces shipped after the forward
+        self.prefill_failed: dict[str, str] = {}  # rid -> why its prefill is aborted
+        self.model_runner = None  # set by the step header hook
+        self.page = max(1, int(getattr(scheduler, "page_size", 1) or 1))
         self._comm = None
         self._xcomm = None
         from sglang_dcp.sglang.options import DcpOptions
@@ -183,8 +189,9 @@ class RankRuntime:
         moves = [m for n in all_news for m in n.moves]
         failed = self._ship(moves, model_runner) if moves else []
         for h in decoding_reqs:
-            h.shipped = True
+            h.offered = max(h.offered, h.req.dcp.shards[-1].start)
         plan = plan_step(all_news, failed)
+        self.after = plan.after
         if hs.gathered is not None:
             modes = hs.gathered[:, 5].tolist()
             hs.remember(plan, [m == ForwardMode.DECODE.value for m in modes])
@@ -201,6 +208,10 @@ class RankRuntime:
         news = RankNews(releases=self.releases)
         self.releases = []
         decoding_reqs = []
+        if self.split_reqs and local_batch is not None and local_batch.forward_mode.is_extend():
+            from sglang_dcp.sglang.prefill_shards import extend_news
+
+            extend_news(self, local_batch, news, self.page)
         if self.split_reqs and local_batch is not None and local_batch.forward_mode.is_decode():
             if env.poison_moved():
                 self._check_not_poisoned(local_batch, model_runner)
@@ -214,14 +225,9 @@ class RankRuntime:
                 h = self.home.get(rid)
                 if h is None or h.req is not req:
                     h = self.home[rid] = HomeEntry(req)
-                if not h.shipped:
-                    will_move = [
-                        (s.rank, s.start, s.end) for s in p.shards[:-1] if s.rank != self.rank
-                    ]
-                    news.moves += [Migration(rid, self.rank, r, a, b) for r, a, b in will_move]
-                else:
-                    will_move = h.moved
-                shards = runtime_shards(p, will_move, req.seqlen)
+                new = away_pieces(p, h.offered, p.shards[-1].start)  # not prefilled into shards
+                news.moves += [Migration(rid, self.rank, r, a, b) for r, a, b in new]
+                shards = runtime_shards(p, h.moved + new, req.seqlen)
                 news.decoding.append(Decoding(rid, self.rank, shards))
                 decoding_reqs.append(h)
             if env.poison_moved():
@@ -278,22 +284,3 @@ def current_step() -> DcpStep | None:
     rt = runtime()
     return None if rt is None else rt.step
 
-
-def _subtract(ranges: list[tuple[int, int]], cut: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """``ranges`` minus ``cut`` (half-open, ascending)."""
-    out = []
-    for a, b in ranges:
-        pieces = [(a, b)]
-        for c, d in sorted(cut):
-            nxt = []
-            for x, y in pieces:
-                if d <= x or y <= c:
-                    nxt.append((x, y))
-                    continue
-                if x < c:
-                    nxt.append((x, c))
-                if d < y:
-                    nxt.append((d, y))
-            pieces = nxt
-        out.extend(pieces)
-    return out

@@ -37,6 +37,11 @@ installed wheel.
 |   Scheduler.get_next_batch_to_run                       |        |                           |             |
 | managers/scheduler_components/dp_attn.py:412            | AROUND | sched_hooks (step header) | any/shard   |
 |   dp_attn.prepare_mlp_sync_batch_raw                    |        |                           |             |
+| managers/scheduler.py:4338 Scheduler.run_batch          | AFTER  | sched_hooks (ship chunks) | any/shard   |
+| managers/scheduler.py:3537                              | AROUND | prefill_shards. (abort)   | any/shard   |
+|   Scheduler.process_pending_chunked_abort               |        |                           |             |
+| managers/schedule_policy.py:1347                        | AROUND | admission. (home share)   | any/shard   |
+|   PrefillAdder.add_one_req                              |        |                           |             |
 | mem_cache/base_prefix_cache.py:468                      | AROUND | sched_hooks (skip moved)  | any/shard   |
 |   BasePrefixCache.free_kv_row                           |        |                           |             |
 | mem_cache/common.py:292                                 | AROUND | sched_hooks (release)     | any/shard   |
@@ -160,6 +165,15 @@ HOOKS: tuple[Hook, ...] = (
          "draft_require_mlp_tp_gather", "dwdp"),
         f"{_DP}:around_prepare_mlp_sync", when="shard",
     ),
+    # prefill into shards: the chunk pieces ship after the forward, a failed one aborts the
+    # request, a split prompt is admitted on its home's share (prefill_shards.py, admission.py)
+    Hook(f"{_SCHED}.run_batch", "AFTER", ("self", "batch", "pp_proxy_tensors"),
+         f"{_DP}:after_run_batch", when="shard"),
+    Hook(f"{_SCHED}.process_pending_chunked_abort", "AROUND", ("self",),
+         "sglang_dcp.sglang.prefill_shards:around_pending_chunked_abort", when="shard"),
+    Hook("sglang.srt.managers.schedule_policy.PrefillAdder.add_one_req", "AROUND",
+         ("self", "req", "has_chunked_req", "truncation_align_size"),
+         "sglang_dcp.sglang.admission:around_add_one_req", when="shard"),
     Hook(
         "sglang.srt.mem_cache.base_prefix_cache.BasePrefixCache.free_kv_row", "AROUND",
         ("self", "kv", "ranges"), f"{_DP}:around_free_kv_row", when="shard",

@@ -40,9 +40,13 @@ logger = logging.getLogger(__name__)
 def actual_sealed(placement: Placement, moved: Sequence[tuple[int, int, int]]) -> list[list[int]]:
     """The planner's sealed shards of ``placement`` where they are: on the rank they moved to
     (``moved``: (rank, start, end)), else still on the home."""
-    where = {(s, e): r for r, s, e in moved}
     home = placement.home_rank
-    return [[where.get((s.start, s.end), home), s.start, s.end] for s in placement.shards[:-1]]
+    out = []
+    for s in placement.shards[:-1]:  # whole shards, or pieces of them (prefill into shards)
+        got = sum(min(b, s.end) - max(a, s.start) for r, a, b in moved
+                  if r == s.rank and a < s.end and b > s.start)  # fmt: skip
+        out.append([s.rank if got == s.end - s.start else home, s.start, s.end])
+    return out
 
 
 def kv_len(req) -> int:
@@ -87,6 +91,8 @@ class RankLedger:
             h = home.get(rid)
             if h is None or getattr(h.req, "dcp", None) is None:
                 continue
+            if getattr(h, "offered", None) is not None and h.offered < h.req.dcp.shards[-1].start:
+                continue  # mid-prefill into shards: reported once every piece was tried
             h.req.dcp_moved = list(h.moved)
             rids.append(rid)
             sealed.append(actual_sealed(h.req.dcp, h.moved))

@@ -43,6 +43,8 @@ class DcpOptions:
     slo_tpot_ms: float | None = None  # the planner's step budget (dcp step_slo_ms)
     split_rule: str = "fit"  # dcp split_rule: fit | gain | auto
     max_guest_items: int = DEFAULT_MAX_GUEST_ITEMS  # exchange queries per peer per round
+    # prefill into shards (issue 18): SGLang's --chunked-prefill-size when sharding, else None
+    prefill_chunk: int | None = None
 
     @property
     def enabled(self) -> bool:
@@ -57,7 +59,8 @@ class DcpOptions:
         """Keyword options for ``planner.make_policy(self.policy, ...)``."""
         if self.policy == "dcp":
             return {"max_degree": self.max_degree, "min_shard_tokens": self.min_shard_tokens,
-                    "step_slo_ms": self.slo_tpot_ms, "split_rule": self.split_rule}
+                    "step_slo_ms": self.slo_tpot_ms, "split_rule": self.split_rule,
+                    "prefill_chunk": self.prefill_chunk}
         if self.policy == "uniform":
             return {"group_size": self.max_degree}
         return {}

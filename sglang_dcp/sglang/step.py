@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from sglang_dcp.exchange.extend import Chunk, extend_placements
 from sglang_dcp.exchange.route import max_pair_items, part_ranks
 from sglang_dcp.planner.base import Migration
 from sglang_dcp.types import Placement, Shard
@@ -31,60 +32,126 @@ class Decoding:
         return Placement(self.rid, self.home, tuple(Shard(*s) for s in self.shards))
 
 
+@dataclass(frozen=True, slots=True)
+class Extending:
+    """A prefill chunk ``[start, end)`` of a split request this step (prefill into shards):
+    ``shards`` (rank, start, end) cover ``[0, end)`` as they are at the forward (earlier chunks'
+    pieces on their ranks, the chunk at home)."""
+
+    rid: str
+    home: int
+    shards: tuple[tuple[int, int, int], ...]
+    start: int
+    end: int
+
+    def chunk(self) -> Chunk:
+        p = Placement(self.rid, self.home, tuple(Shard(*s) for s in self.shards))
+        return Chunk(p, self.start, self.end)
+
+
+def _mig(m) -> tuple:
+    return (m.rid, m.src, m.dst, m.start, m.end)
+
+
 @dataclass(slots=True)
 class RankNews:
-    """What one rank tells every other rank at a step header."""
+    """What one rank tells every other rank at a step header. ``moves`` run before this step's
+    forward, ``after`` right after it (the pieces of this step's prefill chunks that belong
+    to other ranks)."""
 
     moves: list[Migration] = field(default_factory=list)
     releases: list[str] = field(default_factory=list)  # rids homed here that ended
     decoding: list[Decoding] = field(default_factory=list)  # in batch order
+    extending: list[Extending] = field(default_factory=list)  # in batch order
+    after: list[Migration] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.moves or self.releases or self.decoding)
+        return bool(self.moves or self.releases or self.decoding or self.extending or self.after)
 
     def to_wire(self) -> tuple:
         return (
-            [(m.rid, m.src, m.dst, m.start, m.end) for m in self.moves],
+            [_mig(m) for m in self.moves],
             list(self.releases),
             [(d.rid, d.home, [list(s) for s in d.shards]) for d in self.decoding],
+            [(e.rid, e.home, [list(s) for s in e.shards], e.start, e.end) for e in self.extending],
+            [_mig(m) for m in self.after],
         )
 
     @classmethod
     def from_wire(cls, wire: tuple) -> "RankNews":
-        moves, releases, decoding = wire
+        moves, releases, decoding, extending, after = wire
         return cls(
             moves=[Migration(*m) for m in moves],
             releases=list(releases),
             decoding=[Decoding(r, h, tuple(tuple(s) for s in sh)) for r, h, sh in decoding],
+            extending=[Extending(r, h, tuple(tuple(s) for s in sh), a, b)
+                       for r, h, sh, a, b in extending],  # fmt: skip
+            after=[Migration(*m) for m in after],
         )
+
+
+def where_now(
+    home: int, moved: Sequence[tuple[int, int, int]], seq_len: int
+) -> tuple[tuple[int, int, int], ...]:
+    """Ranges (rank, start, end) covering ``[0, seq_len)``: the ``moved`` pieces (rank, start,
+    end) on their ranks, every other token on ``home``; adjacent ranges of one rank merged; the
+    last range is the home's (its tail, empty when every token moved)."""
+    out: list[list[int]] = []
+
+    def put(r: int, a: int, b: int) -> None:
+        if b <= a:
+            return
+        if out and out[-1][0] == r and out[-1][2] == a:
+            out[-1][2] = b
+        else:
+            out.append([r, a, b])
+
+    pos = 0
+    for r, a, b in sorted(moved, key=lambda m: m[1]):
+        if a >= seq_len:
+            break
+        put(home, pos, a)
+        put(r, a, min(b, seq_len))
+        pos = max(pos, b)
+    put(home, pos, seq_len)
+    if not out or out[-1][0] != home:  # the last range is the home's tail, even empty
+        out.append([home, seq_len, seq_len])
+    return tuple(tuple(s) for s in out)
 
 
 def runtime_shards(
     placement: Placement, moved: Sequence[tuple[int, int, int]], seq_len: int
 ) -> tuple[tuple[int, int, int], ...]:
-    """Where the KV of a home request lives now: the planner's sealed shards on the rank they
-    moved to (``moved``: (rank, start, end)), any other sealed shard still at home, the home's
-    tail up to ``seq_len``. Adjacent home ranges are merged."""
-    home = placement.home_rank
-    where = {(s, e): r for r, s, e in moved}
-    out: list[list[int]] = []
-    for sh in placement.shards[:-1]:
-        r = where.get((sh.start, sh.end), home)
-        if out and out[-1][0] == r == home and out[-1][2] == sh.start:
-            out[-1][2] = sh.end
-        else:
-            out.append([r, sh.start, sh.end])
+    """Where the KV of a home request lives now: the pieces of the planner's sealed shards that
+    moved (``moved``: (rank, start, end); whole shards, or a prefill's chunk pieces) on the rank
+    they went to, everything else on the home, its tail up to ``seq_len``."""
     tail_start = placement.shards[-1].start
     if seq_len < tail_start:
         raise ValueError(
             f"{placement.rid!r}: {seq_len} KV tokens, but the planner's sealed shards end at "
             f"{tail_start}"
         )
-    if out and out[-1][0] == home and out[-1][2] == tail_start:
-        out[-1][2] = seq_len
-    else:
-        out.append([home, tail_start, seq_len])
-    return tuple(tuple(s) for s in out)
+    return where_now(placement.home_rank, moved, seq_len)
+
+
+def _subtract(ranges: list[tuple[int, int]], cut: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``ranges`` minus ``cut`` (half-open, ascending)."""
+    out = []
+    for a, b in ranges:
+        pieces = [(a, b)]
+        for c, d in sorted(cut):
+            nxt = []
+            for x, y in pieces:
+                if d <= x or y <= c:
+                    nxt.append((x, y))
+                    continue
+                if x < c:
+                    nxt.append((x, c))
+                if d < y:
+                    nxt.append((d, y))
+            pieces = nxt
+        out.extend(pieces)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,16 +160,24 @@ class StepPlan:
 
     placements: tuple[Placement, ...]  # DCP requests decoded this step, rank order, batch order
     failed: tuple[Migration, ...]  # moves of this step that did not happen (KV stayed home)
+    chunks: tuple[Chunk, ...] = ()  # prefill chunks whose prefix is partly on other ranks
+    after: tuple[Migration, ...] = ()  # chunk pieces every rank ships after the forward
 
     @property
     def active(self) -> bool:
         """Some request has KV on a rank other than its home: every rank joins every layer's
         exchange this step."""
-        return any(len(part_ranks(p)) > 1 for p in self.placements)
+        return bool(self.chunks) or any(len(part_ranks(p)) > 1 for p in self.placements)
+
+    def rows(self) -> list[Placement]:
+        """The exchange's placements: split decode requests, then one per chunk query row
+        (``exchange.extend``), the same list on every rank."""
+        split = [p for p in self.placements if len(part_ranks(p)) > 1]
+        return split + extend_placements(self.chunks)
 
     def capacity(self, num_ranks: int) -> int:
         """Queries one rank sends one peer per layer (the same on every rank)."""
-        return max(1, max_pair_items(self.placements, num_ranks))
+        return max(1, max_pair_items(self.rows(), num_ranks))
 
 
 def plan_step(news: Sequence[RankNews], failed: Sequence[Migration]) -> StepPlan:
@@ -116,4 +191,8 @@ def plan_step(news: Sequence[RankNews], failed: Sequence[Migration]) -> StepPlan
                 (d.home, s, e) if (d.rid, s, e) in bad else (r, s, e) for r, s, e in d.shards
             )
             out.append(Placement(d.rid, d.home, tuple(Shard(*s) for s in shards)))
-    return StepPlan(tuple(out), tuple(failed))
+    chunks = tuple(
+        c for n in news for c in (e.chunk() for e in n.extending) if c.has_remote_prefix()
+    )
+    after = tuple(m for n in news for m in n.after)
+    return StepPlan(tuple(out), tuple(failed), chunks, after)

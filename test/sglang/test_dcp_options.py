@@ -78,7 +78,7 @@ def test_flags_reach_the_options(parser):
                 "--dcp-max-degree", "1", "--dcp-min-shard-tokens", "512")  # fmt: skip
     assert o == DcpOptions("dcp", "deepseek-v3-h200", 1, 512)
     assert o.policy_options() == {"max_degree": 1, "min_shard_tokens": 512,
-                                  "step_slo_ms": None, "split_rule": "fit"}
+                                  "step_slo_ms": None, "split_rule": "fit", "prefill_chunk": None}
     b = options(parser, "--dcp-slo-tpot-ms", "35", "--dcp-split-rule", "auto")
     assert b.policy_options()["step_slo_ms"] == 35.0 and b.split_rule == "auto"
     assert DcpOptions.from_json(b.to_json()) == b
