@@ -77,11 +77,11 @@ def after_forward(rt) -> None:
         return
     from sglang_dcp.sglang import shipping
 
-    failed = shipping.ship(rt, list(moves), rt.model_runner)
-    for m in moves:
+    for m in moves:  # tried from now on (the ledger reports a request once all were tried)
         h = rt.home.get(m.rid) if m.src == rt.rank else None
         if h is not None:
             h.offered = max(h.offered, m.end)
+    failed = shipping.ship(rt, list(moves), rt.model_runner)
     sched = rt.scheduler
     for m in failed:
         h = rt.home.get(m.rid) if m.src == rt.rank else None

@@ -36,7 +36,7 @@ def ship(rt, moves: list[Migration], model_runner) -> list[Migration]:
             row = req_to_token[req.kv.req_pool_idx]
             offered[(m.rid, m.start)] = row[m.start : m.end].to(torch.long)
             pool.offer(m.rid, m.start, offered[(m.rid, m.start)].cpu())
-    fault = move_faults(moves, env.inject_move_failure())  # testing only
+    fault = move_faults(moves, env.inject_move_failure(), env.inject_move_failure_rid())  # tests
     results = transfer_shards(rt.comm, pool, moves, fault=fault)
     if env.poison_moved():
         for res in results:
