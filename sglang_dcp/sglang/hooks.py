@@ -78,6 +78,8 @@ import multiprocessing
 import pkgutil
 from dataclasses import dataclass
 
+from sglang_dcp.sglang.uses import USES  # noqa: F401  (SGLang callables the glue calls)
+
 _DPC = "sglang.srt.managers.data_parallel_controller.DataParallelController"
 _TM = "sglang.srt.managers.tokenizer_manager.TokenizerManager"
 _SCHED = "sglang.srt.managers.scheduler.Scheduler"
@@ -216,34 +218,6 @@ HOOKS: tuple[Hook, ...] = (
         "sglang_dcp.sglang.graphs:around_create_attention_graph_variants", when="shard",
     ),
 )  # fmt: skip
-
-# SGLang callables (and instance attributes set in __init__) the glue relies on without hooking.
-USES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    # calls self.dispatching, which dpc.attach replaces
-    (f"{_DPC}.dispatching_with_trace", ("self", "req", "refresh_load_budget")),
-    (f"{_DPC}.init_dispatcher", ("self",)),  # builds ._request_dispatcher
-    (f"{_DPC}.event_loop", ("self",)),  # replaced per instance by dpc.event_loop
-    ("sglang.srt.managers.io_struct.sock_recv", ("socket", "flags")),
-    (f"{_TM}._dispatch_to_scheduler", ("self", "obj")),
-    ("sglang.srt.managers.io_struct.hook_custom_types", ("new_types",)),
-    ("sglang.srt.managers.io_struct.sock_send", ("socket", "obj", "flags")),
-    ("sglang.utils.TypeBasedDispatcher.__iadd__", ("self", "other")),
-    ("sglang.srt.utils.network.get_zmq_socket", ("context", "socket_type", "endpoint", "bind")),
-    ("sglang.srt.layers.attention.attention_registry.register_attention_backend", ("name",)),
-    ("sglang.srt.mem_cache.memory_pool.KVWriteLoc", ("loc", "swa_loc", "full_loc")),
-    # the exchange's all-to-all (exchange.comm.GroupCommunicator)
-    ("sglang.srt.distributed.parallel_state.GroupCoordinator.all_to_all_single",
-     ("self", "output", "input")),
-    ("sglang.srt.distributed.parallel_state.GroupCoordinator._all_to_all_single",
-     ("self", "output", "input")),
-    # the ledger (ledger.py, dpc.py): the planner's view to the schedulers, the inbox address,
-    # a retraction (not finished) vs a finish on release
-    (f"{_DPC}.send_control_message", ("self", "obj")),
-    ("sglang.srt.utils.network.NetworkAddress.parse", ("addr",)),
-    ("sglang.srt.utils.network.NetworkAddress.to_tcp", ("self",)),
-    ("sglang.srt.managers.schedule_batch.Req.finished", ("self",)),
-)
-
 
 class HookSignatureError(RuntimeError):
     pass
