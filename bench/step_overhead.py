@@ -76,7 +76,7 @@ def _setup(running: int, split: int):
         rt.split_reqs[p.rid] = req
         rt.home[p.rid] = datapath.HomeEntry(req, [(r, a, b) for r, a, b in
                                                    [(1, 0, q), (2, q, 2 * q), (3, 2 * q, 3 * q)]],
-                                            shipped=True)  # fmt: skip
+                                            offered=3 * q)  # fmt: skip
     peers = []
     for i in range(split):  # guest items: a peer's request with a shard here
         home = 1 + i % (W - 1)
@@ -88,7 +88,8 @@ def _setup(running: int, split: int):
     be.init_cuda_graph_state = None
     be._inner_seq = torch.ones(running, dtype=torch.int32)
     be._num_real = torch.zeros(1, dtype=torch.long)
-    batch = SimpleNamespace(forward_mode=SimpleNamespace(is_decode=lambda: True), reqs=None)
+    mode = SimpleNamespace(is_decode=lambda: True, is_extend=lambda: False)
+    batch = SimpleNamespace(forward_mode=mode, reqs=None)
     fb = SimpleNamespace(
         forward_mode=SimpleNamespace(is_decode_or_idle=lambda: True),
         req_pool_indices=torch.arange(1, running + 1), seq_lens=torch.full((running,), LEN),
