@@ -2,7 +2,7 @@
 
 One 4-rank CPU server (tiny random-weight Qwen3-MoE, ``--dp-size 4 --enable-dp-attention``,
 float32) per configuration, all with the same planner (``--dcp-kv-capacity`` forces a split:
-each prompt goes over 3-4 ranks) and a KV pool that can hold the whole prompt at one rank, so
+each prompt goes over 2-4 ranks) and a KV pool that can hold the whole prompt at one rank, so
 every configuration can serve it:
 
 - ``shards``: SGLang's chunked prefill (``--chunked-prefill-size``, per rank that over
@@ -14,7 +14,7 @@ every configuration can serve it:
   exchange): what the chunking alone costs.
 
 TTFT = latency of a ``max_new_tokens=1`` request (greedy), median over ``--reps`` runs after one
-warm-up; ``peak KV`` = the most KV tokens any rank held (``/v1/loads``, sampled every 20 ms).
+warm-up; ``ranks holding its KV`` = ``meta_info["dcp"]["degree"]`` (1 without the planner).
 CPU numbers of a tiny model on a shared machine: they compare the paths on one machine, nothing
 more. Writes bench/results/prefill-cpu.{json,md}.
 
@@ -30,7 +30,6 @@ import platform
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -44,37 +43,25 @@ from sglang_dcp.testing.server import ServerProcess, tiny_dp_args  # noqa: E402
 RANKS = 4
 
 
-def configs(chunk: int, capacity: int) -> dict[str, list[str]]:
-    planner = ["--disable-radix-cache", "--dcp-kv-capacity", str(capacity),
-               "--dcp-min-shard-tokens", "64"]  # fmt: skip
+def configs(chunk: int, capacity: int, pool: int) -> dict[str, list[str]]:
+    common = ["--disable-radix-cache", "--max-total-tokens", str(pool)]
+    planner = [*common, "--dcp-kv-capacity", str(capacity), "--dcp-min-shard-tokens", "64"]
     return {
         "shards": [*planner, "--chunked-prefill-size", str(chunk)],
         "home-only": [*planner, "--chunked-prefill-size", "-1"],
-        "chunked, no DCP": ["--disable-radix-cache", "--dcp-policy", "round_robin",
+        "chunked, no DCP": [*common, "--dcp-policy", "round_robin",
                             "--chunked-prefill-size", str(chunk)],  # fmt: skip
     }
 
 
-def _peak(server, stop: threading.Event, out: list[int]) -> None:
-    while not stop.is_set():
-        for x in server.get("/v1/loads")["loads"]:
-            out[0] = max(out[0], x["num_used_tokens"])
-        time.sleep(0.02)
-
-
 def ttft(server, ids: list[int], rid: str) -> tuple[float, int]:
-    """(seconds to the first token, the most KV any rank held meanwhile)."""
-    stop, peak = threading.Event(), [0]
-    t = threading.Thread(target=_peak, args=(server, stop, peak), daemon=True)
-    t.start()
+    """(seconds to the first token, the number of ranks holding the request's KV)."""
     payload = {"rid": rid, "input_ids": ids,
                "sampling_params": {"max_new_tokens": 1, "temperature": 0}}  # fmt: skip
     t0 = time.perf_counter()
-    server.post("/generate", payload, timeout=900)
+    out = server.post("/generate", payload, timeout=900)
     dt = time.perf_counter() - t0
-    stop.set()
-    t.join(timeout=10)
-    return dt, peak[0]
+    return dt, out["meta_info"].get("dcp", {}).get("degree", 1)
 
 
 def run(name: str, args: list[str], prompts: dict[int, list[int]], reps: int, logdir: str):
@@ -89,9 +76,9 @@ def run(name: str, args: list[str], prompts: dict[int, list[int]], reps: int, lo
             rows.append({"config": name, "prompt": n,
                          "ttft_ms": statistics.median(r[0] for r in runs) * 1e3,
                          "ttft_ms_all": [round(r[0] * 1e3, 1) for r in runs],
-                         "peak_kv_tokens": max(r[1] for r in runs)})  # fmt: skip
+                         "degree": max(r[1] for r in runs)})  # fmt: skip
             print(f"{name:16s} prompt {n:5d}: TTFT {rows[-1]['ttft_ms']:8.0f} ms, "
-                  f"peak KV on a rank {rows[-1]['peak_kv_tokens']}", flush=True)
+                  f"KV on {rows[-1]['degree']} rank(s)", flush=True)
     finally:
         srv.stop()
     return rows
@@ -102,6 +89,8 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, nargs="+", default=[768, 1536])
     ap.add_argument("--chunk", type=int, default=512, help="--chunked-prefill-size (all ranks)")
     ap.add_argument("--capacity", type=int, default=512, help="--dcp-kv-capacity per rank")
+    ap.add_argument("--pool", type=int, default=4096,
+                    help="--max-total-tokens per rank: holds the longest prompt at one rank")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     a = ap.parse_args()
@@ -111,21 +100,22 @@ def main() -> None:
     prompts = {n: [rng.randrange(3, 512) for _ in range(n)] for n in a.prompts}
     rows = []
     with tempfile.TemporaryDirectory() as logdir:
-        for name, args in configs(a.chunk, a.capacity).items():
+        for name, args in configs(a.chunk, a.capacity, a.pool).items():
             rows += run(name, args, prompts, a.reps, logdir)
     base = {r["prompt"]: r["ttft_ms"] for r in rows if r["config"] == "home-only"}
     for r in rows:
         r["vs_home_only"] = r["ttft_ms"] / base[r["prompt"]]
-    lines = ["| config | prompt | TTFT ms (median) | vs home-only | peak KV on a rank |",
+    lines = ["| config | prompt | TTFT ms (median) | vs home-only | ranks holding its KV |",
              "|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         lines.append(f"| {r['config']} | {r['prompt']} | {r['ttft_ms']:.0f} | "
-                     f"{r['vs_home_only']:.2f}x | {r['peak_kv_tokens']} |")  # fmt: skip
+                     f"{r['vs_home_only']:.2f}x | {r['degree']} |")  # fmt: skip
     print("\n".join(lines))
     meta = {"hardware": cpu_hardware() + " (CPU; labelled: not a GPU measurement)",
             "python": platform.python_version(), "git_commit": git_commit(short=True),
             "command": "python " + " ".join(sys.argv), "reps": a.reps, "ranks": RANKS,
-            "chunk_per_rank": a.chunk // RANKS, "planner_capacity": a.capacity}  # fmt: skip
+            "chunk_per_rank": a.chunk // RANKS, "planner_capacity": a.capacity,
+            "pool_per_rank": a.pool}  # fmt: skip
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "prefill-cpu.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     md = [
@@ -133,8 +123,9 @@ def main() -> None:
         f"- hardware: {meta['hardware']}; Python {meta['python']}",
         f"- git commit: {meta['git_commit']}; command: `{meta['command']}`",
         f"- {RANKS} DP ranks, tiny random-weight Qwen3-MoE (float32), planner capacity "
-        f"{a.capacity} tokens per rank (prompts split over 3-4 ranks), chunk {a.chunk // RANKS} "
-        f"tokens per rank; median of {a.reps} runs after a warm-up", "",
+        f"{a.capacity} tokens per rank (prompts split over 2-4 ranks), SGLang pool {a.pool} "
+        f"tokens per rank, chunk {a.chunk // RANKS} tokens per rank; median of {a.reps} runs "
+        "after a warm-up", "",
         *lines, "",
         "Configurations and columns: see the docstring of bench/prefill.py.",
     ]  # fmt: skip
