@@ -191,6 +191,11 @@ class PlannerBooks:
             except ValueError as e:  # a rank and the planner disagree on the layout: keep going
                 logger.warning("sglang_dcp: ledger report from rank %s ignored: %s",
                                report.dcp_rank, e)  # fmt: skip
+            # a home reports a request once its prefill's pieces were all tried: its prefill
+            # transient (planner/prefill.py) is over
+            done = getattr(policy, "prefill_done", None)
+            if done is not None and done(rid):
+                changed = True
         if changed and d.queue:
             d.drain()
         self.tick(force=changed)
