@@ -5,7 +5,9 @@ long prompt, with chunked prefill: the home prefills the prompt chunk by chunk, 
 tokens placed on other ranks leave it right after the chunk's forward, and later chunks attend to
 them through the exchange. ``SGLANG_DCP_POISON_MOVED=1`` overwrites the home's copy of every
 shipped piece with NaN, so the greedy output can only equal HF's if every chunk really read the
-remote part of its prefix through the exchange. One server for the whole module.
+remote part of its prefix through the exchange. Aborts mid-prefill and mid-decode and a failed
+chunk move leave every rank's pool empty; a prompt over the whole cluster is a 400. One server for
+the whole module.
 """
 
 from __future__ import annotations
@@ -123,6 +125,30 @@ def test_abort_mid_prefill_frees_every_rank(server):
     t.join(timeout=120)
     assert result["out"]["meta_info"]["finish_reason"]["type"] == "abort"
     assert len(result["out"]["output_ids"]) == 0, "aborted after its prefill, not during"
+    wait_drained(server)
+
+
+def test_abort_mid_decode_frees_every_rank(server):
+    ids = prompts(seed=59, count=1, lengths=(PROMPT,))[0]
+    body = json.dumps({"rid": "abort-dec", "input_ids": ids, "stream": True,
+                       "sampling_params": {"max_new_tokens": 100, "temperature": 0,
+                                           "ignore_eos": True}}).encode()  # fmt: skip
+    req = urllib.request.Request(server.url + "/generate", data=body,
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(req, timeout=300) as r:
+        chunks = 0
+        while chunks < 3:  # three tokens out: its prefill is over, it decodes
+            line = r.readline()
+            assert line, "the stream ended before the request decoded"
+            chunks += line.startswith(b"data: {")
+        abort = urllib.request.Request(
+            server.url + "/abort_request", data=json.dumps({"rid": "abort-dec"}).encode(),
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        urllib.request.urlopen(abort, timeout=30).close()
+        rest = r.read().decode()
+    last = [x for x in rest.splitlines() if x.startswith("data: {")][-1]
+    assert json.loads(last[6:])["meta_info"]["finish_reason"]["type"] == "abort", last
     wait_drained(server)
 
 
