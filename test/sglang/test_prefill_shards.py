@@ -81,3 +81,24 @@ def test_admission_sees_the_homes_share_for_split_requests_only():
     assert prefill_credit(req, 32) == 128 - 32
     assert prefill_credit(SimpleNamespace(dcp=P, prefix_indices=[1]), 32) == 0  # continuing
     assert prefill_credit(req, None) == 0  # no chunked prefill: the home holds it all
+
+
+def test_a_failed_piece_aborts_a_request_that_is_still_prefilling(monkeypatch):
+    from sglang_dcp.sglang import datapath, prefill_shards, shipping
+
+    req = SimpleNamespace(rid="r", dcp=P)
+    sched = SimpleNamespace(chunked_req=req, _pending_chunked_abort_req=None)
+    rt = SimpleNamespace(rank=0, scheduler=sched, model_runner=None, prefill_failed={},
+                         home={"r": datapath.HomeEntry(req)})  # fmt: skip
+    ok, bad = Migration("r", 0, 1, 0, 32), Migration("r", 0, 1, 32, 64)
+    rt.after = (ok, bad)
+    monkeypatch.setattr(shipping, "ship", lambda rt, moves, runner: [bad])
+    prefill_shards.after_forward(rt)
+    assert rt.after == () and rt.home["r"].offered == 64 and rt.home["r"].failed == [(1, 32, 64)]
+    assert sched._pending_chunked_abort_req is req
+    assert "tokens [32, 64) of r from rank 0 to rank 1 failed" in rt.prefill_failed["r"]
+    # after its last chunk (no longer SGLang's chunked request) a failed piece stays home
+    sched.chunked_req, sched._pending_chunked_abort_req, rt.prefill_failed = None, None, {}
+    rt.after = (bad,)
+    prefill_shards.after_forward(rt)
+    assert sched._pending_chunked_abort_req is None and not rt.prefill_failed
