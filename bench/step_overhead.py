@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from bench._meta import cpu_hardware, git_commit  # noqa: E402
 from sglang_dcp import env  # noqa: E402
 from sglang_dcp.sglang import backend, datapath  # noqa: E402
+from sglang_dcp.sglang.migration import Migrations  # noqa: E402
 from sglang_dcp.sglang.options import DcpOptions  # noqa: E402
 from sglang_dcp.sglang.step import Decoding, RankNews, plan_step  # noqa: E402
 from sglang_dcp.types import Placement, Shard  # noqa: E402
@@ -50,8 +51,9 @@ W, H, D, LEN = 4, 8, 128, 4096
 class _Req:
     def __init__(self, rid, idx, placement):
         self.rid, self.dcp, self.output_ids = rid, placement, [1]
-        self.kv = SimpleNamespace(req_pool_idx=idx)
+        self.kv = SimpleNamespace(req_pool_idx=idx, kv_committed_len=LEN)
         self.seqlen = LEN
+        self.decode_batch_idx = 0  # SGLang raises it for every request in a planned decode
 
     def finished(self):
         return False
@@ -67,6 +69,7 @@ def _setup(running: int, split: int):
     rt = object.__new__(datapath.RankRuntime)
     rt.rank, rt.num_ranks, rt.capacity, rt.num_steps = 0, W, 16, 0
     rt.releases, rt.home, rt.guests, rt.moved_rows, rt.split_reqs = [], {}, {}, {}, {}
+    rt.seen_decode, rt.migrations, rt.page = {}, Migrations(0, W), 64
     rt.scheduler = SimpleNamespace(req_to_token_pool=runner.req_to_token_pool)
     q = LEN // W
     for i in range(split):  # homed here, sealed shards on ranks 1..3, tail here
@@ -76,7 +79,7 @@ def _setup(running: int, split: int):
         rt.split_reqs[p.rid] = req
         rt.home[p.rid] = datapath.HomeEntry(req, [(r, a, b) for r, a, b in
                                                    [(1, 0, q), (2, q, 2 * q), (3, 2 * q, 3 * q)]],
-                                            shipped=True)  # fmt: skip
+                                            offered=3 * q, shipped=True)  # fmt: skip
     peers = []
     for i in range(split):  # guest items: a peer's request with a shard here
         home = 1 + i % (W - 1)
@@ -88,7 +91,8 @@ def _setup(running: int, split: int):
     be.init_cuda_graph_state = None
     be._inner_seq = torch.ones(running, dtype=torch.int32)
     be._num_real = torch.zeros(1, dtype=torch.long)
-    batch = SimpleNamespace(forward_mode=SimpleNamespace(is_decode=lambda: True), reqs=None)
+    mode = SimpleNamespace(is_decode=lambda: True, is_extend=lambda: False)
+    batch = SimpleNamespace(forward_mode=mode, reqs=None)
     fb = SimpleNamespace(
         forward_mode=SimpleNamespace(is_decode_or_idle=lambda: True),
         req_pool_indices=torch.arange(1, running + 1), seq_lens=torch.full((running,), LEN),
@@ -103,6 +107,8 @@ def measure(running: int, split: int, iters: int) -> dict:
     backend.current_step = lambda: state.step
     t = {"news": [], "route": [], "load": [], "prepare": []}
     for it in range(iters + 5):
+        for req in rt.split_reqs.values():  # SGLang plans the decode batch (not timed)
+            req.decode_batch_idx += 1
         t0 = time.perf_counter()
         news, _ = rt.news(batch, None)
         t1 = time.perf_counter()

@@ -57,6 +57,25 @@ def metadata_glue_graph() -> bool:
 INJECT_MOVE_FAILURE_VAR = "SGLANG_DCP_INJECT_MOVE_FAILURE"
 
 
+INJECT_MOVE_FAILURE_RID_VAR = "SGLANG_DCP_INJECT_MOVE_FAILURE_RID"
+
+
+def inject_move_failure_rid() -> tuple[str, int] | None:
+    """Fail every shard move of the requests whose id starts with ``PREFIX`` that starts at token
+    ``T`` or later (testing only): ``SGLANG_DCP_INJECT_MOVE_FAILURE_RID=PREFIX@T``. With prefill
+    into shards, ``T`` > 0 fails a request mid-prefill after its first pieces shipped."""
+    text = os.environ.get(INJECT_MOVE_FAILURE_RID_VAR, "").strip()
+    if not text:
+        return None
+    prefix, _, token = text.rpartition("@")
+    if not prefix or not token.isdigit():
+        raise ValueError(
+            f"{INJECT_MOVE_FAILURE_RID_VAR}={text!r}: set it to PREFIX@TOKEN (e.g. fail-@64: "
+            "moves of rids starting with 'fail-' from token 64 on fail), or unset it"
+        )
+    return prefix, int(token)
+
+
 def inject_move_failure() -> float:
     """Fail this fraction of shard moves (testing only). ``SGLANG_DCP_INJECT_MOVE_FAILURE=P``.
 

@@ -81,6 +81,11 @@ class Chunk:
     def num_rows(self) -> int:
         return self.end - self.start
 
+    def has_remote_prefix(self) -> bool:
+        """Some of ``[0, start)`` lives on a rank other than the home (the chunk needs the
+        exchange; otherwise the home's own attention sees the whole prefix)."""
+        return any(s.rank != self.home_rank for s in self.prefix())
+
     def prefix(self) -> tuple[Shard, ...]:
         """The placement's shards clipped to ``[0, start)`` (empty ones dropped)."""
         return tuple(

@@ -27,10 +27,17 @@ def move_fault(move: ShardMove, probability: float) -> Phase | None:
     return PHASES[digest[8] % len(PHASES)]
 
 
-def move_faults(moves: Sequence[ShardMove], probability: float) -> FaultHook | None:
-    """The ``transfer_shards(fault=...)`` hook failing a ``probability`` fraction of ``moves``
-    (``None`` when nothing is injected)."""
-    if probability <= 0.0:
+def move_faults(
+    moves: Sequence[ShardMove], probability: float, rid_rule: tuple[str, int] | None = None
+) -> FaultHook | None:
+    """The ``transfer_shards(fault=...)`` hook failing a ``probability`` fraction of ``moves``,
+    and (``rid_rule = (prefix, token)``) every move of a rid starting with ``prefix`` that
+    starts at ``token`` or later (``None`` when nothing is injected)."""
+    if probability <= 0.0 and rid_rule is None:
         return None
-    where = [move_fault(m, probability) for m in moves]
+    where = [move_fault(m, probability) if probability > 0.0 else None for m in moves]
+    if rid_rule is not None:
+        prefix, token = rid_rule
+        where = [move_fault(m, 1.0) if m.rid.startswith(prefix) and m.start >= token else w
+                 for m, w in zip(moves, where)]  # fmt: skip
     return lambda phase, i: where[i] is phase

@@ -16,7 +16,10 @@ call (``init_cuda_graph_state`` on GPU) and never reallocated:
   rows at sequence length 1 (``backend_meta.py``); their queries go through the exchange and
   replace the inner output, by device ops keyed by ``req_pool_indices`` (graph-capturable,
   ``graphs.py``);
-- extend: the inner backend computes the prefill, then the rank serves its guest items;
+- extend: the inner backend computes the prefill (K/V store included); the rows of a split
+  request's prefill chunk (``prefill_shards.py``) go through the exchange, one item per row
+  (``exchange.extend``), and their output is replaced whole by the merged one (the inner's,
+  which may have read moved slots, is discarded); then the rank serves its guest items;
 - a rank with no rows never reaches the backend (the model skips attention on empty input):
   ``around_stage_finish`` (``StageBoundary.finish``, every layer of every rank) joins for it.
 
@@ -97,6 +100,7 @@ class DcpAttnBackend(MetadataCalls):
         self._inner_seq = None  # [max_bs] static seq lens the inner sees under graphs
         self._num_real = None  # [1] real rows of a padded graph replay
         self._inner_fb = None  # (forward batch, its view for the inner) of the running step
+        self._extend_x = None  # (forward batch, exchange row per query row): prefill chunks
 
     def __getattr__(self, name):
         return getattr(self.__dict__["inner"], name)
@@ -162,11 +166,16 @@ class DcpAttnBackend(MetadataCalls):
             return q.new_empty(q.shape[0], layer.tp_q_head_num * layer.v_head_dim)
         inner_fb = self._view_for_inner(forward_batch)
         out = self.inner.forward(q, k, v, layer, inner_fb, save_kv_cache, **kwargs)
-        if not mode.is_decode():
-            self.exchange(cur, layer.layer_id, None, None)
-            return out
         n = q.reshape(-1, layer.tp_q_head_num * layer.qk_head_dim).shape[0]
-        x = self._row_map(forward_batch, n)
+        if mode.is_decode():
+            x = self._row_map(forward_batch, n)
+        else:  # extend: a split request's chunk rows (their inner output is replaced whole)
+            x = self.extend_rows_of(forward_batch)
+            if x is None:
+                self.exchange(cur, layer.layer_id, None, None)
+                return out
+            if x.shape[0] < n:  # DP-attention padding rows never map
+                x = torch.cat([x, x.new_full((n - x.shape[0],), self.current_ex.shape.max_local)])
         q3 = q.reshape(n, layer.tp_q_head_num, layer.qk_head_dim)
         merged = self.exchange(cur, layer.layer_id, q3, x)
         rows = self.current_ex.gather_rows(out.reshape(n, -1), x, merged)

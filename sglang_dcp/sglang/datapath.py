@@ -6,13 +6,12 @@ Life of a request with KV on several ranks (docs/integration.md §2-§5):
 1. The DP controller sends it to its home as a ``DcpGenerateReq`` (request + placement);
    ``around_handle_generate_request`` keeps the placement and ``after_add_request_to_queue``
    puts it on the ``Req`` as ``req.dcp``.
-2. The home prefills the whole prompt locally (SGLang unchanged).
-3. At the first step the home *decodes* it, the **step header** (``sched_hooks.
-   around_prepare_mlp_sync``, every rank every scheduler iteration, around SGLang's own MLP-sync
-   all-gather, which carries each rank's news flag: ``header.py``) ships the sealed shards: if
-   any rank has news, every rank's ``RankNews`` is all-gathered and ``shipping.ship`` runs
-   ``exchange.transfer_shards`` over the TP group (receiver allocates from its SGLang allocator,
-   checksum confirm, the home frees its copy; a failed move leaves the range at home).
+2-3. The home prefills the prompt; the **step header** (``sched_hooks.around_prepare_mlp_sync``,
+   every rank every scheduler iteration, around SGLang's MLP-sync all-gather, which carries each
+   rank's news flag: ``header.py``) gathers every rank's ``RankNews`` when a flag is up, and
+   ``shipping.ship`` moves sealed ranges with ``exchange.transfer_shards`` over the TP group
+   (receiver allocates, checksum confirm, the home frees its copy; a failed move leaves the
+   range at home): after each prefill chunk (``prefill_shards.py``), or at the first decode.
 4. Every step that decodes such a request, every rank gets a ``DcpStep`` (``current_step()``)
    and joins each layer's exchange (``backend.py``).
 5. When the home releases the request's KV (finish, abort, retraction),
@@ -27,38 +26,18 @@ between the attention stage's prepare and finish.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
-
-import torch
 
 from sglang_dcp import env
 from sglang_dcp.planner.base import Migration
 from sglang_dcp.sglang import ledger, overlap, shipping
+from sglang_dcp.sglang.entries import GuestEntry, HomeEntry
 from sglang_dcp.sglang.header import gather_news
 from sglang_dcp.sglang.migration import MAX_PER_STEP, Migrations
 from sglang_dcp.sglang.rank_stats import stats
+from sglang_dcp.sglang.prefill_shards import away_pieces
 from sglang_dcp.sglang.step import Decoding, RankNews, plan_step, runtime_shards
 from sglang_dcp.sglang.step_build import DcpStep, build_step, check_against_batch, decodes_now, kv_len
-
-
-@dataclass(slots=True)
-class HomeEntry:
-    """A request homed here whose placement spans several ranks."""
-
-    req: Any  # SGLang Req (its placement is ``req.dcp``)
-    moved: list[tuple[int, int, int]] = field(default_factory=list)  # (rank, start, end) away
-    shipped: bool = False  # moves were attempted (at the first decode step)
-
-
-@dataclass(slots=True)
-class GuestEntry:
-    """KV of a request homed on ``home`` held here: ``ranges`` in token order, ``slots`` their
-    allocator slots concatenated in the same order."""
-
-    home: int
-    ranges: list[tuple[int, int]]
-    slots: torch.Tensor
 
 
 class RankRuntime:
@@ -84,6 +63,10 @@ class RankRuntime:
         self.moved_rows: dict[int, list[tuple[int, int]]] = {}  # req_pool_idx -> moved ranges
         self.num_steps = 0
         self.step: DcpStep | None = None  # the step of the forward about to run
+        self.after: tuple[Migration, ...] = ()  # prefill pieces shipped after the forward
+        self.prefill_failed: dict[str, str] = {}  # rid -> why its prefill is aborted
+        self.model_runner = None  # set by the step header hook
+        self.page = max(1, int(getattr(scheduler, "page_size", 1) or 1))
         self._comm = None
         self._xcomm = None
         from sglang_dcp.sglang.options import DcpOptions
@@ -190,8 +173,10 @@ class RankRuntime:
         homes = {d.rid: d.home for n in all_news for d in n.decoding}
         failed = self._ship(moves, model_runner, homes) if moves else []
         for h in decoding_reqs:
+            h.offered = max(h.offered, h.req.dcp.shards[-1].start)
             h.shipped = True
         plan = plan_step(all_news, failed)
+        self.after = plan.after
         if hs.gathered is not None:
             modes = hs.gathered[:, 5].tolist()
             hs.remember(plan, [m == ForwardMode.DECODE.value for m in modes])
@@ -209,6 +194,10 @@ class RankRuntime:
         self.releases = []
         decoding_reqs = []
         budget = MAX_PER_STEP  # migrations this home starts this step
+        if self.split_reqs and local_batch is not None and local_batch.forward_mode.is_extend():
+            from sglang_dcp.sglang.prefill_shards import extend_news
+
+            extend_news(self, local_batch, news, self.page)
         if self.split_reqs and local_batch is not None and local_batch.forward_mode.is_decode():
             if env.poison_moved():
                 self._check_not_poisoned(local_batch, model_runner)
@@ -224,25 +213,30 @@ class RankRuntime:
                 h = self.home.get(rid)
                 if h is None or h.req is not req:
                     h = self.home[rid] = HomeEntry(req)
-                if not h.shipped:
-                    will_move = [
-                        (s.rank, s.start, s.end) for s in p.shards[:-1] if s.rank != self.rank
-                    ]
-                    news.moves += [Migration(rid, self.rank, r, a, b) for r, a, b in will_move]
-                else:  # decoding: the controller's migrations, if any (migration.py)
-                    n, dropped = kv_len(req), self.migrations.dropped
-                    asked = self.migrations.take(rid, runtime_shards(p, h.moved, n), n, budget)
-                    if self.migrations.dropped > dropped:  # the controller booked them
-                        self.ledger.layout(rid, self.home)
+                if not h.shipped:  # first decode: ship what its prefill did not
+                    new = away_pieces(p, h.offered, p.shards[-1].start)
+                    news.moves += [Migration(rid, self.rank, r, a, b) for r, a, b in new]
+                    will_move = [*h.moved, *new]
+                elif rid in self.migrations.pending:  # the controller's moves (migration.py)
+                    asked = self._migrations(rid, p, h, kv_len(req), budget)
                     budget -= len(asked)
                     news.moves += asked
                     will_move = [*h.moved, *((m.dst, m.start, m.end) for m in asked)]
+                else:
+                    will_move = h.moved
                 shards = runtime_shards(p, will_move, kv_len(req))
                 news.decoding.append(Decoding(rid, self.rank, shards))
                 decoding_reqs.append(h)
             if env.poison_moved():
                 check_against_batch(local_batch, self.split_reqs, [d.rid for d in news.decoding])
         return news, decoding_reqs
+
+    def _migrations(self, rid, p, h, n: int, budget: int) -> list[Migration]:
+        dropped = self.migrations.dropped
+        asked = self.migrations.take(rid, runtime_shards(p, h.moved, n), n, budget)
+        if self.migrations.dropped > dropped:  # the controller booked the dropped ones
+            self.ledger.layout(rid, self.home)
+        return asked
 
     def _check_not_poisoned(self, local_batch, model_runner) -> None:
         shipping.check_not_poisoned(self, local_batch, model_runner)

@@ -85,7 +85,7 @@ def _ledger_inbox(controller):
     return sock, NetworkAddress(host, port).to_tcp()
 
 
-def _max_new_bound(controller):
+def _max_new_bound(controller, prefill_chunk: int | None = None):
     """``prompt_len -> `` the most new tokens SGLang's schedulers will decode for it
     (``dispatcher.sglang_max_new_bound``), from what the DP controller learnt from rank 0
     (data_parallel_controller.py:726: ``max_req_input_len`` is ``max_req_len - 5``,
@@ -97,9 +97,17 @@ def _max_new_bound(controller):
     max_req_len = input_len + 5 if input_len is not None else pool - 1
     page = max(1, int(getattr(controller.server_args, "page_size", 1) or 1))
     limit = envs.SGLANG_MAX_NEW_TOKENS_LIMIT.get()
-    return lambda prompt: sglang_max_new_bound(
-        prompt, max_req_len=max_req_len, pool_tokens=pool, page=page, limit=limit
-    )
+
+    def bound(prompt: int) -> int:
+        if prefill_chunk and input_len is not None and prompt >= input_len:
+            # prefill into shards: SGLang's checks see only the home's share of the prompt
+            # (admission.lifted_limits); its new tokens still fit in one rank's pool
+            return max(0, min(pool - page - 1, limit or pool))
+        return sglang_max_new_bound(
+            prompt, max_req_len=max_req_len, pool_tokens=pool, page=page, limit=limit
+        )
+
+    return bound
 
 
 def attach(controller, options: DcpOptions) -> DcpDispatcher:
@@ -158,7 +166,7 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
 
     dispatcher = DcpDispatcher(
         policy,
-        max_new_bound=_max_new_bound(controller),
+        max_new_bound=_max_new_bound(controller, options.prefill_chunk),
         empty_policy=new_policy,
         send=send,
         reject=reject,

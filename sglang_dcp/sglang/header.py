@@ -60,7 +60,8 @@ class StepHeader:
         """Raise the flag if ``news`` holds anything the other ranks cannot predict."""
         mine = tuple(news.decoding) if decoding_here else ()
         expect = self.predicted(self.rank) if decoding_here else ()
-        self.flag = int(bool(news.moves or news.releases) or mine != expect)
+        self.flag = int(bool(news.moves or news.releases or news.extending or news.after)
+                        or mine != expect)  # fmt: skip
         self.words = news.to_words() if self.flag else []
 
     def any_news(self) -> bool:

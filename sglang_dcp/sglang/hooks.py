@@ -37,6 +37,11 @@ installed wheel.
 |   Scheduler.get_next_batch_to_run                       |        |                           |             |
 | managers/scheduler_components/dp_attn.py:412            | AROUND | sched_hooks (step header) | any/shard   |
 |   dp_attn.prepare_mlp_sync_batch_raw                    |        |                           |             |
+| managers/scheduler.py:4338 Scheduler.run_batch          | AFTER  | sched_hooks (ship chunks) | any/shard   |
+| managers/scheduler.py:3537                              | AROUND | prefill_shards. (abort)   | any/shard   |
+|   Scheduler.process_pending_chunked_abort               |        |                           |             |
+| managers/schedule_policy.py:1347                        | AROUND | admission. (home share)   | any/shard   |
+|   PrefillAdder.add_one_req                              |        |                           |             |
 | mem_cache/base_prefix_cache.py:468                      | AROUND | sched_hooks (skip moved)  | any/shard   |
 |   BasePrefixCache.free_kv_row                           |        |                           |             |
 | mem_cache/common.py:292                                 | AROUND | sched_hooks (release)     | any/shard   |
@@ -72,6 +77,8 @@ import inspect
 import multiprocessing
 import pkgutil
 from dataclasses import dataclass
+
+from sglang_dcp.sglang.uses import USES  # noqa: F401  (SGLang callables the glue calls)
 
 _DPC = "sglang.srt.managers.data_parallel_controller.DataParallelController"
 _TM = "sglang.srt.managers.tokenizer_manager.TokenizerManager"
@@ -160,6 +167,15 @@ HOOKS: tuple[Hook, ...] = (
          "draft_require_mlp_tp_gather", "dwdp"),
         f"{_DP}:around_prepare_mlp_sync", when="shard",
     ),
+    # prefill into shards: the chunk pieces ship after the forward, a failed one aborts the
+    # request, a split prompt is admitted on its home's share (prefill_shards.py, admission.py)
+    Hook(f"{_SCHED}.run_batch", "AFTER", ("self", "batch", "pp_proxy_tensors"),
+         f"{_DP}:after_run_batch", when="shard"),
+    Hook(f"{_SCHED}.process_pending_chunked_abort", "AROUND", ("self",),
+         "sglang_dcp.sglang.prefill_shards:around_pending_chunked_abort", when="shard"),
+    Hook("sglang.srt.managers.schedule_policy.PrefillAdder.add_one_req", "AROUND",
+         ("self", "req", "has_chunked_req", "truncation_align_size"),
+         "sglang_dcp.sglang.admission:around_add_one_req", when="shard"),
     Hook(
         "sglang.srt.mem_cache.base_prefix_cache.BasePrefixCache.free_kv_row", "AROUND",
         ("self", "kv", "ranges"), f"{_DP}:around_free_kv_row", when="shard",
@@ -202,34 +218,6 @@ HOOKS: tuple[Hook, ...] = (
         "sglang_dcp.sglang.graphs:around_create_attention_graph_variants", when="shard",
     ),
 )  # fmt: skip
-
-# SGLang callables (and instance attributes set in __init__) the glue relies on without hooking.
-USES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    # calls self.dispatching, which dpc.attach replaces
-    (f"{_DPC}.dispatching_with_trace", ("self", "req", "refresh_load_budget")),
-    (f"{_DPC}.init_dispatcher", ("self",)),  # builds ._request_dispatcher
-    (f"{_DPC}.event_loop", ("self",)),  # replaced per instance by dpc.event_loop
-    ("sglang.srt.managers.io_struct.sock_recv", ("socket", "flags")),
-    (f"{_TM}._dispatch_to_scheduler", ("self", "obj")),
-    ("sglang.srt.managers.io_struct.hook_custom_types", ("new_types",)),
-    ("sglang.srt.managers.io_struct.sock_send", ("socket", "obj", "flags")),
-    ("sglang.utils.TypeBasedDispatcher.__iadd__", ("self", "other")),
-    ("sglang.srt.utils.network.get_zmq_socket", ("context", "socket_type", "endpoint", "bind")),
-    ("sglang.srt.layers.attention.attention_registry.register_attention_backend", ("name",)),
-    ("sglang.srt.mem_cache.memory_pool.KVWriteLoc", ("loc", "swa_loc", "full_loc")),
-    # the exchange's all-to-all (exchange.comm.GroupCommunicator)
-    ("sglang.srt.distributed.parallel_state.GroupCoordinator.all_to_all_single",
-     ("self", "output", "input")),
-    ("sglang.srt.distributed.parallel_state.GroupCoordinator._all_to_all_single",
-     ("self", "output", "input")),
-    # the ledger (ledger.py, dpc.py): the planner's view to the schedulers, the inbox address,
-    # a retraction (not finished) vs a finish on release
-    (f"{_DPC}.send_control_message", ("self", "obj")),
-    ("sglang.srt.utils.network.NetworkAddress.parse", ("addr",)),
-    ("sglang.srt.utils.network.NetworkAddress.to_tcp", ("self",)),
-    ("sglang.srt.managers.schedule_batch.Req.finished", ("self",)),
-)
-
 
 class HookSignatureError(RuntimeError):
     pass

@@ -27,6 +27,7 @@ arguments end with one ``error:`` line and exit code 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import os
 import socket
@@ -141,6 +142,10 @@ def dcp_options(ns: argparse.Namespace) -> DcpOptions:
         )
     except OptionsError as e:
         raise LaunchError(str(e)) from None
+    chunk = getattr(ns, "chunked_prefill_size", None)
+    if opts.sharding and chunk is not None and chunk > 0:  # prefill into shards (issue 18)
+        # SGLang gives each DP-attention rank chunk // dp_size (arg_groups/parallel_hook.py:266)
+        opts = dataclasses.replace(opts, prefill_chunk=max(1, chunk // (ns.dp_size or 1)))
     if opts.sharding and ns.attention_backend in ("triton", ATTENTION_BACKEND) and not _has_cuda():
         raise LaunchError(
             f"--attention-backend {ns.attention_backend} needs CUDA; on CPU the DCP exchange "

@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 def actual_sealed(placement: Placement, moved: Sequence[tuple[int, int, int]]) -> list[list[int]]:
     """The sealed ranges of ``placement`` where they are: ``moved`` ((rank, start, end), in the
-    order the moves happened) applied over the home, up to the planner's tail start or the end
+    order the moves happened: sealed shards, prefill chunk pieces, migrations) applied over the home, up to the planner's tail start or the end
     of the last moved range, whichever is later (``Policy.restate``'s ``[0, T)``)."""
     end = max([placement.shards[-1].start, *(b for _, _, b in moved)])
     shards: tuple = ((placement.home_rank, 0, end),)
@@ -99,6 +99,8 @@ class RankLedger:
             h = home.get(rid)
             if h is None or getattr(h.req, "dcp", None) is None:
                 continue
+            if getattr(h, "offered", None) is not None and h.offered < h.req.dcp.shards[-1].start:
+                continue  # mid-prefill into shards: reported once every piece was tried
             h.req.dcp_moved = list(h.moved)
             rids.append(rid)
             sealed.append(actual_sealed(h.req.dcp, h.moved))
@@ -195,6 +197,11 @@ class PlannerBooks:
             except ValueError as e:  # a rank and the planner disagree on the layout: keep going
                 logger.warning("sglang_dcp: ledger report from rank %s ignored: %s",
                                report.dcp_rank, e)  # fmt: skip
+            # a home reports a request once its prefill's pieces were all tried: its prefill
+            # transient (planner/prefill.py) is over
+            done = getattr(policy, "prefill_done", None)
+            if done is not None and done(rid):
+                changed = True
         if changed and d.queue:
             d.drain()
         self.tick(force=changed)

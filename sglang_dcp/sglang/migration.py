@@ -85,15 +85,18 @@ class Migrations:
         return out
 
 
-def move_fault_hook(moves: Sequence[Migration], p: float, fail_prefix: str, homes):
+def move_fault_hook(
+    moves: Sequence[Migration], p: float, fail_prefix: str, homes, rid_rule=None
+):
     """The ``transfer_shards`` fault hook of this step: ``SGLANG_DCP_INJECT_MOVE_FAILURE=p``
-    (``exchange.faults``) and, testing only, ``SGLANG_DCP_TEST_MIGRATE_FAIL=fail_prefix``:
+    and ``SGLANG_DCP_INJECT_MOVE_FAILURE_RID`` (``rid_rule``, ``exchange.faults``) and,
+    testing only, ``SGLANG_DCP_TEST_MIGRATE_FAIL=fail_prefix``:
     moves of matching requests whose source is not their home (``homes``: rid -> home rank,
     the same on every rank) fail in the send phase. ``None``: nothing injected."""
     from sglang_dcp.exchange.faults import move_faults
     from sglang_dcp.exchange.transfer import Phase
 
-    base = move_faults(moves, p)
+    base = move_faults(moves, p, rid_rule)
     mid_copy = [
         bool(fail_prefix) and m.rid.startswith(fail_prefix) and m.src != homes.get(m.rid)
         for m in moves

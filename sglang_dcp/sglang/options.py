@@ -44,6 +44,8 @@ class DcpOptions:
     split_rule: str = "fit"  # dcp split_rule: fit | gain | auto
     max_guest_items: int = DEFAULT_MAX_GUEST_ITEMS  # exchange queries per peer per round
     rebalance_threshold: float | None = None  # dcp: migrate sealed KV while requests wait
+    # prefill into shards (issue 18): SGLang's --chunked-prefill-size when sharding, else None
+    prefill_chunk: int | None = None
 
     @property
     def enabled(self) -> bool:
@@ -59,7 +61,8 @@ class DcpOptions:
         if self.policy == "dcp":
             return {"max_degree": self.max_degree, "min_shard_tokens": self.min_shard_tokens,
                     "step_slo_ms": self.slo_tpot_ms, "split_rule": self.split_rule,
-                    "rebalance_threshold": self.rebalance_threshold}
+                    "rebalance_threshold": self.rebalance_threshold,
+                    "prefill_chunk": self.prefill_chunk}
         if self.policy == "uniform":
             return {"group_size": self.max_degree}
         return {}

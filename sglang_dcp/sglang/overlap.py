@@ -15,7 +15,8 @@ still runs on the forward stream, and processes step N's results only after laun
   written by a shard copy under it, and no shard is copied before the forward that wrote it
   (the prefill of step N, when N+1 is the first decode) has run. A step without such work waits
   for nothing, so overlap stays on for it. Forward writes need no wait: they run on the forward
-  stream, in step order.
+  stream, in step order. A prefill chunk's pieces, shipped right after its forward was launched
+  (``prefill_shards.after_forward``), wait the same way for the chunk's K/V store.
 
 Every rank sees the same moves and releases (the gathered news), so every rank waits in the
 same steps; ``header_forward_waits`` in ``/v1/loads``'s ``dcp`` section counts them.

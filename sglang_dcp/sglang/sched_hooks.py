@@ -5,6 +5,7 @@ call sites to this rank's ``datapath.RankRuntime``.
 - ``Scheduler.handle_generate_request`` / ``_add_request_to_queue``: the placement that came with
   a request becomes ``req.dcp``;
 - ``dp_attn.prepare_mlp_sync_batch_raw``: the step header around SGLang's per-step gather;
+- ``Scheduler.run_batch``: ship a prefill chunk's pieces after its forward (prefill_shards.py);
 - ``BasePrefixCache.free_kv_row``, ``common.release_kv_cache``: never free shipped ranges, tell
   the guests at release;
 - ``SchedulerInvariantChecker._check_full_pool``: guest slots are held, not leaked.
@@ -55,9 +56,12 @@ def around_handle_generate_request(original, self, recv_req, *args, **kwargs):
     rt = runtime()
     if rt is None or not isinstance(recv_req, DcpGenerateReq):
         return original(self, recv_req, *args, **kwargs)
-    rt.incoming[recv_req.rid] = recv_req.placement()
+    from sglang_dcp.sglang.admission import lifted_limits
+
+    p = rt.incoming[recv_req.rid] = recv_req.placement()
     try:
-        return original(self, recv_req, *args, **kwargs)
+        with lifted_limits(self, p, len(recv_req.input_ids or ())):
+            return original(self, recv_req, *args, **kwargs)
     finally:
         rt.forget_unqueued(recv_req.rid, self.grammar_manager.grammar_queue)
 
@@ -77,6 +81,7 @@ def around_prepare_mlp_sync(original, local_batch, *args, **kwargs):
     if rt is None:
         return original(local_batch, *args, **kwargs)
     model_runner = kwargs.get("model_runner", args[0] if args else None)
+    rt.model_runner = model_runner
     rt.step = None
     news, decoding_reqs = rt.before_sync(local_batch, model_runner)
     batch = original(local_batch, *args, **kwargs)  # SGLang's gather carries the news flags
@@ -90,6 +95,17 @@ def around_prepare_mlp_sync(original, local_batch, *args, **kwargs):
             batch.can_run_decode_cuda_graph = False  # every rank (the step is the same)
     rt.step = step
     return batch
+
+
+def after_run_batch(result, self, *args, **kwargs):
+    """``Scheduler.run_batch(batch)`` (scheduler.py:4338), every rank each iteration any rank
+    runs a batch (idle ones included): ship the prefill chunk pieces the header announced."""
+    rt = runtime()
+    if rt is not None and rt.after:
+        from sglang_dcp.sglang.prefill_shards import after_forward
+
+        after_forward(rt)
+    return result
 
 
 def around_free_kv_row(original, self, kv, ranges, *args, **kwargs):

@@ -44,7 +44,8 @@ def ship(rt, moves: list[Migration], model_runner, homes: dict[str, int]) -> lis
                 pool.offer(m.rid, m.start, slots.cpu())
     # the home knows which moves are migrations (its request shipped at an earlier step)
     migrating = {(m.rid, m.start) for m in moves if m.rid in rt.home and rt.home[m.rid].shipped}
-    fault = move_fault_hook(moves, env.inject_move_failure(), env.test_migrate_fail(), homes)
+    fault = move_fault_hook(moves, env.inject_move_failure(), env.test_migrate_fail(), homes,
+                            env.inject_move_failure_rid())  # testing only
     results = transfer_shards(rt.comm, pool, moves, fault=fault)
     if env.poison_moved():
         for res in results:

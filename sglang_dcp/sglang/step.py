@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from sglang_dcp.exchange.extend import Chunk, extend_placements
 from sglang_dcp.exchange.route import max_pair_items, part_ranks
 from sglang_dcp.exchange.wire import decode_news, encode_news
 from sglang_dcp.planner.base import Migration
@@ -32,23 +33,50 @@ class Decoding:
         return Placement(self.rid, self.home, tuple(Shard(*s) for s in self.shards))
 
 
+@dataclass(frozen=True, slots=True)
+class Extending:
+    """A prefill chunk ``[start, end)`` of a split request this step (prefill into shards):
+    ``shards`` (rank, start, end) cover ``[0, end)`` as they are at the forward (earlier chunks'
+    pieces on their ranks, the chunk at home)."""
+
+    rid: str
+    home: int
+    shards: tuple[tuple[int, int, int], ...]
+    start: int
+    end: int
+
+    def chunk(self) -> Chunk:
+        p = Placement(self.rid, self.home, tuple(Shard(*s) for s in self.shards))
+        return Chunk(p, self.start, self.end)
+
+
+def _mig(m) -> tuple:
+    return (m.rid, m.src, m.dst, m.start, m.end)
+
+
 @dataclass(slots=True)
 class RankNews:
-    """What one rank tells every other rank at a step header."""
+    """What one rank tells every other rank at a step header. ``moves`` run before this step's
+    forward, ``after`` right after it (the pieces of this step's prefill chunks that belong
+    to other ranks)."""
 
     moves: list[Migration] = field(default_factory=list)
     releases: list[str] = field(default_factory=list)  # rids homed here that ended
     decoding: list[Decoding] = field(default_factory=list)  # in batch order
+    extending: list[Extending] = field(default_factory=list)  # in batch order
+    after: list[Migration] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.moves or self.releases or self.decoding)
+        return bool(self.moves or self.releases or self.decoding or self.extending or self.after)
 
     def to_words(self) -> list[int]:
         """This news as int64 words (``exchange/wire.py`` §3: fixed-size records, no pickle)."""
         return encode_news({
-            "moves": [(m.rid, m.src, m.dst, m.start, m.end) for m in self.moves],
+            "moves": [_mig(m) for m in self.moves],
             "releases": self.releases,
             "decoding": [(d.rid, d.home, d.shards) for d in self.decoding],
+            "extending": [(e.rid, e.home, e.shards, e.start, e.end) for e in self.extending],
+            "after": [_mig(m) for m in self.after],
         })  # fmt: skip
 
     @classmethod
@@ -58,6 +86,8 @@ class RankNews:
             moves=[Migration(*m) for m in n["moves"]],
             releases=n["releases"],
             decoding=[Decoding(*d) for d in n["decoding"]],
+            extending=[Extending(*e) for e in n["extending"]],
+            after=[Migration(*m) for m in n["after"]],
         )
 
 
@@ -94,27 +124,41 @@ def reassign(
     return tuple(tuple(s) for s in out)
 
 
+def where_now(
+    home: int, moved: Sequence[tuple[int, int, int]], seq_len: int
+) -> tuple[tuple[int, int, int], ...]:
+    """Ranges (rank, start, end) covering ``[0, seq_len)``: each range in ``moved`` ((rank,
+    start, end), in the order the moves happened: sealed shards shipped at the first decode
+    step, a prefill's chunk pieces, ranges migrated later; clipped to ``seq_len``) on its rank,
+    every other token on ``home``; adjacent ranges of one rank merged; the last range is the
+    home's (its tail, empty when every token moved)."""
+    out: tuple[tuple[int, int, int], ...] = ((home, 0, seq_len),) if seq_len else ()
+    for r, a, b in moved:
+        if a < min(b, seq_len):
+            out = reassign(out, a, min(b, seq_len), r)
+    if not out or out[-1][0] != home:  # the last range is the home's tail, even empty
+        out = (*out, (home, seq_len, seq_len))
+    return tuple(tuple(s) for s in out)
+
+
 def runtime_shards(
     placement: Placement, moved: Sequence[tuple[int, int, int]], seq_len: int
 ) -> tuple[tuple[int, int, int], ...]:
     """Where the KV of a home request lives now: each range in ``moved`` ((rank, start, end),
-    in the order the moves happened: a planner's sealed shard shipped at the first decode step,
-    or a range migrated later) on its rank, every other token up to ``seq_len`` on the home,
-    which always has the last piece (the tail). Adjacent pieces on one rank are merged."""
+    in the order the moves happened: a planner's sealed shard shipped at the first decode step
+    or a prefill's chunk piece, or a range migrated later) on its rank, every other token up to
+    ``seq_len`` on the home, which always has the last piece (the tail). Adjacent pieces on one
+    rank are merged."""
     tail_start = placement.shards[-1].start
     if seq_len < tail_start:
         raise ValueError(
             f"{placement.rid!r}: {seq_len} KV tokens, but the planner's sealed shards end at "
             f"{tail_start}"
         )
-    out: tuple[tuple[int, int, int], ...] = ((placement.home_rank, 0, seq_len),)
     for r, a, b in moved:
         if b > seq_len:
             raise ValueError(f"{placement.rid!r}: moved range [{a}, {b}) past {seq_len} tokens")
-        out = reassign(out, a, b, r)
-    if out[-1][0] != placement.home_rank:  # the tail is on the home, even when empty
-        out = (*out, (placement.home_rank, seq_len, seq_len))
-    return out
+    return where_now(placement.home_rank, moved, seq_len)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,16 +167,24 @@ class StepPlan:
 
     placements: tuple[Placement, ...]  # DCP requests decoded this step, rank order, batch order
     failed: tuple[Migration, ...]  # moves of this step that did not happen (KV stayed home)
+    chunks: tuple[Chunk, ...] = ()  # prefill chunks whose prefix is partly on other ranks
+    after: tuple[Migration, ...] = ()  # chunk pieces every rank ships after the forward
 
     @property
     def active(self) -> bool:
         """Some request has KV on a rank other than its home: every rank joins every layer's
         exchange this step."""
-        return any(len(part_ranks(p)) > 1 for p in self.placements)
+        return bool(self.chunks) or any(len(part_ranks(p)) > 1 for p in self.placements)
+
+    def rows(self) -> list[Placement]:
+        """The exchange's placements: split decode requests, then one per chunk query row
+        (``exchange.extend``), the same list on every rank."""
+        split = [p for p in self.placements if len(part_ranks(p)) > 1]
+        return split + extend_placements(self.chunks)
 
     def capacity(self, num_ranks: int) -> int:
         """Queries one rank sends one peer per layer (the same on every rank)."""
-        return max(1, max_pair_items(self.placements, num_ranks))
+        return max(1, max_pair_items(self.rows(), num_ranks))
 
 
 def plan_step(news: Sequence[RankNews], failed: Sequence[Migration]) -> StepPlan:
@@ -149,7 +201,11 @@ def plan_step(news: Sequence[RankNews], failed: Sequence[Migration]) -> StepPlan
             for m in bad.get(d.rid, ()):
                 shards = reassign(shards, m.start, m.end, m.src)
             out.append(Placement(d.rid, d.home, tuple(Shard(*s) for s in shards)))
-    return StepPlan(tuple(out), tuple(failed))
+    chunks = tuple(
+        c for n in news for c in (e.chunk() for e in n.extending) if c.has_remote_prefix()
+    )
+    after = tuple(m for n in news for m in n.after)
+    return StepPlan(tuple(out), tuple(failed), chunks, after)
 
 
 def subtract(ranges: list[tuple[int, int]], cut: list[tuple[int, int]]) -> list[tuple[int, int]]:

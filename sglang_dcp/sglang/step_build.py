@@ -15,7 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sglang_dcp.exchange.route import RankRoute, build_rank_route, num_rounds, part_ranks
+from sglang_dcp.exchange.extend import extend_slots
+from sglang_dcp.exchange.route import (
+    RankRoute,
+    build_rank_route,
+    max_pair_items,
+    num_rounds,
+    part_ranks,
+)
 from sglang_dcp.exchange.static import Slots
 from sglang_dcp.sglang.step import StepPlan
 
@@ -34,6 +41,11 @@ class DcpStep:
     row_keys: tuple[int, ...]
     tag: int
     rounds: int = 1  # exchange rounds per layer at the engine's capacity (> 1: eager)
+    # prefill chunks (plan.chunks): their query rows homed here, by request pool index:
+    # (first home row, chunk start, rows); such a step runs on a one-off exchange sized for it
+    extend_rows: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    extend_capacity: int = 0  # per-peer queries of that exchange (0: the static one)
+    kv_slots: int = 0  # KV slots this rank's route reads
     # set by the backend
     loaded: bool = False
     next_layer: int = 0
@@ -82,35 +94,64 @@ def build_step(
 ) -> DcpStep:
     """``home_reqs[rid]``: the SGLang ``Req`` of each request homed here and decoded this step;
     ``guest_slots[rid]``: this rank's guest slot tensor of a peer's request (token order)."""
-    parts = {p.rid: part_ranks(p) for p in plan.placements}
-    placements = [p for p in plan.placements if len(parts[p.rid]) > 1]
+    placements = plan.rows()
+    parts = {p.rid: part_ranks(p) for p in placements}
     local: dict[str, Slots] = {}
     keys: list[int] = []
     rids: list[str] = []
-    for p in placements:
+    for p in placements[: len(placements) - sum(c.num_rows for c in plan.chunks)]:
         if p.home_rank == rank:
             req = home_reqs[p.rid]
             idx = req.kv.req_pool_idx
-            row = req_to_token[idx]
-            local[p.rid] = Slots([row[s.start : s.end] for s in p.shards if s.rank == rank],
-                                 sum(s.end - s.start for s in p.shards if s.rank == rank))
+            local[p.rid] = _home_slots(req_to_token[idx], p.shards, rank, p.shards[-1].end)
             keys.append(int(idx))
             rids.append(p.rid)
         elif rank in parts[p.rid]:
-            g = guest_slots.get(p.rid)
-            if g is None:
-                raise RuntimeError(
-                    f"sglang_dcp: rank {rank} holds no guest KV of {p.rid!r}, which the step "
-                    "header places here"
-                )
-            local[p.rid] = Slots([g], g.numel())
+            local[p.rid] = Slots([_guest(guest_slots, p.rid, rank)], None)
+    extend_rows: dict[int, tuple[int, int, int]] = {}
+    if plan.chunks:
+        slot_map = {}
+        first = len(keys)
+        for c in plan.chunks:
+            if c.home_rank == rank:
+                idx = int(home_reqs[c.rid].kv.req_pool_idx)
+                slot_map[c.rid] = _home_slots(req_to_token[idx], c.placement.shards, rank, c.end)
+                extend_rows[idx] = (first, c.start, c.num_rows)
+                first += c.num_rows
+                rids += [f"{c.rid}@{t}" for t in range(c.start, c.end)]
+            elif any(s.rank == rank for s in c.prefix()):
+                slot_map[c.rid] = Slots([_guest(guest_slots, c.rid, rank)], None)
+        local.update(extend_slots(plan.chunks, rank=rank, slot_map=slot_map))
     route = build_rank_route(
         placements, rank=rank, num_ranks=num_ranks, local_slots=local, parts=parts
     )
+    kv = route.num_kv_slots
+    if plan.chunks:  # one round on a one-off exchange with room for every chunk row
+        cap = 1 << (max_pair_items(placements, num_ranks, parts) - 1).bit_length()
+        rounds = 1
+    else:
+        cap, rounds = 0, num_rounds(placements, num_ranks, capacity, parts)
     return DcpStep(
-        plan, rank, num_ranks, route, tuple(keys), tag,
-        rounds=num_rounds(placements, num_ranks, capacity, parts), row_rids=rids,
+        plan, rank, num_ranks, route, tuple(keys), tag, rounds=rounds, row_rids=rids,
+        extend_rows=extend_rows, extend_capacity=max(cap, 1) if plan.chunks else 0, kv_slots=kv,
     )  # fmt: skip
+
+
+def _home_slots(row, shards, rank: int, end: int) -> Slots:
+    """A home's slots of its ranges among ``shards`` below ``end``: views of its
+    ``req_to_token`` ``row``, token order."""
+    parts = [(s.start, min(s.end, end)) for s in shards if s.rank == rank and s.start < end]
+    return Slots([row[a:b] for a, b in parts], sum(b - a for a, b in parts))
+
+
+def _guest(guest_slots: dict[str, Any], rid: str, rank: int):
+    g = guest_slots.get(rid)
+    if g is None:
+        raise RuntimeError(
+            f"sglang_dcp: rank {rank} holds no guest KV of {rid!r}, which the step header "
+            "places here"
+        )
+    return g
 
 
 def check_against_batch(local_batch, split_reqs: dict[str, Any], decoding: list[str]) -> None:

@@ -145,7 +145,8 @@ def test_short_requests_never_touch_the_exchange(server, hf):
 
 def test_the_header_rides_on_sglangs_sync(server, hf):
     """No extra collective per step without news: 50 short requests cost none; a split request
-    costs one at its first decode (its moves) and one at its release, none while it decodes."""
+    costs one at its prefill (the pieces that ship right after it, prefill_shards.py), one at its
+    first decode and one at its release, none while it decodes."""
     before = _dcp_stats(server)
     batch = prompts(seed=13, count=50, lengths=SHORT)
     with ThreadPoolExecutor(8) as pool:
@@ -162,7 +163,7 @@ def test_the_header_rides_on_sglangs_sync(server, hf):
     for r in range(RANKS):
         steps = after[r]["header_steps"] - mid[r]["header_steps"]
         gathers = after[r]["header_gathers"] - mid[r]["header_gathers"]
-        assert steps >= 24 and gathers <= 3, (r, steps, gathers)
+        assert steps >= 24 and gathers <= 4, (r, steps, gathers)
 
 
 def test_same_outputs_as_the_round_robin_server(server, rr_server):

@@ -198,3 +198,22 @@ def test_a_report_the_planner_cannot_place_is_ignored(dpc, caplog):
     dpc.books.on_report(bad)
     assert dpc.d.policy.kv_tokens() == before
     assert "ledger report from rank 0 ignored" in caplog.text
+
+
+def test_the_report_after_a_prefill_into_shards_ends_its_transient():
+    cluster = ClusterSpec.uniform(4, 1024, 64)
+    policy = make_policy("dcp", cluster, load_profile("deepseek-v3-h200"), max_degree=4,
+                         min_shard_tokens=64, prefill_chunk=128)  # fmt: skip
+    sent, views = [], []
+    d = DcpDispatcher(
+        policy, send=lambda rank, req, p: sent.append((rank, req.rid, p)),
+        reject=lambda req, reason: None, active_ranks=lambda: range(4), queue=True,
+    )  # fmt: skip
+    books = ledger.PlannerBooks(d, lambda kv, g: views.append((kv, g)), clock=Clock())
+    d.dispatch(tokenized("long", PROMPT))
+    [(home, _, placed)] = sent
+    held = policy.kv_tokens()[home]
+    assert policy._recs["long"].transient > 0  # the home's chunk on its way out
+    books.on_report(report_from_home(placed, {s.rank: True for s in placed.shards[:-1]}))
+    assert policy._recs["long"].transient == 0 and policy.kv_tokens()[home] < held
+    policy.verify()

@@ -45,3 +45,25 @@ def test_a_bad_value_says_what_to_set(monkeypatch, value):
     monkeypatch.setenv(env.INJECT_MOVE_FAILURE_VAR, value)
     with pytest.raises(ValueError, match="SGLANG_DCP_INJECT_MOVE_FAILURE=.*between 0 and 1"):
         env.inject_move_failure()
+
+
+def test_the_rid_rule_fails_a_requests_moves_from_a_token_on():
+    moves = [ShardMove("fail-1", 0, 1, a, a + 32) for a in range(0, 256, 32)]
+    moves += [ShardMove("ok-1", 0, 1, a, a + 32) for a in range(0, 256, 32)]
+    hook = move_faults(moves, 0.0, ("fail-", 64))
+    failing = [m for i, m in enumerate(moves) if any(hook(ph, i) for ph in PHASES)]
+    assert failing == [m for m in moves if m.rid == "fail-1" and m.start >= 64]
+
+
+@pytest.mark.parametrize("value,want", [("", None), ("fail-@64", ("fail-", 64)),
+                                        ("a@b@0", ("a@b", 0))])  # fmt: skip
+def test_the_rid_variable(monkeypatch, value, want):
+    monkeypatch.setenv(env.INJECT_MOVE_FAILURE_RID_VAR, value)
+    assert env.inject_move_failure_rid() == want
+
+
+@pytest.mark.parametrize("value", ["fail-", "@64", "fail-@x"])
+def test_a_bad_rid_rule_says_what_to_set(monkeypatch, value):
+    monkeypatch.setenv(env.INJECT_MOVE_FAILURE_RID_VAR, value)
+    with pytest.raises(ValueError, match="PREFIX@TOKEN"):
+        env.inject_move_failure_rid()

@@ -1,0 +1,105 @@
+"""Prefill into shards without a server: the header's chunk news, the step plan and route of a
+chunk, the pieces that ship after it, and the admission relaxations (prefill_shards.py,
+admission.py, step.py, step_build.py)."""
+
+from types import SimpleNamespace
+
+import torch
+
+from sglang_dcp.planner.base import Migration
+from sglang_dcp.sglang.admission import lifted_limits, prefill_credit
+from sglang_dcp.sglang.backend_meta import extend_row_map
+from sglang_dcp.sglang.prefill_shards import away_pieces, away_tokens
+from sglang_dcp.sglang.step import Extending, RankNews, plan_step, where_now
+from sglang_dcp.sglang.step_build import build_step
+from sglang_dcp.types import Placement, Shard
+
+# home 0; ranks 1 and 2 hold [0, 64) and [64, 128); the home's tail from 128
+P = Placement("r", 0, (Shard(1, 0, 64), Shard(2, 64, 128), Shard(0, 128, 200)))
+
+
+def test_pieces_of_a_chunk_and_where_they_are():
+    assert away_pieces(P, 32, 96) == [(1, 32, 64), (2, 64, 96)]
+    assert away_pieces(P, 96, 160) == [(2, 96, 128)]
+    assert away_tokens(P) == 128
+    moved = [(1, 0, 32), (1, 32, 64), (2, 64, 96)]
+    assert where_now(0, moved, 128) == ((1, 0, 64), (2, 64, 96), (0, 96, 128))
+    assert where_now(0, [(1, 0, 64)], 64) == ((1, 0, 64), (0, 64, 64))  # empty home tail
+
+
+def test_chunk_news_crosses_the_wire_and_plans_the_exchange():
+    ext = Extending("r", 0, where_now(0, [(1, 0, 32)], 64), 32, 64)
+    news = RankNews(extending=[ext], after=[Migration("r", 0, 1, 32, 64)])
+    back = RankNews.from_words(news.to_words())
+    assert back.extending == [ext] and back.after == news.after
+    plan = plan_step([back, RankNews(), RankNews()], [])
+    assert plan.active and plan.after == (Migration("r", 0, 1, 32, 64),)
+    assert [p.rid for p in plan.rows()] == [f"r@{t}" for t in range(32, 64)]
+    first = RankNews(extending=[Extending("r", 0, ((0, 0, 32),), 0, 32)])
+    assert not plan_step([first], []).chunks  # nothing away yet: SGLang's attention alone
+
+
+def test_a_chunks_route_on_the_home_and_on_the_shard_rank():
+    row = torch.arange(1000, 1200)
+    req = SimpleNamespace(kv=SimpleNamespace(req_pool_idx=3))
+    r2t = torch.zeros(8, 200, dtype=torch.long)
+    r2t[3] = row
+    ext = Extending("r", 0, ((1, 0, 32), (0, 32, 64)), 32, 64)
+    plan = plan_step([RankNews(extending=[ext]), RankNews()], [])
+    home = build_step(plan, rank=0, num_ranks=2, home_reqs={"r": req}, guest_slots={},
+                      req_to_token=r2t, capacity=4, tag=1)  # fmt: skip
+    assert home.extend_rows == {3: (0, 32, 32)} and home.num_rows == 32
+    assert home.extend_capacity == 32 and home.rounds == 1  # one round on its own buffers
+    # row 32 + i attends causally to the chunk's first i + 1 slots at home
+    assert [len(s) for s in home.route.local_slots] == list(range(1, 33))
+    guest = build_step(plan, rank=1, num_ranks=2, home_reqs={},
+                       guest_slots={"r": torch.arange(32)}, req_to_token=r2t, capacity=4,
+                       tag=1)  # fmt: skip
+    assert guest.num_rows == 0 and len(guest.route.recv[0]) == 32
+    assert all(len(g.slots) == 32 for g in guest.route.recv[0])  # the whole shard, non-causal
+
+
+def test_the_backend_maps_only_the_split_chunks_rows():
+    fb = SimpleNamespace(req_pool_indices=torch.tensor([5, 3]), extend_seq_lens_cpu=[4, 3],
+                         extend_prefix_lens_cpu=[0, 32])  # fmt: skip
+    x = extend_row_map(fb, {3: (0, 32, 3)}, B=8)
+    assert x.tolist() == [8, 8, 8, 8, 0, 1, 2]
+
+
+def test_admission_sees_the_homes_share_for_split_requests_only():
+    sched = SimpleNamespace(chunked_prefill_size=32, max_req_len=250, max_req_input_len=245,
+                            max_total_num_tokens=256,
+                            model_config=SimpleNamespace(context_len=8192))  # fmt: skip
+    with lifted_limits(sched, P, 600):
+        assert (sched.max_req_len, sched.max_req_input_len) == (8191, 8186)
+        assert sched.max_total_num_tokens == 256 + 128
+    assert (sched.max_req_len, sched.max_total_num_tokens) == (250, 256)
+    single = Placement("s", 0, (Shard(0, 0, 600),))
+    with lifted_limits(sched, single, 600):
+        assert sched.max_req_input_len == 245  # one rank: SGLang's checks unchanged
+    req = SimpleNamespace(dcp=P, prefix_indices=[])
+    assert prefill_credit(req, 32) == 128 - 32
+    assert prefill_credit(SimpleNamespace(dcp=P, prefix_indices=[1]), 32) == 0  # continuing
+    assert prefill_credit(req, None) == 0  # no chunked prefill: the home holds it all
+
+
+def test_a_failed_piece_aborts_a_request_that_is_still_prefilling(monkeypatch):
+    from sglang_dcp.sglang import datapath, overlap, prefill_shards, shipping
+
+    req = SimpleNamespace(rid="r", dcp=P)
+    sched = SimpleNamespace(chunked_req=req, _pending_chunked_abort_req=None)
+    rt = SimpleNamespace(rank=0, scheduler=sched, model_runner=None, prefill_failed={},
+                         home={"r": datapath.HomeEntry(req)})  # fmt: skip
+    ok, bad = Migration("r", 0, 1, 0, 32), Migration("r", 0, 1, 32, 64)
+    rt.after = (ok, bad)
+    monkeypatch.setattr(shipping, "ship", lambda rt, moves, runner, homes: [bad])
+    monkeypatch.setattr(overlap, "wait_for_forward", lambda runner: None)
+    prefill_shards.after_forward(rt)
+    assert rt.after == () and rt.home["r"].offered == 64 and rt.home["r"].failed == [(1, 32, 64)]
+    assert sched._pending_chunked_abort_req is req
+    assert "tokens [32, 64) of r from rank 0 to rank 1 failed" in rt.prefill_failed["r"]
+    # after its last chunk (no longer SGLang's chunked request) a failed piece stays home
+    sched.chunked_req, sched._pending_chunked_abort_req, rt.prefill_failed = None, None, {}
+    rt.after = (bad,)
+    prefill_shards.after_forward(rt)
+    assert sched._pending_chunked_abort_req is None and not rt.prefill_failed
