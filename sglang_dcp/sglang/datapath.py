@@ -223,8 +223,9 @@ class RankRuntime:
                     news.moves += asked
                     will_move = [*h.moved, *((m.dst, m.start, m.end) for m in asked)]
                 else:
-                    will_move = h.moved
-                shards = runtime_shards(p, will_move, kv_len(req))
+                    will_move = None
+                n = kv_len(req)
+                shards = h.shards_at(n) if will_move is None else runtime_shards(p, will_move, n)
                 news.decoding.append(Decoding(rid, self.rank, shards))
                 decoding_reqs.append(h)
             if env.poison_moved():

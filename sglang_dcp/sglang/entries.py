@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from sglang_dcp.sglang.step import runtime_shards
+
 
 @dataclass(slots=True)
 class HomeEntry:
@@ -18,6 +20,21 @@ class HomeEntry:
     failed: list[tuple[int, int, int]] = field(default_factory=list)  # moves that stayed home
     offered: int = 0  # tokens [0, offered) of its sealed shards were shipped (or tried)
     shipped: bool = False  # it decoded: later moves of its KV are migrations
+    _layout: tuple = ()  # runtime_shards of ``moved`` up to its end (cached; moved only grows)
+    _layout_moves: int = -1  # len(moved) when _layout was computed
+
+    def shards_at(self, seq_len: int) -> tuple[tuple[int, int, int], ...]:
+        """``step.runtime_shards(req.dcp, moved, seq_len)``; O(1) per decode step while
+        ``moved`` is unchanged (each step only lengthens the home's tail)."""
+        p = self.req.dcp
+        if self._layout_moves != len(self.moved):
+            end = max([p.shards[-1].start, *(b for _, _, b in self.moved)])
+            self._layout = runtime_shards(p, self.moved, end)
+            self._layout_moves = len(self.moved)
+        *head, (r, a, b) = self._layout  # the home's tail, possibly empty
+        if seq_len < b:
+            return runtime_shards(p, self.moved, seq_len)
+        return (*head, (r, a, seq_len))
 
 
 @dataclass(slots=True)

@@ -132,10 +132,26 @@ def where_now(
     step, a prefill's chunk pieces, ranges migrated later; clipped to ``seq_len``) on its rank,
     every other token on ``home``; adjacent ranges of one rank merged; the last range is the
     home's (its tail, empty when every token moved)."""
-    out: tuple[tuple[int, int, int], ...] = ((home, 0, seq_len),) if seq_len else ()
-    for r, a, b in moved:
-        if a < min(b, seq_len):
-            out = reassign(out, a, min(b, seq_len), r)
+    pieces = sorted((a, min(b, seq_len), r) for r, a, b in moved if a < min(b, seq_len))
+    if any(pieces[i][1] > pieces[i + 1][0] for i in range(len(pieces) - 1)):
+        # a range moved again (a migration): apply the moves in the order they happened
+        out: tuple[tuple[int, int, int], ...] = ((home, 0, seq_len),) if seq_len else ()
+        for r, a, b in moved:
+            if a < min(b, seq_len):
+                out = reassign(out, a, min(b, seq_len), r)
+    else:  # disjoint pieces (the common case): one pass in token order
+        runs: list[list[int]] = []
+        pos = 0
+        for a, b, r in (*pieces, (seq_len, seq_len, home)):
+            for rr, x, y in ((home, pos, a), (r, a, b)):
+                if y <= x:
+                    continue
+                if runs and runs[-1][0] == rr and runs[-1][2] == x:
+                    runs[-1][2] = y
+                else:
+                    runs.append([rr, x, y])
+            pos = b
+        out = tuple(tuple(x) for x in runs)
     if not out or out[-1][0] != home:  # the last range is the home's tail, even empty
         out = (*out, (home, seq_len, seq_len))
     return tuple(tuple(s) for s in out)

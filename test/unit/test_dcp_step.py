@@ -140,3 +140,48 @@ def test_subtract_ranges():
     assert subtract([(0, 100)], [(10, 20), (30, 40)]) == [(0, 10), (20, 30), (40, 100)]
     assert subtract([(0, 100)], [(0, 100)]) == []
     assert subtract([(5, 10)], [(20, 30)]) == [(5, 10)]
+
+
+def test_where_now_equals_the_moves_applied_in_order():
+    """The one-pass layout of disjoint moved pieces, and the in-order one of overlapping moves
+    (a range migrated again), both equal applying every move in order with ``reassign``."""
+    import random
+
+    from sglang_dcp.sglang.step import reassign, where_now
+
+    def applied(home, moved, n):
+        out = ((home, 0, n),) if n else ()
+        for r, a, b in moved:
+            if a < min(b, n):
+                out = reassign(out, a, min(b, n), r)
+        return out if out and out[-1][0] == home else (*out, (home, n, n))
+
+    rng = random.Random(0)
+    for _ in range(3000):
+        n, home = rng.randint(0, 100), rng.randrange(4)
+        if rng.random() < 0.5:  # disjoint pieces, any order
+            cuts = sorted(rng.sample(range(110), k=rng.randint(0, 8)))
+            moved = [(rng.randrange(4), cuts[i], cuts[i + 1]) for i in range(0, len(cuts) - 1, 2)]
+            rng.shuffle(moved)
+        else:  # overlapping moves
+            moved = []
+            for _ in range(rng.randint(0, 5)):
+                a = rng.randint(0, 100)
+                moved.append((rng.randrange(4), a, rng.randint(a + 1, 110)))
+        assert where_now(home, moved, n) == applied(home, moved, n), (home, moved, n)
+
+
+def test_a_home_entry_caches_its_layout_while_only_the_tail_grows():
+    from types import SimpleNamespace
+
+    from sglang_dcp.sglang.entries import HomeEntry
+
+    p = placement(0, [(1, 0, 64), (2, 64, 128)], 128, 200)
+    h = HomeEntry(SimpleNamespace(dcp=p), moved=[(1, 0, 64)])
+    for n in (130, 131, 150):
+        assert h.shards_at(n) == runtime_shards(p, h.moved, n)
+    h.moved.append((2, 64, 128))  # another move: the cache is rebuilt
+    assert h.shards_at(151) == runtime_shards(p, h.moved, 151) == ((1, 0, 64), (2, 64, 128),
+                                                                    (0, 128, 151))  # fmt: skip
+    with pytest.raises(ValueError, match="sealed shards end at 128"):
+        h.shards_at(100)  # as runtime_shards: fewer tokens than the sealed shards
