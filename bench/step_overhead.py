@@ -69,7 +69,7 @@ def _setup(running: int, split: int):
     rt = object.__new__(datapath.RankRuntime)
     rt.rank, rt.num_ranks, rt.capacity, rt.num_steps = 0, W, 16, 0
     rt.releases, rt.home, rt.guests, rt.moved_rows, rt.split_reqs = [], {}, {}, {}, {}
-    rt.seen_decode, rt.migrations, rt.page = {}, Migrations(0, W), 64
+    rt.seen_decode, rt.migrations, rt.page, rt.prev_step = {}, Migrations(0, W), 64, None
     rt.scheduler = SimpleNamespace(req_to_token_pool=runner.req_to_token_pool)
     q = LEN // W
     for i in range(split):  # homed here, sealed shards on ranks 1..3, tail here
@@ -113,7 +113,7 @@ def measure(running: int, split: int, iters: int) -> dict:
         news, _ = rt.news(batch, None)
         t1 = time.perf_counter()
         plan = plan_step([news, RankNews(decoding=peers)], [])
-        step = rt._step(plan, batch) if plan.active else None
+        step = rt.step_for(plan, predicted=True, decoded=[True] * W)
         t2 = time.perf_counter()
         if step is not None:
             be.load(step)

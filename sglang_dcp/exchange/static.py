@@ -72,6 +72,7 @@ class _Round:
     stage: torch.Tensor
     pieces: tuple[torch.Tensor, ...]
     num_kv: int
+    home_pieces: int = 0  # pieces[:home_pieces] are the home rows' (the rest: guest items)
 
 
 class StaticExchange:
@@ -104,6 +105,7 @@ class StaticExchange:
         self._hdr = torch.zeros(2, W, 2, dtype=torch.int32, pin_memory=pin)
         self._hdr_dev = torch.zeros(2, W, 2, dtype=torch.int32, device=device)
         self.rounds: list[_Round] = []
+        self.loaded_route: RankRoute | None = None  # the route the buffers hold
         self.tag = 0
         self.high_water = 0  # largest per-peer query count seen (a capacity sizing aid)
 
@@ -122,6 +124,7 @@ class StaticExchange:
         parts = split_rounds(route, capacity=s.capacity, rounds=rounds)
         self.rounds = [self._stage_round(r, keep=len(parts) > 1) for r in parts]
         self._set_rows(row_keys)
+        self.loaded_route = route if len(parts) == 1 else None
         self.apply(0)
         return len(parts)
 
@@ -136,6 +139,7 @@ class StaticExchange:
             for i, slots in enumerate(route.local_slots):
                 st[o["lens"] + i] = len(slots)
                 pieces += _pieces(slots)
+        home_pieces = len(pieces)
         for p in range(W):
             rows = route.send[p]
             if rows:
@@ -156,7 +160,33 @@ class StaticExchange:
         if num_kv > s.max_kv_slots:
             raise ValueError(f"rank {route.rank}: {num_kv} KV slots > {s.max_kv_slots}")
         stage = self._stage.clone() if keep else self._stage
-        return _Round(stage, tuple(pieces), num_kv)
+        return _Round(stage, tuple(pieces), num_kv, home_pieces)
+
+    def reload_local(self, route: RankRoute, *, tag: int) -> None:
+        """The loaded route again with only its home rows' own slots changed (a decode step
+        the header predicted: each split request's home tail one token longer): restage those
+        lengths and slot pieces, keep the rest (sends, guest items, merge order, row map).
+        O(home split rows) on the host; ``route`` must share the loaded route's structure."""
+        prev = self.loaded_route
+        if (prev is None or route.recv is not prev.recv or route.send != prev.send
+                or route.home_rids != prev.home_rids or route.merge != prev.merge):  # fmt: skip
+            raise ValueError(f"rank {route.rank}: reload_local needs the loaded route's structure")
+        r, o = self.rounds[0], self._off
+        st = r.stage.numpy()
+        pieces: list[torch.Tensor] = []
+        home_kv = 0
+        for i, slots in enumerate(route.local_slots):
+            st[o["lens"] + i] = len(slots)
+            home_kv += len(slots)
+            pieces += _pieces(slots)
+        num_kv = r.num_kv - sum(len(x) for x in prev.local_slots) + home_kv
+        if num_kv > self.shape.max_kv_slots:
+            raise ValueError(f"rank {route.rank}: {num_kv} KV slots > {self.shape.max_kv_slots}")
+        r.pieces = (*pieces, *r.pieces[r.home_pieces :])
+        r.home_pieces, r.num_kv = len(pieces), num_kv
+        self.tag = tag
+        self.loaded_route = route
+        self.apply(0)
 
     def _set_rows(self, row_keys: Sequence[int]) -> None:
         B = self.shape.max_local

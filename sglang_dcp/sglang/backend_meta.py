@@ -132,7 +132,11 @@ class MetadataCalls:
             ex = self._overflow(step.num_rows)
         self.current_ex = ex
         if not step.loaded:
-            ex.load(step.route, rounds=step.rounds, tag=step.tag, row_keys=step.row_keys)
+            prev = step.reuses
+            if prev is not None and prev.loaded and ex.loaded_route is prev.route:
+                ex.reload_local(step.route, tag=step.tag)  # only the home tails grew
+            else:
+                ex.load(step.route, rounds=step.rounds, tag=step.tag, row_keys=step.row_keys)
             step.loaded = True
             s = stats()
             s.active_steps += 1

@@ -37,7 +37,9 @@ from sglang_dcp.sglang.migration import MAX_PER_STEP, Migrations
 from sglang_dcp.sglang.rank_stats import stats
 from sglang_dcp.sglang.prefill_shards import away_pieces
 from sglang_dcp.sglang.step import Decoding, RankNews, plan_step, runtime_shards
-from sglang_dcp.sglang.step_build import DcpStep, build_step, check_against_batch, decodes_now, kv_len
+from sglang_dcp.sglang.step_build import (
+    DcpStep, check_against_batch, decodes_now, kv_len, rank_step,
+)  # fmt: skip
 
 
 class RankRuntime:
@@ -63,6 +65,7 @@ class RankRuntime:
         self.moved_rows: dict[int, list[tuple[int, int]]] = {}  # req_pool_idx -> moved ranges
         self.num_steps = 0
         self.step: DcpStep | None = None  # the step of the forward about to run
+        self.prev_step: DcpStep | None = None  # the previous header's step (reused if predicted)
         self.after: tuple[Migration, ...] = ()  # prefill pieces shipped after the forward
         self.prefill_failed: dict[str, str] = {}  # rid -> why its prefill is aborted
         self.model_runner = None  # set by the step header hook
@@ -178,14 +181,16 @@ class RankRuntime:
         plan = plan_step(all_news, failed)
         self.after = plan.after
         if hs.gathered is not None:
-            modes = hs.gathered[:, 5].tolist()
-            hs.remember(plan, [m == ForwardMode.DECODE.value for m in modes])
+            decoded = [m == ForwardMode.DECODE.value for m in hs.gathered[:, 5].tolist()]
         else:  # no table (SGLang skipped its gather): every rank sent its news
-            hs.remember(plan, [True] * self.num_ranks)
+            decoded = [True] * self.num_ranks
+        hs.remember(plan, decoded)
         self._refresh_gauges()
-        if not plan.active:
-            return None
-        return self._step(plan, None)
+        return self.step_for(plan, predicted=not gathered, decoded=decoded)
+
+    def step_for(self, plan, *, predicted: bool, decoded: list[bool]) -> DcpStep | None:
+        """This rank's step of ``plan`` (``step_build.rank_step``)."""
+        return rank_step(self, plan, predicted=predicted, decoded=decoded)
 
     def news(self, local_batch, model_runner) -> tuple[RankNews, list[HomeEntry]]:
         """This rank's news for the header: releases, and the split requests it decodes now
@@ -250,20 +255,6 @@ class RankRuntime:
     def _ship(self, moves: list[Migration], model_runner, homes) -> list[Migration]:
         """Run every rank's moves of this step; returns the failed ones (same list everywhere)."""
         return shipping.ship(self, moves, model_runner, homes)
-
-    def _step(self, plan, local_batch) -> DcpStep:
-        """This rank's route for ``plan``: its split decode rows and guest items (O(split))."""
-        self.num_steps += 1
-        return build_step(
-            plan,
-            rank=self.rank,
-            num_ranks=self.num_ranks,
-            home_reqs={rid: h.req for rid, h in self.home.items()},
-            guest_slots={rid: g.slots for rid, g in self.guests.items()},
-            req_to_token=self.scheduler.req_to_token_pool.req_to_token,
-            capacity=self.capacity,
-            tag=self.num_steps,
-        )
 
 
 # ---- the process's runtime -----------------------------------------------------------------

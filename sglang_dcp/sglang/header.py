@@ -3,8 +3,9 @@
 Every scheduler iteration SGLang all-gathers one small int row per rank before the forward
 (``dp_attn.MLPSyncBatchInfo.all_gather``: token counts, graph votes, the forward mode). The
 hooks here append two columns to that row, this rank's *news flag* and the length of its news
-record (int64 words, ``exchange/wire.py`` §3), and read every rank's flag, length and forward mode back from the gathered table (``tp0_info_cpu``), so all ranks learn together,
-at no extra collective, whether any rank has news.
+record (int64 words, ``exchange/wire.py`` §3), and read every rank's flag, length and forward
+mode back from the gathered table (``tp0_info_cpu``), so all ranks learn together, at no extra
+collective, whether any rank has news.
 
 News is what no other rank can predict:
 

@@ -12,7 +12,7 @@ guest slot tensors (``exchange.static.Slots``), never Python lists. ``check_agai
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sglang_dcp.exchange.extend import extend_slots
@@ -46,6 +46,8 @@ class DcpStep:
     extend_rows: dict[int, tuple[int, int, int]] = field(default_factory=dict)
     extend_capacity: int = 0  # per-peer queries of that exchange (0: the static one)
     kv_slots: int = 0  # KV slots this rank's route reads
+    reuses: "DcpStep | None" = None  # the previous step, whose route this one only lengthens
+    decoded: list[bool] = field(default_factory=list)  # which ranks decoded (the header's view)
     # set by the backend
     loaded: bool = False
     next_layer: int = 0
@@ -135,6 +137,57 @@ def build_step(
         plan, rank, num_ranks, route, tuple(keys), tag, rounds=rounds, row_rids=rids,
         extend_rows=extend_rows, extend_capacity=max(cap, 1) if plan.chunks else 0, kv_slots=kv,
     )  # fmt: skip
+
+
+def rank_step(rt, plan: StepPlan, *, predicted: bool, decoded: list[bool]) -> DcpStep | None:
+    """Rank runtime ``rt``'s step of ``plan`` (``None``: no exchange). ``predicted``: no rank
+    had news, so with the same ranks decoding (``decoded``) as at the previous header the plan
+    is the previous one a token longer per home tail and its route is reused
+    (``advance_step``); else it is built anew (``build_step``). O(split requests) either way."""
+    prev, rt.prev_step = rt.prev_step, None
+    if not plan.active:
+        return None
+    rt.num_steps += 1
+    home_reqs = {rid: h.req for rid, h in rt.home.items()}
+    req_to_token = rt.scheduler.req_to_token_pool.req_to_token
+    step = None
+    if predicted and prev is not None and prev.decoded == decoded:
+        step = advance_step(prev, plan, home_reqs=home_reqs, req_to_token=req_to_token,
+                            tag=rt.num_steps)  # fmt: skip
+    if step is None:
+        guest_slots = {rid: g.slots for rid, g in rt.guests.items()}
+        step = build_step(plan, rank=rt.rank, num_ranks=rt.num_ranks, home_reqs=home_reqs,
+                          guest_slots=guest_slots, req_to_token=req_to_token,
+                          capacity=rt.capacity, tag=rt.num_steps)  # fmt: skip
+    step.decoded = decoded
+    rt.prev_step = step
+    return step
+
+
+def advance_step(prev: DcpStep, plan: StepPlan, *, home_reqs: dict[str, Any], req_to_token,
+                 tag: int) -> DcpStep | None:  # fmt: skip
+    """``prev``'s route for ``plan`` when ``plan`` is ``prev.plan`` one decode step later (the
+    step header predicted it: no rank had news and the same ranks decode): the same sends,
+    guest items and merge order, only the home rows' own slots grow with their tails. O(home
+    split rows). ``None`` if ``prev`` cannot be reused (a prefill chunk, rounds, failed moves,
+    other requests): build the step anew."""
+    if prev.rounds != 1 or prev.extend_capacity or plan.chunks or plan.failed:
+        return None
+    if len(plan.placements) != len(prev.plan.placements):
+        return None
+    rank, route = prev.rank, prev.route
+    mine = {p.rid: p for p in plan.placements if p.home_rank == rank}
+    local = []
+    for rid in route.home_rids:
+        p = mine.get(rid)
+        if p is None:
+            return None
+        row = req_to_token[home_reqs[rid].kv.req_pool_idx]
+        local.append(_home_slots(row, p.shards, rank, p.shards[-1].end))
+    new = replace(route, local_slots=tuple(local))
+    prev.reuses = None  # one link back only (prev's own forward is launched already)
+    return DcpStep(plan, rank, prev.num_ranks, new, prev.row_keys, tag, rounds=1,
+                   row_rids=prev.row_rids, kv_slots=new.num_kv_slots, reuses=prev)  # fmt: skip
 
 
 def _home_slots(row, shards, rank: int, end: int) -> Slots:

@@ -105,3 +105,35 @@ def test_rows_map_through_keys():
     # the next step forgets the old keys
     s.load(route, rounds=1, tag=2, row_keys=[5, 9])
     assert s.row_index(keys).tolist() == [0, 3, 1, 3, 3]
+
+
+def test_reloading_longer_home_slots_equals_a_full_load():
+    """A predicted decode step (``reload_local``: only the home rows' own slots grew) leaves the
+    buffers exactly as a full ``load`` of that route does, on every rank, step after step."""
+    from dataclasses import replace
+
+    import pytest
+
+    rng = random.Random(7)
+    W = 3
+    for trial in range(20):
+        ps, lists = _random_step(rng, W, rng.randrange(1, 4))
+        for rank in range(W):
+            routes = build_routes(ps, num_ranks=W, slots=_as_slots(lists))
+            route = routes[rank]
+            if num_rounds(ps, W, 8) > 1:
+                continue
+            a = StaticExchange(shape(W, capacity=8), "cpu", num_row_keys=16)
+            a.load(route, rounds=1, tag=1, row_keys=list(range(route.batch_size)))
+            for step in range(3):  # each home tail one slot longer per step
+                grown = tuple(Slots([*s.parts, torch.tensor([100 + step], dtype=torch.int32)])
+                              for s in route.local_slots)  # fmt: skip
+                route = replace(route, local_slots=grown)
+                a.reload_local(route, tag=2 + step)
+                b = StaticExchange(shape(W, capacity=8), "cpu", num_row_keys=16)
+                b.load(route, rounds=1, tag=2 + step, row_keys=list(range(route.batch_size)))
+                _same(a.bufs, b.bufs, route.num_kv_slots)
+                assert a.rounds[0].num_kv == b.rounds[0].num_kv
+            other = replace(route, send=tuple(s + (0,) for s in route.send))
+            with pytest.raises(ValueError, match="loaded route's structure"):
+                a.reload_local(other, tag=9)
