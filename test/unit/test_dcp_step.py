@@ -185,3 +185,53 @@ def test_a_home_entry_caches_its_layout_while_only_the_tail_grows():
                                                                     (0, 128, 151))  # fmt: skip
     with pytest.raises(ValueError, match="sealed shards end at 128"):
         h.shards_at(100)  # as runtime_shards: fewer tokens than the sealed shards
+
+
+def test_a_predicted_step_reuses_the_route_and_equals_a_rebuilt_one():
+    """``rank_step``: when no rank had news and the same ranks decode, the step reuses the
+    previous route with longer home slots; it equals ``build_step`` of the same plan. A step with
+    news, or other ranks decoding, is built anew."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from sglang_dcp.sglang.step_build import build_step, rank_step
+
+    W, rank = 3, 0
+    r2t = torch.arange(4 * 400, dtype=torch.int32).view(4, 400)
+    home = {rid: SimpleNamespace(req=SimpleNamespace(kv=SimpleNamespace(req_pool_idx=i)))
+            for i, rid in enumerate(("a", "b"), start=1)}  # fmt: skip
+    guests = {"g": SimpleNamespace(slots=torch.arange(64) + 7)}
+    rt = SimpleNamespace(rank=rank, num_ranks=W, prev_step=None, num_steps=0, home=home,
+                         guests=guests, capacity=16,
+                         scheduler=SimpleNamespace(req_to_token_pool=SimpleNamespace(
+                             req_to_token=r2t)))  # fmt: skip
+
+    def plan(n):
+        return plan_step([
+            RankNews(decoding=[Decoding("a", 0, ((1, 0, 64), (0, 64, n))),
+                               Decoding("b", 0, ((2, 0, 128), (0, 128, n + 50)))]),
+            RankNews(decoding=[Decoding("g", 1, ((0, 0, 64), (1, 64, n)))]), RankNews(),
+        ], [])  # fmt: skip
+
+    def flat(slots):
+        return torch.cat([p.long() for p in slots.parts]).tolist()
+
+    decoded = [True, True, False]
+    first = rank_step(rt, plan(200), predicted=False, decoded=decoded)
+    assert first.reuses is None
+    for n in (201, 202):
+        p = plan(n)
+        step = rank_step(rt, p, predicted=True, decoded=decoded)
+        assert step.reuses is not None and step.reuses.reuses is None  # one link back only
+        ref = build_step(p, rank=rank, num_ranks=W, home_reqs={k: v.req for k, v in home.items()},
+                         guest_slots={"g": guests["g"].slots}, req_to_token=r2t, capacity=16,
+                         tag=0)  # fmt: skip
+        got, want = step.route, ref.route
+        assert (got.home_rids, got.send, got.merge) == (want.home_rids, want.send, want.merge)
+        assert [flat(s) for s in got.local_slots] == [flat(s) for s in want.local_slots]
+        assert [[len(g.slots) for g in r] for r in got.recv] == \
+            [[len(g.slots) for g in r] for r in want.recv]  # fmt: skip
+        assert step.row_keys == ref.row_keys and step.kv_slots == ref.kv_slots
+    assert rank_step(rt, plan(203), predicted=False, decoded=decoded).reuses is None  # news
+    assert rank_step(rt, plan(204), predicted=True, decoded=[True] * 3).reuses is None  # others
