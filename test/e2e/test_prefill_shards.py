@@ -21,6 +21,7 @@ import urllib.request
 import pytest
 
 from hf_reference import hf_greedy, prompts
+from test_server_dcp import wait_drained
 
 from sglang_dcp.testing.server import tiny_dp_args
 
@@ -81,21 +82,12 @@ class Sampler:
         self.thread.join(timeout=30)
 
 
-def wait_drained(server, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        used = {r: x["num_used_tokens"] for r, x in loads(server).items()}
-        if not any(used.values()):
-            return
-        assert time.monotonic() < deadline, f"KV still held after {timeout:.0f} s: {used}"
-        time.sleep(0.3)
-
-
-def test_a_prompt_of_three_ranks_kv_is_served_and_equals_hf(server, tiny_model_path):
-    ids = prompts(seed=41, count=1, lengths=(PROMPT,))[0]
+def served_over_ranks(server, model_path, ids, rid) -> str:
+    """Serve ``ids`` (a prompt of about three ranks' KV) as ``rid``: greedy output = HF, KV on
+    >= 3 ranks with the tail at home, no rank over its pool, no poisoned read; returns the log."""
     with Sampler(server) as s:
-        out = generate(server, ids, "long", max_new=MAX_NEW)
-    assert out["output_ids"] == hf_greedy(tiny_model_path, ids, MAX_NEW)
+        out = generate(server, ids, rid, max_new=MAX_NEW)
+    assert out["output_ids"] == hf_greedy(model_path, ids, MAX_NEW)
     dcp = out["meta_info"]["dcp"]
     assert dcp["degree"] >= 3 and len({r for r, *_ in dcp["shards"]}) >= 3, dcp
     assert dcp["shards"][-1][0] == dcp["home_rank"] and dcp["shards"][-1][1] < PROMPT, dcp
@@ -105,6 +97,12 @@ def test_a_prompt_of_three_ranks_kv_is_served_and_equals_hf(server, tiny_model_p
         log = f.read()
     assert "reads poisoned KV" not in log and "is NaN" not in log
     wait_drained(server)
+    return log
+
+
+def test_a_prompt_of_three_ranks_kv_is_served_and_equals_hf(server, tiny_model_path):
+    served_over_ranks(server, tiny_model_path, prompts(seed=41, count=1, lengths=(PROMPT,))[0],
+                      "long")  # fmt: skip
 
 
 def test_abort_mid_prefill_frees_every_rank(server):
