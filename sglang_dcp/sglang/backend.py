@@ -98,6 +98,8 @@ class DcpAttnBackend(MetadataCalls):
         self.current_ex = None  # the running step's: self.ex, or a bigger one-off (eager)
         self._capture = _Cursor()
         self._inner_seq = None  # [max_bs] static seq lens the inner sees under graphs
+        self._eager_seq = None  # the same for an eager batch larger than the graphs'
+        self._host_seqs = [torch.ones(0, dtype=torch.int32)] * 2  # their host mirrors
         self._num_real = None  # [1] real rows of a padded graph replay
         self._inner_fb = None  # (forward batch, its view for the inner) of the running step
         self._extend_x = None  # (forward batch, exchange row per query row): prefill chunks

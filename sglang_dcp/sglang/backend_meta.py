@@ -110,17 +110,46 @@ class MetadataCalls:
         view = copy.copy(fb)
         if self._num_real is not None:  # rows past it are graph-replay padding
             self._num_real.fill_(bs - int(getattr(fb, "num_padding", 0) or 0))
-        if self._inner_seq is not None and bs <= self._inner_seq.shape[0]:  # graph-sized
-            seq = self._inner_seq[:bs]
-            seq.copy_(torch.where(split, 1, fb.seq_lens))
-        else:
-            seq = torch.where(split, torch.ones_like(fb.seq_lens), fb.seq_lens)
+        seq = self._device_seq(bs)
+        seq.copy_(fb.seq_lens)
+        seq.masked_fill_(split, 1)
         view.seq_lens = seq
+        # the host-side view comes from the step plan (which batch rows are split, their KV
+        # tokens), never from ``split``: reading a device tensor here would wait for the
+        # forward in flight and end overlap scheduling
+        rows = step.batch_rows
         cpu = getattr(fb, "seq_lens_cpu", None)
         if cpu is not None:
-            view.seq_lens_cpu = torch.where(split.cpu(), 1, cpu)
+            host = self._host_seq(bs, cpu.dtype)
+            host.copy_(cpu)
+            if rows:
+                host[[i for i, _ in rows]] = 1
+            view.seq_lens_cpu = host
+        total = getattr(fb, "seq_lens_sum", None)
+        if total is not None:
+            view.seq_lens_sum = int(total) - sum(n - 1 for _, n in rows)
         self._inner_fb = (fb, view)
         return view
+
+    def _device_seq(self, bs: int) -> torch.Tensor:
+        """``[bs]`` device seq lens the inner backend reads: the graph-sized static tensor, or
+        an eager one grown by powers of two (never allocated per step)."""
+        if self._inner_seq is not None and bs <= self._inner_seq.shape[0]:
+            return self._inner_seq[:bs]  # captured graphs read it: never replaced
+        if self._eager_seq is None or bs > self._eager_seq.shape[0]:
+            self._eager_seq = torch.ones(1 << (bs - 1).bit_length(), dtype=torch.int32,
+                                         device=self.device)  # fmt: skip
+        return self._eager_seq[:bs]
+
+    def _host_seq(self, bs: int, dtype: torch.dtype) -> torch.Tensor:
+        """``[bs]`` host seq lens of the inner backend's view, from two alternating buffers: an
+        inner backend may still hold the previous step's (e.g. a host-side plan)."""
+        bufs = self._host_seqs
+        if bufs[0].shape[0] < bs or bufs[0].dtype != dtype:
+            n = 1 << (bs - 1).bit_length()
+            bufs = [torch.ones(n, dtype=dtype) for _ in range(2)]
+        self._host_seqs = [bufs[1], bufs[0]]
+        return bufs[1][:bs]
 
     def load(self, step):
         """Lay ``step``'s route out in the static exchange, once per step (from the metadata

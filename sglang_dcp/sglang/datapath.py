@@ -63,6 +63,9 @@ class RankRuntime:
         self.guests: dict[str, GuestEntry] = {}
         self.releases: list[str] = []
         self.moved_rows: dict[int, list[tuple[int, int]]] = {}  # req_pool_idx -> moved ranges
+        # req_pool_idx -> (batch row, KV tokens) of the split requests decoded here this step:
+        # what the attention backend's host-side view needs, so it never reads a device tensor
+        self.batch_rows: dict[int, tuple[int, int]] = {}
         self.num_steps = 0
         self.step: DcpStep | None = None  # the step of the forward about to run
         self.prev_step: DcpStep | None = None  # the previous header's step (reused if predicted)
@@ -186,7 +189,10 @@ class RankRuntime:
             decoded = [True] * self.num_ranks
         hs.remember(plan, decoded)
         self._refresh_gauges()
-        return self.step_for(plan, predicted=not gathered, decoded=decoded)
+        step = self.step_for(plan, predicted=not gathered, decoded=decoded)
+        if step is not None:
+            step.batch_rows = tuple(self.batch_rows[k] for k in step.row_keys)
+        return step
 
     def step_for(self, plan, *, predicted: bool, decoded: list[bool]) -> DcpStep | None:
         """This rank's step of ``plan`` (``step_build.rank_step``)."""
@@ -197,6 +203,7 @@ class RankRuntime:
         with their shards (moves at the first decode step); O(split requests)."""
         news = RankNews(releases=self.releases)
         self.releases = []
+        self.batch_rows = {}
         decoding_reqs = []
         budget = MAX_PER_STEP  # migrations this home starts this step
         if self.split_reqs and local_batch is not None and local_batch.forward_mode.is_extend():
@@ -233,6 +240,12 @@ class RankRuntime:
                 shards = h.shards_at(n) if will_move is None else runtime_shards(p, will_move, n)
                 news.decoding.append(Decoding(rid, self.rank, shards))
                 decoding_reqs.append(h)
+            if decoding_reqs:  # host lists only (O(batch) when a split request decodes here)
+                keys = {h.req.kv.req_pool_idx: kv_len(h.req) for h in decoding_reqs}
+                for i, r in enumerate(local_batch.reqs):
+                    n = keys.get(r.kv.req_pool_idx) if r.rid in self.split_reqs else None
+                    if n is not None:
+                        self.batch_rows[int(r.kv.req_pool_idx)] = (i, n)
             if env.poison_moved():
                 check_against_batch(local_batch, self.split_reqs, [d.rid for d in news.decoding])
         return news, decoding_reqs

@@ -48,6 +48,10 @@ class DcpStep:
     kv_slots: int = 0  # KV slots this rank's route reads
     reuses: "DcpStep | None" = None  # the previous step, whose route this one only lengthens
     decoded: list[bool] = field(default_factory=list)  # which ranks decoded (the header's view)
+    # (batch row, KV tokens) of each home row (``row_keys`` order), from the host's batch lists:
+    # the inner backend's host-side view of the batch is built from these, never from a device
+    # tensor (``backend_meta.MetadataCalls._prepare``)
+    batch_rows: tuple[tuple[int, int], ...] = ()
     # set by the backend
     loaded: bool = False
     next_layer: int = 0

@@ -192,11 +192,17 @@ def _run_rank(rank, num_ranks, init_method, dist_backend, steps, seed, capacity,
         ref = [torch.stack([reference(rid, ln, i, lay, dtype) for rid, ln in home]) if n else None
                for lay in range(LAYERS)]  # fmt: skip
 
+        rows = {rid: (i, ln) for i, (rid, ln) in enumerate(home)}
+
         def mk_step(tag):
-            return build_step(plan, rank=rank, num_ranks=W, home_reqs=fake,
+            if not plan.active:
+                return None
+            step = build_step(plan, rank=rank, num_ranks=W, home_reqs=fake,
                               guest_slots=guest_slots,
                               req_to_token=runner.req_to_token_pool.req_to_token,
-                              capacity=capacity, tag=tag) if plan.active else None  # fmt: skip
+                              capacity=capacity, tag=tag)  # fmt: skip
+            step.batch_rows = tuple(rows[k] for k in step.row_keys)  # as the header sets it
+            return step
 
         # eager (eager_runner._execute_decode); an idle rank only reaches StageBoundary.finish
         state.step = mk_step(2 * i + 1)

@@ -51,6 +51,11 @@ class TritonLikeInner:
             self.init_cuda_graph_state(64, 64)
         bs = fb.req_pool_indices.shape[0]
         lens = fb.seq_lens.long()
+        host = getattr(fb, "seq_lens_cpu", None)
+        if host is not None:  # FlashInfer-like backends plan on the host mirror: it must agree
+            if not torch.equal(host.long(), lens):
+                raise AssertionError(f"seq_lens_cpu {host.tolist()} != seq_lens {lens.tolist()}")
+            lens = host.long()
         self.kv_indptr[1 : bs + 1].copy_(torch.cumsum(lens, 0))
         rows = self.r.req_to_token_pool.req_to_token[fb.req_pool_indices.long()]
         pos = 0
