@@ -150,14 +150,27 @@ def split_plan(
     return SplitPlan(True, num_items + target, min_chunk, target, target)
 
 
+_SCALES: dict[tuple[float, torch.device], torch.Tensor] = {}
+
+
 def _scale_arg(scale, device: torch.device) -> torch.Tensor | None:
+    """An FP8 scale as the kernels take it: a ``[1]`` fp32 tensor on ``device``. Callers on a
+    per-step path (the server) pass a tensor made once; a float is made into one once per value
+    and kept (a host-to-device copy per call would break CUDA-graph capture)."""
     if scale is None:
         return None
     if isinstance(scale, torch.Tensor):
-        return scale.reshape(1).to(torch.float32)
+        if scale.dtype != torch.float32 or scale.numel() != 1:
+            raise ValueError(f"an FP8 scale tensor must be one fp32 element, got {scale.dtype} "
+                             f"{list(scale.shape)}")  # fmt: skip
+        return scale.reshape(1)
     if float(scale) == 1.0:
         return None
-    return torch.tensor([float(scale)], dtype=torch.float32, device=device)
+    key = (float(scale), torch.device(device))
+    t = _SCALES.get(key)
+    if t is None:
+        t = _SCALES[key] = torch.tensor([key[0]], dtype=torch.float32, device=device)
+    return t
 
 
 def stage1_launch_args(

@@ -61,6 +61,7 @@ class MetadataCalls:
             )
             self.ex = self.current_ex = StaticExchange(shape, self.device, num_row_keys=reqs)
             stats().exchange_capacity = cap
+            self.layer_scaling(self.start_layer)  # per-layer constants, before any capture
         return self.ex
 
     def needs_eager(self, step) -> bool:
@@ -236,14 +237,17 @@ class MetadataCalls:
                 ):
                     self._scaling[m.layer_id] = float(m.scaling)
                     quantized = m.k_scale is not None and m.v_scale is not None
-                    self._kv_scales[m.layer_id] = dict(
-                        k_scale=float(m.k_scale_float) if quantized else 1.0,
-                        v_scale=float(m.v_scale_float) if quantized else 1.0,
-                    )  # as triton_backend.forward_decode: no scales loaded means 1.0
+                    self._kv_scales[m.layer_id] = {  # made once, on the device (graph-safe)
+                        name: torch.full((1,), float(value) if quantized else 1.0,
+                                         dtype=torch.float32, device=self.device)
+                        for name, value in (("k_scale", getattr(m, "k_scale_float", 1.0)),
+                                            ("v_scale", getattr(m, "v_scale_float", 1.0)))
+                    }  # as triton_backend.forward_decode: no scales loaded means 1.0  # fmt: skip
         return self._scaling[layer_id]
 
     def layer_kv_scales(self, layer_id: int) -> dict:
-        """``k_scale``/``v_scale`` of layer ``layer_id``'s FP8 KV cache (1.0 when none loaded)."""
+        """``k_scale``/``v_scale`` of layer ``layer_id``'s FP8 KV cache: ``[1]`` fp32 device
+        tensors made once (1.0 when none loaded)."""
         self.layer_scaling(layer_id)
         return self._kv_scales[layer_id]
 
