@@ -153,31 +153,52 @@ def build_step_meta(route: RankRoute, shape: ExchangeShape, *, tag: int = 0) -> 
     )
 
 
+def _front(t: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """The first ``prod(size)`` elements of contiguous ``t`` as a ``size`` tensor (a view)."""
+    n = 1
+    for d in size:
+        n *= d
+    if n > t.numel():
+        raise ValueError(f"a bucket view of {n} elements in a buffer of {t.numel()}")
+    return t.view(-1)[:n].view(size)
+
+
 def _view(buf: torch.Tensor, offset: int, nbytes: int, dtype: torch.dtype, *shape: int):
     return buf[:, offset : offset + nbytes].view(dtype).view(buf.shape[0], *shape)
 
 
 class ExchangeBuffers:
-    """Every tensor one bucket's exchange touches, allocated once."""
+    """Every tensor one bucket's exchange touches, allocated once.
 
-    def __init__(self, shape: ExchangeShape, device: torch.device | str) -> None:
+    ``base``: the buffers of the same exchange at a larger capacity; this bucket's tensors are
+    then views of the front of ``base``'s (no memory of its own), laid out for ``shape``'s
+    capacity. Only one bucket of an exchange runs at a time."""
+
+    def __init__(self, shape: ExchangeShape, device: torch.device | str, *,
+                 base: "ExchangeBuffers | None" = None) -> None:  # fmt: skip
         s = shape
         W, C, B, H = s.num_ranks, s.capacity, s.max_local, s.num_q_heads
         self.shape = s
         kw = dict(device=device)
-        self.q_in = torch.zeros(B, H, s.head_dim, dtype=s.dtype, **kw)  # caller writes here
-        self.out = torch.zeros(B, H, s.v_head_dim, dtype=s.dtype, **kw)  # merged attention
-        self.out_lse = torch.zeros(B, H, dtype=torch.float32, **kw)
-        self.q_items = torch.zeros(s.num_items, H, s.head_dim, dtype=s.dtype, **kw)
-        self.q_send = torch.zeros(W, s.q_msg_bytes, dtype=torch.uint8, **kw)
-        self.q_recv = torch.zeros_like(self.q_send)
-        self.r_send = torch.zeros(W, s.out_msg_bytes, dtype=torch.uint8, **kw)
-        self.r_recv = torch.zeros_like(self.r_send)
-        self.send_index = torch.zeros(W * C, dtype=torch.long, **kw)
-        self.kv_indptr = torch.zeros(s.num_items + 1, dtype=torch.int32, **kw)
-        self.kv_indices = torch.zeros(max(s.max_kv_slots, 1), dtype=torch.long, **kw)
-        self.merge_index = torch.zeros(s.num_items, dtype=torch.long, **kw)
-        self.seg_indptr = torch.zeros(B + 2, dtype=torch.long, **kw)
+
+        def new(name: str, size: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+            if base is None:
+                return torch.zeros(size, dtype=dtype, **kw)
+            return _front(getattr(base, name), size)
+
+        self.q_in = new("q_in", (B, H, s.head_dim), s.dtype)  # caller writes here
+        self.out = new("out", (B, H, s.v_head_dim), s.dtype)  # merged attention
+        self.out_lse = new("out_lse", (B, H), torch.float32)
+        self.q_items = new("q_items", (s.num_items, H, s.head_dim), s.dtype)
+        self.q_send = new("q_send", (W, s.q_msg_bytes), torch.uint8)
+        self.q_recv = new("q_recv", (W, s.q_msg_bytes), torch.uint8)
+        self.r_send = new("r_send", (W, s.out_msg_bytes), torch.uint8)
+        self.r_recv = new("r_recv", (W, s.out_msg_bytes), torch.uint8)
+        self.send_index = new("send_index", (W * C,), torch.long)
+        self.kv_indptr = new("kv_indptr", (s.num_items + 1,), torch.int32)
+        self.kv_indices = new("kv_indices", (max(s.max_kv_slots, 1),), torch.long)
+        self.merge_index = new("merge_index", (s.num_items,), torch.long)
+        self.seg_indptr = new("seg_indptr", (B + 2,), torch.long)
         # typed windows into the byte messages
         hdr = HEADER_BYTES
         self.q_send_hdr = _view(self.q_send, 0, hdr, torch.int32, 4)

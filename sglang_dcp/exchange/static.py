@@ -24,13 +24,13 @@ the same count on every rank); rounds run eagerly, one metadata load per round p
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from sglang_dcp.exchange.buffers import ExchangeBuffers, ExchangeShape
 from sglang_dcp.exchange.route import RankRoute, split_rounds
-from sglang_dcp.exchange.wire import HDR_COUNT, HDR_TAG
+from sglang_dcp.exchange.wire import HDR_COUNT, HDR_TAG, capacity_buckets
 
 
 class Slots:
@@ -75,103 +75,168 @@ class _Round:
     home_pieces: int = 0  # pieces[:home_pieces] are the home rows' (the rest: guest items)
 
 
+@dataclass(slots=True)
+class _Layout:
+    """One bucket: its buffers (views of the largest bucket's) and its staging offsets."""
+
+    bucket: int
+    bufs: ExchangeBuffers
+    off: dict[str, int]
+    stage_len: int
+
+
+class _Slot:
+    """One of the two host staging sets: the step's metadata words and row table, pinned on
+    CUDA; ``event`` marks when the device copies that read them have run."""
+
+    def __init__(self, stage_len: int, num_row_keys: int, B: int, pin: bool) -> None:
+        self.stage = torch.zeros(stage_len, dtype=torch.long, pin_memory=pin)
+        self.rows = torch.full((num_row_keys,), B, dtype=torch.long, pin_memory=pin)
+        self.keys: list[int] = []  # the keys ``rows`` maps (every other entry is ``B``)
+        self.event = None
+
+
+def _offsets(W: int, c: int, B: int) -> tuple[dict[str, int], int]:
+    n = B + W * c
+    off = {"send": 0, "lens": W * c, "merge": W * c + n, "counts": W * c + 2 * n,
+           "hdr": W * c + 2 * n + B}  # fmt: skip
+    return off, off["hdr"] + 4 * W  # hdr: [2 messages, W peers, (count, tag)]
+
+
 class StaticExchange:
     """Static buffers + in-place step loading for one rank. ``num_row_keys``: the key space of
-    ``scatter_rows`` (SGLang: the request pool size)."""
+    ``scatter_rows`` (SGLang: the request pool size).
+
+    ``shape.capacity`` is the largest bucket; every bucket of ``wire.capacity_buckets`` shares
+    its memory (``select``). Host staging alternates between two sets so that a set is
+    rewritten only after the non-blocking copies of the step before last have run (a CUDA event
+    per set; on CPU copies are synchronous and no event is needed)."""
 
     def __init__(self, shape: ExchangeShape, device: torch.device | str, *, num_row_keys: int):
         s = self.shape = shape
-        W, C, B = s.num_ranks, s.capacity, s.max_local
+        W, B = s.num_ranks, s.max_local
         self.device = torch.device(device)
-        self.bufs = ExchangeBuffers(shape, self.device)
+        self.cuda = self.device.type == "cuda"
+        full = ExchangeBuffers(shape, self.device)
         # q_in gets a trash row B: rows that are not exchange rows are scattered there
         self.q_ext = torch.zeros(B + 1, s.num_q_heads, s.head_dim, dtype=s.dtype, device=device)
-        self.bufs.q_in = self.q_ext[:B]
-        pin = self.device.type == "cuda"
         self.row_slot = torch.full((num_row_keys,), B, dtype=torch.long, device=device)
-        self._row_host = torch.full((num_row_keys,), B, dtype=torch.long, pin_memory=pin)
-        self._row_keys: list[int] = []
-        n = s.num_items
-        self._off = {"send": 0, "lens": W * C, "merge": W * C + n, "counts": W * C + 2 * n,
-                     "sc": W * C + 2 * n + B, "rc": W * C + 2 * n + B + W}  # fmt: skip
-        self._stage_len = W * C + 2 * n + B + 2 * W
-        self._stage = torch.zeros(self._stage_len, dtype=torch.long, pin_memory=pin)
-        self._dev = torch.zeros(self._stage_len, dtype=torch.long, device=device)
-        # the gathers read their indices straight from the device staging copy (no copy op)
-        self.bufs.send_index = self._dev[self._off["send"] : self._off["send"] + W * C]
-        self.bufs.merge_index = self._dev[self._off["merge"] : self._off["merge"] + n]
-        self.bufs.seg_indptr[B + 1] = n  # the trash segment's end never changes
-        # header (count, tag) pairs of both messages, staged as int32: [2, W, 2]
-        self._hdr = torch.zeros(2, W, 2, dtype=torch.int32, pin_memory=pin)
-        self._hdr_dev = torch.zeros(2, W, 2, dtype=torch.int32, device=device)
+        _, stage_len = _offsets(W, s.capacity, B)
+        self._dev = torch.zeros(stage_len, dtype=torch.long, device=device)
+        self.layouts: dict[int, _Layout] = {}
+        for c in capacity_buckets(s.capacity):
+            bufs = full if c == s.capacity else ExchangeBuffers(replace(s, capacity=c),
+                                                                self.device, base=full)
+            off, n_stage = _offsets(W, c, B)
+            bufs.q_in = self.q_ext[:B]
+            # the gathers read their indices straight from the device staging copy (no copy op)
+            bufs.send_index = self._dev[off["send"] : off["send"] + W * c]
+            bufs.merge_index = self._dev[off["merge"] : off["merge"] + B + W * c]
+            self.layouts[c] = _Layout(c, bufs, off, n_stage)
+        self._slots = [_Slot(stage_len, num_row_keys, B, self.cuda) for _ in range(2)]
+        self._slot = 1  # the set the last load wrote
+        self.select(s.capacity)
         self.rounds: list[_Round] = []
         self.loaded_route: RankRoute | None = None  # the route the buffers hold
         self.tag = 0
         self.high_water = 0  # largest per-peer query count seen (a capacity sizing aid)
 
+    def select(self, bucket: int) -> None:
+        """Run the next steps at ``bucket`` queries per peer (a graph captures one bucket)."""
+        lay = self.layouts.get(bucket)
+        if lay is None:
+            raise ValueError(f"no exchange bucket {bucket}; buckets: {sorted(self.layouts)}")
+        self.layout, self.bufs = lay, lay.bufs
+
+    @property
+    def bucket(self) -> int:
+        return self.layout.bucket
+
+    def _next_slot(self) -> _Slot:
+        self._slot ^= 1
+        slot = self._slots[self._slot]
+        if slot.event is not None:  # the copies of the step before last: long done, normally
+            slot.event.synchronize()
+        return slot
+
     # -- host side: once per step ---------------------------------------------------------------
-    def load(self, route: RankRoute, *, rounds: int, tag: int, row_keys: Sequence[int]) -> int:
+    def load(self, route: RankRoute, *, rounds: int, tag: int, row_keys: Sequence[int],
+             bucket: int | None = None) -> int:  # fmt: skip
         """Lay ``route`` out for this step; ``row_keys[i]`` is home row i's key (its request pool
         index). ``rounds`` is the global round count (``route.num_rounds`` over the step's
-        placements with this capacity). Returns ``rounds``; round 0 is loaded."""
+        placements with this capacity); ``bucket`` the step's per-peer bucket, the same on every
+        rank (``wire.bucket_for`` of the step's busiest pair; default: the largest). Returns
+        ``rounds``; round 0 is loaded."""
         s = self.shape
         if route.batch_size > s.max_local:
             raise ValueError(
                 f"rank {route.rank}: {route.batch_size} split rows > max_local {s.max_local}"
             )
+        self.select(s.capacity if bucket is None else bucket)
         self.high_water = max(self.high_water, route.max_send, route.max_recv)
         self.tag = tag
-        parts = split_rounds(route, capacity=s.capacity, rounds=rounds)
-        self.rounds = [self._stage_round(r, keep=len(parts) > 1) for r in parts]
-        self._set_rows(row_keys)
+        slot = self._next_slot()
+        parts = split_rounds(route, capacity=self.bucket, rounds=rounds)
+        self.rounds = [self._stage_round(r, slot.stage if len(parts) == 1 else None)
+                       for r in parts]  # fmt: skip
+        self._set_rows(slot, row_keys)
         self.loaded_route = route if len(parts) == 1 else None
         self.apply(0)
         return len(parts)
 
-    def _stage_round(self, route: RankRoute, *, keep: bool) -> _Round:
-        s = self.shape
-        W, C, B = s.num_ranks, s.capacity, s.max_local
-        o = self._off
-        st = self._stage.numpy()
-        st[:] = 0
+    def _stage_round(self, route: RankRoute, stage: torch.Tensor | None) -> _Round:
+        """Stage one round into ``stage`` (a pinned set; ``None``: a tensor of its own, for a
+        step in rounds, whose rounds are applied layer after layer)."""
+        s, lay = self.shape, self.layout
+        W, C, B = s.num_ranks, lay.bucket, s.max_local
+        o = lay.off
+        if stage is None:
+            stage = torch.zeros(self._dev.shape[0], dtype=torch.long)
+        st = stage.numpy()
+        st[: lay.stage_len] = 0
         pieces: list[torch.Tensor] = []
         if route.has_local:
             for i, slots in enumerate(route.local_slots):
                 st[o["lens"] + i] = len(slots)
                 pieces += _pieces(slots)
         home_pieces = len(pieces)
+        hdr = st[o["hdr"] : o["hdr"] + 4 * W].reshape(2, W, 2)
         for p in range(W):
             rows = route.send[p]
             if rows:
                 st[o["send"] + p * C : o["send"] + p * C + len(rows)] = rows
-            st[o["sc"] + p] = len(rows)
+            hdr[0, p, HDR_COUNT] = len(rows)
             items = route.recv[p]
-            st[o["rc"] + p] = len(items)
+            hdr[1, p, HDR_COUNT] = len(items)
             for j, g in enumerate(items):
                 st[o["lens"] + B + p * C + j] = len(g.slots)
                 pieces += _pieces(g.slots)
+        hdr[:, :, HDR_TAG] = self.tag
         pos = o["merge"]
         for i, row_parts in enumerate(route.merge):
             for m in row_parts:
                 st[pos] = i if m.rank == route.rank else B + m.rank * C + m.index
                 pos += 1
             st[o["counts"] + i] = len(row_parts)
-        num_kv = int(st[o["lens"] : o["lens"] + s.num_items].sum())
+        num_kv = int(st[o["lens"] : o["lens"] + B + W * C].sum())
         if num_kv > s.max_kv_slots:
             raise ValueError(f"rank {route.rank}: {num_kv} KV slots > {s.max_kv_slots}")
-        stage = self._stage.clone() if keep else self._stage
         return _Round(stage, tuple(pieces), num_kv, home_pieces)
 
     def reload_local(self, route: RankRoute, *, tag: int) -> None:
         """The loaded route again with only its home rows' own slots changed (a decode step
         the header predicted: each split request's home tail one token longer): restage those
-        lengths and slot pieces, keep the rest (sends, guest items, merge order, row map).
-        O(home split rows) on the host; ``route`` must share the loaded route's structure."""
+        lengths and slot pieces, keep the rest (sends, guest items, merge order, row map, bucket).
+        O(home split rows) on the host, plus one copy of the staging words into the other set;
+        ``route`` must share the loaded route's structure."""
         prev = self.loaded_route
         if (prev is None or route.recv is not prev.recv or route.send != prev.send
                 or route.home_rids != prev.home_rids or route.merge != prev.merge):  # fmt: skip
             raise ValueError(f"rank {route.rank}: reload_local needs the loaded route's structure")
-        r, o = self.rounds[0], self._off
+        r, o, W = self.rounds[0], self.layout.off, self.shape.num_ranks
+        slot = self._next_slot()
+        slot.stage.copy_(r.stage)
+        r.stage = slot.stage
         st = r.stage.numpy()
         pieces: list[torch.Tensor] = []
         home_kv = 0
@@ -185,40 +250,45 @@ class StaticExchange:
         r.pieces = (*pieces, *r.pieces[r.home_pieces :])
         r.home_pieces, r.num_kv = len(pieces), num_kv
         self.tag = tag
+        st[o["hdr"] : o["hdr"] + 4 * W].reshape(2, W, 2)[:, :, HDR_TAG] = tag
         self.loaded_route = route
         self.apply(0)
 
-    def _set_rows(self, row_keys: Sequence[int]) -> None:
+    def _set_rows(self, slot: _Slot, row_keys: Sequence[int]) -> None:
+        """Map ``row_keys`` to home rows in ``slot``'s host table and copy it to the device."""
         B = self.shape.max_local
-        h = self._row_host.numpy()
-        if self._row_keys:
-            h[self._row_keys] = B
+        h = slot.rows.numpy()
+        if slot.keys:
+            h[slot.keys] = B
         keys = [int(k) for k in row_keys]
         if keys:
             h[keys] = range(len(keys))
-        if keys or self._row_keys:
-            self.row_slot.copy_(self._row_host, non_blocking=True)
-        self._row_keys = keys
+        self.row_slot.copy_(slot.rows, non_blocking=True)
+        slot.keys = keys
 
     def apply(self, k: int) -> None:
         """Load round ``k``'s metadata into the static buffers (device ops only, in place)."""
-        s, b, o = self.shape, self.bufs, self._off
-        W, C, B, n = s.num_ranks, s.capacity, s.max_local, s.num_items
+        s, lay = self.shape, self.layout
+        b, o = lay.bufs, lay.off
+        W, B = s.num_ranks, s.max_local
+        n = B + W * lay.bucket
         r = self.rounds[k]
         dev = self._dev
-        dev.copy_(r.stage, non_blocking=True)  # send_index and merge_index are views of it
+        # send_index and merge_index are views of it
+        dev[: lay.stage_len].copy_(r.stage[: lay.stage_len], non_blocking=True)
         torch.cumsum(dev[o["lens"] : o["lens"] + n], 0, dtype=torch.int32, out=b.kv_indptr[1:])
         torch.cumsum(dev[o["counts"] : o["counts"] + B], 0, out=b.seg_indptr[1 : B + 1])
-        h = self._hdr.numpy()
-        st = r.stage.numpy()
-        h[0, :, HDR_COUNT] = st[o["sc"] : o["sc"] + W]
-        h[1, :, HDR_COUNT] = st[o["rc"] : o["rc"] + W]
-        h[:, :, HDR_TAG] = self.tag
-        self._hdr_dev.copy_(self._hdr, non_blocking=True)
-        b.q_send_hdr[:, :2].copy_(self._hdr_dev[0])  # (HDR_COUNT, HDR_TAG) are fields 0, 1
-        b.r_send_hdr[:, :2].copy_(self._hdr_dev[1])
+        b.seg_indptr[B + 1 :].fill_(n)  # the trash segment ends with the bucket's items
+        hdr = dev[o["hdr"] : o["hdr"] + 4 * W].view(2, W, 2)
+        b.q_send_hdr[:, :2].copy_(hdr[0])  # (HDR_COUNT, HDR_TAG) are fields 0, 1
+        b.r_send_hdr[:, :2].copy_(hdr[1])
         if r.num_kv:
             torch.cat(r.pieces, out=b.kv_indices[: r.num_kv])
+        if self.cuda:  # what the next rewrite of this staging set waits for
+            slot = self._slots[self._slot]
+            if slot.event is None:
+                slot.event = torch.cuda.Event()
+            slot.event.record()
 
     def run(
         self, comm, k_buffer, v_buffer, *, sm_scale: float, attention, merge, k_scale=None,
@@ -241,14 +311,16 @@ class StaticExchange:
             outs.append((self.bufs.out.clone(), self.bufs.out_lse.clone()))
         return merge_rounds(outs, merge)[0]
 
-    def clear(self) -> None:
-        """An empty route (no rows, no items): what a capture or a step with nothing here runs."""
+    def clear(self, bucket: int | None = None) -> None:
+        """An empty route (no rows, no items) at ``bucket`` (default: the selected one): what a
+        capture or a step with nothing here runs."""
         s = self.shape
         empty = RankRoute(
             rank=0, num_ranks=s.num_ranks, home_rids=(), local_slots=(),
             send=((),) * s.num_ranks, recv=((),) * s.num_ranks, merge=(),
         )  # fmt: skip
-        self.load(empty, rounds=1, tag=self.tag, row_keys=())
+        self.load(empty, rounds=1, tag=self.tag, row_keys=(),
+                  bucket=self.bucket if bucket is None else bucket)  # fmt: skip
 
     # -- device side: inside the forward (graph-safe) -------------------------------------------
     def row_index(self, keys: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:

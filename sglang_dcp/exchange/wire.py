@@ -16,6 +16,13 @@
    The shipped cost profiles derive ``exchange_us_per_item`` from these byte counts
    (``test/unit/test_exchange_bytes.py`` checks each one).
 
+   **Buckets.** ``capacity`` above is the step's *bucket*, not the engine's maximum: the
+   all-to-alls have equal splits (a captured CUDA graph freezes them), so every step uses the
+   smallest of ``capacity_buckets(max)`` that holds its busiest peer pair (the same on every
+   rank: it comes from the step plan), one graph variant per bucket. ``step_wire_bytes`` counts
+   what such a step ships against what its items need; the server's ``StaticExchange`` and the
+   benchmarks use it.
+
 2. **Shard-move messages** (``transfer.py``): one float64 state record per move
    (``MOVE_SRC_OK``, ``MOVE_DST_OK``, ``MOVE_CHECKSUM``), all-gathered; then one uneven byte
    all-to-all whose per-peer payload is, for each move to that peer in move order, every layer's
@@ -168,3 +175,59 @@ def decode_news(words) -> dict[str, list]:
                 recs.append((names[rid], home, shards, *more))
         pos += w * c
     return out
+
+
+# 1b. bucketed capacity: what a step's exchange ships
+
+
+def capacity_buckets(capacity: int) -> tuple[int, ...]:
+    """Per-peer item buckets up to ``capacity``, ascending: the powers of two below it, and it."""
+    if capacity < 1:
+        raise ValueError(f"capacity must be >= 1, got {capacity}")
+    out, c = [], 1
+    while c < capacity:
+        out.append(c)
+        c *= 2
+    return (*out, capacity)
+
+
+def bucket_for(pair_items: int, capacity: int) -> int:
+    """The smallest bucket holding ``pair_items`` queries per peer pair; ``capacity`` when they
+    do not fit one round (the step then runs in rounds of ``capacity``)."""
+    return next((c for c in capacity_buckets(capacity) if c >= pair_items), capacity)
+
+
+def _round16(n: int) -> int:
+    return -(-n // 16) * 16
+
+
+def message_bytes(*, bucket: int, q_row_bytes: int, o_row_bytes: int, lse_row_bytes: int
+                  ) -> tuple[int, int]:  # fmt: skip
+    """Bytes of one peer's q message and out message at ``bucket`` rows (header included)."""
+    q = HEADER_BYTES + _round16(bucket * q_row_bytes)
+    out = HEADER_BYTES + _round16(bucket * o_row_bytes) + _round16(bucket * lse_row_bytes)
+    return q, out
+
+
+def step_wire_bytes(pair_items, *, capacity: int, q_row_bytes: int, o_row_bytes: int,
+                    lse_row_bytes: int) -> dict:  # fmt: skip
+    """Bytes one layer's exchange puts on the wire in a step, over all ranks, both directions.
+
+    ``pair_items[h][r]``: queries home ``h`` sends to rank ``r`` this step (``W x W``). Each rank
+    sends every other rank one message per direction at the step's bucket (its own never
+    crosses the wire); rounds (pairs over ``capacity``) ship ``capacity`` rows each round.
+    Returns ``wire_bytes`` (what the collectives ship), ``item_bytes`` (the items' own rows plus
+    one header per message that carries items), ``bucket``, ``rounds`` and
+    ``busiest_rank_wire_bytes`` (the largest one rank sends)."""
+    W = len(pair_items)
+    busiest = max((n for h in range(W) for r, n in enumerate(pair_items[h]) if r != h), default=0)
+    rounds = max(1, -(-busiest // capacity))
+    bucket = bucket_for(busiest, capacity)
+    q_msg, out_msg = message_bytes(bucket=bucket, q_row_bytes=q_row_bytes,
+                                   o_row_bytes=o_row_bytes, lse_row_bytes=lse_row_bytes)  # fmt: skip
+    per_rank = rounds * (W - 1) * (q_msg + out_msg) if busiest else 0
+    row = q_row_bytes + o_row_bytes + lse_row_bytes
+    used = sum(n * row + 2 * HEADER_BYTES * (-(-n // capacity))
+               for h in range(W) for r, n in enumerate(pair_items[h]) if r != h and n)  # fmt: skip
+    return {"wire_bytes": per_rank * W, "item_bytes": used, "bucket": bucket, "rounds": rounds,
+            "busiest_rank_wire_bytes": per_rank}  # fmt: skip

@@ -118,11 +118,11 @@ class DcpAttnBackend(MetadataCalls):
     def cursor(self):
         """The running exchange's layer cursor: the capture's (``dcp`` variant) or the step's;
         ``None`` when this forward runs no exchange."""
-        from sglang_dcp.sglang.graphs import DCP, capturing_variant
+        from sglang_dcp.sglang.graphs import bucket_of, capturing_variant
 
         variant = capturing_variant()
         if variant is not None:
-            return self._capture if variant == DCP else None
+            return self._capture if bucket_of(variant) is not None else None
         step = current_step()
         return step if step is not None and step.active else None
 

@@ -85,7 +85,16 @@ class MetadataCalls:
         )
 
     def init_forward_metadata_in_graph(self, forward_batch):
+        from sglang_dcp.sglang.graphs import bucket_of, capturing_variant
+
         self._capture = _Cursor()  # each captured run starts at the first layer
+        bucket = bucket_of(capturing_variant())
+        if bucket is not None and bucket != self.current_ex.bucket:
+            raise RuntimeError(
+                f"sglang_dcp: capturing the exchange at bucket {bucket}, but its metadata was "
+                f"loaded at bucket {self.current_ex.bucket}: name the variant before "
+                "init_forward_metadata_out_graph"
+            )
         self.inner.init_forward_metadata_in_graph(forward_batch)
 
     def _prepare(self, fb, *, in_capture: bool = False):
@@ -93,9 +102,11 @@ class MetadataCalls:
         gets: split rows at sequence length 1 (never reading their moved KV)."""
         self._inner_fb = None
         self._extend_x = None
-        if in_capture:
+        if in_capture:  # SGLang names the variant before this call (decode_cuda_graph_runner)
+            from sglang_dcp.sglang.graphs import bucket_of, capturing_variant
+
             self.current_ex = self.ensure_exchange()
-            self.current_ex.clear()
+            self.current_ex.clear(bucket_of(capturing_variant()))
             self._capture = _Cursor()
             return fb
         step = current_step()
@@ -166,7 +177,8 @@ class MetadataCalls:
             if prev is not None and prev.loaded and ex.loaded_route is prev.route:
                 ex.reload_local(step.route, tag=step.tag)  # only the home tails grew
             else:
-                ex.load(step.route, rounds=step.rounds, tag=step.tag, row_keys=step.row_keys)
+                ex.load(step.route, rounds=step.rounds, tag=step.tag, row_keys=step.row_keys,
+                        bucket=step.bucket)  # fmt: skip
             step.loaded = True
             s = stats()
             s.active_steps += 1

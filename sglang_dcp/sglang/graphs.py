@@ -1,4 +1,4 @@
-"""CUDA graphs with KV sharding: two decode graph variants per batch size, through SGLang 0.5.21's
+"""CUDA graphs with KV sharding: decode graph variants per batch size, through SGLang 0.5.21's
 attention graph variants (``layers/attention/graph_variants.py``).
 
 ``DecodeCudaGraphRunner`` captures, for every batch size, one graph per label of
@@ -8,32 +8,60 @@ attention graph variants (``layers/attention/graph_variants.py``).
 returns ``DcpGraphVariants``:
 
 - ``plain``: SGLang's own decode, no exchange (a step in which no running request is split);
-- ``dcp``: the same, plus every layer's exchange over the static buffers (``backend.py``).
+- ``dcp<c>``, one per bucket ``c`` of ``wire.capacity_buckets(--dcp-max-guest-items)``: the
+  same, plus every layer's exchange over the static buffers' bucket-``c`` views
+  (``backend.py``), whose all-to-alls carry ``c`` queries per peer pair. Buckets share memory
+  (views of the largest), so the variants cost capture time and graph memory, not buffers.
 
-``select`` reads the step every rank agreed on at the header (``datapath.current_step()``), so
-every rank replays the same variant and the captured all-to-alls pair up; padded and idle ranks
-replay it too. The DP controller's decode-graph vote is min-reduced over ranks, so a step that
-must run eagerly (rounds, ``backend.needs_eager``) runs eagerly everywhere.
+``select`` reads the step every rank agreed on at the header (``datapath.current_step()``,
+its ``bucket`` from the step plan), so every rank replays the same variant and the captured
+all-to-alls pair up; padded and idle ranks replay it too. The DP controller's decode-graph vote is
+min-reduced over ranks, so a step that must run eagerly (rounds, ``backend.needs_eager``) runs
+eagerly everywhere.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 PLAIN = "plain"
 DCP = "dcp"
 
 
+def label(bucket: int) -> str:
+    """The graph variant of a DCP step at ``bucket`` queries per peer pair."""
+    return f"{DCP}{bucket}"
+
+
+def bucket_of(variant: str | None) -> int | None:
+    """The bucket of a ``dcp<c>`` variant (``None``: ``plain`` or not capturing)."""
+    if variant is None or not variant.startswith(DCP):
+        return None
+    return int(variant[len(DCP) :])
+
+
 @dataclass(frozen=True)
 class DcpGraphVariants:
-    capture_labels: ClassVar[tuple[str, ...]] = (DCP, PLAIN)  # the larger first (shared pool)
+    buckets: tuple[int, ...] = (1,)  # wire.capacity_buckets of the engine's capacity
+
+    @property
+    def capture_labels(self) -> tuple[str, ...]:
+        # the larger first (shared graph memory pool), plain last
+        return (*(label(c) for c in sorted(self.buckets, reverse=True)), PLAIN)
 
     def select(self, forward_batch) -> str:
         from sglang_dcp.sglang.datapath import current_step
 
         step = current_step()
-        return DCP if step is not None and step.active else PLAIN
+        return label(step.bucket) if step is not None and step.active else PLAIN
+
+
+def variants() -> DcpGraphVariants:
+    """The variants of this server (its ``--dcp-max-guest-items``)."""
+    from sglang_dcp.exchange.wire import capacity_buckets
+    from sglang_dcp.sglang.options import DcpOptions
+
+    return DcpGraphVariants(capacity_buckets(DcpOptions.from_env().max_guest_items))
 
 
 def around_create_attention_graph_variants(original, hf_config, *args, **kwargs):
@@ -45,7 +73,7 @@ def around_create_attention_graph_variants(original, hf_config, *args, **kwargs)
             "sglang_dcp: this model captures its own attention graph variants "
             f"({type(own).__name__}); serve it with --dcp-max-degree 1"
         )
-    return DcpGraphVariants()
+    return variants()
 
 
 def capturing_variant() -> str | None:

@@ -16,14 +16,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sglang_dcp.exchange.extend import extend_slots
-from sglang_dcp.exchange.route import (
-    RankRoute,
-    build_rank_route,
-    max_pair_items,
-    num_rounds,
-    part_ranks,
-)
+from sglang_dcp.exchange.route import RankRoute, build_rank_route, max_pair_items, part_ranks
 from sglang_dcp.exchange.static import Slots
+from sglang_dcp.exchange.wire import bucket_for
 from sglang_dcp.sglang.step import StepPlan
 
 
@@ -41,6 +36,7 @@ class DcpStep:
     row_keys: tuple[int, ...]
     tag: int
     rounds: int = 1  # exchange rounds per layer at the engine's capacity (> 1: eager)
+    bucket: int = 1  # queries per peer pair the step's all-to-alls carry (wire.bucket_for)
     # prefill chunks (plan.chunks): their query rows homed here, by request pool index:
     # (first home row, chunk start, rows); such a step runs on a one-off exchange sized for it
     extend_rows: dict[int, tuple[int, int, int]] = field(default_factory=dict)
@@ -132,14 +128,17 @@ def build_step(
         placements, rank=rank, num_ranks=num_ranks, local_slots=local, parts=parts
     )
     kv = route.num_kv_slots
+    pair = max_pair_items(placements, num_ranks, parts)
     if plan.chunks:  # one round on a one-off exchange with room for every chunk row
-        cap = 1 << (max_pair_items(placements, num_ranks, parts) - 1).bit_length()
-        rounds = 1
+        cap = 1 << (pair - 1).bit_length()
+        rounds, bucket = 1, max(cap, 1)
     else:
-        cap, rounds = 0, num_rounds(placements, num_ranks, capacity, parts)
+        cap, rounds = 0, max(1, -(-pair // capacity))
+        bucket = bucket_for(pair, capacity)
     return DcpStep(
-        plan, rank, num_ranks, route, tuple(keys), tag, rounds=rounds, row_rids=rids,
-        extend_rows=extend_rows, extend_capacity=max(cap, 1) if plan.chunks else 0, kv_slots=kv,
+        plan, rank, num_ranks, route, tuple(keys), tag, rounds=rounds, bucket=bucket,
+        row_rids=rids, extend_rows=extend_rows,
+        extend_capacity=max(cap, 1) if plan.chunks else 0, kv_slots=kv,
     )  # fmt: skip
 
 
@@ -191,7 +190,8 @@ def advance_step(prev: DcpStep, plan: StepPlan, *, home_reqs: dict[str, Any], re
     new = replace(route, local_slots=tuple(local))
     prev.reuses = None  # one link back only (prev's own forward is launched already)
     return DcpStep(plan, rank, prev.num_ranks, new, prev.row_keys, tag, rounds=1,
-                   row_rids=prev.row_rids, kv_slots=new.num_kv_slots, reuses=prev)  # fmt: skip
+                   bucket=prev.bucket, row_rids=prev.row_rids, kv_slots=new.num_kv_slots,
+                   reuses=prev)  # fmt: skip
 
 
 def _home_slots(row, shards, rank: int, end: int) -> Slots:

@@ -81,6 +81,7 @@ def _run_rank(rank, num_ranks, init_method, dist_backend, steps, seed, capacity,
     from sglang_dcp.exchange.comm import TorchDistCommunicator
     from sglang_dcp.exchange.route import part_ranks
     from sglang_dcp.exchange.spawn import init_rank
+    from sglang_dcp.exchange.wire import capacity_buckets
     from sglang_dcp.sglang import backend, datapath, graphs
     from sglang_dcp.sglang.options import DcpOptions
     from sglang_dcp.sglang.step import StepPlan
@@ -135,20 +136,21 @@ def _run_rank(rank, num_ranks, init_method, dist_backend, steps, seed, capacity,
                                out_cache_loc=S.loc[:bs], num_padding=pad, batch_size=bs)  # fmt: skip
 
     captured = {}
-    for bs in (8, 4, 2, 1):  # capture, largest first, both variants, in lockstep on every rank
-        for variant in graphs.DcpGraphVariants.capture_labels:
+    variants = graphs.DcpGraphVariants(capacity_buckets(capacity))
+    for bs in (8, 4, 2, 1):  # capture, largest first, every variant, in lockstep on every rank
+        for variant in variants.capture_labels:
             fb = static_fb(bs)
+            state.variant = variant  # named first, as decode_cuda_graph_runner does
             be.init_forward_metadata_out_graph(fb, in_capture=True)
-            state.variant = variant
             be.init_forward_metadata_in_graph(fb)
             layers(fb, S.q, S.k, S.v, bs)
             state.variant = None
             captured[(bs, variant)] = fb
-    ptrs = dict(be.ex.bufs.data_ptrs(), row=be.ex.row_slot.data_ptr(),
-                seq=be._inner_seq.data_ptr())  # fmt: skip
+    ptrs = static_ptrs(be)
 
     worst = {"eager": 0.0, "graph": 0.0}
-    counts = {"graph_dcp": 0, "graph_plain": 0, "eager_rounds": 0, "split_rows": 0}
+    counts = {"graph_dcp": 0, "graph_plain": 0, "eager_rounds": 0, "split_rows": 0,
+              "dcp_buckets": []}  # fmt: skip
     for i, reqs in enumerate(scenario(W, steps, seed)):
         # KV: every token this rank holds now, the home's moved copies poisoned (NaN)
         placements, guest_slots, home = [], {}, []
@@ -227,8 +229,11 @@ def _run_rank(rank, num_ranks, init_method, dist_backend, steps, seed, capacity,
             S.seq[n:bs], S.loc[n:bs] = 1, 0  # padding: fill value, dummy slot; rpi stays stale
             S.q[:, :n], S.k[:, :n], S.v[:, :n] = q, k, v
             be.init_forward_metadata_out_graph(static_fb(bs, bs - n))
-            variant = graphs.DcpGraphVariants().select(None)
-            counts["graph_" + variant] += 1
+            variant = variants.select(None)
+            bucket = graphs.bucket_of(variant)
+            counts["graph_" + ("plain" if bucket is None else "dcp")] += 1
+            if bucket is not None and bucket not in counts["dcp_buckets"]:
+                counts["dcp_buckets"].append(bucket)
             state.variant = variant  # replay: the captured code path, over the static tensors
             fbc = captured[(bs, variant)]
             be.init_forward_metadata_in_graph(fbc)
@@ -239,11 +244,17 @@ def _run_rank(rank, num_ranks, init_method, dist_backend, steps, seed, capacity,
             if graph is not None:
                 worst["graph"] = max(worst["graph"],
                                      float((graph[lay].double() - ref[lay]).abs().max()))
-        now = dict(be.ex.bufs.data_ptrs(), row=be.ex.row_slot.data_ptr(),
-                   seq=be._inner_seq.data_ptr())  # fmt: skip
-        assert now == ptrs, f"rank {rank} step {i}: a static buffer moved"
+        assert static_ptrs(be) == ptrs, f"rank {rank} step {i}: a static buffer moved"
     with open(out_path.format(rank=rank), "w") as f:
         json.dump({"worst": worst, "counts": counts}, f)
+
+
+def static_ptrs(be) -> dict:
+    """Addresses of every tensor a captured graph reads: each bucket's buffers, the row table,
+    the inner backend's seq lens."""
+    ex = be.ex
+    out = {f"{c}.{k}": v for c, lay in ex.layouts.items() for k, v in lay.bufs.data_ptrs().items()}
+    return dict(out, row=ex.row_slot.data_ptr(), seq=be._inner_seq.data_ptr())
 
 
 def comm_max(comm, x: int) -> int:
