@@ -3,14 +3,17 @@ O(split requests), rows mapped on the device.
 
 ``ExchangeBuffers`` holds every tensor a layer's exchange touches, for a fixed shape
 (``max_local`` home rows, ``capacity`` queries per peer). ``StaticExchange`` owns one such set for
-the life of a scheduler and, once per step, lays a ``RankRoute`` out in it:
+the life of a scheduler, with a view of it per bucket (``wire.capacity_buckets``: the step's
+all-to-alls carry the smallest bucket holding its busiest peer pair, not the capacity), and,
+once per step, lays a ``RankRoute`` out in it:
 
 - the route's slot containers are device tensors (``Slots``: views of SGLang's ``req_to_token``
   rows, guest slot tensors), joined on the device by one ``torch.cat`` into ``kv_indices``;
   nothing is turned into a Python list;
 - the small integer metadata (send rows, item lengths, merge order, part counts, header counts)
-  is written into one host staging tensor with work proportional to the route's parts, copied to
-  the device in one transfer and expanded there (``cumsum``), so no buffer is ever reallocated;
+  is written into one of two pinned host staging sets (``staging.py``) with work proportional to
+  the route's parts, copied to the device in one transfer and expanded there (``cumsum``), so
+  no buffer is ever reallocated;
 - which batch row is which exchange home row is a device table indexed by the row's key (SGLang's
   ``req_pool_indices``): ``scatter_rows``/``gather_rows`` are fixed-shape device ops, valid inside
   a captured CUDA graph whose replay view has no request ids.
@@ -24,83 +27,15 @@ the same count on every rank); rounds run eagerly, one metadata load per round p
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 
 from sglang_dcp.exchange.buffers import ExchangeBuffers, ExchangeShape
 from sglang_dcp.exchange.route import RankRoute, split_rounds
+from sglang_dcp.exchange.staging import Layout, Round, StagingSet, layout_offsets, pieces_of
+from sglang_dcp.exchange.staging import Slots  # noqa: F401  (re-exported: callers' import)
 from sglang_dcp.exchange.wire import HDR_COUNT, HDR_TAG, capacity_buckets
-
-
-class Slots:
-    """One item's KV slots on this rank as device tensor pieces in token order (views, never
-    copied on the host); ``len()`` is the token count."""
-
-    __slots__ = ("parts", "n")
-
-    def __init__(self, parts: Sequence[torch.Tensor], n: int | None = None) -> None:
-        self.parts = tuple(parts)  # a zero-length piece is harmless to torch.cat
-        self.n = sum(p.numel() for p in self.parts) if n is None else n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def head(self, n: int) -> "Slots":
-        """The first ``n`` slots, as views (extend mode: a chunk row's causal slots)."""
-        parts, left = [], n
-        for p in self.parts:
-            if left <= 0:
-                break
-            parts.append(p[:left])
-            left -= min(left, p.numel())
-        return Slots(parts, min(n, self.n))
-
-
-def _pieces(slots) -> tuple[torch.Tensor, ...]:
-    if isinstance(slots, Slots):
-        return slots.parts
-    if isinstance(slots, torch.Tensor):
-        return (slots,) if slots.numel() else ()
-    return (torch.tensor(list(slots), dtype=torch.long),) if len(slots) else ()
-
-
-@dataclass(slots=True)
-class _Round:
-    """One round's metadata: the host staging copy and its KV slot pieces."""
-
-    stage: torch.Tensor
-    pieces: tuple[torch.Tensor, ...]
-    num_kv: int
-    home_pieces: int = 0  # pieces[:home_pieces] are the home rows' (the rest: guest items)
-
-
-@dataclass(slots=True)
-class _Layout:
-    """One bucket: its buffers (views of the largest bucket's) and its staging offsets."""
-
-    bucket: int
-    bufs: ExchangeBuffers
-    off: dict[str, int]
-    stage_len: int
-
-
-class _Slot:
-    """One of the two host staging sets: the step's metadata words and row table, pinned on
-    CUDA; ``event`` marks when the device copies that read them have run."""
-
-    def __init__(self, stage_len: int, num_row_keys: int, B: int, pin: bool) -> None:
-        self.stage = torch.zeros(stage_len, dtype=torch.long, pin_memory=pin)
-        self.rows = torch.full((num_row_keys,), B, dtype=torch.long, pin_memory=pin)
-        self.keys: list[int] = []  # the keys ``rows`` maps (every other entry is ``B``)
-        self.event = None
-
-
-def _offsets(W: int, c: int, B: int) -> tuple[dict[str, int], int]:
-    n = B + W * c
-    off = {"send": 0, "lens": W * c, "merge": W * c + n, "counts": W * c + 2 * n,
-           "hdr": W * c + 2 * n + B}  # fmt: skip
-    return off, off["hdr"] + 4 * W  # hdr: [2 messages, W peers, (count, tag)]
 
 
 class StaticExchange:
@@ -121,22 +56,22 @@ class StaticExchange:
         # q_in gets a trash row B: rows that are not exchange rows are scattered there
         self.q_ext = torch.zeros(B + 1, s.num_q_heads, s.head_dim, dtype=s.dtype, device=device)
         self.row_slot = torch.full((num_row_keys,), B, dtype=torch.long, device=device)
-        _, stage_len = _offsets(W, s.capacity, B)
+        _, stage_len = layout_offsets(W, s.capacity, B)
         self._dev = torch.zeros(stage_len, dtype=torch.long, device=device)
-        self.layouts: dict[int, _Layout] = {}
+        self.layouts: dict[int, Layout] = {}
         for c in capacity_buckets(s.capacity):
             bufs = full if c == s.capacity else ExchangeBuffers(replace(s, capacity=c),
                                                                 self.device, base=full)
-            off, n_stage = _offsets(W, c, B)
+            off, n_stage = layout_offsets(W, c, B)
             bufs.q_in = self.q_ext[:B]
             # the gathers read their indices straight from the device staging copy (no copy op)
             bufs.send_index = self._dev[off["send"] : off["send"] + W * c]
             bufs.merge_index = self._dev[off["merge"] : off["merge"] + B + W * c]
-            self.layouts[c] = _Layout(c, bufs, off, n_stage)
-        self._slots = [_Slot(stage_len, num_row_keys, B, self.cuda) for _ in range(2)]
+            self.layouts[c] = Layout(c, bufs, off, n_stage)
+        self._slots = [StagingSet(stage_len, num_row_keys, B, self.cuda) for _ in range(2)]
         self._slot = 1  # the set the last load wrote
         self.select(s.capacity)
-        self.rounds: list[_Round] = []
+        self.rounds: list[Round] = []
         self.loaded_route: RankRoute | None = None  # the route the buffers hold
         self.tag = 0
         self.high_water = 0  # largest per-peer query count seen (a capacity sizing aid)
@@ -152,7 +87,7 @@ class StaticExchange:
     def bucket(self) -> int:
         return self.layout.bucket
 
-    def _next_slot(self) -> _Slot:
+    def _next_slot(self) -> StagingSet:
         self._slot ^= 1
         slot = self._slots[self._slot]
         if slot.event is not None:  # the copies of the step before last: long done, normally
@@ -184,7 +119,7 @@ class StaticExchange:
         self.apply(0)
         return len(parts)
 
-    def _stage_round(self, route: RankRoute, stage: torch.Tensor | None) -> _Round:
+    def _stage_round(self, route: RankRoute, stage: torch.Tensor | None) -> Round:
         """Stage one round into ``stage`` (a pinned set; ``None``: a tensor of its own, for a
         step in rounds, whose rounds are applied layer after layer)."""
         s, lay = self.shape, self.layout
@@ -198,7 +133,7 @@ class StaticExchange:
         if route.has_local:
             for i, slots in enumerate(route.local_slots):
                 st[o["lens"] + i] = len(slots)
-                pieces += _pieces(slots)
+                pieces += pieces_of(slots)
         home_pieces = len(pieces)
         hdr = st[o["hdr"] : o["hdr"] + 4 * W].reshape(2, W, 2)
         for p in range(W):
@@ -210,7 +145,7 @@ class StaticExchange:
             hdr[1, p, HDR_COUNT] = len(items)
             for j, g in enumerate(items):
                 st[o["lens"] + B + p * C + j] = len(g.slots)
-                pieces += _pieces(g.slots)
+                pieces += pieces_of(g.slots)
         hdr[:, :, HDR_TAG] = self.tag
         pos = o["merge"]
         for i, row_parts in enumerate(route.merge):
@@ -221,7 +156,7 @@ class StaticExchange:
         num_kv = int(st[o["lens"] : o["lens"] + B + W * C].sum())
         if num_kv > s.max_kv_slots:
             raise ValueError(f"rank {route.rank}: {num_kv} KV slots > {s.max_kv_slots}")
-        return _Round(stage, tuple(pieces), num_kv, home_pieces)
+        return Round(stage, tuple(pieces), num_kv, home_pieces)
 
     def reload_local(self, route: RankRoute, *, tag: int) -> None:
         """The loaded route again with only its home rows' own slots changed (a decode step
@@ -243,7 +178,7 @@ class StaticExchange:
         for i, slots in enumerate(route.local_slots):
             st[o["lens"] + i] = len(slots)
             home_kv += len(slots)
-            pieces += _pieces(slots)
+            pieces += pieces_of(slots)
         num_kv = r.num_kv - sum(len(x) for x in prev.local_slots) + home_kv
         if num_kv > self.shape.max_kv_slots:
             raise ValueError(f"rank {route.rank}: {num_kv} KV slots > {self.shape.max_kv_slots}")
@@ -254,7 +189,7 @@ class StaticExchange:
         self.loaded_route = route
         self.apply(0)
 
-    def _set_rows(self, slot: _Slot, row_keys: Sequence[int]) -> None:
+    def _set_rows(self, slot: StagingSet, row_keys: Sequence[int]) -> None:
         """Map ``row_keys`` to home rows in ``slot``'s host table and copy it to the device."""
         B = self.shape.max_local
         h = slot.rows.numpy()
