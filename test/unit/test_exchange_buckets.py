@@ -1,0 +1,123 @@
+"""Bucketed exchange: a step's all-to-alls carry its bucket (the smallest holding its busiest peer
+pair), not the engine's capacity, and give the same attention as a full-capacity run.
+
+W ranks run in threads of one process over a lockstep communicator; every rank's
+``StaticExchange`` runs each random step twice, at the largest bucket and at the step's own."""
+
+import random
+import threading
+
+import pytest
+import torch
+
+from sglang_dcp.exchange.buffers import ExchangeShape
+from sglang_dcp.exchange.comm import Communicator
+from sglang_dcp.exchange.exchange import default_kernels
+from sglang_dcp.exchange.route import build_routes, max_pair_items
+from sglang_dcp.exchange.static import Slots, StaticExchange
+from sglang_dcp.exchange.wire import bucket_for, capacity_buckets, message_bytes, step_wire_bytes
+from sglang_dcp.types import Placement, Shard
+
+W, C, H, D, SLOTS = 3, 8, 2, 8, 400
+
+
+class ThreadComm(Communicator):
+    """All-to-all between W threads of one process (a barrier before and after the swap);
+    records the byte size of every message it carries."""
+
+    def __init__(self, rank: int, shared: dict) -> None:
+        self.rank, self.s = rank, shared
+
+    def all_to_all_single(self, out, inp, out_splits=None, in_splits=None) -> None:
+        s = self.s
+        s["inp"][self.rank] = inp
+        s["sizes"].append(inp.numel() * inp.element_size())
+        s["barrier"].wait()
+        for p in range(W):
+            out[p].copy_(s["inp"][p][self.rank])
+        s["barrier"].wait()
+
+    def all_gather(self, out, inp) -> None:
+        raise NotImplementedError
+
+    def barrier(self) -> None:
+        self.s["barrier"].wait()
+
+
+def _step(rng):
+    ps, slots = [], [dict() for _ in range(W)]
+    for i in range(rng.randrange(1, 7)):
+        home, L = rng.randrange(W), rng.randrange(2, 60)
+        cut = sorted(rng.sample(range(1, L), min(2, L - 1)))
+        bounds = [0, *cut, L]
+        shards = [(rng.randrange(W), a, b) for a, b in zip(bounds, bounds[1:])]
+        shards[-1] = (home, *shards[-1][1:])
+        ps.append(Placement(f"r{i}", home, tuple(Shard(*x) for x in shards)))
+        for r in range(W):
+            n = sum(b - a for rr, a, b in shards if rr == r)
+            if n:
+                slots[r][f"r{i}"] = Slots([torch.tensor(rng.sample(range(SLOTS), n))])
+    return ps, slots
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_each_bucket_gives_the_full_capacity_result_and_ships_its_own_size(seed):
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    shape = ExchangeShape(num_ranks=W, max_local=8, capacity=C, num_q_heads=H, head_dim=D,
+                          v_head_dim=D, max_kv_slots=2048)  # fmt: skip
+    kv = [(torch.randn(SLOTS, 1, D), torch.randn(SLOTS, 1, D)) for _ in range(W)]
+    attention, merge = default_kernels("torch")
+    shared = {"inp": [None] * W, "sizes": [], "barrier": threading.Barrier(W)}
+    exs = [StaticExchange(shape, "cpu", num_row_keys=16) for _ in range(W)]
+    seen = set()
+    for step in range(12):
+        ps, slots = _step(rng)
+        routes = build_routes(ps, num_ranks=W, slots=slots)
+        pair = max_pair_items(ps, W)
+        if pair > C or any(r.batch_size > 8 for r in routes):
+            continue
+        bucket = bucket_for(pair, C)
+        seen.add(bucket)
+        q = [torch.randn(r.batch_size, H, D) for r in routes]
+        out = {}
+
+        def run(rank, b):
+            ex = exs[rank]
+            ex.load(routes[rank], rounds=1, tag=step, row_keys=range(routes[rank].batch_size),
+                    bucket=b)  # fmt: skip
+            x = torch.arange(routes[rank].batch_size)
+            ex.scatter_rows(q[rank], x)
+            merged = ex.run(ThreadComm(rank, shared), *kv[rank], sm_scale=0.3,
+                            attention=attention, merge=merge)  # fmt: skip
+            out[(rank, b)] = merged[: routes[rank].batch_size].clone()
+
+        for b in (C, bucket):
+            shared["sizes"] = []
+            ts = [threading.Thread(target=run, args=(r, b)) for r in range(W)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            q_msg, out_msg = message_bytes(bucket=b, q_row_bytes=H * D * 4, o_row_bytes=H * D * 4,
+                                           lse_row_bytes=H * 4)  # fmt: skip
+            assert sorted(set(shared["sizes"])) == sorted({W * q_msg, W * out_msg})
+        for r in range(W):
+            torch.testing.assert_close(out[(r, bucket)], out[(r, C)], rtol=0, atol=0)
+    assert len(seen) >= 2, seen
+
+
+def test_step_wire_bytes_counts_buckets_rounds_and_items():
+    assert capacity_buckets(16) == (1, 2, 4, 8, 16) and capacity_buckets(12)[-1] == 12
+    assert bucket_for(3, 16) == 4 and bucket_for(0, 16) == 1 and bucket_for(40, 16) == 16
+    pairs = [[0, 1, 1], [0, 0, 0], [0, 3, 0]]  # rank 2 sends 3 to rank 1: bucket 4
+    got = step_wire_bytes(pairs, capacity=16, q_row_bytes=100, o_row_bytes=60, lse_row_bytes=8)
+    q_msg, out_msg = message_bytes(bucket=4, q_row_bytes=100, o_row_bytes=60, lse_row_bytes=8)
+    assert got["bucket"] == 4 and got["rounds"] == 1
+    assert got["busiest_rank_wire_bytes"] == 2 * (q_msg + out_msg)
+    assert got["wire_bytes"] == 3 * got["busiest_rank_wire_bytes"]
+    assert got["item_bytes"] == 5 * 168 + 3 * 2 * 16  # 5 items, 3 messages carry items
+    rounds = step_wire_bytes(pairs, capacity=2, q_row_bytes=100, o_row_bytes=60, lse_row_bytes=8)
+    assert rounds["rounds"] == 2 and rounds["bucket"] == 2
+    assert step_wire_bytes([[0] * 3] * 3, capacity=4, q_row_bytes=1, o_row_bytes=1,
+                           lse_row_bytes=1)["wire_bytes"] == 0  # fmt: skip
