@@ -66,6 +66,7 @@ class RankRuntime:
         # req_pool_idx -> (batch row, KV tokens) of the split requests decoded here this step:
         # what the attention backend's host-side view needs, so it never reads a device tensor
         self.batch_rows: dict[int, tuple[int, int]] = {}
+        self.row_pos: dict[str, int] = {}  # rid -> batch row at the last step (a cache)
         self.num_steps = 0
         self.step: DcpStep | None = None  # the step of the forward about to run
         self.prev_step: DcpStep | None = None  # the previous header's step (reused if predicted)
@@ -240,15 +241,22 @@ class RankRuntime:
                 shards = h.shards_at(n) if will_move is None else runtime_shards(p, will_move, n)
                 news.decoding.append(Decoding(rid, self.rank, shards))
                 decoding_reqs.append(h)
-            if decoding_reqs:  # host lists only (O(batch) when a split request decodes here)
-                keys = {h.req.kv.req_pool_idx: kv_len(h.req) for h in decoding_reqs}
-                for i, r in enumerate(local_batch.reqs):
-                    n = keys.get(r.kv.req_pool_idx) if r.rid in self.split_reqs else None
-                    if n is not None:
-                        self.batch_rows[int(r.kv.req_pool_idx)] = (i, n)
+            if decoding_reqs:
+                self._find_batch_rows(local_batch.reqs, decoding_reqs)
             if env.poison_moved():
                 check_against_batch(local_batch, self.split_reqs, [d.rid for d in news.decoding])
         return news, decoding_reqs
+
+    def _find_batch_rows(self, reqs: list, decoding: list[HomeEntry]) -> None:
+        """``batch_rows`` of the split requests decoded here: their rows in the batch's host list
+        ``reqs``. The rows of the last step are checked first (O(split requests)); the batch is
+        walked only when one moved (requests joined or left before it)."""
+        pos, n = self.row_pos, len(reqs)
+        if not all(0 <= pos.get(h.req.rid, n) < n and reqs[pos[h.req.rid]] is h.req
+                   for h in decoding):  # fmt: skip
+            pos = self.row_pos = {r.rid: i for i, r in enumerate(reqs) if r.rid in self.split_reqs}
+        for h in decoding:
+            self.batch_rows[int(h.req.kv.req_pool_idx)] = (pos[h.req.rid], kv_len(h.req))
 
     def _migrations(self, rid, p, h, n: int, budget: int) -> list[Migration]:
         dropped = self.migrations.dropped
