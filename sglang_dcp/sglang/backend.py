@@ -1,11 +1,14 @@
 """The ``dcp_triton`` attention backend: SGLang's own backend, plus the exchange for split rows.
 
 With KV sharding on, ``around_build_resolved_backend`` wraps the backend SGLang 0.5.21 builds
-(``attention_backend_setup._build_resolved_backend``) in ``DcpAttnBackend``: ``triton`` on CUDA,
-``torch_native`` on CPU. SGLang picks CPU/GPU code paths by the backend's *name*
-(``utils/common.py:1385`` ``support_triton``, ``mem_cache/allocation.py``), so the inner backend
-keeps its own name; ``--attention-backend dcp_triton`` (``register_attention_backend``) is the
-explicit GPU spelling and builds ``triton``.
+(``attention_backend_setup._build_resolved_backend``) in ``DcpAttnBackend``: the one the user
+chose or SGLang's default for the model and GPU (FA3, FlashInfer, FlashMLA, triton, ...; any of
+``options.SHARDABLE_BACKENDS``), ``torch_native`` on CPU. Unsplit rows never leave it; split
+rows' own part runs on our split-KV kernel inside the exchange and merges by LSE, so the inner
+backend only needs to see those rows at length 1. SGLang picks CPU/GPU code paths by the
+backend's *name* (``utils/common.py:1385`` ``support_triton``, ``mem_cache/allocation.py``), so
+the inner backend keeps its own name; ``--attention-backend dcp_triton``
+(``register_attention_backend``) is a spelling that builds ``triton``.
 
 Outside DCP steps every call goes to the inner backend untouched. In a DCP step
 (``datapath.current_step().active``, the same on every rank) every rank joins each layer's
@@ -222,7 +225,6 @@ def current_step():
     return cs()
 
 
-INNER_BACKENDS = ("triton", "torch_native", NAME)
 
 
 def create(runner):
@@ -237,12 +239,16 @@ def around_build_resolved_backend(original, *, model_runner, resolved, init_new_
     """``attention_backend_setup._build_resolved_backend(*, model_runner, resolved,
     init_new_workspace)`` (model_runner_components/attention_backend_setup.py:201), which every
     path that builds a model runner's attention backend goes through: wrap what SGLang built."""
+    from sglang_dcp.sglang.options import SHARDABLE_BACKENDS
+
     runner = model_runner
-    if resolved.prefill != resolved.decode or resolved.prefill not in INNER_BACKENDS:
+    odd = [b for b in (resolved.prefill, resolved.decode) if b not in SHARDABLE_BACKENDS]
+    if odd:
         raise NotImplementedError(
-            f"sglang_dcp: KV sharding runs over SGLang's triton (GPU) or torch_native (CPU) "
-            f"attention backend, got prefill={resolved.prefill} decode={resolved.decode}; pass "
-            "--attention-backend triton/torch_native or --dcp-max-degree 1"
+            f"sglang_dcp: KV sharding wraps a dense attention backend "
+            f"({', '.join(SHARDABLE_BACKENDS)}); SGLang resolved prefill={resolved.prefill} "
+            f"decode={resolved.decode}; pass --attention-backend with one of those or "
+            "--dcp-max-degree 1"
         )
     if resolved.is_draft_override or getattr(runner, "is_draft_worker", False):
         raise NotImplementedError("sglang_dcp: speculative decoding is not supported with DCP")

@@ -11,7 +11,6 @@ import argparse
 from sglang_dcp.planner.profile import available_profiles
 from sglang_dcp.sglang.demo import DEFAULT_DEMO_MODEL, DEMO_DP_SIZE, DEMO_MODELS
 from sglang_dcp.sglang.options import (
-    ATTENTION_BACKEND,
     DEFAULT_PROFILE,
     DEFAULT_MAX_GUEST_ITEMS,
     DEFAULT_QUEUE_MAX_BYPASS,
@@ -81,8 +80,8 @@ def add_dcp_args(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         default=None,
         help="Most ranks one request's KV may span ('dcp'; group size for 'uniform'). > 1 needs "
-        "--disable-radix-cache and --tp-size == --dp-size, and runs attention through the DCP "
-        f"exchange around SGLang's triton backend ({ATTENTION_BACKEND}; torch_native on CPU). "
+        "--disable-radix-cache, --tp-size == --dp-size and a dense attention backend; unsplit "
+        "rows keep that backend (torch_native on CPU), split rows go through the DCP exchange. "
         "Default: --dp-size when those hold, else 1.",
     )
     group.add_argument(

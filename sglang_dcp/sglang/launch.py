@@ -30,7 +30,6 @@ import argparse
 import dataclasses
 import importlib
 import os
-import socket
 import sys
 import threading
 import warnings
@@ -39,17 +38,16 @@ from sglang_dcp import env
 from sglang_dcp.sglang import quiet
 from sglang_dcp.sglang.demo import DEFAULT_DEMO_MODEL, DEMO_MODELS, demo_argv, demo_note
 from sglang_dcp.sglang.flags import add_dcp_args, split_argv, translate_lb_method
+from sglang_dcp.sglang.launch_checks import LaunchError, check_args
 from sglang_dcp.sglang.host import (
     _announce_when_ready, _has_cuda, become_subreaper, prepare_cpu_environment,
 )  # fmt: skip
 from sglang_dcp.sglang.mla import UNQUANTIZED_KV, quantized_kv_error
-from sglang_dcp.sglang.options import ATTENTION_BACKEND, DcpOptions, OptionsError, resolve
+from sglang_dcp.sglang.options import (
+    ATTENTION_BACKEND, DcpOptions, OptionsError, refuse_with_sharding, resolve,
+)  # fmt: skip
 
 PROG = "python -m sglang_dcp.launch_server"
-
-
-class LaunchError(Exception):
-    """A bad argument or environment; printed as one line."""
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -87,39 +85,6 @@ def demo_model_path(name: str = DEFAULT_DEMO_MODEL) -> str:
     return path
 
 
-def _looks_like_hub_id(path: str) -> bool:
-    return (
-        not path.startswith(("/", ".", "~"))
-        and path.count("/") == 1
-        and all(part.strip() for part in path.split("/"))
-    )
-
-
-def check_args(ns: argparse.Namespace) -> None:
-    """Fail early, in one line, on what SGLang would report as a traceback wall or a hang."""
-    if not ns.model_path:
-        raise LaunchError("--model-path is required (or pass --demo to serve the embedded tiny model)")
-    if not os.path.exists(ns.model_path) and not _looks_like_hub_id(ns.model_path):
-        raise LaunchError(f"--model-path {ns.model_path!r} does not exist")
-    tp, dp = ns.tp_size or 1, ns.dp_size or 1
-    if tp < 1 or dp < 1:
-        raise LaunchError(f"--tp-size and --dp-size must be >= 1, got {tp} and {dp}")
-    if dp > 1 and ns.enable_dp_attention and tp % dp:
-        raise LaunchError(
-            f"--dp-size {dp} does not divide --tp-size {tp}: with --enable-dp-attention each DP "
-            "rank owns tp_size/dp_size TP ranks; pick a dp-size that divides tp-size"
-        )
-    host = ns.host or "127.0.0.1"
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host if host != "0.0.0.0" else "", ns.port))
-        except OSError as e:
-            raise LaunchError(
-                f"port {ns.port} on {host} is not available ({e.strerror}); pass --port with a free port"
-            ) from None
-
-
 def dcp_options(ns: argparse.Namespace) -> DcpOptions:
     """The planner settings for this server, checked against the rest of the flags."""
     try:
@@ -152,6 +117,12 @@ def dcp_options(ns: argparse.Namespace) -> DcpOptions:
             f"--attention-backend {ns.attention_backend} needs CUDA; on CPU the DCP exchange "
             "runs over torch_native (drop the flag)"
         )
+    refusal = opts.sharding and refuse_with_sharding(
+        two_batch_overlap=bool(getattr(ns, "enable_two_batch_overlap", False)),
+        mixed_chunk=bool(getattr(ns, "enable_mixed_chunk", False)),
+    )
+    if refusal:
+        raise LaunchError(refusal)
     kv_dtype = getattr(ns, "kv_cache_dtype", None) or "auto"
     if opts.sharding and kv_dtype not in UNQUANTIZED_KV:
         refusal = quantized_kv_error(kv_dtype, _has_cuda())
@@ -176,9 +147,9 @@ PREFILL_GRAPH_FLAG = "--cuda-graph-backend-prefill"
 
 
 def sharding_argv(sglang_argv: list[str], opts: DcpOptions, cuda: bool) -> list[str]:
-    """With KV sharding on, pick an attention backend the DCP wrapper supports (``dcp_triton``,
-    i.e. triton, on GPU; torch_native on CPU, where SGLang would pick intel_amx). Overlap
-    scheduling is left as the user set it (on by default: ``overlap.py``).
+    """With KV sharding on, keep the attention backend the user chose, or SGLang's default on GPU
+    (the DCP wrapper goes around any dense one); on CPU, where SGLang would pick intel_amx,
+    torch_native. Overlap scheduling is left as the user set it (on by default: ``overlap.py``).
 
     Decode CUDA graphs stay on: every batch size is captured twice, without and with the
     exchange (``graphs.py``). Prefill graphs are turned off (``--cuda-graph-backend-prefill
@@ -196,8 +167,8 @@ def sharding_argv(sglang_argv: list[str], opts: DcpOptions, cuda: bool) -> list[
         )
     names = {a.split("=", 1)[0] for a in sglang_argv}
     extra = []
-    if "--attention-backend" not in names:
-        extra += ["--attention-backend", ATTENTION_BACKEND if cuda else "torch_native"]
+    if "--attention-backend" not in names and not cuda:  # SGLang's CPU default needs AMX
+        extra += ["--attention-backend", "torch_native"]
     prefill = _value_of(sglang_argv, PREFILL_GRAPH_FLAG)
     if prefill is not None and prefill != "disabled":
         raise LaunchError(

@@ -16,8 +16,17 @@ POLICY_CHOICES = ("dcp", "round_robin", "total_tokens", "uniform", "off")
 DEFAULT_POLICY = "dcp"
 DEFAULT_PROFILE = "qwen3-235b-h200"
 ATTENTION_BACKEND = "dcp_triton"  # backend.NAME (kept here: this module imports no SGLang)
-# SGLang backends the DCP wrapper goes around (backend.INNER_BACKENDS)
-SHARDABLE_BACKENDS = ("triton", "torch_native", ATTENTION_BACKEND)
+# SGLang's dense attention backends the DCP wrapper goes around (``backend.py``): unsplit rows run
+# on the one the user chose (or SGLang's default), split rows' own part on ours, merged by LSE.
+# The wrapper needs only that a backend reads a batch's lengths from ``seq_lens``/``seq_lens_cpu``/
+# ``seq_lens_sum`` and its slots from ``req_to_token``, as every dense backend of SGLang 0.5.21 does.
+SHARDABLE_BACKENDS = (
+    "triton", "torch_native", "flex_attention", "fa3", "fa4", "flashinfer", "flashmla",
+    "trtllm_mla", "cutedsl_mla", "tokenspeed_mla", "trtllm_mha", "aiter", "intel_amx",
+    ATTENTION_BACKEND,
+)  # fmt: skip
+# Sparse/compressed attention: a split request would need the indexer's top-k over every shard
+SPARSE_BACKENDS = ("dsa", "nsa", "qsa", "dsv4", "compressed")
 # Later requests the DP controller may admit ahead of a waiting one before it blocks them.
 DEFAULT_QUEUE_MAX_BYPASS = 16
 # Per-peer capacity of the static exchange (queries one rank sends one peer per round); a step
@@ -105,7 +114,8 @@ def resolve(
     Without any ``--dcp-*`` flag the planner is on (policy ``dcp``) whenever there is something
     to place (``--dp-size > 1`` with ``--enable-dp-attention``) and quietly off otherwise. Its
     max degree then defaults to ``--dp-size`` when the server can shard KV (``--disable-radix-cache``,
-    ``--tp-size == --dp-size``, attention backend unset or ``dcp_triton``), else to 1.
+    ``--tp-size == --dp-size``, attention backend unset or one of ``SHARDABLE_BACKENDS``), else
+    to 1.
     """
     given = {
         "--dcp-policy": policy,
@@ -154,10 +164,15 @@ def resolve(
         )
     if tp_size != dp_size:
         shard_blockers.append(f"--tp-size == --dp-size (got {tp_size} and {dp_size})")
-    if attention_backend not in (None, *SHARDABLE_BACKENDS):
+    if attention_backend in SPARSE_BACKENDS:
         shard_blockers.append(
-            f"--attention-backend triton, torch_native or {ATTENTION_BACKEND} (got "
-            f"{attention_backend}; the DCP exchange wraps one of those)"
+            f"dense attention (--attention-backend {attention_backend} is sparse or compressed: "
+            "a split request would need its top-k over every shard)"
+        )
+    elif attention_backend not in (None, *SHARDABLE_BACKENDS):
+        shard_blockers.append(
+            f"a dense attention backend ({', '.join(SHARDABLE_BACKENDS)}; got "
+            f"{attention_backend}, which the DCP exchange has not been checked with)"
         )
     if max_degree is not None:
         if max_degree < 1:
@@ -238,3 +253,22 @@ def resolve(
         except ValueError as e:
             raise OptionsError(f"--dcp-cost-profile: {e}") from None
     return opts
+
+
+def refuse_with_sharding(*, two_batch_overlap: bool, mixed_chunk: bool) -> str | None:
+    """Why SGLang flags that cannot run with KV sharding must go (``None``: none given). The
+    exchange joins each layer once per forward over the whole decode batch; these split a
+    forward's attention or mix decode rows into a prefill batch, where split rows would skip
+    it. (``--moe-a2a-backend deepep`` composes: the exchange is independent of the MoE's.)"""
+    if two_batch_overlap:
+        return (
+            "--enable-two-batch-overlap runs each layer's attention twice per forward, on two "
+            "micro-batches; the KV-sharding exchange joins each layer once over the whole "
+            "batch: drop it or pass --dcp-max-degree 1"
+        )
+    if mixed_chunk:
+        return (
+            "--enable-mixed-chunk puts decode rows into prefill batches, where split requests' "
+            "rows would miss the KV-sharding exchange: drop it or pass --dcp-max-degree 1"
+        )
+    return None

@@ -43,18 +43,26 @@ def test_degree_defaults_to_dp_size_when_the_server_can_shard(parser):
     assert o.queue_max_bypass == 16
     assert options(parser, "--dcp-queue-max-bypass", "0").queue_max_bypass == 0
     # an unsupported backend keeps the default at 1 instead of failing
-    assert options(parser, "--disable-radix-cache", "--attention-backend", "flex_attention").max_degree == 1
+    assert options(parser, "--disable-radix-cache", "--attention-backend", "wave").max_degree == 1
+    assert options(parser, "--disable-radix-cache", "--attention-backend", "dsa").max_degree == 1
+    # any dense backend keeps serving unsplit rows: sharding stays on
+    for b in ("flex_attention", "fa3", "flashinfer", "flashmla", "trtllm_mla"):
+        assert options(parser, "--disable-radix-cache", "--attention-backend", b).sharding, b
     assert not options(parser, "--disable-radix-cache", "--dcp-policy", "round_robin").sharding
 
 
-def test_launcher_adds_the_backend_and_leaves_overlap_on():
+def test_launcher_keeps_the_users_backend_and_leaves_overlap_on():
     o = DcpOptions(policy="dcp", max_degree=2)
     assert launch.sharding_argv(["--x"], o, cuda=False) == [
         "--x", "--attention-backend", "torch_native"]
     # a user may still turn overlap scheduling off
     assert launch.sharding_argv(["--disable-overlap-schedule"], o, cuda=False) == [
         "--disable-overlap-schedule", "--attention-backend", "torch_native"]
-    assert launch.sharding_argv(["--x"], o, cuda=True)[2] == "dcp_triton"
+    # on GPU the user's backend (or SGLang's default) stays: no --attention-backend added
+    assert launch.sharding_argv(["--x"], o, cuda=True) == [
+        "--x", "--cuda-graph-backend-prefill", "disabled"]
+    assert launch.sharding_argv(["--attention-backend", "fa3"], o, cuda=True)[:2] == [
+        "--attention-backend", "fa3"]
     # decode CUDA graphs stay on (plain + dcp variants); prefill graphs off
     assert launch.sharding_argv(["--attention-backend", "triton"], o, cuda=True) == [
         "--attention-backend", "triton", "--cuda-graph-backend-prefill", "disabled"]
@@ -67,8 +75,8 @@ def test_launcher_refuses_graphs_that_would_skip_the_exchange(monkeypatch):
     o = DcpOptions(policy="dcp", max_degree=2)
     with pytest.raises(launch.LaunchError, match="--cuda-graph-backend-prefill breakable"):
         launch.sharding_argv(["--cuda-graph-backend-prefill", "breakable"], o, cuda=True)
-    assert launch.sharding_argv(["--cuda-graph-backend-prefill=disabled"], o, cuda=True)[-1] == (
-        "dcp_triton")
+    assert launch.sharding_argv(["--cuda-graph-backend-prefill=disabled"], o, cuda=True) == [
+        "--cuda-graph-backend-prefill=disabled"]
     monkeypatch.setenv("SGLANG_ENABLE_METADATA_GLUE_GRAPH", "1")
     with pytest.raises(launch.LaunchError, match="SGLANG_ENABLE_METADATA_GLUE_GRAPH"):
         launch.sharding_argv([], o, cuda=True)
@@ -97,8 +105,12 @@ def test_flags_reach_the_options(parser):
     [
         (["--dcp-max-degree", "2"], "needs --disable-radix-cache"),
         (["--dcp-max-degree", "3", "--disable-radix-cache"], "exceeds --dp-size 2"),
-        (["--dcp-max-degree", "2", "--disable-radix-cache", "--attention-backend", "flex_attention"],
-         "--attention-backend triton, torch_native or dcp_triton"),
+        (["--dcp-max-degree", "2", "--disable-radix-cache", "--attention-backend", "wave"],
+         "a dense attention backend (triton, torch_native"),
+        (["--dcp-max-degree", "2", "--disable-radix-cache", "--attention-backend", "dsa"],
+         "is sparse or compressed"),
+        (["--disable-radix-cache", "--enable-two-batch-overlap"], "--enable-two-batch-overlap"),
+        (["--disable-radix-cache", "--enable-mixed-chunk"], "--enable-mixed-chunk puts decode"),
         (["--dcp-max-degree", "2", "--disable-radix-cache", "--attention-backend", "dcp_triton"],
          "needs CUDA"),
         (["--dcp-kv-capacity", "0", "--disable-radix-cache"], "--dcp-kv-capacity must be >= 1"),
@@ -184,3 +196,18 @@ def test_quantized_kv_with_sharding():
         msg = quantized_kv_error(dtype, cuda=True)
         assert msg.startswith(f"--kv-cache-dtype {dtype}") and "fp8_e4m3" in msg
     assert "torch_native" in quantized_kv_error("fp8_e4m3", cuda=False)
+
+
+def test_deepep_moe_composes_with_sharding(parser):
+    """--moe-a2a-backend deepep (the mission's MoE): the exchange is independent of the MoE
+    all-to-all, so sharding stays on and the launcher passes SGLang's MoE flags through."""
+    extra = ["--disable-radix-cache", "--moe-a2a-backend", "deepep", "--ep-size", "2",
+             "--deepep-mode", "low_latency"]  # fmt: skip
+    o = options(parser, *extra)
+    assert o.sharding and o.max_degree == 2
+    argv = launch.sharding_argv(SERVE + extra, o, cuda=True)
+    assert argv[: len(SERVE) + len(extra)] == SERVE + extra
+    assert "--attention-backend" not in argv
+    # TBO and mixed chunks stay available without sharding
+    assert not options(parser, "--enable-two-batch-overlap").sharding
+    assert not options(parser, "--enable-mixed-chunk").sharding
