@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
@@ -48,76 +47,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._meta import cpu_hardware, git_commit  # noqa: E402
-from sglang_dcp import env  # noqa: E402
 from sglang_dcp.sglang import backend, datapath  # noqa: E402
-from sglang_dcp.sglang.migration import Migrations  # noqa: E402
-from sglang_dcp.sglang.options import DcpOptions  # noqa: E402
-from sglang_dcp.sglang.step import Decoding, RankNews, plan_step  # noqa: E402
-from sglang_dcp.types import Placement, Shard  # noqa: E402
+from sglang_dcp.sglang.step import RankNews, plan_step  # noqa: E402
+from sglang_dcp.testing.step_rank import make_rank  # noqa: E402
 
 W, H, D, LEN = 4, 8, 128, 4096
 
 
-class _Req:
-    def __init__(self, rid, idx, placement):
-        self.rid, self.dcp, self.output_ids = rid, placement, [1]
-        self.kv = SimpleNamespace(req_pool_idx=idx, kv_committed_len=LEN)
-        self.seqlen = LEN
-        self.decode_batch_idx = 0  # SGLang raises it for every request in a planned decode
-
-    def finished(self):
-        return False
-
-
-def _setup(running: int, split: int):
-    os.environ[env.SERVE_OPTIONS_VAR] = DcpOptions(max_degree=W).to_json()
-    reqs = running + 1
-    r2t = torch.arange(reqs * LEN, dtype=torch.int32).view(reqs, LEN)
-    pool = SimpleNamespace(size=reqs * LEN, page_size=64, layer_num=1, start_layer=0)
-    runner = SimpleNamespace(req_to_token_pool=SimpleNamespace(req_to_token=r2t, size=running),
-                             token_to_kv_pool=pool, device="cpu", dtype=torch.bfloat16)  # fmt: skip
-    rt = object.__new__(datapath.RankRuntime)
-    rt.rank, rt.num_ranks, rt.capacity, rt.num_steps = 0, W, 16, 0
-    rt.releases, rt.home, rt.guests, rt.moved_rows, rt.split_reqs = [], {}, {}, {}, {}
-    rt.seen_decode, rt.migrations, rt.page, rt.prev_step = {}, Migrations(0, W), 64, None
-    rt.batch_rows, rt.row_pos = {}, {}
-    rt.scheduler = SimpleNamespace(req_to_token_pool=runner.req_to_token_pool)
-    q = LEN // W
-    for i in range(split):  # homed here, sealed shards on ranks 1..3, tail here
-        p = Placement(f"s{i}", 0, (Shard(1, 0, q), Shard(2, q, 2 * q), Shard(3, 2 * q, 3 * q),
-                                   Shard(0, 3 * q, LEN)))  # fmt: skip
-        req = _Req(p.rid, i + 1, p)
-        rt.split_reqs[p.rid] = req
-        rt.home[p.rid] = datapath.HomeEntry(req, [(r, a, b) for r, a, b in
-                                                   [(1, 0, q), (2, q, 2 * q), (3, 2 * q, 3 * q)]],
-                                            offered=3 * q, shipped=True)  # fmt: skip
-    peers = []
-    for i in range(split):  # guest items: a peer's request with a shard here
-        home = 1 + i % (W - 1)
-        rt.guests[f"g{i}"] = datapath.GuestEntry(home, [(0, q)], torch.arange(q) + 7)
-        peers.append(Decoding(f"g{i}", home, ((0, 0, q), (home, q, LEN))))
-    be = object.__new__(backend.DcpAttnBackend)
-    be._init_state(SimpleNamespace(), runner, num_ranks=W, num_q_heads=H, head_dim=D,
-                   v_head_dim=D)  # fmt: skip
-    be.init_cuda_graph_state = None
-    be._scaling, be._kv_scales = {0: 1.0}, {0: {}}  # no model: the layer constants, given
-    be._inner_seq = torch.ones(running, dtype=torch.int32)
-    be._num_real = torch.zeros(1, dtype=torch.long)
-    mode = SimpleNamespace(is_decode=lambda: True, is_extend=lambda: False)
-    unsplit = [SimpleNamespace(rid=f"u{i}") for i in range(running - split)]
-    batch = SimpleNamespace(forward_mode=mode, reqs=[*rt.split_reqs.values(), *unsplit])
-    fb = SimpleNamespace(
-        forward_mode=SimpleNamespace(is_decode_or_idle=lambda: True),
-        req_pool_indices=torch.arange(1, running + 1), seq_lens=torch.full((running,), LEN),
-        seq_lens_cpu=torch.full((running,), LEN), num_padding=0,
-    )  # fmt: skip
-    return rt, be, batch, fb, peers
-
-
 def measure(running: int, split: int, iters: int) -> dict:
-    rt, be, batch, fb, peers = _setup(running, split)
+    k = make_rank(running, split, num_ranks=W, heads=H, head_dim=D, length=LEN)
+    rt, be, batch, fb, peers = k.rt, k.be, k.batch, k.fb, k.peers
     state = SimpleNamespace(step=None)
-    backend.current_step = lambda: state.step
+    backend.current_step = datapath.current_step = lambda: state.step  # backend_meta reads both
     t = {"news": [], "route": [], "load": [], "prepare": []}
     for it in range(iters + 5):
         for req in rt.split_reqs.values():  # SGLang plans the decode batch (not timed)
