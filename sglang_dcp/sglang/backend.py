@@ -41,7 +41,7 @@ import torch
 
 from sglang_dcp import env
 from sglang_dcp.sglang import shipping
-from sglang_dcp.sglang.backend_meta import MetadataCalls, _Cursor
+from sglang_dcp.sglang.backend_meta import LayerCursor, MetadataCalls
 from sglang_dcp.sglang.rank_stats import stats
 
 NAME = "dcp_triton"
@@ -99,7 +99,8 @@ class DcpAttnBackend(MetadataCalls):
         self._kernels = None
         self.ex = None  # StaticExchange, sized once (ensure_exchange)
         self.current_ex = None  # the running step's: self.ex, or a bigger one-off (eager)
-        self._capture = _Cursor()
+        self._capture = LayerCursor()  # the forward being captured (no step)
+        self._forward: LayerCursor | None = None  # the running step's forward
         self._inner_seq = None  # [max_bs] static seq lens the inner sees under graphs
         self._eager_seq = None  # the same for an eager batch larger than the graphs'
         self._host_seqs = [torch.ones(0, dtype=torch.int32)] * 2  # their host mirrors
@@ -118,18 +119,23 @@ class DcpAttnBackend(MetadataCalls):
             self._kernels = default_kernels("auto")
         return self._kernels
 
-    def cursor(self):
-        """The running exchange's layer cursor: the capture's (``dcp`` variant) or the step's;
-        ``None`` when this forward runs no exchange."""
+    def cursor(self) -> LayerCursor | None:
+        """The running exchange's layer cursor: the capture's (a ``dcp`` variant) or the step's
+        forward's (its route loaded once per step: from the metadata call, or here on a rank
+        whose idle batch skipped it); ``None`` when this forward runs no exchange."""
         from sglang_dcp.sglang.graphs import bucket_of, capturing_variant
 
         variant = capturing_variant()
         if variant is not None:
             return self._capture if bucket_of(variant) is not None else None
         step = current_step()
-        return step if step is not None and step.active else None
+        if step is None or not step.active:
+            return None
+        self.load(step)
+        return self._forward
 
-    def exchange(self, cur, layer_id: int, q: torch.Tensor | None, x: torch.Tensor | None):
+    def exchange(self, cur: LayerCursor, layer_id: int, q: torch.Tensor | None,
+                 x: torch.Tensor | None):  # fmt: skip
         """Join layer ``layer_id``'s exchange with ``q [n, H, D]`` rows mapped by ``x [n]``
         (``None``: no rows here); returns the merged ``[B, H, Dv]`` of the exchange rows."""
         if layer_id != self.start_layer + cur.next_layer or cur.done_layer == layer_id:
@@ -138,7 +144,7 @@ class DcpAttnBackend(MetadataCalls):
                 f"{self.start_layer + cur.next_layer}: ranks would deadlock"
             )
         t0 = time.perf_counter()
-        ex = self.load(cur) if hasattr(cur, "route") else self.ensure_exchange()
+        ex = self.current_ex  # the step's (``cursor`` loaded it) or, capturing, the static one
         if q is not None:
             ex.scatter_rows(q, x)
         attention, merge = self._attention_fns()
@@ -152,8 +158,7 @@ class DcpAttnBackend(MetadataCalls):
             sm_scale=self.layer_scaling(layer_id), attention=attention, merge=merge, **scales,
         )  # fmt: skip
         cur.done_layer = layer_id
-        if hasattr(cur, "exchange_s"):
-            cur.exchange_s += time.perf_counter() - t0
+        cur.exchange_s += time.perf_counter() - t0
         return merged
 
     # -- AttentionBackend.forward ---------------------------------------------------------------
@@ -287,10 +292,9 @@ def around_stage_finish(original, self, hidden_states, forward_batch, *args, **k
         if cur.done_layer != layer_id:
             be.exchange(cur, layer_id, None, None)
         cur.next_layer += 1
-        step = current_step()
-        if cur is step and cur.next_layer == be._runner.token_to_kv_pool.layer_num:
+        if cur.step is not None and cur.next_layer == be._runner.token_to_kv_pool.layer_num:
             s = stats()
-            s.exchange_ms_last_step = step.exchange_s * 1e3
-            s.exchange_ms_total += step.exchange_s * 1e3
-            s.guest_items_last_step = step.route.num_guest_items
+            s.exchange_ms_last_step = cur.exchange_s * 1e3
+            s.exchange_ms_total += cur.exchange_s * 1e3
+            s.guest_items_last_step = cur.step.route.num_guest_items
     return original(self, hidden_states, forward_batch, *args, **kwargs)

@@ -15,17 +15,24 @@ their moved KV; under graphs that view's ``seq_lens`` is a static tensor and the
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from sglang_dcp.sglang.rank_stats import stats
 
 
-class _Cursor:
-    """Which layer's exchange a forward joins next (a capture has no step)."""
+@dataclass(slots=True)
+class LayerCursor:
+    """Which layer's exchange one forward joins next: the backend's per-forward state, so the
+    step (``DcpStep``, built by the header) is only read. ``step``: the step this forward runs
+    (``None``: a graph capture, which has none)."""
 
-    next_layer = 0
-    done_layer = -1
+    step: Any = None
+    next_layer: int = 0
+    done_layer: int = -1
+    exchange_s: float = 0.0
 
 
 def current_step():
@@ -87,7 +94,7 @@ class MetadataCalls:
     def init_forward_metadata_in_graph(self, forward_batch):
         from sglang_dcp.sglang.graphs import bucket_of, capturing_variant
 
-        self._capture = _Cursor()  # each captured run starts at the first layer
+        self._capture = LayerCursor()  # each captured run starts at the first layer
         bucket = bucket_of(capturing_variant())
         if bucket is not None and bucket != self.current_ex.bucket:
             raise RuntimeError(
@@ -107,7 +114,7 @@ class MetadataCalls:
 
             self.current_ex = self.ensure_exchange()
             self.current_ex.clear(bucket_of(capturing_variant()))
-            self._capture = _Cursor()
+            self._capture = LayerCursor()
             return fb
         step = current_step()
         if step is None or not step.active:
@@ -172,14 +179,14 @@ class MetadataCalls:
         elif step.num_rows > ex.shape.max_local:  # eager (needs_eager): a one-off bigger set
             ex = self._overflow(step.num_rows)
         self.current_ex = ex
-        if not step.loaded:
+        if self._forward is None or self._forward.step is not step:
             prev = step.reuses
-            if prev is not None and prev.loaded and ex.loaded_route is prev.route:
+            if prev is not None and ex.loaded_route is prev.route:
                 ex.reload_local(step.route, tag=step.tag)  # only the home tails grew
             else:
                 ex.load(step.route, rounds=step.rounds, tag=step.tag, row_keys=step.row_keys,
                         bucket=step.bucket)  # fmt: skip
-            step.loaded = True
+            self._forward = LayerCursor(step)
             s = stats()
             s.active_steps += 1
             s.exchange_rows_split += step.num_rows

@@ -112,10 +112,11 @@ def dcp_options(ns: argparse.Namespace) -> DcpOptions:
     if opts.sharding and chunk is not None and chunk > 0:  # prefill into shards (issue 18)
         # SGLang gives each DP-attention rank chunk // dp_size (arg_groups/parallel_hook.py:266)
         opts = dataclasses.replace(opts, prefill_chunk=max(1, chunk // (ns.dp_size or 1)))
-    if opts.sharding and ns.attention_backend in ("triton", ATTENTION_BACKEND) and not _has_cuda():
+    if (opts.sharding and ns.attention_backend in ("triton", ATTENTION_BACKEND)
+            and not _has_cuda() and os.environ.get("TRITON_INTERPRET") != "1"):  # fmt: skip
         raise LaunchError(
-            f"--attention-backend {ns.attention_backend} needs CUDA; on CPU the DCP exchange "
-            "runs over torch_native (drop the flag)"
+            f"--attention-backend {ns.attention_backend} needs CUDA (or TRITON_INTERPRET=1, "
+            "slow); on CPU the DCP exchange runs over torch_native (drop the flag)"
         )
     refusal = opts.sharding and refuse_with_sharding(
         two_batch_overlap=bool(getattr(ns, "enable_two_batch_overlap", False)),

@@ -48,11 +48,6 @@ class DcpStep:
     # the inner backend's host-side view of the batch is built from these, never from a device
     # tensor (``backend_meta.MetadataCalls._prepare``)
     batch_rows: tuple[tuple[int, int], ...] = ()
-    # set by the backend
-    loaded: bool = False
-    next_layer: int = 0
-    done_layer: int = -1
-    exchange_s: float = 0.0
     row_rids: list[str] = field(default_factory=list)  # diagnostics: rid of each home row
 
     @property
