@@ -76,6 +76,15 @@ class StaticExchange:
         self.tag = 0
         self.high_water = 0  # largest per-peer query count seen (a capacity sizing aid)
 
+    @property
+    def nbytes(self) -> int:
+        """Device bytes this exchange holds (every bucket shares the largest's buffers)."""
+        full = self.layouts[self.shape.capacity].bufs
+        seen = {id(t.untyped_storage()): t.untyped_storage().nbytes()
+                for t in (*vars(full).values(), self.q_ext, self.row_slot, self._dev)
+                if isinstance(t, torch.Tensor)}  # fmt: skip
+        return sum(seen.values())
+
     def select(self, bucket: int) -> None:
         """Run the next steps at ``bucket`` queries per peer (a graph captures one bucket)."""
         lay = self.layouts.get(bucket)

@@ -15,12 +15,15 @@ their moved KV; under graphs that view's ``seq_lens`` is a static tensor and the
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from sglang_dcp.sglang.rank_stats import stats
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -68,6 +71,11 @@ class MetadataCalls:
             )
             self.ex = self.current_ex = StaticExchange(shape, self.device, num_row_keys=reqs)
             stats().exchange_capacity = cap
+            logger.info(
+                "sglang_dcp: exchange buffers %.1f MiB on %s (%d home rows, %d guest items per "
+                "peer, buckets %s)", self.ex.nbytes / 2**20, self.device, shape.max_local, cap,
+                sorted(self.ex.layouts),
+            )  # fmt: skip
             self.layer_scaling(self.start_layer)  # per-layer constants, before any capture
         return self.ex
 

@@ -177,9 +177,14 @@ def apply_sglang_fixes() -> list[str]:
     # Upstream symptom: with --enable-dp-attention on CPU, ForwardBatch._pad_inputs_to_size
     # raises AttributeError: 'TorchNativeAttnBackend' object has no attribute
     # 'get_cpu_graph_seq_len_fill_value' (only intel_amx_backend.py defines it, returning 1).
-    if not hasattr(TorchNativeAttnBackend, "get_cpu_graph_seq_len_fill_value"):
-        TorchNativeAttnBackend.get_cpu_graph_seq_len_fill_value = lambda self: 1
-        applied.append("TorchNativeAttnBackend.get_cpu_graph_seq_len_fill_value")
+    # The same for SGLang's triton backend, which runs on CPU under TRITON_INTERPRET=1 (slow;
+    # the tests' second inner backend): its CUDA fill value, 1, as intel_amx's.
+    from sglang.srt.layers.attention.triton_backend import TritonAttnBackend
+
+    for cls in (TorchNativeAttnBackend, TritonAttnBackend):
+        if not hasattr(cls, "get_cpu_graph_seq_len_fill_value"):
+            cls.get_cpu_graph_seq_len_fill_value = lambda self: 1
+            applied.append(f"{cls.__name__}.get_cpu_graph_seq_len_fill_value")
     if "sglang.srt.managers.scheduler" not in sys.modules:
         return applied  # the rest only matters where models run; its imports cost ~1 s elsewhere
     # Upstream symptom: DeepSeek-V3 (MLA) prefill on torch_native fails with "Expected size for
