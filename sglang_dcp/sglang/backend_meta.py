@@ -181,39 +181,43 @@ class MetadataCalls:
     def load(self, step):
         """Lay ``step``'s route out in the static exchange, once per step (from the metadata
         call, or from the first layer on a rank whose idle batch skips it)."""
+        if self._forward is not None and self._forward.step is step:
+            return self.current_ex
         ex = self.ensure_exchange()
         if step.extend_capacity:  # prefill chunks: eager, on buffers sized for the step
             ex = self._extend_exchange(step)
         elif step.num_rows > ex.shape.max_local:  # eager (needs_eager): a one-off bigger set
-            ex = self._overflow(step.num_rows)
+            ex = self._overflow(step.num_rows)  # freed once the next step replaces it
         self.current_ex = ex
-        if self._forward is None or self._forward.step is not step:
-            prev = step.reuses
-            if prev is not None and ex.loaded_route is prev.route:
-                ex.reload_local(step.route, tag=step.tag)  # only the home tails grew
-            else:
-                ex.load(step.route, rounds=step.rounds, tag=step.tag, row_keys=step.row_keys,
-                        bucket=step.bucket)  # fmt: skip
-            self._forward = LayerCursor(step)
-            s = stats()
-            s.active_steps += 1
-            s.exchange_rows_split += step.num_rows
-            s.exchange_eager_steps += int(self.needs_eager(step))
-            s.guest_capacity_high_water = ex.high_water
+        prev = step.reuses
+        if prev is not None and ex.loaded_route is prev.route:
+            ex.reload_local(step.route, tag=step.tag)  # only the home tails grew
+        else:
+            ex.load(step.route, rounds=step.rounds, tag=step.tag, row_keys=step.row_keys,
+                    bucket=step.bucket)  # fmt: skip
+        self._forward = LayerCursor(step)
+        s = stats()
+        s.active_steps += 1
+        s.exchange_rows_split += step.num_rows
+        s.exchange_eager_steps += int(self.needs_eager(step))
+        s.guest_capacity_high_water = ex.high_water
         return ex
 
     def _overflow(self, rows: int):
-        """Buffers for a step with more split rows than the static set holds (run eagerly, as
-        SGLang runs a batch larger than its largest graph); kept for the next such step."""
+        """Buffers for one step with more split rows than the static set holds (run eagerly, as
+        SGLang runs a batch larger than its largest graph), released after it. Transient
+        memory outside the static set: logged, as it is not reserved at start."""
         from dataclasses import replace
 
         from sglang_dcp.exchange.static import StaticExchange
 
-        big = getattr(self, "_big", None)
-        if big is None or big.shape.max_local < rows:
-            shape = replace(self.ex.shape, max_local=1 << (rows - 1).bit_length())
-            big = self._big = StaticExchange(shape, self.device,
-                                             num_row_keys=self.ex.row_slot.shape[0])  # fmt: skip
+        shape = replace(self.ex.shape, max_local=1 << (rows - 1).bit_length())
+        big = StaticExchange(shape, self.device, num_row_keys=self.ex.row_slot.shape[0])
+        logger.warning(
+            "sglang_dcp: %d split rows on this rank exceed the exchange's %d home rows: one "
+            "eager step on %.1f MiB of transient buffers (raise --dcp-max-guest-items to size "
+            "the static set larger)", rows, self.ex.shape.max_local, big.nbytes / 2**20,
+        )  # fmt: skip
         return big
 
     def _extend_exchange(self, step):
