@@ -129,9 +129,9 @@ def gather_news(hs: StepHeader, news: RankNews, decode_mode: int, group) -> list
 
 
 def _header():
-    from sglang_dcp.sglang.datapath import runtime
+    from sglang_dcp.sglang.context import ctx
 
-    rt = runtime()
+    rt = ctx().runtime  # (not datapath.runtime: datapath imports this module)
     return None if rt is None else rt.header_state
 
 
