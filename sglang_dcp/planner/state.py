@@ -15,11 +15,15 @@ Accounting (per rank ``r``):
   ``near[r]``   those of r's guest items, in (``gin``) and out (``gout``), whose peer rank is on
                 r's node (``ClusterSpec.ranks_per_node``): they pay the intranode exchange rate.
   attention items on r = ``batch[r] + gin[r]``.
+Per pair, ``pairs[h][g]``: requests homed on ``h`` with a sealed shard on ``g`` (queries ``h``
+sends ``g`` each step); ``busiest_pair()`` is their maximum, which sets the server exchange's
+bucket (``exchange.wire.bucket_for``), kept with a histogram of the pair counts.
 """
 
 from __future__ import annotations
 
 from sglang_dcp.planner.base import ClusterSpec, Migration, Policy, guest_ranks, page_up
+from sglang_dcp.planner.pairs import PairCounts
 from sglang_dcp.planner.prefill import PrefillTransient
 from sglang_dcp.planner.record import Rec
 from sglang_dcp.planner.reported import ReportedRanges
@@ -34,7 +38,7 @@ class KVOverflowError(RuntimeError):
     """
 
 
-class LedgerPolicy(VerifiedBooks, PrefillTransient, ReportedRanges, Policy):
+class LedgerPolicy(VerifiedBooks, PairCounts, PrefillTransient, ReportedRanges, Policy):
     """Base for all policies. Subclasses implement ``_plan`` (and may override ``rebalance``).
 
     ``_plan(request, home_rank)`` returns ``Rejection`` or ``(home, sealed, tail_start)`` with
@@ -58,6 +62,7 @@ class LedgerPolicy(VerifiedBooks, PrefillTransient, ReportedRanges, Policy):
         self._homed: list[dict[str, None]] = [{} for _ in range(n)]
         self._hosted: list[dict[str, None]] = [{} for _ in range(n)]  # rids with a sealed shard
         self.num_guest_items = 0  # cluster-wide sum of gin
+        self._init_pairs(n)
 
     # ---- subclass hooks -------------------------------------------------------------------
 
@@ -238,6 +243,7 @@ class LedgerPolicy(VerifiedBooks, PrefillTransient, ReportedRanges, Policy):
             if same_node(g, home):
                 self.near[g] += sign
                 self.near[home] += sign
+            self._count_pair(home, g, sign)
         self.gout[home] += sign * len(rec.guests)
         self.num_guest_items += sign * len(rec.guests)
 

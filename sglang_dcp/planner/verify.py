@@ -16,6 +16,7 @@ class VerifiedBooks:
         """
         n, ps = self.num_ranks, self.page
         kv, used, batch, gin, gout, near = ([0] * n for _ in range(6))
+        pairs = [[0] * n for _ in range(n)]
         for rid, rec in self._recs.items():
             pos = 0
             for r, s, e in rec.sealed:
@@ -34,6 +35,7 @@ class VerifiedBooks:
             assert rec.guests == guest_ranks(rec.sealed, rec.home), f"{rid}: stale guests"
             for g in rec.guests:
                 gin[g] += 1
+                pairs[rec.home][g] += 1
                 if self.cluster.same_node(g, rec.home):
                     near[g] += 1
                     near[rec.home] += 1
@@ -46,6 +48,8 @@ class VerifiedBooks:
             ("gin", self.gin, gin), ("gout", self.gout, gout), ("near", self.near, near),
         ):
             assert mine == ref, f"aggregate {name} drifted: {mine} != {ref}"
+        assert self.pairs == pairs, "pair counts drifted"
+        assert self.busiest_pair() == max(max(row) for row in pairs), "busiest pair drifted"
         assert sum(len(d) for d in self._homed) == len(self._recs), "home index drifted"
         assert sum(len(d) for d in self._hosted) == sum(gin), "guest index drifted"
         assert self.num_guest_items == sum(gin), "num_guest_items drifted"
