@@ -50,6 +50,7 @@ from __future__ import annotations
 LSE_BYTES = 4  # fp32
 
 # 1. exchange message header
+DEFAULT_CAPACITY = 16  # queries per peer pair per round (--dcp-max-guest-items)
 HEADER_BYTES = 16  # int32 x4
 HDR_COUNT, HDR_TAG = 0, 1  # int32 fields of the header (2 and 3 reserved, zero)
 
@@ -197,6 +198,17 @@ def bucket_for(pair_items: int, capacity: int) -> int:
     return next((c for c in capacity_buckets(capacity) if c >= pair_items), capacity)
 
 
+def padded_items(num_ranks: int, busiest_pair: int, capacity: int) -> int:
+    """Query rows each rank ships to its peers per layer (and the result rows it ships back) in
+    a step whose busiest peer pair carries ``busiest_pair`` queries: every other rank gets one
+    bucket per round, whatever it needs. What the server's exchange moves, and what the
+    simulator charges each rank's exchange for (0: nothing is split, no exchange)."""
+    if busiest_pair <= 0:
+        return 0
+    rounds = -(-busiest_pair // capacity)
+    return rounds * (num_ranks - 1) * bucket_for(busiest_pair, capacity)
+
+
 def _round16(n: int) -> int:
     return -(-n // 16) * 16
 
@@ -225,7 +237,7 @@ def step_wire_bytes(pair_items, *, capacity: int, q_row_bytes: int, o_row_bytes:
     bucket = bucket_for(busiest, capacity)
     q_msg, out_msg = message_bytes(bucket=bucket, q_row_bytes=q_row_bytes,
                                    o_row_bytes=o_row_bytes, lse_row_bytes=lse_row_bytes)  # fmt: skip
-    per_rank = rounds * (W - 1) * (q_msg + out_msg) if busiest else 0
+    per_rank = padded_items(W, busiest, capacity) // bucket * (q_msg + out_msg)
     row = q_row_bytes + o_row_bytes + lse_row_bytes
     used = sum(n * row + 2 * HEADER_BYTES * (-(-n // capacity))
                for h in range(W) for r, n in enumerate(pair_items[h]) if r != h and n)  # fmt: skip

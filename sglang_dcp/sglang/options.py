@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from sglang_dcp import env
+from sglang_dcp.exchange.wire import DEFAULT_CAPACITY
 
 POLICY_CHOICES = ("dcp", "round_robin", "total_tokens", "uniform", "off")
 DEFAULT_POLICY = "dcp"
@@ -31,7 +32,7 @@ SPARSE_BACKENDS = ("dsa", "nsa", "qsa", "dsv4", "compressed")
 DEFAULT_QUEUE_MAX_BYPASS = 16
 # Per-peer capacity of the static exchange (queries one rank sends one peer per round); a step
 # needing more runs eagerly in rounds (sglang_dcp:exchange_eager_steps_total).
-DEFAULT_MAX_GUEST_ITEMS = 16
+DEFAULT_MAX_GUEST_ITEMS = DEFAULT_CAPACITY
 SPLIT_RULES = ("fit", "gain", "auto")  # planner/dcp.py
 
 

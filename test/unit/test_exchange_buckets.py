@@ -15,7 +15,9 @@ from sglang_dcp.exchange.comm import Communicator
 from sglang_dcp.exchange.exchange import default_kernels
 from sglang_dcp.exchange.route import build_routes, max_pair_items
 from sglang_dcp.exchange.static import Slots, StaticExchange
-from sglang_dcp.exchange.wire import bucket_for, capacity_buckets, message_bytes, step_wire_bytes
+from sglang_dcp.exchange.wire import (
+    bucket_for, capacity_buckets, message_bytes, padded_items, step_wire_bytes,
+)  # fmt: skip
 from sglang_dcp.types import Placement, Shard
 
 W, C, H, D, SLOTS = 3, 8, 2, 8, 400
@@ -121,3 +123,6 @@ def test_step_wire_bytes_counts_buckets_rounds_and_items():
     assert rounds["rounds"] == 2 and rounds["bucket"] == 2
     assert step_wire_bytes([[0] * 3] * 3, capacity=4, q_row_bytes=1, o_row_bytes=1,
                            lse_row_bytes=1)["wire_bytes"] == 0  # fmt: skip
+    # what the simulator charges each rank: every peer a bucket per round
+    assert padded_items(8, 0, 16) == 0 and padded_items(8, 1, 16) == 7
+    assert padded_items(8, 3, 16) == 7 * 4 and padded_items(8, 40, 16) == 3 * 7 * 16
