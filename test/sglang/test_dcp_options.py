@@ -131,7 +131,8 @@ def test_flags_reach_the_options(parser):
         (["--disable-radix-cache", "--dcp-rebalance-threshold", "0.5"], "max/mean KV ratio, >= 1"),
     ],
 )
-def test_bad_combinations_are_one_line_errors(parser, extra, message):
+def test_bad_combinations_are_one_line_errors(parser, extra, message, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # triton on CPU only interpreted
     with pytest.raises(launch.LaunchError) as e:
         options(parser, *extra)
     assert message in str(e.value) and "\n" not in str(e.value)
@@ -211,3 +212,10 @@ def test_deepep_moe_composes_with_sharding(parser):
     # TBO and mixed chunks stay available without sharding
     assert not options(parser, "--enable-two-batch-overlap").sharding
     assert not options(parser, "--enable-mixed-chunk").sharding
+
+
+def test_triton_on_cpu_runs_under_the_interpreter(parser, monkeypatch):
+    """SGLang's triton backend serves on CPU under TRITON_INTERPRET=1 (slow; the second inner
+    backend of the e2e tests), so the launcher lets it through then."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert options(parser, "--disable-radix-cache", "--attention-backend", "triton").sharding
