@@ -30,6 +30,7 @@ def ship(rt, moves: list[Migration], model_runner, homes: dict[str, int]) -> lis
     from sglang_dcp.exchange.transfer import transfer_shards
     from sglang_dcp.sglang.datapath import GuestEntry
     from sglang_dcp.sglang.kv_adapter import SGLangKVPool
+    from sglang_dcp.sglang import move_reserve
     from sglang_dcp.sglang.migration import move_fault_hook
 
     k_layers, v_layers = pool_layers(model_runner.token_to_kv_pool)  # MLA: latent only
@@ -41,12 +42,12 @@ def ship(rt, moves: list[Migration], model_runner, homes: dict[str, int]) -> lis
             slots = _source_slots(rt, m, req_to_token)
             if slots is not None:  # else the transfer fails it: "holds no shard"
                 offered[(m.rid, m.start)] = slots
-                pool.offer(m.rid, m.start, slots.cpu())
+                pool.offer(m.rid, m.start, slots)  # on the pool's device, as SGLang frees it
     # the home knows which moves are migrations (its request shipped at an earlier step)
     migrating = {(m.rid, m.start) for m in moves if m.rid in rt.home and rt.home[m.rid].shipped}
     fault = move_fault_hook(moves, env.inject_move_failure(), env.test_migrate_fail(), homes,
                             env.inject_move_failure_rid())  # testing only
-    results = transfer_shards(rt.comm, pool, moves, fault=fault)
+    results = transfer_shards(rt.comm, pool, moves, fault=fault, staging=move_reserve.staging())
     if env.poison_moved():
         for res in results:
             m = res.move

@@ -107,6 +107,8 @@ class DeviceGuard(TorchFunctionMode):
                     f"{[tuple(t.shape) for t in host]} (a device mismatch on a GPU)"
                 )
         out = func(*args, **kwargs)
+        if func is torch.Tensor.cpu and dev:
+            return out.clone()  # a host copy, as on a GPU (on a CPU ``.cpu()`` returns itself)
         if func in _SYNCS:
             return out
         made_on_device = bool(dev) or (
