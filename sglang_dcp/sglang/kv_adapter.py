@@ -121,9 +121,16 @@ class SGLangKVPool:
         """Give ``key``'s slots back (moves are page-aligned, so ``key[1]`` starts a page)."""
         slots = self._slots.pop(key)
         self._end.pop(key)
-        free_segment = getattr(self.allocator, "free_segment", None)
-        if free_segment is not None:
-            free_segment(slots, start_pos=key[1])
-        else:
-            self.allocator.free(slots)
+        free_slots(self.allocator, slots, key[1])
         self.freed.append(key)
+
+
+def free_slots(allocator, slots: torch.Tensor, start: int) -> None:
+    """Give ``slots`` (tokens from ``start`` on) back: through ``free_segment`` when ``start``
+    begins a page (a paged allocator then frees each page once without ``torch.unique``, which
+    syncs with the host on a GPU), else through ``free``."""
+    free_segment = getattr(allocator, "free_segment", None)
+    if free_segment is not None and start % max(1, getattr(allocator, "page_size", 1)) == 0:
+        free_segment(slots, start_pos=start)
+    else:
+        allocator.free(slots)

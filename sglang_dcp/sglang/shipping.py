@@ -137,6 +137,14 @@ def _drop_guest_range(rt, m: Migration) -> None:
     g.slots = torch.cat([t for _, t in keep])
 
 
+def free_guest(allocator, g) -> None:
+    """Free a guest entry's slots (device tensors), one page-aligned range at a time."""
+    from sglang_dcp.sglang.kv_adapter import free_slots
+
+    for (a, _), part in zip(g.ranges, _split(g.slots, g.ranges)):
+        free_slots(allocator, part, a)
+
+
 def check_not_poisoned(rt, local_batch, model_runner) -> None:
     """Debug check under ``SGLANG_DCP_POISON_MOVED=1``: no KV this rank is about to read
     for its decode rows (all but the newest token, minus shipped ranges) is NaN."""
