@@ -20,7 +20,6 @@ KV and compares every step's attention output of every request and layer. Prints
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import tempfile

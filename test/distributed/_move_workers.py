@@ -64,7 +64,8 @@ def _rank(rank: int, comm, attention: str, page: int, guard: DeviceGuard) -> dic
         sent = torch.stack([buf[slots[4:12]] for buf in k_layers])
     free0 = alloc.available_size()
     guard.syncs.clear()
-    failed = ship(rt, [Migration("a", 0, 1, 4, 12)], runner, {"a": 0})  # first-decode shipping
+    # first-decode shipping: two moves in one batch, still two host syncs in all
+    failed = ship(rt, [Migration("a", 0, 1, 4, 8), Migration("a", 0, 1, 8, 12)], runner, {"a": 0})
     out = {"failed": len(failed), "syncs": len(guard.syncs), "freed": alloc.available_size() - free0}
     if rank == 1:
         g = rt.guests["a"]
@@ -76,9 +77,9 @@ def _rank(rank: int, comm, attention: str, page: int, guard: DeviceGuard) -> dic
         torch.distributed.recv(got, src=1)
         out["bytes_equal"] = bool(torch.equal(got, sent))
         out["moved"] = [list(x) for x in rt.home["a"].moved]
-    # a migration back home: the range rejoins the home's req_to_token row
+    # migrations back home: the ranges rejoin the home's req_to_token row
     guard.syncs.clear()
-    failed = ship(rt, [Migration("a", 1, 0, 4, 12)], runner, {"a": 0})
+    failed = ship(rt, [Migration("a", 1, 0, 4, 8), Migration("a", 1, 0, 8, 12)], runner, {"a": 0})
     out["back_failed"], out["back_syncs"] = len(failed), len(guard.syncs)
     out["guest_left"] = "a" in rt.guests
     return out
