@@ -56,7 +56,7 @@ installed wheel.
 |   MLPSyncBatchInfo._get_local_tensor                    |        |   SGLang's sync row)      |             |
 |   MLPSyncBatchInfo._get_fallback_tensor                 |        |                           |             |
 |   MLPSyncBatchInfo.all_gather                           |        |                           |             |
-| mem_cache/kv_cache_configurator.py:2177                 | BEFORE | move_reserve. (shard-move | any/shard   |
+| mem_cache/kv_cache_configurator.py:2177                 | AROUND | move_reserve. (shard-move | any/shard   |
 |   KVCacheConfigurator._profile_available_bytes         |        |   staging in the budget)  |             |
 | model_executor/runner/decode_cuda_graph_runner.py:54    | AROUND | graphs. (plain + dcp      | any/shard   |
 |   decode_cuda_graph_runner.create_attention_graph_variants | AROUND | decode graphs)        |             |
@@ -216,8 +216,8 @@ HOOKS: tuple[Hook, ...] = (
     ),
     Hook(  # shard-move staging, charged to --mem-fraction-static (move_reserve.py)
         "sglang.srt.mem_cache.kv_cache_configurator.KVCacheConfigurator._profile_available_bytes",
-        "BEFORE", ("self", "pre_model_load_memory"),
-        "sglang_dcp.sglang.move_reserve:before_profile_kv", when="shard",
+        "AROUND", ("self", "pre_model_load_memory"),
+        "sglang_dcp.sglang.move_reserve:around_profile_kv", when="shard",
     ),
     Hook(  # the name the decode graph runner imported (graph_variants.py:46 defines it)
         "sglang.srt.model_executor.runner.decode_cuda_graph_runner."
