@@ -62,7 +62,7 @@ def layer_kv(kv, cfg: CheckConfig, layer: int) -> tuple[torch.Tensor, torch.Tens
     return kv.k_buffer[layer], kv.v_buffer[layer]
 
 
-def _local_attention(q, k, v, rows, sm_scale):
+def _local_attention(q, k, v, rows, *, sm_scale):
     """SGLang's own attention for unsplit rows (a stand-in): ``q [n, H, D]``, ``rows[i]``:
     row i's slots ``[len]``; returns ``[n, H, Dv]``."""
     out = []
@@ -247,7 +247,7 @@ def _decode(st, mine, *, rank, cfg, w, kv, ex, comm, rows, req_to_token, rt, bui
             if not cfg.mla:  # MLA: V is a view of the K just written
                 v_buf.index_copy_(0, loc, v)
             q = (x @ w.wq[l]).view(B, cfg.num_q_heads, cfg.head_dim)
-            o = _local_attention(q, k_buf, v_buf, here, sm_scale)
+            o = _local_attention(q, k_buf, v_buf, here, sm_scale=sm_scale)
         else:
             q = torch.zeros(0, cfg.num_q_heads, cfg.head_dim, device=dev)
             o = torch.zeros(0, cfg.num_q_heads, cfg.v_head_dim, device=dev)

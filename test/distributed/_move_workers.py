@@ -37,7 +37,7 @@ def _pools(attention: str, page: int):
     return kv, alloc, ReqToTokenPool(4, SIZE, "cpu", False)
 
 
-def _rank(rank: int, comm, attention: str, page: int, guard: DeviceGuard) -> dict:
+def _rank(rank: int, comm, *, attention: str, page: int, guard: DeviceGuard) -> dict:
     from sglang_dcp.sglang import move_reserve
     from sglang_dcp.sglang.entries import HomeEntry
     from sglang_dcp.sglang.ledger import RankLedger
@@ -93,6 +93,6 @@ def device_strict_ship_worker(rank, world_size, init_method, backend, out_path) 
 
         move_reserve._STAGING = None  # each config reserves inside its own guard
         with DeviceGuard(max_syncs=MOVE_SYNCS) as guard:
-            results[f"{attention}/{page}"] = _rank(rank, comm, attention, page, guard)
+            results[f"{attention}/{page}"] = _rank(rank, comm, attention=attention, page=page, guard=guard)
     with open(out_path.format(rank=rank), "w") as f:
         json.dump(results, f)
