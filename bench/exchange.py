@@ -41,7 +41,7 @@ def _sync(dev: torch.device) -> None:
 
 
 def _worker(rank, world_size, init_method, backend, a: dict, out: str) -> None:
-    from sglang_dcp.exchange.buffers import ExchangeBuffers, ExchangeShape, build_step_meta
+    from sglang_dcp.exchange.buffers import ExchangeShape
     from sglang_dcp.exchange.comm import TorchDistCommunicator
     from sglang_dcp.exchange.exchange import (
         attend_items,
@@ -50,9 +50,9 @@ def _worker(rank, world_size, init_method, backend, a: dict, out: str) -> None:
         send_outputs,
         send_queries,
     )
-    from sglang_dcp.exchange.kv_pool import KVPool
     from sglang_dcp.exchange.route import build_rank_route
     from sglang_dcp.exchange.spawn import init_rank
+    from sglang_dcp.exchange.static import StaticExchange
     from sglang_dcp.types import Placement, Shard
 
     comm = TorchDistCommunicator(init_rank(rank, world_size, init_method, backend))
@@ -79,20 +79,21 @@ def _worker(rank, world_size, init_method, backend, a: dict, out: str) -> None:
     for local_only in (True, False):
         ps = placements(local_only)
         pages = (B + 2 * G) * (n // page + 2) + 2
-        pool = KVPool(num_layers=1, num_pages=pages, page_size=page, num_kv_heads=Hkv,
-                      head_dim=D, dtype=dtype, device=dev)
+        slot_map, used = {}, 1  # slot 0 is the padding slot, as in SGLang's pools
         for p in ps:
-            for s in p.shards:
-                if s.rank == rank:
-                    pool.allocate((p.rid, s.start), s.num_tokens)
-        pool.k.normal_()
-        pool.v.normal_()
-        route = build_rank_route(ps, rank=rank, num_ranks=W, local_slots=pool.slot_map())
+            n = sum(s.num_tokens for s in p.shards if s.rank == rank)
+            if n:
+                slot_map[p.rid] = list(range(used, used + n))
+                used += -(-n // page) * page  # whole pages, as an allocator hands them out
+        k_buf = torch.randn(used, Hkv, D, dtype=dtype, device=dev)
+        v_buf = torch.randn(used, Hkv, D, dtype=dtype, device=dev)
+        route = build_rank_route(ps, rank=rank, num_ranks=W, local_slots=slot_map)
         shape = ExchangeShape(num_ranks=W, max_local=route.batch_size, capacity=max(1, G),
                               num_q_heads=Hq, head_dim=D, v_head_dim=D,
-                              max_kv_slots=pool.num_slots, dtype=dtype)
-        bufs = ExchangeBuffers(shape, dev)
-        bufs.copy_from(build_step_meta(route, shape))
+                              max_kv_slots=used, dtype=dtype)
+        ex = StaticExchange(shape, dev, num_row_keys=route.batch_size + 1)
+        ex.load(route, rounds=1, tag=0, row_keys=range(route.batch_size))
+        bufs = ex.bufs
         bufs.q_in.normal_()
         kw = dict(sm_scale=D**-0.5, attention=attention)
         times = {k: [] for k in PHASES + ("total",)}
@@ -102,14 +103,14 @@ def _worker(rank, world_size, init_method, backend, a: dict, out: str) -> None:
             t0 = time.perf_counter()
             if local_only:  # no exchange at all: one launch over the home rows
                 indptr = bufs.kv_indptr[: shape.max_local + 1]
-                o, _ = attention(bufs.q_in, pool.k[0], pool.v[0], indptr, bufs.kv_indices, D**-0.5)
+                o, _ = attention(bufs.q_in, k_buf, v_buf, indptr, bufs.kv_indices, D**-0.5)
                 _sync(dev)
                 t = [0.0, time.perf_counter() - t0, 0.0, 0.0]
             else:
                 send_queries(bufs, comm)
                 _sync(dev)
                 t1 = time.perf_counter()
-                o, lse = attend_items(bufs, pool.k[0], pool.v[0], **kw)
+                o, lse = attend_items(bufs, k_buf, v_buf, **kw)
                 _sync(dev)
                 t2 = time.perf_counter()
                 send_outputs(bufs, comm, o, lse)

@@ -1,22 +1,31 @@
 """One call on a one-GPU machine: what only a GPU can show of the DCP data path.
 
-    python3 bench/gpu_check.py [--out DIR]     # -> bench/results/gpu-check-<gpu>.json/.md (+ DIR)
+    python3 bench/gpu_check.py [--out DIR] [--sglang-path DIR]   # -> bench/results/gpu-check-<gpu>.*
+    python3 bench/gpu_check.py --dry-run       # the same stages on CPU here (wiring, not results)
 
 Runs, on CUDA with compiled (not interpreted) Triton kernels:
 
 1. the kernel suite (``test/kernel``: decode attention and LSE merge against float64 on poisoned
    outputs, bad inputs, sm_90 compile; SGLang parity skips where SGLang is not installed);
-2. the ``gpu``-marked tests (``test/distributed``): one captured CUDA graph per bucket replayed
-   against eager, and several gloo ranks sharing the GPU through the exchange;
-3. the exchange self-check CLI against its float64 single-process reference: one NCCL rank with
-   CUDA-graph capture/replay, and 3-4 ranks sharing the GPU (KV, buffers and kernels on CUDA;
-   all-to-alls through host copies, since NCCL refuses two ranks on one device), one of them
-   with capacity 1 so steps run in several rounds.
+2. the ``gpu``-marked tests (``test/distributed``): several gloo ranks sharing the GPU through
+   the exchange (the NCCL graph test skips on one GPU);
+3. the exchange self-check CLI against its float64 single-process reference, on the server's own
+   runtime over SGLang's pools (``--pool sglang``: SGLang's allocator, KV pool and
+   ``req_to_token`` on the GPU, shard moves through ``shipping.ship``, routes through
+   ``step_build``, one ``StaticExchange`` per rank): 3-4 ranks sharing the GPU (all-to-alls
+   through host copies, since NCCL refuses two ranks on one device), MHA and MLA pools, paged
+   and unpaged allocators, one with capacity 1 so steps run in several rounds.
 
-It does not need SGLang or this repo's pinned venv: the package is staged into a temp folder
-(``kernels/`` as ``sglang_dcp.kernels``) and run with the machine's own torch/triton, whose
-versions the report records. What it cannot show on one GPU: NCCL between ranks, SGLang's
-``dcp_triton`` backend inside a server, speed (these are correctness runs, not timings).
+Stage 3 needs SGLang 0.5.21 importable. The GPU image has Python 3.12 and no SGLang, so its
+wheel travels with the check (``--sglang-path``: a folder where it and the packages it imports
+that the image lacks were installed, e.g. ``pip install --no-index --no-deps --target /tmp/site
+.whl/*.whl``; the wheels are fetched here with ``pip download --no-deps --only-binary=:all:
+--python-version 3.12 ...``: ``sglang==0.5.21`` and the names ``--missing`` prints). Without it,
+stage 3 fails and says why; it is never skipped silently. The rest does not need SGLang or this
+repo's pinned venv: the package is staged into a temp folder (``kernels/`` as
+``sglang_dcp.kernels``) and run with the machine's own torch/triton, whose versions the report
+records. What it cannot show on one GPU: NCCL between ranks, SGLang's ``dcp_triton`` backend
+inside a server, speed (these are correctness runs, not timings).
 """
 
 from __future__ import annotations
@@ -36,16 +45,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
-GPU_TEST_FILES = ("test_runner.py", "test_selfcheck.py")
+GPU_TEST_FILES = ("test_selfcheck_rank.py", "test_selfcheck.py")
+# the self-check on SGLang's pools, ranks sharing the one GPU (gloo, host-staged all-to-alls)
 SELFCHECKS = [
-    ("1 NCCL rank, CUDA graphs", ["--world-size", "1", "--backend", "nccl", "--cuda-graph",
-                                  "--steps", "8", "--seed", "0"]),
-    ("4 gloo ranks on one GPU", ["--world-size", "4", "--device", "cuda", "--impl", "triton",
-                                 "--steps", "8", "--seed", "0"]),
-    ("3 gloo ranks on one GPU, capacity 1", ["--world-size", "3", "--device", "cuda", "--impl",
-                                             "triton", "--capacity", "1", "--steps", "6",
-                                             "--seed", "3"]),
+    ("4 ranks, SGLang MHA pool", ["--world-size", "4", "--attention", "mha", "--steps", "8",
+                                  "--seed", "0"]),
+    ("3 ranks, SGLang MLA pool, paged, capacity 1", ["--world-size", "3", "--attention", "mla",
+                                                     "--paged", "--capacity", "1", "--steps",
+                                                     "6", "--seed", "3"]),
+    ("3 ranks, SGLang MHA pool, paged, capacity 1", ["--world-size", "3", "--attention", "mha",
+                                                     "--paged", "--capacity", "1", "--steps",
+                                                     "6", "--seed", "4"]),
 ]  # fmt: skip
+ON_GPU = ["--pool", "sglang", "--device", "cuda", "--impl", "triton"]
+ON_CPU = ["--pool", "sglang", "--device", "cpu", "--impl", "torch"]  # --dry-run
+SGLANG_PROBE = ("import sglang.srt.mem_cache.memory_pool, sglang.srt.mem_cache.allocator.paged; "
+                "print('sglang', sglang.__version__)")  # fmt: skip
 
 
 def stage_package() -> Path:
@@ -127,6 +142,42 @@ def markdown(meta: dict, steps: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def selfcheck_steps(*, pkg: Path, env: dict, where: list[str], timeout: float) -> list[dict]:
+    """Stage 3: the self-check on SGLang's pools, or one failed step saying SGLang is missing."""
+    probe = run([sys.executable, "-c", SGLANG_PROBE], cwd=pkg, env=env, timeout=300)
+    if probe["rc"] != 0:
+        why = probe["tail"].strip().splitlines()[-1:] or ["?"]
+        return [dict(probe, rc=3, name="selfcheck on SGLang's pools",
+                     detail=f"SGLang is not importable here ({why[0]}); pass --sglang-path "
+                            "(see the module docstring)")]  # fmt: skip
+    steps = []
+    for name, args in SELFCHECKS:
+        cmd = [sys.executable, "-m", "sglang_dcp.exchange.selfcheck", *where, *args,
+               "--timeout", str(int(timeout - 10))]  # fmt: skip
+        s = run(cmd, cwd=pkg, env=env, timeout=timeout)
+        s["name"] = f"selfcheck: {name}"
+        err = re.findall(r"max_rel_err=(\S+)", s["tail"])
+        info = re.findall(r"world_size=.*", s["tail"])
+        s["detail"] = f"`{' '.join(args)}`: " + (f"max_rel_err={err[-1]}" if err else "no result") + (
+            f" ({info[-1].split(' ', 3)[-1]})" if info else "")
+        steps.append(s)
+    return steps
+
+
+def missing() -> int:
+    """The distributions SGLang's pool import loads (run where SGLang is installed): the wheels
+    to carry are those of them the GPU image lacks."""
+    import importlib.metadata as md
+
+    before = set(sys.modules)
+    exec(SGLANG_PROBE)
+    dists = md.packages_distributions()
+    names = sorted({d for m in set(sys.modules) - before for d in dists.get(m.split(".")[0], ())})
+    for n in names:
+        print(f"{n}=={md.version(n)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python3 bench/gpu_check.py", description=__doc__.split("\n\n")[0]
@@ -135,10 +186,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--workers", type=int, default=8, help="pytest-xdist workers for the kernel suite"
     )
+    ap.add_argument("--sglang-path", default=os.environ.get("SGLANG_DCP_SGLANG_PATH"),
+                    help="a folder holding SGLang 0.5.21 and what it imports (PYTHONPATH)")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="stage 3 on CPU with this interpreter's SGLang; writes no results file")
+    ap.add_argument("--missing", action="store_true",
+                    help="print name==version of every distribution SGLang's pool import loads")
     a = ap.parse_args(argv)
+    if a.missing:
+        return missing()
+    if a.dry_run:
+        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+        steps = selfcheck_steps(pkg=ROOT, env=env, where=ON_CPU, timeout=900)
+        for s in steps:
+            print(f"{'PASS' if s['rc'] == 0 else 'FAIL'}  {s['name']}  ({s['seconds']} s)  "
+                  f"{s['detail']}")  # fmt: skip
+            if s["rc"] != 0:
+                print(s["tail"])
+        return 0 if all(s["rc"] == 0 for s in steps) else 1
 
     pkg = stage_package()
-    env = dict(os.environ, PYTHONPATH=str(pkg), PYTHONUNBUFFERED="1")
+    path = [str(pkg)] + ([a.sglang_path] if a.sglang_path else [])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path), PYTHONUNBUFFERED="1")
     env.pop("TRITON_INTERPRET", None)
     meta = device_info(env, pkg)
     meta["git_sha"] = os.environ.get("GIT_SHA") or "unknown"
@@ -153,23 +222,15 @@ def main(argv: list[str] | None = None) -> int:
     steps.append(s)
     dist_tests = [str(ROOT / "test" / "distributed" / f) for f in GPU_TEST_FILES]
     s = pytest_step([*dist_tests, "-m", "gpu"], pkg=pkg, env=env, xml=work / "gpu.xml",
-                    timeout=120)  # fmt: skip
-    s["name"] = "gpu-marked tests (CUDA graphs; ranks sharing the GPU)"
+                    timeout=240)  # fmt: skip
+    s["name"] = "gpu-marked tests (ranks sharing the GPU on SGLang's pools)"
     steps.append(s)
     for s in steps:
         s["detail"] = f"{s['passed']} passed, {s['failed']} failed, {s['skipped']} skipped" + (
             f": {', '.join(s['failures'][:6])}" if s["failures"] else "")
         if s["rc"] == 0 and s["passed"] == 0:
             s["rc"] = 5  # nothing ran is not a pass
-    for name, args in SELFCHECKS:
-        s = run([sys.executable, "-m", "sglang_dcp.exchange.selfcheck", *args, "--timeout", "80"],
-                cwd=pkg, env=env, timeout=90)  # fmt: skip
-        s["name"] = f"selfcheck: {name}"
-        err = re.findall(r"max_rel_err=(\S+)", s["tail"])
-        info = re.findall(r"world_size=.*", s["tail"])
-        s["detail"] = f"`{' '.join(args)}`: " + (f"max_rel_err={err[-1]}" if err else "no result") + (
-            f" ({info[-1].split(' ', 3)[-1]})" if info else "")
-        steps.append(s)
+    steps += selfcheck_steps(pkg=pkg, env=env, where=ON_GPU, timeout=150)
 
     for s in steps:
         print(f"{'PASS' if s['rc'] == 0 else 'FAIL'}  {s['name']}  ({s['seconds']} s)  {s['detail']}")

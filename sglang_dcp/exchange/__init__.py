@@ -3,10 +3,13 @@
 - ``route``: pure route plans (who sends which query where, what each home merges).
 - ``comm``: the ``Communicator`` (explicit process group; gloo on CPU, NCCL on GPU).
 - ``kv_pool``: a per-rank paged KV pool with page tables per (request, shard).
-- ``buffers``: static exchange buffers with a fixed per-peer capacity, and their step metadata.
+- ``buffers``: static exchange buffers with a fixed per-peer capacity.
+- ``static``: ``StaticExchange``, the one runtime that lays each step's route out in them.
 - ``exchange``: one layer's attention across ranks (pack, all-to-all, attend, all-to-all, merge).
-- ``transfer``: moving sealed shards between ranks (allocate, send, confirm, free).
-- ``selfcheck``: ``python -m sglang_dcp.exchange.selfcheck`` on local gloo ranks.
+- ``transfer``: moving sealed shards between ranks (allocate, send in bounded pieces, confirm,
+  free; ``move_staging``: the pieces, their staging buffers, the checksum).
+- ``selfcheck``: ``python -m sglang_dcp.exchange.selfcheck --pool sglang`` on local gloo ranks,
+  over SGLang's pools and the server's own loader (``sglang/selfcheck_rank.py``).
 
 Names below load lazily, so ``route`` stays importable without torch.
 """
@@ -14,11 +17,8 @@ Names below load lazily, so ``route`` stays importable without torch.
 import importlib
 
 _WHERE = {
-    "CapacityError": "buffers",
     "ExchangeBuffers": "buffers",
     "ExchangeShape": "buffers",
-    "StepMeta": "buffers",
-    "build_step_meta": "buffers",
     "Communicator": "comm",
     "LocalCommunicator": "comm",
     "TorchDistCommunicator": "comm",

@@ -1,21 +1,25 @@
-"""End-to-end check of the exchange on ``W`` local gloo ranks against a single-process reference.
+"""End-to-end check of the server's exchange runtime on ``W`` local gloo ranks against a
+single-process float64 reference.
 
-    python -m sglang_dcp.exchange.selfcheck --world-size 3 --steps 8 --seed 0
+    python -m sglang_dcp.exchange.selfcheck --pool sglang [--attention mha|mla] [--paged] \
+        --world-size 3 --steps 8 --seed 0
 
-Each rank runs a small random multi-layer attention stack (q/k/v projections, new K/V appended
-to the tail at home, attention through the exchange, residual output projection) over a random
-scenario (``scenario.py``): prompts are prefilled at home and their sealed shards shipped with
-``transfer_shards``; requests finish and arrive; one sealed shard migrates mid-run. The parent
-replays the same stack in float64 over the unsharded KV and compares every step's attention
-output of every request and layer. Prints ``max_rel_err=<value>`` last; exit 0 iff <= 1e-5.
-``--mla``: SGLang's absorbed MLA shapes (one latent KV head, V a view of its first columns,
-latent partials merged; ``toy_stack.py``).
+Each rank runs what a DCP server runs, minus the scheduler (``sglang/selfcheck_rank.py``):
+SGLang's own KV pool, allocator and ``req_to_token`` pool; prompts prefilled at home and their
+sealed shards shipped with the server's ``shipping.ship`` (adapter, ``transfer_shards``, reserved
+staging); every step's route built by ``step_build.build_step`` and run through one
+``StaticExchange`` per rank, layer by layer, as the attention backend calls it. Over it, a small
+random multi-layer attention stack (``toy_stack.py``: q/k/v projections, new K/V appended at
+home, residual output projection) and a random scenario (``scenario.py``: arrivals, finishes,
+one sealed-shard migration mid-run). The parent replays the stack in float64 over the unsharded
+KV and compares every step's attention output of every request and layer. Prints
+``max_rel_err=<value>`` last; exit 0 iff <= 1e-5. ``--attention mla``: SGLang's
+``MLATokenToKVPool`` and absorbed MLA shapes (one latent KV head, V its first columns).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import tempfile
@@ -29,19 +33,8 @@ from sglang_dcp.exchange.comm import (
     HostStagedCommunicator,
     TorchDistCommunicator,
 )
-from sglang_dcp.exchange.exchange import default_kernels
-from sglang_dcp.exchange.route import max_pair_items, tokens_on
-from sglang_dcp.exchange.scenario import make_scenario
 from sglang_dcp.exchange.spawn import init_rank, run_ranks
-from sglang_dcp.exchange.toy_stack import (
-    CheckConfig,
-    ToyStack,
-    Weights,
-    make_pool,
-    reference_errors,
-)
-from sglang_dcp.exchange.transfer import ShardMove, transfer_shards
-from sglang_dcp.runner.graph import DecodeRunner, capture_buckets
+from sglang_dcp.exchange.toy_stack import CheckConfig, Weights, reference_errors  # noqa: F401
 
 TOLERANCE = 1e-5
 
@@ -66,85 +59,10 @@ def run_worker(rank, world_size, init_method, backend, cfg, out: str, run) -> No
 
 
 def run_rank(rank: int, cfg: CheckConfig, comm: Communicator, out: str) -> None:
-    W = cfg.world_size
-    steps = make_scenario(W, cfg.steps, cfg.seed, page_size=cfg.page_size, max_pages=cfg.max_pages)
-    if cfg.device == "cuda":
-        dev = torch.device("cuda", torch.cuda.current_device())
-    else:
-        dev = torch.device(cfg.device)
-    w = Weights(cfg).to(dev)
-    def pages(p) -> int:
-        return -(-p.shards[-1].end // cfg.page_size) + len(p.shards)
+    """One rank on the server's runtime over SGLang's pools (imports SGLang)."""
+    from sglang_dcp.sglang.selfcheck_rank import run_rank as run_sglang_rank
 
-    # room for every request ever held at once on one rank (prefill at home, then decode)
-    most = sum(pages(p) for p in steps[-1].placements)
-    most += sum(pages(p) for s in steps for p in s.arrivals)
-    pool = make_pool(cfg, most + cfg.steps + 2, dev)
-    max_batch = max(sum(p.home_rank == r for p in s.placements) for s in steps for r in range(W))
-    max_pair = max(max_pair_items(s.placements, W) for s in steps)
-    runner = DecodeRunner(
-        comm=comm,
-        pool=pool,
-        model=ToyStack(w, pool),
-        num_q_heads=cfg.num_q_heads,
-        head_dim=cfg.head_dim,
-        v_head_dim=cfg.v_head_dim,
-        sm_scale=1 / math.sqrt(cfg.head_dim),
-        buckets=capture_buckets(max(1, max_batch), cfg.capacity or max(1, max_pair)),
-        kernels=default_kernels(cfg.impl),
-        check_headers=True,
-        use_cuda_graph=cfg.cuda_graph,
-    )
-    if cfg.cuda_graph:
-        runner.capture()
-    results: dict[tuple[int, str], torch.Tensor] = {}
-    stats = {"max_rounds": 0, "moves": 0, "guest_items": 0}
-    ptrs = None
-    for st in steps:
-        for rid in st.finishes:
-            pool.free_request(rid)
-        moves = []
-        for p in st.arrivals:  # prefill at home, then ship the sealed shards
-            n = p.shards[-1].end
-            if p.home_rank == rank:
-                pool.allocate((p.rid, 0), n)
-                slots = pool.slot_tensor((p.rid, 0))
-                for l in range(cfg.num_layers):
-                    k, v = w.prompt_kv(p.rid, l, n)
-                    pool.k[l, slots], pool.v[l, slots] = k.to(dev), v.to(dev)
-                for s in p.shards[1:]:
-                    if s.start < n:
-                        pool.split(pool.key_at(p.rid, s.start), s.start)
-                if p.shards[-1].start == n and n > 0:
-                    pool.allocate((p.rid, n), 0)
-            moves += [
-                ShardMove(p.rid, p.home_rank, s.rank, s.start, s.end)
-                for s in p.shards[:-1]
-                if s.rank != p.home_rank
-            ]
-        migrations = list(st.migrations)
-        stats["moves"] += len(moves) + len(migrations)
-        for batch in (moves, migrations):  # a migration may move a shard shipped just now
-            for r in transfer_shards(comm, pool, batch):
-                if not r.ok:
-                    raise RuntimeError(f"step {st.t}: transfer {r.move} failed: {r.reason}")
-        homes = [p for p in st.placements if p.home_rank == rank]
-        loc = [pool.extend((p.rid, p.shards[-1].start), 1)[0] for p in homes]
-        x = torch.stack([w.x0(p.rid, st.t) for p in homes]) if homes else torch.zeros(0, cfg.hidden)
-        loc_t = torch.tensor(loc, dtype=torch.long)
-        io = runner.step(st.placements, {"x": x.to(dev), "loc": loc_t.to(dev)})
-        bufs = runner.buffers[runner.last_bucket]
-        if ptrs is not None and runner.last_bucket == ptrs[0] and bufs.data_ptrs() != ptrs[1]:
-            raise RuntimeError(f"step {st.t}: static buffers moved")
-        ptrs = (runner.last_bucket, bufs.data_ptrs())
-        stats["max_rounds"] = max(stats["max_rounds"], runner.last_rounds)
-        stats["guest_items"] += sum(
-            1 for p in st.placements if p.home_rank != rank and tokens_on(p, rank) > 0
-        )
-        for i, p in enumerate(homes):
-            results[(st.t, p.rid)] = io["attn"][i].to("cpu", copy=True)
-    torch.save({"results": results, "stats": stats}, os.path.join(out, f"rank{rank}.pt"))
-    comm.barrier()
+    run_sglang_rank(rank, cfg, comm, out)
 
 
 def collect_results(cfg: CheckConfig, timeout_s: float = 300) -> tuple[dict, dict]:
@@ -205,13 +123,25 @@ def main(argv: list[str] | None = None) -> int:
         "gloo lets several ranks share one GPU, the all-to-alls going through host copies",
     )  # fmt: skip
     ap.add_argument(
-        "--cuda-graph", action="store_true", help="capture/replay per bucket (with --backend nccl)"
+        "--cuda-graph", action="store_true",
+        help="capture each layer's one-round exchange in a CUDA graph and replay it, as the "
+        "server's decode graphs do (with --backend nccl)",
     )
     ap.add_argument(
-        "--mla", action="store_true",
-        help="MLA shapes (DeepSeek-V3's absorbed path at the tiny model's size: q [H, 48], one "
-        "latent KV head [48] whose first 32 columns are V, latent outputs [H, 32])",
+        "--pool", choices=["sglang"], default="sglang",
+        help="KV pools and allocators: SGLang's own (the only kind; the server's runtime)",
     )  # fmt: skip
+    ap.add_argument(
+        "--attention", choices=["mha", "mla"], default="mha",
+        help="mha: MHATokenToKVPool, GQA shapes; mla: MLATokenToKVPool, DeepSeek-V3's absorbed "
+        "path at the tiny model's size (q [H, 48], one latent KV head [48] whose first 32 "
+        "columns are V, latent outputs [H, 32])",
+    )  # fmt: skip
+    ap.add_argument("--mla", action="store_true", help="the same as --attention mla")
+    ap.add_argument(
+        "--paged", action="store_true",
+        help="SGLang's paged allocator (page 4, the scenario's page) instead of one token a page",
+    )
     ap.add_argument("--timeout", type=float, default=300, help="seconds before the ranks are killed")
     ap.add_argument("--extend", action="store_true",
                     help="check the extend-mode exchange instead (prefill into shards; see "
@@ -224,16 +154,17 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--cuda-graph needs --backend nccl (a graph cannot capture gloo's host copies)")
     if device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda (or --backend nccl): no CUDA device is visible")
-    make = CheckConfig.for_mla if a.mla else CheckConfig
+    mla = a.mla or a.attention == "mla"
+    make = CheckConfig.for_mla if mla else CheckConfig
     cfg = make(
         a.world_size, a.steps, a.seed, num_layers=a.layers, capacity=a.capacity, impl=a.impl,
-        device=device, cuda_graph=a.cuda_graph, backend=a.backend,
+        device=device, backend=a.backend, paged=a.paged, cuda_graph=a.cuda_graph,
     )
     results, stats = collect_results(cfg, timeout_s=a.timeout)
     err, where = reference_errors(cfg, results)
     print(
         f"world_size={cfg.world_size} steps={cfg.steps} seed={cfg.seed} layers={cfg.num_layers} "
-        f"{'mla ' if cfg.mla else ''}"
+        f"pool=sglang attention={'mla' if cfg.mla else 'mha'} paged={int(cfg.paged)} "
         f"outputs={len(results)} guest_items={stats['guest_items']} "
         f"shard_moves={stats['moves']} max_rounds={stats['max_rounds']}"
     )

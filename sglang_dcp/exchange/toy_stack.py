@@ -7,11 +7,11 @@ attention, a residual output projection. Two geometries (``CheckConfig.mla``):
 - MLA (SGLang's absorbed DeepSeek path): ``q [H, D]`` with ``D = kv_lora_rank + rope`` (the
   absorbed ``[q_nope W_UK ; q_pe]``: a linear map of the stream, so a random projection stands
   for it), one latent KV row ``[1, D]`` per token, V the latent's first ``Dv = kv_lora_rank``
-  columns (the pool's V buffer is a *view* of K, as in SGLang's ``MLATokenToKVPool``), latent
+  columns (V is a *view* of K, as in SGLang's ``MLATokenToKVPool``), latent
   output ``[H, Dv]`` merged across ranks before the output projection (W_UV o_proj).
 
-Shapes in the pool: ``k [num_layers, num_slots, Hkv, D]``, ``v [num_layers, num_slots, Hkv,
-Dv]``.
+The ranks run it over SGLang's own pools (``sglang/selfcheck_rank.py``): per layer ``k [num_slots,
+Hkv, D]``, ``v [num_slots, Hkv, Dv]``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import torch
 
-from sglang_dcp.exchange.kv_pool import KVPool
 from sglang_dcp.exchange.scenario import make_scenario
 
 MLA_KV_LORA_RANK, MLA_ROPE_DIM = 32, 16  # the tiny DeepSeek-V3's (sglang_dcp/tiny_deepseek.py)
@@ -43,9 +42,10 @@ class CheckConfig:
     capacity: int = 0  # largest per-peer capacity bucket; 0: enough for one round
     impl: str = "auto"  # kernels: auto | torch | triton
     device: str = "cpu"  # "cuda": each rank's current CUDA device (gloo: ranks share GPUs)
-    cuda_graph: bool = False  # capture one graph per bucket (CUDA only)
+    cuda_graph: bool = False  # capture each layer's one-round exchange (CUDA, NCCL only)
     backend: str = "gloo"
     mla: bool = False  # V is the first v_head_dim columns of the latent K (a view)
+    paged: bool = False  # SGLang's paged allocator with page_size (else one token a page)
 
     @classmethod
     def for_mla(cls, world_size: int, steps: int, seed: int, **kw) -> "CheckConfig":
@@ -109,48 +109,6 @@ class Weights:
 
     def x0(self, rid: str, t: int) -> torch.Tensor:
         return _randn(self.cfg.hidden, key=(self.cfg.seed, "x", _rid_num(rid), t))
-
-
-def make_pool(cfg: CheckConfig, num_pages: int, device) -> KVPool:
-    """The rank's KV pool; MLA: ``v`` is a view of ``k``'s first ``Dv`` columns."""
-    pool = KVPool(
-        num_layers=cfg.num_layers, num_pages=num_pages, page_size=cfg.page_size,
-        num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, v_head_dim=cfg.v_head_dim,
-        device=device,
-    )  # fmt: skip
-    if cfg.mla:
-        pool.v = pool.k[..., : cfg.v_head_dim]
-    return pool
-
-
-class ToyStack:
-    """The attention stack driven by ``DecodeRunner`` (implements ``DecodeModel``)."""
-
-    def __init__(self, w: Weights, pool: KVPool) -> None:
-        self.w, self.pool = w, pool
-
-    def make_io(self, max_local: int, device) -> dict[str, torch.Tensor]:
-        c = self.w.cfg
-        return {
-            "x": torch.zeros(max_local, c.hidden, device=device),
-            "loc": torch.zeros(max_local, dtype=torch.long, device=device),
-            "attn": torch.zeros(
-                max_local, c.num_layers, c.num_q_heads, c.v_head_dim, device=device
-            ),
-        }
-
-    def forward(self, io, attend) -> None:
-        c, w = self.w.cfg, self.w
-        x, loc = io["x"], io["loc"]
-        B = x.shape[0]
-        for l in range(c.num_layers):
-            k, v = w.new_kv(x, l)
-            self.pool.k[l].index_copy_(0, loc, k)
-            if not c.mla:  # MLA: V is a view of the K just written
-                self.pool.v[l].index_copy_(0, loc, v)
-            o = attend(l, (x @ w.wq[l]).view(B, c.num_q_heads, c.head_dim))
-            io["attn"][:, l].copy_(o)
-            x = x + o.reshape(B, -1) @ w.wo[l]
 
 
 def reference_errors(cfg: CheckConfig, results: dict) -> tuple[float, str]:

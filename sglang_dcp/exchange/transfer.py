@@ -23,6 +23,7 @@ import torch
 
 from sglang_dcp.exchange.comm import Communicator
 from sglang_dcp.exchange.kv_pool import KVPool, KVPoolFull, ShardKey
+from sglang_dcp.exchange.move_staging import DEFAULT_CHUNK_MB, MoveStaging, checksum, schedule
 from sglang_dcp.exchange.wire import MOVE_CHECKSUM, MOVE_DST_OK, MOVE_SRC_OK, MOVE_STATE_WIDTH
 from sglang_dcp.planner.base import Migration
 
@@ -77,13 +78,32 @@ def _undo(pool: KVPool, splits: list[tuple[ShardKey, ShardKey]]) -> None:
         pool.join(left, right)
 
 
-def _checksum(pool: KVPool, slots: torch.Tensor) -> float:
-    """Every layer's K and V of the range summed per token, each token weighted by its place in
-    the range (1, 2, ...): the same bytes in another slot order give another sum."""
-    w = torch.arange(1, slots.numel() + 1, dtype=torch.float64, device=pool.k.device)
-    k = pool.k[:, slots].double().sum(dim=(0, 2, 3))
-    v = pool.v[:, slots].double().sum(dim=(0, 2, 3))
-    return float((w * (k + 2 * v)).sum())
+def _layers(stack) -> list[torch.Tensor]:
+    """Per-layer ``[num_slots, heads, dim]`` buffers of a pool's ``k``/``v`` (a ``LayerStack``
+    of SGLang's buffers, or one ``[num_layers, num_slots, heads, dim]`` tensor)."""
+    layers = getattr(stack, "layers", None)
+    return list(layers) if layers is not None else list(stack.unbind(0))
+
+
+def _pack(k_layers, v_layers, slots: torch.Tensor, out: torch.Tensor) -> None:
+    """Every layer's K then V of ``slots`` into the byte buffer ``out`` (``[L, n, H, D]`` then
+    ``[L, n, H, Dv]``), one ``index_select`` per layer, no temporary."""
+    pos, n = 0, slots.numel()
+    for buf in (*k_layers, *v_layers):
+        nb = n * buf[0].numel() * buf.element_size()
+        if nb:
+            view = out[pos : pos + nb].view(buf.dtype).view(n, *buf.shape[1:])
+            torch.index_select(buf, 0, slots, out=view)
+        pos += nb
+
+
+def _unpack(k_layers, v_layers, slots: torch.Tensor, src: torch.Tensor) -> None:
+    pos, n = 0, slots.numel()
+    for buf in (*k_layers, *v_layers):
+        nb = n * buf[0].numel() * buf.element_size()
+        if nb:
+            buf.index_copy_(0, slots, src[pos : pos + nb].view(buf.dtype).view(n, *buf.shape[1:]))
+        pos += nb
 
 
 def transfer_shards(
@@ -92,8 +112,13 @@ def transfer_shards(
     moves: Sequence[ShardMove],
     *,
     fault: FaultHook | None = None,
+    staging: MoveStaging | None = None,
 ) -> list[TransferResult]:
-    """Run ``moves`` (the same list on every rank); returns one result per move, in order."""
+    """Run ``moves`` (the same list on every rank); returns one result per move, in order.
+
+    Bytes go in pieces through ``staging`` (the rank's reserved buffers; ``None``: a set of
+    ``DEFAULT_CHUNK_MB`` for this call only, as tests and self-checks use). Host syncs: two per
+    call whatever the number of moves (the gathered status, the gathered confirmations)."""
     me, W, M = comm.rank, comm.world_size, len(moves)
     if M == 0:
         return []
@@ -107,9 +132,13 @@ def transfer_shards(
                 # a chained move would read slots that are allocated but not yet filled
                 raise ValueError(f"moves {a} and {b} overlap; run them in separate batches")
     failed = fault or (lambda phase, i: False)
+    if staging is None:
+        staging = MoveStaging(DEFAULT_CHUNK_MB << 20, dev)
+    k_layers, v_layers = _layers(pool.k), _layers(pool.v)
 
-    # 1. sender finds its range, receiver allocates; everyone learns both sides' status
-    state = torch.zeros(M, MOVE_STATE_WIDTH, dtype=torch.float64, device=dev)  # wire.py §2
+    # 1. sender finds its range and checksums it, receiver allocates; everyone learns both
+    # sides' status (wire.py §2). The checksums stay on the device.
+    state = torch.zeros(M, MOVE_STATE_WIDTH, dtype=torch.int64, device=dev)
     src_key: dict[int, ShardKey] = {}
     src_splits: dict[int, list[tuple[ShardKey, ShardKey]]] = {}
     why: dict[int, str] = {}
@@ -118,7 +147,9 @@ def transfer_shards(
             try:
                 src_key[i], src_splits[i] = _cut(pool, m)
                 state[i, MOVE_SRC_OK] = 1
-                state[i, MOVE_CHECKSUM] = _checksum(pool, pool.slot_tensor(src_key[i]))
+                state[i, MOVE_CHECKSUM] = checksum(
+                    k_layers, v_layers, pool.slot_tensor(src_key[i]), staging.send
+                )
             except (KeyError, ValueError) as e:
                 why[i] = f"sender {me}: {e}"
         if m.dst == me:
@@ -129,72 +160,64 @@ def transfer_shards(
                 state[i, MOVE_DST_OK] = 1
             except (KVPoolFull, KeyError) as e:
                 why[i] = f"receiver {me} cannot allocate: {e}"
-    gathered = torch.zeros(W * M, MOVE_STATE_WIDTH, dtype=torch.float64, device=dev)
-    comm.all_gather(gathered, state)
-    gathered = gathered.view(W, M, MOVE_STATE_WIDTH).cpu()
+    gathered_dev = torch.zeros(W * M, MOVE_STATE_WIDTH, dtype=torch.int64, device=dev)
+    comm.all_gather(gathered_dev, state)
+    gathered_dev = gathered_dev.view(W, M, MOVE_STATE_WIDTH)
+    gathered = gathered_dev.cpu()  # host sync 1 of 2: which moves go ahead
     ok = [
         bool(gathered[m.src, i, MOVE_SRC_OK]) and bool(gathered[m.dst, i, MOVE_DST_OK])
         for i, m in enumerate(moves)
     ]
 
-    # 2. bytes move: one uneven all_to_all of every layer's K and V, grouped by peer
-    L, _, Hkv, D = pool.k.shape
-    Dv = pool.v.shape[3]
-    tok_bytes = L * Hkv * (D + Dv) * pool.k.element_size()
+    # 2. bytes move in rounds of bounded pieces (move_staging.schedule, the same on every rank)
+    tok_bytes = sum(b[0].numel() * b.element_size() for b in (*k_layers, *v_layers))
     live = [i for i in range(M) if ok[i]]
-    if live:
-        send = [i for p in range(W) for i in live if moves[i].src == me and moves[i].dst == p]
-        recv = [i for p in range(W) for i in live if moves[i].dst == me and moves[i].src == p]
-
-        def nbytes(i: int) -> int:
-            return (moves[i].end - moves[i].start) * tok_bytes
-
-        in_splits = [sum(nbytes(i) for i in send if moves[i].dst == p) for p in range(W)]
-        out_splits = [sum(nbytes(i) for i in recv if moves[i].src == p) for p in range(W)]
-        parts = []
-        for i in send:
-            slots = pool.slot_tensor(src_key[i])
-            k = pool.k[:, slots].contiguous().view(torch.uint8).flatten()
-            v = pool.v[:, slots].contiguous().view(torch.uint8).flatten()
-            if failed(Phase.SEND, i):
-                k = k ^ 1  # flip a bit of every byte in flight
-            parts += [k, v]
-        inp = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.uint8, device=dev)
-        out = torch.zeros(sum(out_splits), dtype=torch.uint8, device=dev)
-        comm.all_to_all_single(out, inp, out_splits, in_splits)
+    spans = [(i, moves[i].src, moves[i].dst, moves[i].end - moves[i].start) for i in live]
+    for rnd in schedule(spans, tok_bytes=tok_bytes, chunk_bytes=staging.chunk_bytes):
+        send = sorted((p for p in rnd if p.src == me), key=lambda p: p.dst)  # stable: move order
+        recv = sorted((p for p in rnd if p.dst == me), key=lambda p: p.src)
+        in_splits = [sum((p.b - p.a) * tok_bytes for p in send if p.dst == q) for q in range(W)]
+        out_splits = [sum((p.b - p.a) * tok_bytes for p in recv if p.src == q) for q in range(W)]
         pos = 0
-        for i in recv:
-            m = moves[i]
-            n = m.end - m.start
-            slots = pool.slot_tensor((m.rid, m.start))
-            kb = n * L * Hkv * D * pool.k.element_size()
-            vb = n * L * Hkv * Dv * pool.v.element_size()
-            pool.k[:, slots] = out[pos : pos + kb].view(pool.k.dtype).view(L, n, Hkv, D)
-            pool.v[:, slots] = out[pos + kb : pos + kb + vb].view(pool.v.dtype).view(L, n, Hkv, Dv)
-            pos += kb + vb
+        for p in send:
+            nb = (p.b - p.a) * tok_bytes
+            slots = pool.slot_tensor(src_key[p.move])[p.a : p.b]
+            _pack(k_layers, v_layers, slots, staging.send[pos : pos + nb])
+            if failed(Phase.SEND, p.move):
+                staging.send[pos : pos + nb].bitwise_xor_(1)  # flip a bit of every byte in flight
+            pos += nb
+        comm.all_to_all_single(
+            staging.recv[: sum(out_splits)], staging.send[:pos], out_splits, in_splits
+        )
+        pos = 0
+        for p in recv:
+            nb = (p.b - p.a) * tok_bytes
+            m = moves[p.move]
+            slots = pool.slot_tensor((m.rid, m.start))[p.a : p.b]
+            _unpack(k_layers, v_layers, slots, staging.recv[pos : pos + nb])
+            pos += nb
 
-    # 3. receiver confirms what it got matches the sender's checksum
-    confirm = torch.zeros(M, dtype=torch.float64, device=dev)
+    # 3. receiver confirms what it got matches the sender's checksum, on the device:
+    # confirm[i] = (matched, its own checksum) for the reason of a mismatch
+    confirm = torch.zeros(M, 2, dtype=torch.int64, device=dev)
     for i in live:
         m = moves[i]
         if m.dst != me:
             continue
-        want = float(gathered[m.src, i, MOVE_CHECKSUM])
-        got = _checksum(pool, pool.slot_tensor((m.rid, m.start)))
         if failed(Phase.CONFIRM, i):
             why[i] = f"receiver {me}: injected fault before confirming"
-        elif abs(got - want) > 1e-9 * max(1.0, abs(want)):
-            why[i] = f"receiver {me}: checksum {got!r} != sender's {want!r}"
-        else:
-            confirm[i] = 1
-    confirmed = torch.zeros(W * M, dtype=torch.float64, device=dev)
+            continue
+        got = checksum(k_layers, v_layers, pool.slot_tensor((m.rid, m.start)), staging.recv)
+        confirm[i, 1] = got
+        confirm[i, 0] = got == gathered_dev[m.src, i, MOVE_CHECKSUM]
+    confirmed = torch.zeros(W * M, 2, dtype=torch.int64, device=dev)
     comm.all_gather(confirmed, confirm)
-    confirmed = confirmed.view(W, M).cpu()
+    confirmed = confirmed.view(W, M, 2).cpu()  # host sync 2 of 2: which moves committed
 
     # 4. commit (sender frees) or roll back (receiver frees); the source is never touched on failure
     results = []
     for i, m in enumerate(moves):
-        done = ok[i] and bool(confirmed[m.dst, i])
+        done = ok[i] and bool(confirmed[m.dst, i, 0])
         if m.src == me and i in src_key:
             if done:
                 pool.free(src_key[i])
@@ -202,6 +225,9 @@ def transfer_shards(
                 _undo(pool, src_splits[i])  # the source ends exactly as it began
         if not done and m.dst == me and pool.has((m.rid, m.start)) and bool(gathered[me, i, MOVE_DST_OK]):
             pool.free((m.rid, m.start))
+        if not done and ok[i] and i not in why:
+            got, want = int(confirmed[m.dst, i, 1]), int(gathered[m.src, i, MOVE_CHECKSUM])
+            why[i] = f"receiver {m.dst}: checksum {got} != sender's {want}"
         reason = "" if done else why.get(i, "failed on a peer")
         results.append(TransferResult(m, done, reason))
     return results

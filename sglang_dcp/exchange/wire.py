@@ -23,11 +23,13 @@
    what such a step ships against what its items need; the server's ``StaticExchange`` and the
    benchmarks use it.
 
-2. **Shard-move messages** (``transfer.py``): one float64 state record per move
-   (``MOVE_SRC_OK``, ``MOVE_DST_OK``, ``MOVE_CHECKSUM``), all-gathered; then one uneven byte
-   all-to-all whose per-peer payload is, for each move to that peer in move order, every layer's
-   K of the range (``[layers, tokens, kv_heads, head_dim]``) followed by every layer's V; then
-   one float64 confirm per move (1 = the receiver's checksum matched).
+2. **Shard-move messages** (``transfer.py``): one int64 state record per move
+   (``MOVE_SRC_OK``, ``MOVE_DST_OK``, ``MOVE_CHECKSUM``: an integer sum over the raw bytes,
+   ``move_staging.checksum``), all-gathered; then rounds of uneven byte all-to-alls of at most
+   ``--dcp-transfer-chunk-mb`` per rank and direction (``move_staging.schedule``), whose
+   per-peer payload is, for each piece of each move to that peer in move order, every layer's
+   K of the piece's tokens (``[layers, tokens, kv_heads, head_dim]``) followed by every layer's
+   V; then one int64 pair per move (matched, the receiver's checksum), all-gathered.
 
 3. **Step news records** (``sglang/header.py``, ``datapath.py``): a rank's ``RankNews`` as a flat
    list of int64 words, no pickling, gathered only in steps where some rank has news::

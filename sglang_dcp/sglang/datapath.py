@@ -269,9 +269,11 @@ class RankRuntime:
         shipping.check_not_poisoned(self, local_batch, model_runner)
 
     def _free_guest(self, rid: str) -> None:
+        """Give a released request's guest slots back, range by range through ``free_segment``
+        (each range starts a page: no ``torch.unique`` host sync on a paged allocator)."""
         g = self.guests.pop(rid, None)
         if g is not None:
-            self.scheduler.token_to_kv_pool_allocator.free(g.slots)
+            shipping.free_guest(self.scheduler.token_to_kv_pool_allocator, g)
 
     def _ship(self, moves: list[Migration], model_runner, homes) -> list[Migration]:
         """Run every rank's moves of this step; returns the failed ones (same list everywhere)."""

@@ -13,6 +13,7 @@ from sglang_dcp.sglang.demo import DEFAULT_DEMO_MODEL, DEMO_DP_SIZE, DEMO_MODELS
 from sglang_dcp.sglang.options import (
     DEFAULT_PROFILE,
     DEFAULT_MAX_GUEST_ITEMS,
+    DEFAULT_TRANSFER_CHUNK_MB,
     DEFAULT_QUEUE_MAX_BYPASS,
     POLICY_CHOICES,
     SPLIT_RULES,
@@ -148,6 +149,16 @@ def add_dcp_args(parser: argparse.ArgumentParser) -> None:
         "one peer per layer and round (its buffers are sized once from it, the max running "
         "requests and the KV pool). A step needing more runs eagerly in several rounds "
         f"(counted in sglang_dcp:exchange_eager_steps_total). Default: {DEFAULT_MAX_GUEST_ITEMS}.",
+    )
+    group.add_argument(
+        "--dcp-transfer-chunk-mb",
+        type=int,
+        metavar="MB",
+        default=None,
+        help="Shard moves copy KV in pieces of at most this many MiB through two staging "
+        "buffers of this size, reserved on each DP rank's device before SGLang sizes its KV "
+        f"pool (inside --mem-fraction-static; the log says how much). Default: "
+        f"{DEFAULT_TRANSFER_CHUNK_MB}.",
     )
 
 

@@ -56,6 +56,8 @@ installed wheel.
 |   MLPSyncBatchInfo._get_local_tensor                    |        |   SGLang's sync row)      |             |
 |   MLPSyncBatchInfo._get_fallback_tensor                 |        |                           |             |
 |   MLPSyncBatchInfo.all_gather                           |        |                           |             |
+| mem_cache/kv_cache_configurator.py:2177                 | AROUND | move_reserve. (shard-move | any/shard   |
+|   KVCacheConfigurator._profile_available_bytes         |        |   staging in the budget)  |             |
 | model_executor/runner/decode_cuda_graph_runner.py:54    | AROUND | graphs. (plain + dcp      | any/shard   |
 |   decode_cuda_graph_runner.create_attention_graph_variants | AROUND | decode graphs)        |             |
 |   (the imported name; defined in graph_variants.py:46)  |        |                           |             |
@@ -211,6 +213,11 @@ HOOKS: tuple[Hook, ...] = (
     Hook(
         f"{_MLPSYNC}.all_gather", "AFTER", ("self", "device", "group", "use_all_reduce"),
         "sglang_dcp.sglang.header:after_all_gather", when="shard",
+    ),
+    Hook(  # shard-move staging, charged to --mem-fraction-static (move_reserve.py)
+        "sglang.srt.mem_cache.kv_cache_configurator.KVCacheConfigurator._profile_available_bytes",
+        "AROUND", ("self", "pre_model_load_memory"),
+        "sglang_dcp.sglang.move_reserve:around_profile_kv", when="shard",
     ),
     Hook(  # the name the decode graph runner imported (graph_variants.py:46 defines it)
         "sglang.srt.model_executor.runner.decode_cuda_graph_runner."

@@ -13,8 +13,12 @@ scheduler's pools instead, for one batch of moves:
   ``[num_slots, num_kv_heads, head_dim]``) as one ``[num_layers, num_slots, ...]`` view for
   ``pool.k[:, slots]`` reads and writes.
 
-Shapes: slots are int64 CPU tensors (the allocator's). Nothing here imports SGLang; the pools
-are passed in.
+Device discipline: every slot tensor stays where the allocator and the pools keep theirs (the
+device on a GPU): offered slots are views of ``req_to_token``, allocated ones are what
+``alloc`` returned, and ``free`` hands them back as they are, through ``free_segment`` (a
+paged allocator then frees whole pages without ``torch.unique``'s host sync). Nothing here reads
+a slot on the host. Shapes: slots are int64 ``[n]`` tensors on the pool's device. Nothing here
+imports SGLang; the pools are passed in.
 """
 
 from __future__ import annotations
@@ -74,7 +78,7 @@ class SGLangKVPool:
     def offer(self, rid: str, start: int, slots: torch.Tensor) -> None:
         """Register tokens ``[start, start + len(slots))`` of ``rid`` held at ``slots``."""
         key = (rid, start)
-        self._slots[key] = slots.to(torch.long)
+        self._slots[key] = slots.to(torch.long)  # a device op: no copy to the host
         self._end[key] = start + slots.numel()
 
     def key_at(self, rid: str, token: int) -> ShardKey:
@@ -114,7 +118,19 @@ class SGLangKVPool:
         return self._slots[key]
 
     def free(self, key: ShardKey) -> None:
+        """Give ``key``'s slots back (moves are page-aligned, so ``key[1]`` starts a page)."""
         slots = self._slots.pop(key)
         self._end.pop(key)
-        self.allocator.free(slots)
+        free_slots(self.allocator, slots, key[1])
         self.freed.append(key)
+
+
+def free_slots(allocator, slots: torch.Tensor, start: int) -> None:
+    """Give ``slots`` (tokens from ``start`` on) back: through ``free_segment`` when ``start``
+    begins a page (a paged allocator then frees each page once without ``torch.unique``, which
+    syncs with the host on a GPU), else through ``free``."""
+    free_segment = getattr(allocator, "free_segment", None)
+    if free_segment is not None and start % max(1, getattr(allocator, "page_size", 1)) == 0:
+        free_segment(slots, start_pos=start)
+    else:
+        allocator.free(slots)

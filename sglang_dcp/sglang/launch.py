@@ -102,6 +102,7 @@ def dcp_options(ns: argparse.Namespace) -> DcpOptions:
             split_rule=ns.dcp_split_rule,
             max_guest_items=ns.dcp_max_guest_items,
             rebalance_threshold=ns.dcp_rebalance_threshold,
+            transfer_chunk_mb=ns.dcp_transfer_chunk_mb,
             tp_size=ns.tp_size or 1,
             disable_radix_cache=bool(ns.disable_radix_cache),
             attention_backend=ns.attention_backend,

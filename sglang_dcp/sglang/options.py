@@ -33,6 +33,7 @@ DEFAULT_QUEUE_MAX_BYPASS = 16
 # Per-peer capacity of the static exchange (queries one rank sends one peer per round); a step
 # needing more runs eagerly in rounds (sglang_dcp:exchange_eager_steps_total).
 DEFAULT_MAX_GUEST_ITEMS = DEFAULT_CAPACITY
+DEFAULT_TRANSFER_CHUNK_MB = 32  # shard-move staging, twice (exchange/move_staging.py)
 SPLIT_RULES = ("fit", "gain", "auto")  # planner/dcp.py
 
 
@@ -53,6 +54,7 @@ class DcpOptions:
     slo_tpot_ms: float | None = None  # the planner's step budget (dcp step_slo_ms)
     split_rule: str = "fit"  # dcp split_rule: fit | gain | auto
     max_guest_items: int = DEFAULT_MAX_GUEST_ITEMS  # exchange queries per peer per round
+    transfer_chunk_mb: int = DEFAULT_TRANSFER_CHUNK_MB  # shard moves copy in pieces this big
     rebalance_threshold: float | None = None  # dcp: migrate sealed KV while requests wait
     # prefill into shards (issue 18): SGLang's --chunked-prefill-size when sharding, else None
     prefill_chunk: int | None = None
@@ -109,6 +111,7 @@ def resolve(
     split_rule: str | None = None,
     max_guest_items: int | None = None,
     rebalance_threshold: float | None = None,
+    transfer_chunk_mb: int | None = None,
 ) -> DcpOptions:
     """Check the flags (``None`` = not given) against each other and the server shape.
 
@@ -129,6 +132,7 @@ def resolve(
         "--dcp-split-rule": split_rule,
         "--dcp-max-guest-items": max_guest_items,
         "--dcp-rebalance-threshold": rebalance_threshold,
+        "--dcp-transfer-chunk-mb": transfer_chunk_mb,
     }
     given = {k: v for k, v in given.items() if v is not None}
     if policy is not None and policy not in POLICY_CHOICES:
@@ -232,6 +236,8 @@ def resolve(
                 "--dcp-max-guest-items sizes the KV-sharding exchange; it needs "
                 "--dcp-max-degree > 1"
             )
+    if transfer_chunk_mb is not None and not transfer_chunk_mb >= 1:
+        raise OptionsError(f"--dcp-transfer-chunk-mb must be >= 1, got {transfer_chunk_mb}")
     opts = DcpOptions(
         policy=policy,
         profile=profile or DEFAULT_PROFILE,
@@ -245,6 +251,7 @@ def resolve(
         split_rule=split_rule or "fit",
         max_guest_items=DEFAULT_MAX_GUEST_ITEMS if max_guest_items is None else max_guest_items,
         rebalance_threshold=rebalance_threshold,
+        transfer_chunk_mb=transfer_chunk_mb or DEFAULT_TRANSFER_CHUNK_MB,
     )
     if policy == "dcp":
         from sglang_dcp.planner import load_profile

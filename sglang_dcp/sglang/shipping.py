@@ -30,6 +30,7 @@ def ship(rt, moves: list[Migration], model_runner, homes: dict[str, int]) -> lis
     from sglang_dcp.exchange.transfer import transfer_shards
     from sglang_dcp.sglang.datapath import GuestEntry
     from sglang_dcp.sglang.kv_adapter import SGLangKVPool
+    from sglang_dcp.sglang import move_reserve
     from sglang_dcp.sglang.migration import move_fault_hook
 
     k_layers, v_layers = pool_layers(model_runner.token_to_kv_pool)  # MLA: latent only
@@ -41,12 +42,12 @@ def ship(rt, moves: list[Migration], model_runner, homes: dict[str, int]) -> lis
             slots = _source_slots(rt, m, req_to_token)
             if slots is not None:  # else the transfer fails it: "holds no shard"
                 offered[(m.rid, m.start)] = slots
-                pool.offer(m.rid, m.start, slots.cpu())
+                pool.offer(m.rid, m.start, slots)  # on the pool's device, as SGLang frees it
     # the home knows which moves are migrations (its request shipped at an earlier step)
     migrating = {(m.rid, m.start) for m in moves if m.rid in rt.home and rt.home[m.rid].shipped}
     fault = move_fault_hook(moves, env.inject_move_failure(), env.test_migrate_fail(), homes,
                             env.inject_move_failure_rid())  # testing only
-    results = transfer_shards(rt.comm, pool, moves, fault=fault)
+    results = transfer_shards(rt.comm, pool, moves, fault=fault, staging=move_reserve.staging())
     if env.poison_moved():
         for res in results:
             m = res.move
@@ -134,6 +135,14 @@ def _drop_guest_range(rt, m: Migration) -> None:
         return
     g.ranges = [r for r, _ in keep]
     g.slots = torch.cat([t for _, t in keep])
+
+
+def free_guest(allocator, g) -> None:
+    """Free a guest entry's slots (device tensors), one page-aligned range at a time."""
+    from sglang_dcp.sglang.kv_adapter import free_slots
+
+    for (a, _), part in zip(g.ranges, _split(g.slots, g.ranges)):
+        free_slots(allocator, part, a)
 
 
 def check_not_poisoned(rt, local_batch, model_runner) -> None:

@@ -215,3 +215,32 @@ def news_gather_worker(rank, world_size, init_method, backend, out_path, with_ta
                    "news": [[[[m.rid, m.src, m.dst, m.start, m.end] for m in n.moves], n.releases,
                              [[d.rid, d.home, [list(s) for s in d.shards]] for d in n.decoding]]
                             for n in news]}, f)  # fmt: skip
+
+
+def chunked_transfer_worker(rank: int, world_size: int, init_method: str, backend: str) -> None:
+    """Moves much larger than the staging chunk (``move_staging``): pieces of 2 tokens, several
+    rounds, both directions at once; the bytes arrive whole and a corrupted piece still fails
+    its move."""
+    from sglang_dcp.exchange.move_staging import MoveStaging
+
+    comm = TorchDistCommunicator(init_rank(rank, world_size, init_method, backend))
+    tok_bytes = L * HKV * 2 * D * 4
+    staging = MoveStaging(2 * tok_bytes + 3, "cpu")  # 2 tokens a piece, not a whole number
+    pool = _pool(num_pages=16)
+    _fill(pool, "ab"[rank], 16)
+    moves = [ShardMove("a", 0, 1, 4, 16), ShardMove("b", 1, 0, 0, 8)]
+    res = transfer_shards(comm, pool, moves, staging=staging)
+    assert [r.ok for r in res] == [True, True], res
+    if rank == 0:
+        _expect(pool, "a", 0, 4)
+        first, k, v = _held(pool, "b")
+        assert first == 0 and torch.equal(k, _content("b", 16)[0][:, :8])
+    if rank == 1:
+        _expect(pool, "a", 4, 16)
+        _expect(pool, "b", 8, 16)
+    res = transfer_shards(comm, pool, [ShardMove("a", 1, 0, 4, 16)], staging=staging,
+                          fault=lambda ph, i: ph is Phase.SEND)  # fmt: skip
+    assert not res[0].ok and "checksum" in res[0].reason, res
+    if rank == 1:
+        _expect(pool, "a", 4, 16)
+    comm.barrier()

@@ -1,4 +1,6 @@
-"""The exchange self-check on 2-4 local gloo ranks against the float64 single-process reference."""
+"""The exchange self-check on 2-4 local gloo ranks against the float64 single-process reference,
+on the server's runtime over SGLang's own pools (MHA and MLA pools, paged and unpaged
+allocators; ``--pool sglang``)."""
 
 import math
 
@@ -11,16 +13,16 @@ SMALL = dict(num_layers=2, impl="torch")
 
 
 @pytest.mark.parametrize(
-    "world_size, seed, steps, capacity",
+    "world_size, seed, steps, capacity, paged",
     [
-        (3, 1, 6, 0),
-        (4, 2, 6, 0),
-        (3, 3, 6, 1),  # capacity 1: steps run in several rounds
-        (4, 4, 4, 1),
+        (3, 1, 6, 0, False),
+        (4, 2, 6, 0, True),
+        (3, 3, 6, 1, True),  # capacity 1: steps run in several rounds
+        (4, 4, 4, 1, False),
     ],
 )
-def test_selfcheck(world_size, seed, steps, capacity):
-    cfg = CheckConfig(world_size, steps, seed, capacity=capacity, **SMALL)
+def test_selfcheck(world_size, seed, steps, capacity, paged):
+    cfg = CheckConfig(world_size, steps, seed, capacity=capacity, paged=paged, **SMALL)
     results, stats = collect_results(cfg, timeout_s=120)
     err, where = reference_errors(cfg, results)
     assert err <= TOLERANCE, f"max_rel_err={err:.3e} at {where}"
@@ -29,11 +31,11 @@ def test_selfcheck(world_size, seed, steps, capacity):
         assert stats["max_rounds"] > 1
 
 
-@pytest.mark.parametrize("world_size, seed, capacity", [(3, 1, 0), (4, 4, 1)])
-def test_selfcheck_mla(world_size, seed, capacity):
-    """SGLang's absorbed MLA shapes: one latent KV head, V a view of its first columns, latent
-    partials merged at home (``--mla``)."""
-    cfg = CheckConfig.for_mla(world_size, 5, seed, capacity=capacity, **SMALL)
+@pytest.mark.parametrize("world_size, seed, capacity, paged", [(3, 1, 0, True), (4, 4, 1, False)])
+def test_selfcheck_mla(world_size, seed, capacity, paged):
+    """SGLang's ``MLATokenToKVPool`` and absorbed MLA shapes: one latent KV head, V a view of its
+    first columns, latent partials merged at home (``--attention mla``)."""
+    cfg = CheckConfig.for_mla(world_size, 5, seed, capacity=capacity, paged=paged, **SMALL)
     assert (cfg.num_kv_heads, cfg.head_dim, cfg.v_head_dim) == (1, 48, 32)
     results, stats = collect_results(cfg, timeout_s=120)
     err, where = reference_errors(cfg, results)
@@ -44,12 +46,12 @@ def test_selfcheck_mla(world_size, seed, capacity):
 
 def test_selfcheck_mla_triton_interpreter():
     """MLA through the Triton kernels (interpreted): K tiles reused as V (V_FROM_K)."""
-    from sglang_dcp.exchange.toy_stack import make_pool
     from sglang_dcp.kernels.ops import decode_config
+    from sglang_dcp.sglang.selfcheck_rank import layer_kv, make_pools
 
     cfg = CheckConfig.for_mla(2, 2, 5, num_layers=1, impl="triton", max_pages=2)
-    pool = make_pool(cfg, 4, "cpu")
-    assert decode_config(torch.zeros(1, 4, 48), pool.k[0], pool.v[0]).v_from_k
+    kv, _ = make_pools(cfg, 16, "cpu")
+    assert decode_config(torch.zeros(1, 4, 48), *layer_kv(kv, cfg, 0)).v_from_k
     results, _ = collect_results(cfg, timeout_s=240)
     err, where = reference_errors(cfg, results)
     assert err <= TOLERANCE, f"max_rel_err={err:.3e} at {where}"
@@ -78,18 +80,20 @@ def test_selfcheck_triton_interpreter():
     assert err <= TOLERANCE, f"max_rel_err={err:.3e} at {where}"
 
 
-def test_selfcheck_cli_prints_error_last_and_exits_zero():
+@pytest.mark.parametrize("extra", [[], ["--pool", "sglang", "--attention", "mla", "--paged"]])
+def test_selfcheck_cli_prints_error_last_and_exits_zero(extra):
     import subprocess
     import sys
 
     proc = subprocess.run(
         [sys.executable, "-m", "sglang_dcp.exchange.selfcheck",
-         "--world-size", "2", "--steps", "3", "--seed", "11", "--layers", "1"],
+         "--world-size", "2", "--steps", "3", "--seed", "11", "--layers", "1", *extra],
         capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith("max_rel_err=") and float(last.split("=")[1]) <= TOLERANCE
+    assert "pool=sglang" in proc.stdout
 
 
 @pytest.mark.parametrize(

@@ -98,6 +98,9 @@ def test_flags_reach_the_options(parser):
     assert options(parser, "--dcp-policy", "round_robin").policy == "round_robin"
     off = options(parser, "--dcp-policy", "off", "--load-balance-method", "total_tokens")
     assert off.policy == "off"
+    assert b.transfer_chunk_mb == 32  # shard moves' staging, per buffer (move_reserve.py)
+    c = options(parser, "--disable-radix-cache", "--dcp-transfer-chunk-mb", "8")
+    assert c.transfer_chunk_mb == 8 and DcpOptions.from_json(c.to_json()) == c
 
 
 @pytest.mark.parametrize(
@@ -129,6 +132,7 @@ def test_flags_reach_the_options(parser):
         (["--dcp-policy", "total_tokens", "--dcp-split-rule", "gain"], "applies to"),
         (["--dcp-rebalance-threshold", "1.5"], "needs --dcp-policy dcp and --dcp-max-degree > 1"),
         (["--disable-radix-cache", "--dcp-rebalance-threshold", "0.5"], "max/mean KV ratio, >= 1"),
+        (["--dcp-transfer-chunk-mb", "0"], "--dcp-transfer-chunk-mb must be >= 1"),
     ],
 )
 def test_bad_combinations_are_one_line_errors(parser, extra, message, monkeypatch):

@@ -67,7 +67,12 @@ def test_key_at_finds_the_shard_holding_a_token():
 def test_the_transfer_checksum_sees_slot_order():
     import torch
 
-    from sglang_dcp.exchange.transfer import _checksum
+    from sglang_dcp.exchange.move_staging import checksum
+
+    scratch = torch.zeros(64, dtype=torch.uint8)
+
+    def _checksum(p, slots) -> int:  # what transfer_shards confirms with
+        return int(checksum(list(p.k.unbind(0)), list(p.v.unbind(0)), slots, scratch))
 
     p = pool()
     p.allocate(("a", 0), 8)

@@ -1,14 +1,16 @@
 """``StaticExchange``: the serving engine's in-place step loading equals the reference layout
-(``build_step_meta``), never moves a buffer, and maps batch rows on the device."""
+(``_layout_oracle.reference_layout``), never moves a buffer, and maps batch rows on the device."""
 
 import random
 
 import torch
 
-from sglang_dcp.exchange.buffers import ExchangeBuffers, ExchangeShape, build_step_meta
+from sglang_dcp.exchange.buffers import ExchangeBuffers, ExchangeShape
 from sglang_dcp.exchange.route import build_routes, max_pair_items, num_rounds, split_rounds
 from sglang_dcp.exchange.static import Slots, StaticExchange
 from sglang_dcp.types import Placement, Shard
+
+from _layout_oracle import reference_layout
 
 
 def P(rid, home, *shards):
@@ -50,7 +52,7 @@ def _as_slots(lists):
     return out
 
 
-def _same(bufs_a: ExchangeBuffers, bufs_b: ExchangeBuffers, num_kv: int):
+def _same(bufs_a: ExchangeBuffers, bufs_b, num_kv: int):
     for name in ("send_index", "kv_indptr", "merge_index", "seg_indptr"):
         assert torch.equal(getattr(bufs_a, name).long(), getattr(bufs_b, name).long()), name
     assert torch.equal(bufs_a.kv_indices[:num_kv].long(), bufs_b.kv_indices[:num_kv].long())
@@ -77,10 +79,8 @@ def test_load_equals_reference_layout_and_buffers_never_move():
             assert got == rounds
             for k, part in enumerate(split_rounds(ref[r], capacity=C, rounds=rounds)):
                 sx[r].apply(k)
-                meta = build_step_meta(part, shape(W, C), tag=step)
-                want = ExchangeBuffers(shape(W, C), "cpu")
-                want.copy_from(meta)
-                _same(sx[r].bufs, want, meta.kv_indices.numel())
+                want = reference_layout(part, shape(W, C), tag=step)
+                _same(sx[r].bufs, want, want.kv_indices.numel())
             assert dict(sx[r].bufs.data_ptrs(), row=sx[r].row_slot.data_ptr()) == ptrs[r]
     assert multi > 0  # some steps needed rounds
 
