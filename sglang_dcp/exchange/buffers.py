@@ -1,7 +1,9 @@
-"""Static exchange buffers with a fixed per-peer capacity, and the per-step metadata they take.
+"""Static exchange buffers, one layout per per-peer capacity (bucket).
 
-Each rank sends every peer exactly ``capacity`` rows per round, whatever the route, so the
-``all_to_all_single`` splits never change and a captured CUDA graph stays valid on replay. The
+In a step each rank sends every peer exactly ``capacity`` rows per round (the step's bucket,
+``wire.bucket_for``), whatever the route, so the ``all_to_all_single`` splits of a bucket never
+change and the CUDA graph captured for it stays valid on replay. A smaller bucket's buffers are
+views of the front of the largest's (``ExchangeBuffers(..., base=...)``). The
 real row count travels in a 16-byte header (``wire.py`` §1) in front of each peer's rows. A message is raw bytes
 (``uint8``) so that the header, the query rows and, on the way back, the ``o`` and ``lse`` rows go
 in one collective each way::
@@ -72,6 +74,16 @@ class ExchangeShape:
     @property
     def out_msg_bytes(self) -> int:
         return HEADER_BYTES + _round16(self.o_bytes) + _round16(self.lse_bytes)
+
+
+def _front(t: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """The first ``prod(size)`` elements of contiguous ``t`` as a ``size`` tensor (a view)."""
+    n = 1
+    for d in size:
+        n *= d
+    if n > t.numel():
+        raise ValueError(f"a bucket view of {n} elements in a buffer of {t.numel()}")
+    return t.view(-1)[:n].view(size)
 
 
 def _view(buf: torch.Tensor, offset: int, nbytes: int, dtype: torch.dtype, *shape: int):

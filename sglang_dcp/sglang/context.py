@@ -9,6 +9,8 @@ global per part. Pure Python (no SGLang import); the parts are filled as SGLang 
   the scheduler has its pools (``Scheduler.init_request_dispatcher``);
 - ``backend`` (``backend.DcpAttnBackend``): the attention wrapper and its static exchange; set
   when SGLang builds the model runner's attention backend (the latest build serves);
+- ``move_staging`` (``exchange.move_staging.MoveStaging``): the shard-move staging buffers,
+  reserved when SGLang sizes its KV pool (``move_reserve.py``);
 - ``metrics`` (``metrics.DcpMetrics``): decided on first use (``None``: not yet; ``OFF``: this
   process does not publish).
 
@@ -31,6 +33,7 @@ class RankContext:
     runtime: Any = None
     backend: Any = None
     metrics: Any = None
+    move_staging: Any = None  # exchange.move_staging.MoveStaging, reserved at start
 
     def set_runtime(self, runtime) -> None:
         if self.runtime is not None:

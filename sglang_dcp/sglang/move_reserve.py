@@ -20,31 +20,34 @@ from sglang_dcp.exchange.move_staging import MoveStaging
 
 logger = logging.getLogger(__name__)
 
-_STAGING: MoveStaging | None = None
-
-
 def reserve(device: torch.device | str, chunk_mb: int) -> MoveStaging:
-    """Allocate this process's staging buffers (once; later calls return the same)."""
-    global _STAGING
-    if _STAGING is None:
-        _STAGING = MoveStaging(chunk_mb << 20, device)
+    """Allocate this process's staging buffers (once, kept in its ``RankContext``; later calls
+    return the same)."""
+    from sglang_dcp.sglang.context import ctx
+
+    c = ctx()
+    if c.move_staging is None:
+        got = c.move_staging = MoveStaging(chunk_mb << 20, device)
         logger.info(
             "sglang_dcp: reserved %.1f MiB on %s for shard-move staging (2 x %d MiB chunks)%s",
-            _STAGING.reserved_bytes / 2**20, _STAGING.device, chunk_mb,
-            "" if _STAGING.device.type == "cpu"
+            got.reserved_bytes / 2**20, got.device, chunk_mb,
+            "" if got.device.type == "cpu"
             else ", before SGLang sizes its KV pool (inside --mem-fraction-static)",
         )  # fmt: skip
-    return _STAGING
+    return c.move_staging
 
 
 def staging() -> MoveStaging:
     """The reserved buffers; a process that moves KV without them is a wiring fault."""
-    if _STAGING is None:
+    from sglang_dcp.sglang.context import ctx
+
+    got = ctx().move_staging
+    if got is None:
         raise RuntimeError(
             "sglang_dcp: shard-move staging was not reserved (the KV-profiling hook "
             "move_reserve.around_profile_kv did not run)"
         )
-    return _STAGING
+    return got
 
 
 def around_profile_kv(original, self, pre_model_load_memory, *args, **kwargs):

@@ -89,9 +89,9 @@ def device_strict_ship_worker(rank, world_size, init_method, backend, out_path) 
     comm = TorchDistCommunicator(init_rank(rank, world_size, init_method, backend))
     results = {}
     for attention, page in CONFIGS:
-        from sglang_dcp.sglang import move_reserve
+        from sglang_dcp.sglang.context import ctx
 
-        move_reserve._STAGING = None  # each config reserves inside its own guard
+        ctx().move_staging = None  # each config reserves inside its own guard
         with DeviceGuard(max_syncs=MOVE_SYNCS) as guard:
             results[f"{attention}/{page}"] = _rank(rank, comm, attention=attention, page=page, guard=guard)
     with open(out_path.format(rank=rank), "w") as f:
