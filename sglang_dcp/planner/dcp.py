@@ -283,18 +283,12 @@ class DcpPolicy(
             if best_score is None or score < best_score - self.min_gain_us:
                 best_score, best = score, (h, sealed, tail_start)
         if best_score is None:
-            return self._reject(req, resv, pfull, splittable, pinned=home_rank)
+            rej = self._reject(req, resv, pfull, splittable, pinned=home_rank)
+            # the home by step time may lack room for the split; the one with the most free KV
+            # is the best for fit (what never_fits assumes): try it once before waiting
+            h2 = max(range(self.num_ranks), key=lambda r: (cap[r] - kv[r], -r))
+            if home_rank is not None or h2 == h or h2 in self._excl:
+                return rej
+            alt = self._place(req, h2, split_only)
+            return rej if isinstance(alt, Rejection) else alt
         return best
-
-    def _may_split_for_fit(self, resv: int, pinned: int | None) -> bool:
-        """``split_rule="fit"``: split a request that no allowed home can hold whole now only if
-        none ever could (capacity below ``resv``), or it is large against a rank (at least
-        ``split_min_free`` of the largest rank's capacity: waiting for one rank to free that
-        much takes many finishes), or at least ``split_min_free`` of the cluster's KV is free
-        (fragmented, not full)."""
-        cap = self.cap
-        largest = cap[pinned] if pinned is not None else max(cap)
-        if largest < resv or resv >= self.split_min_free * largest:
-            return True
-        total = sum(cap)
-        return total - sum(self.kv) >= self.split_min_free * total
