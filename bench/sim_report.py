@@ -48,7 +48,45 @@ def row(scen, s: dict) -> dict:
         "rejected": {n: p.get("rejected") for n, p in pol.items()},
         "num_requests": s["workload"]["num_requests"],
         "ref_rate": s["reference"]["rate_rps"],
+        "why": _why(scen),
     }
+
+
+def _why(scen) -> dict | None:
+    """``why.json`` (``bench/sim_diagnose.py --summary``): what binds just above dcp's max."""
+    f = scen.out / "why.json"
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
+def _why_rows(rows: list[dict]) -> list[str]:
+    """Per long-context scenario: which rule fails just above dcp's max rate, and where dcp's
+    step goes against a pooled step at the same loads (bench/sim_diagnose.py)."""
+    have = [r for r in rows if r.get("why")]
+    if not have:
+        return []
+    L = ["## What binds just above `dcp`'s max rate (x1.05; `bench/sim_diagnose.py`)", "",
+         "Requests that waited > 2 s, each charged to its last refusal (`budget`: the step "
+         "budget, `kv`: no room, `queue`: queued behind a starving head); `dcp`'s time-weighted "
+         "step in the loaded window = a pooled step at the same loads + rank imbalance + MoE "
+         "barrier imbalance + fixed exchange (share of time any guest lives); the pooled "
+         "bound's own mean step and P99 TPOT at the same rate.", "",
+         "| scenario | headroom (pooled) | binds | waits > 2 s (budget / kv / queue) | dcp step "
+         "ms = pooled-at-load + rank imb. + MoE imb. + fixed exch. (guests live) | pooled at "
+         "this rate: mean step / P99 TPOT ms |", "|---|---|---|---|---|---|"]
+    for r in have:
+        w = r["why"]
+        m, pool = w["policy"], w["pooled"]
+        waits = m.get("waits", {})
+        wcell = " / ".join(str(waits.get(k, {}).get("over_2s", 0)) for k in ("budget", "kv",
+                                                                               "queue"))
+        st = m.get("step_ms")
+        scell = "-" if not st else (
+            f"{st['step']:.1f} = {st['pooled']:.1f} + {st['rank_imb']:.1f} + "
+            f"{st['moe_imb']:.1f} + {st['fixed']:.1f} ({m.get('guests_live', 0):.0%})")
+        L.append(f"| {r['id']} | {_f(r['captured_pooled'], 2)} | {w['binds']} "
+                 f"(P99 TPOT {m['p99_tpot_ms']:.1f}, P99 wait {m['p99_kv_wait_ms']:.0f} ms) | "
+                 f"{wcell} | {scell} | {pool['mean_step_ms']:.1f} / {pool['p99_tpot_ms']:.1f} |")
+    return L + [""]
 
 
 def _f(x, nd=2, suffix="") -> str:
@@ -130,7 +168,8 @@ def write_report(results: Path, scens, name: str = "sim") -> Path:
                     f"{_f(r['kv_imb'].get(n), 2)} / {_f(r['batch_imb'].get(n), 2)}")
         rej = ", ".join(str(r["rejected"].get(n)) for n in ORDER)
         L.append(f"| {r['id']} | {cell(r['best_baseline'])} | {cell('dcp')} | {rej} |")
-    L += ["", f"![goodput per scenario]({stem}.png)", ""]
+    L += [""] + _why_rows(rows)
+    L += [f"![goodput per scenario]({stem}.png)", ""]
     _plot(results / f"{stem}.png", rows)
     path = results / f"{name}.md"
     path.write_text("\n".join(L) + "\n")
