@@ -11,6 +11,7 @@ fluid and the pooled bounds, on the shipped profiles as they are. Two scenarios 
     python bench/sim.py --only node8     # scenarios whose id contains "node8"
     python bench/sim.py --skip-runs      # rebuild sim.md and the plot from existing summaries
     python bench/sim.py --heldout        # the held-out regimes (make bench-sim-heldout)
+    python bench/sim.py --rerun dcp      # only dcp runs; other policies copied (sim --reuse)
 
 Outputs: ``bench/results/sim-matrix/<scenario>/summary.{json,md}``, ``bench/results/sim.md``,
 ``bench/results/sim-matrix.png``, ``bench/results/sim-matrix.json`` (all rows). With
@@ -143,9 +144,13 @@ def heldout() -> list[Scenario]:
     return out
 
 
-def run_one(s: Scenario) -> tuple[Scenario, float, str | None]:
+def run_one(s: Scenario, rerun: str = "") -> tuple[Scenario, float, str | None]:
     t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "sglang_dcp.sim", *s.flags()]
+    old = s.out / "summary.json"
+    if rerun and old.is_file():  # only these policies run; the rest (and the bound) are copied
+        cmd[cmd.index("--policies") + 1] = rerun
+        cmd += ["--reuse", str(old.relative_to(ROOT))]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     err = None if p.returncode == 0 else (p.stderr.strip().splitlines() or ["?"])[-1]
     if err is None and s.role == "long-context":  # what binds just above dcp's max rate
@@ -164,6 +169,10 @@ def main() -> int:
                     help="Do not run the simulator; rebuild the report from existing summaries.")
     ap.add_argument("--only", default="", help="Run only scenarios whose id contains this.")
     ap.add_argument("--jobs", type=int, default=2, help="Scenarios run at once (default 2).")
+    ap.add_argument("--rerun", default="", metavar="POLICIES",
+                    help="Run only these policies (comma-separated) where a summary exists and "
+                    "copy the others and the pooled bound from it (sim --reuse): for a change "
+                    "that touches only these policies' code. sim.md says which rows are reused.")
     ap.add_argument("--heldout", action="store_true",
                     help="The held-out regimes (bench/results/sim-heldout.md) instead.")
     args = ap.parse_args()
@@ -182,7 +191,7 @@ def main() -> int:
         t0 = time.perf_counter()
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool, \
                 tqdm(total=len(todo), unit="scenario", desc="sim matrix") as bar:
-            futures = [pool.submit(run_one, s) for s in todo]
+            futures = [pool.submit(run_one, s, args.rerun) for s in todo]
             for f in as_completed(futures):
                 s, wall, err = f.result()
                 timing[s.id] = wall

@@ -49,6 +49,7 @@ def row(scen, s: dict) -> dict:
         "num_requests": s["workload"]["num_requests"],
         "ref_rate": s["reference"]["rate_rps"],
         "why": _why(scen),
+        "reused": s.get("reused"),
     }
 
 
@@ -141,6 +142,14 @@ def write_report(results: Path, scens, name: str = "sim") -> Path:
          f"- commands: `python bench/sim.py{' --heldout' if held else ''}` (`{make}`); each "
          f"scenario's command is in its `bench/results/{folder.name}/<id>/summary.json` "
          "(`env.command`).", ""]
+    reused = [r for r in rows if r.get("reused")]
+    if reused:
+        src = sorted({(r["reused"]["commit"], r["reused"]["date"]) for r in reused})
+        L[-1:-1] = [f"- **reused rows**: in {len(reused)} of {len(rows)} scenarios only "
+                    f"{', '.join(sorted({n for r in rows for n in r['goodput']} - set(reused[0]['reused']['policies'])))} "
+                    "ran (`python bench/sim.py --rerun`); the other policies and the pooled bound "
+                    "are copied from " + "; ".join(f"commit `{c}` ({d})" for c, d in src)
+                    + ", whose code for them this change does not touch."]
     long = [r for r in rows if r["role"] == "long-context"]
     moon = [r for r in rows if r["role"] == "mooncake"]
     L += _targets(long, moon, held)
