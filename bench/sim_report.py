@@ -11,6 +11,7 @@ import statistics
 from pathlib import Path
 
 from sglang_dcp.sim.experiment import BASELINES, environment
+from sim_why import _why, _why_rows
 
 ORDER = ("round_robin", "total_tokens", "total_tokens_sglang", "uniform", "dcp")
 WITHIN = 0.98  # "dcp >= every other policy, within 2%"
@@ -51,43 +52,6 @@ def row(scen, s: dict) -> dict:
         "why": _why(scen),
         "reused": s.get("reused"),
     }
-
-
-def _why(scen) -> dict | None:
-    """``why.json`` (``bench/sim_diagnose.py --summary``): what binds just above dcp's max."""
-    f = scen.out / "why.json"
-    return json.loads(f.read_text()) if f.is_file() else None
-
-
-def _why_rows(rows: list[dict]) -> list[str]:
-    """Per long-context scenario: which rule fails just above dcp's max rate, and where dcp's
-    step goes against a pooled step at the same loads (bench/sim_diagnose.py)."""
-    have = [r for r in rows if r.get("why")]
-    if not have:
-        return []
-    L = ["## What binds just above `dcp`'s max rate (x1.05; `bench/sim_diagnose.py`)", "",
-         "Requests that waited > 2 s, each charged to its last refusal (`budget`: the step "
-         "budget, `kv`: no room, `queue`: queued behind a starving head); `dcp`'s time-weighted "
-         "step in the loaded window = a pooled step at the same loads + rank imbalance + MoE "
-         "barrier imbalance + fixed exchange (share of time any guest lives); the pooled "
-         "bound's own mean step and P99 TPOT at the same rate.", "",
-         "| scenario | headroom (pooled) | binds | waits > 2 s (budget / kv / queue) | dcp step "
-         "ms = pooled-at-load + rank imb. + MoE imb. + fixed exch. (guests live) | pooled at "
-         "this rate: mean step / P99 TPOT ms |", "|---|---|---|---|---|---|"]
-    for r in have:
-        w = r["why"]
-        m, pool = w["policy"], w["pooled"]
-        waits = m.get("waits", {})
-        wcell = " / ".join(str(waits.get(k, {}).get("over_2s", 0)) for k in ("budget", "kv",
-                                                                               "queue"))
-        st = m.get("step_ms")
-        scell = "-" if not st else (
-            f"{st['step']:.1f} = {st['pooled']:.1f} + {st['rank_imb']:.1f} + "
-            f"{st['moe_imb']:.1f} + {st['fixed']:.1f} ({m.get('guests_live', 0):.0%})")
-        L.append(f"| {r['id']} | {_f(r['captured_pooled'], 2)} | {w['binds']} "
-                 f"(P99 TPOT {m['p99_tpot_ms']:.1f}, P99 wait {m['p99_kv_wait_ms']:.0f} ms) | "
-                 f"{wcell} | {scell} | {pool['mean_step_ms']:.1f} / {pool['p99_tpot_ms']:.1f} |")
-    return L + [""]
 
 
 def _f(x, nd=2, suffix="") -> str:
@@ -145,10 +109,10 @@ def write_report(results: Path, scens, name: str = "sim") -> Path:
     reused = [r for r in rows if r.get("reused")]
     if reused:
         src = sorted({(r["reused"]["commit"], r["reused"]["date"]) for r in reused})
-        L[-1:-1] = [f"- **reused rows**: in {len(reused)} of {len(rows)} scenarios only "
-                    f"{', '.join(sorted({n for r in rows for n in r['goodput']} - set(reused[0]['reused']['policies'])))} "
-                    "ran (`python bench/sim.py --rerun`); the other policies and the pooled bound "
-                    "are copied from " + "; ".join(f"commit `{c}` ({d})" for c, d in src)
+        L[-1:-1] = [f"- **reused rows**: in {len(reused)} of {len(rows)} scenarios only some "
+                    "policies ran (`python bench/sim.py --rerun`; each `summary.json` lists the "
+                    "others under `reused`); those and the pooled bound are copied from "
+                    + "; ".join(f"commit `{c}` ({d})" for c, d in src)
                     + ", whose code for them this change does not touch."]
     long = [r for r in rows if r["role"] == "long-context"]
     moon = [r for r in rows if r["role"] == "mooncake"]
