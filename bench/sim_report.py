@@ -93,8 +93,10 @@ def write_report(results: Path, scens, name: str = "sim") -> Path:
             "mix (`chat-agentic`, `sglang_dcp/sim/mixes.py`); the scenario id says which."]
            if held else []),
          f"- runs: {ran.get('date')}, commit `{ran.get('commit')}`; hardware: {env['cpu']} "
-         f"(2 cores); Python {env['python']}" + (f"; `{make}` took {wall / 60:.1f} min"
-                                                if wall else "")
+         f"(2 cores); Python {env['python']}" + (
+             "" if not wall else f"; `{make}` took {wall / 60:.1f} min" if not any(
+                 s.get("reused") for _, s in loaded) else
+             f"; the last `bench/sim.py` invocation took {wall / 60:.1f} min")
          + f" (this page written {env['date']})",
          "- all numbers are from the simulator (`sglang_dcp/sim`), driven by the shipped, "
          "*derived* cost profiles (see their provenance); nothing here ran on a GPU.",
@@ -108,11 +110,14 @@ def write_report(results: Path, scens, name: str = "sim") -> Path:
          "(`env.command`).", ""]
     reused = [r for r in rows if r.get("reused")]
     if reused:
-        src = sorted({(r["reused"]["commit"], r["reused"]["date"]) for r in reused})
+        src = {}
+        for r in reused:  # one line per commit, its earliest run date
+            c, d = r["reused"]["commit"], r["reused"]["date"] or ""
+            src[c] = min(src.get(c, d), d)
         L[-1:-1] = [f"- **reused rows**: in {len(reused)} of {len(rows)} scenarios only some "
                     "policies ran (`python bench/sim.py --rerun`; each `summary.json` lists the "
                     "others under `reused`); those and the pooled bound are copied from "
-                    + "; ".join(f"commit `{c}` ({d})" for c, d in src)
+                    + "; ".join(f"commit `{c}` (runs of {d[:10]})" for c, d in sorted(src.items()))
                     + ", whose code for them this change does not touch."]
     long = [r for r in rows if r["role"] == "long-context"]
     moon = [r for r in rows if r["role"] == "mooncake"]
