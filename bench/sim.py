@@ -10,9 +10,14 @@ fluid and the pooled bounds, on the shipped profiles as they are. Two scenarios 
     python bench/sim.py                  # everything (make bench-sim)
     python bench/sim.py --only node8     # scenarios whose id contains "node8"
     python bench/sim.py --skip-runs      # rebuild sim.md and the plot from existing summaries
+    python bench/sim.py --heldout        # the held-out regimes (make bench-sim-heldout)
+    python bench/sim.py --rerun dcp      # only dcp runs; other policies copied (sim --reuse)
 
 Outputs: ``bench/results/sim-matrix/<scenario>/summary.{json,md}``, ``bench/results/sim.md``,
-``bench/results/sim-matrix.png``, ``bench/results/sim-matrix.json`` (all rows).
+``bench/results/sim-matrix.png``, ``bench/results/sim-matrix.json`` (all rows). With
+``--heldout``: ``bench/results/sim-heldout/<scenario>/``, ``bench/results/sim-heldout.md`` (and
+``.png``, ``.json``): regimes of the same kinds that the policy was not tuned on (issue 27):
+other seeds, 8-32 ranks, KV per rank 300k-900k tokens, SLOs 35-50 ms, a chat + agentic mix.
 """
 
 from __future__ import annotations
@@ -57,14 +62,15 @@ SLOS = (35.0, 50.0)
 LIFETIMES = 10  # requests per scenario: enough for ~10 cluster-fulls to pass (steady state)
 
 
-def num_requests(workload: str, d: Deployment) -> int:
+def num_requests(workload: str, d: Deployment, kv_capacity: int | None = None) -> int:
     """``LIFETIMES`` x the requests a full cluster holds (its KV over the mean request), in
     [1500, 20000]: fewer and a fast rate replays a fill-up transient, not a steady state."""
     from sglang_dcp.planner import load_profile
     from sglang_dcp.sim.workload import make_workload
 
     w = make_workload(workload, seed=0, num_requests=20_000)
-    held = d.ranks * load_profile(d.profile).kv_capacity_tokens / float(
+    cap = kv_capacity or load_profile(d.profile).kv_capacity_tokens
+    held = d.ranks * cap / float(
         (w.input_len + w.output_len).mean())
     return int(min(20_000, max(1500, -(-LIFETIMES * held // 500) * 500)))
 
@@ -76,18 +82,24 @@ class Scenario:
     deployment: Deployment
     slo_ms: float
     role: str  # "long-context" | "mooncake"
+    seed: int = 0
+    kv_capacity: int | None = None  # tokens per rank; None: the profile's
+    matrix: str = "sim-matrix"  # output folder under bench/results
 
     def flags(self) -> list[str]:
         d = self.deployment
         f = ["--workload", self.workload, "--ranks", str(d.ranks), "--profile", d.profile,
-             "--slo-tpot-ms", f"{self.slo_ms:g}", "--policies", POLICIES, "--seed", "0"]
+             "--slo-tpot-ms", f"{self.slo_ms:g}", "--policies", POLICIES,
+             "--seed", str(self.seed)]
+        if self.kv_capacity is not None:
+            f += ["--kv-capacity", str(self.kv_capacity)]
         if self.role == "long-context":
-            f += ["--num-requests", str(num_requests(self.workload, d))]
+            f += ["--num-requests", str(num_requests(self.workload, d, self.kv_capacity))]
         return f + ["--no-plots", "--quiet", "--out", str(self.out.relative_to(ROOT))]
 
     @property
     def out(self) -> Path:
-        return RESULTS / "sim-matrix" / self.id
+        return RESULTS / self.matrix / self.id
 
     def command(self) -> str:
         return " ".join(["python -m sglang_dcp.sim", *self.flags()])
@@ -106,11 +118,48 @@ def scenarios() -> list[Scenario]:
     return out
 
 
-def run_one(s: Scenario) -> tuple[Scenario, float, str | None]:
+# Held-out regimes (issue 27): none of these (seed, ranks, KV, SLO, mix) is in the matrix above;
+# the deployments keep their profiles (the rank count and KV per rank are the regime's).
+HELDOUT = (  # (workload, profile, ranks, KV tokens per rank or None, SLO ms, seed)
+    ("chat-agentic", "deepseek-v3-h200", 12, None, 35.0, 1),
+    ("chat-agentic", "deepseek-v3-h200-node8", 8, 300_000, 40.0, 2),
+    ("chat-agentic", "kimi-k2-h200-ep32", 24, 900_000, 45.0, 3),
+    ("chat-agentic", "qwen3-235b-h200", 8, None, 50.0, 4),
+    ("agentic-claude", "deepseek-v3-h200", 12, 600_000, 40.0, 5),
+    ("agentic-claude", "kimi-k2-h200-ep32", 32, 900_000, 35.0, 6),
+    ("agentic-codex", "deepseek-v3-h200", 24, 450_000, 45.0, 7),
+    ("agentic-codex", "deepseek-v3-h200-node8", 8, None, 40.0, 8),
+    ("bimodal", "deepseek-v3-h200", 12, 300_000, 35.0, 9),
+    ("bimodal", "kimi-k2-h200-ep32", 16, 600_000, 50.0, 10),
+)
+
+
+def heldout() -> list[Scenario]:
+    out = []
+    for w, prof, ranks, kv, slo, seed in HELDOUT:
+        d = Deployment(f"{prof.split('-h200')[0]}-r{ranks}", prof, ranks, f"{prof}, {ranks} ranks")
+        kvs = f"-kv{kv // 1000}k" if kv else ""
+        out.append(Scenario(f"{w}-r{ranks}{kvs}-slo{slo:g}-s{seed}-{prof}", w, d, slo,
+                            "long-context", seed=seed, kv_capacity=kv, matrix="sim-heldout"))
+    return out
+
+
+def run_one(s: Scenario, rerun: str = "") -> tuple[Scenario, float, str | None]:
     t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "sglang_dcp.sim", *s.flags()]
+    old = s.out / "summary.json"
+    if rerun and old.is_file():  # only these policies run; the rest (and the bound) are copied
+        cmd[cmd.index("--policies") + 1] = rerun
+        cmd += ["--reuse", str(old.relative_to(ROOT))]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     err = None if p.returncode == 0 else (p.stderr.strip().splitlines() or ["?"])[-1]
+    if err is None and s.role == "long-context":  # what binds just above dcp's max rate
+        flags = s.flags()
+        keep = flags[:flags.index("--policies")] + flags[flags.index("--seed"):]
+        keep = keep[:keep.index("--no-plots")]
+        p = subprocess.run([sys.executable, str(ROOT / "bench" / "sim_diagnose.py"), *keep,
+                            "--summary", str(s.out)], cwd=ROOT, capture_output=True, text=True)
+        err = None if p.returncode == 0 else (p.stderr.strip().splitlines() or ["?"])[-1]
     return s, time.perf_counter() - t0, err
 
 
@@ -120,8 +169,16 @@ def main() -> int:
                     help="Do not run the simulator; rebuild the report from existing summaries.")
     ap.add_argument("--only", default="", help="Run only scenarios whose id contains this.")
     ap.add_argument("--jobs", type=int, default=2, help="Scenarios run at once (default 2).")
+    ap.add_argument("--rerun", default="", metavar="POLICIES",
+                    help="Run only these policies (comma-separated) where a summary exists and "
+                    "copy the others and the pooled bound from it (sim --reuse): for a change "
+                    "that touches only these policies' code. sim.md says which rows are reused.")
+    ap.add_argument("--heldout", action="store_true",
+                    help="The held-out regimes (bench/results/sim-heldout.md) instead.")
     args = ap.parse_args()
-    todo = [s for s in scenarios() if args.only in s.id]
+    every = heldout() if args.heldout else scenarios()
+    name = "sim-heldout" if args.heldout else "sim"
+    todo = [s for s in every if args.only in s.id]
     missing = [s for s in todo if s.role == "mooncake"
                and find_trace(s.workload.removeprefix("mooncake-")) is None]
     for s in missing:
@@ -134,7 +191,7 @@ def main() -> int:
         t0 = time.perf_counter()
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool, \
                 tqdm(total=len(todo), unit="scenario", desc="sim matrix") as bar:
-            futures = [pool.submit(run_one, s) for s in todo]
+            futures = [pool.submit(run_one, s, args.rerun) for s in todo]
             for f in as_completed(futures):
                 s, wall, err = f.result()
                 timing[s.id] = wall
@@ -143,8 +200,10 @@ def main() -> int:
                 if err:
                     tqdm.write(f"FAILED {s.id}: {err}")
         timing["total_wall_s"] = time.perf_counter() - t0
-        (RESULTS / "sim-matrix" / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
-    path = write_report(RESULTS, scenarios())
+        folder = RESULTS / every[0].matrix
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
+    path = write_report(RESULTS, every, name=name)
     print(f"wrote {path}")
     return 0
 

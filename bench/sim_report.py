@@ -11,6 +11,7 @@ import statistics
 from pathlib import Path
 
 from sglang_dcp.sim.experiment import BASELINES, environment
+from sim_why import _why, _why_rows
 
 ORDER = ("round_robin", "total_tokens", "total_tokens_sglang", "uniform", "dcp")
 WITHIN = 0.98  # "dcp >= every other policy, within 2%"
@@ -48,6 +49,8 @@ def row(scen, s: dict) -> dict:
         "rejected": {n: p.get("rejected") for n, p in pol.items()},
         "num_requests": s["workload"]["num_requests"],
         "ref_rate": s["reference"]["rate_rps"],
+        "why": _why(scen),
+        "reused": s.get("reused"),
     }
 
 
@@ -70,18 +73,30 @@ def _verdict(ok: bool) -> str:
     return "**MET**" if ok else "**NOT MET**"
 
 
-def write_report(results: Path, scens) -> Path:
+def write_report(results: Path, scens, name: str = "sim") -> Path:
+    """``{name}.md`` (``sim``: the matrix; ``sim-heldout``: the held-out regimes), with its
+    ``.json`` rows and ``.png`` plot (``sim-matrix.*`` for the matrix)."""
+    held = name != "sim"
+    stem = name if held else "sim-matrix"
     loaded = [(sc, s) for sc in scens if (s := _load(sc)) is not None]
     rows = [row(sc, s) for sc, s in loaded]
     ran = loaded[0][1].get("env", {}) if loaded else {}
-    (results / "sim-matrix.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (results / f"{stem}.json").write_text(json.dumps(rows, indent=2) + "\n")
     env = environment()
-    timing = results / "sim-matrix" / "timing.json"
+    folder = scens[0].out.parent if scens else results / "sim-matrix"
+    timing = folder / "timing.json"
     wall = json.loads(timing.read_text()).get("total_wall_s") if timing.is_file() else None
-    L = ["# Simulator results: the scenario matrix", "",
+    make = "make bench-sim-heldout" if held else "make bench-sim"
+    L = [f"# Simulator results: {'held-out regimes' if held else 'the scenario matrix'}", "",
+         *(["- regimes of the matrix's kinds that the policy was not tuned on (issue 27): other "
+            "seeds, 8-32 ranks, KV per rank 300k-900k tokens, SLOs 35-50 ms, a chat + agentic "
+            "mix (`chat-agentic`, `sglang_dcp/sim/mixes.py`); the scenario id says which."]
+           if held else []),
          f"- runs: {ran.get('date')}, commit `{ran.get('commit')}`; hardware: {env['cpu']} "
-         f"(2 cores); Python {env['python']}" + (f"; `make bench-sim` took {wall / 60:.1f} min"
-                                                if wall else "")
+         f"(2 cores); Python {env['python']}" + (
+             "" if not wall else f"; `{make}` took {wall / 60:.1f} min" if not any(
+                 s.get("reused") for _, s in loaded) else
+             f"; the last `bench/sim.py` invocation took {wall / 60:.1f} min")
          + f" (this page written {env['date']})",
          "- all numbers are from the simulator (`sglang_dcp/sim`), driven by the shipped, "
          "*derived* cost profiles (see their provenance); nothing here ran on a GPU.",
@@ -90,11 +105,23 @@ def write_report(results: Path, scens) -> Path:
          "- bounds: *fluid* = mean loads on a perfectly balanced cluster (Little's law, no "
          "variance); *pooled* = the same arrivals replayed on the whole cluster as one rank "
          "(perfect packing and balance, no exchange cost) under the same SLO rules.",
-         "- commands: `python bench/sim.py` (`make bench-sim`); each scenario's command is in "
-         "its `bench/results/sim-matrix/<id>/summary.json` (`env.command`).", ""]
+         f"- commands: `python bench/sim.py{' --heldout' if held else ''}` (`{make}`); each "
+         f"scenario's command is in its `bench/results/{folder.name}/<id>/summary.json` "
+         "(`env.command`).", ""]
+    reused = [r for r in rows if r.get("reused")]
+    if reused:
+        src = {}
+        for r in reused:  # one line per commit, its earliest run date
+            c, d = r["reused"]["commit"], r["reused"]["date"] or ""
+            src[c] = min(src.get(c, d), d)
+        L[-1:-1] = [f"- **reused rows**: in {len(reused)} of {len(rows)} scenarios only some "
+                    "policies ran (`python bench/sim.py --rerun`; each `summary.json` lists the "
+                    "others under `reused`); those and the pooled bound are copied from "
+                    + "; ".join(f"commit `{c}` (runs of {d[:10]})" for c, d in sorted(src.items()))
+                    + ", whose code for them this change does not touch."]
     long = [r for r in rows if r["role"] == "long-context"]
     moon = [r for r in rows if r["role"] == "mooncake"]
-    L += _targets(long, moon)
+    L += _targets(long, moon, held)
     L += _regimes(long)
     L += ["## Goodput per scenario (ratio to the best SGLang baseline)", "",
           "| scenario | best baseline (req/s) | " + " | ".join(ORDER) +
@@ -119,14 +146,15 @@ def write_report(results: Path, scens) -> Path:
                     f"{_f(r['kv_imb'].get(n), 2)} / {_f(r['batch_imb'].get(n), 2)}")
         rej = ", ".join(str(r["rejected"].get(n)) for n in ORDER)
         L.append(f"| {r['id']} | {cell(r['best_baseline'])} | {cell('dcp')} | {rej} |")
-    L += ["", "![goodput per scenario](sim-matrix.png)", ""]
-    _plot(results / "sim-matrix.png", rows)
-    path = results / "sim.md"
+    L += [""] + _why_rows(rows)
+    L += [f"![goodput per scenario]({stem}.png)", ""]
+    _plot(results / f"{stem}.png", rows)
+    path = results / f"{name}.md"
     path.write_text("\n".join(L) + "\n")
     return path
 
 
-def _targets(long: list[dict], moon: list[dict]) -> list[str]:
+def _targets(long: list[dict], moon: list[dict], held: bool = False) -> list[str]:
     allr = long + moon
     L = ["## Targets", "", "| target | result | verdict |", "|---|---|---|"]
     lose = [(r["id"], n, v) for r in allr for n, v in r["dcp_vs"].items()
@@ -145,10 +173,14 @@ def _targets(long: list[dict], moon: list[dict]) -> list[str]:
                  f"below the best baseline have no headroom and are not counted) | "
                  f"{_verdict(bool(cap) and ok == len(cap))} |")
     node = [r for r in long if r["deployment"] == "node8" and r["workload"].startswith("agentic")]
+    if held:
+        node = []
     vals = ", ".join(f"{r['id']} {_rf(dcp_ratio(r))} (dcp {r['goodput']['dcp']:.3f} req/s)"
                      for r in node)
-    L.append(f"| single-node agentic: `dcp` >= 1.9x the best baseline | {vals} | "
-             f"{_verdict(bool(node) and all(dcp_ratio(r) >= SINGLE_NODE_TARGET for r in node))} |")
+    if not held:
+        L.append(f"| single-node agentic: `dcp` >= 1.9x the best baseline | {vals} | "
+                 f"{_verdict(bool(node) and all(dcp_ratio(r) >= SINGLE_NODE_TARGET for r in node))}"
+                 " |")
     for r in moon:
         before = MOONCAKE_BEFORE[r["workload"].removeprefix("mooncake-")]
         d = r["ratio"]["dcp"] or 0.0

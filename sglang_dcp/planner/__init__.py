@@ -29,7 +29,8 @@ _OPTIONS = {
     "uniform": ("group_size",),
     "dcp": ("max_degree", "min_shard_tokens", "min_gain_us", "batch_slack", "rebalance_threshold",
             "home_rule", "fixed_exchange", "split_rule", "split_min_free", "step_slo_ms",
-            "step_gate", "step_headroom", "prefill_chunk"),
+            "step_gate", "step_headroom", "prefill_chunk", "hold",
+            "home_tie", "headroom_always", "age_ms", "age_overshoot"),
 }
 
 

@@ -15,6 +15,11 @@ attention past the SLO). Otherwise the request waits (retryable rejection), for
 whole placement is split if that predicts a shorter step. Predicted times use reserved KV
 (every live request at its full ``max_new_tokens``), the same view the rest of the planner
 uses.
+
+Variants, off by default (issue 27 measured them mixed on held-out seeds): ``headroom_always``
+applies the near-budget split even while no guest exists; ``age_ms``: a request that has waited
+that long since its first refusal (the clock is ``on_time``'s) gets ``1 + age_overshoot`` times
+the budget: the SLO is on P99 TPOT, a mean over a request's steps, not on each step.
 """
 
 from __future__ import annotations
@@ -26,6 +31,27 @@ STEP_GATES = ("split", "all")
 
 
 class StepBudget:
+    def _budget_options(self, headroom_always: bool, age_ms: float | None,
+                        age_overshoot: float) -> None:
+        if age_ms is not None and age_ms < 0 or age_overshoot < 0:
+            raise ValueError("dcp: need age_ms >= 0 and age_overshoot >= 0")
+        self.headroom_always = bool(headroom_always)
+        self.age_ms = None if age_ms is None else float(age_ms)
+        self.age_overshoot = float(age_overshoot)
+        self._now_ms = 0.0
+        self._waiting_since: dict[str, float] = {}  # rid -> first retryable refusal (ms)
+
+    def _note_wait(self, rid: str, got) -> None:
+        """Book when ``rid`` was first refused (``age_ms``); forget it once placed."""
+        if self.age_ms is None:
+            return
+        if not isinstance(got, Rejection):
+            self._waiting_since.pop(rid, None)
+        elif got.retryable and rid not in self._waiting_since:
+            self._waiting_since[rid] = self._now_ms
+            if len(self._waiting_since) > 4096:  # callers that gave up: forget the oldest
+                del self._waiting_since[next(iter(self._waiting_since))]
+
     def _predicted_step_us(self, home: int, sealed: list[list[int]], tail: int) -> float:
         """The cluster's predicted step (µs) if a request homed on ``home`` with guest shards
         ``sealed`` (``[rank, start, end]``) and ``tail`` tokens at home were admitted."""
@@ -48,34 +74,51 @@ class StepBudget:
         fixed = p.exchange_us_fixed if (self.num_guest_items or guests) else 0.0
         return worst + p.moe_us(max(max(batch), b + 1)) + fixed
 
+    def on_time(self, now_ms: float, step: int) -> None:
+        self._now_ms = now_ms
+
+    def _budget_for(self, rid: str) -> float:
+        """The step budget for ``rid`` (µs): the SLO, or ``1 + age_overshoot`` times it once
+        ``rid`` has waited ``age_ms`` since its first refusal."""
+        since = self._waiting_since.get(rid)
+        if since is not None and self.age_ms is not None and \
+                self._now_ms - since >= self.age_ms:
+            return self.step_slo_us * (1.0 + self.age_overshoot)
+        return self.step_slo_us
+
     def _gate(self, req: Request, plan, split_plan):
         """``plan`` if its predicted step is within the budget; else a split from
         ``split_plan()`` that is (the whole placement would put too much attention on one rank);
         else ``plan`` into an empty cluster, or a retryable ``Rejection``."""
         resv = page_up(req.prompt_len + req.max_new_tokens, self.page)
+        slo = self._budget_for(req.rid)
         home, sealed, tail_start = plan
         step = self._predicted_step_us(home, sealed, resv - tail_start)
+        alt, alt_step = plan, step
         # Near the budget, and with the cluster already paying the fixed exchange (some guest
         # exists), a whole placement is split if that predicts a shorter step: one more split
         # costs only its items, and a rank loaded whole would hold back later admissions.
-        near = self.step_slo_us - (self.step_headroom_us if self.num_guest_items else 0.0)
-        if step <= near or (sealed and step <= self.step_slo_us):
+        near = slo - (self.step_headroom_us if (
+            self.num_guest_items or self.headroom_always) else 0.0)
+        if step <= near or (sealed and step <= slo):
             return plan
         if not sealed and self.max_degree > 1:
             alt = split_plan()
             if not isinstance(alt, Rejection) and alt[1]:
                 alt_step = self._predicted_step_us(alt[0], alt[1], resv - alt[2])
-                if alt_step < step and (alt_step <= self.step_slo_us or not len(self)):
+                if alt_step < step and (alt_step <= slo or not len(self)):
                     return alt
-        if step <= self.step_slo_us:
+        if step <= slo:
             return plan
         if not len(self) or (not sealed and self.step_gate == "split"):
             return plan  # an empty cluster: waiting cannot make room
+        # what a targeted hold keeps ranks for (hold.py): the plan closest to the budget
+        self._refused_plan = (alt[0], alt[1]) if alt_step < step else (home, sealed)
         what = f"split over {len({r for r, _, _ in sealed} | {home})} ranks" if sealed else \
             f"on rank {home}"
         return Rejection(
             req.rid,
             f"request {req.rid!r} ({resv} KV tokens) {what} would predict a {step / 1e3:.1f} ms "
-            f"step, over the {self.step_slo_us / 1e3:.1f} ms step budget: it waits",
+            f"step, over the {slo / 1e3:.1f} ms step budget: it waits",
             retryable=True,
         )

@@ -13,8 +13,11 @@ could not run whole: KV fragmentation. So:
 
 1. **Home** (``home_rule="step"``, the default): the rank that minimises the predicted step
    time with the whole request on it, MoE barrier included (``max(M, rank_time + request) +
-   moe_us_per_token`` if it would raise the largest batch; ``M`` = slowest rank now), ties by
-   fewest homed requests, then lowest index. ``home_rule="batch"``: the rank with the fewest
+   moe_us_per_token`` if it would raise the largest batch; ``M`` = slowest rank now); among the
+   ranks that keep the step where it is, the *fullest* (best fit, ``home_tie="fullest"``), then
+   lowest index: it keeps the emptiest ranks' room under the step budget whole for long
+   requests (``home_tie="fewest"``, fewest homed, spread short requests over them and left the
+   long ones waiting for the budget; issue 27). ``home_rule="batch"``: the rank with the fewest
    homed requests (within ``batch_slack`` of the fewest), ties by predicted rank time.
 2. **Split only for fit** (``split_rule="fit"``, the default): a request that some rank can
    hold whole is placed whole (``d = 1``) on the best such home. Otherwise it is split, with
@@ -55,6 +58,9 @@ could not run whole: KV fragmentation. So:
    with a threshold ``rebalance`` moves ranges (``rebalance.py``), and with a step budget only
    while a move lowers the predicted step.
 
+6. **Off by default** (measured mixed in issue 27): ``hold`` (``hold.py``), ``headroom_always``
+   and ``age_ms`` (``budget.py``).
+
 Short requests (fewer full prompt pages than ``min_shard_tokens``) never split. Loads are
 reserved KV tokens (``kv_tokens()``), i.e. what the ranks hold when every live request reaches
 its reservation. Per-rank predicted times are cached and refreshed only for the ranks a call
@@ -67,6 +73,7 @@ from sglang_dcp.planner.base import ClusterSpec
 from sglang_dcp.planner.profile import CostProfile
 from sglang_dcp.planner.budget import STEP_GATES, StepBudget
 from sglang_dcp.planner.feasibility import Feasibility
+from sglang_dcp.planner.hold import TargetedHold
 from sglang_dcp.planner.home import HomeChoice
 from sglang_dcp.planner.rebalance import SealedRangeRebalancer
 from sglang_dcp.planner.state import LedgerPolicy, page_up
@@ -75,7 +82,8 @@ from sglang_dcp.types import Rejection, Request
 
 
 class DcpPolicy(
-    StepBudget, GuestPlans, HomeChoice, Feasibility, SealedRangeRebalancer, LedgerPolicy
+    TargetedHold, StepBudget, GuestPlans, HomeChoice, Feasibility, SealedRangeRebalancer,
+    LedgerPolicy,
 ):
     name = "dcp"
 
@@ -97,6 +105,11 @@ class DcpPolicy(
         step_gate: str = "all",
         step_headroom: bool = True,
         prefill_chunk: int | None = None,
+        hold: bool = False,
+        home_tie: str = "fullest",
+        headroom_always: bool = False,
+        age_ms: float | None = None,
+        age_overshoot: float = 0.1,
     ) -> None:
         super().__init__(cluster)
         if not isinstance(profile, CostProfile):
@@ -106,39 +119,35 @@ class DcpPolicy(
         if min_shard_tokens is not None and min_shard_tokens < 1:
             raise ValueError(f"dcp: min_shard_tokens must be >= 1, got {min_shard_tokens}")
         if min_gain_us < 0 or batch_slack < 0 or (
-            rebalance_threshold is not None and rebalance_threshold < 1.0
-        ):
+                rebalance_threshold is not None and rebalance_threshold < 1.0):
             raise ValueError(
-                "dcp: need min_gain_us >= 0, batch_slack >= 0 and rebalance_threshold >= 1"
-            )
-        if home_rule not in ("batch", "step"):
-            raise ValueError(f"dcp: home_rule must be 'batch' or 'step', got {home_rule!r}")
+                "dcp: need min_gain_us >= 0, batch_slack >= 0 and rebalance_threshold >= 1")
         if fixed_exchange not in ("always", "first"):
-            raise ValueError(
-                f"dcp: fixed_exchange must be 'always' or 'first', got {fixed_exchange!r}"
-            )
+            raise ValueError(f"dcp: fixed_exchange must be 'always' or 'first', got "
+                             f"{fixed_exchange!r}")
         if split_rule not in ("fit", "gain", "auto"):
             raise ValueError(
                 f"dcp: split_rule must be 'fit', 'gain' or 'auto', got {split_rule!r}")
         if split_rule == "auto":  # by the exchange's price against attention (module docstring)
             split_rule = "fit" if profile.attention == "mla" else "gain"
             fixed_exchange = "always" if profile.attention == "mla" else "first"
-        if not 0.0 <= split_min_free <= 1.0:
-            raise ValueError(f"dcp: split_min_free must be in [0, 1], got {split_min_free}")
-        if step_slo_ms is not None and not step_slo_ms > 0:
-            raise ValueError(f"dcp: step_slo_ms must be > 0, got {step_slo_ms}")
+        if not 0.0 <= split_min_free <= 1.0 or step_slo_ms is not None and not step_slo_ms > 0:
+            raise ValueError(f"dcp: need split_min_free in [0, 1] (got {split_min_free}) and "
+                             f"step_slo_ms > 0 (got {step_slo_ms})")
         if prefill_chunk is not None and prefill_chunk < 1:
             raise ValueError(f"dcp: prefill_chunk must be >= 1 tokens, got {prefill_chunk}")
-        self.prefill_chunk = prefill_chunk  # prefill into shards: the home's transient (prefill.py)
+        self.prefill_chunk = prefill_chunk  # prefill into shards: the home's transient
         if step_gate not in STEP_GATES:
             raise ValueError(f"dcp: step_gate must be one of {STEP_GATES}, got {step_gate!r}")
         self.step_slo_us = None if step_slo_ms is None else float(step_slo_ms) * 1e3
         self.step_gate = step_gate
+        self.hold = bool(hold) and self.step_slo_us is not None  # hold.py
         # a whole placement this close to the budget is split if that predicts a shorter step
         self.step_headroom_us = profile.exchange_us_fixed if step_headroom else 0.0
         self.split_rule = split_rule
         self.split_min_free = float(split_min_free)
-        self.home_rule = home_rule
+        self._home_options(home_rule, home_tie)
+        self._budget_options(headroom_always, age_ms, age_overshoot)
         self.fixed_exchange = fixed_exchange
         self.profile = profile
         self.max_degree = min(max_degree, cluster.num_ranks)
@@ -201,10 +210,13 @@ class DcpPolicy(
         return resv, pfull, self.max_degree > 1 and pfull >= self.min_shard_tokens
 
     def _plan(self, req: Request, home_rank: int | None):
-        plan = self._place(req, home_rank)
-        if isinstance(plan, Rejection) or self.step_slo_us is None:
-            return plan
-        return self._gate(req, plan, lambda: self._place(req, home_rank, split_only=True))
+        self._hold_enter(req.rid, home_rank)  # the ranks held for another request are out
+        got = self._place(req, home_rank)
+        if not isinstance(got, Rejection) and self.step_slo_us is not None:
+            got = self._gate(req, got, lambda: self._place(req, home_rank, split_only=True))
+        self._hold_exit(req.rid, home_rank, got)
+        self._note_wait(req.rid, got)
+        return got
 
     def _place(self, req: Request, home_rank: int | None, split_only: bool = False):
         """A plan ``(home, sealed, tail_start)`` or a ``Rejection``; ``split_only``: the best
@@ -271,18 +283,12 @@ class DcpPolicy(
             if best_score is None or score < best_score - self.min_gain_us:
                 best_score, best = score, (h, sealed, tail_start)
         if best_score is None:
-            return self._reject(req, resv, pfull, splittable, pinned=home_rank)
+            rej = self._reject(req, resv, pfull, splittable, pinned=home_rank)
+            # the home by step time may lack room for the split; the one with the most free KV
+            # is the best for fit (what never_fits assumes): try it once before waiting
+            h2 = max(range(self.num_ranks), key=lambda r: (cap[r] - kv[r], -r))
+            if home_rank is not None or h2 == h or h2 in self._excl:
+                return rej
+            alt = self._place(req, h2, split_only)
+            return rej if isinstance(alt, Rejection) else alt
         return best
-
-    def _may_split_for_fit(self, resv: int, pinned: int | None) -> bool:
-        """``split_rule="fit"``: split a request that no allowed home can hold whole now only if
-        none ever could (capacity below ``resv``), or it is large against a rank (at least
-        ``split_min_free`` of the largest rank's capacity: waiting for one rank to free that
-        much takes many finishes), or at least ``split_min_free`` of the cluster's KV is free
-        (fragmented, not full)."""
-        cap = self.cap
-        largest = cap[pinned] if pinned is not None else max(cap)
-        if largest < resv or resv >= self.split_min_free * largest:
-            return True
-        total = sum(cap)
-        return total - sum(self.kv) >= self.split_min_free * total

@@ -3,7 +3,7 @@
 Mixed into ``DcpPolicy`` (which provides the ledger, ``min_shard_tokens``, ``max_degree`` and
 ``_sizes``): ``never_fits`` answers without placing anything; ``_reject`` builds the
 ``Rejection`` (retryable when an empty cluster could place it); ``_fits_empty`` is the
-capacity test both share.
+capacity test both share; ``_may_split_for_fit`` is ``dcp``'s rule 2 test (its docstring).
 """
 
 from __future__ import annotations
@@ -58,3 +58,16 @@ class Feasibility:
             if caps[h] - extra + min(pfull, sum(others[:k])) >= resv:
                 return True
         return False
+
+    def _may_split_for_fit(self, resv: int, pinned: int | None) -> bool:
+        """``split_rule="fit"``: split a request that no allowed home can hold whole now only if
+        none ever could (capacity below ``resv``), or it is large against a rank (at least
+        ``split_min_free`` of the largest rank's capacity: waiting for one rank to free that
+        much takes many finishes), or at least ``split_min_free`` of the cluster's KV is free
+        (fragmented, not full)."""
+        cap = self.cap
+        largest = cap[pinned] if pinned is not None else max(cap)
+        if largest < resv or resv >= self.split_min_free * largest:
+            return True
+        total = sum(cap)
+        return total - sum(self.kv) >= self.split_min_free * total

@@ -6,19 +6,29 @@ from __future__ import annotations
 
 class HomeChoice:
     """Mixin of ``dcp.DcpPolicy``: ``_choose_home(need, resv)`` returns the home rank for a
-    request needing ``need`` free KV tokens there and reserving ``resv``, or -1 if none can."""
+    request needing ``need`` free KV tokens there and reserving ``resv``, or -1 if none can.
+    ``home_tie`` (``"fullest"``, best fit, or ``"fewest"`` homed) breaks ties among the ranks
+    that keep the predicted step where it is (``dcp.py``, rule 1)."""
+
+    def _home_options(self, home_rule: str, home_tie: str) -> None:
+        if home_rule not in ("batch", "step"):
+            raise ValueError(f"dcp: home_rule must be 'batch' or 'step', got {home_rule!r}")
+        if home_tie not in ("fewest", "fullest"):
+            raise ValueError(f"dcp: home_tie must be 'fewest' or 'fullest', got {home_tie!r}")
+        self.home_rule, self.home_tie = home_rule, home_tie
 
     def _choose_home(self, need: int, resv: int) -> int:
         cap, kv = self.cap, self.kv
         if self.home_rule == "step":
             return self._choose_home_step(need, resv)
+        excl = self._excl
         if self.batch_slack == 0:
             k = min(self._keys)
-            if cap[k[2]] - kv[k[2]] >= need:
+            if cap[k[2]] - kv[k[2]] >= need and k[2] not in excl:
                 return k[2]
-            feas = [k for k in self._keys if cap[k[2]] - kv[k[2]] >= need]
+            feas = [k for k in self._keys if cap[k[2]] - kv[k[2]] >= need and k[2] not in excl]
             return min(feas)[2] if feas else -1
-        feas = [k for k in self._keys if cap[k[2]] - kv[k[2]] >= need]
+        feas = [k for k in self._keys if cap[k[2]] - kv[k[2]] >= need and k[2] not in excl]
         if not feas:
             return -1
         lim = min(feas)[0] + self.batch_slack
@@ -26,21 +36,32 @@ class HomeChoice:
 
     def _choose_home_step(self, need: int, resv: int) -> int:
         """The rank minimising the predicted step time with the whole request on it (d = 1),
-        MoE barrier included; ties: fewest homed, then lowest index."""
-        batch, cost, free = self.batch, self.cost, self._free
+        MoE barrier included; ties: fewest homed, then lowest index. Ranks in ``_excl`` (a
+        targeted hold, ``hold.py``) are skipped."""
+        batch, cost, free, excl = self.batch, self.cost, self._free, self._excl
         # score_r = max(cost_r, M - add) + moe_us_per_token * [batch_r >= max batch] (+ add)
         lvl = max(cost) - (self._a * resv + self._item)
-        bmin = min(batch)
-        r0 = batch.index(bmin)
-        if free[r0] >= need and cost[r0] <= lvl:
-            return r0  # lowest possible score, and the fewest homed (lowest index) among them
         bmax = max(batch)
         mpt = self.profile.moe_us_per_token
+        if self.home_tie == "fullest":
+            k = min(
+                (
+                    ((c if c > lvl else lvl) + (mpt if b >= bmax else 0.0), -c, r)
+                    for (b, c, r), f in zip(self._keys, free)
+                    if f >= need and r not in excl
+                ),
+                default=None,
+            )
+            return -1 if k is None else k[2]
+        bmin = min(batch)
+        r0 = batch.index(bmin)
+        if free[r0] >= need and cost[r0] <= lvl and r0 not in excl:
+            return r0  # lowest possible score, and the fewest homed (lowest index) among them
         k = min(
             (
                 ((c if c > lvl else lvl) + (mpt if b >= bmax else 0.0), b, r)
                 for (b, c, r), f in zip(self._keys, free)
-                if f >= need
+                if f >= need and r not in excl
             ),
             default=None,
         )

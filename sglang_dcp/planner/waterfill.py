@@ -43,9 +43,9 @@ class GuestPlans:
     def _try_guests(self, h, order, resv, pfull, min_tail, free_h, base_h):
         """Water-filled plans for d = 2 .. max_degree with guests taken from ``order``."""
         cap, kv, ms, ps, a = self.cap, self.kv, self.min_shard_tokens, self.page, self._a
-        guests = []
+        guests, excl = [], self._excl
         for g in order:
-            if g != h and cap[g] - kv[g] >= ms:
+            if g != h and cap[g] - kv[g] >= ms and g not in excl:
                 guests.append(g)
                 if len(guests) == self.max_degree - 1:
                     break

@@ -10,6 +10,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -79,6 +80,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help="The DP controller's queue (dcp, uniform): a waiting request is passed "
                         "over at most this many times by later ones that fit (the server's "
                         "--dcp-queue-max-bypass; 0 = arrival order; -1 = unbounded first fit).")
+    p.add_argument("--reuse", type=str, default=None, metavar="SUMMARY_JSON",
+                   help="Copy the policies of this earlier summary that --policies does not list, "
+                   "and its pooled bound, instead of running them (a change to one policy).")
     p.add_argument("--no-plots", action="store_true", help="Skip the PNG plots.")
     p.add_argument("--quiet", action="store_true", help="No progress bar.")
     return p
@@ -172,7 +176,8 @@ def main(argv=None) -> int:
     if args.rate is not None:
         summary, runs = run_fixed_rate(exp, args.rate)
     else:
-        summary, runs = run_experiment(exp, progress=not args.quiet)
+        reuse = json.loads(Path(args.reuse).read_text()) if args.reuse else None
+        summary, runs = run_experiment(exp, progress=not args.quiet, reuse=reuse)
     summary["timing"]["wall_s"] = time.perf_counter() - t0
     report.write_summary(out, summary)
     (out / "summary.md").write_text(report.markdown(summary))

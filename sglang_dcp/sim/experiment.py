@@ -17,7 +17,7 @@ from sglang_dcp.sim import cost
 from sglang_dcp.sim.bound import PooledStepModel, fluid_max_rate
 from sglang_dcp.sim.engine import SimOptions, simulate
 from sglang_dcp.sim.metrics import RunResult, pct, policy_summary
-from sglang_dcp.sim.search import SearchSpec, abort_after, find_max_rate
+from sglang_dcp.sim.search import SearchResult, SearchSpec, abort_after, find_max_rate
 from sglang_dcp.sim.workload import Workload
 
 BASELINES = ("round_robin", "total_tokens", "total_tokens_sglang")  # SGLang's own dispatch
@@ -108,9 +108,15 @@ def parse_policy(label: str) -> tuple[str, dict]:
     return name, options
 
 
-def run_experiment(exp: Experiment, progress: bool = False,
-                   pooled_bound: bool = True) -> tuple[dict, dict[str, RunResult]]:
-    """Search every policy, replay all at the reference rate. Returns (summary, runs at ref)."""
+def run_experiment(exp: Experiment, progress: bool = False, pooled_bound: bool = True,
+                   reuse: dict | None = None) -> tuple[dict, dict[str, RunResult]]:
+    """Search every policy, replay all at the reference rate. Returns (summary, runs at ref).
+
+    ``reuse``: an earlier ``summary.json`` of the same scenario. Its policies that
+    ``exp.policies`` does not list, and its pooled bound, are copied as they are (searched and
+    replayed by that run; ``summary["reused"]`` says which, and from which commit) and join the
+    reference rate and the ratios; only ``exp.policies`` run. For a change that touches one
+    policy's code alone."""
     from tqdm import tqdm
 
     bar = tqdm(total=len(exp.policies) * exp.search.max_runs, disable=None if progress else True,
@@ -127,16 +133,24 @@ def run_experiment(exp: Experiment, progress: bool = False,
     searches = {}
     for name in exp.policies:
         searches[name] = find_max_rate(run_at(name), exp.workload.rate_rps, exp.search)
-    pooled = find_max_rate(lambda r: exp.run_pooled(r, early_stop=True), exp.workload.rate_rps,
-                           exp.search) if pooled_bound else None
+    old = {n: p for n, p in (reuse or {}).get("policies", {}).items() if n not in exp.policies}
+    old_pooled = (reuse or {}).get("pooled_bound")
+    if old_pooled and pooled_bound:
+        pooled = SearchResult(old_pooled["rate_rps"], old_pooled["precision"],
+                              old_pooled.get("trials", []))
+    else:
+        pooled = find_max_rate(lambda r: exp.run_pooled(r, early_stop=True),
+                               exp.workload.rate_rps, exp.search) if pooled_bound else None
     bar.close()
 
     base = {n: searches[n].max_rate_rps for n in exp.policies if n in BASELINES}
+    base.update({n: p["max_rate_rps"] for n, p in old.items() if n in BASELINES})
     if base and max(base.values()) > 0:
         ref_rate = max(base.values())
         why = f"best baseline max rate ({max(base, key=base.get)})"
     else:
-        passing = [s.max_rate_rps for s in searches.values() if s.max_rate_rps > 0]
+        passing = [s.max_rate_rps for s in searches.values() if s.max_rate_rps > 0] + [
+            p["max_rate_rps"] for p in old.values() if p["max_rate_rps"] > 0]
         ref_rate = min(passing) if passing else exp.workload.rate_rps
         why = "lowest max rate among policies (no baseline in the list)" if passing else \
             "native rate (no policy met the SLO)"
@@ -165,6 +179,9 @@ def run_experiment(exp: Experiment, progress: bool = False,
             "num_steps_at_reference": run.num_steps,
             "search_trials": searches[name].trials,
         }
+    for name, p in old.items():  # reused as they were
+        policies[name] = p
+        details[name] = reuse["details"][name]
     best_base = max(base.values()) if base else None
     fluid = fluid_max_rate(exp.workload, exp.profile, exp.num_ranks,
                            slo_ms=exp.search.slo_tpot_ms, kv_capacity=exp.cluster.kv_capacity[0])
@@ -178,7 +195,8 @@ def run_experiment(exp: Experiment, progress: bool = False,
             "max_kv_wait_ms": exp.search.max_kv_wait_ms,
             "rel_precision": exp.search.rel_precision,
             "max_runs": exp.search.max_runs,
-            "precision": {n: s.precision for n, s in searches.items()},
+            "precision": {**{n: reuse["search"]["precision"][n] for n in old},
+                          **{n: s.precision for n, s in searches.items()}},
         },
         "workload": {
             "name": exp.workload.name,
@@ -199,6 +217,9 @@ def run_experiment(exp: Experiment, progress: bool = False,
             "trials": pooled.trials},
         "details": details,
         "env": environment(),
+        **({"reused": {"policies": sorted(old), "pooled_bound": bool(old_pooled),
+                       "commit": reuse.get("env", {}).get("commit"),
+                       "date": reuse.get("env", {}).get("date")}} if reuse else {}),
         "timing": {"runs": len(exp.run_wall_s), "total_s": sum(exp.run_wall_s),
                    "max_run_s": max(exp.run_wall_s, default=0.0)},
     }

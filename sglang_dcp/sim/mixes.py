@@ -21,6 +21,11 @@ sessions, after **TraceLab** (arXiv 2606.30560, github uw-syfi/TraceLab; 4,265 s
 [64k, 128k). The RFC gives no share of long requests; ``long_frac`` = 0.2 is an **assumption**
 (change it in ``MIXES`` to study another share). Outputs as in the agentic mixes.
 
+``chat-agentic``: chat and agentic traffic on one fleet (held-out regimes of issue 27): half the
+requests are chat turns, prompt log-uniform in [256, 8k), half are ``agentic-claude`` steps
+(its bins and shares, halved). The 50/50 share and the chat range are **assumptions** (no
+figure); both halves get the agentic appended tokens and outputs.
+
 Sessions are not modelled (steps of one session arrive independently); arrivals are Poisson.
 """
 
@@ -76,6 +81,11 @@ MIXES: dict[str, BinnedSpec] = {
         edges=(8 * K, 32 * K, 64 * K, 128 * K, 256 * K),
         shares=_shares_from_tail((0.897, 0.759, 0.422)),
         append_p50=793, append_sigma=_APPEND_SIGMA, source=f"{_TRACELAB}, Codex steps"),
+    "chat-agentic": BinnedSpec(
+        edges=(256, 8 * K, 32 * K, 64 * K, 128 * K, 256 * K, 512 * K),
+        shares=(0.5, *(x / 2 for x in _shares_from_tail((0.874, 0.724, 0.485, 0.237)))),
+        append_p50=793, append_sigma=_APPEND_SIGMA,
+        source=f"half chat [256, 8k) (assumption), half {_TRACELAB} Claude Code steps"),
     "bimodal": BinnedSpec(
         edges=(128, 2 * K, 64 * K, 128 * K), shares=(0.8, 0.0, 0.2),
         source="vLLM DyCP RFC #29295 (<2k short, 64k-128k long); 20% long is an assumption"),

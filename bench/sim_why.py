@@ -1,0 +1,50 @@
+"""``why.json`` rows for ``sim.md``: what binds just above ``dcp``'s max rate.
+
+``bench/sim_diagnose.py --summary`` writes ``why.json`` per long-context scenario (``bench/sim.py``
+runs it); this turns them into the report's table. Every number is read from those files.
+"""
+
+from __future__ import annotations
+
+import json
+
+
+def _f(x, nd=2) -> str:
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+def _why(scen) -> dict | None:
+    """``why.json`` (``bench/sim_diagnose.py --summary``): what binds just above dcp's max."""
+    f = scen.out / "why.json"
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
+def _why_rows(rows: list[dict]) -> list[str]:
+    """Per long-context scenario: which rule fails just above dcp's max rate, and where dcp's
+    step goes against a pooled step at the same loads (bench/sim_diagnose.py)."""
+    have = [r for r in rows if r.get("why")]
+    if not have:
+        return []
+    L = ["## What binds just above `dcp`'s max rate (x1.05; `bench/sim_diagnose.py`)", "",
+         "Requests that waited > 2 s, each charged to its last refusal (`budget`: the step "
+         "budget, `kv`: no room, `queue`: queued behind a starving head); `dcp`'s time-weighted "
+         "step in the loaded window = a pooled step at the same loads + rank imbalance + MoE "
+         "barrier imbalance + fixed exchange (share of time any guest lives); the pooled "
+         "bound's own mean step and P99 TPOT at the same rate.", "",
+         "| scenario | headroom (pooled) | binds | waits > 2 s (budget / kv / queue) | dcp step "
+         "ms = pooled-at-load + rank imb. + MoE imb. + fixed exch. (guests live) | pooled at "
+         "this rate: mean step / P99 TPOT ms |", "|---|---|---|---|---|---|"]
+    for r in have:
+        w = r["why"]
+        m, pool = w["policy"], w["pooled"]
+        waits = m.get("waits", {})
+        wcell = " / ".join(str(waits.get(k, {}).get("over_2s", 0)) for k in ("budget", "kv",
+                                                                               "queue"))
+        st = m.get("step_ms")
+        scell = "-" if not st else (
+            f"{st['step']:.1f} = {st['pooled']:.1f} + {st['rank_imb']:.1f} + "
+            f"{st['moe_imb']:.1f} + {st['fixed']:.1f} ({m.get('guests_live', 0):.0%})")
+        L.append(f"| {r['id']} | {_f(r['captured_pooled'], 2)} | {w['binds']} "
+                 f"(P99 TPOT {m['p99_tpot_ms']:.1f}, P99 wait {m['p99_kv_wait_ms']:.0f} ms) | "
+                 f"{wcell} | {scell} | {pool['mean_step_ms']:.1f} / {pool['p99_tpot_ms']:.1f} |")
+    return L + [""]
