@@ -29,7 +29,7 @@ class HomeChoice:
         MoE barrier included; ties: fewest homed, then lowest index."""
         batch, cost, free = self.batch, self.cost, self._free
         # score_r = max(cost_r, M - add) + moe_us_per_token * [batch_r >= max batch] (+ add)
-        lvl = max(cost) - (self._a * resv + self._item)
+        lvl = max(cost) - (self._a * resv + self._item + self._req)
         bmin = min(batch)
         r0 = batch.index(bmin)
         if free[r0] >= need and cost[r0] <= lvl:
