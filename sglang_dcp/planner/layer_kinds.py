@@ -137,7 +137,7 @@ def aggregate(kinds: Sequence[LayerKind], base: Mapping[str, float]) -> dict[str
 
 
 def family(kinds: Sequence[LayerKind], attention: str) -> str:
-    """A short label: ``dense-mla``, ``dsa``, ``csa+hca+window``, ``dense+linear``..."""
+    """A short label: ``dense-mla``, ``dsa``, ``csa+hca+window``, ``dense-gqa+linear``..."""
     if not kinds:
         return f"dense-{attention}"
-    return "+".join(k.kind for k in kinds)
+    return "+".join(f"dense-{attention}" if k.kind == "dense" else k.kind for k in kinds)
