@@ -1,8 +1,8 @@
 """Simulator benchmark: where request-level DCP pays, per attention family (issue 29).
 
 For each family profile (``sglang_dcp/profiles``: DeepSeek-V3.2 with BF16 and FP8 KV, GLM-5,
-DeepSeek-V4-Pro and V4-Flash, Qwen3.5-397B, MiniMax-M2, and DeepSeek-V3 as the dense-MLA
-reference) on one 8xH200 node (EP8) and on 16 ranks (EP16, 2 nodes): the agentic and bimodal
+DeepSeek-V4-Pro and V4-Flash, Qwen3.5-397B, MiniMax-M2; dense MLA is ``bench/sim.py``'s matrix)
+on one 8xH200 node (EP8) and on 16 ranks (EP16, 2 nodes): the agentic and bimodal
 mixes up to the model's context limit (``<mix>@<limit>``, ``sim/mixes.py``: 1M for V4) x P99
 TPOT SLO 35 / 50 ms, ``dcp`` against the SGLang baselines (``round_robin``, ``total_tokens``,
 ``total_tokens_sglang``) and the fluid and pooled bounds. Two scenarios run at once.
@@ -10,6 +10,7 @@ TPOT SLO 35 / 50 ms, ``dcp`` against the SGLang baselines (``round_robin``, ``to
     python bench/sim_families.py                 # everything (make bench-sim-families)
     python bench/sim_families.py --only v4       # scenarios whose id contains "v4"
     python bench/sim_families.py --skip-runs     # rebuild the report from existing summaries
+    python bench/sim_families.py --resume        # run only scenarios without a summary yet
 
 Outputs: ``bench/results/sim-families/<scenario>/summary.{json,md}``,
 ``bench/results/sim-families.{md,json}`` (``sim_families_report.py``); ``bench/sim_report.py``
@@ -56,7 +57,6 @@ class Model:
 
 
 MODELS = (
-    Model("v3", "deepseek-v3-h200", "DeepSeek-V3", "dense MLA", 163_840),
     Model("v32", "deepseek-v32-h200", "DeepSeek-V3.2 (BF16 KV)", "DSA", 163_840),
     Model("v32fp8", "deepseek-v32-fp8kv-h200", "DeepSeek-V3.2 (FP8 KV)", "DSA", 163_840),
     Model("glm5", "glm5-h200", "GLM-5 (FP8 KV)", "DSA", 202_752),
@@ -67,12 +67,10 @@ MODELS = (
     Model("minimax", "minimax-m2-h200", "MiniMax-M2", "dense GQA", 196_608),
 )
 RANKS = {"node8": 8, "ep16": 16}
-# the dense-MLA reference uses the shipped DeepSeek-V3 profiles as they are
-_V3_PROFILES = {"node8": "deepseek-v3-h200-node8", "ep16": "deepseek-v3-h200"}
 
 
 def profile_name(m: Model, dep: str) -> str:
-    return _V3_PROFILES[dep] if m.key == "v3" else f"{m.profile}-{dep}"
+    return f"{m.profile}-{dep}"
 
 
 def limit_tag(tokens: int) -> str:
@@ -142,14 +140,28 @@ def run_one(s: Scenario) -> tuple[Scenario, float, float, str | None]:
     return s, time.perf_counter() - t0, ru.ru_utime + ru.ru_stime, err
 
 
+def _merge_timing(path: Path, new: dict) -> None:
+    """Add ``new`` to the timing file (several runners with disjoint ``--only`` may share it)."""
+    old = json.loads(path.read_text()) if path.exists() else {}
+    old.update(new)
+    cpu = [v["cpu_s"] for v in old.values() if isinstance(v, dict)]
+    old["total_cpu_s"] = round(sum(cpu), 1)  # two workers on two idle cores: about half of it
+    path.write_text(json.dumps(old, indent=2, sort_keys=True) + "\n")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--skip-runs", action="store_true",
                     help="Do not run the simulator; rebuild the report from existing summaries.")
-    ap.add_argument("--only", default="", help="Run only scenarios whose id contains this.")
+    ap.add_argument("--only", default="",
+                    help="Run only scenarios whose id contains this (or one of a,b,c).")
     ap.add_argument("--jobs", type=int, default=2, help="Scenarios run at once (default 2).")
+    ap.add_argument("--resume", action="store_true",
+                    help="Skip scenarios whose summary.json exists (an interrupted run).")
     args = ap.parse_args()
-    todo = [s for s in scenarios() if args.only in s.id]
+    only = args.only.split(",")
+    todo = [s for s in scenarios() if any(o in s.id for o in only)
+            and not (args.resume and (s.out / "summary.json").exists())]
     timing_path = OUT_DIR / "timing.json"
     if not args.skip_runs:
         OUT_DIR.mkdir(parents=True, exist_ok=True)
@@ -164,12 +176,10 @@ def main() -> int:
                 timing[s.id] = {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1)}
                 print(f"[{i}/{len(todo)}] {s.id} {wall:.0f} s wall, {cpu:.0f} s CPU"
                       + (f" FAILED: {err}" if err else ""), flush=True)
-        if not args.only:
+                _merge_timing(timing_path, {s.id: timing[s.id]})
+        if not args.only and not args.resume:
             timing["total_wall_s"] = round(time.perf_counter() - t0, 1)
-        cpu = [v["cpu_s"] for k, v in timing.items() if isinstance(v, dict)]
-        # two workers on two idle cores: the matrix takes about half its CPU time
-        timing["total_cpu_s"] = round(sum(cpu), 1)
-        timing_path.write_text(json.dumps(timing, indent=2, sort_keys=True) + "\n")
+        _merge_timing(timing_path, timing)
     path = write_family_report(RESULTS, scenarios())
     print(f"wrote {path}")
     return 0

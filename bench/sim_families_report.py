@@ -23,15 +23,20 @@ INCLUDE_START, INCLUDE_END = "<!-- sim.md include: start -->", "<!-- sim.md incl
 
 
 def _binds(detail: dict, slo_ms: float, wait_ms: float) -> str:
-    """Which rule the lowest failing rate of a policy's search broke: time / capacity / both."""
+    """Which rule the lowest failing rate of a policy's search broke: time / capacity / both;
+    ``ceiling`` when every rate tried passed (the search never bracketed a limit)."""
     fails = sorted((t for t in detail.get("search_trials", []) if not t.get("passed")),
                    key=lambda t: t["rate_rps"])
     if not fails:
-        return "-"
+        return "ceiling"
     t = fails[0]
     tpot = (t.get("p99_tpot_ms") or math.inf) > slo_ms
     wait = (t.get("p99_kv_wait_ms") or math.inf) > wait_ms
-    return "both" if tpot and wait else "time" if tpot else "capacity" if wait else "abort"
+    if t.get("aborted") and not tpot and not wait:
+        # an aborted run stopped on a count of late requests; with its P99 TPOT within the
+        # SLO, fewer than 1% of requests were slow: it stopped on the KV-wait count
+        wait = True
+    return "both" if tpot and wait else "time" if tpot else "capacity"
 
 
 def _row(s, summary: dict) -> dict:
@@ -60,6 +65,7 @@ def _row(s, summary: dict) -> dict:
         "kv_bytes_per_token": p.kv_bytes_per_token, "kv_capacity_tokens": p.kv_capacity_tokens,
     }
     row["mechanism"] = _mechanism(row)
+    row["verdict"] = _verdict(row["gain"], row["binds_baseline"])
     return row
 
 
@@ -70,10 +76,12 @@ def _mechanism(r: dict) -> str:
         return "capacity (KV waits)"
     if r["binds_baseline"] == "time":
         return "time balance"
-    return "-"
+    return "-"  # ceiling: no limit found
 
 
-def _verdict(g: float | None) -> str:
+def _verdict(g: float | None, binds: str = "") -> str:
+    if binds == "ceiling":
+        return "not bracketed"
     return "n/a" if g is None else "pays" if g >= PAYS else "loses" if g < LOSES else "neutral"
 
 
@@ -93,15 +101,21 @@ def _summary(rows: list[dict]) -> list[str]:
     fams: dict[str, list[dict]] = {}
     for r in rows:
         fams.setdefault(r["family"], []).append(r)
-    for fam, rs in fams.items():
+    for fam, rs_all in fams.items():
+        rs = [r for r in rs_all if r["verdict"] != "not bracketed"]
+        unb = [r["id"] for r in rs_all if r["verdict"] == "not bracketed"]
         gains = [r["gain"] for r in rs if r["gain"]]
         none = [r for r in rs if not r["gain"] and r["goodput"]["dcp"] > 0]
-        models = ", ".join(dict.fromkeys(r["model"] for r in rs))
+        models = ", ".join(dict.fromkeys(r["model"] for r in rs_all))
+        note = (f" {len(unb)} scenario(s) not bracketed: every rate the search tried passed for "
+                "the best baseline (the trace ends before the cluster fills; no ratio): "
+                + ", ".join(unb) + "." if unb else "")
         if not gains:
-            L.append(f"- **{fam}** ({models}): no baseline meets the SLO in any scenario.")
+            L.append(f"- **{fam}** ({models}): no bracketed scenario with a baseline meeting "
+                     "the SLO." + note)
             continue
-        pays = [r for r in rs if _verdict(r["gain"]) == "pays"]
-        loses = [r for r in rs if _verdict(r["gain"]) == "loses"]
+        pays = [r for r in rs if r["verdict"] == "pays"]
+        loses = [r for r in rs if r["verdict"] == "loses"]
         mech: dict[str, int] = {}
         for r in pays:
             mech[r["mechanism"]] = mech.get(r["mechanism"], 0) + 1
@@ -118,15 +132,15 @@ def _summary(rows: list[dict]) -> list[str]:
                 f"{k} ({v})" for k, v in sorted(mech.items(), key=lambda kv: -kv[1]))
         if loses:
             line += "; loses in " + ", ".join(f"{r['id']} ({r['gain']:.2f}x)" for r in loses)
-        L.append(line + ".")
+        L.append(line + "." + note)
     by_dep: dict[str, list[float]] = {}
     for r in rows:
-        if r["gain"]:
+        if r["gain"] and r["verdict"] != "not bracketed":
             by_dep.setdefault(r["deployment"], []).append(r["gain"])
     L.append("- By deployment: " + "; ".join(
         f"{d}: geomean {_geo(g):.2f}x over {len(g)}" for d, g in sorted(by_dep.items())) + ".")
-    tb = [r for r in rows if r["gain"] and r["gain"] >= PAYS and r["mechanism"] == "time balance"]
-    cp = [r for r in rows if r["gain"] and r["gain"] >= PAYS and r["mechanism"].startswith("cap")]
+    tb = [r for r in rows if r["verdict"] == "pays" and r["mechanism"] == "time balance"]
+    cp = [r for r in rows if r["verdict"] == "pays" and r["mechanism"].startswith("cap")]
     L.append(f"- Capacity vs time balance: of the {len(tb) + len(cp)} scenarios where `dcp` "
              f"pays, {len(cp)} gain through capacity and {len(tb)} through time balance.")
     return L + ["", INCLUDE_END]
@@ -179,7 +193,7 @@ def write_family_report(results: Path, scenarios: list) -> Path:
             L.append(f"| {r['id']} | {r['model']} | {r['kv_bytes_per_token']:,} | "
                      f"{r['kv_capacity_tokens']:,} | {r['best_baseline']} {b:.3f} | {dcp} | "
                      f"{_f(r['pooled'] / b if b and r['pooled'] else None, 2, 'x')} | "
-                     f"{_verdict(r['gain'])} | {r['mechanism']} | {r['binds_baseline']} / "
+                     f"{r['verdict']} | {r['mechanism']} | {r['binds_baseline']} / "
                      f"{r['binds_dcp']} | {r['rejected_baselines']} / {r['rejected_dcp']} |")
         L.append("")
     path = results / "sim-families.md"
