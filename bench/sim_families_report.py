@@ -104,13 +104,14 @@ def _summary(rows: list[dict]) -> list[str]:
     for fam, rs_all in fams.items():
         rs = [r for r in rs_all if r["verdict"] != "not bracketed"]
         unb = [r["id"] for r in rs_all if r["verdict"] == "not bracketed"]
-        gains = [r["gain"] for r in rs if r["gain"]]
+        gains = [r["gain"] for r in rs if r["gain"] is not None]
+        pos = [g for g in gains if g > 0]
         none = [r for r in rs if not r["gain"] and r["goodput"]["dcp"] > 0]
         models = ", ".join(dict.fromkeys(r["model"] for r in rs_all))
         note = (f" {len(unb)} scenario(s) not bracketed: every rate the search tried passed for "
                 "the best baseline (the trace ends before the cluster fills; no ratio): "
                 + ", ".join(unb) + "." if unb else "")
-        if not gains:
+        if not pos:
             L.append(f"- **{fam}** ({models}): no bracketed scenario with a baseline meeting "
                      "the SLO." + note)
             continue
@@ -122,8 +123,10 @@ def _summary(rows: list[dict]) -> list[str]:
         top = max((r for r in rs if r["gain"]), key=lambda r: r["gain"])
         cap = sorted({r["kv_bytes_per_token"] for r in rs})
         line = (f"- **{fam}** ({models}; {'/'.join(f'{c:,}' for c in cap)} B of KV per token): "
-                f"pays in {len(pays)} of {len(rs)} scenarios, geomean {_geo(gains):.2f}x "
-                f"(min {min(gains):.2f}x, max {top['gain']:.2f}x in {top['id']})")
+                f"pays in {len(pays)} of {len(rs)} scenarios, geomean {_geo(pos):.2f}x "
+                + (f"over the {len(pos)} where `dcp` meets the SLO at some rate "
+                   if len(pos) < len(gains) else "")
+                + f"(min {min(gains):.2f}x, max {top['gain']:.2f}x in {top['id']})")
         if none:
             line += (f"; in {len(none)} more no baseline meets the SLO while `dcp` serves "
                      + ", ".join(f"{r['id']} ({r['goodput']['dcp']:.3f} req/s)" for r in none))
@@ -132,10 +135,16 @@ def _summary(rows: list[dict]) -> list[str]:
                 f"{k} ({v})" for k, v in sorted(mech.items(), key=lambda kv: -kv[1]))
         if loses:
             line += "; loses in " + ", ".join(f"{r['id']} ({r['gain']:.2f}x)" for r in loses)
+        rej = [r for r in rs_all if r["rejected_baselines"] > r["rejected_dcp"]]
+        if rej:
+            sh = [r["rejected_baselines"] / r["requests"] for r in rej]
+            line += (f"; in {len(rej)} the baselines reject {min(sh):.0%}-{max(sh):.0%} of the "
+                     "requests (larger than a rank), which `dcp` serves (goodput counts only "
+                     "served requests: serving them can cost more rate than it earns)")
         L.append(line + "." + note)
     by_dep: dict[str, list[float]] = {}
     for r in rows:
-        if r["gain"] and r["verdict"] != "not bracketed":
+        if r["gain"] and r["verdict"] != "not bracketed":  # geomean: dcp > 0 only
             by_dep.setdefault(r["deployment"], []).append(r["gain"])
     L.append("- By deployment: " + "; ".join(
         f"{d}: geomean {_geo(g):.2f}x over {len(g)}" for d, g in sorted(by_dep.items())) + ".")
