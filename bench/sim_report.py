@@ -148,10 +148,22 @@ def write_report(results: Path, scens, name: str = "sim") -> Path:
         L.append(f"| {r['id']} | {cell(r['best_baseline'])} | {cell('dcp')} | {rej} |")
     L += [""] + _why_rows(rows)
     L += [f"![goodput per scenario]({stem}.png)", ""]
+    L += _family_include(results) if name == "sim" else []
     _plot(results / f"{stem}.png", rows)
     path = results / f"{name}.md"
     path.write_text("\n".join(L) + "\n")
     return path
+
+
+def _family_include(results: Path) -> list[str]:
+    """The summary section of ``sim-families.md`` (``bench/sim_families.py``), if it exists."""
+    f = results / "sim-families.md"
+    text = f.read_text() if f.exists() else ""
+    a, b = text.find("<!-- sim.md include: start -->"), text.find("<!-- sim.md include: end -->")
+    if a < 0 or b < a:
+        return []
+    body = text[a:b].splitlines()[1:]
+    return [*body, "Tables per family: [sim-families.md](sim-families.md).", ""]
 
 
 def _targets(long: list[dict], moon: list[dict], held: bool = False) -> list[str]:

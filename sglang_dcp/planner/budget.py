@@ -60,7 +60,7 @@ class StepBudget:
         add: dict[int, float] = {}
         guests = {r for r, _, _ in sealed if r != home}
         b = batch[home]
-        add[home] = a * tail + item + p.compute_us(b + 1) - p.compute_us(b)
+        add[home] = a * tail + item + p.compute_us(b + 1) - p.compute_us(b) + self._req
         for r, s, e in sealed:
             add[r] = add.get(r, 0.0) + a * (e - s)
         for g in guests:  # one item each way: q out and (o, lse) back, merged at home

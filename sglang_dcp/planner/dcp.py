@@ -165,6 +165,7 @@ class DcpPolicy(
         self._merge = p.merge_us_per_part
         self._floor = p.compute_us_floor
         self._cpt = p.compute_us_per_token
+        self._req = p.attn_us_per_request  # window / linear-state part, per homed request
         self.cost = [0.0] * self.num_ranks  # predicted rank_time_us per rank
         self._keys = [(0, 0.0, 0)] * self.num_ranks  # (batch, cost, rank) for home choice
         self._free = [0] * self.num_ranks  # free KV tokens per rank (cap - reserved)
@@ -180,7 +181,7 @@ class DcpPolicy(
             - self._near_disc * self.near[r]
             + self._merge * go
             + max(self._floor, self._cpt * b)
-        ) + self.profile.attn_us_fixed
+        ) + self.profile.attn_us_fixed + self._req * b
         self.cost[r] = c
         self._keys[r] = (b, c, r)
         self._free[r] = self.cap[r] - self.kv[r]
@@ -255,7 +256,7 @@ class DcpPolicy(
         b = self.batch[h]
         base_h = self.cost[h] + self._item + max(self._floor, self._cpt * (b + 1)) - max(
             self._floor, self._cpt * b
-        )
+        ) + self._req
         M = max(self.cost)
         best_score = None
         if free_h >= resv and not split_only:

@@ -40,7 +40,7 @@ class HomeChoice:
         targeted hold, ``hold.py``) are skipped."""
         batch, cost, free, excl = self.batch, self.cost, self._free, self._excl
         # score_r = max(cost_r, M - add) + moe_us_per_token * [batch_r >= max batch] (+ add)
-        lvl = max(cost) - (self._a * resv + self._item)
+        lvl = max(cost) - (self._a * resv + self._item + self._req)
         bmax = max(batch)
         mpt = self.profile.moe_us_per_token
         if self.home_tie == "fullest":

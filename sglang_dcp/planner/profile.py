@@ -13,6 +13,7 @@ Step-time model (one decode step of the whole DP-attention + EP cluster)::
                 - (exchange_us_per_item - exchange_us_per_item_intranode) * near_r
                 + merge_us_per_part * guest_out_r                 # remote partials merged at home
                 + max(compute_us_floor, compute_us_per_token * batch_r)
+                + attn_us_per_request * batch_r     # window / linear-state part, at home only
     step_us     = max_r rank_time_r
                 + moe_us_fixed + moe_us_per_token * max_r batch_r
                 + exchange_us_fixed * [any guest item anywhere]
@@ -25,39 +26,30 @@ all. For the same reason the whole step is the max over ranks, not the mean.
 ``near_r``: those of rank r's guest items (in and out) whose peer sits on the same node
 (``ClusterSpec.ranks_per_node``): they pay NVLink rates, ``exchange_us_per_item_intranode``.
 That coefficient is optional in the JSON (``costs_us``): without it every item pays
-``exchange_us_per_item``, the across-node (RDMA) rate.
+``exchange_us_per_item``, the across-node (RDMA) rate. ``attn_us_per_request`` is optional too
+(default 0). A profile may instead list its attention layers by kind (``attention_layers``:
+dense, DSA, CSA, HCA, window, linear); ``layer_kinds.py`` adds them into these coefficients.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
 from sglang_dcp.planner.base import ClusterSpec
-
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "profiles"
-
-_COST_FIELDS = (
-    "attn_us_fixed",
-    "attn_us_per_kv_token",
-    "attn_us_per_item",
-    "exchange_us_fixed",
-    "exchange_us_per_item",
-    "merge_us_per_part",
-    "moe_us_fixed",
-    "moe_us_per_token",
-    "compute_us_floor",
-    "compute_us_per_token",
-    "prefill_us_per_token",
-    "prefill_us_per_token_sq",
+from sglang_dcp.planner.layer_kinds import LayerKind, family
+from sglang_dcp.planner.profile_io import (  # noqa: F401 - re-exported
+    _COST_FIELDS,
+    PROFILE_DIR,
+    available_profiles,
+    load_profile,
+    profile_from_dict,
+    profile_to_dict,
 )
-_OPTIONAL_COST_FIELDS = ("exchange_us_per_item_intranode",)  # default: exchange_us_per_item
-_ATTENTION_KINDS = ("mla", "gqa", "mha")
+
+_ATTENTION_KINDS = ("mla", "gqa", "mha")  # what a guest item ships (exchange/wire.py)
 
 
 @dataclass(frozen=True)
@@ -87,6 +79,12 @@ class CostProfile:
     provenance: Mapping[str, Any] = field(default_factory=dict, compare=False)
     # per guest item whose peer is on the same node (NVLink); None: exchange_us_per_item
     exchange_us_per_item_intranode: float | None = None
+    # per request at its home (window / linear-state attention); 0 for dense profiles
+    attn_us_per_request: float = 0.0
+    # the layer kinds the attention coefficients were summed from (layer_kinds.py); () = dense
+    attention_layers: tuple[LayerKind, ...] = ()
+    # with attention_layers: the JSON's kind-independent costs_us values, for to_dict
+    layer_base: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         for f in ("name", "model", "hardware"):
@@ -123,11 +121,22 @@ class CostProfile:
         elif isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
             raise ValueError(f"cost profile {self.name!r}: field "
                              f"'exchange_us_per_item_intranode' must be a number >= 0, got {v!r}")
+        v = self.attn_us_per_request
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+            raise ValueError(f"cost profile {self.name!r}: field 'attn_us_per_request' must be "
+                             f"a number >= 0, got {v!r}")
         if self.attn_us_per_kv_token <= 0:
             raise ValueError(
                 f"cost profile {self.name!r}: field 'attn_us_per_kv_token' must be > 0"
             )
         object.__setattr__(self, "provenance", MappingProxyType(dict(self.provenance)))
+        object.__setattr__(self, "attention_layers", tuple(self.attention_layers))
+        object.__setattr__(self, "layer_base", MappingProxyType(dict(self.layer_base)))
+
+    @property
+    def family(self) -> str:
+        """Attention family label: ``dense-mla``, ``dsa``, ``csa+hca+window``, ..."""
+        return family(self.attention_layers, self.attention)
 
     # ---- per-rank terms -------------------------------------------------------------------
 
@@ -175,7 +184,7 @@ class CostProfile:
             + self.exchange_us(guest_in, guest_out, near)
             + self.merge_us(guest_out)
             + self.compute_us(batch)
-        )
+        ) + self.attn_us_per_request * batch
 
     def step_time_us(
         self,
@@ -230,66 +239,9 @@ class CostProfile:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "<dict>") -> "CostProfile":
-        if not isinstance(data, Mapping):
-            raise ValueError(f"cost profile {source}: top level must be a JSON object")
-        costs = data.get("costs_us")
-        if not isinstance(costs, Mapping):
-            raise ValueError(f"cost profile {source}: missing or non-object field 'costs_us'")
-        missing = [f for f in _COST_FIELDS if f not in costs]
-        if missing:
-            names = ", ".join(f"costs_us.{f}" for f in missing)
-            raise ValueError(f"cost profile {source}: missing field(s) {names}")
-        unknown = sorted(set(costs) - set(_COST_FIELDS) - set(_OPTIONAL_COST_FIELDS))
-        if unknown:
-            names = ", ".join(f"costs_us.{f}" for f in unknown)
-            raise ValueError(f"cost profile {source}: unknown field(s) {names}")
-        skip = {*_COST_FIELDS, *_OPTIONAL_COST_FIELDS, "provenance"}
-        top = [f.name for f in fields(cls) if f.name not in skip]
-        missing = [f for f in top if f not in data]
-        if missing:
-            raise ValueError(f"cost profile {source}: missing field(s) {', '.join(missing)}")
-        unknown = sorted(set(data) - set(top) - {"costs_us", "provenance", "$comment"})
-        if unknown:
-            raise ValueError(f"cost profile {source}: unknown field(s) {', '.join(unknown)}")
-        prov = data.get("provenance")
-        if not isinstance(prov, Mapping) or not prov.get("source"):
-            raise ValueError(f"cost profile {source}: field 'provenance.source' is required")
-        kwargs = {f: data[f] for f in top}
-        kwargs.update({f: costs[f] for f in (*_COST_FIELDS, *_OPTIONAL_COST_FIELDS) if f in costs})
-        try:
-            return cls(**kwargs, provenance=prov)
-        except ValueError as e:
-            raise ValueError(f"{e} (in {source})") from None
+        return profile_from_dict(cls, data, source=source)
 
     def to_dict(self) -> dict[str, Any]:
-        skip = {*_COST_FIELDS, *_OPTIONAL_COST_FIELDS, "provenance"}
-        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)
-                               if f.name not in skip}
-        out["costs_us"] = {f: getattr(self, f) for f in (*_COST_FIELDS, *_OPTIONAL_COST_FIELDS)}
-        out["provenance"] = dict(self.provenance)
-        return out
+        return profile_to_dict(self)
 
 
-def available_profiles() -> list[str]:
-    """Names of the profiles shipped in ``sglang_dcp/profiles``."""
-    return sorted(p.stem for p in PROFILE_DIR.glob("*.json"))
-
-
-def load_profile(name_or_path: str | os.PathLike) -> CostProfile:
-    """Load a shipped profile by name (``"deepseek-v3-h200"``) or any profile JSON by path."""
-    s = os.fspath(name_or_path)
-    path = Path(s)
-    if not (s.endswith(".json") or os.sep in s or path.is_file()):
-        path = PROFILE_DIR / f"{s}.json"
-        if not path.is_file():
-            raise ValueError(
-                f"unknown cost profile {s!r}; shipped profiles: {', '.join(available_profiles())} "
-                "(or pass a path to a .json file)"
-            )
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"cost profile file not found: {path}") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"cost profile {path}: invalid JSON: {e}") from None
-    return CostProfile.from_dict(data, source=str(path))

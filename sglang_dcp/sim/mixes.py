@@ -27,11 +27,19 @@ requests are chat turns, prompt log-uniform in [256, 8k), half are ``agentic-cla
 figure); both halves get the agentic appended tokens and outputs.
 
 Sessions are not modelled (steps of one session arrive independently); arrivals are Poisson.
+
+``<mix>@<limit>`` (e.g. ``agentic-claude@160k``, ``bimodal@1m``): the mix for a model whose
+context holds ``limit`` tokens (issue 29). A request never exceeds it: its prompt is cut to
+``limit - output`` (an agent client compacts at the model's limit). Where the limit is above the
+mix's top edge, the top bin stretches to it: the agentic mixes' share above 256k spreads
+log-uniformly up to the limit (no published figure above 256k: an **assumption**); ``bimodal``'s
+long tail is always the top doubling of the context, ``[limit/2, limit)`` (an **assumption**; the
+RFC's 64k-128k is that rule at a 128k context).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -92,11 +100,42 @@ MIXES: dict[str, BinnedSpec] = {
 }
 
 
+def parse_limit(text: str) -> int:
+    """Tokens of ``"160k"``, ``"1m"`` or ``"131072"`` (k = 1024, m = 1024^2)."""
+    t = text.strip().lower()
+    mult = {"k": K, "m": K * K}.get(t[-1:], 1)
+    v = int(float(t[:-1] if mult > 1 else t) * mult)
+    if v < 2 * K:
+        raise ValueError(f"context limit must be >= 2k tokens, got {text!r}")
+    return v
+
+
+def resolve(name: str) -> tuple[BinnedSpec, int | None] | None:
+    """The spec and context limit of ``name`` (a key of ``MIXES`` or ``<key>@<limit>``)."""
+    base, _, lim = name.partition("@")
+    if base not in MIXES:
+        return None
+    spec = MIXES[base]
+    if not lim:
+        return spec, None
+    limit = parse_limit(lim)
+    e = spec.edges
+    if base == "bimodal":
+        edges = (*e[:2], max(e[1] + 1, limit // 2), limit)
+    elif limit > e[-1]:
+        edges = (*e[:-1], limit)
+    else:
+        edges = e
+    return replace(spec, edges=edges), limit
+
+
 def draw(name: str, seed: int = 0, num_requests: int | None = None) -> Workload:
-    """Draw mix ``name`` (a key of ``MIXES``) with ``seed``; deterministic."""
-    if name not in MIXES:
-        raise KeyError(f"unknown mix {name!r}; choose one of {sorted(MIXES)}")
-    spec = MIXES[name]
+    """Draw mix ``name`` (a key of ``MIXES``, or ``<key>@<limit>``) with ``seed``;
+    deterministic."""
+    got = resolve(name)
+    if got is None:
+        raise KeyError(f"unknown mix {name!r}; choose one of {sorted(MIXES)} (or <mix>@<limit>)")
+    spec, limit = got
     n = spec.num_requests if num_requests is None else int(num_requests)
     if n < 1:
         raise ValueError(f"num_requests must be >= 1, got {n}")
@@ -110,6 +149,9 @@ def draw(name: str, seed: int = 0, num_requests: int | None = None) -> Workload:
               if spec.append_p50 > 0 else np.zeros(n))
     inp = np.maximum(prefix + append, 1).astype(np.int64)
     out = np.clip(np.ceil(rng.exponential(spec.out_mean, n)), 1, spec.max_output).astype(np.int64)
+    if limit is not None:  # the model's context: prompt + output <= limit
+        out = np.minimum(out, limit // 2)
+        inp = np.minimum(inp, limit - out)
     arrivals = np.cumsum(rng.exponential(1e3 / spec.rate_rps, n))
     arrivals -= arrivals[0]
     return Workload(name=name, arrival_ms=arrivals, input_len=inp, output_len=out,

@@ -195,7 +195,7 @@ def make_workload(name: str, seed: int = 0, num_requests: int | None = None) -> 
     if name in WORKLOADS:
         extra = {} if num_requests is None else {"num_requests": int(num_requests)}
         return synthetic(name, seed=seed, **extra)
-    if name in mixes.MIXES:
+    if mixes.resolve(name) is not None:  # a mix, or <mix>@<context limit>
         return mixes.draw(name, seed=seed, num_requests=num_requests)
     trace = name.removeprefix("mooncake-")
     if name.startswith("mooncake-") and trace in TRACE_FILES:

@@ -15,6 +15,15 @@ GEOMETRY = {
     "deepseek-v3-h200-node8": (128, 576, 512),
     "kimi-k2-h200-ep32": (64, 576, 512),
     "qwen3-235b-h200": (64, 128, 128),
+    # issue 29 family profiles (the sparse layers' candidate exchange is in attention_layers)
+    **{f"{m}-{d}": g for m, g in (("deepseek-v32-h200", (128, 576, 512)),
+                                  ("deepseek-v32-fp8kv-h200", (128, 576, 512)),
+                                  ("glm5-h200", (64, 576, 512)),
+                                  ("deepseek-v4-flash-h200", (64, 512, 512)),
+                                  ("qwen35-397b-h200", (32, 256, 256)),
+                                  ("minimax-m2-h200", (48, 128, 128)))
+       for d in ("node8", "ep16")},
+    "deepseek-v4-pro-h200-ep16": (128, 512, 512),
 }
 # "<bytes> B / <rate> GB/s ... = <per layer> us/layer x <layers> = <total>"
 ARITH = re.compile(r"([\d,]+) B (?:\([^)]*\) )?/ ([\d.]+) GB/s.*?x (\d+) = ([\d.]+)")
