@@ -15,10 +15,14 @@ every configuration can serve it:
 
 TTFT = latency of a ``max_new_tokens=1`` request (greedy), median over ``--reps`` runs after one
 warm-up; ``ranks holding its KV`` = ``meta_info["dcp"]["degree"]`` (1 without the planner).
+``KV read per layer``: for ``shards``, the KV tokens the tile exchange's kernels read per layer
+over the whole prefill, summed over ranks (``/v1/loads`` ``prefill_kv_reads_*``, per request):
+as run (each span once per row tile, ``extend_tiles.TileRoute.kv_reads``), the ideal (each span
+once per chunk) and what the one-item-per-row route before issue 25 read for the same chunks.
 CPU numbers of a tiny model on a shared machine: they compare the paths on one machine, nothing
 more. Writes bench/results/prefill-cpu.{json,md}.
 
-Run: ``python bench/prefill.py`` (about 5 minutes on 2 cores).
+Run: ``python bench/prefill.py`` (about 10 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -64,6 +68,15 @@ def ttft(server, ids: list[int], rid: str) -> tuple[float, int]:
     return dt, out["meta_info"].get("dcp", {}).get("degree", 1)
 
 
+KV_KEYS = ("prefill_kv_reads_tiles", "prefill_kv_reads_ideal", "prefill_kv_reads_per_row")
+
+
+def kv_reads(server) -> dict[str, int]:
+    """Every rank's ``prefill_kv_reads_*`` counters, summed."""
+    loads = server.get("/v1/loads?include=dcp")["loads"]
+    return {k: sum(int(x.get("dcp", {}).get(k, 0)) for x in loads) for k in KV_KEYS}
+
+
 def run(name: str, args: list[str], prompts: dict[int, list[int]], reps: int, logdir: str):
     log = os.path.join(logdir, name.replace(" ", "_").replace(",", "") + ".log")
     srv = ServerProcess([*tiny_dp_args(demo_model_path(), RANKS), *args], log,
@@ -72,11 +85,15 @@ def run(name: str, args: list[str], prompts: dict[int, list[int]], reps: int, lo
     try:
         for n, ids in prompts.items():
             ttft(srv, ids, f"warm-{n}")
+            before = kv_reads(srv)
             runs = [ttft(srv, ids, f"{name}-{n}-{i}") for i in range(reps)]
+            after = kv_reads(srv)
+            reads = {k.removeprefix("prefill_kv_reads_"): (after[k] - before[k]) // reps
+                     for k in KV_KEYS}  # fmt: skip
             rows.append({"config": name, "prompt": n,
                          "ttft_ms": statistics.median(r[0] for r in runs) * 1e3,
                          "ttft_ms_all": [round(r[0] * 1e3, 1) for r in runs],
-                         "degree": max(r[1] for r in runs)})  # fmt: skip
+                         "degree": max(r[1] for r in runs), "kv_reads_per_layer": reads})  # fmt: skip
             print(f"{name:16s} prompt {n:5d}: TTFT {rows[-1]['ttft_ms']:8.0f} ms, "
                   f"KV on {rows[-1]['degree']} rank(s)", flush=True)
     finally:
@@ -84,9 +101,28 @@ def run(name: str, args: list[str], prompts: dict[int, list[int]], reps: int, lo
     return rows
 
 
+TARGET = 1.3  # issue 25: shards within 1.3x of home-only at every length, flat or falling
+
+
+def conclusions(rows: list[dict]) -> list[str]:
+    """The target's verdict, computed from the rows."""
+    by = {r["prompt"]: r["vs_home_only"] for r in rows if r["config"] == "shards"}
+    chunked = {r["prompt"]: r["vs_home_only"] for r in rows if r["config"] == "chunked, no DCP"}
+    lens = sorted(by)
+    within = [n for n in lens if by[n] <= TARGET]
+    flat = all(by[b] <= by[a] * 1.05 for a, b in zip(lens, lens[1:]))
+    out = [f"- shards vs home-only: {', '.join(f'{by[n]:.2f}x at {n}' for n in lens)}; within "
+           f"{TARGET}x at {len(within)} of {len(lens)} lengths; ratio "
+           f"{'flat or falling' if flat else 'rising'} with the prompt (5% noise allowed)"]
+    if chunked:
+        out.append("- the same chunks without DCP (what chunking alone costs): "
+                   + ", ".join(f"{chunked[n]:.2f}x at {n}" for n in sorted(chunked)))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--prompts", type=int, nargs="+", default=[768, 1536])
+    ap.add_argument("--prompts", type=int, nargs="+", default=[768, 1536, 3072])
     ap.add_argument("--chunk", type=int, default=512, help="--chunked-prefill-size (all ranks)")
     ap.add_argument("--capacity", type=int, default=512, help="--dcp-kv-capacity per rank")
     ap.add_argument("--pool", type=int, default=4096,
@@ -105,12 +141,17 @@ def main() -> None:
     base = {r["prompt"]: r["ttft_ms"] for r in rows if r["config"] == "home-only"}
     for r in rows:
         r["vs_home_only"] = r["ttft_ms"] / base[r["prompt"]]
-    lines = ["| config | prompt | TTFT ms (median) | vs home-only | ranks holding its KV |",
-             "|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| config | prompt | TTFT ms (median) | vs home-only | ranks holding its KV | "
+             "KV read per layer: tiles / ideal / per-row route |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
+        kv = r["kv_reads_per_layer"]
+        reads = f"{kv['tiles']} / {kv['ideal']} / {kv['per_row']}" if kv["ideal"] else "-"
         lines.append(f"| {r['config']} | {r['prompt']} | {r['ttft_ms']:.0f} | "
-                     f"{r['vs_home_only']:.2f}x | {r['degree']} |")  # fmt: skip
+                     f"{r['vs_home_only']:.2f}x | {r['degree']} | {reads} |")  # fmt: skip
     print("\n".join(lines))
+    verdict = conclusions(rows)
+    print("\n".join(verdict))
     meta = {"hardware": cpu_hardware() + " (CPU; labelled: not a GPU measurement)",
             "python": platform.python_version(), "git_commit": git_commit(short=True),
             "command": "python " + " ".join(sys.argv), "reps": a.reps, "ranks": RANKS,
@@ -127,6 +168,7 @@ def main() -> None:
         f"tokens per rank, chunk {a.chunk // RANKS} tokens per rank; median of {a.reps} runs "
         "after a warm-up", "",
         *lines, "",
+        *verdict, "",
         "Configurations and columns: see the docstring of bench/prefill.py.",
     ]  # fmt: skip
     (a.out / "prefill-cpu.md").write_text("\n".join(md) + "\n")

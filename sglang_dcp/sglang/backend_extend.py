@@ -84,6 +84,13 @@ class ExtendCalls:
         ex = self.reserve_tiles(max(step.tiles.num_rows, step.tiles.max_stream))
         home, guests = step.tile_slots
         ex.load(step.tiles, home_slots=home, guest_slots=guests)
+        from sglang_dcp.sglang.rank_stats import stats
+
+        s = stats()
+        reads = step.tiles.kv_reads()
+        s.prefill_kv_reads_tiles += reads["tiles"]
+        s.prefill_kv_reads_ideal += reads["ideal"]
+        s.prefill_kv_reads_per_row += reads["per_row"]
 
     # -- metadata: the row map and the inner's view -------------------------------------------
     def prepare_extend(self, fb, step):

@@ -116,3 +116,29 @@ def test_load_refuses_more_rows_than_reserved():
     with pytest.raises(ValueError, match="reserved"):
         TileExchange(shape, "cpu").load(route, home_slots=[torch.arange(6)], guest_slots={})
     assert shape.nbytes() > 0
+
+
+def test_tiles_serve_what_the_row_route_defines():
+    """Against ``extend.py``'s one-item-per-row definition on random scenarios: the same home
+    rows in the same order, the same rows sent to each peer, each guest row over the same KV."""
+    from sglang_dcp.exchange.extend import build_extend_route, home_rows
+    from sglang_dcp.exchange.extend_scenario import make_extend_scenario
+
+    for W, seed in ((3, 0), (4, 5)):
+        _, steps = make_extend_scenario(W, seed)
+        for st in steps:
+            for rank in range(W):
+                tiles = build_tile_route(st.chunks, rank=rank, num_ranks=W)
+                slot_map = {}
+                for c in st.chunks:
+                    held = sum(s.num_tokens for s in c.prefix() if s.rank == rank)
+                    n = held + (c.num_rows if c.home_rank == rank else 0)
+                    if n:
+                        slot_map[c.rid] = tuple(range(n))
+                rows = build_extend_route(st.chunks, rank=rank, num_ranks=W, slot_map=slot_map)
+                assert home_rows(st.chunks, rank) == [
+                    (c.rid, c.start + i) for c in tiles.home for i in range(c.rows)]
+                assert tuple(len(s) for s in rows.send) == tiles.send_rows
+                for p in range(W):
+                    want = [(g.rid.split("@")[0], len(g.slots)) for g in rows.recv[p]]
+                    assert want == [(g.rid, g.held) for g in tiles.recv[p] for _ in range(g.rows)]
