@@ -77,8 +77,9 @@ def kv_reads(server) -> dict[str, int]:
     return {k: sum(int(x.get("dcp", {}).get(k, 0)) for x in loads) for k in KV_KEYS}
 
 
-def run(name: str, args: list[str], prompts: dict[int, list[int]], reps: int, logdir: str):
-    log = os.path.join(logdir, name.replace(" ", "_").replace(",", "") + ".log")
+def run(name: str, args: list[str], prompts: dict[int, list[int]], reps: int, logdir: str, *,
+        tag: str = ""):  # fmt: skip
+    log = os.path.join(logdir, name.replace(" ", "_").replace(",", "") + tag + ".log")
     srv = ServerProcess([*tiny_dp_args(demo_model_path(), RANKS), *args], log,
                         startup_timeout=900).start()  # fmt: skip
     rows = []
@@ -135,9 +136,20 @@ def main() -> None:
     rng = random.Random(0)
     prompts = {n: [rng.randrange(3, 512) for _ in range(n)] for n in a.prompts}
     rows = []
+    # the planner capacity per prompt: at least --capacity, and a third of the prompt (so every
+    # prompt needs 3-4 of the 4 ranks' capacity); one server per (config, capacity)
+    caps = {n: max(a.capacity, -(-n // 3 // 64) * 64) for n in prompts}
     with tempfile.TemporaryDirectory() as logdir:
-        for name, args in configs(a.chunk, a.capacity, a.pool).items():
-            rows += run(name, args, prompts, a.reps, logdir)
+        for cap in sorted(set(caps.values())):
+            group = {n: ids for n, ids in prompts.items() if caps[n] == cap}
+            for name, args in configs(a.chunk, cap, a.pool).items():
+                if name == "chunked, no DCP" and cap != min(caps.values()):
+                    continue  # no planner: the capacity does not matter, one server for all
+                want = prompts if name == "chunked, no DCP" else group
+                rows += run(f"{name}", args, want, a.reps, logdir, tag=f"cap{cap}")
+    for r in rows:
+        r["planner_capacity"] = caps[r["prompt"]] if r["config"] != "chunked, no DCP" else None
+    rows.sort(key=lambda r: (list(configs(0, 0, 0)).index(r["config"]), r["prompt"]))
     base = {r["prompt"]: r["ttft_ms"] for r in rows if r["config"] == "home-only"}
     for r in rows:
         r["vs_home_only"] = r["ttft_ms"] / base[r["prompt"]]
@@ -155,7 +167,7 @@ def main() -> None:
     meta = {"hardware": cpu_hardware() + " (CPU; labelled: not a GPU measurement)",
             "python": platform.python_version(), "git_commit": git_commit(short=True),
             "command": "python " + " ".join(sys.argv), "reps": a.reps, "ranks": RANKS,
-            "chunk_per_rank": a.chunk // RANKS, "planner_capacity": a.capacity,
+            "chunk_per_rank": a.chunk // RANKS, "planner_capacity_min": a.capacity,
             "pool_per_rank": a.pool}  # fmt: skip
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "prefill-cpu.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
@@ -164,7 +176,8 @@ def main() -> None:
         f"- hardware: {meta['hardware']}; Python {meta['python']}",
         f"- git commit: {meta['git_commit']}; command: `{meta['command']}`",
         f"- {RANKS} DP ranks, tiny random-weight Qwen3-MoE (float32), planner capacity "
-        f"{a.capacity} tokens per rank (prompts split over 2-4 ranks), SGLang pool {a.pool} "
+        f"max({a.capacity}, prompt / 3) tokens per rank (prompts split over 2-4 ranks), "
+        f"SGLang pool {a.pool} "
         f"tokens per rank, chunk {a.chunk // RANKS} tokens per rank; median of {a.reps} runs "
         "after a warm-up", "",
         *lines, "",

@@ -101,6 +101,8 @@ class ExtendCalls:
         lens = [int(n) for n in fb.extend_seq_lens_cpu]
         starts = [int(n) for n in fb.extend_prefix_lens_cpu]
         got = _chunks_of(fb, step)
+        if all(h is None for h in got):  # no chunk homed here: SGLang's attention alone
+            return fb
         n_tok, bs = sum(lens), len(lens)
         if max(n_tok, bs) > self._x_stage[0].shape[1]:
             self.reserve_tiles(max(n_tok, bs))
