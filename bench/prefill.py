@@ -118,6 +118,15 @@ def conclusions(rows: list[dict]) -> list[str]:
     if chunked:
         out.append("- the same chunks without DCP (what chunking alone costs): "
                    + ", ".join(f"{chunked[n]:.2f}x at {n}" for n in sorted(chunked)))
+        own = {n: by[n] / chunked[n] for n in lens if n in chunked}
+        out.append("- shards vs the same chunks without DCP (the exchange's and the moves' own "
+                   "cost): " + ", ".join(f"{own[n]:.2f}x at {n}" for n in sorted(own)))
+        if len(within) < len(lens):
+            worst = max((n for n in lens if n in chunked), key=lambda n: chunked[n], default=None)
+            if worst is not None and chunked[worst] > TARGET:
+                out.append(f"- not met: the same chunks without DCP already take "
+                           f"{chunked[worst]:.2f}x the home-only TTFT at {worst}, above the "
+                           f"{TARGET}x target before any exchange runs")
     return out
 
 
@@ -130,6 +139,7 @@ def main() -> None:
                     help="--max-total-tokens per rank: holds the longest prompt at one rank")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--name", default="prefill-cpu", help="result files: NAME.{json,md}")
     a = ap.parse_args()
     import random
 
@@ -170,7 +180,7 @@ def main() -> None:
             "chunk_per_rank": a.chunk // RANKS, "planner_capacity_min": a.capacity,
             "pool_per_rank": a.pool}  # fmt: skip
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "prefill-cpu.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (a.out / f"{a.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     md = [
         "# TTFT of a long prompt: prefill into shards vs the home-only path (CPU)", "",
         f"- hardware: {meta['hardware']}; Python {meta['python']}",
@@ -184,7 +194,7 @@ def main() -> None:
         *verdict, "",
         "Configurations and columns: see the docstring of bench/prefill.py.",
     ]  # fmt: skip
-    (a.out / "prefill-cpu.md").write_text("\n".join(md) + "\n")
+    (a.out / f"{a.name}.md").write_text("\n".join(md) + "\n")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ Per layer, on every rank (eager: extend steps never run in a CUDA graph)::
     home part:  prefix_attention(q_home, home tiles: causal)          -> (o_run, lse_run)
     round k:    q_home --gather(send_index[k])--> q_send --all_to_all--> q_recv
                 prefix_attention(q_recv, guest tiles of round k)       -> (o_send, lse_send)
-                (o_send, lse_send) --all_to_all--> (o_recv, lse_recv)
+                (o_send, lse_send) --all_to_all--> (o_recv, lse_recv)   (one message: each
+                row is o then lse, so the kernel writes both in place)
                 per peer p: (o_run, lse_run)[send_index[k, p]] merged with its returned row
 
 A partial comes back at the position its query was sent from, so ``send_index`` is also the merge
@@ -41,6 +42,16 @@ class TileShape:
     dtype: torch.dtype = torch.float32
 
     @property
+    def o_bytes(self) -> int:
+        """Bytes of one row's ``o`` in a returned message, padded so its lse is 4-aligned."""
+        es = torch.empty((), dtype=self.dtype).element_size()
+        return -(-self.num_q_heads * self.v_head_dim * es // 4) * 4
+
+    @property
+    def row_bytes(self) -> int:
+        return self.o_bytes + 4 * self.num_q_heads
+
+    @property
     def max_rounds(self) -> int:
         return max(1, -(-self.max_rows // self.capacity))
 
@@ -49,7 +60,7 @@ class TileShape:
         W, C, N, H = self.num_ranks, self.capacity, self.max_rows, self.num_q_heads
         es = torch.empty((), dtype=self.dtype).element_size()
         rows = (N + 1) * H * (self.head_dim + self.v_head_dim) * es + (N + 1) * H * 4
-        wire = 2 * W * C * H * ((self.head_dim + self.v_head_dim) * es + 4)
+        wire = 2 * W * C * (H * self.head_dim * es + self.row_bytes)
         meta = 8 * (self.max_rounds * W * C + self.max_kv_slots)
         meta += 4 * 5 * (N + self.max_rounds * W * C)
         return rows + wire + meta
@@ -68,10 +79,8 @@ class TileExchange:
         self.lse_run = torch.zeros(N + 1, H, dtype=torch.float32, **kw)
         self._q_send = torch.zeros(W * C * H * s.head_dim, dtype=s.dtype, **kw)
         self._q_recv = torch.zeros_like(self._q_send)
-        self._o_send = torch.zeros(W * C * H * s.v_head_dim, dtype=s.dtype, **kw)
-        self._o_recv = torch.zeros_like(self._o_send)
-        self._l_send = torch.zeros(W * C * H, dtype=torch.float32, **kw)
-        self._l_recv = torch.zeros_like(self._l_send)
+        self._r_send = torch.zeros(W * C * s.row_bytes, dtype=torch.uint8, **kw)
+        self._r_recv = torch.zeros_like(self._r_send)
         self.send_index = torch.full((R, W * C), N, dtype=torch.long, **kw)
         self.kv_indices = torch.zeros(max(1, s.max_kv_slots), dtype=torch.long, **kw)
         self.home_tiles = torch.zeros(N, 5, dtype=torch.int32, **kw)
@@ -85,6 +94,7 @@ class TileExchange:
         self.rounds = 0
         self.num_home_tiles = 0
         self.num_guest_tiles: list[int] = []
+        self.merge_peers: list[list[int]] = []  # per round: peers that return rows to merge
 
     # -- host side: once per step -----------------------------------------------------------
     def load(self, route: TileRoute, *, home_slots, guest_slots) -> None:
@@ -139,6 +149,7 @@ class TileExchange:
         if pos > s.max_kv_slots:
             raise ValueError(f"rank {route.rank}: {pos} KV slots > {s.max_kv_slots}")
         self.num_home_tiles = nh
+        self.merge_peers = [[p for p in range(W) if route.send_rows[p] > k * C] for k in range(R)]
         self.home_tiles[:nh].copy_(self._home_host[:nh], non_blocking=True)
         self.send_index[:R].copy_(self._send_host[:R], non_blocking=True)
         self.guest_tiles.copy_(self._guest_host, non_blocking=True)
@@ -159,12 +170,15 @@ class TileExchange:
 
     def _views(self):
         s, W, C, H = self.shape, self.shape.num_ranks, self.cap, self.shape.num_q_heads
-        n = W * C
-        return (self._q_send[: n * H * s.head_dim].view(n, H, s.head_dim),
-                self._q_recv[: n * H * s.head_dim].view(n, H, s.head_dim),
-                self._o_send[: n * H * s.v_head_dim].view(n, H, s.v_head_dim),
-                self._o_recv[: n * H * s.v_head_dim].view(n, H, s.v_head_dim),
-                self._l_send[: n * H].view(n, H), self._l_recv[: n * H].view(n, H))  # fmt: skip
+        n, ob = W * C, s.o_bytes
+        out = [self._q_send[: n * H * s.head_dim].view(n, H, s.head_dim),
+               self._q_recv[: n * H * s.head_dim].view(n, H, s.head_dim)]
+        for raw in (self._r_send, self._r_recv):
+            rows = raw[: n * s.row_bytes].view(n, s.row_bytes)
+            o = rows[:, : H * s.v_head_dim * torch.empty((), dtype=s.dtype).element_size()]
+            out += [rows, o.view(s.dtype).view(n, H, s.v_head_dim),
+                    rows[:, ob:].view(torch.float32)]
+        return out
 
     def run(self, comm, k_buffer, v_buffer, *, sm_scale: float, attention, k_scale=None,
             v_scale=None) -> torch.Tensor:  # fmt: skip
@@ -176,7 +190,7 @@ class TileExchange:
         if self.num_home_tiles:
             attention(self.q_home, k_buffer, v_buffer, self.home_tiles[: self.num_home_tiles],
                       self.kv_indices, sm_scale, out=(o_run, lse_run), **kw)  # fmt: skip
-        q_send, q_recv, o_send, o_recv, l_send, l_recv = self._views()
+        q_send, q_recv, r_send, o_send, l_send, r_recv, o_recv, l_recv = self._views()
         for k in range(self.rounds):
             idx = self.send_index[k, : W * C]
             torch.index_select(self.q_home, 0, idx, out=q_send)
@@ -185,12 +199,10 @@ class TileExchange:
             if n:
                 attention(q_recv, k_buffer, v_buffer, self.guest_tiles[k, :n], self.kv_indices,
                           sm_scale, out=(o_send, l_send), **kw)  # fmt: skip
-            comm.all_to_all_single(o_recv, o_send)
-            comm.all_to_all_single(l_recv, l_send)
-            for p in range(W):
-                if p != self.route.rank:
-                    sl = slice(p * C, (p + 1) * C)
-                    merge_into(o_run, lse_run, idx[sl], o_recv[sl], l_recv[sl])
+            comm.all_to_all_single(r_recv, r_send)
+            for p in self.merge_peers[k]:
+                sl = slice(p * C, (p + 1) * C)
+                merge_into(o_run, lse_run, idx[sl], o_recv[sl], l_recv[sl])
         return o_run
 
 

@@ -142,3 +142,17 @@ def test_tiles_serve_what_the_row_route_defines():
                 for p in range(W):
                     want = [(g.rid.split("@")[0], len(g.slots)) for g in rows.recv[p]]
                     assert want == [(g.rid, g.held) for g in tiles.recv[p] for _ in range(g.rows)]
+
+
+def test_returned_rows_carry_o_then_lse_in_one_message():
+    """bf16 with an odd ``H * Dv``: o padded so each row's lse is 4-aligned, no overlap."""
+    shape = TileShape(num_ranks=2, max_rows=4, capacity=4, num_q_heads=3, head_dim=4,
+                      v_head_dim=5, max_kv_slots=8, tile_rows=2, dtype=torch.bfloat16)  # fmt: skip
+    ex = TileExchange(shape, "cpu")
+    q_send, q_recv, raw, o, lse, *_ = ex._views()
+    assert raw.shape == (8, shape.row_bytes) and shape.row_bytes % 4 == 0
+    assert o.shape == (8, 3, 5) and lse.shape == (8, 3) and lse.dtype == torch.float32
+    o.fill_(1.5)
+    lse.fill_(-2.0)
+    assert (o == 1.5).all() and (lse == -2.0).all()
+    assert raw.shape[0] * raw.shape[1] <= ex._r_send.numel()
