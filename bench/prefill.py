@@ -22,7 +22,7 @@ once per chunk) and what the one-item-per-row route before issue 25 read for the
 CPU numbers of a tiny model on a shared machine: they compare the paths on one machine, nothing
 more. Writes bench/results/prefill-cpu.{json,md}.
 
-Run: ``python bench/prefill.py`` (about 10 minutes on 2 cores).
+Run: ``python bench/prefill.py`` (about 20 minutes on 2 shared cores).
 """
 
 from __future__ import annotations

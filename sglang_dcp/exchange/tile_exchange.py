@@ -27,6 +27,7 @@ from sglang_dcp.exchange.extend_tiles import TileRoute, guest_tiles, home_tiles,
 from sglang_dcp.exchange.static import _pieces
 
 ROUND_ROWS = 1024  # default rows per peer per round: bounds the wire buffers at long chunks
+WIRE_BYTES = 1 << 30  # and the four wire buffers together stay under this (wide MLA rows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,12 +56,18 @@ class TileShape:
     def max_rounds(self) -> int:
         return max(1, -(-self.max_rows // self.capacity))
 
+    def nbytes_wire(self) -> int:
+        """Bytes of the four wire buffers (q out / in, (o, lse) out / in)."""
+        es = torch.empty((), dtype=self.dtype).element_size()
+        return 2 * self.num_ranks * self.capacity * (
+            self.num_q_heads * self.head_dim * es + self.row_bytes)
+
     def nbytes(self) -> int:
         """Device bytes the buffers take (reported when they are reserved)."""
         W, C, N, H = self.num_ranks, self.capacity, self.max_rows, self.num_q_heads
         es = torch.empty((), dtype=self.dtype).element_size()
         rows = (N + 1) * H * (self.head_dim + self.v_head_dim) * es + (N + 1) * H * 4
-        wire = 2 * W * C * (H * self.head_dim * es + self.row_bytes)
+        wire = self.nbytes_wire()
         meta = 8 * (self.max_rounds * W * C + self.max_kv_slots)
         meta += 4 * 5 * (N + self.max_rounds * W * C)
         return rows + wire + meta

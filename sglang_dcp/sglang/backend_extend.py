@@ -53,7 +53,9 @@ class ExtendCalls:
         """The tile exchange, sized by the per-rank chunk size (at start) or, when a step
         brings more rows than reserved, replaced once by a set that fits (logged)."""
         from sglang_dcp.exchange.extend_tiles import DEFAULT_TILE_ROWS
-        from sglang_dcp.exchange.tile_exchange import ROUND_ROWS, TileExchange, TileShape
+        from sglang_dcp.exchange.tile_exchange import (
+            ROUND_ROWS, WIRE_BYTES, TileExchange, TileShape,
+        )
 
         have = self.tiles_ex
         want = max(rows, chunk_size_per_rank())
@@ -67,6 +69,15 @@ class ExtendCalls:
         pool = self._runner.token_to_kv_pool
         shape = TileShape(
             num_ranks=self.num_ranks, max_rows=want, capacity=min(want, ROUND_ROWS),
+            num_q_heads=self.num_q_heads, head_dim=self.head_dim, v_head_dim=self.v_head_dim,
+            max_kv_slots=1, tile_rows=DEFAULT_TILE_ROWS, dtype=self.dtype,
+        )  # fmt: skip
+        # wide rows (MLA: 128 heads x 576) get fewer rows per round: the four wire buffers stay
+        # under WIRE_BYTES, at the price of more rounds for a long chunk
+        per_row = max(1, (shape.nbytes_wire() // shape.capacity))
+        shape = TileShape(
+            num_ranks=self.num_ranks, max_rows=want,
+            capacity=max(1, min(shape.capacity, WIRE_BYTES // per_row)),
             num_q_heads=self.num_q_heads, head_dim=self.head_dim, v_head_dim=self.v_head_dim,
             max_kv_slots=pool.size + pool.page_size + 1, tile_rows=DEFAULT_TILE_ROWS,
             dtype=self.dtype,
