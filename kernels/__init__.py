@@ -2,7 +2,9 @@
 
 Every rank runs ``decode_attention`` over the KV it holds, for its local requests and for guest
 queries alike (one attention *item* = one query row + a list of KV slots); each home rank merges
-a request's partials with ``merge_attention_states``.
+a request's partials with ``merge_attention_states``. Prefill over shards runs
+``prefix_attention`` instead: *tiles* of query rows of one chunk against a KV span (non-causal
+on a shard rank, causal with an offset at home), each span read once per tile.
 
 LSE convention (the one convention of the whole project): **natural log, shape
 [num_items, num_heads], float32, and an empty key set is -inf** (with o = 0). Convert only at the
@@ -16,12 +18,15 @@ reference on CPU otherwise. The references (``*_ref``) are the test oracles as w
 
 from .lse import lse_base2_to_natural, lse_natural_to_base2
 from .ops import IMPLS, decode_attention, kernels_interpreted, merge_attention_states
-from .reference import decode_attention_ref, merge_attention_states_ref
+from .prefix_ops import prefix_attention
+from .reference import decode_attention_ref, merge_attention_states_ref, prefix_attention_ref
 
 __all__ = [
     "IMPLS",
     "decode_attention",
     "merge_attention_states",
+    "prefix_attention",
+    "prefix_attention_ref",
     "decode_attention_ref",
     "merge_attention_states_ref",
     "lse_natural_to_base2",

@@ -102,3 +102,52 @@ def merge_attention_states_ref(
     out = acc / d_safe[..., None]
     lse_out = torch.where(nonempty, m_safe + torch.log(d_safe), torch.full_like(d, -math.inf))
     return out.to(o_parts.dtype), lse_out.to(torch.float32)
+
+
+def prefix_attention_ref(
+    q: torch.Tensor,
+    k_buffer: torch.Tensor,
+    v_buffer: torch.Tensor,
+    tiles: torch.Tensor,
+    kv_indices: torch.Tensor,
+    sm_scale: float,
+    *,
+    k_scale=None,
+    v_scale=None,
+    out: tuple[torch.Tensor, torch.Tensor] | None = None,
+    compute_dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prefix attention of row tiles (``prefix_ops.prefix_attention``), tile by tile.
+
+    q: [num_rows, num_heads, head_dim]; tiles: [num_tiles, 5] ``(q_start, q_rows, kv_start,
+    kv_len, kv_seen0)``: row r of a tile sees the first ``min(kv_len, kv_seen0 + r)`` slots of
+    ``kv_indices[kv_start : kv_start + kv_len]``. Writes into ``out = (o [num_rows, num_heads,
+    head_dim_v] q.dtype, lse [num_rows, num_heads] fp32)`` when given (other rows untouched),
+    else into fresh zero/-inf tensors. A row seeing no KV gives o = 0, lse = -inf.
+    """
+    num_rows, num_heads, _ = q.shape
+    num_kv_heads, head_dim_v = k_buffer.shape[1], v_buffer.shape[2]
+    group = num_heads // num_kv_heads
+    ks, vs = _scale_value(k_scale), _scale_value(v_scale)
+    if out is None:
+        out = (torch.zeros(num_rows, num_heads, head_dim_v, dtype=q.dtype, device=q.device),
+               torch.full((num_rows, num_heads), -math.inf, device=q.device))  # fmt: skip
+    o, lse = out
+    for q0, rows, a, n, seen0 in tiles.tolist():
+        if rows == 0:
+            continue
+        slots = kv_indices[a : a + n].long()
+        k = k_buffer[slots].to(compute_dtype) * ks  # [n, num_kv_heads, head_dim]
+        v = v_buffer[slots].to(compute_dtype) * vs
+        qt = q[q0 : q0 + rows].to(compute_dtype).view(rows, num_kv_heads, group, -1)
+        scores = torch.einsum("rhgd,lhd->rhgl", qt, k) * sm_scale
+        seen = (seen0 + torch.arange(rows, device=q.device)).clamp(max=n)
+        hidden = torch.arange(n, device=q.device)[None, :] >= seen[:, None]  # [rows, n]
+        scores = scores.masked_fill(hidden[:, None, None, :], -math.inf)
+        lse_t = torch.logsumexp(scores, dim=-1)  # [rows, num_kv_heads, group]
+        live = torch.isfinite(lse_t)
+        probs = torch.where(live[..., None], torch.exp(scores - lse_t[..., None]), 0.0)
+        ot = torch.einsum("rhgl,lhd->rhgd", probs, v).reshape(rows, num_heads, head_dim_v)
+        o[q0 : q0 + rows] = ot.to(o.dtype)
+        lse[q0 : q0 + rows] = lse_t.reshape(rows, num_heads).to(torch.float32)
+    return o, lse

@@ -11,7 +11,7 @@ end)`` of request ``rid`` is ``end - start`` query rows; row ``t`` attends to to
   chunk's KV is written at home first, so row ``t`` sees exactly the chunk tokens up to itself);
 - the home merges the parts by LSE, exactly as for a decode row.
 
-This module reduces a chunk to the decode exchange: **one attention item per query row**. Row
+This module defines a chunk as decode items: **one attention item per query row**. Row
 ``t`` becomes a row placement ``rid@t`` whose shards are the request's shards clipped to
 ``[0, start)`` plus ``[start, t + 1)`` on home; on a shard rank every row of the chunk shares
 one slot container (the shard's slots, never copied), at home row ``t``'s slots are the home's
@@ -29,13 +29,12 @@ Shapes at the exchange (``StaticExchange`` with ``max_local >= rows homed here``
 [rows, num_heads, head_dim]`` in ``home_rows`` order, out ``[rows, num_heads, v_head_dim]``,
 lse ``[rows, num_heads]`` fp32 natural log.
 
-What a dedicated multi-row kernel would save (not built): a guest item of ``R`` rows over an
-``S``-token shard reads the shard's KV ``R`` times here (once per row item) and puts ``R * S``
-slot indices in ``kv_indices``; one item of ``R`` rows with tiles of rows (as an extend/prefill
-kernel does) reads it once per row tile and needs ``S`` indices. The home's causal part likewise
-costs ``R * (prefix + R / 2)`` indices and KV reads here, against the inner backend's extend
-kernel (with LSE out) reading the chunk once. The wire volume is the same either way (q rows out,
-(o, lse) rows back), so the route and the buffers stay as they are.
+The server does not run this row decomposition any more (issue 25): a guest item of ``R`` rows
+over an ``S``-token shard read the shard ``R`` times and put ``R * S`` slot ids in
+``kv_indices``. ``extend_tiles.py`` sends the chunk's rows to each shard rank as one block served
+as row tiles (the shard read once per tile, ``S`` slot ids), and the home's causal part as tiles
+too. The functions here remain the definition the tile route is checked against (a one-row
+chunk is the decode route; ``StepPlan.rows`` lists the row placements).
 """
 
 from __future__ import annotations

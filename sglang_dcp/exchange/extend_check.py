@@ -4,10 +4,11 @@
 
 Each rank runs the self-check's random attention stack (``selfcheck.Weights``) over a random
 prefill-into-shards scenario (``extend_scenario.py``): every step, each live request runs one
-chunk of its prompt (or one decode row) at its home; per layer the chunk's K/V is written at home,
-its query rows go through the ``StaticExchange`` built from ``extend.build_extend_route`` (one
-item per query row: non-causal over the shards on other ranks, causal over the home's prefix and
-the chunk), and the parts are merged by LSE. After the step the chunk's tokens that belong to
+chunk of its prompt (or one decode row: a one-row chunk) at its home; per layer the chunk's K/V
+is written at home, its query rows go through the ``TileExchange`` built from
+``extend_tiles.build_tile_route`` (each shard rank serves the chunk's rows as tiles of
+``--tile-rows`` rows, non-causal over its shard; the home computes its own part, causal over its
+prefix and the chunk, as tiles too), and the parts are merged by LSE. After the step the chunk's tokens that belong to
 other ranks move there (``transfer_shards``); every free page is poisoned (NaN), so a read of
 KV that left, or was never written, shows in the result. The parent replays the whole sequence
 of each request causally in float64 and compares every row of every layer.
@@ -16,6 +17,7 @@ of each request causally in float64 and compares every row of every layer.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import sys
@@ -24,16 +26,13 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from sglang_dcp.exchange.buffers import ExchangeShape
 from sglang_dcp.exchange.comm import Communicator
-from sglang_dcp.exchange.exchange import default_kernels
-from sglang_dcp.exchange.extend import build_extend_route, extend_placements, home_rows
 from sglang_dcp.exchange.extend_scenario import make_extend_scenario
+from sglang_dcp.exchange.extend_tiles import build_tile_route
 from sglang_dcp.exchange.kv_pool import KVPool
-from sglang_dcp.exchange.route import max_pair_items, num_rounds
 from sglang_dcp.exchange.selfcheck import TOLERANCE, Weights, run_worker
 from sglang_dcp.exchange.spawn import run_ranks
-from sglang_dcp.exchange.static import Slots, StaticExchange
+from sglang_dcp.exchange.tile_exchange import TileExchange, TileShape
 from sglang_dcp.exchange.transfer import transfer_shards
 
 
@@ -52,6 +51,7 @@ class ExtendConfig:
     max_pages: int = 3  # per sealed shard
     decode_steps: int = 2  # one-row chunks after the prompt
     capacity: int = 0  # query rows per peer per round; 0: enough for one round
+    tile_rows: int = 3  # rows per tile: small, so chunks take several tiles
     impl: str = "auto"
     device: str = "cpu"
     backend: str = "gloo"
@@ -71,17 +71,16 @@ class ExtendConfig:
         )  # fmt: skip
 
 
-def exchange_shape(cfg: ExtendConfig, steps) -> ExchangeShape:
+def exchange_shape(cfg: ExtendConfig, steps, num_slots: int) -> TileShape:
     """One shape for the whole run, the same on every rank (derived from the scenario alone)."""
     W = cfg.world_size
-    rows = [extend_placements(s.chunks) for s in steps]
-    local = max(len(home_rows(s.chunks, r)) for s in steps for r in range(W))
-    pair = max(max_pair_items(p, W) for p in rows)
-    kv = max(sum(p.shards[-1].end for p in ps) for ps in rows)  # every item's KV, all ranks
-    return ExchangeShape(
-        num_ranks=W, max_local=max(1, local), capacity=cfg.capacity or max(1, pair),
+    routes = [build_tile_route(s.chunks, rank=r, num_ranks=W, tile_rows=cfg.tile_rows)
+              for s in steps for r in range(W)]  # fmt: skip
+    rows = max(max(rt.num_rows, rt.max_stream) for rt in routes)
+    return TileShape(
+        num_ranks=W, max_rows=max(1, rows), capacity=cfg.capacity or max(1, rows),
         num_q_heads=cfg.num_q_heads, head_dim=cfg.head_dim, v_head_dim=cfg.head_dim,
-        max_kv_slots=max(1, kv),
+        max_kv_slots=num_slots, tile_rows=cfg.tile_rows,
     )  # fmt: skip
 
 
@@ -112,39 +111,41 @@ def run_rank(rank: int, cfg: ExtendConfig, comm: Communicator, out: str) -> None
     pool = KVPool(num_layers=cfg.num_layers, num_pages=pages, page_size=cfg.page_size,
                   num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, device=dev)
     _poison(pool)
-    shape = exchange_shape(cfg, steps)
-    ex = StaticExchange(shape, dev, num_row_keys=shape.max_local)
-    attention, merge = default_kernels(cfg.impl)
+    shape = exchange_shape(cfg, steps, pool.k.shape[1])
+    ex = TileExchange(shape, dev)
+    from sglang_dcp import kernels
+
+    attention = functools.partial(kernels.prefix_attention, impl=cfg.impl)
     L, Hq, Hkv, D = cfg.num_layers, cfg.num_q_heads, cfg.num_kv_heads, cfg.head_dim
     results: dict[tuple[str, int], torch.Tensor] = {}
-    stats = {"rows": 0, "guest_rows": 0, "ships": 0, "max_rounds": 0}
+    stats = {"rows": 0, "guest_rows": 0, "ships": 0, "max_rounds": 0, "kv_tiles": 0,
+             "kv_ideal": 0, "kv_per_row": 0}  # fmt: skip
     for st in steps:
         mine = [c for c in st.chunks if c.home_rank == rank]
         for c in mine:
             _chunk_slots(pool, c.rid, c.start, c.num_rows)
-        slot_map = {rid: Slots([torch.tensor(s, dtype=torch.long, device=dev)])
-                    for rid, s in pool.slot_map().items()}
-        rows = extend_placements(st.chunks)
-        route = build_extend_route(st.chunks, rank=rank, num_ranks=W, slot_map=slot_map,
-                                   placements=rows)
-        rounds = ex.load(route, rounds=num_rounds(rows, W, shape.capacity), tag=st.t,
-                         row_keys=range(route.batch_size))
-        stats["max_rounds"] = max(stats["max_rounds"], rounds)
-        stats["guest_rows"] += route.num_guest_items
-        who = home_rows(st.chunks, rank)
+        slot_map = {rid: torch.tensor(s, dtype=torch.long, device=dev)
+                    for rid, s in pool.slot_map().items()}  # fmt: skip
+        route = build_tile_route(st.chunks, rank=rank, num_ranks=W, tile_rows=cfg.tile_rows)
+        ex.load(route, home_slots=[slot_map[c.rid] for c in route.home], guest_slots=slot_map)
+        stats["max_rounds"] = max(stats["max_rounds"], ex.rounds)
+        stats["guest_rows"] += sum(g.rows for r in route.recv for g in r)
+        for k, v in route.kv_reads().items():
+            stats[f"kv_{k}"] += v
+        who = [(c.rid, c.start + i) for c in route.home for i in range(c.rows)]
         n = len(who)
         x = torch.stack([w.x0(rid, t) for rid, t in who]).to(dev) if n else \
             torch.zeros(0, cfg.hidden, device=dev)
-        loc = torch.cat([slot_map[c.rid].parts[0][-c.num_rows:] for c in mine]) if n else \
+        loc = torch.cat([slot_map[c.rid][-c.num_rows:] for c in mine]) if n else \
             torch.zeros(0, dtype=torch.long, device=dev)
-        xi = ex.row_index(torch.arange(n, device=dev))
+        xi = torch.arange(n, device=dev)
         attn = torch.zeros(n, L, Hq, D, device=dev)
         for l in range(L):
             pool.k[l].index_copy_(0, loc, (x @ w.wk[l]).view(n, Hkv, D))
             pool.v[l].index_copy_(0, loc, (x @ w.wv[l]).view(n, Hkv, D))
             ex.scatter_rows((x @ w.wq[l]).view(n, Hq, D), xi)
             o = ex.run(comm, pool.k[l], pool.v[l], sm_scale=1 / math.sqrt(D),
-                       attention=attention, merge=merge)[:n]
+                       attention=attention)[:n]  # fmt: skip
             attn[:, l] = o
             x = x + o.reshape(n, Hq * D) @ w.wo[l]
         for i, key in enumerate(who):
@@ -228,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--chunk-pages", type=int, default=2, help="pages of 4 tokens per chunk")
     ap.add_argument("--capacity", type=int, default=0, help="rows per peer per round (0: auto)")
+    ap.add_argument("--tile-rows", type=int, default=3, help="query rows per tile")
     ap.add_argument("--impl", choices=["auto", "torch", "triton"], default="auto")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                     help="cuda: gloo ranks share the GPU, all-to-alls through host copies")
@@ -237,12 +239,15 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--device cuda: no CUDA device is visible")
     cfg = ExtendConfig(a.world_size, a.seed, num_requests=a.requests, num_layers=a.layers,
                        chunk_pages=a.chunk_pages, capacity=a.capacity, impl=a.impl,
+                       tile_rows=a.tile_rows,
                        device=a.device)
     results, stats = collect_results(cfg, timeout_s=a.timeout)
     err, where = reference_errors(cfg, results)
     print(f"extend world_size={cfg.world_size} seed={cfg.seed} layers={cfg.num_layers} "
           f"rows={stats['rows']} guest_rows={stats['guest_rows']} ships={stats['ships']} "
-          f"max_rounds={stats['max_rounds']}")
+          f"max_rounds={stats['max_rounds']} tile_rows={cfg.tile_rows} "
+          f"kv_reads_tiles={stats['kv_tiles']} kv_reads_ideal={stats['kv_ideal']} "
+          f"kv_reads_per_row={stats['kv_per_row']}")
     ok = err <= TOLERANCE
     if not ok:
         print(f"FAILED: relative error {err:.3e} > {TOLERANCE:g} at {where}", file=sys.stderr)

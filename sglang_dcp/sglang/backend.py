@@ -19,10 +19,10 @@ call (``init_cuda_graph_state`` on GPU) and never reallocated:
   rows at sequence length 1 (``backend_meta.py``); their queries go through the exchange and
   replace the inner output, by device ops keyed by ``req_pool_indices`` (graph-capturable,
   ``graphs.py``);
-- extend: the inner backend computes the prefill (K/V store included); the rows of a split
-  request's prefill chunk (``prefill_shards.py``) go through the exchange, one item per row
-  (``exchange.extend``), and their output is replaced whole by the merged one (the inner's,
-  which may have read moved slots, is discarded); then the rank serves its guest items;
+- extend: the inner backend stores the chunk's K/V and computes the batch's other rows; the
+  rows of a split request's prefill chunk (``prefill_shards.py``) go through the tile exchange
+  (``backend_extend.py``, ``exchange.tile_exchange``: the home's causal part and each shard's
+  part as row tiles, merged by LSE) and replace the inner's, which never read their moved KV;
 - a rank with no rows never reaches the backend (the model skips attention on empty input):
   ``around_stage_finish`` (``StageBoundary.finish``, every layer of every rank) joins for it.
 
@@ -41,6 +41,7 @@ import torch
 
 from sglang_dcp import env
 from sglang_dcp.sglang import shipping
+from sglang_dcp.sglang.backend_extend import ExtendCalls
 from sglang_dcp.sglang.backend_meta import LayerCursor, MetadataCalls
 from sglang_dcp.sglang.rank_stats import stats
 
@@ -53,7 +54,7 @@ def _backend() -> "DcpAttnBackend | None":
     return ctx().backend
 
 
-class DcpAttnBackend(MetadataCalls):
+class DcpAttnBackend(MetadataCalls, ExtendCalls):
     """Delegates everything to ``inner`` except the metadata calls and ``forward`` in DCP steps.
 
     Not an ``AttentionBackend`` subclass on purpose: the base class's many methods would shadow
@@ -83,6 +84,7 @@ class DcpAttnBackend(MetadataCalls):
             inner, runner, num_ranks=par.tp_group.world_size, num_q_heads=heads, head_dim=d,
             v_head_dim=dv,
         )  # fmt: skip
+        self.reserve_tiles()  # prefill into shards: sized by the chunk size, once
 
     def _init_state(self, inner, runner, *, num_ranks, num_q_heads, head_dim, v_head_dim):
         """Everything but the checks (``testing.graph_harness`` builds one without SGLang)."""
@@ -135,9 +137,11 @@ class DcpAttnBackend(MetadataCalls):
         return self._forward
 
     def exchange(self, cur: LayerCursor, layer_id: int, q: torch.Tensor | None,
-                 x: torch.Tensor | None):  # fmt: skip
+                 x: torch.Tensor | None, *, tile_rows=None):  # fmt: skip
         """Join layer ``layer_id``'s exchange with ``q [n, H, D]`` rows mapped by ``x [n]``
-        (``None``: no rows here); returns the merged ``[B, H, Dv]`` of the exchange rows."""
+        (``None``: no rows here); returns the merged ``[B, H, Dv]`` of the exchange rows. In a
+        step with prefill chunks the tile exchange follows (``tile_rows``: this rank's chunk
+        rows, ``(q, x)``), and its merged ``[N + 1, H, Dv]`` is returned for ``tile_rows``."""
         if layer_id != self.start_layer + cur.next_layer or cur.done_layer == layer_id:
             raise RuntimeError(
                 f"sglang_dcp: joined the exchange of layer {layer_id}, expected layer "
@@ -153,10 +157,16 @@ class DcpAttnBackend(MetadataCalls):
         scales = {}
         if k_buf.dtype == torch.float8_e4m3fn:  # FP8 cache: the layer's scales, as SGLang's
             scales = self.layer_kv_scales(layer_id)  # triton backend applies them
-        merged = ex.run(
-            step_comm(), k_buf, pool.get_value_buffer(layer_id),
-            sm_scale=self.layer_scaling(layer_id), attention=attention, merge=merge, **scales,
-        )  # fmt: skip
+        merged, step = None, cur.step  # (a capture has no step: it runs the decode exchange)
+        if step is None or step.decode_split:
+            merged = ex.run(
+                step_comm(), k_buf, pool.get_value_buffer(layer_id),
+                sm_scale=self.layer_scaling(layer_id), attention=attention, merge=merge, **scales,
+            )  # fmt: skip
+        if step is not None and step.tiles is not None:
+            tiles = self.run_tiles(layer_id, tile_rows, k_buf, pool.get_value_buffer(layer_id),
+                                   scales)  # fmt: skip
+            merged = tiles if tile_rows is not None else merged
         cur.done_layer = layer_id
         cur.exchange_s += time.perf_counter() - t0
         return merged
@@ -177,15 +187,9 @@ class DcpAttnBackend(MetadataCalls):
         inner_fb = self._view_for_inner(forward_batch)
         out = self.inner.forward(q, k, v, layer, inner_fb, save_kv_cache, **kwargs)
         n = q.reshape(-1, layer.tp_q_head_num * layer.qk_head_dim).shape[0]
-        if mode.is_decode():
-            x = self._row_map(forward_batch, n)
-        else:  # extend: a split request's chunk rows (their inner output is replaced whole)
-            x = self.extend_rows_of(forward_batch)
-            if x is None:
-                self.exchange(cur, layer.layer_id, None, None)
-                return out
-            if x.shape[0] < n:  # DP-attention padding rows never map
-                x = torch.cat([x, x.new_full((n - x.shape[0],), self.current_ex.shape.max_local)])
+        if not mode.is_decode():  # extend: split requests' chunk rows (backend_extend.py)
+            return self.forward_extend(cur, q, layer, forward_batch, out)
+        x = self._row_map(forward_batch, n)
         q3 = q.reshape(n, layer.tp_q_head_num, layer.qk_head_dim)
         merged = self.exchange(cur, layer.layer_id, q3, x)
         rows = self.current_ex.gather_rows(out.reshape(n, -1), x, merged)

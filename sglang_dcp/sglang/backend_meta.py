@@ -128,8 +128,8 @@ class MetadataCalls:
         if step is None or not step.active:
             return fb
         ex = self.load(step)
-        if step.extend_rows and fb.forward_mode.is_extend():
-            self._extend_x = (fb, extend_row_map(fb, step.extend_rows, ex.shape.max_local))
+        if step.tiles is not None and fb.forward_mode.is_extend():
+            return self.prepare_extend(fb, step)  # backend_extend.py
         if not fb.forward_mode.is_decode_or_idle() or fb.req_pool_indices is None:
             return fb
         bs = fb.req_pool_indices.shape[0]
@@ -184,9 +184,7 @@ class MetadataCalls:
         if self._forward is not None and self._forward.step is step:
             return self.current_ex
         ex = self.ensure_exchange()
-        if step.extend_capacity:  # prefill chunks: eager, on buffers sized for the step
-            ex = self._extend_exchange(step)
-        elif step.num_rows > ex.shape.max_local:  # eager (needs_eager): a one-off bigger set
+        if step.num_rows > ex.shape.max_local:  # eager (needs_eager): a one-off bigger set
             ex = self._overflow(step.num_rows)  # freed once the next step replaces it
         self.current_ex = ex
         prev = step.reuses
@@ -201,6 +199,8 @@ class MetadataCalls:
         s.exchange_rows_split += step.num_rows
         s.exchange_eager_steps += int(self.needs_eager(step))
         s.guest_capacity_high_water = ex.high_water
+        if step.tiles is not None:  # prefill chunks: the tile exchange too
+            self.load_tiles(step)
         return ex
 
     def _overflow(self, rows: int):
@@ -219,35 +219,6 @@ class MetadataCalls:
             "the static set larger)", rows, self.ex.shape.max_local, big.nbytes / 2**20,
         )  # fmt: skip
         return big
-
-    def _extend_exchange(self, step):
-        """Buffers for a step with prefill chunks: ``step.extend_capacity`` queries per peer
-        (the same on every rank: one round), home rows and KV slots grown as steps need them;
-        one set per capacity, kept."""
-        from dataclasses import replace
-
-        from sglang_dcp.exchange.static import StaticExchange
-
-        sets = self.__dict__.setdefault("_extend_sets", {})
-        cap = step.extend_capacity
-        ex = sets.get(cap)
-        rows, kv = max(1, step.num_rows), max(1, step.kv_slots)
-        if ex is None or ex.shape.max_local < rows or ex.shape.max_kv_slots < kv:
-            base = ex.shape if ex is not None else self.ex.shape
-            shape = replace(
-                base, capacity=cap,
-                max_local=max(base.max_local, 1 << (rows - 1).bit_length()),
-                max_kv_slots=max(base.max_kv_slots, 1 << (kv - 1).bit_length()),
-            )  # fmt: skip
-            ex = sets[cap] = StaticExchange(shape, self.device,
-                                            num_row_keys=self.ex.row_slot.shape[0])  # fmt: skip
-        return ex
-
-    def extend_rows_of(self, fb):
-        """``[num_tokens]`` exchange row of each query row of an EXTEND ``fb`` (``None``: no
-        chunk of a split request is homed here this step)."""
-        held = self._extend_x
-        return held[1] if held is not None and held[0] is fb else None
 
     def _view_for_inner(self, fb):
         held = self._inner_fb
@@ -281,26 +252,3 @@ class MetadataCalls:
         tensors made once (1.0 when none loaded)."""
         self.layer_scaling(layer_id)
         return self._kv_scales[layer_id]
-
-
-def extend_row_map(fb, rows: dict[int, tuple[int, int, int]], B: int) -> torch.Tensor:
-    """``[num_tokens]`` exchange row per query row of an EXTEND batch: the rows of each chunk
-    in ``rows`` (request pool index -> (first home row, chunk start, rows)) map to their home
-    rows, every other row to ``B`` (SGLang's own output stays). Host work O(batch)."""
-    keys = fb.req_pool_indices.tolist()
-    lens = list(fb.extend_seq_lens_cpu)
-    starts = list(fb.extend_prefix_lens_cpu)
-    x = torch.full((sum(lens),), B, dtype=torch.long)
-    off = 0
-    for key, n, start in zip(keys, lens, starts):
-        got = rows.get(int(key))
-        if got is not None:
-            first, want_start, num = got
-            if (int(start), int(n)) != (want_start, num):
-                raise RuntimeError(
-                    f"sglang_dcp: the step header's chunk of pool row {key} is [{want_start}, "
-                    f"{want_start + num}), the batch runs [{start}, {start + n})"
-                )
-            x[off : off + n] = torch.arange(first, first + n)
-        off += int(n)
-    return x.to(fb.req_pool_indices.device)

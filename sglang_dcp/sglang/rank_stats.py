@@ -39,6 +39,12 @@ class RankStats:
     exchange_eager_steps: int = 0
     exchange_capacity: int = 0  # per-peer guest items per round the buffers hold
     guest_capacity_high_water: int = 0  # most queries one rank sent one peer in a step
+    # prefill into shards (backend_extend.py): KV tokens read per layer by the tile exchange's
+    # kernels (home and guest tiles), what reading each span once would take, and what the old
+    # one-item-per-row route read (extend_tiles.TileRoute.kv_reads), summed over steps
+    prefill_kv_reads_tiles: int = 0
+    prefill_kv_reads_ideal: int = 0
+    prefill_kv_reads_per_row: int = 0
     # the step header (header.py): scheduler iterations it ran, and those that needed its one
     # extra collective (an all-gather of news; every other iteration rides on SGLang's sync)
     header_steps: int = 0

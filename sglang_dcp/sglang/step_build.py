@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sglang_dcp.exchange.extend import extend_slots
+from sglang_dcp.exchange.extend_tiles import TileRoute, build_tile_route
 from sglang_dcp.exchange.route import RankRoute, build_rank_route, max_pair_items, part_ranks
 from sglang_dcp.exchange.static import Slots
 from sglang_dcp.exchange.wire import bucket_for
@@ -37,10 +37,15 @@ class DcpStep:
     tag: int
     rounds: int = 1  # exchange rounds per layer at the engine's capacity (> 1: eager)
     bucket: int = 1  # queries per peer pair the step's all-to-alls carry (wire.bucket_for)
-    # prefill chunks (plan.chunks): their query rows homed here, by request pool index:
-    # (first home row, chunk start, rows); such a step runs on a one-off exchange sized for it
+    # prefill chunks (plan.chunks): their query rows homed here, by request pool index and by
+    # rid: (first tile-exchange home row, chunk start, rows); such a step also runs the tile
+    # exchange (``tiles``, ``exchange.tile_exchange``) and runs eagerly
     extend_rows: dict[int, tuple[int, int, int]] = field(default_factory=dict)
-    extend_capacity: int = 0  # per-peer queries of that exchange (0: the static one)
+    extend_rids: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    extend_capacity: int = 0  # rows per peer of the tile exchange's longest stream (0: none)
+    tiles: TileRoute | None = None
+    tile_slots: tuple = ((), {})  # (home span per home chunk, guest slots by rid)
+    decode_split: bool = True  # some rank decodes a split request: the static exchange runs
     kv_slots: int = 0  # KV slots this rank's route reads
     reuses: "DcpStep | None" = None  # the previous step, whose route this one only lengthens
     decoded: list[bool] = field(default_factory=list)  # which ranks decoded (the header's view)
@@ -91,12 +96,12 @@ def build_step(
 ) -> DcpStep:
     """``home_reqs[rid]``: the SGLang ``Req`` of each request homed here and decoded this step;
     ``guest_slots[rid]``: this rank's guest slot tensor of a peer's request (token order)."""
-    placements = plan.rows()
+    placements = [p for p in plan.placements if len(part_ranks(p)) > 1]
     parts = {p.rid: part_ranks(p) for p in placements}
     local: dict[str, Slots] = {}
     keys: list[int] = []
     rids: list[str] = []
-    for p in placements[: len(placements) - sum(c.num_rows for c in plan.chunks)]:
+    for p in placements:
         if p.home_rank == rank:
             req = home_reqs[p.rid]
             idx = req.kv.req_pool_idx
@@ -105,36 +110,33 @@ def build_step(
             rids.append(p.rid)
         elif rank in parts[p.rid]:
             local[p.rid] = Slots([_guest(guest_slots, p.rid, rank)], None)
-    extend_rows: dict[int, tuple[int, int, int]] = {}
-    if plan.chunks:
-        slot_map = {}
-        first = len(keys)
-        for c in plan.chunks:
-            if c.home_rank == rank:
-                idx = int(home_reqs[c.rid].kv.req_pool_idx)
-                slot_map[c.rid] = _home_slots(req_to_token[idx], c.placement.shards, rank, c.end)
-                extend_rows[idx] = (first, c.start, c.num_rows)
-                first += c.num_rows
-                rids += [f"{c.rid}@{t}" for t in range(c.start, c.end)]
-            elif any(s.rank == rank for s in c.prefix()):
-                slot_map[c.rid] = Slots([_guest(guest_slots, c.rid, rank)], None)
-        local.update(extend_slots(plan.chunks, rank=rank, slot_map=slot_map))
     route = build_rank_route(
         placements, rank=rank, num_ranks=num_ranks, local_slots=local, parts=parts
     )
-    kv = route.num_kv_slots
     pair = max_pair_items(placements, num_ranks, parts)
-    if plan.chunks:  # one round on a one-off exchange with room for every chunk row
-        cap = 1 << (pair - 1).bit_length()
-        rounds, bucket = 1, max(cap, 1)
-    else:
-        cap, rounds = 0, max(1, -(-pair // capacity))
-        bucket = bucket_for(pair, capacity)
-    return DcpStep(
-        plan, rank, num_ranks, route, tuple(keys), tag, rounds=rounds, bucket=bucket,
-        row_rids=rids, extend_rows=extend_rows,
-        extend_capacity=max(cap, 1) if plan.chunks else 0, kv_slots=kv,
+    step = DcpStep(
+        plan, rank, num_ranks, route, tuple(keys), tag, row_rids=rids,
+        rounds=max(1, -(-pair // capacity)), bucket=bucket_for(pair, capacity),
+        kv_slots=route.num_kv_slots, decode_split=bool(placements),
     )  # fmt: skip
+    if plan.chunks:
+        _add_tiles(step, home_reqs=home_reqs, guest_slots=guest_slots, req_to_token=req_to_token)
+    return step
+
+
+def _add_tiles(step: DcpStep, *, home_reqs, guest_slots, req_to_token) -> None:
+    """The step's prefill chunks as row tiles (``extend_tiles``): this rank's tile route, the KV
+    spans it reads (device views) and its chunk rows by pool index and rid. O(chunks x ranks)."""
+    rank, plan = step.rank, step.plan
+    tiles = build_tile_route(plan.chunks, rank=rank, num_ranks=step.num_ranks)
+    home = []
+    for c, hc in zip((c for c in plan.chunks if c.home_rank == rank), tiles.home, strict=True):
+        idx = int(home_reqs[c.rid].kv.req_pool_idx)
+        home.append(_home_slots(req_to_token[idx], c.placement.shards, rank, c.end))
+        step.extend_rows[idx] = step.extend_rids[c.rid] = (hc.first, c.start, c.num_rows)
+    guests = {g.rid: _guest(guest_slots, g.rid, rank) for r in tiles.recv for g in r}
+    step.tiles, step.tile_slots = tiles, (tuple(home), guests)
+    step.extend_capacity = max(1, tiles.max_stream)
 
 
 def rank_step(rt, plan: StepPlan, *, predicted: bool, decoded: list[bool]) -> DcpStep | None:

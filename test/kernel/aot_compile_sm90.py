@@ -18,6 +18,8 @@ from triton.compiler import ASTSource  # noqa: E402
 from sglang_dcp.kernels import ops  # noqa: E402
 from sglang_dcp.kernels.decode_kernels import _decode_split_kernel  # noqa: E402
 from sglang_dcp.kernels.merge_kernels import _merge_states_kernel  # noqa: E402
+from sglang_dcp.kernels.prefix_kernels import _prefix_attn_kernel  # noqa: E402
+from sglang_dcp.kernels.prefix_ops import prefix_launch_args  # noqa: E402
 
 _PTR = {
     torch.float16: "*fp16",
@@ -81,6 +83,26 @@ def merge_case(name, *, num_heads, head_dim_v, dtype, min_parts):
     return name, _merge_states_kernel, args, meta
 
 
+def prefix_case(name, *, num_heads, num_kv_heads, head_dim, head_dim_v, dtype, kv_dtype=None,
+                mla=False, scales=None):
+    kv_dtype = kv_dtype or dtype
+    q = torch.empty(4, num_heads, head_dim, dtype=dtype)
+    k = torch.empty(64, num_kv_heads, head_dim, dtype=kv_dtype)
+    v = k[..., :head_dim_v] if mla else torch.empty(64, num_kv_heads, head_dim_v, dtype=kv_dtype)
+    tiles = torch.zeros(1, 5, dtype=torch.int32)
+    indices = torch.zeros(0, dtype=torch.int64)
+    o = torch.empty(4, num_heads, head_dim_v, dtype=dtype)
+    lse = torch.empty(4, num_heads, dtype=torch.float32)
+    ks = vs = None
+    if scales == "tensor":
+        ks = vs = torch.ones(1)
+    elif scales == "float":
+        ks, vs = 0.5, 2.0
+    grid, args, meta = prefix_launch_args(q, k, v, tiles, indices, head_dim**-0.5, max_rows=64,
+                                          k_scale=ks, v_scale=vs, o=o, lse=lse)
+    return name, _prefix_attn_kernel, args, meta
+
+
 CASES = [
     decode_case("gqa8 bf16 d128", num_heads=64, num_kv_heads=8, head_dim=128, head_dim_v=128,
                 dtype=torch.bfloat16),
@@ -98,6 +120,20 @@ CASES = [
                 dtype=torch.bfloat16, kv_dtype=torch.float8_e4m3fn, mla=True, scales=True),
     decode_case("gqa8 bf16 fp8-kv", num_heads=64, num_kv_heads=8, head_dim=128, head_dim_v=128,
                 dtype=torch.bfloat16, kv_dtype=torch.float8_e4m3fn, scales=True),
+    prefix_case("prefix gqa8 bf16 d128", num_heads=64, num_kv_heads=8, head_dim=128,
+                head_dim_v=128, dtype=torch.bfloat16),
+    prefix_case("prefix gqa1 fp16 d128", num_heads=8, num_kv_heads=8, head_dim=128,
+                head_dim_v=128, dtype=torch.float16),
+    prefix_case("prefix gqa4 fp32 d64", num_heads=16, num_kv_heads=4, head_dim=64,
+                head_dim_v=64, dtype=torch.float32),
+    prefix_case("prefix gqa8 bf16 fp8-kv float scales", num_heads=64, num_kv_heads=8,
+                head_dim=128, head_dim_v=128, dtype=torch.bfloat16,
+                kv_dtype=torch.float8_e4m3fn, scales="float"),
+    prefix_case("prefix mla h128 bf16", num_heads=128, num_kv_heads=1, head_dim=576,
+                head_dim_v=512, dtype=torch.bfloat16, mla=True),
+    prefix_case("prefix mla h16 bf16 fp8-kv tensor scales", num_heads=16, num_kv_heads=1,
+                head_dim=576, head_dim_v=512, dtype=torch.bfloat16,
+                kv_dtype=torch.float8_e4m3fn, mla=True, scales="tensor"),
     merge_case("merge bf16 dv128", num_heads=64, head_dim_v=128, dtype=torch.bfloat16, min_parts=0),
     merge_case("merge fp32 dv512 stage2", num_heads=128, head_dim_v=512, dtype=torch.float32,
                min_parts=2),

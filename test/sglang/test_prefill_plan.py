@@ -4,11 +4,11 @@ admission.py, step.py, step_build.py)."""
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from sglang_dcp.planner.base import Migration
 from sglang_dcp.sglang.admission import lifted_limits, prefill_credit
-from sglang_dcp.sglang.backend_meta import extend_row_map
 from sglang_dcp.sglang.prefill_shards import away_pieces, away_tokens
 from sglang_dcp.sglang.step import Extending, RankNews, plan_step, where_now
 from sglang_dcp.sglang.step_build import build_step
@@ -48,22 +48,57 @@ def test_a_chunks_route_on_the_home_and_on_the_shard_rank():
     plan = plan_step([RankNews(extending=[ext]), RankNews()], [])
     home = build_step(plan, rank=0, num_ranks=2, home_reqs={"r": req}, guest_slots={},
                       req_to_token=r2t, capacity=4, tag=1)  # fmt: skip
-    assert home.extend_rows == {3: (0, 32, 32)} and home.num_rows == 32
-    assert home.extend_capacity == 32 and home.rounds == 1  # one round on its own buffers
-    # row 32 + i attends causally to the chunk's first i + 1 slots at home
-    assert [len(s) for s in home.route.local_slots] == list(range(1, 33))
+    assert home.extend_rows == {3: (0, 32, 32)} and home.tiles.num_rows == 32
+    assert home.extend_rids == {"r": (0, 32, 32)} and home.num_rows == 0  # no decode rows
+    assert home.extend_capacity == 32 and home.rounds == 1 and not home.decode_split
+    # the home's part: one causal span, the chunk's 32 slots (row 32 + i sees i + 1 of them)
+    (span,), guests = home.tile_slots
+    assert len(span) == 32 and torch.cat(span.parts).tolist() == row[32:64].tolist()
+    assert guests == {} and home.tiles.home[0].held == 0 and home.tiles.send_rows == (0, 32)
     guest = build_step(plan, rank=1, num_ranks=2, home_reqs={},
                        guest_slots={"r": torch.arange(32)}, req_to_token=r2t, capacity=4,
                        tag=1)  # fmt: skip
-    assert guest.num_rows == 0 and len(guest.route.recv[0]) == 32
-    assert all(len(g.slots) == 32 for g in guest.route.recv[0])  # the whole shard, non-causal
+    assert guest.num_rows == 0 and guest.tiles.num_rows == 0
+    (g,) = guest.tiles.recv[0]  # the whole shard once, for the chunk's 32 rows (non-causal)
+    assert (g.rows, g.held, g.offset) == (32, 32, 0) and len(guest.tile_slots[1]["r"]) == 32
+    assert guest.tiles.kv_reads()["tiles"] == 32  # one tile of <= 64 rows reads it once
+
+
+def _extend_backend(rows: int = 8):
+    from sglang_dcp.sglang.backend_extend import ExtendCalls
+
+    be = ExtendCalls()
+    pool = SimpleNamespace(size=64, page_size=1)
+    be.__dict__.update(_runner=SimpleNamespace(token_to_kv_pool=pool), num_ranks=2,
+                       num_q_heads=2, head_dim=4, v_head_dim=4, dtype=torch.float32,
+                       device=torch.device("cpu"), _extend_x=None, _inner_fb=None)  # fmt: skip
+    be.reserve_tiles(rows)
+    return be
 
 
 def test_the_backend_maps_only_the_split_chunks_rows():
+    step = SimpleNamespace(tiles=SimpleNamespace(num_rows=3, max_stream=3),
+                           extend_rids={"b": (0, 32, 3)}, extend_rows={3: (0, 32, 3)})  # fmt: skip
     fb = SimpleNamespace(req_pool_indices=torch.tensor([5, 3]), extend_seq_lens_cpu=[4, 3],
-                         extend_prefix_lens_cpu=[0, 32])  # fmt: skip
-    x = extend_row_map(fb, {3: (0, 32, 3)}, B=8)
-    assert x.tolist() == [8, 8, 8, 8, 0, 1, 2]
+                         extend_prefix_lens_cpu=[0, 32], rids=["a", "b"],
+                         extend_seq_lens=torch.tensor([4, 3]),
+                         extend_prefix_lens=torch.tensor([0, 32]),
+                         seq_lens=torch.tensor([4, 35]), seq_lens_cpu=torch.tensor([4, 35]),
+                         seq_lens_sum=39)  # fmt: skip
+    be = _extend_backend()
+    view = be.prepare_extend(fb, step)
+    assert be.extend_rows_of(fb).tolist() == [8, 8, 8, 8, 0, 1, 2]
+    # the inner sees the split request without its prefix (never its moved KV)
+    assert view.extend_prefix_lens.tolist() == [0, 0] and view.seq_lens.tolist() == [4, 3]
+    assert view.extend_prefix_lens_cpu == [0, 0] and view.seq_lens_cpu.tolist() == [4, 3]
+    assert view.seq_lens_sum == 7 and fb.seq_lens.tolist() == [4, 35]  # fb itself untouched
+    del fb.rids  # no rids: the host copy of the pool indices
+    fb.req_pool_indices_cpu = torch.tensor([5, 3])
+    be.prepare_extend(fb, step)
+    assert be.extend_rows_of(fb).tolist() == [8, 8, 8, 8, 0, 1, 2]
+    fb.extend_prefix_lens_cpu = [0, 31]
+    with pytest.raises(RuntimeError, match="header's chunk"):
+        be.prepare_extend(fb, step)
 
 
 def test_admission_sees_the_homes_share_for_split_requests_only():
