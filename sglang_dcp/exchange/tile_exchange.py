@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from sglang_dcp.exchange.extend_tiles import TileRoute, guest_tiles, home_tiles, round_span
-from sglang_dcp.exchange.static import _pieces
+from sglang_dcp.exchange.staging import pieces_of
 
 ROUND_ROWS = 1024  # default rows per peer per round: bounds the wire buffers at long chunks
 WIRE_BYTES = 1 << 30  # and the four wire buffers together stay under this (wide MLA rows)
@@ -128,7 +128,7 @@ class TileExchange:
             for first, rows, seen0 in home_tiles(c, T):
                 ht[nh] = (first, rows, pos, c.held + c.rows, seen0)
                 nh += 1
-            pieces += _pieces(slots)
+            pieces += pieces_of(slots)
             pos += len(slots)
         send = self._send_host.numpy()
         send[:, : W * C] = N
@@ -151,7 +151,7 @@ class TileExchange:
                     for row, rows in guest_tiles(g, k, C, T):
                         gt[k, self.num_guest_tiles[k]] = (p * C + row, rows, pos, g.held, g.held)
                         self.num_guest_tiles[k] += 1
-                pieces += _pieces(slots)
+                pieces += pieces_of(slots)
                 pos += g.held
         if pos > s.max_kv_slots:
             raise ValueError(f"rank {route.rank}: {pos} KV slots > {s.max_kv_slots}")

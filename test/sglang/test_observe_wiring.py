@@ -133,6 +133,7 @@ def test_loads_section_is_every_rank_stat_number(monkeypatch):
         "moves_failed", "moved_tokens", "migrations_done", "exchange_rows_split", "exchange_rows_unsplit",
         "exchange_eager_steps", "exchange_capacity", "guest_capacity_high_water", "header_steps",
         "header_gathers", "header_forward_waits",
+        "prefill_kv_reads_tiles", "prefill_kv_reads_ideal", "prefill_kv_reads_per_row",
         "planner_kv_tokens", "planner_guest_kv_tokens", "kv_tokens",
     }  # fmt: skip
     assert snap.to_dict({"dcp"})["dcp"] == snap.dcp and snap.to_dict(None)["dcp"] == snap.dcp
