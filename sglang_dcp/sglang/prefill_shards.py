@@ -50,7 +50,7 @@ def away_tokens(p: Placement) -> int:
 def extend_news(rt, local_batch, news: RankNews, page: int) -> None:
     """Add this rank's split requests in the EXTEND batch ``local_batch`` to ``news``: each
     chunk (``Extending``) and the pieces that leave after the forward (O(batch), extend only)."""
-    from sglang_dcp.sglang.datapath import HomeEntry
+    from sglang_dcp.sglang.entries import HomeEntry
 
     for req in local_batch.reqs:
         if rt.split_reqs.get(req.rid) is not req or req.extend_range is None:
@@ -102,9 +102,9 @@ def after_forward(rt) -> None:
 def around_pending_chunked_abort(original, self, *args, **kwargs):
     """``Scheduler.process_pending_chunked_abort()`` (scheduler.py:3537): a request whose prefill
     piece failed to move ends as SGLang ends an aborted chunked request, with our reason."""
-    from sglang_dcp.sglang.datapath import runtime
+    from sglang_dcp.sglang.context import ctx
 
-    rt = runtime()
+    rt = ctx().runtime  # (not datapath.runtime: datapath imports this module)
     req = self._pending_chunked_abort_req
     reason = rt.prefill_failed.pop(req.rid, None) if rt is not None and req is not None else None
     if reason is None or self.chunked_req is not req:

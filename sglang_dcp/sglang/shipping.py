@@ -28,7 +28,7 @@ def ship(rt, moves: list[Migration], model_runner, homes: dict[str, int]) -> lis
     shipping, or a migration of a range still at home) or a guest (a range of its guest
     slots: a migration); its destination a guest or the home (the range rejoins the row)."""
     from sglang_dcp.exchange.transfer import transfer_shards
-    from sglang_dcp.sglang.datapath import GuestEntry
+    from sglang_dcp.sglang.entries import GuestEntry
     from sglang_dcp.sglang.kv_adapter import SGLangKVPool
     from sglang_dcp.sglang import move_reserve
     from sglang_dcp.sglang.migration import move_fault_hook

@@ -77,3 +77,20 @@ def test_shipped_modules_never_import_the_test_harness():
             if name == "sglang_dcp.testing" or name.startswith("sglang_dcp.testing."):
                 offenders.append(f"{path.relative_to(ROOT)} imports {name}")
     assert not offenders, offenders
+
+
+def test_the_step_path_modules_do_not_import_back_into_datapath():
+    """``datapath`` (the scheduler side) imports the header, prefill-into-shards and shipping
+    modules; none of them imports it back, even lazily (they reach the rank's runtime through
+    ``context``), so the four form no cycle."""
+    offenders = []
+    for name in ("header.py", "prefill_shards.py", "shipping.py", "entries.py", "step.py"):
+        path = PKG / "sglang" / name
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module == "sglang_dcp.sglang.datapath":
+                offenders.append(f"{name}:{node.lineno}")
+            if isinstance(node, ast.ImportFrom) and node.module == "sglang_dcp.sglang" and any(
+                a.name == "datapath" for a in node.names
+            ):
+                offenders.append(f"{name}:{node.lineno}")
+    assert not offenders, offenders
