@@ -48,6 +48,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranks-per-node", type=int, default=8,
                    help="DP ranks per node: guest items between ranks of one node pay the "
                         "profile's intranode (NVLink) exchange rate, others the across-node one.")
+    p.add_argument("--exchange-wire", choices=cost.EXCHANGE_WIRES, default="items",
+                   help="What a rank's exchange is charged for: its own guest items ('items', "
+                        "the profile's per-item model) or what the server's bucketed exchange "
+                        "ships ('bucketed': every peer the busiest pair's bucket each step).")
     p.add_argument("--kv-capacity", type=int, default=None,
                    help="KV capacity per rank in tokens (default: the profile's).")
     p.add_argument("--slo-tpot-ms", type=float, default=50.0,
@@ -169,7 +173,8 @@ def main(argv=None) -> int:
                      rebalance_max_tokens=args.rebalance_max_tokens, migration=args.migration,
                      queue_max_bypass=None if args.queue_max_bypass < 0 else args.queue_max_bypass)
     exp = Experiment(workload, args.ranks, args.profile, args.policies, search, sim,
-                     kv_capacity=args.kv_capacity, ranks_per_node=args.ranks_per_node)
+                     kv_capacity=args.kv_capacity, ranks_per_node=args.ranks_per_node,
+                     exchange_wire=args.exchange_wire)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -160,7 +160,8 @@ def simulate(
         b = policy.batch_sizes()
         batch[:] = b
         batch_now = float(imbalance(batch))
-        model.set_loads(b, policy.guest_items(), policy.guest_out(), policy.guest_near())
+        model.set_loads(b, policy.guest_items(), policy.guest_out(), policy.guest_near(),
+                        busiest_pair=policy.busiest_pair())  # fmt: skip
 
     aborted = False
     while nxt < n or waiting or heap:

@@ -34,13 +34,16 @@ class Experiment:
     policy_options: dict = field(default_factory=dict)
     kv_capacity: int | None = None  # tokens per rank; None: the profile's
     ranks_per_node: int = 8
+    exchange_wire: str = "items"  # what the exchange is charged for (cost.EXCHANGE_WIRES)
 
     def __post_init__(self) -> None:
         self.profile = load_profile(self.profile_name)
         self.cluster = cost.cluster_for(self.profile, self.num_ranks, self.kv_capacity,
                                         self.ranks_per_node)
         self.model = cost.StepModel(self.profile, self.num_ranks,
-                                    kv_capacity=max(self.cluster.kv_capacity))
+                                    kv_capacity=max(self.cluster.kv_capacity),
+                                    exchange_wire=self.exchange_wire,
+                                    ranks_per_node=self.ranks_per_node)  # fmt: skip
         self.run_wall_s: list[float] = []
 
     def run_pooled(self, rate_rps: float, early_stop: bool = False) -> RunResult:

@@ -136,12 +136,14 @@ def test_guest_out_matches_planner():
     seen = []
     orig = model.set_loads
 
-    def spy(batch, gin, gout, near):
+    def spy(batch, gin, gout, near, busiest_pair=0):
         assert list(gin) == pol.guest_items()
         assert [int(x) for x in gout] == pol.guest_out()
         assert list(near) == pol.guest_near()
+        assert busiest_pair == pol.busiest_pair()
+        assert (busiest_pair > 0) == (sum(gin) > 0)
         seen.append(sum(gin))
-        orig(batch, gin, gout, near)
+        orig(batch, gin, gout, near, busiest_pair)
 
     model.set_loads = spy
     simulate(w.at_rate(w.rate_rps * 4), pol, model, 4, kv_capacity=cluster.kv_capacity,
@@ -169,3 +171,24 @@ def test_fluid_estimate_is_a_fixed_point():
     est = fluid_max_rate(w, PROFILE, 16, slo_ms=50.0, kv_capacity=PROFILE.kv_capacity_tokens)
     assert est["rate_rps"] > 0 and est["step_ms"] <= 50.0 + 1e-6
     assert est["limited_by"] in ("step time", "KV capacity")
+
+
+def test_bucketed_exchange_charges_every_peer_the_busiest_pairs_bucket():
+    """``exchange_wire="bucketed"``: each rank pays the server's padded rows (every peer one
+    bucket of the busiest pair, ``wire.padded_items``), whatever its own guest items; with no
+    split request both charges are the same."""
+    from sglang_dcp.exchange.wire import padded_items
+
+    items, bucketed = StepModel(PROFILE, 8), StepModel(PROFILE, 8, exchange_wire="bucketed")
+    b, gi, go = [4] * 8, [0, 3, 0, 0, 0, 0, 0, 0], [3, 0, 0, 0, 0, 0, 0, 0]
+    kv = np.zeros((1, 8))
+    for m in (items, bucketed):
+        m.set_loads(b, [0] * 8, [0] * 8, [0] * 8, busiest_pair=0)
+    assert items.step_ms(kv)[0] == bucketed.step_ms(kv)[0]
+    for m in (items, bucketed):
+        m.set_loads(b, gi, go, [0] * 8, busiest_pair=3)
+    rows = padded_items(8, 3, 16)  # 7 peers x bucket 4
+    want = PROFILE.step_time_us([0.0] * 8, [b[r] + gi[r] for r in range(8)], b, [rows] * 8,
+                                [rows] * 8, [2 * rows * 7 // 7] * 8)  # one node: all near
+    assert abs(bucketed.step_ms(kv)[0] * 1e3 - want) < 1e-6
+    assert bucketed.step_ms(kv)[0] > items.step_ms(kv)[0]
