@@ -70,6 +70,7 @@ class StaticExchange:
             self.layouts[c] = Layout(c, bufs, off, n_stage)
         self._slots = [StagingSet(stage_len, num_row_keys, B, self.cuda) for _ in range(2)]
         self._slot = 1  # the set the last load wrote
+        self._trash_end = -1  # seg_indptr[B + 1] as last written (shared by every bucket)
         self.select(s.capacity)
         self.rounds: list[Round] = []
         self.loaded_route: RankRoute | None = None  # the route the buffers hold
@@ -222,7 +223,9 @@ class StaticExchange:
         dev[: lay.stage_len].copy_(r.stage[: lay.stage_len], non_blocking=True)
         torch.cumsum(dev[o["lens"] : o["lens"] + n], 0, dtype=torch.int32, out=b.kv_indptr[1:])
         torch.cumsum(dev[o["counts"] : o["counts"] + B], 0, out=b.seg_indptr[1 : B + 1])
-        b.seg_indptr[B + 1 :].fill_(n)  # the trash segment ends with the bucket's items
+        if self._trash_end != n:  # the trash segment ends with the bucket's items
+            b.seg_indptr[B + 1 :].fill_(n)
+            self._trash_end = n
         hdr = dev[o["hdr"] : o["hdr"] + 4 * W].view(2, W, 2)
         b.q_send_hdr[:, :2].copy_(hdr[0])  # (HDR_COUNT, HDR_TAG) are fields 0, 1
         b.r_send_hdr[:, :2].copy_(hdr[1])

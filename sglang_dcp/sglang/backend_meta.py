@@ -150,7 +150,7 @@ class MetadataCalls:
             host = self._host_seq(bs, cpu.dtype)
             host.copy_(cpu)
             if rows:
-                host[[i for i, _ in rows]] = 1
+                host.numpy()[[i for i, _ in rows]] = 1  # host memory: numpy, no torch dispatch
             view.seq_lens_cpu = host
         total = getattr(fb, "seq_lens_sum", None)
         if total is not None:
