@@ -171,7 +171,7 @@ class ExtendCalls:
         return ex.run(step_comm(), k_buf, v_buf, sm_scale=self.layer_scaling(layer_id),
                       attention=prefix_attention, **scales)  # fmt: skip
 
-    def forward_extend(self, cur, q, layer, fb, out):
+    def forward_extend(self, cur, q, layer, fb, out):  # cur: backend_meta.LayerCursor
         """The extend branch of ``forward``: ``out`` is the inner's ``[n, H * Dv]``; the chunk
         rows of split requests are replaced by the tile exchange's merged rows."""
         x = self.extend_rows_of(fb)
@@ -188,8 +188,9 @@ class ExtendCalls:
         if env.poison_moved():
             from types import SimpleNamespace
 
-            names = [f"{c.rid}@{c.start + i}" for c in cur.tiles.home for i in range(c.rows)]
-            shipping.check_rows(SimpleNamespace(tag=cur.tag, row_rids=names), layer.layer_id,
+            step = cur.step
+            names = [f"{c.rid}@{c.start + i}" for c in step.tiles.home for i in range(c.rows)]
+            shipping.check_rows(SimpleNamespace(tag=step.tag, row_rids=names), layer.layer_id,
                                 rows, x, N)  # fmt: skip
         return rows.view_as(out)
 
