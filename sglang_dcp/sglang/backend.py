@@ -192,6 +192,8 @@ class DcpAttnBackend(MetadataCalls, ExtendCalls):
         x = self._row_map(forward_batch, n)
         q3 = q.reshape(n, layer.tp_q_head_num, layer.qk_head_dim)
         merged = self.exchange(cur, layer.layer_id, q3, x)
+        if merged is None:  # only prefill chunks are split this step: every decode row is SGLang's
+            return out
         rows = self.current_ex.gather_rows(out.reshape(n, -1), x, merged)
         if env.poison_moved():
             shipping.check_rows(current_step(), layer.layer_id, rows, x,
