@@ -57,22 +57,24 @@ def _check_indptr(name: str, indptr: torch.Tensor, limit: int, limit_name: str):
     return ptr
 
 
-def check_decode_inputs(
-    q, k_buffer, v_buffer, kv_indptr, kv_indices, sm_scale, *, num_kv_splits, k_scale, v_scale,
-    validate: bool | None,
-) -> None:
-    """Raise ``ValueError`` naming the first bad argument of ``decode_attention``."""
+def check_attention_inputs(q, k_buffer, v_buffer, sm_scale, *, k_scale, v_scale,
+                           indices: dict) -> None:  # fmt: skip
+    """The checks every attention op here shares (``decode_attention``, ``prefix_attention``):
+    ``q [n, H, D]`` float; ``k_buffer [slots, Hkv, D]`` and ``v_buffer [slots, Hkv, Dv]`` of q's
+    dtype or FP8 e4m3, on q's device, ``H`` a multiple of ``Hkv``, last dims contiguous;
+    ``indices``: name -> (tensor, ndim, dtypes), each on q's device; a finite ``sm_scale``; FP8
+    scales (``_scale``)."""
     _tensor("q", q, 3, FLOAT_DTYPES, None)
     dev = q.device
     _tensor("k_buffer", k_buffer, 3, FLOAT_DTYPES + FP8_DTYPES, dev)
     _tensor("v_buffer", v_buffer, 3, FLOAT_DTYPES + FP8_DTYPES, dev)
-    _tensor("kv_indptr", kv_indptr, 1, INDEX_DTYPES, dev)
-    _tensor("kv_indices", kv_indices, 1, INDEX_DTYPES, dev)
+    for name, (t, ndim, dtypes) in indices.items():
+        _tensor(name, t, ndim, dtypes, dev)
     if k_buffer.dtype not in (q.dtype,) + FP8_DTYPES:
         _fail("k_buffer", f"dtype {k_buffer.dtype} must match q ({q.dtype}) or be FP8 e4m3")
     if v_buffer.dtype != k_buffer.dtype:
         _fail("v_buffer", f"dtype {v_buffer.dtype} must match k_buffer ({k_buffer.dtype})")
-    num_items, num_heads, head_dim = q.shape
+    num_heads, head_dim = q.shape[1], q.shape[2]
     num_slots, num_kv_heads, _ = k_buffer.shape
     if k_buffer.shape[2] != head_dim:
         _fail("k_buffer", f"head_dim {k_buffer.shape[2]} != q head_dim {head_dim}")
@@ -83,16 +85,29 @@ def check_decode_inputs(
     for name, t in (("q", q), ("k_buffer", k_buffer), ("v_buffer", v_buffer)):
         if t.numel() and t.stride(-1) != 1:
             _fail(name, f"last dim must be contiguous (stride {t.stride(-1)})")
-    if kv_indptr.numel() != num_items + 1:
-        _fail("kv_indptr", f"has {kv_indptr.numel()} entries, expected num_items + 1 = {num_items + 1}")
     if not isinstance(sm_scale, numbers.Real) or not math.isfinite(float(sm_scale)):
         _fail("sm_scale", f"expected a finite float, got {sm_scale!r}")
+    _scale("k_scale", k_scale, dev)
+    _scale("v_scale", v_scale, dev)
+
+
+def check_decode_inputs(
+    q, k_buffer, v_buffer, kv_indptr, kv_indices, sm_scale, *, num_kv_splits, k_scale, v_scale,
+    validate: bool | None,
+) -> None:
+    """Raise ``ValueError`` naming the first bad argument of ``decode_attention``."""
+    check_attention_inputs(q, k_buffer, v_buffer, sm_scale, k_scale=k_scale, v_scale=v_scale,
+                           indices={"kv_indptr": (kv_indptr, 1, INDEX_DTYPES),
+                                    "kv_indices": (kv_indices, 1, INDEX_DTYPES)})  # fmt: skip
+    dev = q.device
+    num_items = q.shape[0]
+    num_slots = k_buffer.shape[0]
+    if kv_indptr.numel() != num_items + 1:
+        _fail("kv_indptr", f"has {kv_indptr.numel()} entries, expected num_items + 1 = {num_items + 1}")
     if num_kv_splits is not None and (
         not isinstance(num_kv_splits, numbers.Integral) or num_kv_splits < 1
     ):
         _fail("num_kv_splits", f"expected None or an int >= 1, got {num_kv_splits!r}")
-    _scale("k_scale", k_scale, dev)
-    _scale("v_scale", v_scale, dev)
 
     if validate is None:
         validate = dev.type == "cpu"

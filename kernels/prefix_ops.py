@@ -11,14 +11,12 @@ slots), so ``kv_indices`` holds each span once. A tile of one row is a decode it
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 
 import torch
 import triton
 
-from .checks import FLOAT_DTYPES, FP8_DTYPES, INDEX_DTYPES, _fail, _scale, _tensor
+from .checks import INDEX_DTYPES, _fail, check_attention_inputs
 from .merge_kernels import LOG2E
 from .ops import _use_triton, kernels_interpreted
 from .prefix_kernels import TILE_FIELDS, _prefix_attn_kernel
@@ -77,35 +75,16 @@ def prefix_config(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tenso
 def check_prefix_inputs(q, k_buffer, v_buffer, tiles, kv_indices, sm_scale, *, max_rows, k_scale,
                         v_scale, out, validate) -> None:  # fmt: skip
     """Raise ``ValueError`` naming the first bad argument of ``prefix_attention``."""
-    _tensor("q", q, 3, FLOAT_DTYPES, None)
+    check_attention_inputs(q, k_buffer, v_buffer, sm_scale, k_scale=k_scale, v_scale=v_scale,
+                           indices={"tiles": (tiles, 2, (torch.int32,)),
+                                    "kv_indices": (kv_indices, 1, INDEX_DTYPES)})  # fmt: skip
     dev = q.device
-    _tensor("k_buffer", k_buffer, 3, FLOAT_DTYPES + FP8_DTYPES, dev)
-    _tensor("v_buffer", v_buffer, 3, FLOAT_DTYPES + FP8_DTYPES, dev)
-    _tensor("tiles", tiles, 2, (torch.int32,), dev)
-    _tensor("kv_indices", kv_indices, 1, INDEX_DTYPES, dev)
-    if k_buffer.dtype not in (q.dtype,) + FP8_DTYPES:
-        _fail("k_buffer", f"dtype {k_buffer.dtype} must match q ({q.dtype}) or be FP8 e4m3")
-    if v_buffer.dtype != k_buffer.dtype:
-        _fail("v_buffer", f"dtype {v_buffer.dtype} must match k_buffer ({k_buffer.dtype})")
-    num_rows, num_heads, head_dim = q.shape
-    num_slots, num_kv_heads, _ = k_buffer.shape
-    if k_buffer.shape[2] != head_dim:
-        _fail("k_buffer", f"head_dim {k_buffer.shape[2]} != q head_dim {head_dim}")
-    if tuple(v_buffer.shape[:2]) != (num_slots, num_kv_heads):
-        _fail("v_buffer", f"shape {list(v_buffer.shape)} must start with {[num_slots, num_kv_heads]}")
-    if num_kv_heads == 0 or num_heads % num_kv_heads:
-        _fail("k_buffer", f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
-    for name, t in (("q", q), ("k_buffer", k_buffer), ("v_buffer", v_buffer)):
-        if t.numel() and t.stride(-1) != 1:
-            _fail(name, f"last dim must be contiguous (stride {t.stride(-1)})")
+    num_rows, num_heads = q.shape[0], q.shape[1]
+    num_slots = k_buffer.shape[0]
     if tiles.shape[1] != TILE_FIELDS or (tiles.numel() and not tiles.is_contiguous()):
         _fail("tiles", f"expected a contiguous [num_tiles, {TILE_FIELDS}], got {list(tiles.shape)}")
     if not isinstance(max_rows, int) or max_rows < 0:
         _fail("max_rows", f"expected an int >= 0, got {max_rows!r}")
-    if not isinstance(sm_scale, numbers.Real) or not math.isfinite(float(sm_scale)):
-        _fail("sm_scale", f"expected a finite float, got {sm_scale!r}")
-    _scale("k_scale", k_scale, dev)
-    _scale("v_scale", v_scale, dev)
     if out is not None:
         o, lse = out
         want = (num_rows, num_heads, v_buffer.shape[2])
