@@ -70,6 +70,7 @@ class StaticExchange:
             self.layouts[c] = Layout(c, bufs, off, n_stage)
         self._slots = [StagingSet(stage_len, num_row_keys, B, self.cuda) for _ in range(2)]
         self._slot = 1  # the set the last load wrote
+        self._device_keyed = False  # row_slot maps some key (else it is all B)
         self._trash_end = -1  # seg_indptr[B + 1] as last written (shared by every bucket)
         self.select(s.capacity)
         self.rounds: list[Round] = []
@@ -200,7 +201,9 @@ class StaticExchange:
         self.apply(0)
 
     def _set_rows(self, slot: StagingSet, row_keys: Sequence[int]) -> None:
-        """Map ``row_keys`` to home rows in ``slot``'s host table and copy it to the device."""
+        """Map ``row_keys`` to home rows in ``slot``'s host table and copy it to the device
+        (skipped when both the device table and the new one map nothing, as before staging
+        sets: a step with no split rows here costs no copy)."""
         B = self.shape.max_local
         h = slot.rows.numpy()
         if slot.keys:
@@ -208,7 +211,9 @@ class StaticExchange:
         keys = [int(k) for k in row_keys]
         if keys:
             h[keys] = range(len(keys))
-        self.row_slot.copy_(slot.rows, non_blocking=True)
+        if keys or self._device_keyed:
+            self.row_slot.copy_(slot.rows, non_blocking=True)
+            self._device_keyed = bool(keys)
         slot.keys = keys
 
     def apply(self, k: int) -> None:
