@@ -10,7 +10,8 @@ or more rates and through the pooled bound, and prints, per run:
 - where the step time goes, time-weighted over the loaded window: the mean step, and what a
   pooled (perfectly balanced, exchange-free) step would cost at the same loads, split into
   rank imbalance (slowest rank minus the mean rank), MoE barrier imbalance (``moe_us`` of the
-  largest batch minus of the mean batch), per-item exchange and merge, and the fixed exchange
+  largest batch minus of the mean batch), the exchange's rows (bucketed: every rank's padded
+  rows, as the simulator charges them; per item otherwise) and merge, and the fixed exchange
   (2 all-to-alls per layer whenever any guest exists);
 - for step-budget refusals: the predicted step that refused (reserved KV) against the step the
   cluster then ran (written KV): how conservative the gate was.
@@ -36,6 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from sglang_dcp.planner.wire_cost import bucketed_exchange_us  # noqa: E402
 from sglang_dcp.sim.engine import SimOptions, simulate  # noqa: E402
 from sglang_dcp.sim.experiment import Experiment  # noqa: E402
 from sglang_dcp.sim.metrics import pct  # noqa: E402
@@ -55,8 +57,9 @@ class Probe:
     """Wraps a policy: counts refusals by kind and integrates step-time components between
     the engine's ``on_time`` calls (the state seen there held since the previous call)."""
 
-    def __init__(self, policy, profile, window_end_ms: float) -> None:
+    def __init__(self, policy, profile, window_end_ms: float, wire=None) -> None:
         self._p, self.profile, self.window_end = policy, profile, window_end_ms
+        self._wire = wire  # busiest pair -> every rank's bucketed exchange (µs); None: per item
         self.last_reason: dict[str, str] = {}
         self.refusals = {"kv": 0, "budget": 0}
         self.budget_pred: list[float] = []  # predicted step (µs) of each budget refusal
@@ -83,8 +86,13 @@ class Probe:
         p, pol = self.profile, self._p
         kv, b, gi, go = pol.kv_used(), pol.batch_sizes(), pol.guest_items(), pol.guest_out()
         nr = pol.guest_near()
-        ranks = [p.rank_time_us(kv[r], b[r] + gi[r], b[r], gi[r], go[r], nr[r])
-                 for r in range(len(kv))]
+        if self._wire is not None:  # as sim.cost.StepModel charges it
+            w = self._wire(pol.busiest_pair())
+            ranks = [p.rank_time_us(kv[r], b[r] + gi[r], b[r]) + p.merge_us(go[r]) + w
+                     for r in range(len(kv))]
+        else:
+            ranks = [p.rank_time_us(kv[r], b[r] + gi[r], b[r], gi[r], go[r], nr[r])
+                     for r in range(len(kv))]
         fixed = p.exchange_us_fixed if any(gi) else 0.0
         return max(ranks) + p.moe_us(max(b)) + fixed, ranks, fixed
 
@@ -96,7 +104,8 @@ class Probe:
             b, gi, go = pol.batch_sizes(), pol.guest_items(), pol.guest_out()
             n = len(b)
             mean_b = sum(b) / n
-            item_ex = max(p.exchange_us(gi[r], go[r]) + p.merge_us(go[r]) for r in range(n))
+            item_ex = max(p.exchange_us(gi[r], go[r]) + p.merge_us(go[r]) for r in range(n)) \
+                if self._wire is None else self._wire(pol.busiest_pair()) + max(map(p.merge_us, go))
             pooled = (p.rank_time_us(sum(pol.kv_used()) / n, mean_b, mean_b)
                       + p.moe_us(mean_b))
             a = self.acc
@@ -126,9 +135,13 @@ def measure(exp: Experiment, label: str, rate: float) -> dict:
 
         name, opts = parse_policy(label)
         if name == "dcp":  # as Experiment.run: the SLO is its step budget
-            opts = {"step_slo_ms": slo, "split_rule": "auto", **opts}
+            opts = {"step_slo_ms": slo, "split_rule": "auto", "exchange_wire": exp.exchange_wire,
+                    **opts}
         pol = make_policy(name, exp.cluster, exp.profile, **{**exp.policy_options, **opts})
-        probe = Probe(pol, exp.profile, float(w.arrival_ms.max()))
+        wire = None if exp.exchange_wire != "bucketed" else (
+            lambda b: bucketed_exchange_us(exp.profile, exp.num_ranks, b,
+                                           ranks_per_node=exp.ranks_per_node))
+        probe = Probe(pol, exp.profile, float(w.arrival_ms.max()), wire)
         run = simulate(w, probe, exp.model, exp.num_ranks, kv_capacity=exp.cluster.kv_capacity,
                        options=exp._options(False, False))
     p99t, p99w = pct(run.tpot_ms, 99), pct(run.queue_ms, 99)

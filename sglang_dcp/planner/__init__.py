@@ -30,7 +30,8 @@ _OPTIONS = {
     "dcp": ("max_degree", "min_shard_tokens", "min_gain_us", "batch_slack", "rebalance_threshold",
             "home_rule", "fixed_exchange", "split_rule", "split_min_free", "step_slo_ms",
             "step_gate", "step_headroom", "prefill_chunk", "hold",
-            "home_tie", "headroom_always", "age_ms", "age_overshoot"),
+            "home_tie", "headroom_always", "age_ms", "age_overshoot", "exchange_wire",
+            "wire_capacity"),
 }
 
 
@@ -48,7 +49,7 @@ def make_policy(
     ``min_gain_us`` (0), ``batch_slack`` (0), ``rebalance_threshold`` (None: no migration),
     ``step_slo_ms`` (None: no step budget), ``step_gate`` ("all"), ``step_headroom`` (True),
     ``home_rule`` ("step" | "batch"), ``split_rule`` ("fit" | "gain" | "auto"),
-    ``split_min_free`` (0.2),
+    ``split_min_free`` (0.2), ``exchange_wire`` ("bucketed" | "items"), ``wire_capacity`` (16),
     ``fixed_exchange`` ("always" | "first"), ``prefill_chunk`` (None: the home prefills a split
     request whole; tokens: prefill into shards, the home's transient booked, ``prefill.py``);
     see ``dcp.py``. ``None`` values

@@ -64,7 +64,7 @@ class StepBudget:
         for r, s, e in sealed:
             add[r] = add.get(r, 0.0) + a * (e - s)
         for g in guests:  # one item each way: q out and (o, lse) back, merged at home
-            ex = p.item_exchange_us(self.cluster.same_node(g, home))
+            ex = 0.0 if self.bucketed else p.item_exchange_us(self.cluster.same_node(g, home))
             add[g] += item + ex
             add[home] += ex + self._merge
         worst = max(cost)
@@ -72,7 +72,8 @@ class StepBudget:
             if cost[r] + d > worst:
                 worst = cost[r] + d
         fixed = p.exchange_us_fixed if (self.num_guest_items or guests) else 0.0
-        return worst + p.moe_us(max(max(batch), b + 1)) + fixed
+        wire = self.wire_us(self._busiest_with(home, guests))  # bucketed: every rank's rows
+        return worst + p.moe_us(max(max(batch), b + 1)) + fixed + wire
 
     def on_time(self, now_ms: float, step: int) -> None:
         self._now_ms = now_ms

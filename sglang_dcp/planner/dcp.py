@@ -37,29 +37,28 @@ could not run whole: KV fragmentation. So:
    with ``fixed_exchange="first"`` for GQA/MHA, whose item costs the attention of ~500 tokens
    (``CostProfile.break_even_tokens``); ``bench/results/sim.md`` has the measurements (the gain
    rule loses up to 48% on MLA deployments and wins up to 9% on the GQA one).
-3. **Shards** (when splitting): ``d = 2 .. max_degree``; the guests are the ``d - 1`` ranks with
-   the lowest predicted time counting their item's exchange (a rank on the home's node,
-   ``ClusterSpec.ranks_per_node``, pays the profile's intranode rate, so it comes first when
-   that is cheaper) and free KV >= ``min_shard_tokens`` (by default the profile's
-   break-even shard), and the request's tokens are water-filled over home + guests so their
-   predicted times, per-guest exchange, attention-item and merge costs included, level out
-   (each guest shard >= ``min_shard_tokens``, page-aligned, only the prompt's full pages; the
-   home keeps the tail: the prompt's last partial page plus ``max_new_tokens``). The plan with
-   the lowest predicted step wins; a larger ``d`` must beat a smaller one by > ``min_gain_us``.
-   If no plan fits, guests by most free KV are tried.
+3. **Shards** (when splitting): ``d = 2 .. max_degree``; guests are the ``d - 1`` ranks with
+   free KV >= ``min_shard_tokens`` (by default the profile's break-even shard) and the lowest
+   predicted time counting their exchange: with ``exchange_wire="bucketed"`` (the default: what
+   the server ships, ``wire_cost.py``) a pair that stays within the step's bucket adds nothing
+   and one that outgrows it adds the next bucket's rows to every rank, so those come first;
+   with ``"items"`` the item's own exchange (intranode rate on the home's node). The tokens are
+   water-filled over home + guests so their predicted times (attention items and merge
+   included) level out (guest shards >= ``min_shard_tokens``, page-aligned, only the prompt's
+   full pages; the home keeps the tail: the last partial page plus ``max_new_tokens``). The
+   plan with the lowest predicted step (the bucket it leads to included) wins; a larger ``d``
+   must beat a smaller one by > ``min_gain_us``. If no plan fits, guests by most free KV.
 4. **Step budget** (``step_slo_ms``, the operator's TPOT SLO; the simulator passes its SLO, the
-   server's default is none): a placement whose predicted step (reserved KV, MoE barrier and
-   fixed exchange included) exceeds the budget waits instead, unless the cluster is empty
+   server's default is none): a placement whose predicted step (reserved KV, MoE barrier, fixed
+   exchange and wire included) exceeds the budget waits instead, unless the cluster is empty
    (``budget.py``; ``step_gate="all"``, the default, for any degree; ``"split"`` only for
    splits). Admission is then both KV- and step-bounded: at a tight SLO the ranks run at the
    SLO instead of past it. Measured in ``bench/results/sim.md``.
 5. **No migration by default** (``rebalance_threshold=None``): moving sealed shards for KV
    balance never paid in the simulator (it adds exchange for the rest of a request's life);
    with a threshold ``rebalance`` moves ranges (``rebalance.py``), and with a step budget only
-   while a move lowers the predicted step.
-
-6. **Off by default** (measured mixed in issue 27): ``hold`` (``hold.py``), ``headroom_always``
-   and ``age_ms`` (``budget.py``).
+   while a move lowers the predicted step. 6. **Off by default** (measured mixed in issue 27):
+   ``hold`` (``hold.py``), ``headroom_always`` and ``age_ms`` (``budget.py``).
 
 Short requests (fewer full prompt pages than ``min_shard_tokens``) never split. Loads are
 reserved KV tokens (``kv_tokens()``), i.e. what the ranks hold when every live request reaches
@@ -78,12 +77,13 @@ from sglang_dcp.planner.home import HomeChoice
 from sglang_dcp.planner.rebalance import SealedRangeRebalancer
 from sglang_dcp.planner.state import LedgerPolicy, page_up
 from sglang_dcp.planner.waterfill import GuestPlans
+from sglang_dcp.planner.wire_cost import DEFAULT_CAPACITY, BucketedWire
 from sglang_dcp.types import Rejection, Request
 
 
 class DcpPolicy(
     TargetedHold, StepBudget, GuestPlans, HomeChoice, Feasibility, SealedRangeRebalancer,
-    LedgerPolicy,
+    BucketedWire, LedgerPolicy,
 ):
     name = "dcp"
 
@@ -110,14 +110,15 @@ class DcpPolicy(
         headroom_always: bool = False,
         age_ms: float | None = None,
         age_overshoot: float = 0.1,
+        exchange_wire: str = "bucketed",
+        wire_capacity: int = DEFAULT_CAPACITY,
     ) -> None:
         super().__init__(cluster)
         if not isinstance(profile, CostProfile):
             raise TypeError(f"dcp needs a CostProfile, got {type(profile).__name__}")
-        if max_degree < 1:
-            raise ValueError(f"dcp: max_degree must be >= 1, got {max_degree}")
-        if min_shard_tokens is not None and min_shard_tokens < 1:
-            raise ValueError(f"dcp: min_shard_tokens must be >= 1, got {min_shard_tokens}")
+        if max_degree < 1 or min_shard_tokens is not None and min_shard_tokens < 1:
+            raise ValueError(f"dcp: need max_degree >= 1 (got {max_degree}) and "
+                             f"min_shard_tokens >= 1 (got {min_shard_tokens})")
         if min_gain_us < 0 or batch_slack < 0 or (
                 rebalance_threshold is not None and rebalance_threshold < 1.0):
             raise ValueError(
@@ -150,6 +151,7 @@ class DcpPolicy(
         self._budget_options(headroom_always, age_ms, age_overshoot)
         self.fixed_exchange = fixed_exchange
         self.profile = profile
+        self._wire_options(exchange_wire, wire_capacity)  # wire_cost.py
         self.max_degree = min(max_degree, cluster.num_ranks)
         ms = profile.break_even_tokens() if min_shard_tokens is None else min_shard_tokens
         self.min_shard_tokens = page_up(ms, self.page)
@@ -160,8 +162,9 @@ class DcpPolicy(
         p = profile
         self._a = p.attn_us_per_kv_token
         self._item = p.attn_us_per_item
-        self._ex = p.exchange_us_per_item
-        self._near_disc = p.near_discount_us()
+        # bucketed: the exchange is one cluster-wide term (wire_us), not per rank and item
+        self._ex = 0.0 if self.bucketed else p.exchange_us_per_item
+        self._near_disc = 0.0 if self.bucketed else p.near_discount_us()
         self._merge = p.merge_us_per_part
         self._floor = p.compute_us_floor
         self._cpt = p.compute_us_per_token
@@ -192,7 +195,8 @@ class DcpPolicy(
         # _touched inlines CostProfile.rank_time_us for speed: the two must agree.
         for r in range(self.num_ranks):
             b, gi, go = self.batch[r], self.gin[r], self.gout[r]
-            want = self.profile.rank_time_us(self.kv[r], b + gi, b, gi, go, self.near[r])
+            want = self.profile.rank_time_us(self.kv[r], b + gi, b, gi, go, self.near[r]) - (
+                self.profile.exchange_us(gi, go, self.near[r]) if self.bucketed else 0.0)
             assert abs(self.cost[r] - want) <= 1e-6 * max(1.0, want), (
                 f"rank {r}: cached cost {self.cost[r]} != profile.rank_time_us {want}"
             )
@@ -263,7 +267,7 @@ class DcpPolicy(
             peak1 = base_h + a * resv
             if not splittable or peak1 <= M:
                 return h, [], 0  # a split cannot lower the step time: d = 1
-            best_score = peak1 if peak1 > M else M
+            best_score = (peak1 if peak1 > M else M) + self.wire_us(self.busiest_pair())
             best = (h, [], 0)
         elif not splittable:  # pragma: no cover - need == resv guarantees free_h >= resv
             return self._reject(req, resv, pfull, splittable)
@@ -271,16 +275,17 @@ class DcpPolicy(
         if self.fixed_exchange == "first" and self.num_guest_items:
             fixed = 0.0
         cost = self.cost
-        # guests by predicted time with the item's exchange: same-node ranks first when cheaper
-        item_ex, same_node = self.profile.item_exchange_us, self.cluster.same_node
-        by_time = sorted(range(self.num_ranks), key=lambda r: cost[r] + item_ex(same_node(r, h)))
+        # guests by predicted time with their exchange (wire_cost.py: bucketed, pairs within the
+        # step's bucket first; per item, same-node ranks first when cheaper)
+        by_time = sorted(range(self.num_ranks), key=lambda r: cost[r] + self._guest_ex_us(h, r))
         room = free_h - extra  # the home's room for its tail while a chunk passes through
         plans = self._try_guests(h, by_time, resv, pfull, min_tail, room, base_h)
         if best_score is None and not plans:
             by_free = sorted(range(self.num_ranks), key=lambda r: (kv[r] - cap[r], r))
             plans = self._try_guests(h, by_free, resv, pfull, min_tail, room, base_h)
         for peak, sealed, tail_start in plans:
-            score = (peak if peak > M else M) + fixed
+            score = (peak if peak > M else M) + fixed + self.wire_us(
+                self._busiest_with(h, [g for g, _, _ in sealed]))
             if best_score is None or score < best_score - self.min_gain_us:
                 best_score, best = score, (h, sealed, tail_start)
         if best_score is None:

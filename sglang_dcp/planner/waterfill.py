@@ -50,7 +50,8 @@ class GuestPlans:
                 if len(guests) == self.max_degree - 1:
                     break
         plans = []
-        ex = [self.profile.item_exchange_us(self.cluster.same_node(g, h)) for g in guests]
+        ex = [0.0 if self.bucketed else  # bucketed: the wire is priced per plan (wire_cost.py)
+              self.profile.item_exchange_us(self.cluster.same_node(g, h)) for g in guests]
         cost = self.cost
         for d in range(2, len(guests) + 2):
             gs = guests[: d - 1]

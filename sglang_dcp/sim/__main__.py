@@ -48,10 +48,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranks-per-node", type=int, default=8,
                    help="DP ranks per node: guest items between ranks of one node pay the "
                         "profile's intranode (NVLink) exchange rate, others the across-node one.")
-    p.add_argument("--exchange-wire", choices=cost.EXCHANGE_WIRES, default="items",
-                   help="What a rank's exchange is charged for: its own guest items ('items', "
-                        "the profile's per-item model) or what the server's bucketed exchange "
-                        "ships ('bucketed': every peer the busiest pair's bucket each step).")
+    p.add_argument("--exchange-wire", choices=cost.EXCHANGE_WIRES, default="bucketed",
+                   help="What a rank's exchange is charged for (and dcp predicts with): what "
+                        "the server's bucketed exchange ships ('bucketed', the default: every "
+                        "peer the busiest pair's bucket each step) or its own guest items "
+                        "('items', the profile's per-item model).")
     p.add_argument("--kv-capacity", type=int, default=None,
                    help="KV capacity per rank in tokens (default: the profile's).")
     p.add_argument("--slo-tpot-ms", type=float, default=50.0,

@@ -11,23 +11,23 @@ batch and guest items are fixed and only KV grows, and a rank's time is affine i
 with ``slope = attention_us(1, 0) - attention_us(0, 0)``. ``test_sim_engine`` checks this
 against ``CostProfile.step_time_us`` on random loads.
 
-``exchange_wire`` says what a rank's exchange is charged for: ``items`` (its own guest items in
-and out, the profile's per-item model) or ``bucketed`` (what the server's exchange ships: every
-rank sends every peer one bucket per round, ``exchange.wire.padded_items`` of the step's busiest
-peer pair, whatever its own items).
+``exchange_wire`` says what a rank's exchange is charged for: ``bucketed`` (the default: what
+the server's exchange ships, every rank sends every peer one bucket per round of the step's
+busiest peer pair, whatever its own items; ``planner.wire_cost.bucketed_exchange_us``, the
+function the ``dcp`` planner predicts with) or ``items`` (its own guest items in and out, the
+profile's per-item model). Either way a home merges only its real remote partials.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from sglang_dcp.exchange.wire import DEFAULT_CAPACITY, padded_items
 from sglang_dcp.planner.base import ClusterSpec
 from sglang_dcp.planner.profile import CostProfile
+from sglang_dcp.planner.wire_cost import EXCHANGE_WIRES, bucketed_exchange_us
 from sglang_dcp.sim.prefill import DEFAULT_CHUNK, shard_prefill_exchange_us
 
 DEFAULT_PROFILE = "deepseek-v3-h200"
-EXCHANGE_WIRES = ("items", "bucketed")
 
 
 def cluster_for(profile: CostProfile, num_ranks: int, kv_capacity: int | None = None,
@@ -47,7 +47,7 @@ class StepModel:
 
     def __init__(self, profile: CostProfile, num_ranks: int, migration_gbps: float = 40.0, *,
                  kv_capacity: int | None = None, prefill_chunk: int = DEFAULT_CHUNK,
-                 exchange_wire: str = "items", ranks_per_node: int = 8) -> None:  # fmt: skip
+                 exchange_wire: str = "bucketed", ranks_per_node: int = 8) -> None:  # fmt: skip
         if exchange_wire not in EXCHANGE_WIRES:
             raise ValueError(f"exchange_wire must be one of {EXCHANGE_WIRES}, got {exchange_wire!r}")
         self.profile = profile
@@ -71,14 +71,14 @@ class StepModel:
         gi = [int(x) for x in guest_in]
         go = [int(x) for x in guest_out]
         nr = [0] * W if near is None else [int(x) for x in near]
-        ex_in, ex_out = gi, go
-        if self.exchange_wire == "bucketed" and busiest_pair > 0:
-            rows = padded_items(W, busiest_pair, DEFAULT_CAPACITY)
-            peers_near = min(self.ranks_per_node, W) - 1  # each gets the same bucket
-            ex_in = ex_out = [rows] * W
-            nr = [2 * rows * peers_near // (W - 1)] * W
-        self._base_us = np.array([p.rank_time_us(0.0, b[r] + gi[r], b[r], ex_in[r], ex_out[r],
-                                                 nr[r]) for r in range(W)])  # fmt: skip
+        if self.exchange_wire == "bucketed":  # the same rows on every rank, merges per part
+            wire = bucketed_exchange_us(p, W, busiest_pair, ranks_per_node=self.ranks_per_node)
+            base = [p.rank_time_us(0.0, b[r] + gi[r], b[r]) + p.merge_us(go[r]) + wire
+                    for r in range(W)]  # fmt: skip
+        else:
+            base = [p.rank_time_us(0.0, b[r] + gi[r], b[r], gi[r], go[r], nr[r])
+                    for r in range(W)]  # fmt: skip
+        self._base_us = np.array(base)
         any_guest = any(gi) or any(go)
         self._extra_us = p.moe_us(max(b)) + (p.exchange_us_fixed if any_guest else 0.0)
 

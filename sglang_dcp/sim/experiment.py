@@ -34,7 +34,7 @@ class Experiment:
     policy_options: dict = field(default_factory=dict)
     kv_capacity: int | None = None  # tokens per rank; None: the profile's
     ranks_per_node: int = 8
-    exchange_wire: str = "items"  # what the exchange is charged for (cost.EXCHANGE_WIRES)
+    exchange_wire: str = "bucketed"  # what the exchange is charged for (cost.EXCHANGE_WIRES)
 
     def __post_init__(self) -> None:
         self.profile = load_profile(self.profile_name)
@@ -75,7 +75,8 @@ class Experiment:
         t0 = time.perf_counter()
         name, options = parse_policy(policy)
         if name == "dcp":  # as an operator runs it: the TPOT SLO is its step budget
-            options = {"step_slo_ms": self.search.slo_tpot_ms, "split_rule": "auto", **options}
+            options = {"step_slo_ms": self.search.slo_tpot_ms, "split_rule": "auto",
+                       "exchange_wire": self.exchange_wire, **options}  # predicts what is charged
         pol = make_policy(name, self.cluster, self.profile,
                           **{**self.policy_options, **options})
         opts = self._options(record, early_stop)

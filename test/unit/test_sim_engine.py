@@ -32,7 +32,7 @@ def _workload(inp, out, arrival=None):
 
 def test_step_model_matches_profile():
     rng = np.random.default_rng(0)
-    model = StepModel(PROFILE, 8)
+    model = StepModel(PROFILE, 8, exchange_wire="items")  # per item: CostProfile.step_time_us
     for _ in range(20):
         batch = rng.integers(0, 200, 8)
         gin, gout = rng.integers(0, 5, 8) * rng.integers(0, 2), rng.integers(0, 5, 8)
@@ -174,12 +174,12 @@ def test_fluid_estimate_is_a_fixed_point():
 
 
 def test_bucketed_exchange_charges_every_peer_the_busiest_pairs_bucket():
-    """``exchange_wire="bucketed"``: each rank pays the server's padded rows (every peer one
-    bucket of the busiest pair, ``wire.padded_items``), whatever its own guest items; with no
-    split request both charges are the same."""
+    """``exchange_wire="bucketed"`` (the default): each rank pays the server's padded rows
+    (every peer one bucket of the busiest pair, ``wire.padded_items``), whatever its own guest
+    items, and merges its real remote partials; with no split request both charges agree."""
     from sglang_dcp.exchange.wire import padded_items
 
-    items, bucketed = StepModel(PROFILE, 8), StepModel(PROFILE, 8, exchange_wire="bucketed")
+    items, bucketed = StepModel(PROFILE, 8, exchange_wire="items"), StepModel(PROFILE, 8)
     b, gi, go = [4] * 8, [0, 3, 0, 0, 0, 0, 0, 0], [3, 0, 0, 0, 0, 0, 0, 0]
     kv = np.zeros((1, 8))
     for m in (items, bucketed):
@@ -188,7 +188,9 @@ def test_bucketed_exchange_charges_every_peer_the_busiest_pairs_bucket():
     for m in (items, bucketed):
         m.set_loads(b, gi, go, [0] * 8, busiest_pair=3)
     rows = padded_items(8, 3, 16)  # 7 peers x bucket 4
-    want = PROFILE.step_time_us([0.0] * 8, [b[r] + gi[r] for r in range(8)], b, [rows] * 8,
-                                [rows] * 8, [2 * rows * 7 // 7] * 8)  # one node: all near
+    p = PROFILE  # one node: every peer near
+    wire = p.exchange_us(rows, rows, 2 * rows)
+    want = max(p.rank_time_us(0.0, b[r] + gi[r], b[r]) + p.merge_us(go[r]) + wire
+               for r in range(8)) + p.moe_us(4) + p.exchange_us_fixed
     assert abs(bucketed.step_ms(kv)[0] * 1e3 - want) < 1e-6
     assert bucketed.step_ms(kv)[0] > items.step_ms(kv)[0]
