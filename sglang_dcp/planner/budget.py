@@ -75,6 +75,14 @@ class StepBudget:
         wire = self.wire_us(self._busiest_with(home, guests))  # bucketed: every rank's rows
         return worst + p.moe_us(max(max(batch), b + 1)) + fixed + wire
 
+    def predicted_step_us(self) -> float:
+        """The cluster's predicted step now (µs, reserved KV): slowest rank, MoE barrier, fixed
+        exchange and the wire of the busiest pair (``wire_cost.py``), as the simulator charges."""
+        p = self.profile
+        fixed = p.exchange_us_fixed if self.num_guest_items else 0.0
+        return max(self.cost) + p.moe_us(max(self.batch)) + fixed + self.wire_us(
+            self.busiest_pair())
+
     def on_time(self, now_ms: float, step: int) -> None:
         self._now_ms = now_ms
 

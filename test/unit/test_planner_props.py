@@ -55,18 +55,20 @@ clusters = st.builds(
     st.sampled_from([None, 1.0, 40.0, 1e6]),  # dcp step_slo_ms (None: split_min_free rule)
     st.sampled_from([1, 2, 8]),  # ranks per node
     st.sampled_from([None, 1, 4]),  # dcp prefill_chunk in pages (None: prefill at home)
+    st.sampled_from([("bucketed", 16), ("bucketed", 2), ("items", 16)]),  # dcp exchange wire
 )
 
 
 def _build(spec):
-    n, page, pages, policy, prof, deg, ms, grp, (rule, free), slo, rpn, chunk = spec
+    n, page, pages, policy, prof, deg, ms, grp, (rule, free), slo, rpn, chunk, (wire, cap) = spec
     cluster = ClusterSpec(n, tuple(p * page for p in pages), page, ranks_per_node=rpn)
     opts = {}
     if policy == "dcp":
         opts = {"max_degree": deg, "min_shard_tokens": None if ms is None else ms * page,
                 "split_rule": rule, "split_min_free": free, "step_slo_ms": slo,
                 "rebalance_threshold": 1.25,
-                "prefill_chunk": None if chunk is None else chunk * page}
+                "prefill_chunk": None if chunk is None else chunk * page,
+                "exchange_wire": wire, "wire_capacity": cap}
     if policy == "uniform":
         opts = {"group_size": max(g for g in range(1, grp + 1) if n % g == 0)}
     return make_policy(policy, cluster, PROFILES[prof], **opts)

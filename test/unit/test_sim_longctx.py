@@ -89,7 +89,8 @@ def test_intranode_items_are_cheaper_and_preferred():
     assert p.exchange_us(1, 1, near=2) < p.exchange_us(1, 1)
     assert p.item_exchange_us(True) == p.exchange_us_per_item_intranode
     c = ClusterSpec.uniform(4, 64 * 1000, 64, ranks_per_node=2)
-    pol = make_policy("dcp", c, p, max_degree=2, split_min_free=0.0)
+    # per item (bucketed, every peer gets the same padded rows: no rank is nearer)
+    pol = make_policy("dcp", c, p, max_degree=2, split_min_free=0.0, exchange_wire="items")
     for r in range(4):  # equal load everywhere; the request fits no rank whole
         got = pol.admit(Request(f"f{r}", 40_000, 10), home_rank=r)
         assert isinstance(got, Placement)
