@@ -57,13 +57,12 @@ could not run whole: KV fragmentation. So:
 5. **No migration by default** (``rebalance_threshold=None``): moving sealed shards for KV
    balance never paid in the simulator (it adds exchange for the rest of a request's life);
    with a threshold ``rebalance`` moves ranges (``rebalance.py``), and with a step budget only
-   while a move lowers the predicted step. 6. **Off by default** (measured mixed in issue 27):
-   ``hold`` (``hold.py``), ``headroom_always`` and ``age_ms`` (``budget.py``).
+   while a move lowers the predicted step; ``rejoin`` brings split requests home when that
+   lowers it. 6. **Off by default** (issue 27): ``hold``, ``headroom_always``, ``age_ms``.
 
 Short requests (fewer full prompt pages than ``min_shard_tokens``) never split. Loads are
-reserved KV tokens (``kv_tokens()``), i.e. what the ranks hold when every live request reaches
-its reservation. Per-rank predicted times are cached and refreshed only for the ranks a call
-touches, so ``admit`` costs O(num_ranks) list work, never O(live requests).
+reserved KV tokens (``kv_tokens()``: every live request at its reservation). Per-rank predicted
+times are cached, refreshed for the ranks a call touches: ``admit`` is O(num_ranks).
 """
 
 from __future__ import annotations
@@ -112,6 +111,7 @@ class DcpPolicy(
         age_overshoot: float = 0.1,
         exchange_wire: str = "bucketed",
         wire_capacity: int = DEFAULT_CAPACITY,
+        rejoin: bool = False,
     ) -> None:
         super().__init__(cluster)
         if not isinstance(profile, CostProfile):
@@ -142,11 +142,11 @@ class DcpPolicy(
             raise ValueError(f"dcp: step_gate must be one of {STEP_GATES}, got {step_gate!r}")
         self.step_slo_us = None if step_slo_ms is None else float(step_slo_ms) * 1e3
         self.step_gate = step_gate
-        self.hold = bool(hold) and self.step_slo_us is not None  # hold.py
+        # hold.py; rebalance.py (rejoin: split requests' shards back home when that pays)
+        self.hold, self.rejoin = bool(hold) and self.step_slo_us is not None, bool(rejoin)
         # a whole placement this close to the budget is split if that predicts a shorter step
         self.step_headroom_us = profile.exchange_us_fixed if step_headroom else 0.0
-        self.split_rule = split_rule
-        self.split_min_free = float(split_min_free)
+        self.split_rule, self.split_min_free = split_rule, float(split_min_free)
         self._home_options(home_rule, home_tie)
         self._budget_options(headroom_always, age_ms, age_overshoot)
         self.fixed_exchange = fixed_exchange

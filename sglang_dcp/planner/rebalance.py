@@ -21,10 +21,10 @@ class SealedRangeRebalancer:
         (slowest rank plus the cluster's fixed exchange cost); the first that does not is undone
         and ends the round.
         """
-        moves: list[Migration] = []
+        moves: list[Migration] = self._rejoin(max_moved_tokens) if self.rejoin else []
         if self.rebalance_threshold is None:  # migration off (dcp's default)
             return moves
-        budget = max_moved_tokens
+        budget = max_moved_tokens - sum(m.end - m.start for m in moves)
         ps, n = self.page, self.num_ranks
         while budget >= ps:
             kv, cap = self.kv, self.cap
@@ -52,6 +52,38 @@ class SealedRangeRebalancer:
                 break
             moves.append(m)
             budget -= end - start
+        return moves
+
+    def _rejoin(self, budget: int) -> list[Migration]:
+        """``rejoin``: bring a split request's guest shards home when its home now has room and
+        that lowers the predicted step (``predicted_step_us``: with the bucketed wire, the last
+        split's fixed exchange and wire, or a smaller bucket, against the attention it puts back
+        on the home). O(split requests) per call, smallest moves first; at most ``budget``
+        tokens."""
+        if not self.num_guest_items or getattr(self, "step_slo_us", None) is None:
+            return []
+        recs, home_of = self._recs, {}
+        for g in range(self.num_ranks):
+            for rid in self._hosted[g]:
+                home_of[rid] = recs[rid]
+        split = sorted(home_of.values(), key=lambda r: (sum(
+            e - s for g, s, e in r.sealed if g != r.home), r.rid))
+        moves: list[Migration] = []
+        for rec in split:
+            away = [(g, s, e) for g, s, e in rec.sealed if g != rec.home]
+            size = sum(e - s for _, s, e in away)
+            if size > budget or self.cap[rec.home] - self.kv[rec.home] < size:
+                continue
+            before = self.predicted_step_us()
+            done = [self._move(rec.rid, g, rec.home, s, e) for g, s, e in reversed(away)]
+            if self.predicted_step_us() < before:
+                moves += done
+                budget -= size
+            else:
+                for m in reversed(done):
+                    self._move(m.rid, m.dst, m.src, m.start, m.end)
+            if not self.num_guest_items:
+                break
         return moves
 
     def undo(self, m: Migration) -> None:

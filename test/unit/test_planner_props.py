@@ -55,12 +55,13 @@ clusters = st.builds(
     st.sampled_from([None, 1.0, 40.0, 1e6]),  # dcp step_slo_ms (None: split_min_free rule)
     st.sampled_from([1, 2, 8]),  # ranks per node
     st.sampled_from([None, 1, 4]),  # dcp prefill_chunk in pages (None: prefill at home)
-    st.sampled_from([("bucketed", 16), ("bucketed", 2), ("items", 16)]),  # dcp exchange wire
+    # dcp exchange wire, its capacity, rejoin (split requests' shards back home, rebalance.py)
+    st.sampled_from([("bucketed", 16, False), ("bucketed", 2, True), ("items", 16, False)]),
 )
 
 
 def _build(spec):
-    n, page, pages, policy, prof, deg, ms, grp, (rule, free), slo, rpn, chunk, (wire, cap) = spec
+    n, page, pages, policy, prof, deg, ms, grp, (rule, free), slo, rpn, chunk, (wire, cap, rj) = spec
     cluster = ClusterSpec(n, tuple(p * page for p in pages), page, ranks_per_node=rpn)
     opts = {}
     if policy == "dcp":
@@ -68,7 +69,7 @@ def _build(spec):
                 "split_rule": rule, "split_min_free": free, "step_slo_ms": slo,
                 "rebalance_threshold": 1.25,
                 "prefill_chunk": None if chunk is None else chunk * page,
-                "exchange_wire": wire, "wire_capacity": cap}
+                "exchange_wire": wire, "wire_capacity": cap, "rejoin": rj}
     if policy == "uniform":
         opts = {"group_size": max(g for g in range(1, grp + 1) if n % g == 0)}
     return make_policy(policy, cluster, PROFILES[prof], **opts)

@@ -95,3 +95,19 @@ def test_the_budget_sees_the_bucket_a_split_leads_to():
     items = _split_cluster("items")
     items.admit(Request("a", 150_000, 100), home_rank=0)
     assert items.wire_us(5) == 0.0
+
+
+def test_rejoin_brings_the_last_split_home_when_that_lowers_the_step():
+    """``rejoin``: once the home has room again, the only split request's guest shard moves
+    home (no guest left: the fixed exchange and the wire are gone from every step)."""
+    cl = ClusterSpec.uniform(4, 120_000, DS.page_size, ranks_per_node=8)
+    pol = make_policy("dcp", cl, DS, max_degree=2, step_slo_ms=1e6, rejoin=True)
+    assert isinstance(pol.admit(Request("f", 60_000, 10), home_rank=0), Placement)
+    split = pol.admit(Request("s", 100_000, 10), home_rank=0)
+    assert isinstance(split, Placement) and split.degree == 2
+    before = pol.predicted_step_us()
+    pol.finish("f")
+    moves = pol.rebalance(10**6)
+    assert moves and all(m.dst == 0 for m in moves) and pol.placement("s").degree == 1
+    assert pol.busiest_pair() == 0 and pol.predicted_step_us() < before
+    pol.verify()
