@@ -29,10 +29,14 @@ def _why_rows(rows: list[dict]) -> list[str]:
          "Requests that waited > 2 s, each charged to its last refusal (`budget`: the step "
          "budget, `kv`: no room, `queue`: queued behind a starving head); `dcp`'s time-weighted "
          "step in the loaded window = a pooled step at the same loads + rank imbalance + MoE "
-         "barrier imbalance + fixed exchange (share of time any guest lives); the pooled "
-         "bound's own mean step and P99 TPOT at the same rate.", "",
+         "barrier imbalance + fixed exchange (share of time any guest lives) + the exchange's "
+         "rows and merges (the bucketed wire every rank ships, time-weighted, plus the worst "
+         "rank's merges; rank imbalance already holds the per-rank part of it) + the rest "
+         "(the mean rank over a pooled rank: the items' attention, exact split shares); the "
+         "pooled bound's own mean step and P99 TPOT at the same rate.", "",
          "| scenario | headroom (pooled) | binds | waits > 2 s (budget / kv / queue) | dcp step "
-         "ms = pooled-at-load + rank imb. + MoE imb. + fixed exch. (guests live) | pooled at "
+         "ms = pooled-at-load + rank imb. + MoE imb. + fixed exch. (guests live) + exch. rows "
+         "+ rest | pooled at "
          "this rate: mean step / P99 TPOT ms |", "|---|---|---|---|---|---|"]
     for r in have:
         w = r["why"]
@@ -41,9 +45,13 @@ def _why_rows(rows: list[dict]) -> list[str]:
         wcell = " / ".join(str(waits.get(k, {}).get("over_2s", 0)) for k in ("budget", "kv",
                                                                                "queue"))
         st = m.get("step_ms")
+        rows = st.get("item_ex", 0.0) if st else 0.0
+        rest = st and st["step"] - st["pooled"] - st["rank_imb"] - st["moe_imb"] - st[
+            "fixed"] - rows
         scell = "-" if not st else (
             f"{st['step']:.1f} = {st['pooled']:.1f} + {st['rank_imb']:.1f} + "
-            f"{st['moe_imb']:.1f} + {st['fixed']:.1f} ({m.get('guests_live', 0):.0%})")
+            f"{st['moe_imb']:.1f} + {st['fixed']:.1f} ({m.get('guests_live', 0):.0%}) + "
+            f"{rows:.1f} + {rest:.1f}")
         L.append(f"| {r['id']} | {_f(r['captured_pooled'], 2)} | {w['binds']} "
                  f"(P99 TPOT {m['p99_tpot_ms']:.1f}, P99 wait {m['p99_kv_wait_ms']:.0f} ms) | "
                  f"{wcell} | {scell} | {pool['mean_step_ms']:.1f} / {pool['p99_tpot_ms']:.1f} |")

@@ -74,7 +74,8 @@ class DcpOptions:
             return {"max_degree": self.max_degree, "min_shard_tokens": self.min_shard_tokens,
                     "step_slo_ms": self.slo_tpot_ms, "split_rule": self.split_rule,
                     "rebalance_threshold": self.rebalance_threshold,
-                    "prefill_chunk": self.prefill_chunk}
+                    "prefill_chunk": self.prefill_chunk,
+                    "wire_capacity": self.max_guest_items}  # the bucketed wire it predicts
         if self.policy == "uniform":
             return {"group_size": self.max_degree}
         return {}
