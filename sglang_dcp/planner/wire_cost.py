@@ -31,8 +31,8 @@ def near_peers(num_ranks: int, ranks_per_node: int) -> int:
     return min(min(ranks_per_node, num_ranks - i) for i in range(0, num_ranks, ranks_per_node)) - 1
 
 
-def bucketed_exchange_us(profile, num_ranks: int, busiest_pair: int, *,
-                         ranks_per_node: int = 8, capacity: int = DEFAULT_CAPACITY) -> float:  # fmt: skip
+def bucketed_exchange_us(profile, num_ranks: int, busiest_pair: int, *, ranks_per_node: int = 8,
+                         capacity: int = DEFAULT_CAPACITY) -> float:
     """One rank's exchange time (µs per step, all layers) when the busiest pair carries
     ``busiest_pair`` queries: ``padded_items`` rows out and as many back (0: no exchange)."""
     rows = padded_items(num_ranks, busiest_pair, capacity)

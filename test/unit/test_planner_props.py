@@ -61,7 +61,8 @@ clusters = st.builds(
 
 
 def _build(spec):
-    n, page, pages, policy, prof, deg, ms, grp, (rule, free), slo, rpn, chunk, (wire, cap, rj) = spec
+    n, page, pages, policy, prof, deg, ms, grp, (rule, free), slo, rpn, chunk, wired = spec
+    wire, cap, rj = wired
     cluster = ClusterSpec(n, tuple(p * page for p in pages), page, ranks_per_node=rpn)
     opts = {}
     if policy == "dcp":
