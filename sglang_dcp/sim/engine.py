@@ -60,7 +60,8 @@ def simulate(
     inp, out_len = workload.input_len, workload.output_len
     deploy = Deployment(options.deployment, policy, model, workload,
                         prefix_cache=options.prefix_cache, cache_layout=options.cache_layout)
-    ready = workload.arrival_ms + (pre := deploy.pre_ms(inp))
+    submit = workload.arrival_ms.copy()  # a later turn's: set when its parent finishes
+    ready = submit + (pre := deploy.pre_ms(inp))  # + own stall or transfer once admitted
     parent, think = workload.parent, workload.think_ms
     child = np.full(n, -1, dtype=np.int64)  # a session's next turn, released when i finishes
     if parent is not None:
@@ -109,7 +110,8 @@ def simulate(
             status[c], why = REJECTED, "an earlier turn of its session was rejected"
             reasons[why] = reasons.get(why, 0) + 1
             return release(c, now)
-        ready[c] = now + think[c] + pre[c]
+        submit[c] = now + think[c]
+        ready[c] = submit[c] + pre[c]
         heapq.heappush(arr, (float(ready[c]), c))
 
     def start(i: int) -> None:
@@ -140,9 +142,10 @@ def simulate(
             reasons[reason] = reasons.get(reason, 0) + 1
             release(i, t)
             return None
-        t += stall  # colocated: every rank waits at the EP barrier while the prompt prefills
         if t - ready[i] > options.abort_wait_ms:
             bad_wait += 1
+        t += stall  # colocated: every rank waits at the EP barrier while the prompt prefills
+        ready[i] += stall + land  # the wait for KV ends at admission, not after the transfer
         if land > 0 or moves:  # pd: its first step waits for the transfer
             ships[i] = moves
             land_home[got.home_rank] += 1
@@ -275,7 +278,7 @@ def simulate(
         policy=getattr(policy, "name", type(policy).__name__),
         rate_rps=workload.rate_rps,
         status=status,
-        arrival_ms=workload.arrival_ms,
+        arrival_ms=submit,
         ready_ms=ready,
         first_step_ms=first,
         finish_ms=finish,
