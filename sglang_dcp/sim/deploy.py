@@ -10,8 +10,9 @@ cost. No prefix cache.
 
 ``colocated``: prefill runs on the decode ranks (SGLang with DP attention). With EP every
 forward is a barrier over all ranks, so prefilling a prompt's uncached tokens stalls every
-rank's decode for ``prefill_us(L) - prefill_us(hit)`` (the profile's prefill is cumulative in the
-prompt length, so this is the cost of tokens ``[hit, L)`` attending over everything before them),
+rank's decode for ``prefill_ms(L) - prefill_ms(hit)`` (the profile's prefill is cumulative in the
+prompt length, so this is the cost of tokens ``[hit, L)`` attending over everything before them;
+``cost.StepModel.prefill_ms``, with the exchange of prefill into shards past one rank),
 charged in series at admission (two prompts prefilled in the same forward on two ranks would
 overlap: an upper bound). Prefix caches per rank (``prefix_cache.py``): every policy keeps
 finished turns' KV in its ranks' free memory and hits where a new turn lands on a rank holding its
@@ -19,14 +20,17 @@ session's piece; SGLang's dispatchers route blind to it (``round_robin`` by coun
 ``total_tokens`` by load: SGLang 0.5.21's DP controller does not look at the tree), ``dcp`` with
 ``cache_layout`` first tries the cached layout (``planner/cached.py``).
 
-``pd`` (issue 24 item 7): prefill on a separate prefill cluster (``prefill_ms`` before ready, as
-``decode``), then its KV is transferred to the decode ranks the planner chose, each holder
+``pd`` (issue 24 item 7): prefill on a separate prefill cluster, then its KV is transferred to the decode ranks the planner chose, each holder
 receiving its own range in parallel: the first decode step waits
 ``max over holders of tokens_r * kv_bytes_per_token / pd_gbps``. ``pd-home``: the whole prompt
 lands on the home (``tokens * kv_bytes_per_token / pd_gbps``), then its sealed ranges are shipped
 to their holders on the decode cluster's copy channel (``SimOptions``' migration: FIFO, at the
 migration bandwidth, read on the home until they land), as the colocated server ships sealed
-shards today. The home must then hold the whole prompt while it lands: a request larger than the
+shards today. A session's later turn prefills only what the prefill server's radix cache lacks:
+its prompt beyond the previous turn's *prompt* (the output was decoded on the decode side and
+never entered the prefill tree; the router is assumed to send the turn to the prefill worker
+holding it, as smg's cache-aware policy does), ``prefill_us(L) - prefill_us(previous prompt)``.
+The prefill cluster is not a shared resource here (no queue). The home must then hold the whole prompt while it lands: a request larger than the
 home's free KV cannot land on it (counted in ``DeployStats.home_overflow``; the books, which keep
 only the final layout, do not refuse it). No decode-side prefix cache in either (SGLang 0.5.21's
 ``--disaggregation-decode-enable-radix-cache`` is off by default).
@@ -98,7 +102,14 @@ class Deployment:
         """[num_requests] ms from submission to ready for the decode cluster."""
         if self.kind == "colocated":
             return np.zeros(len(input_len))
-        return np.asarray(self.model.prefill_ms(input_len), dtype=np.float64)
+        full = np.asarray(self.model.prefill_ms(input_len), dtype=np.float64)
+        if self.kind == "decode" or self.parent is None:
+            return full
+        par = self.parent
+        has = par >= 0
+        cached = np.where(has, input_len[np.maximum(par, 0)], 0)
+        return np.where(has, full - np.asarray(self.model.prefill_ms(cached), dtype=np.float64)
+                        * has, full)
 
     def admit(self, i: int, req: Request) -> tuple[Placement | Rejection, float, float, list]:
         """``(placement or rejection, stall_ms, land_ms, ships)``: every rank stalls
@@ -125,8 +136,8 @@ class Deployment:
                 self.cache.take(s, shards)
                 self.fit()
             self.stats.cached_tokens += hit
-            p = self.model.profile
-            stall = (p.prefill_us(L) - p.prefill_us(hit)) * 1e-3
+            full, cached = self.model.prefill_ms(np.array([L, hit]))
+            stall = float(full - cached)
             self.stats.prefill_stall_ms += stall
             return got, stall, 0.0, []
         if self.kind == "decode":
