@@ -1,8 +1,9 @@
 """Simulator benchmark: multi-turn agentic sessions with prefix caches, and the PD deployment.
 
 Issue 26 item 5 and issue 24 item 7, all simulated (``sglang_dcp/sim``; nothing here ran on a
-GPU). Workloads: ``sim/sessions.py`` session windows of the ``agentic-claude`` / ``agentic-codex``
-mixes (TraceLab figures; 32-turn windows, 2 s mean think time: assumptions). Deployments: DeepSeek-V3 on
+GPU). Workloads: ``sim/sessions.py`` session windows of the ``agentic-claude`` /
+``agentic-codex`` mixes (TraceLab figures; 32-turn windows, set so that an ideal cache serves
+TraceLab's 96% of input tokens; 2 s mean think time: an assumption). Deployments: DeepSeek-V3 on
 one 8xH200 node and on 16 ranks (the shipped, derived profiles, unchanged).
 
 1. **Colocated** (prefill on the decode ranks, stalling every rank; ``sim/deploy.py``): SGLang's

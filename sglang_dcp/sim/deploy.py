@@ -20,19 +20,20 @@ session's piece; SGLang's dispatchers route blind to it (``round_robin`` by coun
 ``total_tokens`` by load: SGLang 0.5.21's DP controller does not look at the tree), ``dcp`` with
 ``cache_layout`` first tries the cached layout (``planner/cached.py``).
 
-``pd`` (issue 24 item 7): prefill on a separate prefill cluster, then its KV is transferred to the decode ranks the planner chose, each holder
-receiving its own range in parallel: the first decode step waits
-``max over holders of tokens_r * kv_bytes_per_token / pd_gbps``. ``pd-home``: the whole prompt
-lands on the home (``tokens * kv_bytes_per_token / pd_gbps``), then its sealed ranges are shipped
-to their holders on the decode cluster's copy channel (``SimOptions``' migration: FIFO, at the
-migration bandwidth, read on the home until they land), as the colocated server ships sealed
-shards today. A session's later turn prefills only what the prefill server's radix cache lacks:
-its prompt beyond the previous turn's *prompt* (the output was decoded on the decode side and
-never entered the prefill tree; the router is assumed to send the turn to the prefill worker
-holding it, as smg's cache-aware policy does), ``prefill_us(L) - prefill_us(previous prompt)``.
-The prefill cluster is not a shared resource here (no queue). The home must then hold the whole prompt while it lands: a request larger than the
-home's free KV cannot land on it (counted in ``DeployStats.home_overflow``; the books, which keep
-only the final layout, do not refuse it). No decode-side prefix cache in either (SGLang 0.5.21's
+``pd`` (issue 24 item 7): prefill on a separate prefill cluster, then its KV is transferred to
+the decode ranks the planner chose, each holder receiving its own range in parallel: the first
+decode step waits ``max over holders of tokens_r * kv_bytes_per_token / pd_gbps``. ``pd-home``:
+the whole prompt lands on the home (``tokens * kv_bytes_per_token / pd_gbps``), then its sealed
+ranges are shipped to their holders on the decode cluster's copy channel (``channel.py``: FIFO,
+at the migration bandwidth, read on the home until they land), as the colocated server ships
+sealed shards today. The home must then hold the whole prompt while it lands: a request larger
+than the home's free KV cannot land on it (counted in ``DeployStats.home_overflow``; the books,
+which keep only the final layout, do not refuse it). A session's later turn prefills only what
+the prefill server's radix cache lacks, its prompt beyond the previous turn's *prompt* (the
+output was decoded on the decode side and never entered the prefill tree; the router is assumed
+to send the turn to the prefill worker holding it, as smg's cache-aware policy does):
+``prefill_ms(L) - prefill_ms(previous prompt)``. The prefill cluster is not a shared resource
+here (no queue). No decode-side prefix cache in either (SGLang 0.5.21's
 ``--disaggregation-decode-enable-radix-cache`` is off by default).
 
 ``PD_GBPS`` provenance: Mooncake Transfer Engine's published 190 GB/s on 8 x 400 Gbps RoCE NICs

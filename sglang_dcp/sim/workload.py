@@ -198,7 +198,8 @@ def workload_names() -> list[str]:
     """Every name ``make_workload`` takes: synthetic generators, published mixes, traces."""
     from sglang_dcp.sim.mixes import MIXES
 
-    return [*WORKLOADS, *MIXES, *(f"mooncake-{t}" for t in TRACE_FILES)]
+    return [*WORKLOADS, *MIXES, *(f"sessions-{m}" for m in MIXES if m.startswith("agentic")),
+            *(f"mooncake-{t}" for t in TRACE_FILES)]
 
 
 def make_workload(name: str, seed: int = 0, num_requests: int | None = None) -> Workload:
@@ -209,6 +210,11 @@ def make_workload(name: str, seed: int = 0, num_requests: int | None = None) -> 
     if name in WORKLOADS:
         extra = {} if num_requests is None else {"num_requests": int(num_requests)}
         return synthetic(name, seed=seed, **extra)
+    if name.startswith("sessions-") and mixes.resolve(name.removeprefix("sessions-")):
+        from sglang_dcp.sim.sessions import SessionSpec, draw_sessions  # 32 turns a session
+
+        n = {} if num_requests is None else {"num_sessions": max(1, int(num_requests) // 32)}
+        return draw_sessions(SessionSpec(mix=name.removeprefix("sessions-"), **n), seed=seed)
     if mixes.resolve(name) is not None:  # a mix, or <mix>@<context limit>
         return mixes.draw(name, seed=seed, num_requests=num_requests)
     trace = name.removeprefix("mooncake-")
