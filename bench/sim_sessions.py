@@ -72,7 +72,8 @@ PD = {
 }
 
 
-def run_scenario(mix: str, profile_name: str, ranks: int, sessions: int, seed: int) -> dict:
+def run_scenario(mix: str, profile_name: str, ranks: int, sessions: int, seed: int,
+                 precision: float = 0.03, max_runs: int = 12) -> dict:
     prof = load_profile(profile_name)
     cl = cost.cluster_for(prof, ranks)
     model = cost.StepModel(prof, ranks, kv_capacity=max(cl.kv_capacity))
@@ -84,7 +85,8 @@ def run_scenario(mix: str, profile_name: str, ranks: int, sessions: int, seed: i
            "kv_capacity_tokens_per_rank": cl.kv_capacity[0], "groups": {}}
     t0 = time.perf_counter()
     for group, table, stat in (("colocated", COLOCATED, "mean"), ("pd", PD, "p99")):
-        spec = SearchSpec(SLO_MS, MAX_WAIT_MS, rel_precision=0.03, max_runs=12, tpot_stat=stat)
+        spec = SearchSpec(SLO_MS, MAX_WAIT_MS, rel_precision=precision, max_runs=max_runs,
+                          tpot_stat=stat)
 
         def run(label, rate, table=table, stat=stat):
             pol, dep, pc, lay = table[label]
@@ -123,20 +125,26 @@ def run_scenario(mix: str, profile_name: str, ranks: int, sessions: int, seed: i
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sessions", type=int, default=40, help="Sessions per 8 ranks.")
+    ap.add_argument("--only", default="", help="Scenarios whose id contains this (node8, r16).")
+    ap.add_argument("--precision", type=float, default=0.03, help="Search: hi/lo - 1 to stop.")
+    ap.add_argument("--max-runs", type=int, default=12, help="Search: most runs per policy.")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="2 scenarios, 16 sessions.")
     args = ap.parse_args()
-    todo = SCENARIOS[:2] if args.quick else SCENARIOS
+    sid = {s: f"{s[0]}-{'node8' if s[2] == 8 else 'r' + str(s[2])}" for s in SCENARIOS}
+    todo = SCENARIOS[:2] if args.quick else [s for s in SCENARIOS if args.only in sid[s]]
     sessions = 16 if args.quick else args.sessions
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futs = [pool.submit(run_scenario, m, p, r, sessions, args.seed) for m, p, r in todo]
+        futs = [pool.submit(run_scenario, m, p, r, sessions, args.seed, args.precision,
+                            args.max_runs) for m, p, r in todo]
         rows = [f.result() for f in futs]
     env = environment()
     env["command"] = " ".join(["python bench/sim_sessions.py", *sys.argv[1:]])
     env["cpu_count"] = os.cpu_count()
     doc = {"scenarios": rows, "slo_tpot_ms": SLO_MS, "max_kv_wait_ms": MAX_WAIT_MS,
+           "search": {"rel_precision": args.precision, "max_runs": args.max_runs},
            "seed": args.seed, "sessions_per_8_ranks": sessions, "env": env,
            "wall_s": time.perf_counter() - t0}
     from sim_sessions_report import write
