@@ -131,7 +131,16 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="2 scenarios, 16 sessions.")
+    ap.add_argument("--report-only", default="", metavar="JSON",
+                    help="Rebuild the markdown next to this JSON; run nothing.")
     args = ap.parse_args()
+    if args.report_only:
+        from sim_sessions_report import write
+
+        path = Path(args.report_only)
+        path.with_suffix(".md").write_text(write(json.loads(path.read_text())))
+        print(f"wrote {path.with_suffix('.md')}")
+        return 0
     sid = {s: f"{s[0]}-{'node8' if s[2] == 8 else 'r' + str(s[2])}" for s in SCENARIOS}
     todo = SCENARIOS[:2] if args.quick else [s for s in SCENARIOS if args.only in sid[s]]
     sessions = 16 if args.quick else args.sessions
