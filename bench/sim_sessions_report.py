@@ -13,7 +13,19 @@ def _f(x, nd=3):
 
 def _ge(p):
     """">=" where the search never found a failing rate (the sessions all fit at once)."""
-    return ">=" if p.get("precision") == float("inf") or p.get("precision") is None else ""
+    return ">=" if p["max_rate_rps"] > 0 and p.get("precision") in (None, float("inf")) else ""
+
+
+def _binds(p, slo, wait, stat):
+    """What failed at the lowest failing rate above the max rate: ``wait``, ``tpot`` or both."""
+    fails = [t for t in p["trials"] if not t["passed"] and t["rate_rps"] > p["max_rate_rps"]]
+    if not fails:
+        return "-"
+    t = min(fails, key=lambda t: t["rate_rps"])
+    tpot = t.get("mean_tpot_ms") if stat == "mean" else t["p99_tpot_ms"]
+    why = [w for w, bad in (("wait", t["p99_kv_wait_ms"] is None or t["p99_kv_wait_ms"] > wait),
+                            ("tpot", tpot is None or tpot > slo)) if bad]
+    return "+".join(why) or "aborted"
 
 
 def _sid(s):
@@ -66,6 +78,15 @@ def write(doc: dict) -> str:
             gains.append((_sid(s), g["dcp"]["goodput_rps"] / best))
         if "dcp-nocache" in g and g["dcp-nocache"]["goodput_rps"]:
             nocache.append((_sid(s), g["dcp"]["goodput_rps"] / g["dcp-nocache"]["goodput_rps"]))
+    L += ["", "What binds at the first failing rate above each max rate (`wait`: P99 wait "
+          "for admission > 2 s, which in `colocated` includes waiting behind other prompts' "
+          "prefill stalls; `tpot`: mean TPOT > SLO):", "",
+          "| scenario | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+    for s in rows:
+        g = s["groups"]["colocated"]["policies"]
+        L.append(f"| {_sid(s)} | " + " | ".join(
+            _binds(g[k], doc["slo_tpot_ms"], doc["max_kv_wait_ms"], "mean") for k in labels)
+            + " |")
     L += ["", "At the reference rate (the best baseline's max rate): cache hit rate (prompt "
           "tokens served from cache) / turns placed on their cached layout / P99 TPOT ms / mean "
           "TPOT ms / P99 wait ms / rejected:", "",
@@ -80,7 +101,9 @@ def write(doc: dict) -> str:
                          f"{_f(a['p99_kv_wait_ms'], 0)} / {g[k]['rejected']}")
         L.append(f"| {_sid(s)} @ {s['groups']['colocated']['reference_rate_rps']:.3f} | "
                  + " | ".join(cells) + " |")
-    L += ["", "Computed from the tables:", ""]
+    prec = doc.get("search", {}).get("rel_precision", 0.03)
+    L += ["", f"Computed from the tables (ratios within 1 +- {prec} are equal within the "
+          "search's precision):", ""]
     if gains:
         w = [x for x in gains if x[1] > 1.02]
         L.append("- `dcp` with the sharded cache vs the best SGLang baseline: "
@@ -99,14 +122,16 @@ def write(doc: dict) -> str:
     labels = list(rows[0]["groups"]["pd"]["policies"])
     L += ["", "## PD: landing in shards vs landing on the home and shipping", "",
           "Goodput (P99 TPOT within the SLO, P99 wait for KV <= 2 s; transfer not a wait), "
-          "then at the reference rate: P50 / P99 transfer ms, tokens shipped after landing, "
-          "prompts larger than the home's free KV at landing:", "",
+          "then at the reference rate: P50 / P99 transfer ms, P99 time to the first decode step "
+          "(prefill + wait + transfer), tokens shipped after landing, prompts larger than the "
+          "home's free KV at landing:", "",
           "| scenario | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
     for s in rows:
         g = s["groups"]["pd"]["policies"]
         L.append(f"| {_sid(s)} | " + " | ".join(
             f"{_ge(g[k])}{g[k]['goodput_rps']:.3f} req/s; {_f(g[k]['at_reference']['p50_transfer_ms'], 0)}"
             f" / {_f(g[k]['at_reference']['p99_transfer_ms'], 0)} ms; "
+            f"TTFT {_f(g[k]['at_reference'].get('p99_ttft_ms'), 0)} ms; "
             f"{g[k]['at_reference']['shipped_tokens']:,} shipped; "
             f"{g[k]['at_reference']['home_overflow']} overflow" for k in labels) + " |")
     cmp = []
