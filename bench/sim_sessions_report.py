@@ -101,6 +101,17 @@ def write(doc: dict) -> str:
                          f"{_f(a['p99_kv_wait_ms'], 0)} / {g[k]['rejected']}")
         L.append(f"| {_sid(s)} @ {s['groups']['colocated']['reference_rate_rps']:.3f} | "
                  + " | ".join(cells) + " |")
+    L += ["", "At `dcp`'s max rate: cache hit rate / prefill stall (s, all ranks) / P99 wait s / "
+          "mean TPOT ms:", "", "| scenario | " + " | ".join(labels) + " |",
+          "|---|" + "---|" * len(labels)]
+    for s in rows:
+        g = s["groups"]["colocated"]["policies"]
+        if not all("at_dcp_max" in g[k] for k in labels):
+            continue
+        cells = [f"{a['cache_hit_rate']:.0%} / {a['prefill_stall_ms'] / 1e3:,.0f} / "
+                 f"{_f(a['p99_kv_wait_ms'] / 1e3, 1)} / {_f(a['mean_tpot_ms'], 1)}"
+                 for a in (g[k]["at_dcp_max"] for k in labels)]
+        L.append(f"| {_sid(s)} @ {g['dcp']['max_rate_rps']:.3f} | " + " | ".join(cells) + " |")
     prec = doc.get("search", {}).get("rel_precision", 0.03)
     L += ["", f"Computed from the tables (ratios within 1 +- {prec} are equal within the "
           "search's precision):", ""]
