@@ -33,8 +33,10 @@ the prefill server's radix cache lacks, its prompt beyond the previous turn's *p
 output was decoded on the decode side and never entered the prefill tree; the router is assumed
 to send the turn to the prefill worker holding it, as smg's cache-aware policy does):
 ``prefill_ms(L) - prefill_ms(previous prompt)``. The prefill cluster is not a shared resource
-here (no queue). No decode-side prefix cache in either (SGLang 0.5.21's
-``--disaggregation-decode-enable-radix-cache`` is off by default).
+here (no queue). While its KV lands a request is left out of its home's decode batch but its
+guest items already count (a slight overestimate of the step, the same for both variants). No
+decode-side prefix cache in either (SGLang 0.5.21's ``--disaggregation-decode-enable-radix-cache``
+is off by default).
 
 ``PD_GBPS`` provenance: Mooncake Transfer Engine's published 190 GB/s on 8 x 400 Gbps RoCE NICs
 (kvcache-ai/Mooncake README, 40 GB transfers, "equivalent to a 128k-token KVCache for

@@ -65,3 +65,25 @@ def test_whole_placements_land_the_same_either_way():
     b, _, _ = _run("pd-home", [50_000, 60_000], [10, 10], policy="total_tokens")
     assert a.deploy["p99_transfer_ms"] == pytest.approx(b.deploy["p99_transfer_ms"])
     assert np.allclose(a.finish_ms, b.finish_ms) and b.deploy["shipped_tokens"] == 0
+
+
+def test_cli_runs_sessions_in_each_deployment(tmp_path):
+    """``--deployment`` and the sessions workloads through the CLI, at one rate."""
+    from sglang_dcp.sim.__main__ import main
+
+    for dep in ("colocated", "pd"):
+        out = tmp_path / dep
+        assert main(["--workload", "sessions-agentic-codex", "--num-requests", "96",
+                     "--ranks", "4", "--profile", "deepseek-v3-h200-node8", "--deployment", dep,
+                     "--tpot-stat", "mean", "--rate", "0.05", "--no-plots", "--quiet",
+                     "--policies", "total_tokens,dcp,dcp:prefix_cache=0",
+                     "--out", str(out)]) == 0
+        s = __import__("json").loads((out / "summary.json").read_text())
+        assert s["search"]["deployment"] == dep
+        assert set(s["policies"]) == {"total_tokens", "dcp", "dcp:prefix_cache=0"}
+        d = s["details"]
+        if dep == "colocated":
+            assert d["dcp"]["deploy"]["cached_tokens"] > 0
+            assert d["dcp:prefix_cache=0"]["deploy"]["cached_tokens"] == 0
+        else:
+            assert d["dcp"]["deploy"]["p99_transfer_ms"] > 0
