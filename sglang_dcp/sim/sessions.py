@@ -61,7 +61,7 @@ def draw_sessions(spec: SessionSpec, seed: int = 0) -> Workload:
     shares = np.asarray(mix.shares)
     starts = np.cumsum(rng.exponential(1e3 * spec.turns / spec.rate_rps, spec.num_sessions))
     starts -= starts[0]
-    arrival, inp, out, parent, think, sess = [], [], [], [], [], []
+    arrival, inp, out, parent, think = [], [], [], [], []
     for s in range(spec.num_sessions):
         b = rng.choice(len(shares), p=shares / shares.sum())
         lo, hi = np.log(mix.edges[b]), np.log(mix.edges[b + 1])
@@ -81,7 +81,6 @@ def draw_sessions(spec: SessionSpec, seed: int = 0) -> Workload:
             out.append(o)
             parent.append(prev)
             think.append(0.0 if k == 0 else float(rng.exponential(spec.think_mean_ms)))
-            sess.append(s)
             prev = len(inp) - 1
             ctx = prompt + o
     order = np.argsort(np.asarray(arrival), kind="stable")
