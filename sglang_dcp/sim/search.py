@@ -35,6 +35,10 @@ class SearchSpec:
     max_runs: int = 16
     tpot_stat: str = "p99"  # or "mean": token-weighted (module docstring)
 
+    def __post_init__(self) -> None:
+        if self.tpot_stat not in ("p99", "mean"):
+            raise ValueError(f"tpot_stat must be 'p99' or 'mean', got {self.tpot_stat!r}")
+
 
 @dataclass
 class SearchResult:
