@@ -117,3 +117,32 @@ def test_sharded_cache_hits_where_blind_routing_misses():
     assert dcp["prefill_stall_ms"] < none["prefill_stall_ms"]
     # every turn after the first extends a cached context: close to the ideal share
     assert dcp["cache_hit_rate"] > 0.8 * _ideal_cached_share(w)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 40), min_size=0, max_size=3), st.integers(0, 3),
+       st.integers(1, 60), st.integers(1, 200), st.lists(st.integers(1, 30), max_size=4))
+def test_admit_on_layout_never_overbooks(pages, home, tail_pages, out, others):
+    """Random cached layouts on a partly full cluster: either the exact layout, with books that
+    verify and never exceed a rank, or None with nothing recorded."""
+    page = 64
+    cl = ClusterSpec.uniform(4, 64 * page, page)
+    pol = make_policy("dcp", cl, PROFILE, step_slo_ms=50.0)
+    for k, n in enumerate(others):  # other traffic
+        pol.admit(Request(f"o{k}", n * page - 5, 5))
+    sealed, start = [], 0
+    for k, n in enumerate(pages):
+        r = (home + 1 + k) % 4
+        sealed.append([r, start, start + n * page])
+        start += n * page
+    before = list(pol.kv_tokens())
+    got = admit_on_layout(pol, Request("x", start + tail_pages * page - 3, out), home, sealed,
+                          start)
+    if got is None:
+        assert pol.kv_tokens() == before and "x" not in pol
+    else:
+        assert got.home_rank == home
+        assert [[s.rank, s.start, s.end] for s in got.shards[:-1]] == sealed
+        assert got.shards[-1].start == start
+        pol.verify()
+    assert all(k <= c for k, c in zip(pol.kv_tokens(), pol.capacity()))
