@@ -139,12 +139,14 @@ def write(doc: dict) -> str:
           "| scenario | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
     for s in rows:
         g = s["groups"]["pd"]["policies"]
-        L.append(f"| {_sid(s)} | " + " | ".join(
-            f"{_ge(g[k])}{g[k]['goodput_rps']:.3f} req/s; {_f(g[k]['at_reference']['p50_transfer_ms'], 0)}"
-            f" / {_f(g[k]['at_reference']['p99_transfer_ms'], 0)} ms; "
-            f"TTFT {_f(g[k]['at_reference'].get('p99_ttft_ms'), 0)} ms; "
-            f"{g[k]['at_reference']['shipped_tokens']:,} shipped; "
-            f"{g[k]['at_reference']['home_overflow']} overflow" for k in labels) + " |")
+        cells = []
+        for k in labels:
+            a = g[k]["at_reference"]
+            cells.append(f"{_ge(g[k])}{g[k]['goodput_rps']:.3f} req/s; "
+                         f"{_f(a['p50_transfer_ms'], 0)} / {_f(a['p99_transfer_ms'], 0)} ms; "
+                         f"TTFT {_f(a.get('p99_ttft_ms'), 0)} ms; "
+                         f"{a['shipped_tokens']:,} shipped; {a['home_overflow']} overflow")
+        L.append(f"| {_sid(s)} | " + " | ".join(cells) + " |")
     cmp = []
     for s in rows:
         g = s["groups"]["pd"]["policies"]
@@ -155,6 +157,6 @@ def write(doc: dict) -> str:
                         / max(1e-9, g["dcp pd"]["at_reference"]["p99_transfer_ms"])))
     if cmp:
         L += ["", "Computed, where both searches found a failing rate: `dcp` landing in shards "
-              "vs on the home (goodput ratio; P99 transfer ratio home / shards): " + ", ".join(f"{n} {a:.2f}x; {b:.2f}x" for n, a, b in cmp)
-              + "."]
+              "vs on the home (goodput ratio; P99 transfer ratio home / shards): "
+              + ", ".join(f"{n} {a:.2f}x; {b:.2f}x" for n, a, b in cmp) + "."]
     return "\n".join(L) + "\n"
