@@ -17,7 +17,9 @@ charged in series at admission (two prompts prefilled in the same forward on two
 overlap: an upper bound). Prefix caches per rank (``prefix_cache.py``): every policy keeps
 finished turns' KV in its ranks' free memory and hits where a new turn lands on a rank holding its
 session's piece; SGLang's dispatchers route blind to it (``round_robin`` by counter,
-``total_tokens`` by load: SGLang 0.5.21's DP controller does not look at the tree), ``dcp`` with
+``total_tokens`` by load: SGLang 0.5.21's DP controller does not look at the tree, and its load
+counts evictable cache as free, ``num_used = total - (available + evictable)`` in
+``scheduler_components/pool_stats_observer.py``, as the books here do), ``dcp`` with
 ``cache_layout`` first tries the cached layout (``planner/cached.py``).
 
 ``pd`` (issue 24 item 7): prefill on a separate prefill cluster, then its KV is transferred to
