@@ -90,6 +90,9 @@ def make_parser() -> argparse.ArgumentParser:
                         "decode (prefill elsewhere, KV appears free), colocated (prefill stalls "
                         "every rank; per-rank prefix caches), pd (KV transferred into each "
                         "holder), pd-home (transferred to the home, then shipped).")
+    p.add_argument("--pd-gbps", type=float, default=None,
+                   help="pd/pd-home: KV transfer GB/s into one decode rank (default 23.75: "
+                        "Mooncake TE's published 190 GB/s over 8 x 400 Gbps NICs, per NIC).")
     p.add_argument("--tpot-stat", choices=("p99", "mean"), default="p99",
                    help="The TPOT the SLO bounds: P99 over requests, or the token-weighted mean "
                         "(for colocated, where one prefill stall breaks a short request's TPOT).")
@@ -135,6 +138,8 @@ def parse(argv=None) -> tuple[argparse.Namespace, object]:
     for flag in ("slo_tpot_ms", "max_kv_wait_ms", "search_precision"):
         if not getattr(args, flag) > 0:
             parser.error(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
+    if args.pd_gbps is not None and not args.pd_gbps > 0:
+        parser.error(f"--pd-gbps must be > 0, got {args.pd_gbps}")
     if args.rate is not None and not args.rate > 0:
         parser.error(f"--rate must be > 0, got {args.rate}")
     if args.queue_max_bypass < -1:
@@ -178,7 +183,8 @@ def main(argv=None) -> int:
 
     search = SearchSpec(args.slo_tpot_ms, args.max_kv_wait_ms, args.search_precision,
                         args.max_runs, tpot_stat=args.tpot_stat)
-    sim = SimOptions(deployment=args.deployment, rebalance_every_ms=args.rebalance_every_ms,
+    sim = SimOptions(deployment=args.deployment, pd_gbps=args.pd_gbps,
+                     rebalance_every_ms=args.rebalance_every_ms,
                      rebalance_max_tokens=args.rebalance_max_tokens, migration=args.migration,
                      queue_max_bypass=None if args.queue_max_bypass < 0 else args.queue_max_bypass)
     exp = Experiment(workload, args.ranks, args.profile, args.policies, search, sim,

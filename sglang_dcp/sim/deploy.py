@@ -86,11 +86,13 @@ class Deployment:
     """One run's deployment: ``admit`` wraps ``Policy.admit``; ``finished`` feeds the cache."""
 
     def __init__(self, kind: str, policy, model, workload, *, prefix_cache: bool = True,
-                 cache_layout: bool = False, pd_gbps: float = PD_GBPS) -> None:
+                 cache_layout: bool = False, pd_gbps: float | None = None) -> None:
         if kind not in DEPLOYMENTS:
             raise ValueError(f"deployment must be one of {DEPLOYMENTS}, got {kind!r}")
         self.kind, self.policy, self.model = kind, policy, model
-        self.pd_gbps = pd_gbps
+        self.pd_gbps = PD_GBPS if pd_gbps is None else float(pd_gbps)
+        if not self.pd_gbps > 0:
+            raise ValueError(f"pd_gbps must be > 0, got {pd_gbps}")
         n = policy.num_ranks if hasattr(policy, "num_ranks") else len(policy.batch_sizes())
         self.cache = PrefixCache(n) if kind == "colocated" and prefix_cache else None
         self.cache_layout = cache_layout and self.cache is not None

@@ -58,7 +58,7 @@ def simulate(
     """Run ``workload`` through ``policy`` on ``num_ranks`` lockstep ranks. Deterministic."""
     n = len(workload)
     inp, out_len = workload.input_len, workload.output_len
-    deploy = Deployment(options.deployment, policy, model, workload,
+    deploy = Deployment(options.deployment, policy, model, workload, pd_gbps=options.pd_gbps,
                         prefix_cache=options.prefix_cache, cache_layout=options.cache_layout)
     submit = workload.arrival_ms.copy()  # a later turn's: set when its parent finishes
     ready = submit + (pre := deploy.pre_ms(inp))  # + own stall or transfer once admitted

@@ -53,3 +53,4 @@ class SimOptions:
     deployment: str = "decode"
     prefix_cache: bool = True  # colocated: per-rank prefix caches (prefix_cache.py)
     cache_layout: bool = False  # colocated: place a turn on its cached layout (dcp)
+    pd_gbps: float | None = None  # pd: GB/s into one decode rank; None: deploy.PD_GBPS

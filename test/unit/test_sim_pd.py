@@ -87,3 +87,16 @@ def test_cli_runs_sessions_in_each_deployment(tmp_path):
             assert d["dcp:prefix_cache=0"]["deploy"]["cached_tokens"] == 0
         else:
             assert d["dcp"]["deploy"]["p99_transfer_ms"] > 0
+
+
+def test_transfer_time_scales_with_the_bandwidth():
+    n = [250_000]
+    w = Workload("t", np.zeros(1), np.asarray(n, np.int64), np.asarray([20], np.int64))
+    cl = ClusterSpec.uniform(4, CAP, PROFILE.page_size)
+    got = []
+    for gbps in (PD_GBPS, 2 * PD_GBPS):
+        run = simulate(w, make_policy("dcp", cl, PROFILE), StepModel(PROFILE, 4, kv_capacity=CAP),
+                       4, kv_capacity=cl.kv_capacity,
+                       options=SimOptions(deployment="pd", pd_gbps=gbps))
+        got.append(run.deploy["p99_transfer_ms"])
+    assert got[0] == pytest.approx(2 * got[1])
