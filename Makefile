@@ -20,7 +20,7 @@ PATCHES             := $(sort $(wildcard patches/*.patch))
 PATCH_STAMP         := $(VENV)/.sglang-dcp-patched
 CHECK_WHEEL          = echo "$(SGLANG_WHEEL_SHA256)  $(SGLANG_WHEEL)" | sha256sum -c --quiet
 
-.PHONY: install install-gpu patch check-patches test test-fast demo demo-router bench-planner bench-sim bench-sim-heldout bench-sim-families bench-exchange bench-kernels-dry bench-serving clean help
+.PHONY: install install-gpu patch check-patches test test-fast demo demo-router bench-planner bench-sim bench-sim-heldout bench-sim-families bench-sim-sessions bench-exchange bench-kernels-dry bench-serving clean help
 
 help:
 	@echo "make install      create $(VENV) with the pinned CPU stack (torch 2.13.0 CPU, triton 3.7.1, sglang $(SGLANG_VERSION))"
@@ -30,7 +30,7 @@ help:
 	@echo "make patch        rebuild the pinned sglang wheel with patches/*.patch and install it (part of install)"
 	@echo "make check-patches  prove patches/ applies, compiles and reverses cleanly on the pinned wheel"
 	@echo "make install-gpu  the same venv on a CUDA machine (+ sglang-kernel, sgl-deep-ep, flashinfer)"
-	@echo "make bench-planner | bench-sim | bench-sim-heldout | bench-sim-families | bench-exchange | bench-kernels-dry"
+	@echo "make bench-planner | bench-sim | bench-sim-heldout | bench-sim-families | bench-sim-sessions | bench-exchange | bench-kernels-dry"
 	@echo "make bench-serving  SGLang's bench_serving against the demo, dcp vs round_robin (CPU numbers)"
 
 install: $(STAMP) $(PATCH_STAMP)
@@ -111,6 +111,9 @@ bench-sim-heldout: install
 
 bench-sim-families: install
 	$(PY) bench/sim_families.py
+
+bench-sim-sessions: install
+	$(PY) bench/sim_sessions.py
 
 bench-exchange: install
 	$(PY) bench/exchange.py
