@@ -20,12 +20,13 @@ PATCHES             := $(sort $(wildcard patches/*.patch))
 PATCH_STAMP         := $(VENV)/.sglang-dcp-patched
 CHECK_WHEEL          = echo "$(SGLANG_WHEEL_SHA256)  $(SGLANG_WHEEL)" | sha256sum -c --quiet
 
-.PHONY: install install-gpu libibverbs patch check-patches test test-fast demo demo-router bench-planner bench-sim bench-sim-heldout bench-sim-families bench-exchange bench-kernels-dry bench-serving clean help
+.PHONY: install install-gpu libibverbs patch check-patches test test-fast demo demo-router demo-pd bench-planner bench-sim bench-sim-heldout bench-sim-families bench-exchange bench-kernels-dry bench-serving clean help
 
 help:
 	@echo "make install      create $(VENV) with the pinned CPU stack (torch 2.13.0 CPU, triton 3.7.1, sglang $(SGLANG_VERSION))"
 	@echo "make demo         install, then serve the tiny demo model with DP attention on CPU"
 	@echo "make demo-router  install, then two tiny demo servers (2 DP ranks each) behind the router on :30000"
+	@echo "make demo-pd      install, then a prefill server, a decode server (planner, 2 DP ranks) and the router in PD mode on :30000"
 	@echo "make test         install, then run the whole test suite"
 	@echo "make patch        rebuild the pinned sglang wheel with patches/*.patch and install it (part of install)"
 	@echo "make check-patches  prove patches/ applies, compiles and reverses cleanly on the pinned wheel"
@@ -110,6 +111,10 @@ demo: install
 
 demo-router: install
 	$(PY) -m sglang_dcp.launch_router --demo
+
+# PD disaggregation on CPU: a prefill server, a decode server with the planner, the router in PD mode
+demo-pd: install
+	$(PY) -m sglang_dcp.router.pd_demo
 
 bench-planner: install
 	$(PY) bench/planner.py
