@@ -64,6 +64,6 @@ def pd_cpu_argv(sglang_argv: list[str], announce: Callable[[str], None] = _say) 
     for applies, typed, flags, why in _SETTINGS:
         if applies not in (None, mode) or names & set(typed):
             continue
-        announce(f"[sglang-dcp] PD {mode} on CPU: {' '.join(flags)} ({why}; pass it to override)")
+        announce(f"[sglang-dcp] PD {mode} on CPU: {' '.join(flags)} ({why}; a value you pass wins)")
         added += flags
     return sglang_argv + added
