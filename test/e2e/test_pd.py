@@ -9,7 +9,8 @@ every rank of both servers is back to 0 used KV tokens.
 
 ``DECODE_DP`` is 2, not the issue's 4: with 4 decode DP ranks the pinned SGLang's PD decode
 returns a wrong second token on CPU even with the planner off (first token, from the prefill,
-right); with 2 it equals HF. Not yet understood (README, PD section).
+right; the second is HF's with the prompt's KV all zeros: the decoding rank never received it);
+with 2 it equals HF. Not yet understood (README, PD section).
 """
 
 from __future__ import annotations
