@@ -20,23 +20,26 @@ PATCHES             := $(sort $(wildcard patches/*.patch))
 PATCH_STAMP         := $(VENV)/.sglang-dcp-patched
 CHECK_WHEEL          = echo "$(SGLANG_WHEEL_SHA256)  $(SGLANG_WHEEL)" | sha256sum -c --quiet
 
-.PHONY: install install-gpu patch check-patches test test-fast demo demo-router bench-planner bench-sim bench-sim-heldout bench-sim-families bench-sim-wire bench-exchange bench-kernels-dry bench-serving clean help
+.PHONY: install install-gpu libibverbs patch check-patches test test-fast demo demo-router demo-pd bench-planner bench-sim bench-sim-heldout bench-sim-families bench-sim-sessions bench-sim-wire bench-exchange bench-kernels-dry bench-serving clean help
 
 help:
 	@echo "make install      create $(VENV) with the pinned CPU stack (torch 2.13.0 CPU, triton 3.7.1, sglang $(SGLANG_VERSION))"
 	@echo "make demo         install, then serve the tiny demo model with DP attention on CPU"
 	@echo "make demo-router  install, then two tiny demo servers (2 DP ranks each) behind the router on :30000"
+	@echo "make demo-pd      install, then a prefill server, a decode server (planner, 2 DP ranks) and the router in PD mode on :30000"
 	@echo "make test         install, then run the whole test suite"
 	@echo "make patch        rebuild the pinned sglang wheel with patches/*.patch and install it (part of install)"
 	@echo "make check-patches  prove patches/ applies, compiles and reverses cleanly on the pinned wheel"
 	@echo "make install-gpu  the same venv on a CUDA machine (+ sglang-kernel, sgl-deep-ep, flashinfer)"
-	@echo "make bench-planner | bench-sim | bench-sim-heldout | bench-sim-families | bench-sim-wire | bench-exchange | bench-kernels-dry"
+	@echo "make bench-planner | bench-sim | bench-sim-heldout | bench-sim-families | bench-sim-sessions | bench-sim-wire"
+	@echo "make bench-exchange | bench-kernels-dry"
 	@echo "make bench-serving  SGLang's bench_serving against the demo, dcp vs round_robin (CPU numbers)"
 
 install: $(STAMP) $(PATCH_STAMP)
 
 # A second `make install` is a no-op: the stamp is newer than every input.
 $(STAMP): requirements/cpu.txt requirements/constraints.txt setup.py
+	$(MAKE) libibverbs
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --disable-pip-version-check -q -r requirements/cpu.txt -c requirements/constraints.txt
 	# sglang's declared dependencies are CUDA-13 only (cuda-tile, flashinfer, sgl-kernel, ...):
@@ -48,6 +51,7 @@ $(STAMP): requirements/cpu.txt requirements/constraints.txt setup.py
 
 # On a CUDA machine: torch/triton CUDA wheels, then sglang with its CUDA dependencies.
 install-gpu:
+	$(MAKE) libibverbs
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0 triton==3.7.1
 	$(PIP) install --extra-index-url $(NVIDIA_INDEX) cuda-tile==1.6.0rc5
@@ -58,6 +62,15 @@ install-gpu:
 	$(MAKE) patch
 
 patch: $(PATCH_STAMP)
+
+# The mooncake transfer engine (requirements/) links libibverbs.so.1 even for TCP transfers
+# ("libibverbs.so.1: cannot open shared object file" at import). Debian's package, when missing;
+# CI and developers run as root (else: sudo apt-get install libibverbs1).
+libibverbs:
+	@ldconfig -p | grep -q 'libibverbs\.so\.1 ' || { \
+	  command -v apt-get >/dev/null || { echo "libibverbs.so.1 is missing and there is no apt-get: install your distribution's libibverbs (rdma-core) package"; exit 1; }; \
+	  echo "installing Debian's libibverbs1 (the mooncake transfer engine links it)"; \
+	  apt-get install -y -q libibverbs1 >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q libibverbs1 >/dev/null; }; }
 
 # Cached: downloaded once, then make never looks at the index again (works offline).
 $(SGLANG_WHEEL): | $(STAMP)
@@ -100,6 +113,10 @@ demo: install
 demo-router: install
 	$(PY) -m sglang_dcp.launch_router --demo
 
+# PD disaggregation on CPU: a prefill server, a decode server with the planner, the router in PD mode
+demo-pd: install
+	$(PY) -m sglang_dcp.router.pd_demo
+
 bench-planner: install
 	$(PY) bench/planner.py
 
@@ -111,6 +128,9 @@ bench-sim-heldout: install
 
 bench-sim-families: install
 	$(PY) bench/sim_families.py
+
+bench-sim-sessions: install
+	$(PY) bench/sim_sessions.py
 
 bench-sim-wire: install
 	$(PY) bench/sim_wire.py

@@ -198,7 +198,53 @@ def apply_sglang_fixes() -> list[str]:
     # on SGLang's shared inductor cache: "InductorError: ImportError: ....main.so: file too
     # short". The routing functions run eagerly instead (same math).
     applied += _eager_moe_routing()
+    applied += _cpu_event_in_pd_prefill()
     return applied
+
+
+class _CudaOnCpu(types.ModuleType):
+    """``torch.cuda`` as ``sglang.srt.disaggregation.prefill`` sees it on CPU: ``Event`` is
+    ``torch.cpu.Event``, everything else is ``torch.cuda``'s."""
+
+    def __getattr__(self, name: str):
+        import torch
+
+        return torch.cpu.Event if name == "Event" else getattr(torch.cuda, name)
+
+
+class _TorchForPdPrefill(types.ModuleType):
+    """``torch`` for that one module (a copy of its names, so lookups stay plain attribute
+    reads): its ``cuda`` attribute is ``_CudaOnCpu``."""
+
+    def __getattr__(self, name: str):
+        import torch
+
+        return _CudaOnCpu("torch.cuda") if name == "cuda" else getattr(torch, name)
+
+
+def _cpu_event_in_pd_prefill() -> list[str]:
+    """Upstream symptom: a PD prefill server with overlap scheduling dies at the first request
+    whose prompt hits its radix cache (often the second one): ``RuntimeError: Tried to
+    instantiate dummy base class Event`` from ``torch.cuda.Event()`` in
+    ``SchedulerDisaggregationPrefillMixin.maybe_send_cached_prefix_chunk``
+    (disaggregation/prefill.py:1319; CPU torch has only a dummy class). The event orders the
+    early prefix send after the prior forward's writes on ``forward_stream``; on CPU that forward
+    has finished when the host gets there, and ``torch.cpu.Event`` records and waits on a CPU
+    stream. Only that module's ``torch`` name is replaced."""
+    import sglang.srt.disaggregation.prefill as prefill
+
+    if isinstance(prefill.torch, _TorchForPdPrefill):
+        return []
+    import torch
+
+    cuda = _CudaOnCpu("torch.cuda")
+    cuda.__dict__.update({k: v for k, v in vars(torch.cuda).items() if not k.startswith("__")})
+    cuda.Event = torch.cpu.Event
+    proxy = _TorchForPdPrefill("torch")
+    proxy.__dict__.update({k: v for k, v in vars(torch).items() if not k.startswith("__")})
+    proxy.cuda = cuda
+    prefill.torch = proxy
+    return ["disaggregation.prefill torch.cuda.Event (CPU event)"]
 
 
 def _eager_moe_routing() -> list[str]:

@@ -20,12 +20,18 @@ DEMO_DP_SIZE = 4
 # A small planner budget per rank, so that a prompt of a few thousand tokens cannot sit on one
 # rank and is spread over several (SGLang's own pools stay larger: the home prefills it whole).
 DEMO_KV_CAPACITY = 1024
+DEMO_POOL_TOKENS = 32768  # each rank's SGLang pool
 DEMO_ARGS = [
     "--device", "cpu",
     "--tp-size", str(DEMO_DP_SIZE),
     "--dp-size", str(DEMO_DP_SIZE),
     "--enable-dp-attention",
-    "--mem-fraction-static", "0.05",
+    # KV pools sized in tokens, not as a share of free memory: SGLang measures free host memory
+    # machine-wide before and after loading, so another server loading meanwhile failed the
+    # demo's former 0.05 ("Loaded weights leave no GPU memory for the KV cache"). The fraction
+    # only bounds that check; each rank's pool is --max-total-tokens (25 MiB of tiny-model KV).
+    "--max-total-tokens", str(DEMO_POOL_TOKENS),
+    "--mem-fraction-static", "0.9",
     # SGLang's "auto" dtype would run the float32 checkpoint in float16; keep it exact.
     "--dtype", "float32",
     "--disable-radix-cache",

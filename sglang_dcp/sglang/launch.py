@@ -20,7 +20,8 @@ Accepts every ``python -m sglang.launch_server`` argument, plus:
 
 On a machine without CUDA it sets what SGLang's CPU engine needs (``--device cpu``,
 ``SGLANG_USE_CPU_ENGINE=1``, one OpenMP core binding per TP rank), ``--disable-cuda-graph`` and a
-``--mem-fraction-static`` that keeps all ranks within half the memory, unless you set them. Bad
+``--mem-fraction-static`` that keeps all ranks within half the memory, unless you set them; with
+``--disaggregation-mode prefill|decode`` also the PD settings of ``pd_cpu.py``. Bad
 arguments end with one ``error:`` line and exit code 2.
 """
 
@@ -42,6 +43,7 @@ from sglang_dcp.sglang.launch_checks import LaunchError, check_args
 from sglang_dcp.sglang.host import (
     _announce_when_ready, _has_cuda, become_subreaper, prepare_cpu_environment,
 )  # fmt: skip
+from sglang_dcp.sglang.pd_cpu import pd_cpu_argv
 from sglang_dcp.sglang.mla import UNQUANTIZED_KV, quantized_kv_error
 from sglang_dcp.sglang.options import (
     ATTENTION_BACKEND, DcpOptions, OptionsError, refuse_with_sharding, resolve,
@@ -106,6 +108,7 @@ def dcp_options(ns: argparse.Namespace) -> DcpOptions:
             tp_size=ns.tp_size or 1,
             disable_radix_cache=bool(ns.disable_radix_cache),
             attention_backend=ns.attention_backend,
+            pd_decode=getattr(ns, "disaggregation_mode", None) == "decode",
         )
     except OptionsError as e:
         raise LaunchError(str(e)) from None
@@ -239,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         check_args(ns)
         opts = dcp_options(ns)
         sglang_argv = prepare_cpu_environment(split_argv(argv), ns.tp_size or 1)
+        if not _has_cuda():
+            sglang_argv = pd_cpu_argv(sglang_argv)
         sglang_argv = sharding_argv(sglang_argv, opts, _has_cuda())
     except LaunchError as e:
         print(f"{PROG}: error: {demo_note(str(e), demo_set)}", file=sys.stderr)

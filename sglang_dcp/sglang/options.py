@@ -113,14 +113,15 @@ def resolve(
     max_guest_items: int | None = None,
     rebalance_threshold: float | None = None,
     transfer_chunk_mb: int | None = None,
+    pd_decode: bool = False,
 ) -> DcpOptions:
     """Check the flags (``None`` = not given) against each other and the server shape.
 
     Without any ``--dcp-*`` flag the planner is on (policy ``dcp``) whenever there is something
     to place (``--dp-size > 1`` with ``--enable-dp-attention``) and quietly off otherwise. Its
     max degree then defaults to ``--dp-size`` when the server can shard KV (``--disable-radix-cache``,
-    ``--tp-size == --dp-size``, attention backend unset or one of ``SHARDABLE_BACKENDS``), else
-    to 1.
+    ``--tp-size == --dp-size``, attention backend unset or one of ``SHARDABLE_BACKENDS``, not a
+    PD decode server), else to 1.
     """
     given = {
         "--dcp-policy": policy,
@@ -164,6 +165,11 @@ def resolve(
     policy = policy or DEFAULT_POLICY
     tp_size = dp_size if tp_size is None else tp_size
     shard_blockers = []
+    if pd_decode:  # issue 24: the prefill server sends a request's KV to its home only, so far
+        shard_blockers.append(
+            "a colocated server (a PD decode server places each request on one rank: its KV "
+            "lands whole on that rank; landing in shards is not built yet)"
+        )
     if not disable_radix_cache:
         shard_blockers.append(
             "--disable-radix-cache (KV shipped to other ranks must not stay in the prefix tree)"

@@ -2,7 +2,10 @@
 
 - ``workload``: Mooncake JSONL traces and synthetic long-tail generators; rate scaling.
 - ``cost``: thin adapter to the planner's ``CostProfile`` (the one step-time model).
-- ``engine``: the lockstep event loop with fast-forward stepping.
+- ``sessions``: multi-turn agentic sessions (closed loop, TraceLab figures).
+- ``engine``: the lockstep event loop with fast-forward stepping; ``channel``: its background
+  KV copies; ``deploy``: where prefill runs and how KV lands (decode, colocated, pd, pd-home);
+  ``prefix_cache``: per-rank LRU prefix caches (colocated).
 - ``metrics``: per-request outcomes, TPOT/latency percentiles, time-weighted imbalance.
 - ``search``: goodput (max rate within the SLO) by bracketing and bisection.
 - ``experiment``: search every policy, replay all at one reference rate.

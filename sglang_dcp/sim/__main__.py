@@ -18,7 +18,8 @@ from pathlib import Path
 
 from sglang_dcp.planner import POLICIES, available_profiles, load_profile, make_policy
 from sglang_dcp.sim import cost
-from sglang_dcp.sim.experiment import parse_policy
+from sglang_dcp.sim.deploy import DEPLOYMENTS
+from sglang_dcp.sim.experiment import parse_policy, split_sim_options
 from sglang_dcp.sim.workload import load_trace, make_workload, workload_names
 
 DEFAULT_POLICIES = "round_robin,total_tokens,uniform,dcp"
@@ -85,6 +86,17 @@ def make_parser() -> argparse.ArgumentParser:
                    help="The DP controller's queue (dcp, uniform): a waiting request is passed "
                         "over at most this many times by later ones that fit (the server's "
                         "--dcp-queue-max-bypass; 0 = arrival order; -1 = unbounded first fit).")
+    p.add_argument("--deployment", choices=DEPLOYMENTS, default="decode",
+                   help="Where prefill runs and how KV reaches the decode ranks (sim/deploy.py): "
+                        "decode (prefill elsewhere, KV appears free), colocated (prefill stalls "
+                        "every rank; per-rank prefix caches), pd (KV transferred into each "
+                        "holder), pd-home (transferred to the home, then shipped).")
+    p.add_argument("--pd-gbps", type=float, default=None,
+                   help="pd/pd-home: KV transfer GB/s into one decode rank (default 23.75: "
+                        "Mooncake TE's published 190 GB/s over 8 x 400 Gbps NICs, per NIC).")
+    p.add_argument("--tpot-stat", choices=("p99", "mean"), default="p99",
+                   help="The TPOT the SLO bounds: P99 over requests, or the token-weighted mean "
+                        "(for colocated, where one prefill stall breaks a short request's TPOT).")
     p.add_argument("--reuse", type=str, default=None, metavar="SUMMARY_JSON",
                    help="Copy the policies of this earlier summary that --policies does not list, "
                    "and its pooled bound, instead of running them (a change to one policy).")
@@ -116,7 +128,7 @@ def parse(argv=None) -> tuple[argparse.Namespace, object]:
         if name not in known:
             parser.error(f"--policies: unknown policy {name!r}; choose from {', '.join(known)}")
         try:  # let the planner validate the options now, not in the middle of a search
-            make_policy(name, probe_cluster, profile, **options)
+            make_policy(name, probe_cluster, profile, **split_sim_options(name, options)[0])
         except (TypeError, ValueError) as e:
             parser.error(f"--policies: {label!r}: {e}")
     args.policies = tuple(dict.fromkeys(policies))
@@ -127,6 +139,8 @@ def parse(argv=None) -> tuple[argparse.Namespace, object]:
     for flag in ("slo_tpot_ms", "max_kv_wait_ms", "search_precision"):
         if not getattr(args, flag) > 0:
             parser.error(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
+    if args.pd_gbps is not None and not args.pd_gbps > 0:
+        parser.error(f"--pd-gbps must be > 0, got {args.pd_gbps}")
     if args.rate is not None and not args.rate > 0:
         parser.error(f"--rate must be > 0, got {args.rate}")
     if args.queue_max_bypass < -1:
@@ -169,8 +183,9 @@ def main(argv=None) -> int:
     from sglang_dcp.sim.search import SearchSpec
 
     search = SearchSpec(args.slo_tpot_ms, args.max_kv_wait_ms, args.search_precision,
-                        args.max_runs)
-    sim = SimOptions(rebalance_every_ms=args.rebalance_every_ms,
+                        args.max_runs, tpot_stat=args.tpot_stat)
+    sim = SimOptions(deployment=args.deployment, pd_gbps=args.pd_gbps,
+                     rebalance_every_ms=args.rebalance_every_ms,
                      rebalance_max_tokens=args.rebalance_max_tokens, migration=args.migration,
                      queue_max_bypass=None if args.queue_max_bypass < 0 else args.queue_max_bypass)
     exp = Experiment(workload, args.ranks, args.profile, args.policies, search, sim,
@@ -207,14 +222,15 @@ def run_fixed_rate(exp, rate: float):
         "ratios": {},
         "search": {"slo_tpot_ms": exp.search.slo_tpot_ms,
                    "max_kv_wait_ms": exp.search.max_kv_wait_ms,
-                   "rel_precision": exp.search.rel_precision, "max_runs": 0, "precision": {}},
+                   "rel_precision": exp.search.rel_precision, "max_runs": 0, "precision": {},
+                   "deployment": exp.sim.deployment},
         "workload": {"name": exp.workload.name, "num_requests": len(exp.workload),
                      "native_rate_rps": exp.workload.rate_rps},
         "cluster": {"num_ranks": exp.num_ranks, "profile": exp.profile_name,
                     "kv_capacity_tokens_per_rank": exp.cluster.kv_capacity[0],
                     "page_size": exp.cluster.page_size},
         "details": {n: {"p99_kv_wait_ms": pct(r.queue_ms, 99), "reject_reasons": r.reject_reasons,
-                        "num_steps_at_reference": r.num_steps,
+                        "num_steps_at_reference": r.num_steps, "deploy": r.deploy,
                         "run_wall_s": w}
                     for (n, r), w in zip(runs.items(), exp.run_wall_s)},
         "env": environment(),

@@ -4,25 +4,22 @@ EP makes every decode step a barrier across the R DP ranks, so the cluster has o
 takes ``step_ms(kv)`` from the cost model (slowest rank's attention + MoE for the largest batch +
 exchange for guest items + fixed overheads) and every running request emits one token per step.
 
-Request lifecycle (prefill/decode disaggregation)::
+Lifecycle (``deploy.py`` says where prefill runs and how KV arrives)::
 
-    arrival --prefill_ms(input_len)--> ready --wait for KV (FIFO)--> admitted at a step boundary
-        --(output_len - 1) decode steps--> finished           (prefill emitted token 1)
+    arrival --deploy.pre_ms--> ready --wait for KV--> admitted (colocated: every rank stalls
+        for the uncached prefill; pd: the first step waits for the transfer) --(output_len - 1)
+        decode steps--> finished (prefill emitted token 1); a session's next turn is submitted
+        its think time after (closed loop, ``sessions.py``)
 
-Queues: a request the policy cannot place yet (retryable rejection) waits in a FIFO and is
-retried, head of line, whenever KV frees (a finish or a migration). Policies that place globally
-(``dcp``, ``uniform``) share one FIFO: while it is non-empty, new arrivals queue behind it, so
-nothing overtakes and nothing starves. Policies whose dispatch is final (the SGLang baselines:
-a request waits for the rank it was sent to) say so through ``waiting_rank(rid)``; each
-such rank gets its own FIFO and other ranks keep admitting, as SGLang's per-rank queues do
-(``queues.py``).
-A retryable rejection while nothing runs means the request cannot fit even in an empty cluster:
-it is rejected with the planner's reason. Every request ends finished or rejected.
+Queues (``queues.py``): a request the policy cannot place yet waits and is retried whenever KV
+frees. Global placers (``dcp``, ``uniform``) share the DP controller's first-fit FIFO; the SGLang
+baselines' dispatch is final (``waiting_rank``): a FIFO per rank, as SGLang's. A retryable
+rejection while nothing runs or lands means it cannot fit even an empty cluster: rejected with
+the planner's reason. Every request ends finished or rejected.
 
-Rebalancing: every ``rebalance_every_ms`` the loop calls ``Policy.rebalance``. The planner
-switches the placement at once; the KV copy takes ``migration_ms(tokens)`` on one FIFO channel,
-and until it lands the tokens are still read on the source rank (``migration="background"``),
-or the whole cluster stalls for it (``migration="stall"``).
+Rebalancing: every ``rebalance_every_ms`` the loop calls ``Policy.rebalance``; the copy runs on
+the background channel (``channel.py``, read on the source until it lands) or stalls the
+cluster (``migration="stall"``).
 
 Fast forward: between events (an arrival, a finish, a rebalance) the batch and guest items are
 fixed and each rank's KV grows by its batch every step, so step k of a chunk sees
@@ -34,29 +31,19 @@ arithmetic one step at a time.
 from __future__ import annotations
 
 import heapq
-from collections import deque
 
 import numpy as np
 
 from sglang_dcp.planner.base import Policy
+from sglang_dcp.sim.channel import CopyChannel
+from sglang_dcp.sim.deploy import Deployment, written_by_rank
 from sglang_dcp.sim.metrics import FINISHED, REJECTED, RunResult, Series, TimeWeighted, imbalance
 from sglang_dcp.sim.options import SimOptions, StepModel
 from sglang_dcp.sim.queues import GLOBAL, WaitQueues
 from sglang_dcp.sim.workload import Workload
-from sglang_dcp.types import Placement, Rejection, Request
+from sglang_dcp.types import Rejection, Request
 
 MAX_CHUNK = 512  # steps evaluated per vectorized call; a chunk without an event just repeats
-
-
-def _written_by_rank(p: Placement, length: int) -> list[tuple[int, int]]:
-    """(rank, tokens) of a request's KV that exist at ``length`` tokens; the tail is unbounded."""
-    out = []
-    last = len(p.shards) - 1
-    for i, s in enumerate(p.shards):
-        end = length if i == last else min(s.end, length)
-        if end > s.start:
-            out.append((s.rank, end - s.start))
-    return out
 
 
 def simulate(
@@ -71,8 +58,20 @@ def simulate(
     """Run ``workload`` through ``policy`` on ``num_ranks`` lockstep ranks. Deterministic."""
     n = len(workload)
     inp, out_len = workload.input_len, workload.output_len
-    ready = workload.arrival_ms + np.asarray(model.prefill_ms(inp), dtype=np.float64)
-    order = np.argsort(ready, kind="stable")
+    deploy = Deployment(options.deployment, policy, model, workload, pd_gbps=options.pd_gbps,
+                        prefix_cache=options.prefix_cache, cache_layout=options.cache_layout)
+    submit = workload.arrival_ms.copy()  # a later turn's: set when its parent finishes
+    ready = submit + (pre := deploy.pre_ms(inp))  # + own stall or transfer once admitted
+    parent, think = workload.parent, workload.think_ms
+    child = np.full(n, -1, dtype=np.int64)  # a session's next turn, released when i finishes
+    if parent is not None:
+        child[parent[parent >= 0]] = np.flatnonzero(parent >= 0)
+        ready[parent >= 0] = np.inf
+    arr = [(float(ready[i]), i) for i in range(n) if ready[i] < np.inf]  # released, not arrived
+    heapq.heapify(arr)
+    landing: list[tuple[float, int]] = []  # (first decode step, i): KV in transfer (pd)
+    land_home = np.zeros(num_ranks)
+    ships: dict[int, list] = {}
     status = np.full(n, -1, dtype=np.int8)
     first = np.full(n, np.nan)
     finish = np.full(n, np.nan)
@@ -83,92 +82,113 @@ def simulate(
     batch = np.zeros(num_ranks)
     heap: list[tuple[int, int]] = []  # (global step at which it finishes, request index)
     waiting = WaitQueues(options.queue_max_bypass)  # GLOBAL or a rank -> FIFO (queues.py)
-    t = float(ready[order[0]]) if n else 0.0
-    steps = busy = decoded = nxt = bad_wait = bad_tpot = migrated = 0
+    t = arr[0][0] if arr else 0.0
+    steps = busy = decoded = bad_wait = bad_tpot = migrated = 0
     stall_ms = 0.0
     if options.migration not in ("background", "stall"):
         raise ValueError(f"migration must be 'background' or 'stall', got {options.migration!r}")
     stall_mode = options.migration == "stall"
-    pending: deque[list] = deque()  # background copies: [done_ms, request, src, dst, tokens]
-    inflight: dict[int, list[list]] = {}
-    channel_free = 0.0
+    channel = CopyChannel(written, model.migration_ms)  # background copies (channel.py)
     kv_imb, batch_imb = TimeWeighted(), TimeWeighted()  # over every decode step
     kv_win, batch_win = TimeWeighted(), TimeWeighted()  # over steps before the last arrival
     window_end = float(workload.arrival_ms.max()) if n else 0.0
     batch_now = 1.0
     series = Series() if options.record else None
     cap = np.maximum(np.asarray(kv_capacity, dtype=np.float64), 1.0)
-    record_dt = float(ready.max() - ready.min()) / options.record_points if n else 0.0
+    record_dt = float(workload.arrival_ms.max() - workload.arrival_ms.min()) / \
+        options.record_points if n else 0.0
     last_record = -np.inf
     every = options.rebalance_every_ms
     next_rebalance = t + every if every > 0 else np.inf
 
+    def release(i: int, now: float) -> None:
+        """Request i finished (or failed) at ``now``: its session's next turn is submitted."""
+        c = int(child[i])
+        if c < 0:
+            return
+        if status[i] == REJECTED:  # a session whose turn failed ends there
+            status[c], why = REJECTED, "an earlier turn of its session was rejected"
+            reasons[why] = reasons.get(why, 0) + 1
+            return release(c, now)
+        submit[c] = now + think[c]
+        ready[c] = submit[c] + pre[c]
+        heapq.heappush(arr, (float(ready[c]), c))
+
+    def start(i: int) -> None:
+        """Request i's KV is in place: it decodes from the next step."""
+        p = policy.placement(rids[i])
+        moves = ships.pop(i, ())
+        for r, k in ([(p.home_rank, int(inp[i]))] if moves else written_by_rank(p, int(inp[i]))):
+            written[r] += k
+        for src, dst, size in moves:  # pd-home: ship the sealed ranges after landing
+            channel.send(t, i, src, dst, size)
+        first[i] = t
+        heapq.heappush(heap, (steps + int(out_len[i]) - 1, i))
+
     def try_admit(i: int) -> int | None:
         """Admit, finish or reject request i; or return the queue key it must wait in."""
-        nonlocal bad_wait
+        nonlocal bad_wait, t
         if out_len[i] <= 1:  # prefill emitted the only token: it never enters decode
             status[i], first[i], finish[i] = FINISHED, ready[i], ready[i]
+            release(i, ready[i])
             return None
-        got = policy.admit(Request(rids[i], int(inp[i]), int(out_len[i])))
+        got, stall, land, moves = deploy.admit(i, Request(rids[i], int(inp[i]), int(out_len[i])))
         if isinstance(got, Rejection):
-            if got.retryable and heap:
+            if got.retryable and (heap or landing):
                 rank = policy.waiting_rank(rids[i])  # dispatch-is-final policies bind it
                 return GLOBAL if rank is None else rank
             status[i] = REJECTED
             reason = got.reason if not got.retryable else f"{got.reason} (cluster empty)"
             reasons[reason] = reasons.get(reason, 0) + 1
+            release(i, t)
             return None
-        for r, k in _written_by_rank(got, int(inp[i])):
-            written[r] += k
-        first[i] = t
         if t - ready[i] > options.abort_wait_ms:
             bad_wait += 1
-        heapq.heappush(heap, (steps + int(out_len[i]) - 1, i))
+        t += stall  # colocated: every rank waits at the EP barrier while the prompt prefills
+        ready[i] += stall + land  # the wait for KV ends at admission, not after the transfer
+        if land > 0 or moves:  # pd: its first step waits for the transfer
+            ships[i] = moves
+            land_home[got.home_rank] += 1
+            heapq.heappush(landing, (t + land, i))
+        else:
+            start(i)
         return None
 
-    def rejected(i: int) -> bool:
-        return status[i] == REJECTED
-
     def drain_all() -> None:
-        waiting.drain_all(try_admit, rejected, ready)
-
-    def land(e: list) -> None:
-        """A background copy completed: its tokens now live (and are read) on dst."""
-        _, i, src, dst, size = e
-        if size:
-            written[src] -= size
-            written[dst] += size
-            e[4] = 0
-            inflight[i].remove(e)
-            if not inflight[i]:
-                del inflight[i]
+        waiting.drain_all(try_admit, lambda i: status[i] == REJECTED, ready)
 
     def retire(i: int) -> None:
         nonlocal bad_tpot
-        for e in list(inflight.get(i, ())):  # copies still in flight land before the free
-            land(e)
+        channel.flush(i)
         status[i] = FINISHED
         finish[i] = t
         if (t - first[i]) / (out_len[i] - 1) > options.abort_tpot_ms:
             bad_tpot += 1
-        for r, k in _written_by_rank(policy.placement(rids[i]), int(inp[i] + out_len[i] - 1)):
+        p = policy.placement(rids[i])
+        for r, k in written_by_rank(p, int(inp[i] + out_len[i] - 1)):
             written[r] -= k
         policy.finish(rids[i])
+        deploy.finished(i, p, int(inp[i] + out_len[i] - 1))
+        release(i, t)
 
     def refresh_loads() -> None:
         nonlocal batch_now
-        b = policy.batch_sizes()
+        b = np.asarray(policy.batch_sizes()) - land_home  # landing KV is not decoding yet
         batch[:] = b
         batch_now = float(imbalance(batch))
         model.set_loads(b, policy.guest_items(), policy.guest_out(), policy.guest_near(),
                         busiest_pair=policy.busiest_pair())  # fmt: skip
 
     aborted = False
-    while nxt < n or waiting or heap:
+    while arr or waiting or heap or landing:
         changed = False
         policy.on_time(t, steps)
-        while pending and pending[0][0] <= t:
-            land(pending.popleft())
+        channel.land_due(t)
+        while landing and landing[0][0] <= t:
+            i = heapq.heappop(landing)[1]
+            land_home[policy.placement(rids[i]).home_rank] -= 1
+            start(i)
+            changed = True
         if t >= next_rebalance and heap:
             moves = policy.rebalance(options.rebalance_max_tokens)
             for m in moves:
@@ -178,10 +198,7 @@ def simulate(
                     written[m.src] -= size
                     written[m.dst] += size
                 else:  # one FIFO copy channel: copies land in order
-                    channel_free = max(channel_free, t) + model.migration_ms(size)
-                    e = [channel_free, i, m.src, m.dst, size]
-                    pending.append(e)
-                    inflight.setdefault(i, []).append(e)
+                    channel.send(t, i, m.src, m.dst, size)
             if moves:
                 if stall_mode:  # every rank waits at the EP barrier while KV moves
                     stall = model.migration_ms(sum(m.end - m.start for m in moves))
@@ -190,9 +207,8 @@ def simulate(
                 changed = True
                 drain_all()
             next_rebalance = t + every
-        while nxt < n and ready[order[nxt]] <= t:
-            i = int(order[nxt])
-            nxt += 1
+        while arr and arr[0][0] <= t:
+            i = heapq.heappop(arr)[1]
             if waiting.starving():
                 waiting.wait(GLOBAL, i)
                 continue
@@ -209,12 +225,13 @@ def simulate(
             aborted = True
             break
         if not heap:
-            assert not waiting, "requests wait while nothing runs"
-            if nxt < n:
+            assert landing or not waiting, "requests wait while nothing runs"
+            if arr or landing:
                 if series is not None:  # close the busy period in the KV plot
                     series.t_ms.append(t)
                     series.kv_frac.append((written / cap).astype(np.float32))
-                t = max(t, float(ready[order[nxt]]))  # idle until the next request is ready
+                nxt_t = min(arr[0][0] if arr else np.inf, landing[0][0] if landing else np.inf)
+                t = max(t, nxt_t)  # idle until the next request is ready or lands
                 continue
             break
 
@@ -223,9 +240,11 @@ def simulate(
         st = model.step_ms(kv)
         cum = np.cumsum(st)
         k = horizon
-        target = min(next_rebalance, pending[0][0]) if pending else next_rebalance
-        if nxt < n and not waiting.starving():  # otherwise an arrival just queues: not an event
-            target = min(target, float(ready[order[nxt]]))
+        target = min(next_rebalance, channel.next_ms())
+        if arr and not waiting.starving():  # otherwise an arrival just queues: not an event
+            target = min(target, arr[0][0])
+        if landing:
+            target = min(target, landing[0][0])
         if target < np.inf:
             k = min(k, int(np.searchsorted(cum, target - t, side="left")) + 1)
 
@@ -259,7 +278,7 @@ def simulate(
         policy=getattr(policy, "name", type(policy).__name__),
         rate_rps=workload.rate_rps,
         status=status,
-        arrival_ms=workload.arrival_ms,
+        arrival_ms=submit,
         ready_ms=ready,
         first_step_ms=first,
         finish_ms=finish,
@@ -277,4 +296,5 @@ def simulate(
         aborted=aborted,
         migrated_tokens=migrated,
         migration_stall_ms=stall_ms,
+        deploy=deploy.stats.summary(),
     )

@@ -21,6 +21,16 @@ from sglang_dcp.sim.search import SearchResult, SearchSpec, abort_after, find_ma
 from sglang_dcp.sim.workload import Workload
 
 BASELINES = ("round_robin", "total_tokens", "total_tokens_sglang")  # SGLang's own dispatch
+SIM_POLICY_OPTIONS = ("prefix_cache", "cache_layout")  # policy-label options the loop takes
+
+
+def split_sim_options(name: str, options: dict) -> tuple[dict, dict]:
+    """(planner options, SimOptions overrides) of a policy label: ``prefix_cache`` (0: no
+    prefix caches) and ``cache_layout`` (place turns on their cached layout; on for ``dcp``, off
+    for the others: SGLang's DP controller routes blind to its caches) go to the loop."""
+    sim = {"cache_layout": name == "dcp"}
+    sim.update({k: bool(options[k]) for k in SIM_POLICY_OPTIONS if k in options})
+    return {k: v for k, v in options.items() if k not in SIM_POLICY_OPTIONS}, sim
 
 
 @dataclass
@@ -74,12 +84,13 @@ class Experiment:
         once the SLO is certainly broken (for the search); ``record``: keep plot series."""
         t0 = time.perf_counter()
         name, options = parse_policy(policy)
+        options, sim_extra = split_sim_options(name, options)
         if name == "dcp":  # as an operator runs it: the TPOT SLO is its step budget
             options = {"step_slo_ms": self.search.slo_tpot_ms, "split_rule": "auto",
                        "exchange_wire": self.exchange_wire, **options}  # predicts what is charged
         pol = make_policy(name, self.cluster, self.profile,
                           **{**self.policy_options, **options})
-        opts = self._options(record, early_stop)
+        opts = SimOptions(**{**self._options(record, early_stop).__dict__, **sim_extra})
         run = simulate(self.workload.at_rate(rate_rps), pol, self.model, self.num_ranks,
                        kv_capacity=self.cluster.kv_capacity, options=opts)
         run.policy = policy
@@ -179,6 +190,7 @@ def run_experiment(exp: Experiment, progress: bool = False, pooled_bound: bool =
             "mean_step_ms": run.busy_ms / run.num_steps if run.num_steps else None,
             "migrated_tokens": run.migrated_tokens,
             "migration_stall_ms": run.migration_stall_ms,
+            "deploy": run.deploy,
             "reject_reasons": run.reject_reasons,
             "num_steps_at_reference": run.num_steps,
             "search_trials": searches[name].trials,
@@ -196,6 +208,8 @@ def run_experiment(exp: Experiment, progress: bool = False, pooled_bound: bool =
                           pooled.max_rate_rps if pooled else None),
         "search": {
             "slo_tpot_ms": exp.search.slo_tpot_ms,
+            "tpot_stat": exp.search.tpot_stat,
+            "deployment": exp.sim.deployment,
             "max_kv_wait_ms": exp.search.max_kv_wait_ms,
             "rel_precision": exp.search.rel_precision,
             "max_runs": exp.search.max_runs,

@@ -85,6 +85,7 @@ class RunResult:
     series: Series | None = None
     migrated_tokens: int = 0  # KV tokens moved by Policy.rebalance
     migration_stall_ms: float = 0.0  # time the cluster stalled for those moves
+    deploy: dict | None = None  # deploy.DeployStats.summary(): cache hits, prefill, transfers
     aborted: bool = False  # stopped early (SimOptions.abort_count): only pass/fail is meaningful
 
     @property

@@ -47,3 +47,10 @@ class SimOptions:
     # waiting request passed over at most this many times (``--dcp-queue-max-bypass``, default
     # 16); 0 is strict arrival order, None unbounded first fit.
     queue_max_bypass: int | None = 16
+    # Where prefill runs and how KV reaches the decode ranks (``deploy.py``): "decode" (prefill
+    # elsewhere, KV appears at no cost), "colocated" (prefill stalls the cluster; prefix caches),
+    # "pd" (transfer into each holder), "pd-home" (transfer to the home, then ship).
+    deployment: str = "decode"
+    prefix_cache: bool = True  # colocated: per-rank prefix caches (prefix_cache.py)
+    cache_layout: bool = False  # colocated: place a turn on its cached layout (dcp)
+    pd_gbps: float | None = None  # pd: GB/s into one decode rank; None: deploy.PD_GBPS

@@ -31,6 +31,11 @@ class Workload:
     input_len: np.ndarray  # [num_requests] int64, >= 1
     output_len: np.ndarray  # [num_requests] int64, >= 1 (the first token comes from prefill)
     meta: dict = field(default_factory=dict)
+    # Sessions (``sessions.py``): parent[i] is the turn whose prompt + output prefixes request
+    # i's prompt (-1: none); such a request is submitted think_ms[i] after its parent finished
+    # (closed loop), its arrival_ms only orders it. None: every request is independent.
+    parent: np.ndarray | None = None  # [num_requests] int64, parent[i] < i
+    think_ms: np.ndarray | None = None  # [num_requests] float64, >= 0
 
     def __post_init__(self) -> None:
         n = len(self.arrival_ms)
@@ -40,6 +45,11 @@ class Workload:
             raise ValueError(f"workload {self.name!r}: arrivals must be sorted")
         if n and (self.input_len.min() < 1 or self.output_len.min() < 1):
             raise ValueError(f"workload {self.name!r}: lengths must be >= 1 token")
+        if (self.parent is None) != (self.think_ms is None):
+            raise ValueError(f"workload {self.name!r}: parent and think_ms go together")
+        if self.parent is not None and (len(self.parent) != n or len(self.think_ms) != n or np.any(
+                self.parent >= np.arange(n))):
+            raise ValueError(f"workload {self.name!r}: parent[i] must be < i, one per request")
 
     def __len__(self) -> int:
         return len(self.arrival_ms)
@@ -67,11 +77,15 @@ class Workload:
             input_len=self.input_len,
             output_len=self.output_len,
             meta={**self.meta, "rate_rps": rate_rps},
+            parent=self.parent,
+            think_ms=self.think_ms,
         )
 
     def head(self, n: int) -> "Workload":
+        sess = {} if self.parent is None else {"parent": self.parent[:n],
+                                               "think_ms": self.think_ms[:n]}
         return Workload(self.name, self.arrival_ms[:n], self.input_len[:n], self.output_len[:n],
-                        dict(self.meta))
+                        dict(self.meta), **sess)
 
 
 def load_trace(path: str | os.PathLike) -> Workload:
@@ -184,7 +198,8 @@ def workload_names() -> list[str]:
     """Every name ``make_workload`` takes: synthetic generators, published mixes, traces."""
     from sglang_dcp.sim.mixes import MIXES
 
-    return [*WORKLOADS, *MIXES, *(f"mooncake-{t}" for t in TRACE_FILES)]
+    return [*WORKLOADS, *MIXES, *(f"sessions-{m}" for m in MIXES if m.startswith("agentic")),
+            *(f"mooncake-{t}" for t in TRACE_FILES)]
 
 
 def make_workload(name: str, seed: int = 0, num_requests: int | None = None) -> Workload:
@@ -195,6 +210,11 @@ def make_workload(name: str, seed: int = 0, num_requests: int | None = None) -> 
     if name in WORKLOADS:
         extra = {} if num_requests is None else {"num_requests": int(num_requests)}
         return synthetic(name, seed=seed, **extra)
+    if name.startswith("sessions-") and mixes.resolve(name.removeprefix("sessions-")):
+        from sglang_dcp.sim.sessions import SessionSpec, draw_sessions  # 32 turns a session
+
+        n = {} if num_requests is None else {"num_sessions": max(1, int(num_requests) // 32)}
+        return draw_sessions(SessionSpec(mix=name.removeprefix("sessions-"), **n), seed=seed)
     if mixes.resolve(name) is not None:  # a mix, or <mix>@<context limit>
         return mixes.draw(name, seed=seed, num_requests=num_requests)
     trace = name.removeprefix("mooncake-")

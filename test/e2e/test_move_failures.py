@@ -1,5 +1,7 @@
 """End-to-end: injected shard-move failures (``SGLANG_DCP_INJECT_MOVE_FAILURE``) on a real 4-rank
-CPU server. A failed move keeps its range on the home: every output still equals HF (home copies
+CPU server. One server serves both regimes: half of all moves fail (``P=0.5``, which ones is a
+hash of the move) and every move of the ``allfail-`` requests fails
+(``SGLANG_DCP_INJECT_MOVE_FAILURE_RID=allfail-@0``, the ``P=1`` case). A failed move keeps its range on the home: every output still equals HF (home copies
 of the moves that did happen are poisoned), ``meta_info["dcp"]`` shows the ranges where they
 are, and the planner's books follow the ranks' reports (sglang/ledger.py): its guest KV per rank
 equals what the ranks hold while a split request decodes, and both sides are empty once idle.
@@ -35,16 +37,25 @@ FAILED = re.compile(
 )
 
 
-@pytest.fixture(scope="module", params=[1.0, 0.5], ids=["P=1", "P=0.5"])
-def server(request, launch_server, tiny_model_path):
+P = 0.5
+ALL_FAIL = "allfail-"
+
+
+@pytest.fixture(scope="module")
+def server(launch_server, tiny_model_path):
     env = {"SGLANG_DCP_POISON_MOVED": "1", "SGLANG_DCP_PLANNER_LOG": "1",
-           "SGLANG_DCP_INJECT_MOVE_FAILURE": str(request.param)}  # fmt: skip
+           "SGLANG_DCP_INJECT_MOVE_FAILURE": str(P),
+           "SGLANG_DCP_INJECT_MOVE_FAILURE_RID": f"{ALL_FAIL}@0"}  # fmt: skip
     srv = launch_server(
         [*tiny_dp_args(tiny_model_path, RANKS), *SHARD_ARGS], env=env, startup_timeout=900
     )
-    srv.p = request.param
     yield srv
     assert not srv.stop()  # one server at a time on this machine's few cores
+
+
+def injected(m: Migration):
+    """Where the server's fault hook fails ``m`` (``None``: it does not)."""
+    return move_fault(m, 1.0 if m.rid.startswith(ALL_FAIL) else P)
 
 
 def generate(server, ids, rid, max_new=MAX_NEW):
@@ -77,34 +88,37 @@ def wait_for(check, timeout, what):
         time.sleep(0.3)
 
 
-def test_outputs_equal_hf_and_exactly_the_injected_moves_fail(server, tiny_model_path):
+@pytest.mark.parametrize("prefix", [ALL_FAIL, "inject-"], ids=["P=1", "P=0.5"])
+def test_outputs_equal_hf_and_exactly_the_injected_moves_fail(server, tiny_model_path, prefix):
     batch = prompts(seed=21, count=3, lengths=(1300, 40, 1800))
     for i, ids in enumerate(batch):
-        out = generate(server, ids, f"inject-{i}")
+        out = generate(server, ids, f"{prefix}{i}")
         assert out["output_ids"] == hf_greedy(tiny_model_path, ids, MAX_NEW), len(ids)
         dcp = out["meta_info"]["dcp"]
         # the ranges at finish: the tail holds the prompt and all outputs but the last
         assert dcp["shards"][-1][2] == len(ids) + MAX_NEW - 1
         away = {tuple(s) for s in dcp["shards"] if s[0] != dcp["home_rank"]}
         done, failed, _ = moves(server)
-        mine = {m for m in done | failed if m.rid == f"inject-{i}"}
-        assert away == {(m.dst, m.start, m.end) for m in done if m.rid == f"inject-{i}"}
+        mine = {m for m in done | failed if m.rid == f"{prefix}{i}"}
+        assert away == {(m.dst, m.start, m.end) for m in done if m.rid == f"{prefix}{i}"}
         assert len(dcp["shard_ranks"]) == dcp["degree"] == 1 + len({r for r, *_ in away})
         if len(ids) > 500:
             assert mine, f"a {len(ids)}-token prompt over 4 x 512 planner tokens was not split"
     done, failed, _ = moves(server)
-    assert failed and all(move_fault(m, server.p) is not None for m in failed)
-    assert all(move_fault(m, server.p) is None for m in done)
-    if server.p == 1.0:
+    done = {m for m in done if m.rid.startswith(prefix)}
+    failed = {m for m in failed if m.rid.startswith(prefix)}
+    assert failed and all(injected(m) is not None for m in failed)
+    assert all(injected(m) is None for m in done)
+    if prefix == ALL_FAIL:
         assert not done
     else:  # some moves happen, some do not (which ones: a hash of each move, the same every run)
         assert done
 
 
-def test_the_planners_books_follow_the_ranks(server):
+@pytest.mark.parametrize("rid", [f"{ALL_FAIL}books", "books"], ids=["P=1", "P=0.5"])
+def test_the_planners_books_follow_the_ranks(server, rid):
     # 1300 + 300 tokens over 4 x 512: split over 3-4 ranks, and decoding long enough to look
     ids = prompts(seed=23, count=1, lengths=(1300,))[0]
-    rid = "books"
     t = threading.Thread(target=lambda: generate(server, ids, rid, max_new=300), daemon=True)
     t.start()
     wait_for(lambda: any(m.rid == rid for s in moves(server)[:2] for m in s), 300, "no moves")

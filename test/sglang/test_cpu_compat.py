@@ -62,3 +62,20 @@ def test_deepseek_fixes_where_models_run():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.stdout.strip().splitlines()[-1] == "True MLA False []", out.stderr[-2000:]
+
+
+def test_pd_prefill_overlap_event_is_a_cpu_event():
+    """``maybe_send_cached_prefix_chunk``'s ``torch.cuda.Event()`` (a dummy class on CPU torch,
+    which killed a PD prefill server at its first radix hit) records and waits on CPU; only that
+    module's ``torch`` changes."""
+    code = (
+        "import torch, sglang.srt.managers.scheduler\n"
+        "from sglang_dcp.sglang import cpu_compat\n"
+        "fixed = cpu_compat.apply_sglang_fixes()\n"
+        "import sglang.srt.disaggregation.prefill as p\n"
+        "ev = p.torch.cuda.Event(); ev.record(torch.cpu.Stream()); ev.synchronize()\n"
+        "print(any('prefill torch.cuda.Event' in f for f in fixed), ev.query(), "
+        "p.torch.zeros is torch.zeros, torch.cuda.Event is not torch.cpu.Event)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip().splitlines()[-1] == "True True True True", out.stderr[-2000:]

@@ -224,3 +224,12 @@ def test_triton_on_cpu_runs_under_the_interpreter(parser, monkeypatch):
     backend of the e2e tests), so the launcher lets it through then."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert options(parser, "--disable-radix-cache", "--attention-backend", "triton").sharding
+
+
+def test_a_pd_decode_server_places_requests_unsplit(parser):
+    """Issue 24: the prefill server sends each request's KV to its home only, so far."""
+    o = options(parser, "--disable-radix-cache", "--disaggregation-mode", "decode")
+    assert o == DcpOptions(policy="dcp", max_degree=1) and not o.sharding
+    with pytest.raises(launch.LaunchError, match="needs a colocated server"):
+        options(parser, "--disable-radix-cache", "--disaggregation-mode", "decode",
+                "--dcp-max-degree", "2")  # fmt: skip
