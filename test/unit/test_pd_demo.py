@@ -19,6 +19,8 @@ def test_server_flags():
 
 def test_router_arguments_parse_in_pd_mode():
     port = free_low_port(avoid=0)
+    metrics = free_low_port(avoid=port)  # not smg's default 29000: a running demo may hold it
     args, _ = parse_all(["--pd-disaggregation", "--prefill", "http://127.0.0.1:30010", "30998",
-                         "--decode", "http://127.0.0.1:30020", "--port", str(port)])  # fmt: skip
+                         "--decode", "http://127.0.0.1:30020", "--port", str(port),
+                         "--prometheus-port", str(metrics)])  # fmt: skip
     assert args.pd_disaggregation and args.decode_urls == ["http://127.0.0.1:30020"]

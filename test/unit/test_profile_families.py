@@ -97,7 +97,7 @@ def test_vectorized_step_model_matches_the_profile(name):
     p = load_profile(name)
     rng = np.random.default_rng(0)
     n = 8
-    m = StepModel(p, n)
+    m = StepModel(p, n, exchange_wire="items")  # per item: CostProfile.step_time_us
     for _ in range(20):
         b, gi, go = (rng.integers(0, 40, n) for _ in range(3))
         kv = rng.uniform(0, p.kv_capacity_tokens, (3, n))
