@@ -72,6 +72,7 @@ class DcpDispatcher(FitSearch):
         verbose: bool | None = None,
         queue: bool = False,
         max_bypass: int | None = DEFAULT_QUEUE_MAX_BYPASS,
+        prefixes=None,
     ) -> None:
         if max_bypass is not None and max_bypass < 0:
             raise ValueError(f"max_bypass must be >= 0 or None, got {max_bypass}")
@@ -91,6 +92,8 @@ class DcpDispatcher(FitSearch):
         self.queue: dict[str, Any] = {}  # rid -> request, arrival order
         self.max_bypass = max_bypass
         self.bypassed: dict[str, int] = {}  # rid in queue -> later requests admitted before it
+        self.prefixes = prefixes  # planner.prefix.PrefixDirectory, or None
+        self._keys: tuple[str, list[bytes]] | None = None  # the last request's chain keys
 
     def state(self) -> str:
         """One-line read-only view of the planner, as logged after every change."""
@@ -182,9 +185,34 @@ class DcpDispatcher(FitSearch):
 
     def _admit(self, req: Any):
         home = getattr(req, "routed_dp_rank", None)
-        return self.policy.admit(self._request(req), home_rank=home)
+        request = self._request(req)
+        steps = getattr(self.policy, "whole_steps", None)  # only ``dcp`` weighs prefixes
+        if home is None and self.prefixes is not None and steps is not None:
+            from sglang_dcp.planner.prefix import prefix_home
+
+            resv = page_up(request.prompt_len + request.max_new_tokens, self.policy.page)
+            cached = self.prefixes.match(self._chain_keys(req))
+            pinned = prefix_home(steps(resv), cached, prompt_len=request.prompt_len,
+                                 decode_steps=request.max_new_tokens,
+                                 prefill_us=self.policy.profile.prefill_us)  # fmt: skip
+            if pinned is not None:
+                got = self.policy.admit(request, home_rank=pinned)
+                if not isinstance(got, Rejection):
+                    self._log("sglang_dcp: planner prefix rid=%s home=%d cached=%d", req.rid,
+                              pinned, cached[pinned])  # fmt: skip
+                    return got
+        return self.policy.admit(request, home_rank=home)
+
+    def _chain_keys(self, req: Any) -> list[bytes]:
+        """``prefixes.keys`` of the request's prompt (the last request's are kept: admit and
+        record hash it once)."""
+        if self._keys is None or self._keys[0] != req.rid:
+            self._keys = (req.rid, self.prefixes.keys(getattr(req, "input_ids", None) or ()))
+        return self._keys[1]
 
     def _placed(self, req: Any, placement) -> None:
+        if self.prefixes is not None and placement.degree == 1:  # its home's tree gets it
+            self.prefixes.record(placement.home_rank, self._chain_keys(req))
         self.degree_count[placement.degree] = self.degree_count.get(placement.degree, 0) + 1
         self._log(
             "sglang_dcp: planner admit rid=%s home=%d degree=%d %s",
