@@ -47,7 +47,7 @@ installed wheel.
 | mem_cache/common.py:292                                 | AROUND | sched_hooks (release)     | any/shard   |
 |   common.release_kv_cache                               |        |                           |             |
 | managers/schedule_batch.py:1702 Req._compute_max_prefix_len | AROUND | radix. (no match) | any/shard |
-| mem_cache/common.py:172 maybe_cache_unfinished_req      | AROUND | radix. (no insert)        | any/shard   |
+| mem_cache/common.py:172 common.maybe_cache_unfinished_req | AROUND | radix. (no insert)   | any/shard   |
 | managers/scheduler_components/invariant_checker.py:95   | AROUND | sched_hooks (guest slots) | any/shard   |
 |   SchedulerInvariantChecker._check_full_pool            |        |                           |             |
 | model_executor/model_runner_components/                 | AROUND | backend. (wrap backend)   | any/shard   |
