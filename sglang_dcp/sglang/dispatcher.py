@@ -93,7 +93,7 @@ class DcpDispatcher(FitSearch):
         self.max_bypass = max_bypass
         self.bypassed: dict[str, int] = {}  # rid in queue -> later requests admitted before it
         self.prefixes = prefixes  # planner.prefix.PrefixDirectory, or None
-        self._keys: tuple[str, list[bytes]] | None = None  # the last request's chain keys
+        self._keys: dict[str, list[bytes]] = {}  # rid -> its prompt's chain keys, until placed
 
     def state(self) -> str:
         """One-line read-only view of the planner, as logged after every change."""
@@ -204,15 +204,17 @@ class DcpDispatcher(FitSearch):
         return self.policy.admit(request, home_rank=home)
 
     def _chain_keys(self, req: Any) -> list[bytes]:
-        """``prefixes.keys`` of the request's prompt (the last request's are kept: admit and
-        record hash it once)."""
-        if self._keys is None or self._keys[0] != req.rid:
-            self._keys = (req.rid, self.prefixes.keys(getattr(req, "input_ids", None) or ()))
-        return self._keys[1]
+        """``prefixes.keys`` of the request's prompt, hashed once while it waits or is placed
+        (dropped when it is placed, answered or leaves the queue)."""
+        keys = self._keys.get(req.rid)
+        if keys is None:
+            keys = self._keys[req.rid] = self.prefixes.keys(getattr(req, "input_ids", None) or ())
+        return keys
 
     def _placed(self, req: Any, placement) -> None:
         if self.prefixes is not None and placement.degree == 1:  # its home's tree gets it
             self.prefixes.record(placement.home_rank, self._chain_keys(req))
+        self._keys.pop(req.rid, None)
         self.degree_count[placement.degree] = self.degree_count.get(placement.degree, 0) + 1
         self._log(
             "sglang_dcp: planner admit rid=%s home=%d degree=%d %s",
@@ -255,10 +257,13 @@ class DcpDispatcher(FitSearch):
         ]
         out = [self._unqueue(r) for r in gone]
         for r in gone:
+            self._keys.pop(r, None)
+        for r in gone:
             self._log("sglang_dcp: planner drop rid=%s (aborted while waiting) %s", r, self.state())
         return out
 
     def reject(self, req: Any, reason: str) -> None:
+        self._keys.pop(req.rid, None)
         self.num_rejected += 1
         self._log("sglang_dcp: planner reject rid=%s (%s) %s", req.rid, reason, self.state())
         self._reject(req, reason)

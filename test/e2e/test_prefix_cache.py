@@ -6,7 +6,9 @@ small planner budget per rank so long prompts are split, and ``SGLANG_DCP_POISON
 nothing of it was served from, or left in, its home's tree). Unsplit requests hit the cache as
 in plain SGLang (a repeat reports ``cached_tokens = prompt - 1``, SGLang's match limit) and the
 planner's prefix directory sends a prompt extending an earlier one to the rank whose tree holds
-it; split requests stay equal to HF and leave no KV behind. One server for the module.
+it; split requests stay equal to HF and leave no KV behind, also when their shards must evict
+cached prefixes on small pools (``--max-total-tokens``, prefill into shards by chunks). One
+server for the module.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from sglang_dcp.testing.server import tiny_dp_args
 pytestmark = pytest.mark.e2e
 
 RANKS = 4
-ARGS = ["--dcp-kv-capacity", "512", "--dcp-min-shard-tokens", "64"]
+POOL = 1024  # SGLang's pool per rank: two finished 440-token prompts fill most of it
+ARGS = ["--dcp-kv-capacity", "512", "--dcp-min-shard-tokens", "64",
+        "--max-total-tokens", str(POOL), "--chunked-prefill-size", "512"]  # fmt: skip
 ENV = {"SGLANG_DCP_POISON_MOVED": "1", "SGLANG_DCP_PLANNER_LOG": "1"}
 MAX_NEW = 8
 
@@ -34,10 +38,12 @@ def server(launch_server, tiny_model_path):
                          startup_timeout=900)  # fmt: skip
 
 
-def generate(server, ids, rid, max_new=MAX_NEW):
+def generate(server, ids, rid, max_new=MAX_NEW, home=None):
     payload = {"rid": rid, "input_ids": ids,
                "sampling_params": {"max_new_tokens": max_new, "temperature": 0,
                                    "ignore_eos": True}}  # fmt: skip
+    if home is not None:
+        payload["routed_dp_rank"] = home
     return server.post("/generate", payload, timeout=600)
 
 
@@ -101,4 +107,19 @@ def test_concurrent_mix_with_shared_prefixes_equals_hf(server, tiny_model_path):
     out = generate(server, after, "mix-after")
     assert out["output_ids"] == hf_greedy(tiny_model_path, after, MAX_NEW)
     assert out["meta_info"]["cached_tokens"] >= len(base)
+    wait_drained(server)
+
+
+def test_guest_shards_evict_cached_prefixes_under_memory_pressure(server, tiny_model_path):
+    # every rank's tree holds two finished prompts (evictable), most of its pool: a split
+    # request's shards must evict them to land on the guests
+    for i, ids in enumerate(prompts(seed=78, count=2 * RANKS, lengths=(440,))):
+        generate(server, ids, f"fill-{i}", home=i % RANKS)
+    ids = prompts(seed=79, count=1, lengths=(1300,))[0]
+    out = generate(server, ids, "pressure")
+    assert out["output_ids"] == hf_greedy(tiny_model_path, ids, MAX_NEW)
+    dcp = out["meta_info"]["dcp"]
+    assert {r for r, *_ in dcp["shards"]} - {dcp["home_rank"]}, dcp  # the shards left home
+    failed = [ln for ln in log_of(server).splitlines() if "failed" in ln and "pressure" in ln]
+    assert not failed, failed[:3]
     wait_drained(server)
