@@ -66,3 +66,20 @@ class HomeChoice:
             default=None,
         )
         return -1 if k is None else k[2]
+
+    def whole_steps(self, resv: int) -> list[float | None]:
+        """Per rank: the predicted step time (µs) with a request reserving ``resv`` KV tokens
+        placed there whole (d = 1), MoE barrier included, as ``DcpPolicy._place`` predicts it;
+        ``None`` where it has no room or the rank is held for another request. O(num_ranks)."""
+        M, bmax = max(self.cost), max(self.batch)
+        mpt, floor, cpt = self.profile.moe_us_per_token, self._floor, self._cpt
+        held = self._hold_ranks if self._hold_rid is not None else ()
+        out: list[float | None] = []
+        for r, (b, c, _) in enumerate(self._keys):
+            if self._free[r] < resv or r in held:
+                out.append(None)
+                continue
+            peak = c + self._item + max(floor, cpt * (b + 1)) - max(floor, cpt * b) + self._req
+            peak += self._a * resv
+            out.append((peak if peak > M else M) + (mpt if b >= bmax else 0.0))
+        return out

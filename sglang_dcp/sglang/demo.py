@@ -34,7 +34,6 @@ DEMO_ARGS = [
     "--mem-fraction-static", "0.9",
     # SGLang's "auto" dtype would run the float32 checkpoint in float16; keep it exact.
     "--dtype", "float32",
-    "--disable-radix-cache",
     # idle DP ranks would otherwise spin on their per-iteration collectives
     "--sleep-on-idle",
     "--dcp-kv-capacity", str(DEMO_KV_CAPACITY),

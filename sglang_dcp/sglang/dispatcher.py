@@ -72,6 +72,7 @@ class DcpDispatcher(FitSearch):
         verbose: bool | None = None,
         queue: bool = False,
         max_bypass: int | None = DEFAULT_QUEUE_MAX_BYPASS,
+        prefixes=None,
     ) -> None:
         if max_bypass is not None and max_bypass < 0:
             raise ValueError(f"max_bypass must be >= 0 or None, got {max_bypass}")
@@ -91,6 +92,8 @@ class DcpDispatcher(FitSearch):
         self.queue: dict[str, Any] = {}  # rid -> request, arrival order
         self.max_bypass = max_bypass
         self.bypassed: dict[str, int] = {}  # rid in queue -> later requests admitted before it
+        self.prefixes = prefixes  # planner.prefix.PrefixDirectory, or None
+        self._keys: dict[str, list[bytes]] = {}  # rid -> its prompt's chain keys, until placed
 
     def state(self) -> str:
         """One-line read-only view of the planner, as logged after every change."""
@@ -182,9 +185,36 @@ class DcpDispatcher(FitSearch):
 
     def _admit(self, req: Any):
         home = getattr(req, "routed_dp_rank", None)
-        return self.policy.admit(self._request(req), home_rank=home)
+        request = self._request(req)
+        steps = getattr(self.policy, "whole_steps", None)  # only ``dcp`` weighs prefixes
+        if home is None and self.prefixes is not None and steps is not None:
+            from sglang_dcp.planner.prefix import prefix_home
+
+            resv = page_up(request.prompt_len + request.max_new_tokens, self.policy.page)
+            cached = self.prefixes.match(self._chain_keys(req))
+            pinned = prefix_home(steps(resv), cached, prompt_len=request.prompt_len,
+                                 decode_steps=request.max_new_tokens,
+                                 prefill_us=self.policy.profile.prefill_us)  # fmt: skip
+            if pinned is not None:
+                got = self.policy.admit(request, home_rank=pinned)
+                if not isinstance(got, Rejection):
+                    self._log("sglang_dcp: planner prefix rid=%s home=%d cached=%d", req.rid,
+                              pinned, cached[pinned])  # fmt: skip
+                    return got
+        return self.policy.admit(request, home_rank=home)
+
+    def _chain_keys(self, req: Any) -> list[bytes]:
+        """``prefixes.keys`` of the request's prompt, hashed once while it waits or is placed
+        (dropped when it is placed, answered or leaves the queue)."""
+        keys = self._keys.get(req.rid)
+        if keys is None:
+            keys = self._keys[req.rid] = self.prefixes.keys(getattr(req, "input_ids", None) or ())
+        return keys
 
     def _placed(self, req: Any, placement) -> None:
+        if self.prefixes is not None and placement.degree == 1:  # its home's tree gets it
+            self.prefixes.record(placement.home_rank, self._chain_keys(req))
+        self._keys.pop(req.rid, None)
         self.degree_count[placement.degree] = self.degree_count.get(placement.degree, 0) + 1
         self._log(
             "sglang_dcp: planner admit rid=%s home=%d degree=%d %s",
@@ -227,10 +257,13 @@ class DcpDispatcher(FitSearch):
         ]
         out = [self._unqueue(r) for r in gone]
         for r in gone:
+            self._keys.pop(r, None)
+        for r in gone:
             self._log("sglang_dcp: planner drop rid=%s (aborted while waiting) %s", r, self.state())
         return out
 
     def reject(self, req: Any, reason: str) -> None:
+        self._keys.pop(req.rid, None)
         self.num_rejected += 1
         self._log("sglang_dcp: planner reject rid=%s (%s) %s", req.rid, reason, self.state())
         self._reject(req, reason)

@@ -110,6 +110,16 @@ def _max_new_bound(controller, prefill_chunk: int | None = None):
     return bound
 
 
+def _prefix_directory(controller, options: DcpOptions, n: int):
+    """The ``dcp`` planner's view of the ranks' radix trees (``planner/prefix.py``), each kept
+    to SGLang's pool size; ``None`` with ``--disable-radix-cache`` or another policy."""
+    if options.policy != "dcp" or getattr(controller.server_args, "disable_radix_cache", True):
+        return None
+    from sglang_dcp.planner.prefix import PrefixDirectory
+
+    return PrefixDirectory([controller.max_total_num_tokens] * n)
+
+
 def attach(controller, options: DcpOptions) -> DcpDispatcher:
     """Build the planner for ``controller`` and route its requests through it."""
     import zmq
@@ -174,6 +184,7 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
         untracked_prefixes=(HEALTH_CHECK_RID_PREFIX,),
         queue=options.policy in ("dcp", "uniform"),
         max_bypass=options.queue_max_bypass,
+        prefixes=_prefix_directory(controller, options, n),
     )
 
     def on_abort(msg) -> None:

@@ -81,7 +81,7 @@ def add_dcp_args(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         default=None,
         help="Most ranks one request's KV may span ('dcp'; group size for 'uniform'). > 1 needs "
-        "--disable-radix-cache, --tp-size == --dp-size and a dense attention backend; unsplit "
+        "--tp-size == --dp-size and a dense attention backend; unsplit "
         "rows keep that backend (torch_native on CPU), split rows go through the DCP exchange. "
         "Default: --dp-size when those hold, else 1.",
     )

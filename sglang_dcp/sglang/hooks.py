@@ -46,6 +46,8 @@ installed wheel.
 |   BasePrefixCache.free_kv_row                           |        |                           |             |
 | mem_cache/common.py:292                                 | AROUND | sched_hooks (release)     | any/shard   |
 |   common.release_kv_cache                               |        |                           |             |
+| managers/schedule_batch.py:1702 Req._compute_max_prefix_len | AROUND | radix. (no match) | any/shard |
+| mem_cache/common.py:172 common.maybe_cache_unfinished_req | AROUND | radix. (no insert)   | any/shard   |
 | managers/scheduler_components/invariant_checker.py:95   | AROUND | sched_hooks (guest slots) | any/shard   |
 |   SchedulerInvariantChecker._check_full_pool            |        |                           |             |
 | model_executor/model_runner_components/                 | AROUND | backend. (wrap backend)   | any/shard   |
@@ -86,6 +88,7 @@ _DPC = "sglang.srt.managers.data_parallel_controller.DataParallelController"
 _TM = "sglang.srt.managers.tokenizer_manager.TokenizerManager"
 _SCHED = "sglang.srt.managers.scheduler.Scheduler"
 _DP = "sglang_dcp.sglang.sched_hooks"
+_RADIX = "sglang_dcp.sglang.radix"
 _STREAMER = "sglang.srt.managers.scheduler_components.output_streamer.SchedulerOutputStreamer"
 _LOADS = "sglang.srt.managers.scheduler_components.load_inquirer.SchedulerLoadInquirer"
 _MLPSYNC = "sglang.srt.managers.scheduler_components.dp_attn.MLPSyncBatchInfo"
@@ -186,6 +189,12 @@ HOOKS: tuple[Hook, ...] = (
         "sglang.srt.mem_cache.common.release_kv_cache", "AROUND",
         ("req", "tree_cache", "is_insert"), f"{_DP}:around_release_kv_cache", when="shard",
     ),
+    # the radix cache stays on: split requests neither match nor insert (radix.py)
+    Hook("sglang.srt.managers.schedule_batch.Req._compute_max_prefix_len", "AROUND",
+         ("self", "input_len"), f"{_RADIX}:around_compute_max_prefix_len", when="shard"),
+    Hook("sglang.srt.mem_cache.common.maybe_cache_unfinished_req", "AROUND",
+         ("req", "tree_cache", "kwargs"), f"{_RADIX}:around_maybe_cache_unfinished_req",
+         when="shard"),
     Hook(
         "sglang.srt.managers.scheduler_components.invariant_checker."
         "SchedulerInvariantChecker._check_full_pool", "AROUND", ("self", "ps", "uncached"),

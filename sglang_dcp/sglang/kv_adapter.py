@@ -7,7 +7,7 @@ scheduler's pools instead, for one batch of moves:
 - the sender's ranges are registered up front (``offer``) as one "shard" each, with the slots the
   home's ``req_to_token`` row names for them, so ``transfer_shards`` never needs to split;
 - the receiver allocates from the rank's own ``token_to_kv_pool_allocator`` (``alloc(n)``,
-  ``None`` when full), so guest KV counts in SGLang's load, admission and ``/v1/loads`` like any
+  ``None`` when full; unlocked radix-cache entries are evicted first, ``tree_cache``), so guest KV counts in SGLang's load, admission and ``/v1/loads`` like any
   other KV;
 - ``k`` / ``v`` present the per-layer buffers (``MHATokenToKVPool.k_buffer[layer]``:
   ``[num_slots, num_kv_heads, head_dim]``) as one ``[num_layers, num_slots, ...]`` view for
@@ -66,8 +66,10 @@ class SGLangKVPool:
     """The ``KVPool`` surface ``transfer_shards`` needs, over one scheduler's allocator and KV
     buffers. One instance per batch of moves."""
 
-    def __init__(self, allocator, k_layers: Sequence[torch.Tensor], v_layers: Sequence[torch.Tensor]):
+    def __init__(self, allocator, k_layers: Sequence[torch.Tensor], v_layers: Sequence[torch.Tensor],
+                 tree_cache=None):
         self.allocator = allocator
+        self.tree_cache = tree_cache  # a radix cache: its unlocked entries are evicted for room
         self.k = LayerStack(k_layers)
         self.v = LayerStack(v_layers)
         self._slots: dict[ShardKey, torch.Tensor] = {}
@@ -102,6 +104,8 @@ class SGLangKVPool:
     def allocate(self, key: ShardKey, num_tokens: int) -> None:
         if key in self._slots:
             raise KeyError(f"{key} is already held here")
+        if self.tree_cache is not None:  # as SGLang's own allocations (evict_to_free_tokens)
+            self.allocator.evict_to_free_tokens(self.tree_cache, num_tokens)
         slots = self.allocator.alloc(num_tokens)
         if slots is None:
             raise KVPoolFull(

@@ -126,13 +126,15 @@ def dcp_options(ns: argparse.Namespace) -> DcpOptions:
         two_batch_overlap=bool(getattr(ns, "enable_two_batch_overlap", False)),
         mixed_chunk=bool(getattr(ns, "enable_mixed_chunk", False)),
     )
-    if refusal:
-        raise LaunchError(refusal)
     kv_dtype = getattr(ns, "kv_cache_dtype", None) or "auto"
-    if opts.sharding and kv_dtype not in UNQUANTIZED_KV:
+    if not refusal and opts.sharding and kv_dtype not in UNQUANTIZED_KV:
         refusal = quantized_kv_error(kv_dtype, _has_cuda())
-        if refusal:
-            raise LaunchError(refusal)
+    if refusal and ns.dcp_max_degree is None:
+        # sharding only by default (the radix cache no longer blocks it): these flags keep
+        # their meaning and the degree falls back to 1, as with an unshardable backend
+        opts = dataclasses.replace(opts, max_degree=1, prefill_chunk=None)
+    elif refusal:
+        raise LaunchError(refusal)
     if opts.enabled and (getattr(ns, "tokenizer_worker_num", 1) or 1) > 1:
         raise LaunchError(
             "--tokenizer-worker-num > 1 is not supported with the sglang-dcp planner yet; "

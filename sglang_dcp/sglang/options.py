@@ -119,9 +119,10 @@ def resolve(
 
     Without any ``--dcp-*`` flag the planner is on (policy ``dcp``) whenever there is something
     to place (``--dp-size > 1`` with ``--enable-dp-attention``) and quietly off otherwise. Its
-    max degree then defaults to ``--dp-size`` when the server can shard KV (``--disable-radix-cache``,
-    ``--tp-size == --dp-size``, attention backend unset or one of ``SHARDABLE_BACKENDS``, not a
-    PD decode server), else to 1.
+    max degree then defaults to ``--dp-size`` when the server can shard KV (``--tp-size ==
+    --dp-size``, attention backend unset or one of ``SHARDABLE_BACKENDS``, not a PD decode
+    server), else to 1. The radix cache may stay on (``--disable-radix-cache`` is accepted, never
+    required).
     """
     given = {
         "--dcp-policy": policy,
@@ -170,10 +171,9 @@ def resolve(
             "a colocated server (a PD decode server places each request on one rank: its KV "
             "lands whole on that rank; landing in shards is not built yet)"
         )
-    if not disable_radix_cache:
-        shard_blockers.append(
-            "--disable-radix-cache (KV shipped to other ranks must not stay in the prefix tree)"
-        )
+    # The radix cache stays on with sharding (issue 26): unsplit requests use it as in plain
+    # SGLang, split ones neither match nor insert (``sglang/radix.py``); the flag is accepted.
+    del disable_radix_cache
     if tp_size != dp_size:
         shard_blockers.append(f"--tp-size == --dp-size (got {tp_size} and {dp_size})")
     if attention_backend in SPARSE_BACKENDS:

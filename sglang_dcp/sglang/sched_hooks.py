@@ -6,8 +6,8 @@ call sites to this rank's ``datapath.RankRuntime``.
   a request becomes ``req.dcp``;
 - ``dp_attn.prepare_mlp_sync_batch_raw``: the step header around SGLang's per-step gather;
 - ``Scheduler.run_batch``: ship a prefill chunk's pieces after its forward (prefill_shards.py);
-- ``BasePrefixCache.free_kv_row``, ``common.release_kv_cache``: never free shipped ranges, tell
-  the guests at release;
+- ``BasePrefixCache.free_kv_row``, ``common.release_kv_cache``: never free shipped ranges, never
+  insert a split request into the radix tree, tell the guests at release;
 - ``SchedulerInvariantChecker._check_full_pool``: guest slots are held, not leaked.
 """
 
@@ -119,13 +119,14 @@ def around_free_kv_row(original, self, kv, ranges, *args, **kwargs):
 
 
 def around_release_kv_cache(original, req, tree_cache, *args, **kwargs):
-    """``mem_cache.common.release_kv_cache(req, tree_cache, is_insert)`` (common.py:292)."""
+    """``mem_cache.common.release_kv_cache(req, tree_cache, is_insert)`` (common.py:292): a
+    split request's KV never goes into the radix tree (``radix.py``), it is freed."""
     rt = runtime()
     if rt is None or (req.rid not in rt.home and req.rid not in rt.split_reqs):
         return original(req, tree_cache, *args, **kwargs)
     idx = req.kv.req_pool_idx
     try:
-        return original(req, tree_cache, *args, **kwargs)
+        return original(req, tree_cache, is_insert=False)
     finally:
         rt.moved_rows.pop(idx, None)
         rt.released(req)

@@ -34,7 +34,9 @@ def ship(rt, moves: list[Migration], model_runner, homes: dict[str, int]) -> lis
     from sglang_dcp.sglang.migration import move_fault_hook
 
     k_layers, v_layers = pool_layers(model_runner.token_to_kv_pool)  # MLA: latent only
-    pool = SGLangKVPool(rt.scheduler.token_to_kv_pool_allocator, k_layers, v_layers)
+    sched = rt.scheduler
+    pool = SGLangKVPool(sched.token_to_kv_pool_allocator, k_layers, v_layers,
+                        tree_cache=getattr(sched, "tree_cache", None))
     req_to_token = model_runner.req_to_token_pool.req_to_token
     offered = {}
     for m in moves:

@@ -28,7 +28,7 @@ RANKS = 4
 # --chunked-prefill-size -1: the home prefills each prompt whole, so every move is a whole sealed
 # shard and a failed one stays on the home (a failed piece of a chunked prefill into shards
 # aborts its request instead: test_prefill_shards.py)
-SHARD_ARGS = ["--disable-radix-cache", "--dcp-kv-capacity", "512", "--dcp-min-shard-tokens", "64",
+SHARD_ARGS = ["--dcp-kv-capacity", "512", "--dcp-min-shard-tokens", "64",
               "--chunked-prefill-size", "-1"]  # fmt: skip
 MAX_NEW = 8
 SHIPPED = re.compile(r"shipped tokens \[(\d+), (\d+)\) of (\S+) from rank (\d+) to rank (\d+)")

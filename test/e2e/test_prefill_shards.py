@@ -32,7 +32,7 @@ POOL = 256  # SGLang's KV pool per rank (tokens)
 CHUNK = 128  # --chunked-prefill-size: 32 tokens per rank (SGLang divides it by --dp-size)
 PROMPT = 3 * POOL + 96  # over three ranks' worth: the home keeps part of it, no rank holds it
 MAX_NEW = 8
-ARGS = ["--disable-radix-cache", "--max-total-tokens", str(POOL),
+ARGS = ["--max-total-tokens", str(POOL),
         "--chunked-prefill-size", str(CHUNK), "--dcp-min-shard-tokens", "64"]  # fmt: skip
 # the moves of "fail-*" requests from token 64 on fail (exchange/faults.py)
 ENV = {"SGLANG_DCP_POISON_MOVED": "1", "SGLANG_DCP_INJECT_MOVE_FAILURE_RID": "fail-@64"}

@@ -1,6 +1,6 @@
 """End-to-end: requests whose KV spans DP ranks on a real 4-rank CPU server.
 
-``--tp-size 4 --dp-size 4 --enable-dp-attention`` with KV sharding on (``--disable-radix-cache``)
+``--tp-size 4 --dp-size 4 --enable-dp-attention`` with KV sharding on (the radix cache on too)
 and a small planner budget per rank (``--dcp-kv-capacity``), so long prompts cannot sit on one
 rank and are spread over 2-4 ranks. ``SGLANG_DCP_POISON_MOVED=1`` overwrites the home's copy of
 every shipped shard with NaN, so an output can only be right if attention really read the
@@ -29,8 +29,7 @@ pytestmark = pytest.mark.e2e
 
 RANKS = 4
 KV_PER_RANK = 512  # planner budget per rank: a prompt over ~500 tokens must be split
-SHARD_ARGS = [
-    "--disable-radix-cache",
+SHARD_ARGS = [  # the radix cache stays on (issue 26)
     "--dcp-kv-capacity", str(KV_PER_RANK),
     "--dcp-min-shard-tokens", "64",
 ]  # fmt: skip
@@ -51,7 +50,7 @@ def server(launch_server, tiny_model_path):
 def rr_server(launch_server, tiny_model_path):
     """The same server with the round-robin baseline (nothing is split)."""
     return launch_server(
-        [*tiny_dp_args(tiny_model_path, RANKS), *SHARD_ARGS[:1], "--dcp-policy", "round_robin"],
+        [*tiny_dp_args(tiny_model_path, RANKS), "--dcp-policy", "round_robin"],
         startup_timeout=900,
     )
 

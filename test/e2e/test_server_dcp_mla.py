@@ -41,7 +41,7 @@ def servers(launch_server, tiny_deepseek_path, tmp_path_factory):
     fixture's (checked)."""
     cache = tmp_path_factory.mktemp("cache")
     demo = ["--demo", "--demo-model", "tiny-deepseek-v3", *SHARD_ARGS, *POOL]
-    rr_args = [*tiny_dp_args(tiny_deepseek_path, RANKS), *POOL, *SHARD_ARGS[:1]]
+    rr_args = [*tiny_dp_args(tiny_deepseek_path, RANKS), *POOL]
     with ThreadPoolExecutor(max_workers=2) as pool:
         env = {**ENV, "SGLANG_DCP_CACHE_DIR": str(cache)}
         dcp = pool.submit(launch_server, demo, env=env, startup_timeout=900)

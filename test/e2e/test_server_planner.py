@@ -149,7 +149,7 @@ def test_shutdown_is_clean(server):
 @pytest.mark.parametrize(
     "extra,fragment",
     [
-        (["--dcp-max-degree", "2"], "needs --disable-radix-cache"),
+        (["--tp-size", "4", "--dcp-max-degree", "2"], "--tp-size == --dp-size"),
         (["--dcp-policy", "off", "--dcp-cost-profile", "x"], "--dcp-cost-profile"),
         (["--load-balance-method", "round_robin", "--dcp-max-degree", "2"], "SGLang's own dispatcher"),
         (["--disable-radix-cache", "--dcp-max-degree", "2", "--attention-backend", "dcp_triton"],

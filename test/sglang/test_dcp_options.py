@@ -27,14 +27,16 @@ def options(parser, *extra):
     return launch.dcp_options(ns)
 
 
-def test_default_is_the_dcp_planner_with_degree_one(parser):
-    # the radix cache is on, so KV cannot be shipped: degree 1
-    assert options(parser) == DcpOptions(policy="dcp", max_degree=1)
-    assert not options(parser).sharding
+def test_default_is_the_dcp_planner_sharding_with_the_radix_cache_on(parser):
+    # issue 26: the radix cache no longer blocks sharding, and is not forced off
+    assert options(parser) == DcpOptions(policy="dcp", max_degree=2)
+    assert options(parser).sharding
+    o = options(parser, "--dcp-max-degree", "2")
+    assert o.sharding and o.max_degree == 2
 
 
 def test_degree_defaults_to_dp_size_when_the_server_can_shard(parser):
-    o = options(parser, "--disable-radix-cache")
+    o = options(parser, "--disable-radix-cache")  # still accepted
     assert o == DcpOptions(policy="dcp", max_degree=2) and o.sharding
     o = options(parser, "--disable-radix-cache", "--dcp-kv-capacity", "512")
     assert o.kv_capacity == 512
@@ -107,14 +109,13 @@ def test_flags_reach_the_options(parser):
 @pytest.mark.parametrize(
     "extra,message",
     [
-        (["--dcp-max-degree", "2"], "needs --disable-radix-cache"),
         (["--dcp-max-degree", "3", "--disable-radix-cache"], "exceeds --dp-size 2"),
         (["--dcp-max-degree", "2", "--disable-radix-cache", "--attention-backend", "wave"],
          "a dense attention backend (triton, torch_native"),
         (["--dcp-max-degree", "2", "--disable-radix-cache", "--attention-backend", "dsa"],
          "is sparse or compressed"),
-        (["--disable-radix-cache", "--enable-two-batch-overlap"], "--enable-two-batch-overlap"),
-        (["--disable-radix-cache", "--enable-mixed-chunk"], "--enable-mixed-chunk puts decode"),
+        (["--dcp-max-degree", "2", "--enable-two-batch-overlap"], "--enable-two-batch-overlap"),
+        (["--dcp-max-degree", "2", "--enable-mixed-chunk"], "--enable-mixed-chunk puts decode"),
         (["--dcp-max-degree", "2", "--disable-radix-cache", "--attention-backend", "dcp_triton"],
          "needs CUDA"),
         (["--dcp-kv-capacity", "0", "--disable-radix-cache"], "--dcp-kv-capacity must be >= 1"),
@@ -131,7 +132,8 @@ def test_flags_reach_the_options(parser):
         (["--dcp-slo-tpot-ms", "0"], "--dcp-slo-tpot-ms must be > 0"),
         (["--dcp-policy", "uniform", "--dcp-slo-tpot-ms", "50"], "applies to --dcp-policy dcp"),
         (["--dcp-policy", "total_tokens", "--dcp-split-rule", "gain"], "applies to"),
-        (["--dcp-rebalance-threshold", "1.5"], "needs --dcp-policy dcp and --dcp-max-degree > 1"),
+        (["--dcp-max-degree", "1", "--dcp-rebalance-threshold", "1.5"],
+         "needs --dcp-policy dcp and --dcp-max-degree > 1"),
         (["--disable-radix-cache", "--dcp-rebalance-threshold", "0.5"], "max/mean KV ratio, >= 1"),
         (["--dcp-transfer-chunk-mb", "0"], "--dcp-transfer-chunk-mb must be >= 1"),
     ],
@@ -214,9 +216,10 @@ def test_deepep_moe_composes_with_sharding(parser):
     argv = launch.sharding_argv(SERVE + extra, o, cuda=True)
     assert argv[: len(SERVE) + len(extra)] == SERVE + extra
     assert "--attention-backend" not in argv
-    # TBO and mixed chunks stay available without sharding
+    # TBO and mixed chunks stay available without sharding: the default degree falls back to 1
     assert not options(parser, "--enable-two-batch-overlap").sharding
     assert not options(parser, "--enable-mixed-chunk").sharding
+    assert not options(parser, "--kv-cache-dtype", "fp8_e5m2").sharding
 
 
 def test_triton_on_cpu_runs_under_the_interpreter(parser, monkeypatch):
