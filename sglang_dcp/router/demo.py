@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -113,3 +114,24 @@ class DemoServer:
         except subprocess.TimeoutExpired:
             pass
         self.proc = None
+
+
+def start_all(servers: list[DemoServer]) -> str | None:
+    """Start ``servers`` side by side (each announced with its log); ``None`` once all are
+    healthy, else the first failure as one line naming the server and its log."""
+    errors: list[str] = []
+
+    def start(s: DemoServer) -> None:
+        try:
+            s.start()
+        except DemoServerError as e:
+            errors.append(f"{s.url}: {e} (log: {s.log_path})")
+
+    for s in servers:
+        print(f"[sglang-dcp] starting a demo server at {s.url} (log: {s.log_path})", flush=True)
+    threads = [threading.Thread(target=start, args=(s,), daemon=True) for s in servers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors[0] if errors else None

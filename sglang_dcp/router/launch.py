@@ -122,7 +122,7 @@ def run_router(args, *, ready_wait_secs: float = 30.0, demo: bool = False) -> in
 def run_demo(argv: list[str]) -> int:
     """Two ``launch_server --demo`` servers, then the router in front of them, in this process."""
     from sglang_dcp import env
-    from sglang_dcp.router.demo import DemoServer, DemoServerError, port_range_free
+    from sglang_dcp.router.demo import DemoServer, port_range_free, start_all
 
     argv = [a for a in argv if a != "--demo"]
     for port in DEMO_SERVER_PORTS:
@@ -150,24 +150,10 @@ def run_demo(argv: list[str]) -> int:
     from sglang_dcp.sglang.launch import demo_model_path
 
     demo_model_path()
-    for s in servers:
-        print(f"[sglang-dcp] starting a demo server at {s.url} (log: {s.log_path})", flush=True)
-    errors: list[str] = []
-
-    def start(s: DemoServer) -> None:
-        try:
-            s.start()
-        except DemoServerError as e:
-            errors.append(f"{s.url}: {e} (log: {s.log_path})")
-
     try:
-        threads = [threading.Thread(target=start, args=(s,), daemon=True) for s in servers]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            print(f"{PROG}: error: a demo server did not start: {errors[0]}", file=sys.stderr)
+        error = start_all(servers)
+        if error:
+            print(f"{PROG}: error: a demo server did not start: {error}", file=sys.stderr)
             return 1
         return run_router(args, ready_wait_secs=ready_wait_secs, demo=True)
     finally:

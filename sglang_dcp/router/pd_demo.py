@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 
 from sglang_dcp.router.args import DEMO_ROUTER_PORT, LaunchError, parse_all
-from sglang_dcp.router.demo import DemoServer, DemoServerError, port_free, port_range_free
+from sglang_dcp.router.demo import DemoServer, port_free, port_range_free, start_all
 
 PROG = "make demo-pd"
 PREFILL_PORT, DECODE_PORT, BOOTSTRAP_PORT = 30010, 30020, 30998
@@ -73,23 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         DemoServer(prefill_flags, os.path.join(log_dir, "prefill.log"), PREFILL_PORT, 900),
         DemoServer(decode_flags, os.path.join(log_dir, "decode.log"), DECODE_PORT, 900),
     ]
-    errors: list[str] = []
-
-    def start(s: DemoServer) -> None:
-        print(f"[sglang-dcp] starting {s.url} (log: {s.log_path})", flush=True)
-        try:
-            s.start()
-        except DemoServerError as e:
-            errors.append(f"{s.url}: {e} (log: {s.log_path})")
-
     try:
-        threads = [threading.Thread(target=start, args=(s,), daemon=True) for s in servers]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            print(f"{PROG}: error: a demo server did not start: {errors[0]}", file=sys.stderr)
+        error = start_all(servers)
+        if error:
+            print(f"{PROG}: error: a demo server did not start: {error}", file=sys.stderr)
             return 1
         print("\n".join(_try_lines(f"http://127.0.0.1:{DEMO_ROUTER_PORT}", dec)), flush=True)
         return run_router(args, ready_wait_secs=wait)

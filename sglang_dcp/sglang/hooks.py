@@ -77,12 +77,16 @@ patches/0002's ``LoadSnapshot.dcp`` (``observe.require_load_snapshot_section``).
 
 from __future__ import annotations
 
-import inspect
 import multiprocessing
 import pkgutil
 from dataclasses import dataclass
 
-from sglang_dcp.sglang.uses import USES  # noqa: F401  (SGLang callables the glue calls)
+from sglang_dcp.sglang.uses import (  # noqa: F401  (USES: SGLang callables the glue calls)
+    USES,
+    HookSignatureError,
+    check,
+    params_of,
+)
 
 _DPC = "sglang.srt.managers.data_parallel_controller.DataParallelController"
 _TM = "sglang.srt.managers.tokenizer_manager.TokenizerManager"
@@ -234,24 +238,6 @@ HOOKS: tuple[Hook, ...] = (
         "sglang_dcp.sglang.graphs:around_create_attention_graph_variants", when="shard",
     ),
 )  # fmt: skip
-
-class HookSignatureError(RuntimeError):
-    pass
-
-
-def params_of(target: str) -> tuple[str, ...]:
-    """Parameter names of ``target`` (unwrapping hook wrappers) in the installed SGLang."""
-    return tuple(inspect.signature(inspect.unwrap(pkgutil.resolve_name(target))).parameters)
-
-
-def check(target: str, expected: tuple[str, ...]) -> None:
-    got = params_of(target)
-    if got != expected:
-        raise HookSignatureError(
-            f"sglang-dcp hook target {target} has parameters {got}, expected {expected}: the "
-            "installed SGLang is not the pinned 0.5.21 (see patches/README.md)"
-        )
-
 
 def _is_launcher() -> bool:
     return multiprocessing.parent_process() is None

@@ -1,8 +1,11 @@
 """SGLang callables (and instance attributes set in ``__init__``) the glue relies on without
-hooking, with the parameter names the pinned SGLang 0.5.21 has (``hooks.check``;
+hooking, with the parameter names the pinned SGLang 0.5.21 has (``check`` below;
 ``test/sglang/test_hooks.py`` checks them against the installed wheel)."""
 
 from __future__ import annotations
+
+import inspect
+import pkgutil
 
 _DPC = "sglang.srt.managers.data_parallel_controller.DataParallelController"
 _TM = "sglang.srt.managers.tokenizer_manager.TokenizerManager"
@@ -37,3 +40,21 @@ USES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("sglang.srt.disaggregation.utils.prepare_abort", ("req", "error_message", "status_code")),
     (f"{_SCHED}._release_aborted_request", ("self", "req")),
 )
+
+
+class HookSignatureError(RuntimeError):
+    pass
+
+
+def params_of(target: str) -> tuple[str, ...]:
+    """Parameter names of ``target`` (unwrapping hook wrappers) in the installed SGLang."""
+    return tuple(inspect.signature(inspect.unwrap(pkgutil.resolve_name(target))).parameters)
+
+
+def check(target: str, expected: tuple[str, ...]) -> None:
+    got = params_of(target)
+    if got != expected:
+        raise HookSignatureError(
+            f"sglang-dcp hook target {target} has parameters {got}, expected {expected}: the "
+            "installed SGLang is not the pinned 0.5.21 (see patches/README.md)"
+        )
