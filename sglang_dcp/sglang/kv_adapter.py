@@ -7,8 +7,8 @@ scheduler's pools instead, for one batch of moves:
 - the sender's ranges are registered up front (``offer``) as one "shard" each, with the slots the
   home's ``req_to_token`` row names for them, so ``transfer_shards`` never needs to split;
 - the receiver allocates from the rank's own ``token_to_kv_pool_allocator`` (``alloc(n)``,
-  ``None`` when full; unlocked radix-cache entries are evicted first, ``tree_cache``), so guest KV counts in SGLang's load, admission and ``/v1/loads`` like any
-  other KV;
+  ``None`` when full; unlocked radix-cache entries are evicted first, ``tree_cache``), so guest
+  KV counts in SGLang's load, admission and ``/v1/loads`` like any other KV;
 - ``k`` / ``v`` present the per-layer buffers (``MHATokenToKVPool.k_buffer[layer]``:
   ``[num_slots, num_kv_heads, head_dim]``) as one ``[num_layers, num_slots, ...]`` view for
   ``pool.k[:, slots]`` reads and writes.
