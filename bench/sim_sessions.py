@@ -14,7 +14,7 @@ one 8xH200 node and on 16 ranks (the shipped, derived profiles, unchanged).
    prompt). Yardstick: the token-weighted mean TPOT within the SLO (P99 TPOT is reported: one
    prefill stall breaks a short request's TPOT, so no policy meets a P99 SLO here) and P99 wait
    for KV <= 2 s.
-2. **PD** (prefill elsewhere, KV transferred at ``deploy.PD_GBPS`` per receiving rank): ``dcp``
+2. **PD** (prefill elsewhere, KV transferred at the profile's ``pd_gbps_per_rank`` per receiving rank): ``dcp``
    landing in its shards (``pd``) against landing on the home and shipping (``pd-home``), and
    ``total_tokens`` (whole placements: the same either way). Yardstick as ``bench/results/sim.md``:
    P99 TPOT within the SLO and P99 wait for KV <= 2 s (the transfer is not counted as a wait).

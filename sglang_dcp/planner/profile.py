@@ -85,6 +85,8 @@ class CostProfile:
     attention_layers: tuple[LayerKind, ...] = ()
     # with attention_layers: the JSON's kind-independent costs_us values, for to_dict
     layer_base: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    # GB/s a PD transfer delivers into one decode rank (prefill -> decode KV); None: not given
+    pd_gbps_per_rank: float | None = None
 
     def __post_init__(self) -> None:
         for f in ("name", "model", "hardware"):
@@ -125,6 +127,11 @@ class CostProfile:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
             raise ValueError(f"cost profile {self.name!r}: field 'attn_us_per_request' must be "
                              f"a number >= 0, got {v!r}")
+        v = self.pd_gbps_per_rank
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                              or not 0 < v < math.inf):
+            raise ValueError(f"cost profile {self.name!r}: field 'pd_gbps_per_rank' must be a "
+                             f"number > 0, got {v!r}")
         if self.attn_us_per_kv_token <= 0:
             raise ValueError(
                 f"cost profile {self.name!r}: field 'attn_us_per_kv_token' must be > 0"

@@ -37,8 +37,10 @@ _OPTIONAL_COST_FIELDS = ("exchange_us_per_item_intranode", "attn_us_per_request"
 # with attention_layers: what the layer kinds add to (layer_kinds.aggregate)
 _LAYERED = ("attn_us_per_kv_token", "attn_us_per_item", "attn_us_per_request",
             "exchange_us_per_item", "exchange_us_per_item_intranode", "exchange_us_fixed")
-_NOT_TOP = {*_COST_FIELDS, *_OPTIONAL_COST_FIELDS, "provenance", "attention_layers",
-            "layer_base"}
+# optional top-level fields (None when absent)
+_OPTIONAL_TOP = ("pd_gbps_per_rank",)
+_NOT_TOP = {*_COST_FIELDS, *_OPTIONAL_COST_FIELDS, *_OPTIONAL_TOP, "provenance",
+            "attention_layers", "layer_base"}
 
 
 def profile_from_dict(cls: type, data: Mapping[str, Any], *, source: str) -> "CostProfile":
@@ -63,14 +65,14 @@ def profile_from_dict(cls: type, data: Mapping[str, Any], *, source: str) -> "Co
     missing = [f for f in top if f not in data]
     if missing:
         raise ValueError(f"cost profile {source}: missing field(s) {', '.join(missing)}")
-    unknown = sorted(set(data) - set(top)
+    unknown = sorted(set(data) - set(top) - set(_OPTIONAL_TOP)
                      - {"costs_us", "provenance", "$comment", "attention_layers"})
     if unknown:
         raise ValueError(f"cost profile {source}: unknown field(s) {', '.join(unknown)}")
     prov = data.get("provenance")
     if not isinstance(prov, Mapping) or not prov.get("source"):
         raise ValueError(f"cost profile {source}: field 'provenance.source' is required")
-    kwargs = {f: data[f] for f in top}
+    kwargs = {f: data[f] for f in (*top, *_OPTIONAL_TOP) if f in data}
     kwargs.update({f: costs[f] for f in (*_COST_FIELDS, *_OPTIONAL_COST_FIELDS) if f in costs})
     try:
         if layered is not None:
@@ -98,6 +100,7 @@ def profile_to_dict(p: "CostProfile") -> dict[str, Any]:
             out["costs_us"].pop(f)
         out["costs_us"].update(p.layer_base)
         out["attention_layers"] = [k.to_dict() for k in p.attention_layers]
+    out.update({f: getattr(p, f) for f in _OPTIONAL_TOP if getattr(p, f) is not None})
     out["provenance"] = dict(p.provenance)
     return out
 

@@ -40,10 +40,11 @@ guest items already count (a slight overestimate of the step, the same for both 
 decode-side prefix cache in either (SGLang 0.5.21's ``--disaggregation-decode-enable-radix-cache``
 is off by default).
 
-``PD_GBPS`` provenance: Mooncake Transfer Engine's published 190 GB/s on 8 x 400 Gbps RoCE NICs
-(kvcache-ai/Mooncake README, 40 GB transfers, "equivalent to a 128k-token KVCache for
-LLaMA3-70B"), divided by 8: one 400 Gbps NIC per decode GPU, so 23.75 GB/s into each holder.
-The prefill side's senders are assumed not to bind (the transfer is receiver-bound).
+``pd_gbps`` is the cost profile's ``pd_gbps_per_rank`` (its provenance: Mooncake Transfer
+Engine's published 190 GB/s on 8 x 400 Gbps RoCE NICs, kvcache-ai/Mooncake README, 40 GB
+transfers, divided by 8: one 400 Gbps NIC per decode GPU, so 23.75 GB/s into each holder) unless
+``--pd-gbps`` overrides it. The prefill side's senders are assumed not to bind (the transfer is
+receiver-bound).
 """
 
 from __future__ import annotations
@@ -57,7 +58,6 @@ from sglang_dcp.sim.prefix_cache import PrefixCache
 from sglang_dcp.types import Placement, Rejection, Request
 
 DEPLOYMENTS = ("decode", "colocated", "pd", "pd-home")
-PD_GBPS = 190.0 / 8  # GB/s into one decode rank (module docstring)
 
 
 @dataclass
@@ -90,9 +90,13 @@ class Deployment:
         if kind not in DEPLOYMENTS:
             raise ValueError(f"deployment must be one of {DEPLOYMENTS}, got {kind!r}")
         self.kind, self.policy, self.model = kind, policy, model
-        self.pd_gbps = PD_GBPS if pd_gbps is None else float(pd_gbps)
-        if not self.pd_gbps > 0:
-            raise ValueError(f"pd_gbps must be > 0, got {pd_gbps}")
+        gbps = model.profile.pd_gbps_per_rank if pd_gbps is None else pd_gbps
+        if kind.startswith("pd") and gbps is None:
+            raise ValueError(f"cost profile {model.profile.name!r} gives no pd_gbps_per_rank (GB/s "
+                             "into one decode rank): add it with its provenance, or pass --pd-gbps")
+        if gbps is not None and not gbps > 0:
+            raise ValueError(f"pd_gbps must be > 0, got {gbps}")
+        self.pd_gbps = None if gbps is None else float(gbps)  # GB/s into one decode rank
         n = policy.num_ranks if hasattr(policy, "num_ranks") else len(policy.batch_sizes())
         self.cache = PrefixCache(n) if kind == "colocated" and prefix_cache else None
         self.cache_layout = cache_layout and self.cache is not None

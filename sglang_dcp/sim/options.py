@@ -53,4 +53,4 @@ class SimOptions:
     deployment: str = "decode"
     prefix_cache: bool = True  # colocated: per-rank prefix caches (prefix_cache.py)
     cache_layout: bool = False  # colocated: place a turn on its cached layout (dcp)
-    pd_gbps: float | None = None  # pd: GB/s into one decode rank; None: deploy.PD_GBPS
+    pd_gbps: float | None = None  # pd: GB/s into one decode rank; None: the profile's pd_gbps_per_rank

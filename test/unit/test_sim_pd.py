@@ -1,5 +1,7 @@
 """The simulator's PD deployment (issue 24 item 7): landing in shards vs on the home."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -7,7 +9,6 @@ from sglang_dcp.planner import make_policy
 from sglang_dcp.planner.base import ClusterSpec
 from sglang_dcp.planner.profile import load_profile
 from sglang_dcp.sim.cost import StepModel
-from sglang_dcp.sim.deploy import PD_GBPS
 from sglang_dcp.sim.engine import SimOptions, simulate
 from sglang_dcp.sim.metrics import FINISHED
 from sglang_dcp.sim.workload import Workload
@@ -29,7 +30,7 @@ def _run(deployment, inp, out, arrival=None, policy="dcp"):
 
 def test_pd_transfer_follows_the_largest_holder():
     run, pol, model = _run("pd", [250_000], [20])
-    ms_per_token = PROFILE.kv_bytes_per_token / (PD_GBPS * 1e9) * 1e3
+    ms_per_token = PROFILE.kv_bytes_per_token / (PROFILE.pd_gbps_per_rank * 1e9) * 1e3
     assert run.status[0] == FINISHED
     # the first step waits for the transfer; the largest range bounds it (< the whole prompt)
     land = run.deploy["p99_transfer_ms"]
@@ -42,7 +43,7 @@ def test_pd_transfer_follows_the_largest_holder():
 def test_pd_home_lands_everything_on_the_home_then_ships():
     shards, _, _ = _run("pd", [250_000], [20])
     home, _, model = _run("pd-home", [250_000], [20])
-    ms_per_token = PROFILE.kv_bytes_per_token / (PD_GBPS * 1e9) * 1e3
+    ms_per_token = PROFILE.kv_bytes_per_token / (PROFILE.pd_gbps_per_rank * 1e9) * 1e3
     assert home.deploy["p99_transfer_ms"] == pytest.approx(250_000 * ms_per_token)
     assert home.deploy["p99_transfer_ms"] > shards.deploy["p99_transfer_ms"]
     assert home.deploy["shipped_tokens"] > 0
@@ -94,9 +95,40 @@ def test_transfer_time_scales_with_the_bandwidth():
     w = Workload("t", np.zeros(1), np.asarray(n, np.int64), np.asarray([20], np.int64))
     cl = ClusterSpec.uniform(4, CAP, PROFILE.page_size)
     got = []
-    for gbps in (PD_GBPS, 2 * PD_GBPS):
+    for gbps in (PROFILE.pd_gbps_per_rank, 2 * PROFILE.pd_gbps_per_rank):
         run = simulate(w, make_policy("dcp", cl, PROFILE), StepModel(PROFILE, 4, kv_capacity=CAP),
                        4, kv_capacity=cl.kv_capacity,
                        options=SimOptions(deployment="pd", pd_gbps=gbps))
         got.append(run.deploy["p99_transfer_ms"])
     assert got[0] == pytest.approx(2 * got[1])
+
+
+def test_the_pd_bandwidth_is_a_profile_coefficient_with_provenance(tmp_path):
+    """Every shipped profile carries ``pd_gbps_per_rank`` with its arithmetic; a profile without
+    it refuses a PD run with the fix in the message, and the JSON form round-trips it."""
+    from sglang_dcp.planner.profile_io import available_profiles
+    from sglang_dcp.sim.deploy import Deployment
+
+    for name in available_profiles():
+        p = load_profile(name)
+        assert p.pd_gbps_per_rank and "pd_gbps_per_rank" in p.provenance["arithmetic"], name
+        assert load_profile(_dump(tmp_path, p.to_dict())).pd_gbps_per_rank == p.pd_gbps_per_rank
+    data = PROFILE.to_dict()
+    del data["pd_gbps_per_rank"]
+    bare = load_profile(_dump(tmp_path, data))
+    assert bare.pd_gbps_per_rank is None and "pd_gbps_per_rank" not in bare.to_dict()
+    model = StepModel(bare, 4, kv_capacity=CAP)
+    pol = make_policy("total_tokens", ClusterSpec.uniform(4, CAP, bare.page_size), bare)
+    w = Workload("t", np.zeros(1), np.asarray([1000], np.int64), np.asarray([8], np.int64))
+    with pytest.raises(ValueError, match="no pd_gbps_per_rank.*--pd-gbps"):
+        Deployment("pd", pol, model, w)
+    Deployment("decode", pol, model, w)  # only PD needs it
+    data["pd_gbps_per_rank"] = 0
+    with pytest.raises(ValueError, match="'pd_gbps_per_rank' must be a number > 0"):
+        load_profile(_dump(tmp_path, data))
+
+
+def _dump(tmp_path, data) -> str:
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(data))
+    return str(path)
