@@ -127,6 +127,8 @@ def dcp_options(ns: argparse.Namespace) -> DcpOptions:
         mixed_chunk=bool(getattr(ns, "enable_mixed_chunk", False)),
     )
     kv_dtype = getattr(ns, "kv_cache_dtype", None) or "auto"
+    if kv_dtype not in UNQUANTIZED_KV and not _has_cuda():  # SGLang's CPU attention cannot
+        raise LaunchError(quantized_kv_error(kv_dtype, False))  # read it, sharding or not
     if not refusal and opts.sharding and kv_dtype not in UNQUANTIZED_KV:
         refusal = quantized_kv_error(kv_dtype, _has_cuda())
     if refusal and ns.dcp_max_degree is None:

@@ -47,8 +47,8 @@ def quantized_kv_error(kv_cache_dtype: str, cuda: bool) -> str | None:
     """
     if not cuda:
         return (
-            f"--kv-cache-dtype {kv_cache_dtype}: on CPU SGLang's torch_native attention (which "
-            "the DCP exchange wraps) cannot read a quantized KV cache; drop --kv-cache-dtype"
+            f"--kv-cache-dtype {kv_cache_dtype}: on CPU SGLang's torch_native attention cannot "
+            "read a quantized KV cache (with or without KV sharding); drop --kv-cache-dtype"
         )
     if kv_cache_dtype in FP8_KV:
         return None

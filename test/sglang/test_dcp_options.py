@@ -206,7 +206,7 @@ def test_quantized_kv_with_sharding():
     assert "torch_native" in quantized_kv_error("fp8_e4m3", cuda=False)
 
 
-def test_deepep_moe_composes_with_sharding(parser):
+def test_deepep_moe_composes_with_sharding(parser, monkeypatch):
     """--moe-a2a-backend deepep (the mission's MoE): the exchange is independent of the MoE
     all-to-all, so sharding stays on and the launcher passes SGLang's MoE flags through."""
     extra = ["--disable-radix-cache", "--moe-a2a-backend", "deepep", "--ep-size", "2",
@@ -219,7 +219,19 @@ def test_deepep_moe_composes_with_sharding(parser):
     # TBO and mixed chunks stay available without sharding: the default degree falls back to 1
     assert not options(parser, "--enable-two-batch-overlap").sharding
     assert not options(parser, "--enable-mixed-chunk").sharding
+    # on GPU, a quantized cache the exchange cannot read: the default degree falls back to 1
+    monkeypatch.setattr(launch, "_has_cuda", lambda: True)
     assert not options(parser, "--kv-cache-dtype", "fp8_e5m2").sharding
+
+
+@pytest.mark.parametrize("extra", [[], ["--dcp-max-degree", "1"], ["--dcp-policy", "off"]])
+def test_a_quantized_kv_cache_is_refused_on_cpu_with_or_without_sharding(parser, monkeypatch,
+                                                                          extra):
+    """SGLang's CPU attention cannot read a quantized cache, whatever the degree: one line at
+    startup instead of a scheduler traceback."""
+    monkeypatch.setattr(launch, "_has_cuda", lambda: False)
+    with pytest.raises(launch.LaunchError, match="fp8_e4m3.*drop --kv-cache-dtype"):
+        options(parser, "--kv-cache-dtype", "fp8_e4m3", *extra)
 
 
 def test_triton_on_cpu_runs_under_the_interpreter(parser, monkeypatch):
