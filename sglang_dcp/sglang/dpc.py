@@ -19,6 +19,8 @@ HTTP 400 (tokenizer_manager.py:1800, ``_handle_abort_finish_reason``).
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import math
 from http import HTTPStatus
@@ -142,6 +144,15 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
 
     n = controller.launch_dp_size
     page = planner_page(getattr(controller.server_args, "page_size", 1))
+    from sglang.srt.arg_groups.model_override_base import resolved_view
+
+    # SGLang 0.5.21 declares the per-rank chunk (chunk // dp_size, parallel_hook.py:264) as a
+    # resolution over server_args: the raw field keeps what the user typed (None: the default)
+    chunk = resolved_view(controller.server_args).chunked_prefill_size
+    if options.sharding and options.prefill_chunk is None and chunk and chunk > 0:
+        # SGLang's own default chunk (the user typed none): the homes prefill split requests
+        # by these chunks, so the planner books the transient and lifts the prompt bound
+        options = dataclasses.replace(options, prefill_chunk=int(chunk))  # per rank already
     capacity = controller.max_total_num_tokens
     if options.kv_capacity is not None:
         capacity = min(capacity, options.kv_capacity)
@@ -234,7 +245,7 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
     books.tick(force=True)  # the ranks learn the inbox before any request arrives
     logger.info(
         "sglang_dcp: planner %s routes requests in the DP controller (%d ranks, %d KV tokens "
-        "each, page %d, max degree %d)",
-        options.policy, n, cluster.kv_capacity[0], page, options.max_degree,
+        "each, page %d, max degree %d, prefill chunk %s)",
+        options.policy, n, cluster.kv_capacity[0], page, options.max_degree, options.prefill_chunk,
     )  # fmt: skip
     return dispatcher

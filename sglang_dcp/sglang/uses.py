@@ -39,6 +39,8 @@ USES: tuple[tuple[str, tuple[str, ...]], ...] = (
     # prefill into shards: a failed chunk move ends the request as SGLang's chunked abort does
     ("sglang.srt.disaggregation.utils.prepare_abort", ("req", "error_message", "status_code")),
     (f"{_SCHED}._release_aborted_request", ("self", "req")),
+    # the planner's prefill chunk: SGLang's resolved per-rank --chunked-prefill-size (dpc.py)
+    ("sglang.srt.arg_groups.model_override_base.resolved_view", ("server_args",)),
 )
 
 

@@ -184,11 +184,15 @@ def test_dp_aware_routing_pins_the_home_rank(servers, launch_router):
         assert admitted(by_url[url])[f"dpa-{i}"] == k
         pairs.add((url, k))
     assert {k for _, k in pairs} == {0, 1}, pairs
-    # The named rank can never hold it: the planner's 400 comes back through the router. (A
-    # prompt larger than a rank: an oversized max_new_tokens alone is capped at what SGLang
-    # decodes, dispatcher.py, and then fits.)
+    # A prompt larger than the pinned rank's pool is served from it: its KV spreads over both
+    # ranks by SGLang's default chunk (no --chunked-prefill-size typed; it once waited forever)
+    out = generate(dp_router.url, [1] * (KV_PER_RANK + 100), "dpa-big", 4)
+    assert out["meta_info"]["dcp"]["degree"] == 2 and len(out["output_ids"]) == 4
+    # The named rank can never hold it: the planner's 400 comes back through the router. (With
+    # one chunk in flight on its home, 2 x KV_PER_RANK - 192 tokens fit neither rank's share;
+    # still within the model's context, so SGLang's own length check lets it through.)
     with pytest.raises(urllib.error.HTTPError) as e:
-        generate(dp_router.url, [1] * (KV_PER_RANK + 100), "dpa-too-big", 4)
+        generate(dp_router.url, [1] * (2 * KV_PER_RANK - 192), "dpa-too-big", 4)
     assert e.value.code == 400
     body = e.value.read().decode()
     assert "planner rejected" in body and "pinned home rank" in body, body

@@ -130,9 +130,10 @@ def test_an_abort_frees_the_planner(server):
 
 def test_a_request_no_rank_can_hold_is_a_400(server):
     with pytest.raises(urllib.error.HTTPError) as e:
-        # a prompt larger than a rank (max_new_tokens alone would not do: a reservation is
-        # capped at what SGLang decodes, max_req_len - prompt - 1, dispatcher.py)
-        generate(server, [1] * (KV_PER_RANK + 100), "too-big")
+        # a prompt the two ranks cannot hold while its home keeps one prefill chunk in flight
+        # (max_new_tokens alone would not do: a reservation is capped at what SGLang decodes,
+        # max_req_len - prompt - 1, dispatcher.py), within the model's context length
+        generate(server, [1] * (2 * KV_PER_RANK - 192), "too-big")
     assert e.value.code == 400
     assert "planner rejected" in e.value.read().decode()
     assert any(ev == "reject" and r == "too-big" for ev, r, *_ in planner_events(server))
