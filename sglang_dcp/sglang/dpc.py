@@ -125,6 +125,7 @@ def _prefix_directory(controller, options: DcpOptions, n: int):
 def attach(controller, options: DcpOptions) -> DcpDispatcher:
     """Build the planner for ``controller`` and route its requests through it."""
     import zmq
+    from sglang.srt.arg_groups.model_override_base import resolved_view
     from sglang.srt.constants import HEALTH_CHECK_RID_PREFIX
     from sglang.srt.managers.io_struct import AbortReq, TokenizedGenerateReqInput, sock_send
     from sglang.srt.utils.network import get_zmq_socket
@@ -144,18 +145,21 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
 
     n = controller.launch_dp_size
     page = planner_page(getattr(controller.server_args, "page_size", 1))
-    from sglang.srt.arg_groups.model_override_base import resolved_view
-
-    # SGLang 0.5.21 declares the per-rank chunk (chunk // dp_size, parallel_hook.py:264) as a
-    # resolution over server_args: the raw field keeps what the user typed (None: the default)
-    chunk = resolved_view(controller.server_args).chunked_prefill_size
-    if options.sharding and options.prefill_chunk is None and chunk and chunk > 0:
-        # SGLang's own default chunk (the user typed none): the homes prefill split requests
-        # by these chunks, so the planner books the transient and lifts the prompt bound
-        options = dataclasses.replace(options, prefill_chunk=int(chunk))  # per rank already
     capacity = controller.max_total_num_tokens
     if options.kv_capacity is not None:
         capacity = min(capacity, options.kv_capacity)
+    # SGLang 0.5.21 declares the per-rank chunk (chunk // dp_size, parallel_hook.py:264) as a
+    # resolution over server_args: the raw field keeps what the user typed (None: the default)
+    chunk = resolved_view(controller.server_args).chunked_prefill_size
+    chunk = int(chunk) if options.sharding and chunk and chunk > 0 else None
+    if chunk and options.prefill_chunk is None:
+        # SGLang's default chunk (none typed): the home's pool must hold its share plus one
+        # chunk in flight, so the planner books the part of the chunk its budget's slack below
+        # SGLang's pool (--dcp-kv-capacity) does not cover; without it a prompt larger than the
+        # pool waited forever in SGLang's PrefillAdder
+        transient = chunk - (controller.max_total_num_tokens - capacity)
+        if transient > 0:
+            options = dataclasses.replace(options, prefill_chunk=transient)
     cluster = ClusterSpec.uniform(n, capacity, page)
     profile = options.profile if options.policy == "dcp" else None
     def new_policy():
@@ -187,7 +191,7 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
 
     dispatcher = DcpDispatcher(
         policy,
-        max_new_bound=_max_new_bound(controller, options.prefill_chunk),
+        max_new_bound=_max_new_bound(controller, options.prefill_chunk or chunk),
         empty_policy=new_policy,
         send=send,
         reject=reject,
