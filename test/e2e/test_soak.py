@@ -55,8 +55,8 @@ MIGRATE_NEW = 48
 def server(launch_server, tiny_model_path):
     return launch_server(
         # degree <= 3 of 4 ranks: every split request has a rank holding none of its KV, where
-        # SGLANG_DCP_TEST_MIGRATE moves its first guest range (the planner now spreads a
-        # 700-token prompt over all 4 ranks when it may: the bucketed wire prices pairs)
+        # SGLANG_DCP_TEST_MIGRATE moves its first guest range (an idle 4-rank server now
+        # spreads a 700-token prompt over all 4 ranks when it may)
         [*tiny_dp_args(tiny_model_path, RANKS), *SHARD_ARGS, "--dcp-max-degree", "3"],
         env={**ENV, **MIGRATE_ENV},
         startup_timeout=900,
