@@ -150,7 +150,7 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
         capacity = min(capacity, options.kv_capacity)
     # SGLang 0.5.21 declares the per-rank chunk (chunk // dp_size, parallel_hook.py:264) as a
     # resolution over server_args: the raw field keeps what the user typed (None: the default)
-    chunk = resolved_view(controller.server_args).chunked_prefill_size
+    chunk = getattr(resolved_view(controller.server_args), "chunked_prefill_size", None)
     chunk = int(chunk) if options.sharding and chunk and chunk > 0 else None
     if chunk and options.prefill_chunk is None:
         # SGLang's default chunk (none typed): the home's pool must hold its share plus one

@@ -139,7 +139,7 @@ def test_failed_moves_put_the_range_back_on_the_home_in_the_planners_books(dpc):
     dpc.d.dispatch(tokenized("long", PROMPT))
     [(home, _, placed)] = dpc.sent
     guests = {s.rank for s in placed.shards[:-1]}
-    assert len(guests) == 2
+    assert len(guests) >= 2  # how many: the planner's choice (2 or 3 of 4 ranks)
     dpc.books.tick(force=True)
     kv, guest_kv = dpc.views[-1]
     assert all(guest_kv[g] > 0 for g in guests)
@@ -149,7 +149,7 @@ def test_failed_moves_put_the_range_back_on_the_home_in_the_planners_books(dpc):
     policy.verify()
     kv, guest_kv = dpc.views[-1]  # published at once
     assert guest_kv == [0] * 4 and kv[home] == sum(kv)
-    assert (dpc.books.moves_done, dpc.books.moves_failed) == (0, 2)
+    assert (dpc.books.moves_done, dpc.books.moves_failed) == (0, len(guests))
     dpc.d.finished(["long"])
     dpc.clock.t += 1.0
     dpc.books.tick()
@@ -159,10 +159,12 @@ def test_failed_moves_put_the_range_back_on_the_home_in_the_planners_books(dpc):
 def test_half_the_moves_failed_and_the_books_match_the_ranks(dpc):
     dpc.d.dispatch(tokenized("long", PROMPT))
     [(home, _, placed)] = dpc.sent
-    (g1, _, e1), (g2, _, _) = [(s.rank, s.start, s.end) for s in placed.shards[:-1]]
-    dpc.books.on_report(report_from_home(placed, {g1: True, g2: False}))
+    guests = [(s.rank, s.end - s.start) for s in placed.shards[:-1]]
+    assert len(guests) >= 2  # how many: the planner's choice (2 or 3 of 4 ranks)
+    ok = {g: i % 2 == 0 for i, (g, _) in enumerate(guests)}  # every other move fails
+    dpc.books.on_report(report_from_home(placed, ok))
     _, guest_kv = dpc.views[-1]
-    assert guest_kv[g1] == e1 and guest_kv[g2] == 0
+    assert all(guest_kv[g] == (n if ok[g] else 0) for g, n in guests)
     dpc.d.policy.verify()
 
 
