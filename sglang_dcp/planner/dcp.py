@@ -112,6 +112,7 @@ class DcpPolicy(
         exchange_wire: str = "bucketed",
         wire_capacity: int = DEFAULT_CAPACITY,
         rejoin: bool = False,
+        split_cost_k: float | None = 4.0,
     ) -> None:
         super().__init__(cluster)
         if not isinstance(profile, CostProfile):
@@ -152,6 +153,12 @@ class DcpPolicy(
         self.fixed_exchange = fixed_exchange
         self.profile = profile
         self._wire_options(exchange_wire, wire_capacity)  # wire_cost.py
+        if split_cost_k is not None and not split_cost_k >= 0:
+            raise ValueError(f"dcp: split_cost_k must be >= 0, got {split_cost_k}")
+        self.split_cost_k = None if split_cost_k is None else float(split_cost_k)
+        # what the first split adds to every step: the fixed exchange and the smallest wire
+        self._exchange_start_us = profile.exchange_us_fixed + (
+            self.wire_us(1) if self.bucketed else 2 * profile.exchange_us_per_item)
         self.max_degree = min(max_degree, cluster.num_ranks)
         ms = profile.break_even_tokens() if min_shard_tokens is None else min_shard_tokens
         self.min_shard_tokens = page_up(ms, self.page)

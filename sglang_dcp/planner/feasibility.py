@@ -67,7 +67,18 @@ class Feasibility:
         (fragmented, not full)."""
         cap = self.cap
         largest = cap[pinned] if pinned is not None else max(cap)
-        if largest < resv or resv >= self.split_min_free * largest:
+        f = self._split_free_share()
+        if largest < resv or resv >= f * largest:
             return True
         total = sum(cap)
-        return total - sum(self.kv) >= self.split_min_free * total
+        return total - sum(self.kv) >= f * total
+
+    def _split_free_share(self) -> float:
+        """``split_min_free``, raised to ``split_cost_k`` times the share of the step budget
+        that starting the exchange costs (fixed + the smallest bucket's wire; ``dcp.py`` rule
+        2): where one split taxes every rank's step more, a request must be larger against a
+        rank (or the cluster emptier) before a split for fit beats waiting for room."""
+        k, slo = self.split_cost_k, self.step_slo_us
+        if k is None or slo is None:
+            return self.split_min_free
+        return min(1.0, max(self.split_min_free, k * self._exchange_start_us / slo))

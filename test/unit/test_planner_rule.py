@@ -90,7 +90,7 @@ def test_step_budget_holds_back_a_split_the_step_cannot_afford():
     cap = 64 * 1000
     c = ClusterSpec.uniform(4, cap, PAGE)
     tight = make_policy("dcp", c, DS, min_shard_tokens=PAGE * 10, step_slo_ms=1.0,
-                        step_gate="split")
+                        step_gate="split", split_cost_k=0)  # the gate, not the fit rule
     assert tight.admit(req(9, 100_000, 100)).degree > 1  # empty cluster: nothing to wait for
     tight.finish("r9")
     for r in range(4):
