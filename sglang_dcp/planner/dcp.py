@@ -27,16 +27,15 @@ could not run whole: KV fragmentation. So:
    at least ``split_min_free`` (0.2) of the cluster's KV is free: then free KV exists but is
    fragmented, and waiting for one rank to drain is what a split saves. Otherwise the cluster is
    KV-bound for a small request; a split would only pack the last free pages at a recurring
-   exchange cost, so it waits (retryable ``Rejection``). ``split_rule="gain"``: the older rule,
-   which also splits requests that fit when the predicted step ``max(M, peak) +
-   exchange_fixed`` is lower by > ``min_gain_us``
-   (``fixed_exchange``: charge the fixed cost to every split, ``"always"``, or only to the
-   cluster's first guest, ``"first"``). ``split_rule="auto"`` picks by the profile's attention:
-   ``fit`` for MLA, whose option-A exchange item (a 576-wide q per head out, a 512-wide partial
-   back) costs the attention of 3.6k-8.3k KV tokens under the shipped MLA profiles, ``gain``
-   with ``fixed_exchange="first"`` for GQA/MHA, whose item costs the attention of ~500 tokens
-   (``CostProfile.break_even_tokens``); ``bench/results/sim.md`` has the measurements (the gain
-   rule loses up to 48% on MLA deployments and wins up to 9% on the GQA one).
+   exchange cost, so it waits (retryable ``Rejection``). With a step budget both shares rise
+   to ``split_cost_k`` x (what starting the exchange adds to every step) / budget
+   (``feasibility.py``). ``split_rule="gain"``: the older rule, which also splits requests
+   that fit when the predicted step ``max(M, peak) + exchange_fixed`` is lower by >
+   ``min_gain_us`` (``fixed_exchange``: the fixed cost on every split, ``"always"``, or on the
+   first guest, ``"first"``). ``split_rule="auto"``: ``fit`` for MLA, whose exchange item (a
+   576-wide q per head out, a 512-wide partial back) costs the attention of 3.6k-8.3k KV
+   tokens under the shipped profiles, ``gain`` with ``fixed_exchange="first"`` for GQA/MHA
+   (~500 tokens; ``CostProfile.break_even_tokens``; the gain rule loses up to 48% on MLA).
 3. **Shards** (when splitting): ``d = 2 .. max_degree``; guests are the ``d - 1`` ranks with
    free KV >= ``min_shard_tokens`` (by default the profile's break-even shard) and the lowest
    predicted time counting their exchange: with ``exchange_wire="bucketed"`` (the default: what
@@ -150,20 +149,13 @@ class DcpPolicy(
         self.split_rule, self.split_min_free = split_rule, float(split_min_free)
         self._home_options(home_rule, home_tie)
         self._budget_options(headroom_always, age_ms, age_overshoot)
-        self.fixed_exchange = fixed_exchange
-        self.profile = profile
+        self.fixed_exchange, self.profile = fixed_exchange, profile
         self._wire_options(exchange_wire, wire_capacity)  # wire_cost.py
-        if split_cost_k is not None and not split_cost_k >= 0:
-            raise ValueError(f"dcp: split_cost_k must be >= 0, got {split_cost_k}")
-        self.split_cost_k = None if split_cost_k is None else float(split_cost_k)
-        # what the first split adds to every step: the fixed exchange and the smallest wire
-        self._exchange_start_us = profile.exchange_us_fixed + (
-            self.wire_us(1) if self.bucketed else 2 * profile.exchange_us_per_item)
+        self._fit_options(split_cost_k)  # feasibility.py
         self.max_degree = min(max_degree, cluster.num_ranks)
         ms = profile.break_even_tokens() if min_shard_tokens is None else min_shard_tokens
         self.min_shard_tokens = page_up(ms, self.page)
-        self.min_gain_us = float(min_gain_us)
-        self.batch_slack = int(batch_slack)
+        self.min_gain_us, self.batch_slack = float(min_gain_us), int(batch_slack)
         self.rebalance_threshold = (None if rebalance_threshold is None
                                     else float(rebalance_threshold))
         p = profile
@@ -259,8 +251,9 @@ class DcpPolicy(
                 return Rejection(
                     req.rid,
                     f"request {req.rid!r} needs {resv} KV tokens, no rank has them free and "
-                    f"less than {self.split_min_free:.0%} of the cluster's KV is free: it waits "
-                    "(a split would only pack the last free pages at a recurring exchange cost)",
+                    f"less than {self._split_free_share():.0%} of the cluster's KV is free: it "
+                    "waits (a split would only pack the last free pages at a recurring exchange "
+                    "cost)",
                     retryable=True,
                 )
         a = self._a

@@ -73,11 +73,23 @@ class Feasibility:
         total = sum(cap)
         return total - sum(self.kv) >= f * total
 
+    def _fit_options(self, split_cost_k: float | None) -> None:
+        if split_cost_k is not None and not split_cost_k >= 0:
+            raise ValueError(f"dcp: split_cost_k must be >= 0 (0: off), got {split_cost_k}")
+        self.split_cost_k = None if split_cost_k is None else float(split_cost_k)
+        # what the first split adds to every step: the fixed exchange and the smallest wire
+        p = self.profile
+        self._exchange_start_us = p.exchange_us_fixed + (
+            self.wire_us(1) if self.bucketed else 2 * p.exchange_us_per_item)
+
     def _split_free_share(self) -> float:
         """``split_min_free``, raised to ``split_cost_k`` times the share of the step budget
         that starting the exchange costs (fixed + the smallest bucket's wire; ``dcp.py`` rule
         2): where one split taxes every rank's step more, a request must be larger against a
-        rank (or the cluster emptier) before a split for fit beats waiting for room."""
+        rank (or the cluster emptier) before a split for fit beats waiting for room. Issue 27:
+        on 16-32 ranks the first split slows every rank by 8.7-10.3 ms (DeepSeek-V3, Kimi-K2
+        profiles) and waiting served up to 1.3x more (``bench/results/sim.md``); on one 8-rank
+        node (4.0 ms) the share stays near ``split_min_free``, where splitting for fit pays."""
         k, slo = self.split_cost_k, self.step_slo_us
         if k is None or slo is None:
             return self.split_min_free

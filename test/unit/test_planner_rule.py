@@ -189,3 +189,33 @@ def test_never_fits_agrees_with_admit_into_an_empty_cluster():
         got = p.admit(req(0, prompt, new))
         assert ok == isinstance(got, Placement), (prompt, new, got)
         p.verify()
+
+
+def test_split_for_fit_scales_with_what_starting_the_exchange_costs():
+    """With a step budget, a request that fits one rank whole but finds no rank with room waits
+    where the first split would tax every step by a large share of the budget (16 ranks:
+    fixed + 15 padded rows each way), and splits where that share is small or the rule is off
+    (``split_cost_k=0``): the share the fit rule asks for is ``k x start / budget``."""
+    cap = 64 * 1000
+    c = ClusterSpec.uniform(16, cap, PAGE)
+
+    def kv_bound(**kw):
+        p = make_policy("dcp", c, DS, min_shard_tokens=PAGE * 10, step_slo_ms=1e3, **kw)
+        for r in range(16):  # 85% full, as above
+            fill(p, r, 54_400, f"f{r}")
+        return p
+
+    start = DS.exchange_us_fixed + kv_bound().wire_us(1)  # 2.4 ms + 15 rows each way
+    tax = kv_bound(split_cost_k=1e6 / start * 0.5)  # share 0.5: a 31% request waits
+    assert tax._split_free_share() == pytest.approx(0.5)
+    rej = tax.admit(req(0, 20_000, 100))
+    assert isinstance(rej, Rejection) and rej.retryable and "50% of the cluster" in rej.reason
+    assert sum(tax.guest_items()) == 0
+    for off in (kv_bound(split_cost_k=0), kv_bound(split_cost_k=1e6 / start * 0.1)):
+        got = off.admit(req(0, 20_000, 100))  # share 0.2 (split_min_free): it splits
+        assert isinstance(got, Placement) and got.degree > 1
+        off.verify()
+    with pytest.raises(ValueError, match="split_cost_k"):
+        make_policy("dcp", c, DS, split_cost_k=-1)
+    # without a budget the rule has nothing to scale by: split_min_free as before
+    assert make_policy("dcp", c, DS)._split_free_share() == 0.2
