@@ -37,7 +37,8 @@ def _why_rows(rows: list[dict]) -> list[str]:
          "| scenario | headroom (pooled) | binds | waits > 2 s (budget / kv / queue) | dcp step "
          "ms = pooled-at-load + rank imb. + MoE imb. + fixed exch. (guests live) + exch. rows "
          "+ rest | pooled at "
-         "this rate: mean step / P99 TPOT ms |", "|---|---|---|---|---|---|"]
+         "this rate: mean step / P99 TPOT ms | why below 60% (computed from these columns) |",
+         "|---|---|---|---|---|---|---|"]
     for r in have:
         w = r["why"]
         m, pool = w["policy"], w["pooled"]
@@ -54,5 +55,44 @@ def _why_rows(rows: list[dict]) -> list[str]:
             f"{rows:.1f} + {rest:.1f}")
         L.append(f"| {r['id']} | {_f(r['captured_pooled'], 2)} | {w['binds']} "
                  f"(P99 TPOT {m['p99_tpot_ms']:.1f}, P99 wait {m['p99_kv_wait_ms']:.0f} ms) | "
-                 f"{wcell} | {scell} | {pool['mean_step_ms']:.1f} / {pool['p99_tpot_ms']:.1f} |")
+                 f"{wcell} | {scell} | {pool['mean_step_ms']:.1f} / {pool['p99_tpot_ms']:.1f} | "
+                 f"{reason(r)} |")
     return L + [""]
+
+
+WAIT_RULE = {"budget": "step-budget waits", "kv": "KV waits", "queue": "queueing behind a "
+             "waiting request"}
+
+
+def reason(r: dict) -> str:
+    """Why ``dcp`` captures < 60% of the pooled headroom, from the row's measured numbers: the
+    rule that fails just above its max rate (the wait kind with most > 2 s waits), then the two
+    largest parts of its mean step over the pooled bound's at the same rate (``load``: the
+    pooled step at dcp's live loads over the pooled run's own, i.e. more requests live)."""
+    cap, b = r.get("captured_pooled"), r["best_baseline_goodput"]
+    if cap is None:
+        if not b:
+            return "no baseline meets the SLO at any rate: no headroom to measure"
+        if not r.get("pooled"):
+            return "-"
+        rej = max((v or 0) for n, v in r["rejected"].items() if n in ("round_robin",
+                                                                      "total_tokens"))
+        extra = (f"; the baselines reject {rej} of {r['num_requests']} requests (larger than "
+                 "a rank), which dcp serves") if rej else ""
+        return f"no headroom: pooled bound {r['pooled'] / b:.2f}x the best baseline{extra}"
+    if cap >= 0.6:
+        return "met"
+    m, pool = r["why"]["policy"], r["why"]["pooled"]
+    waits = {k: v.get("over_2s", 0) for k, v in m.get("waits", {}).items()}
+    rule = ("P99 TPOT" if not m.get("tpot_ok", True) else "") or (
+        WAIT_RULE.get(max(waits, key=waits.get), "?") if waits and max(waits.values()) else
+        "P99 KV wait")
+    st = m.get("step_ms")
+    if not st:
+        return rule
+    parts = {"load": st["pooled"] - pool["mean_step_ms"], "rank imbalance": st["rank_imb"],
+             "MoE imbalance": st["moe_imb"], "exchange": st["fixed"] + st.get("item_ex", 0.0)}
+    top = sorted(parts.items(), key=lambda kv: -kv[1])[:2]
+    live = f" (guests live {m.get('guests_live', 0):.0%})"
+    return (f"binds: {rule}; step {st['step']:.1f} vs pooled {pool['mean_step_ms']:.1f} ms: "
+            + ", ".join(f"{k} +{v:.1f}" + (live if k == "exchange" else "") for k, v in top))
