@@ -49,7 +49,8 @@ def make_policy(
     ``min_gain_us`` (0), ``batch_slack`` (0), ``rebalance_threshold`` (None: no migration),
     ``step_slo_ms`` (None: no step budget), ``step_gate`` ("all"), ``step_headroom`` (True),
     ``home_rule`` ("step" | "batch"), ``split_rule`` ("fit" | "gain" | "auto"),
-    ``split_min_free`` (0.2), ``exchange_wire`` ("bucketed" | "items"), ``wire_capacity`` (16),
+    ``split_min_free`` (0.2), ``split_cost_k`` (4: with a step budget the fit rule's share rises
+    to k x the exchange's start cost / budget; 0: off), ``exchange_wire`` ("bucketed" | "items"), ``wire_capacity`` (16),
     ``fixed_exchange`` ("always" | "first"), ``prefill_chunk`` (None: the home prefills a split
     request whole; tokens: prefill into shards, the home's transient booked, ``prefill.py``);
     see ``dcp.py``. ``None`` values
