@@ -246,6 +246,10 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
     controller._request_dispatcher += TypeBasedDispatcher([
         (DcpFinished, on_finished), (AbortReq, on_abort), (DcpShardReport, on_report),
     ])  # fmt: skip
+    from sglang_dcp.sglang import piece_books  # cached pieces of split requests (issue 26)
+
+    piece_books.attach(controller, sharding=options.sharding, num_ranks=n, page=page,
+                       inbox=inbox_address)  # fmt: skip
     books.tick(force=True)  # the ranks learn the inbox before any request arrives
     logger.info(
         "sglang_dcp: planner %s routes requests in the DP controller (%d ranks, %d KV tokens "

@@ -48,7 +48,8 @@ installed wheel.
 |   common.release_kv_cache                               |        |                           |             |
 | managers/schedule_batch.py:1702 Req._compute_max_prefix_len | AROUND | radix. (no match) | any/shard |
 | mem_cache/common.py:172 common.maybe_cache_unfinished_req | AROUND | radix. (no insert)   | any/shard   |
-| mem_cache/radix_cache.py:619/553 RadixCache.evictable_size, .evict | AROUND | radix_pieces. | any/shard |
+| mem_cache/radix_cache.py:619/553/332 (cached pieces)  | AROUND | radix_pieces.            | any/shard   |
+|   RadixCache.evictable_size, RadixCache.evict, RadixCache.reset |  |                      |             |
 | managers/scheduler_components/invariant_checker.py:95   | AROUND | sched_hooks (guest slots) | any/shard   |
 |   SchedulerInvariantChecker._check_full_pool            |        |                           |             |
 | model_executor/model_runner_components/                 | AROUND | backend. (wrap backend)   | any/shard   |
@@ -203,7 +204,8 @@ HOOKS: tuple[Hook, ...] = (
     # cached pieces of split requests are the tree's evictable memory (radix_pieces.py)
     *(Hook(f"sglang.srt.mem_cache.radix_cache.RadixCache.{name}", "AROUND", params,
            f"sglang_dcp.sglang.radix_pieces:around_{name}", when="shard")
-      for name, params in (("evictable_size", ("self",)), ("evict", ("self", "params")))),
+      for name, params in (("evictable_size", ("self",)), ("evict", ("self", "params")),
+                           ("reset", ("self",)))),
     Hook(
         "sglang.srt.managers.scheduler_components.invariant_checker."
         "SchedulerInvariantChecker._check_full_pool", "AROUND", ("self", "ps", "uncached"),

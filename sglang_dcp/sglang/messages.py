@@ -80,6 +80,20 @@ class DcpPlannerView(BaseReq, kw_only=True):
     inbox: str = ""
     kv_tokens: Optional[List[int]] = None  # reserved KV per rank
     guest_kv_tokens: Optional[List[int]] = None  # sealed KV held for other ranks' requests
+    piece_kv_tokens: Optional[List[int]] = None  # cached pieces per rank (piece_books.py)
+
+
+class DcpPieces(BaseReq, kw_only=True):
+    """Scheduler -> DP controller (its ledger inbox; ``piece_release.py``): pieces this rank's
+    requests left cached (``cached[i]``: ``[rank, start, end]`` of ``rid``, ``keys[i]``: the hex
+    key of its token prefix up to ``end``), or pieces this rank's cache freed (``evicted``:
+    ``[[rid, start], ...]``)."""
+
+    dcp_rank: int = -1
+    rid: str = ""
+    cached: Optional[List[List[int]]] = None
+    keys: Optional[List[str]] = None
+    evicted: Optional[List[List[Union[str, int]]]] = None
 
 
 class DcpMigrate(BaseReq, kw_only=True):
@@ -91,4 +105,5 @@ class DcpMigrate(BaseReq, kw_only=True):
 
 
 def register_types() -> None:
-    hook_custom_types(DcpFinished, DcpGenerateReq, DcpShardReport, DcpPlannerView, DcpMigrate)
+    hook_custom_types(DcpFinished, DcpGenerateReq, DcpShardReport, DcpPlannerView, DcpMigrate,
+                      DcpPieces)

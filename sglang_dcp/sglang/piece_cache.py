@@ -84,6 +84,13 @@ class PieceCache:
     def clear(self) -> int:
         return self.evict(self.tokens)
 
+    def forget_all(self) -> None:
+        """Drop every piece without freeing its slots: the allocator was cleared under them
+        (``Scheduler.flush_cache`` resets the tree, then clears the allocator)."""
+        self.evicted += list(self._lru)
+        self._lru.clear()
+        self.tokens = 0
+
     def drain_evicted(self) -> list[Owner]:
         out, self.evicted = self.evicted, []
         return out

@@ -1,14 +1,16 @@
 """Cached pieces are the radix tree's evictable memory to SGLang (issue 26, part 2;
 ``piece_cache.py`` holds them).
 
-Two hooks on ``RadixCache`` (mem_cache/radix_cache.py, SGLang 0.5.21):
+Three hooks on ``RadixCache`` (mem_cache/radix_cache.py, SGLang 0.5.21):
 
 - ``evictable_size()`` (l.619) also counts the rank's cached pieces, so every place SGLang weighs
   free KV (``PrefillAdder``'s available + evictable, the decode retraction check, the pool stats
   behind ``/v1/loads`` and the idle pool invariant) sees them as evictable, as tree nodes;
 - ``evict(params)`` (l.553) frees the tree's unlocked leaves first (SGLang's own policy), then
   least recently used pieces for what is still short, so a running request is never refused or
-  retracted while a piece could make room.
+  retracted while a piece could make room;
+- ``reset()`` (l.332; ``Scheduler.flush_cache`` calls it on an idle rank, then clears the
+  allocator) drops the pieces with the tree: their slots are free after the clear.
 
 The piece cache is the rank runtime's (``of_runtime``), built on first use over the scheduler's
 allocator; trees over another allocator (none in a DCP server) are left alone.
@@ -51,4 +53,13 @@ def around_evict(original, self, params, *args, **kwargs):
     short = params.num_tokens - result.num_tokens_evicted
     if pc is not None and short > 0:
         result.num_tokens_evicted += pc.evict(short)
+    return result
+
+
+def around_reset(original, self, *args, **kwargs):
+    """``RadixCache.reset()``: the pieces go with the tree (the allocator is cleared next)."""
+    result = original(self, *args, **kwargs)
+    pc = _pieces_for(self)
+    if pc is not None:
+        pc.forget_all()
     return result

@@ -86,6 +86,10 @@ def around_prepare_mlp_sync(original, local_batch, *args, **kwargs):
     news, decoding_reqs = rt.before_sync(local_batch, model_runner)
     batch = original(local_batch, *args, **kwargs)  # SGLang's gather carries the news flags
     step = rt.after_sync(news, decoding_reqs, model_runner)
+    if getattr(rt, "piece_cache", None) is not None:
+        from sglang_dcp.sglang.piece_release import flush_evictions
+
+        flush_evictions(rt)
     if step is not None:
         if batch is None:  # pragma: no cover - a decoding home always runs
             raise RuntimeError("sglang_dcp: an active DCP step produced no batch on this rank")
@@ -124,7 +128,14 @@ def around_release_kv_cache(original, req, tree_cache, *args, **kwargs):
     rt = runtime()
     if rt is None or (req.rid not in rt.home and req.rid not in rt.split_reqs):
         return original(req, tree_cache, *args, **kwargs)
+    from sglang_dcp.sglang import piece_release
+
     idx = req.kv.req_pool_idx
+    kept = piece_release.home_ranges(rt, req)  # a finished request's own ranges stay cached
+    if kept:
+        rt.moved_rows[idx] = sorted([*rt.moved_rows.get(idx, ()), *kept])
+        piece_release.keep_home(rt, req, kept)
+    piece_release.report(rt, req, kept)
     try:
         return original(req, tree_cache, is_insert=False)
     finally:
