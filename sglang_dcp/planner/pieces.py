@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from sglang_dcp.types import Placement, Shard
 
 Owner = tuple[str, int]  # (rid of the request whose range it was, the range's start)
+KEY_PAGE = 64  # tokens per link of the servers' key chains (any fixed size: both ends use it)
 
 
 class PrefixKeys:

@@ -48,8 +48,8 @@ installed wheel.
 |   common.release_kv_cache                               |        |                           |             |
 | managers/schedule_batch.py:1702 Req._compute_max_prefix_len | AROUND | radix. (no match) | any/shard |
 | mem_cache/common.py:172 common.maybe_cache_unfinished_req | AROUND | radix. (no insert)   | any/shard   |
-| mem_cache/radix_cache.py:619/553/332 (cached pieces)  | AROUND | radix_pieces.            | any/shard   |
-|   RadixCache.evictable_size, RadixCache.evict, RadixCache.reset |  |                      |             |
+| mem_cache/radix_cache.py RadixCache.evictable_size, RadixCache.evict, RadixCache.reset (l.619/553/332), AROUND, radix_pieces., any/shard |
+| managers/schedule_batch.py:1581 Req.init_next_round_input | AFTER | piece_adopt. (adopted) | any/shard |
 | managers/scheduler_components/invariant_checker.py:95   | AROUND | sched_hooks (guest slots) | any/shard   |
 |   SchedulerInvariantChecker._check_full_pool            |        |                           |             |
 | model_executor/model_runner_components/                 | AROUND | backend. (wrap backend)   | any/shard   |
@@ -201,7 +201,10 @@ HOOKS: tuple[Hook, ...] = (
     Hook("sglang.srt.mem_cache.common.maybe_cache_unfinished_req", "AROUND",
          ("req", "tree_cache", "kwargs"), f"{_RADIX}:around_maybe_cache_unfinished_req",
          when="shard"),
-    # cached pieces of split requests are the tree's evictable memory (radix_pieces.py)
+    # cached pieces of split requests: the tree's evictable memory, adopted as a prefix
+    Hook("sglang.srt.managers.schedule_batch.Req.init_next_round_input", "AFTER",
+         ("self", "tree_cache", "cow_mamba"), "sglang_dcp.sglang.piece_adopt:"
+         "after_init_next_round_input", when="shard"),
     *(Hook(f"sglang.srt.mem_cache.radix_cache.RadixCache.{name}", "AROUND", params,
            f"sglang_dcp.sglang.radix_pieces:around_{name}", when="shard")
       for name, params in (("evictable_size", ("self",)), ("evict", ("self", "params")),

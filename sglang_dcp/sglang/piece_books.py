@@ -14,15 +14,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sglang_dcp.planner.pieces import Piece, PieceDirectory
+from sglang_dcp.planner.pieces import KEY_PAGE, CachedLayout, Piece, PieceDirectory
 
 
 class PieceBooks:
     """``publish(piece_kv_tokens)`` sends the per-rank view to every scheduler."""
 
-    def __init__(self, num_ranks: int, page: int, publish: Callable[[list[int]], None]) -> None:
-        self.directory = PieceDirectory(num_ranks, page)
+    def __init__(self, num_ranks: int, publish: Callable[[list[int]], None],
+                 announce: Callable[[str, CachedLayout], None]) -> None:  # fmt: skip
+        self.directory = PieceDirectory(num_ranks, KEY_PAGE)
         self._publish = publish
+        self.announce = announce  # a DcpAdopt to every rank
+        self.adopting: set[str] = set()  # placed on pieces, not yet sent to their home
         self.num_reports = 0
 
     def on_pieces(self, msg) -> None:
@@ -38,22 +41,57 @@ class PieceBooks:
         self.num_reports += 1
         self._publish(self.view())
 
+    # -- placing a request on its cached layout (part 3) ----------------------------------------
+    def admit(self, policy, req, request):
+        """``request`` (``types.Request`` of ``req``) on the cached layout its prompt extends:
+        the planner books it with the layout's home pinned and its head pieces as sealed
+        ranges (``restate``); the pieces leave the directory (live now) and every rank is told
+        (``announce``). ``None``: no layout over several ranks, or the planner cannot take it
+        there (the caller places it as if nothing were cached)."""
+        from sglang_dcp.types import Placement, Rejection, Shard
+
+        ids = getattr(req, "input_ids", None) or ()
+        lay = self.directory.layout(ids)
+        if lay is None or len({p.rank for p in lay.pieces}) < 2:
+            return None
+        got = policy.admit(request, home_rank=lay.home)
+        if isinstance(got, Rejection):
+            return None
+        *head, tail = lay.pieces
+        try:
+            policy.restate(request.rid, [[p.rank, p.start, p.end] for p in head])
+        except ValueError:  # not on the planner's pages: as planned, recomputed
+            return got
+        self.directory.take(lay)
+        shards = [Shard(p.rank, p.start, p.end) for p in head]
+        placement = Placement(request.rid, lay.home,
+                              (*shards, Shard(lay.home, tail.start, got.shards[-1].end)))
+        self.announce(request.rid, lay)
+        self.adopting.add(request.rid)
+        self._publish(self.view())
+        return placement
+
     def view(self) -> list[int]:
         return [self.directory.tokens(r) for r in range(self.directory.num_ranks)]
 
 
-def attach(controller, *, sharding: bool, num_ranks: int, page: int, inbox: str):
-    """``PieceBooks`` on ``controller`` (its ``DcpPieces`` handler), or ``None``: no sharding, or
-    ``--disable-radix-cache`` (ranks then keep no pieces)."""
+def attach(controller, *, sharding: bool, num_ranks: int, inbox: str):
+    """``PieceBooks`` on ``controller`` (its ``DcpPieces`` handler, ``dcp_dispatcher.pieces``),
+    or ``None``: no sharding, or ``--disable-radix-cache`` (ranks then keep no pieces)."""
     if not sharding or getattr(controller.server_args, "disable_radix_cache", True):
         return None
     from sglang.utils import TypeBasedDispatcher
 
-    from sglang_dcp.sglang.messages import DcpPieces, DcpPlannerView
+    from sglang_dcp.sglang.messages import DcpAdopt, DcpPieces, DcpPlannerView
 
     def publish(tokens: list[int]) -> None:
         controller.send_control_message(DcpPlannerView(inbox=inbox, piece_kv_tokens=tokens))
 
-    books = controller.dcp_pieces = PieceBooks(num_ranks, page, publish)
+    def announce(rid: str, lay: CachedLayout) -> None:
+        pieces = [[p.rank, p.start, p.end, p.owner[0], p.owner[1]] for p in lay.pieces]
+        controller.send_control_message(DcpAdopt(rid=rid, home=lay.home, pieces=pieces))
+
+    books = controller.dcp_pieces = PieceBooks(num_ranks, publish, announce)
+    controller.dcp_dispatcher.pieces = books
     controller._request_dispatcher += TypeBasedDispatcher([(DcpPieces, books.on_pieces)])
     return books

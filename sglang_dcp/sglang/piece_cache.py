@@ -63,6 +63,11 @@ class PieceCache:
             self.tokens -= slots.numel()
         return slots
 
+    def drop(self, owner: Owner) -> None:
+        """Free one piece (if held)."""
+        if owner in self._lru:
+            self._free(owner)
+
     def touch(self, owner: Owner) -> None:
         if owner in self._lru:
             self._lru.move_to_end(owner)

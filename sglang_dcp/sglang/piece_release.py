@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from sglang_dcp.planner.pieces import pieces_of
+from sglang_dcp.planner.pieces import KEY_PAGE, pieces_of
 from sglang_dcp.sglang.ledger import kv_len
 from sglang_dcp.sglang.radix_pieces import of_runtime
 from sglang_dcp.sglang.step import runtime_shards
@@ -83,7 +83,7 @@ def report(rt, req, kept_home: list[tuple[int, int]]) -> None:
     tokens = (list(req.origin_input_ids) + list(req.output_ids))[:end]
     if len(tokens) < end:  # pragma: no cover - moved ranges never pass the KV written
         return
-    pieces = pieces_of(req.rid, ranges, tokens, rt.page)
+    pieces = pieces_of(req.rid, ranges, tokens, KEY_PAGE)
     _send(rt, cached=[[p.rank, p.start, p.end] for p in pieces], keys=[p.key.hex() for p in pieces],
           rid=req.rid)  # fmt: skip
 

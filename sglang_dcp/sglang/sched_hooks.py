@@ -31,6 +31,9 @@ def after_init_request_dispatcher(result, self, *args, **kwargs):
     ctx().set_runtime(rt)
     ledger.listen(self, rt.ledger)
     _listen_for_migrations(self, rt)
+    from sglang_dcp.sglang.piece_adopt import listen
+
+    listen(self, rt)  # requests placed on cached pieces (DcpAdopt)
     return result
 
 
@@ -58,6 +61,10 @@ def around_handle_generate_request(original, self, recv_req, *args, **kwargs):
         return original(self, recv_req, *args, **kwargs)
     from sglang_dcp.sglang.admission import lifted_limits
 
+    from sglang_dcp.sglang import piece_adopt
+
+    if piece_adopt.hold(rt, recv_req):  # placed on cached pieces: after their DcpAdopt
+        return None
     p = rt.incoming[recv_req.rid] = recv_req.placement()
     try:
         with lifted_limits(self, p, len(recv_req.input_ids or ())):
