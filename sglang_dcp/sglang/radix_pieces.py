@@ -1,7 +1,9 @@
 """Cached pieces are the radix tree's evictable memory to SGLang (issue 26, part 2;
 ``piece_cache.py`` holds them).
 
-Three hooks on ``RadixCache`` (mem_cache/radix_cache.py, SGLang 0.5.21):
+Hooks on SGLang 0.5.21's trees, ``UnifiedRadixCache`` (the default, mem_cache/
+unified_radix_cache.py: ``evictable_size``, ``full_evictable_size``, ``_evict`` under its
+``evict``/``evict_for_alloc``, ``reset``) and ``RadixCache`` (mem_cache/radix_cache.py):
 
 - ``evictable_size()`` (l.619) also counts the rank's cached pieces, so every place SGLang weighs
   free KV (``PrefillAdder``'s available + evictable, the decode retraction check, the pool stats
@@ -62,4 +64,27 @@ def around_reset(original, self, *args, **kwargs):
     pc = _pieces_for(self)
     if pc is not None:
         pc.forget_all()
+    return result
+
+
+around_full_evictable_size = around_evictable_size  # UnifiedRadixCache's full component
+
+
+def around__evict(original, self, params, available_size_targets=None, *args, **kwargs):
+    """``UnifiedRadixCache._evict(params, available_size_targets)`` (l.699, under ``evict`` and
+    ``evict_for_alloc``): the tree first, then pieces for what is still short (the allocator's
+    target, or ``params.num_tokens`` less what the tree freed)."""
+    result = original(self, params, available_size_targets, *args, **kwargs)
+    pc = _pieces_for(self)
+    if pc is None or not pc.tokens:
+        return result
+    before = pc.tokens
+    if available_size_targets:
+        for _, target in available_size_targets.values():
+            pc.make_room(target)
+    else:
+        short = params.num_tokens - result.num_tokens_evicted
+        if short > 0:
+            pc.evict(short)
+    result.num_tokens_evicted += before - pc.tokens
     return result
