@@ -97,7 +97,9 @@ def flush_evictions(rt) -> None:
 
     stats().piece_kv_tokens = pc.tokens
     if pc.evicted:
-        _send(rt, evicted=[[rid, a] for rid, a in pc.drain_evicted()])
+        gone = pc.drain_evicted()
+        stats().pieces_evicted += len(gone)
+        _send(rt, evicted=[[rid, a] for rid, a in gone])
 
 
 def _finished_normally(req) -> bool:

@@ -181,12 +181,15 @@ def test_evicted_pieces_are_recomputed_and_faults_leave_the_directory_exact(serv
                                                                           tiny_model_path):
     ids = prompts(seed=83, count=1, lengths=(1300,))[0]
     first = generate(server, ids, "evict-1")
-    # other traffic fills every rank's pool: the pieces are evicted
-    for i, fill in enumerate(prompts(seed=84, count=2 * RANKS, lengths=(440,))):
-        generate(server, fill, f"evict-fill-{i}", home=i % RANKS)
+    evicted0 = sum(x["dcp"]["pieces_evicted"] for x in loads(server).values())
+    # other sessions' long prompts fill every rank's pool: older pieces are evicted (LRU)
+    for i, fill in enumerate(prompts(seed=84, count=3, lengths=(1300,))):
+        assert generate(server, fill, f"evict-fill-{i}")["meta_info"]["dcp"]["degree"] > 1
+    assert sum(x["dcp"]["pieces_evicted"] for x in loads(server).values()) > evicted0
     turn2 = ids + first["output_ids"] + prompts(seed=85, count=1, lengths=(200,))[0]
     out = generate(server, turn2, "evict-2")
     assert out["output_ids"] == hf_greedy(tiny_model_path, turn2, MAX_NEW)
+    assert out["meta_info"]["cached_tokens"] < len(ids), "its pieces were not evicted"
     # a split request whose moves fail mid-prefill (aborted, HTTP 503), then the books
     fault = prompts(seed=86, count=1, lengths=(1300,))[0]
     try:
