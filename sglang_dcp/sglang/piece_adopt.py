@@ -102,6 +102,15 @@ def _agreed_run(rt, mask: int, n: int) -> int:
     return run
 
 
+def pending_tokens(rt) -> int:
+    """Home slots adopted for requests that have not started prefilling (held by no request
+    and no tree yet: SGLang's idle pool check counts them as in use)."""
+    ads = getattr(rt, "adoptions", None)
+    if not ads:
+        return 0
+    return sum(a.cached - sum(e - s for _, s, e in a.away) for a in ads.values() if a.cached)
+
+
 def adoptions(rt) -> dict[str, Adoption]:
     if not hasattr(rt, "adoptions"):
         rt.adoptions = {}

@@ -152,8 +152,11 @@ def around_release_kv_cache(original, req, tree_cache, *args, **kwargs):
 
 def around_check_full_pool(original, self, ps, uncached=0, *args, **kwargs):
     """``SchedulerInvariantChecker._check_full_pool(ps, uncached)`` (invariant_checker.py:95):
-    guest slots are held for other ranks' requests, not leaked."""
+    guest slots are held for other ranks' requests, adopted pieces for a request about to
+    prefill (piece_adopt.py), not leaked."""
     rt = runtime()
     if rt is not None:
-        uncached = uncached + rt.guest_tokens()
+        from sglang_dcp.sglang.piece_adopt import pending_tokens
+
+        uncached = uncached + rt.guest_tokens() + pending_tokens(rt)  # adopted, not started yet
     return original(self, ps, uncached, *args, **kwargs)

@@ -71,6 +71,8 @@ def _case(rank, world_size, group, missing):
             if cached == 150:
                 assert torch.equal(ad.prefix[128:150], slots.to(torch.int64))
         assert held == [waiting] and not piece_adopt.hold(rt, waiting)
+        # until its first chunk, SGLang's idle pool check counts the home's adopted slots
+        assert piece_adopt.pending_tokens(rt) == (22 if cached == 150 else 0)
     assert pc.tokens == 0, "a piece outside the run stayed cached"
     if mine >= run and rank != missing:  # the directory let it go: freed, reported
         assert pc.drain_evicted() == [(o, s)] and alloc.available_size() == free0
