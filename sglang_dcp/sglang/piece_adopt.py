@@ -21,7 +21,7 @@ The home holds the request until its ``DcpAdopt`` was handled (``hold``), then S
 ``after_init_next_round_input`` gives SGLang the adopted prefix as the request's match (so
 ``meta_info["cached_tokens"]`` counts it, as for a tree hit) and only the rest is prefilled,
 through the extend-over-shards path; ``start`` (its first chunk's header) records the away
-ranges as moved. Slots: int64 tensors on the pool's device; host work O(pieces), once per request.
+ranges as moved and, when no head piece is left to ship, reports the layout (``ledger``). Slots: int64 tensors on the pool's device; host work O(pieces), once per request.
 """
 
 from __future__ import annotations
@@ -158,3 +158,5 @@ def start(rt, req, h) -> None:
     h.offered = max(h.offered, ad.cached)
     if ad.away:
         rt.moved_rows[int(req.kv.req_pool_idx)] = sorted((a, b) for _, a, b in ad.away)
+    if h.offered >= req.dcp.shards[-1].start:  # nothing of its head left to ship: report it
+        rt.ledger.layout(req.rid, rt.home)  # (meta_info["dcp"], the planner's prefill booking)

@@ -167,7 +167,9 @@ def test_the_next_turn_of_a_split_session_prefills_only_its_new_tokens(server, t
     assert second["output_ids"] == hf_greedy(tiny_model_path, turn2, MAX_NEW)
     cached = second["meta_info"]["cached_tokens"]
     assert cached >= len(ids), second["meta_info"]
-    assert second["meta_info"]["dcp"]["home_rank"] == first["meta_info"]["dcp"]["home_rank"]
+    dcp1, dcp2 = first["meta_info"]["dcp"], second["meta_info"]["dcp"]
+    assert dcp2["home_rank"] == dcp1["home_rank"] and dcp2["degree"] == dcp1["degree"], dcp2
+    assert dcp2["shards"][:-1] == dcp1["shards"][:-1], (dcp1, dcp2)  # where the pieces lay
     assert "planner pieces rid=sess-2" in log_of(server)
     new, hits = prefilled(server, since)
     assert new == len(turn2) - cached and cached in hits, (new, hits, cached)
