@@ -27,6 +27,7 @@ ranges as moved and, when no head piece is left to ship, reports the layout (``l
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -38,6 +39,7 @@ class Adoption:
     cached: int  # tokens [0, cached) adopted
     away: list[tuple[int, int, int]]  # (rank, start, end) of the adopted pieces on other ranks
     prefix: torch.Tensor | None  # [cached] int64 slots of the home's row, or None (nothing)
+    req: Any = None  # SGLang's Req once it asked for its match (reap: ended before its prefill)
 
 
 def listen(scheduler, rt) -> None:
@@ -145,6 +147,7 @@ def after_init_next_round_input(result, self, tree_cache=None, *args, **kwargs):
     if self.rid in rt.home or getattr(self, "is_retracted", False):
         return result
     self.prefix_indices = ad.prefix
+    ad.req = self
     return result
 
 
@@ -160,3 +163,46 @@ def start(rt, req, h) -> None:
         rt.moved_rows[int(req.kv.req_pool_idx)] = sorted((a, b) for _, a, b in ad.away)
     if h.offered >= req.dcp.shards[-1].start:  # nothing of its head left to ship: report it
         rt.ledger.layout(req.rid, rt.home)  # (meta_info["dcp"], the planner's prefill booking)
+
+
+def reap(rt) -> None:
+    """Every header: a request that ended before its first chunk (aborted while queued) gives
+    back what it adopted: the home frees its slots, the guests release theirs at the next header
+    (keeping them as pieces) and the home reports those pieces again, so the directory still
+    equals what the ranks hold. O(pending adoptions), none in steady state."""
+    ads = getattr(rt, "adoptions", None)
+    if not ads:
+        return
+    for rid, ad in list(ads.items()):
+        req = ad.req
+        if req is None or not req.finished() or getattr(req.kv, "req_pool_idx", None) is not None:
+            continue
+        del ads[rid]
+        if rt.split_reqs.get(rid) is req:
+            del rt.split_reqs[rid]
+        if ad.prefix is not None:
+            from sglang_dcp.sglang.kv_adapter import free_slots
+
+            away = {(a, b) for _, a, b in ad.away}
+            for a, b in _home_ranges(ad.cached, away):
+                free_slots(rt.scheduler.token_to_kv_pool_allocator, ad.prefix[a:b], a)
+        if ad.away:
+            rt.releases.append(rid)
+            from sglang_dcp.planner.pieces import KEY_PAGE, pieces_of
+            from sglang_dcp.sglang.piece_release import _send
+
+            ps = pieces_of(rid, ad.away, list(req.origin_input_ids), KEY_PAGE)
+            _send(rt, rid=rid, cached=[[p.rank, p.start, p.end] for p in ps],
+                  keys=[p.key.hex() for p in ps])  # fmt: skip
+
+
+def _home_ranges(cached: int, away: set[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``[0, cached)`` minus the away ranges."""
+    out, pos = [], 0
+    for a, b in sorted(away):
+        if pos < a:
+            out.append((pos, a))
+        pos = max(pos, b)
+    if pos < cached:
+        out.append((pos, cached))
+    return out

@@ -94,8 +94,10 @@ def around_prepare_mlp_sync(original, local_batch, *args, **kwargs):
     batch = original(local_batch, *args, **kwargs)  # SGLang's gather carries the news flags
     step = rt.after_sync(news, decoding_reqs, model_runner)
     if getattr(rt, "piece_cache", None) is not None:
+        from sglang_dcp.sglang.piece_adopt import reap
         from sglang_dcp.sglang.piece_release import flush_evictions
 
+        reap(rt)  # adopted by a request that ended before its first chunk
         flush_evictions(rt)
     if step is not None:
         if batch is None:  # pragma: no cover - a decoding home always runs

@@ -76,3 +76,33 @@ def _case(rank, world_size, group, missing):
     assert pc.tokens == 0, "a piece outside the run stayed cached"
     if mine >= run and rank != missing:  # the directory let it go: freed, reported
         assert pc.drain_evicted() == [(o, s)] and alloc.available_size() == free0
+
+
+def reap_check() -> None:
+    """``piece_adopt.reap`` without a group: an adoption whose request ended unprefilled."""
+    from sglang_dcp.planner.pieces import KEY_PAGE, prefix_key
+    from sglang_dcp.sglang import piece_adopt
+
+    sent = []
+    rt, alloc, _ = _rank_runtime(0, 3, None)
+    rt.releases, rt.split_reqs = [], {}
+    rt.ledger = SimpleNamespace(inbox="x", pending=[], _send=lambda inbox, m: sent.append(m))
+    free0 = alloc.available_size()
+    own = alloc.alloc(22)
+    prefix = torch.zeros(150, dtype=torch.int64)
+    prefix[128:150] = own
+    ids = list(range(3, 203))
+    req = SimpleNamespace(rid="t2", origin_input_ids=ids, finished=lambda: False,
+                          kv=SimpleNamespace(req_pool_idx=None))  # fmt: skip
+    ad = piece_adopt.Adoption(150, [(1, 0, 64), (2, 64, 128)], prefix, req)
+    rt.adoptions = {"t2": ad}
+    rt.split_reqs["t2"] = req
+    piece_adopt.reap(rt)  # still queued: nothing happens
+    assert rt.adoptions and piece_adopt.pending_tokens(rt) == 22
+    req.finished = lambda: True  # aborted while queued
+    piece_adopt.reap(rt)
+    assert not rt.adoptions and not rt.split_reqs and rt.releases == ["t2"]
+    assert alloc.available_size() == free0  # the home's adopted slots are back
+    (msg,) = sent
+    assert msg.cached == [[1, 0, 64], [2, 64, 128]]
+    assert msg.keys == [prefix_key(ids, e, KEY_PAGE).hex() for e in (64, 128)]

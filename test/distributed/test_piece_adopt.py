@@ -10,3 +10,9 @@ from _piece_workers import adopt_worker
 
 def test_ranks_agree_on_the_run_of_pieces_held():
     run_ranks(adopt_worker, 3, timeout_s=180)  # all held; a guest's, the first, the home's lost
+
+
+def test_an_adoption_whose_request_ended_unprefilled_is_given_back():
+    from _piece_workers import reap_check
+
+    reap_check()
