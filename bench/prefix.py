@@ -6,8 +6,8 @@ ones, so a long session's prompt is split over several ranks:
 
 - ``dcp + radix``: KV sharding with SGLang's radix cache on (issue 26): unsplit turns hit their
   home's tree and the planner's prefix directory sends each turn to the rank holding the
-  previous one; split turns bypass the cache (cached pieces of split requests are not built:
-  every turn of a split session re-prefills its whole prompt);
+  previous one; a split turn leaves its ranges cached where they lie and the next turn of its
+  session is placed on them, prefilling only its new tokens (cached pieces, parts 2-4);
 - ``dcp, no cache``: the same with ``--disable-radix-cache`` (the only way to shard before);
 - ``round_robin + radix``: SGLang's own round-robin dispatch with its per-rank radix caches
   (nothing split), the baseline as SGLang runs it.

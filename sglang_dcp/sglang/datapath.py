@@ -30,7 +30,7 @@ from typing import Any
 
 from sglang_dcp import env
 from sglang_dcp.planner.base import Migration
-from sglang_dcp.sglang import ledger, overlap, shipping
+from sglang_dcp.sglang import ledger, overlap, piece_release, shipping
 from sglang_dcp.sglang.entries import GuestEntry, HomeEntry
 from sglang_dcp.sglang.header import gather_news
 from sglang_dcp.sglang.migration import MAX_PER_STEP, Migrations
@@ -272,7 +272,7 @@ class RankRuntime:
         """Give a released request's guest slots back, range by range through ``free_segment``
         (each range starts a page: no ``torch.unique`` host sync on a paged allocator)."""
         g = self.guests.pop(rid, None)
-        if g is not None:
+        if g is not None and not piece_release.keep_guest(self, rid, g):  # pieces stay cached
             shipping.free_guest(self.scheduler.token_to_kv_pool_allocator, g)
 
     def _ship(self, moves: list[Migration], model_runner, homes) -> list[Migration]:

@@ -93,6 +93,7 @@ class DcpDispatcher(FitSearch):
         self.max_bypass = max_bypass
         self.bypassed: dict[str, int] = {}  # rid in queue -> later requests admitted before it
         self.prefixes = prefixes  # planner.prefix.PrefixDirectory, or None
+        self.pieces = None  # piece_books.PieceBooks: cached pieces of split requests, or None
         self._keys: dict[str, list[bytes]] = {}  # rid -> its prompt's chain keys, until placed
 
     def state(self) -> str:
@@ -186,6 +187,12 @@ class DcpDispatcher(FitSearch):
     def _admit(self, req: Any):
         home = getattr(req, "routed_dp_rank", None)
         request = self._request(req)
+        if home is None and self.pieces is not None:  # its prompt extends a cached layout
+            got = self.pieces.admit(self.policy, req, request)
+            if got is not None:
+                self._log("sglang_dcp: planner pieces rid=%s home=%d cached=%d", req.rid,
+                          got.home_rank, got.shards[-1].start)  # fmt: skip
+                return got
         steps = getattr(self.policy, "whole_steps", None)  # only ``dcp`` weighs prefixes
         if home is None and self.prefixes is not None and steps is not None:
             from sglang_dcp.planner.prefix import prefix_home

@@ -171,7 +171,11 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
 
     def send(rank: int, req, placement) -> None:
         if placement is not None and isinstance(req, TokenizedGenerateReqInput):
-            req = DcpGenerateReq.wrap(req, placement)
+            books = getattr(controller, "dcp_pieces", None)  # placed on cached pieces?
+            adopt = books is not None and req.rid in books.adopting
+            if adopt:
+                books.adopting.discard(req.rid)
+            req = DcpGenerateReq.wrap(req, placement, adopt=adopt)
         sock_send(controller.workers[rank], req)
 
     def answer(req, finish: dict, message: str) -> None:
@@ -246,6 +250,10 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
     controller._request_dispatcher += TypeBasedDispatcher([
         (DcpFinished, on_finished), (AbortReq, on_abort), (DcpShardReport, on_report),
     ])  # fmt: skip
+    from sglang_dcp.sglang import piece_books  # cached pieces of split requests (issue 26)
+
+    controller.dcp_dispatcher = dispatcher
+    piece_books.attach(controller, sharding=options.sharding, num_ranks=n, inbox=inbox_address)
     books.tick(force=True)  # the ranks learn the inbox before any request arrives
     logger.info(
         "sglang_dcp: planner %s routes requests in the DP controller (%d ranks, %d KV tokens "

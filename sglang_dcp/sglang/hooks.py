@@ -48,6 +48,10 @@ installed wheel.
 |   common.release_kv_cache                               |        |                           |             |
 | managers/schedule_batch.py:1702 Req._compute_max_prefix_len | AROUND | radix. (no match) | any/shard |
 | mem_cache/common.py:172 common.maybe_cache_unfinished_req | AROUND | radix. (no insert)   | any/shard   |
+| mem_cache/{unified_,}radix_cache.py (cached pieces)   | AROUND | radix_pieces.             | any/shard   |
+|   RadixCache.evictable_size RadixCache.evict RadixCache.reset UnifiedRadixCache.reset      |
+|   UnifiedRadixCache.evictable_size UnifiedRadixCache.full_evictable_size UnifiedRadixCache._evict |
+| managers/schedule_batch.py:1581 Req.init_next_round_input | AFTER | piece_adopt. (adopted) | any/shard |
 | managers/scheduler_components/invariant_checker.py:95   | AROUND | sched_hooks (guest slots) | any/shard   |
 |   SchedulerInvariantChecker._check_full_pool            |        |                           |             |
 | model_executor/model_runner_components/                 | AROUND | backend. (wrap backend)   | any/shard   |
@@ -96,6 +100,12 @@ _RADIX = "sglang_dcp.sglang.radix"
 _STREAMER = "sglang.srt.managers.scheduler_components.output_streamer.SchedulerOutputStreamer"
 _LOADS = "sglang.srt.managers.scheduler_components.load_inquirer.SchedulerLoadInquirer"
 _MLPSYNC = "sglang.srt.managers.scheduler_components.dp_attn.MLPSyncBatchInfo"
+_SGD = "sglang_dcp.sglang"
+_PIECE_HOOKS = (*(("radix_cache.RadixCache", n, p) for n, p in (("evictable_size", ""),
+                  ("evict", "params"), ("reset", ""))),
+                *(("unified_radix_cache.UnifiedRadixCache", n, p) for n, p in (("evictable_size",
+                  ""), ("full_evictable_size", ""), ("_evict", "params available_size_targets"),
+                  ("reset", ""))))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,20 +195,20 @@ HOOKS: tuple[Hook, ...] = (
     Hook("sglang.srt.managers.schedule_policy.PrefillAdder.add_one_req", "AROUND",
          ("self", "req", "has_chunked_req", "truncation_align_size"),
          "sglang_dcp.sglang.admission:around_add_one_req", when="shard"),
-    Hook(
-        "sglang.srt.mem_cache.base_prefix_cache.BasePrefixCache.free_kv_row", "AROUND",
-        ("self", "kv", "ranges"), f"{_DP}:around_free_kv_row", when="shard",
-    ),
-    Hook(
-        "sglang.srt.mem_cache.common.release_kv_cache", "AROUND",
-        ("req", "tree_cache", "is_insert"), f"{_DP}:around_release_kv_cache", when="shard",
-    ),
-    # the radix cache stays on: split requests neither match nor insert (radix.py)
+    Hook("sglang.srt.mem_cache.base_prefix_cache.BasePrefixCache.free_kv_row", "AROUND",
+         ("self", "kv", "ranges"), f"{_DP}:around_free_kv_row", when="shard"),
+    Hook("sglang.srt.mem_cache.common.release_kv_cache", "AROUND",
+         ("req", "tree_cache", "is_insert"), f"{_DP}:around_release_kv_cache", when="shard"),
     Hook("sglang.srt.managers.schedule_batch.Req._compute_max_prefix_len", "AROUND",
          ("self", "input_len"), f"{_RADIX}:around_compute_max_prefix_len", when="shard"),
     Hook("sglang.srt.mem_cache.common.maybe_cache_unfinished_req", "AROUND",
          ("req", "tree_cache", "kwargs"), f"{_RADIX}:around_maybe_cache_unfinished_req",
          when="shard"),
+    # cached pieces of split requests: the trees' evictable memory, adopted as a prefix
+    Hook("sglang.srt.managers.schedule_batch.Req.init_next_round_input", "AFTER", ("self",
+         "tree_cache", "cow_mamba"), f"{_SGD}.piece_adopt:after_init_next_round_input", when="shard"),
+    *(Hook(f"sglang.srt.mem_cache.{c}.{n}", "AROUND", ("self", *p.split()),
+           f"{_SGD}.radix_pieces:around_{n}", when="shard") for c, n, p in _PIECE_HOOKS),
     Hook(
         "sglang.srt.managers.scheduler_components.invariant_checker."
         "SchedulerInvariantChecker._check_full_pool", "AROUND", ("self", "ps", "uncached"),

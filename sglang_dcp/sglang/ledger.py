@@ -128,6 +128,8 @@ class RankLedger:
             s.planner_kv_tokens = msg.kv_tokens[self.rank]
         if msg.guest_kv_tokens:
             s.planner_guest_kv_tokens = msg.guest_kv_tokens[self.rank]
+        if msg.piece_kv_tokens:
+            s.planner_piece_kv_tokens = msg.piece_kv_tokens[self.rank]
         if msg.inbox and self.inbox is None:
             self.inbox = msg.inbox
             for report in self.pending:

@@ -41,14 +41,17 @@ class DcpGenerateReq(TokenizedGenerateReqInput, kw_only=True):
 
     dcp_home: int = -1
     dcp_shards: Optional[List[List[int]]] = None
+    dcp_adopt: bool = False  # placed on cached pieces: wait for their ``DcpAdopt`` (piece_adopt.py)
 
     @classmethod
-    def wrap(cls, req: TokenizedGenerateReqInput, placement: Placement) -> "DcpGenerateReq":
+    def wrap(cls, req: TokenizedGenerateReqInput, placement: Placement,
+             adopt: bool = False) -> "DcpGenerateReq":  # fmt: skip
         fields = {f: getattr(req, f) for f in req.__struct_fields__}
         return cls(
             **fields,
             dcp_home=placement.home_rank,
             dcp_shards=[[s.rank, s.start, s.end] for s in placement.shards],
+            dcp_adopt=adopt,
         )
 
     def placement(self) -> Placement:
@@ -80,6 +83,28 @@ class DcpPlannerView(BaseReq, kw_only=True):
     inbox: str = ""
     kv_tokens: Optional[List[int]] = None  # reserved KV per rank
     guest_kv_tokens: Optional[List[int]] = None  # sealed KV held for other ranks' requests
+    piece_kv_tokens: Optional[List[int]] = None  # cached pieces per rank (piece_books.py)
+
+
+class DcpPieces(BaseReq, kw_only=True):
+    """Scheduler -> DP controller (its ledger inbox; ``piece_release.py``): pieces this rank's
+    requests left cached (``cached[i]``: ``[rank, start, end]`` of ``rid``, ``keys[i]``: the hex
+    key of its token prefix up to ``end``), or pieces this rank's cache freed (``evicted``:
+    ``[[rid, start], ...]``)."""
+
+    dcp_rank: int = -1
+    cached: Optional[List[List[int]]] = None
+    keys: Optional[List[str]] = None
+    evicted: Optional[List[List[Union[str, int]]]] = None
+
+
+class DcpAdopt(BaseReq, kw_only=True):
+    """DP controller -> every scheduler (a control message): request ``rid`` homed on ``home``
+    adopts these cached pieces (``pieces[i]``: ``[rank, start, end, owner_rid, owner_start]`` in
+    token order) as its KV (``piece_adopt.py``)."""
+
+    home: int = -1
+    pieces: Optional[List[List[Union[str, int]]]] = None
 
 
 class DcpMigrate(BaseReq, kw_only=True):
@@ -91,4 +116,5 @@ class DcpMigrate(BaseReq, kw_only=True):
 
 
 def register_types() -> None:
-    hook_custom_types(DcpFinished, DcpGenerateReq, DcpShardReport, DcpPlannerView, DcpMigrate)
+    hook_custom_types(DcpFinished, DcpGenerateReq, DcpShardReport, DcpPlannerView, DcpMigrate,
+                      DcpPieces, DcpAdopt)

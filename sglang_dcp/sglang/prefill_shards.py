@@ -51,6 +51,7 @@ def extend_news(rt, local_batch, news: RankNews, page: int) -> None:
     """Add this rank's split requests in the EXTEND batch ``local_batch`` to ``news``: each
     chunk (``Extending``) and the pieces that leave after the forward (O(batch), extend only)."""
     from sglang_dcp.sglang.entries import HomeEntry
+    from sglang_dcp.sglang.piece_adopt import start as adopt_start
 
     for req in local_batch.reqs:
         if rt.split_reqs.get(req.rid) is not req or req.extend_range is None:
@@ -58,6 +59,7 @@ def extend_news(rt, local_batch, news: RankNews, page: int) -> None:
         h = rt.home.get(req.rid)
         if h is None or h.req is not req:
             h = rt.home[req.rid] = HomeEntry(req)
+            adopt_start(rt, req, h)  # placed on cached pieces: those away are moved ranges
         p = req.dcp
         start, end = req.extend_range.start, req.extend_range.end
         news.extending.append(Extending(req.rid, rt.rank, where_now(rt.rank, h.moved, end),

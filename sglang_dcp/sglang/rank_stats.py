@@ -23,6 +23,9 @@ class RankStats:
     # the planner's books for this rank (the DP controller's view, ledger.py)
     planner_kv_tokens: int = 0  # reserved: prompt + max_new_tokens of requests homed here, guests
     planner_guest_kv_tokens: int = 0  # sealed KV it believes this rank holds for other ranks
+    piece_kv_tokens: int = 0  # cached pieces of finished split requests (piece_cache.py)
+    planner_piece_kv_tokens: int = 0  # the controller's piece directory for this rank
+    pieces_evicted: int = 0  # counter: cached pieces freed for room (LRU) or dropped unused
     exchange_ms_last_step: float = 0.0  # wall time in the exchange, summed over layers
     # counters
     active_steps: int = 0  # steps in which this rank joined the exchange

@@ -31,6 +31,9 @@ def after_init_request_dispatcher(result, self, *args, **kwargs):
     ctx().set_runtime(rt)
     ledger.listen(self, rt.ledger)
     _listen_for_migrations(self, rt)
+    from sglang_dcp.sglang.piece_adopt import listen
+
+    listen(self, rt)  # requests placed on cached pieces (DcpAdopt)
     return result
 
 
@@ -58,6 +61,10 @@ def around_handle_generate_request(original, self, recv_req, *args, **kwargs):
         return original(self, recv_req, *args, **kwargs)
     from sglang_dcp.sglang.admission import lifted_limits
 
+    from sglang_dcp.sglang import piece_adopt
+
+    if piece_adopt.hold(rt, recv_req):  # placed on cached pieces: after their DcpAdopt
+        return None
     p = rt.incoming[recv_req.rid] = recv_req.placement()
     try:
         with lifted_limits(self, p, len(recv_req.input_ids or ())):
@@ -86,6 +93,12 @@ def around_prepare_mlp_sync(original, local_batch, *args, **kwargs):
     news, decoding_reqs = rt.before_sync(local_batch, model_runner)
     batch = original(local_batch, *args, **kwargs)  # SGLang's gather carries the news flags
     step = rt.after_sync(news, decoding_reqs, model_runner)
+    if getattr(rt, "piece_cache", None) is not None:
+        from sglang_dcp.sglang.piece_adopt import reap
+        from sglang_dcp.sglang.piece_release import flush_evictions
+
+        reap(rt)  # adopted by a request that ended before its first chunk
+        flush_evictions(rt)
     if step is not None:
         if batch is None:  # pragma: no cover - a decoding home always runs
             raise RuntimeError("sglang_dcp: an active DCP step produced no batch on this rank")
@@ -124,7 +137,14 @@ def around_release_kv_cache(original, req, tree_cache, *args, **kwargs):
     rt = runtime()
     if rt is None or (req.rid not in rt.home and req.rid not in rt.split_reqs):
         return original(req, tree_cache, *args, **kwargs)
+    from sglang_dcp.sglang import piece_release
+
     idx = req.kv.req_pool_idx
+    kept = piece_release.home_ranges(rt, req)  # a finished request's own ranges stay cached
+    if kept:
+        rt.moved_rows[idx] = sorted([*rt.moved_rows.get(idx, ()), *kept])
+        piece_release.keep_home(rt, req, kept)
+    piece_release.report(rt, req, kept)
     try:
         return original(req, tree_cache, is_insert=False)
     finally:
@@ -134,8 +154,11 @@ def around_release_kv_cache(original, req, tree_cache, *args, **kwargs):
 
 def around_check_full_pool(original, self, ps, uncached=0, *args, **kwargs):
     """``SchedulerInvariantChecker._check_full_pool(ps, uncached)`` (invariant_checker.py:95):
-    guest slots are held for other ranks' requests, not leaked."""
+    guest slots are held for other ranks' requests, adopted pieces for a request about to
+    prefill (piece_adopt.py), not leaked."""
     rt = runtime()
     if rt is not None:
-        uncached = uncached + rt.guest_tokens()
+        from sglang_dcp.sglang.piece_adopt import pending_tokens
+
+        uncached = uncached + rt.guest_tokens() + pending_tokens(rt)  # adopted, not started yet
     return original(self, ps, uncached, *args, **kwargs)

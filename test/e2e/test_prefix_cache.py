@@ -7,18 +7,22 @@ nothing of it was served from, or left in, its home's tree). Unsplit requests hi
 in plain SGLang (a repeat reports ``cached_tokens = prompt - 1``, SGLang's match limit) and the
 planner's prefix directory sends a prompt extending an earlier one to the rank whose tree holds
 it; split requests stay equal to HF and leave no KV behind, also when their shards must evict
-cached prefixes on small pools (``--max-total-tokens``, prefill into shards by chunks). One
-server for the module.
+cached prefixes on small pools (``--max-total-tokens``, prefill into shards by chunks). A
+finished split request leaves its ranges cached where they lie, and the next turn of its session
+is placed on them and prefills only its new tokens (parts 2-4); the controller's piece directory
+equals what the ranks hold after aborts and failed moves. One server for the module.
 """
 
 from __future__ import annotations
 
+import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from hf_reference import hf_greedy, prompts
-from test_server_dcp import wait_drained
+from test_server_dcp import loads, wait_drained
 
 from sglang_dcp.testing.server import tiny_dp_args
 
@@ -28,7 +32,8 @@ RANKS = 4
 POOL = 1024  # SGLang's pool per rank: two finished 440-token prompts fill most of it
 ARGS = ["--dcp-kv-capacity", "512", "--dcp-min-shard-tokens", "64",
         "--max-total-tokens", str(POOL), "--chunked-prefill-size", "512"]  # fmt: skip
-ENV = {"SGLANG_DCP_POISON_MOVED": "1", "SGLANG_DCP_PLANNER_LOG": "1"}
+ENV = {"SGLANG_DCP_POISON_MOVED": "1", "SGLANG_DCP_PLANNER_LOG": "1",
+       "SGLANG_DCP_INJECT_MOVE_FAILURE_RID": "fault-@128"}  # only rids "fault-..." fail
 MAX_NEW = 8
 
 
@@ -76,16 +81,18 @@ def test_short_requests_hit_the_cache_and_the_next_turn_goes_where_it_lies(serve
 def test_split_requests_stay_out_of_the_tree_and_equal_hf(server, tiny_model_path):
     long_ids = prompts(seed=73, count=1, lengths=(1300,))[0]
     want = hf_greedy(tiny_model_path, long_ids, MAX_NEW)
-    for rid in ("split-a", "split-b"):  # the second finds nothing cached on its home
-        out = generate(server, long_ids, rid)
-        assert out["output_ids"] == want, rid
-        assert out["meta_info"]["dcp"]["degree"] > 1
-        assert out["meta_info"]["cached_tokens"] == 0, "a split request matched its home's tree"
-    # a short prompt sharing the split one's first tokens is served from scratch, correctly
+    out = generate(server, long_ids, "split-a")
+    assert out["output_ids"] == want
+    assert out["meta_info"]["dcp"]["degree"] > 1
+    assert out["meta_info"]["cached_tokens"] == 0, "a split request matched its home's tree"
+    # the same prompt again: only split-a's pieces (never its home's tree) can serve it
+    out = generate(server, long_ids, "split-b")
+    assert out["output_ids"] == want
+    assert out["meta_info"]["cached_tokens"] < len(long_ids)
+    # a short prompt sharing the split one's first tokens is served correctly
     head = long_ids[:200]
     out = generate(server, head, "split-head")
     assert out["output_ids"] == hf_greedy(tiny_model_path, head, MAX_NEW)
-    assert out["meta_info"]["cached_tokens"] == 0
     log = log_of(server)
     assert "reads poisoned KV" not in log and "is NaN" not in log
     wait_drained(server)
@@ -123,3 +130,73 @@ def test_guest_shards_evict_cached_prefixes_under_memory_pressure(server, tiny_m
     failed = [ln for ln in log_of(server).splitlines() if "failed" in ln and "pressure" in ln]
     assert not failed, failed[:3]
     wait_drained(server)
+
+
+def assert_pieces_agree(server, timeout=30.0):
+    """The controller's piece directory equals what every rank's piece cache holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        d = {r: x["dcp"] for r, x in loads(server).items()}
+        have = {r: x["piece_kv_tokens"] for r, x in d.items()}
+        books = {r: x["planner_piece_kv_tokens"] for r, x in d.items()}
+        if have == books:
+            return have
+        assert time.monotonic() < deadline, f"pieces held {have}, directory {books}"
+        time.sleep(0.5)
+
+
+def prefilled(server, since: int) -> tuple[int, list[int]]:
+    """(new tokens, cached tokens per batch) of the prefill batches SGLang logged after
+    ``since`` characters of the server log."""
+    delta = log_of(server)[since:]
+    new = [int(x) for x in re.findall(r"Prefill batch.*?#new-token: (\d+)", delta)]
+    hit = [int(x) for x in re.findall(r"Prefill batch.*?#cached-token: (\d+)", delta)]
+    return sum(new), hit
+
+
+def test_the_next_turn_of_a_split_session_prefills_only_its_new_tokens(server, tiny_model_path):
+    ids = prompts(seed=81, count=1, lengths=(1300,))[0]
+    first = generate(server, ids, "sess-1")
+    assert first["output_ids"] == hf_greedy(tiny_model_path, ids, MAX_NEW)
+    assert first["meta_info"]["dcp"]["degree"] > 1
+    held = assert_pieces_agree(server)
+    assert sum(held.values()) >= len(ids) - 64, held  # its ranges stayed where they lay
+    turn2 = ids + first["output_ids"] + prompts(seed=82, count=1, lengths=(200,))[0]
+    since = len(log_of(server))
+    second = generate(server, turn2, "sess-2")
+    assert second["output_ids"] == hf_greedy(tiny_model_path, turn2, MAX_NEW)
+    cached = second["meta_info"]["cached_tokens"]
+    assert cached >= len(ids), second["meta_info"]
+    dcp1, dcp2 = first["meta_info"]["dcp"], second["meta_info"]["dcp"]
+    assert dcp2["home_rank"] == dcp1["home_rank"] and dcp2["degree"] == dcp1["degree"], dcp2
+    assert dcp2["shards"][:-1] == dcp1["shards"][:-1], (dcp1, dcp2)  # where the pieces lay
+    assert "planner pieces rid=sess-2" in log_of(server)
+    new, hits = prefilled(server, since)
+    assert new == len(turn2) - cached and cached in hits, (new, hits, cached)
+    log = log_of(server)
+    assert "reads poisoned KV" not in log and "is NaN" not in log
+    wait_drained(server)
+    assert_pieces_agree(server)
+
+
+def test_evicted_pieces_are_recomputed_and_faults_leave_the_directory_exact(server,
+                                                                          tiny_model_path):
+    ids = prompts(seed=83, count=1, lengths=(1300,))[0]
+    first = generate(server, ids, "evict-1")
+    evicted0 = sum(x["dcp"]["pieces_evicted"] for x in loads(server).values())
+    # other sessions' long prompts fill every rank's pool: older pieces are evicted (LRU)
+    for i, fill in enumerate(prompts(seed=84, count=3, lengths=(1300,))):
+        assert generate(server, fill, f"evict-fill-{i}")["meta_info"]["dcp"]["degree"] > 1
+    assert sum(x["dcp"]["pieces_evicted"] for x in loads(server).values()) > evicted0
+    turn2 = ids + first["output_ids"] + prompts(seed=85, count=1, lengths=(200,))[0]
+    out = generate(server, turn2, "evict-2")
+    assert out["output_ids"] == hf_greedy(tiny_model_path, turn2, MAX_NEW)
+    assert out["meta_info"]["cached_tokens"] < len(ids), "its pieces were not evicted"
+    # a split request whose moves fail mid-prefill (aborted, HTTP 503), then the books
+    fault = prompts(seed=86, count=1, lengths=(1300,))[0]
+    try:
+        generate(server, fault, "fault-1")
+    except Exception:  # noqa: BLE001 - the injected failure aborts it
+        pass
+    wait_drained(server)
+    assert_pieces_agree(server)

@@ -135,6 +135,7 @@ def test_loads_section_is_every_rank_stat_number(monkeypatch):
         "header_gathers", "header_forward_waits",
         "prefill_kv_reads_tiles", "prefill_kv_reads_ideal", "prefill_kv_reads_per_row",
         "planner_kv_tokens", "planner_guest_kv_tokens", "kv_tokens",
+        "piece_kv_tokens", "planner_piece_kv_tokens", "pieces_evicted",
     }  # fmt: skip
     assert snap.to_dict({"dcp"})["dcp"] == snap.dcp and snap.to_dict(None)["dcp"] == snap.dcp
 
