@@ -3,6 +3,7 @@ radix_pieces.py; issue 26 part 2): least recently used first, slots back to the 
 evictable to SGLang (``RadixCache.evictable_size``/``evict``), and taken by a guest shard's
 allocation (``kv_adapter.SGLangKVPool``) after the tree's unlocked nodes."""
 
+import inspect
 from array import array
 from types import SimpleNamespace
 
@@ -77,7 +78,10 @@ def hooked(monkeypatch):
     from sglang.srt.mem_cache.radix_cache import RadixCache
 
     for name in ("evictable_size", "evict"):
-        orig, ours = getattr(RadixCache, name), getattr(radix_pieces, f"around_{name}")
+        # SGLang's own function: another test module may have applied the plugin's hooks to
+        # this process already (HookRegistry wrappers keep ``__wrapped__``)
+        orig = inspect.unwrap(getattr(RadixCache, name))
+        ours = getattr(radix_pieces, f"around_{name}")
         monkeypatch.setattr(RadixCache, name,
                             lambda self, *a, _o=orig, _f=ours, **k: _f(_o, self, *a, **k))
     rt = SimpleNamespace(scheduler=None)
