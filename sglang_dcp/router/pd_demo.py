@@ -4,8 +4,7 @@ planner (``PD_DECODE_DP`` DP-attention ranks), both ``launch_server`` processes 
 and the router in PD mode on :30000 in this process, over SGLang's mooncake transfer engine (TCP).
 Ctrl-C stops all three.
 
-The decode server has 2 DP ranks, not 4: with 4 the pinned SGLang's PD decode returns a wrong
-second token on CPU (README, PD section). KV pools are sized in tokens (``--max-total-tokens``).
+KV pools are sized in tokens (``--max-total-tokens``).
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from sglang_dcp.router.demo import DemoServer, port_free, port_range_free, start
 
 PROG = "make demo-pd"
 PREFILL_PORT, DECODE_PORT, BOOTSTRAP_PORT = 30010, 30020, 30998
-PD_DECODE_DP = 2
+PD_DECODE_DP = 4
 POOL_TOKENS = 32768
 
 

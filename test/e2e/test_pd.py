@@ -7,10 +7,8 @@ which PD CPU settings the launcher added; a prompt larger than one decode rank's
 is refused with the planner's reason (KV landing in shards is not built yet); after the requests
 every rank of both servers is back to 0 used KV tokens.
 
-``DECODE_DP`` is 2, not the issue's 4: with 4 decode DP ranks the pinned SGLang's PD decode
-returns a wrong second token on CPU even with the planner off (first token, from the prefill,
-right; the second is HF's with the prompt's KV all zeros: the decoding rank never received it);
-with 2 it equals HF. Not yet understood (README, PD section).
+4 decode DP ranks: on CPU SGLang padded their KV heads to the TP size (4) while the 1-rank
+prefill kept 2, so the prompt's KV landed at the wrong offsets (``sglang/pd_heads.py``).
 """
 
 from __future__ import annotations
@@ -28,7 +26,7 @@ from sglang_dcp.testing.server import free_low_port
 
 pytestmark = pytest.mark.e2e
 
-DECODE_DP = 2
+DECODE_DP = 4
 POOL = 16384
 BUDGET = 512  # the decode planner's KV tokens per rank (--dcp-kv-capacity)
 PROMPTS = [[323, 312, 489, 454], [5, 17, 99, 230, 41, 7, 310, 62, 11]]
