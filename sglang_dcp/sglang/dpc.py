@@ -138,6 +138,7 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
     from sglang_dcp.sglang.messages import (
         DcpFinished,
         DcpGenerateReq,
+        DcpLand,
         DcpMigrate,
         DcpPlannerView,
         DcpShardReport,
@@ -169,8 +170,18 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
     tokenizer_ipc = controller.port_args.tokenizer_ipc_name
     sockets: dict[str, object] = {}
 
+    pd_decode = getattr(controller.server_args, "disaggregation_mode", "null") == "decode"
+
     def send(rank: int, req, placement) -> None:
         if placement is not None and isinstance(req, TokenizedGenerateReqInput):
+            if pd_decode and placement.degree > 1:  # its holders register too (pd_landing.py)
+                controller.send_control_message(DcpLand(
+                    rid=req.rid, bootstrap_host=req.bootstrap_host or "",
+                    bootstrap_port=int(req.bootstrap_port or 0),
+                    bootstrap_room=int(req.bootstrap_room or 0), prompt_len=len(req.input_ids),
+                    dcp_home=placement.home_rank,
+                    dcp_shards=[[s.rank, s.start, s.end] for s in placement.shards],
+                ))  # fmt: skip
             req = DcpGenerateReq.wrap(req, placement)
         sock_send(controller.workers[rank], req)
 

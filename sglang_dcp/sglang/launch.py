@@ -108,7 +108,8 @@ def dcp_options(ns: argparse.Namespace) -> DcpOptions:
             tp_size=ns.tp_size or 1,
             disable_radix_cache=bool(ns.disable_radix_cache),
             attention_backend=ns.attention_backend,
-            pd_decode=getattr(ns, "disaggregation_mode", None) == "decode",
+            pd_paged_decode=getattr(ns, "disaggregation_mode", None) == "decode"
+            and (getattr(ns, "page_size", None) or 1) > 1,
         )
     except OptionsError as e:
         raise LaunchError(str(e)) from None

@@ -4,8 +4,8 @@ mooncake transfer engine (TCP) on CPU. One trio for the whole module (the suite'
 
 Short prompts: greedy output through the router equals HF transformers; each server's log says
 which PD CPU settings the launcher added; a prompt larger than one decode rank's planner budget
-is refused with the planner's reason (KV landing in shards is not built yet); after the requests
-every rank of both servers is back to 0 used KV tokens.
+lands straight in its shards on 3+ decode ranks and equals HF (``sglang/pd_landing.py``); after
+the requests every rank of both servers is back to 0 used KV tokens.
 
 4 decode DP ranks: on CPU SGLang padded their KV heads to the TP size (4) while the 1-rank
 prefill kept 2, so the prompt's KV landed at the wrong offsets (``sglang/pd_heads.py``).
@@ -14,12 +14,12 @@ prefill kept 2, so the prompt's KV landed at the wrong offsets (``sglang/pd_head
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
-import urllib.error
 
 import pytest
-from hf_reference import hf_greedy
+from hf_reference import hf_greedy, prompts
 
 from sglang_dcp.testing.pd import PdRouterProcess, decode_args, prefill_args
 from sglang_dcp.testing.server import free_low_port
@@ -31,6 +31,7 @@ POOL = 16384
 BUDGET = 512  # the decode planner's KV tokens per rank (--dcp-kv-capacity)
 PROMPTS = [[323, 312, 489, 454], [5, 17, 99, 230, 41, 7, 310, 62, 11]]
 NEW = 8
+LONG = 2 * BUDGET + 200  # over two decode ranks' budget: it lands on 3 or more
 
 
 @pytest.fixture(scope="module")
@@ -82,16 +83,52 @@ def test_logs_say_what_the_launcher_set_for_pd_on_cpu(trio):
     assert f"planner dcp routes requests in the DP controller ({DECODE_DP} ranks" in dlog
 
 
-def test_a_prompt_larger_than_one_decode_rank_is_refused_clearly(trio, tiny_model_path):
-    """Until KV lands in shards, a PD decode server places requests whole: one larger than a
-    rank's budget gets the planner's 400 through the router, and the next request is served."""
-    _, _, router = trio
-    with pytest.raises(urllib.error.HTTPError) as e:
-        router.post("/generate", {"input_ids": [7] * (BUDGET + 100), "sampling_params": {
-            "max_new_tokens": 4, "temperature": 0}})  # fmt: skip
-    body = e.value.read().decode()
-    assert e.value.code == 400 and "sglang-dcp planner rejected the request" in body, body
-    ids = PROMPTS[0]
+class Sampler:
+    """The decode server's ``/v1/loads`` sampled in a thread: each rank's highest used KV and the
+    most ranks holding KV at once."""
+
+    def __init__(self, server) -> None:
+        self.server, self.peak, self.most_ranks = server, [0] * DECODE_DP, 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            used = [x["num_used_tokens"] for x in self.server.get("/v1/loads")["loads"]]
+            self.peak = [max(a, b) for a, b in zip(self.peak, used)]
+            self.most_ranks = max(self.most_ranks, sum(1 for u in used if u > 0))
+            time.sleep(0.05)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(timeout=30)
+
+
+def test_a_prompt_larger_than_one_decode_rank_lands_in_its_shards(trio, tiny_model_path):
+    """Issue 24: the prompt lands straight in its shards on 3+ decode ranks (each holder
+    receives only its range from the prefill server), the output equals HF, no rank goes over
+    its planner budget, and no shard move runs after landing."""
+    _, decode, router = trio
+    ids = prompts(seed=24, count=1, lengths=(LONG,))[0]
+    with open(decode.log_path, errors="replace") as f:
+        before = len(f.read())
+    with Sampler(decode) as s:
+        out = router.post("/generate", {"input_ids": ids, "sampling_params": {
+            "max_new_tokens": NEW, "temperature": 0, "ignore_eos": True}}, timeout=600)  # fmt: skip
+    assert out["output_ids"] == hf_greedy(tiny_model_path, ids, NEW)
+    with open(decode.log_path, errors="replace") as f:
+        log = f.read()[before:]
+    holders = set(re.findall(r"sglang_dcp: PD landing: \S+ tokens .* on rank (\d+)", log))
+    assert len(holders) >= 2, f"the prompt landed on holders {holders} only:\n{log[-3000:]}"
+    assert s.most_ranks >= 3, f"KV was never on 3 decode ranks at once ({s.most_ranks})"
+    assert all(p <= BUDGET for p in s.peak), f"a rank went over its {BUDGET} tokens: {s.peak}"
+    for moved in ("sglang_dcp: shipped tokens", "sglang_dcp: migrated tokens", "shard move"):
+        assert moved not in log, f"{moved!r} after landing:\n{log[-3000:]}"
+    ids = PROMPTS[0]  # and a short one after it
     out = router.post("/generate", {"input_ids": ids, "sampling_params": {
         "max_new_tokens": 4, "temperature": 0, "ignore_eos": True}})  # fmt: skip
     assert out["output_ids"] == hf_greedy(tiny_model_path, ids, 4)
