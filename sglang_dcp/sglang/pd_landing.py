@@ -21,7 +21,8 @@ Decoding then runs the colocated data path unchanged (the header's ``Decoding`` 
 exchange over the guests); nothing is shipped after landing. When the home releases the
 request, the next header tells the holders to free their guest slots, as after a shard move.
 A holder's receiver is polled each header until the room concludes, then its metadata slot is
-freed; a failed room fails the request at its home, whose release frees the holders.
+freed; a failed room fails the request at its home (SGLang's path) and each holder frees its
+slots when its receiver reports the failure (the home's release then finds nothing to free).
 """
 
 from __future__ import annotations
@@ -30,9 +31,12 @@ import logging
 
 import numpy as np
 
+from sglang_dcp import env
 from sglang_dcp.types import Placement
 
 logger = logging.getLogger(__name__)
+
+FAIL_ME = -2  # a destination position whose transfer must fail (the fault switch, testing only)
 
 
 def destinations(n: int, ranges: list[tuple[int, int]], slots) -> np.ndarray:
@@ -94,6 +98,8 @@ def on_land(rt, scheduler, msg) -> None:
     if receiver.poll() != KVPoll.Failed:
         receiver.required_dst_info_num = num_destinations(p)
         dst = destinations(msg.prompt_len, mine, slots.tolist())  # once per landing, not per step
+        if env.inject_pd_landing_failure() == msg.prompt_len and p.shards[0].rank == rt.rank:
+            dst[dst >= 0] = FAIL_ME  # the prefill's send to this holder fails (testing only)
         receiver.send_metadata(dst, aux, None, decode_prefix_len=0)
     rt.landing[msg.bootstrap_room] = (p.rid, receiver, aux)
     logger.info("sglang_dcp: PD landing: %s tokens %s on rank %d (home %d, room %d)",
@@ -111,9 +117,18 @@ def poll(rt) -> None:
             continue
         del rt.landing[room]
         q.req_to_metadata_buffer_idx_allocator.free(aux)
+        if state == KVPoll.Failed:  # the home fails the request (its release finds no guest)
+            with receiver.kv_mgr.failure_lock:
+                reason = receiver.kv_mgr.failure_records.pop(room, "see the prefill server's log")
+            g = rt.guests.pop(rid, None)
+            if g is not None:
+                from sglang_dcp.sglang.shipping import free_guest
+
+                free_guest(rt.scheduler.token_to_kv_pool_allocator, g)
+            logger.warning("sglang_dcp: PD landing of %s on rank %d failed (%s); its %d guest "
+                           "slots are free", rid, rt.rank, reason,
+                           0 if g is None else g.slots.numel())  # fmt: skip
         receiver.clear()
-        if state == KVPoll.Failed:  # the home fails the request; its release frees the guest
-            logger.warning("sglang_dcp: PD landing of %s on rank %d failed", rid, rt.rank)
 
 
 # ---- the home (hooks on SGLang's DecodePreallocQueue) ----------------------------------------
@@ -153,6 +168,7 @@ def around_alloc_for_decode_prealloc(original, self, allocator, **kwargs):
     away = [(s.rank, s.start, s.end) for s in p.shards if s.rank != p.home_rank]
     rt.home[req.rid] = HomeEntry(req, moved=away, offered=p.shards[-1].start, shipped=True)
     rt.moved_rows[int(req.kv.req_pool_idx)] = [(a, b) for _, a, b in away]
+    rt.ledger.layout(req.rid, rt.home)  # the planner's books and meta_info: where it lands
     return kv_loc
 
 
@@ -178,8 +194,14 @@ def around_send_kvcache(original, self, mooncake_session_id, prefill_kv_indices,
                         dst_kv_indices, executor, *args, **kwargs):  # fmt: skip
     """``MooncakeKVManager.send_kvcache`` (disaggregation/mooncake/conn.py:1051), on the prefill
     server: send a destination only the positions it asked for (``-1``: another rank's)."""
+    if (dst_kv_indices == FAIL_ME).any():  # the fault switch (env.inject_pd_landing_failure)
+        logger.warning("sglang_dcp: PD prefill: injected transfer failure to %s",
+                       mooncake_session_id)  # fmt: skip
+        return 1
     keep = dst_kv_indices >= 0
     if not keep.all():
+        logger.info("sglang_dcp: PD prefill sends %s %d of %d positions (its range)",
+                    mooncake_session_id, int(keep.sum()), keep.size)  # fmt: skip
         prefill_kv_indices, dst_kv_indices = prefill_kv_indices[keep], dst_kv_indices[keep]
         if prefill_kv_indices.size == 0:
             return 0

@@ -17,6 +17,7 @@ import os
 import re
 import threading
 import time
+import urllib.error
 
 import pytest
 from hf_reference import hf_greedy, prompts
@@ -32,6 +33,11 @@ BUDGET = 512  # the decode planner's KV tokens per rank (--dcp-kv-capacity)
 PROMPTS = [[323, 312, 489, 454], [5, 17, 99, 230, 41, 7, 310, 62, 11]]
 NEW = 8
 LONG = 2 * BUDGET + 200  # over two decode ranks' budget: it lands on 3 or more
+FAIL_LEN = LONG + 76  # prompts of this length: the transfer to their first holder fails
+DECODE_ENV = {"SGLANG_DCP_INJECT_PD_LANDING_FAILURE": str(FAIL_LEN)}
+# SGLang's prefill blacklists a decode session after one failed transfer; its probe readmits it
+PREFILL_ENV = {"SGLANG_ENABLE_FAILED_SESSION_PROBE": "1",
+               "SGLANG_FAILED_SESSION_PROBE_INTERVAL_S": "1"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -39,14 +45,16 @@ def trio(launch_server, tiny_model_path, tmp_path_factory):
     bootstrap = free_low_port(avoid=0)
     started: dict[str, object] = {}
 
-    def start(name, args):
-        started[name] = launch_server(args, startup_timeout=900)
+    def start(name, args, env):
+        started[name] = launch_server(args, env=env, startup_timeout=900)
 
     t0 = time.monotonic()
     threads = [
-        threading.Thread(target=start, args=("prefill", prefill_args(tiny_model_path, bootstrap, POOL))),
+        threading.Thread(target=start, args=(
+            "prefill", prefill_args(tiny_model_path, bootstrap, POOL), PREFILL_ENV)),
         threading.Thread(target=start, args=("decode", [
-            *decode_args(tiny_model_path, DECODE_DP, POOL), "--dcp-kv-capacity", str(BUDGET)])),
+            *decode_args(tiny_model_path, DECODE_DP, POOL), "--dcp-kv-capacity", str(BUDGET)],
+            DECODE_ENV)),
     ]  # fmt: skip
     for t in threads:
         t.start()
@@ -112,16 +120,24 @@ def test_a_prompt_larger_than_one_decode_rank_lands_in_its_shards(trio, tiny_mod
     """Issue 24: the prompt lands straight in its shards on 3+ decode ranks (each holder
     receives only its range from the prefill server), the output equals HF, no rank goes over
     its planner budget, and no shard move runs after landing."""
-    _, decode, router = trio
+    prefill, decode, router = trio
     ids = prompts(seed=24, count=1, lengths=(LONG,))[0]
-    with open(decode.log_path, errors="replace") as f:
-        before = len(f.read())
+    before = {}
+    for server in (prefill, decode):
+        with open(server.log_path, errors="replace") as f:
+            before[server] = len(f.read())
     with Sampler(decode) as s:
         out = router.post("/generate", {"input_ids": ids, "sampling_params": {
             "max_new_tokens": NEW, "temperature": 0, "ignore_eos": True}}, timeout=600)  # fmt: skip
     assert out["output_ids"] == hf_greedy(tiny_model_path, ids, NEW)
+    dcp = out["meta_info"]["dcp"]  # where its KV is (the decode server's meta_info)
+    assert len({r for r, *_ in dcp["shards"]}) >= 3 and dcp["shards"][-1][0] == dcp["home_rank"]
     with open(decode.log_path, errors="replace") as f:
-        log = f.read()[before:]
+        log = f.read()[before[decode]:]
+    with open(prefill.log_path, errors="replace") as f:
+        plog = f.read()[before[prefill]:]
+    sent = re.findall(r"PD prefill sends (\S+) (\d+) of (\d+) positions", plog)
+    assert len({s for s, *_ in sent}) >= 3, f"the prefill did not send ranges to 3 ranks: {sent}"
     holders = set(re.findall(r"sglang_dcp: PD landing: \S+ tokens .* on rank (\d+)", log))
     assert len(holders) >= 2, f"the prompt landed on holders {holders} only:\n{log[-3000:]}"
     assert s.most_ranks >= 3, f"KV was never on 3 decode ranks at once ({s.most_ranks})"
@@ -134,12 +150,40 @@ def test_a_prompt_larger_than_one_decode_rank_lands_in_its_shards(trio, tiny_mod
     assert out["output_ids"] == hf_greedy(tiny_model_path, ids, 4)
 
 
-def test_every_rank_of_both_servers_back_to_zero(trio):
-    prefill, decode, _ = trio
+def test_a_failed_transfer_to_one_holder_fails_the_request_and_frees_every_rank(
+    trio, tiny_model_path
+):
+    """Item 4 (fault switch): the prefill server's transfer to the first holder fails; the
+    request ends with a server error naming the failure, every rank of both servers frees its
+    KV, and the next requests are served."""
+    prefill, decode, router = trio
+    ids = prompts(seed=25, count=1, lengths=(FAIL_LEN,))[0]
+    body = {"input_ids": ids, "sampling_params": {"max_new_tokens": NEW, "temperature": 0}}
+    try:
+        out = router.post("/generate", body, timeout=600)
+        code, text = 200, str(out.get("meta_info", {}).get("finish_reason"))
+    except urllib.error.HTTPError as e:
+        code, text = e.code, e.read().decode(errors="replace")
+    print(f"the failed landing answered {code}: {text[:300]}")
+    assert code >= 500 and "fail" in text.lower(), (code, text)
+    assert _wait_drained(prefill, decode) == [0] * (1 + DECODE_DP), "KV left after the failure"
+    time.sleep(3)  # the prefill's probe readmits the holder's session (interval 1 s)
+    for ids, n in ((PROMPTS[1], 4), (prompts(seed=24, count=1, lengths=(LONG,))[0], 4)):
+        out = router.post("/generate", {"input_ids": ids, "sampling_params": {
+            "max_new_tokens": n, "temperature": 0, "ignore_eos": True}}, timeout=600)  # fmt: skip
+        assert out["output_ids"] == hf_greedy(tiny_model_path, ids, n)
+
+
+def _wait_drained(prefill, decode) -> list[int]:
     deadline = time.monotonic() + 60
     while True:
         used = [r["num_used_tokens"] for s in (prefill, decode) for r in s.get("/v1/loads")["loads"]]
         if not any(used) or time.monotonic() > deadline:
-            break
+            return used
         time.sleep(1)
+
+
+def test_every_rank_of_both_servers_back_to_zero(trio):
+    prefill, decode, _ = trio
+    used = _wait_drained(prefill, decode)
     assert used == [0] * (1 + DECODE_DP), used
