@@ -75,8 +75,7 @@ class RankRuntime:
         self.prefill_failed: dict[str, str] = {}  # rid -> why its prefill is aborted
         self.model_runner = None  # set by the step header hook
         self.page = max(1, int(getattr(scheduler, "page_size", 1) or 1))
-        self._comm = None
-        self._xcomm = None
+        self._comm = self._xcomm = None
         from sglang_dcp.sglang.options import DcpOptions
 
         self.capacity = DcpOptions.from_env().max_guest_items
