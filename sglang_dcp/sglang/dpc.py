@@ -152,7 +152,9 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
     # SGLang 0.5.21 declares the per-rank chunk (chunk // dp_size, parallel_hook.py:264) as a
     # resolution over server_args: the raw field keeps what the user typed (None: the default)
     chunk = getattr(resolved_view(controller.server_args), "chunked_prefill_size", None)
-    chunk = int(chunk) if options.sharding and chunk and chunk > 0 else None
+    pd_decode = getattr(controller.server_args, "disaggregation_mode", "null") == "decode"
+    # a PD decode server never prefills: its requests arrive with their KV (pd_landing.py)
+    chunk = int(chunk) if options.sharding and chunk and chunk > 0 and not pd_decode else None
     if chunk and options.prefill_chunk is None:
         # SGLang's default chunk (none typed): the home's pool must hold its share plus one
         # chunk in flight, so the planner books the part of the chunk its budget's slack below
@@ -169,8 +171,6 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
     policy = new_policy()
     tokenizer_ipc = controller.port_args.tokenizer_ipc_name
     sockets: dict[str, object] = {}
-
-    pd_decode = getattr(controller.server_args, "disaggregation_mode", "null") == "decode"
 
     def send(rank: int, req, placement) -> None:
         if placement is not None and isinstance(req, TokenizedGenerateReqInput):

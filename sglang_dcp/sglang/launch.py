@@ -114,7 +114,8 @@ def dcp_options(ns: argparse.Namespace) -> DcpOptions:
     except OptionsError as e:
         raise LaunchError(str(e)) from None
     chunk = getattr(ns, "chunked_prefill_size", None)
-    if opts.sharding and chunk is not None and chunk > 0:  # prefill into shards (issue 18)
+    pd_decode = getattr(ns, "disaggregation_mode", None) == "decode"  # never prefills
+    if opts.sharding and chunk is not None and chunk > 0 and not pd_decode:  # issue 18
         # SGLang gives each DP-attention rank chunk // dp_size (arg_groups/parallel_hook.py:266)
         opts = dataclasses.replace(opts, prefill_chunk=max(1, chunk // (ns.dp_size or 1)))
     if (opts.sharding and ns.attention_backend in ("triton", ATTENTION_BACKEND)

@@ -28,7 +28,8 @@ from sglang_dcp.testing.server import free_low_port
 pytestmark = pytest.mark.e2e
 
 DECODE_DP = 4
-POOL = 16384
+POOL = 16384  # the prefill server's KV pool (tokens)
+DECODE_POOL = 16384  # each decode rank's SGLang pool (the planner's budget is the limit)
 BUDGET = 512  # the decode planner's KV tokens per rank (--dcp-kv-capacity)
 PROMPTS = [[323, 312, 489, 454], [5, 17, 99, 230, 41, 7, 310, 62, 11]]
 NEW = 8
@@ -53,8 +54,8 @@ def trio(launch_server, tiny_model_path, tmp_path_factory):
         threading.Thread(target=start, args=(
             "prefill", prefill_args(tiny_model_path, bootstrap, POOL), PREFILL_ENV)),
         threading.Thread(target=start, args=("decode", [
-            *decode_args(tiny_model_path, DECODE_DP, POOL), "--dcp-kv-capacity", str(BUDGET)],
-            DECODE_ENV)),
+            *decode_args(tiny_model_path, DECODE_DP, DECODE_POOL),
+            "--dcp-kv-capacity", str(BUDGET)], DECODE_ENV)),
     ]  # fmt: skip
     for t in threads:
         t.start()
@@ -117,11 +118,13 @@ class Sampler:
 
 
 def test_a_prompt_larger_than_one_decode_rank_lands_in_its_shards(trio, tiny_model_path):
-    """Issue 24: the prompt lands straight in its shards on 3+ decode ranks (each holder
-    receives only its range from the prefill server), the output equals HF, no rank goes over
-    its planner budget, and no shard move runs after landing."""
+    """Issue 24: a prompt larger than one decode rank's planner budget lands straight in its
+    shards on 3+ decode ranks (each holder receives only its range from the prefill server), the
+    output equals HF, no rank goes over its planner budget, and no shard move runs after
+    landing."""
     prefill, decode, router = trio
     ids = prompts(seed=24, count=1, lengths=(LONG,))[0]
+    assert LONG > 2 * BUDGET
     before = {}
     for server in (prefill, decode):
         with open(server.log_path, errors="replace") as f:
