@@ -26,7 +26,7 @@ help:
 	@echo "make install      create $(VENV) with the pinned CPU stack (torch 2.13.0 CPU, triton 3.7.1, sglang $(SGLANG_VERSION))"
 	@echo "make demo         install, then serve the tiny demo model with DP attention on CPU"
 	@echo "make demo-router  install, then two tiny demo servers (2 DP ranks each) behind the router on :30000"
-	@echo "make demo-pd      install, then a prefill server, a decode server (planner, 2 DP ranks) and the router in PD mode on :30000"
+	@echo "make demo-pd      install, then a prefill server, a decode server (planner, 4 DP ranks) and the router in PD mode on :30000"
 	@echo "make test         install, then run the whole test suite"
 	@echo "make patch        rebuild the pinned sglang wheel with patches/*.patch and install it (part of install)"
 	@echo "make check-patches  prove patches/ applies, compiles and reverses cleanly on the pinned wheel"

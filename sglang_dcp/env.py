@@ -76,6 +76,24 @@ def inject_move_failure_rid() -> tuple[str, int] | None:
     return prefix, int(token)
 
 
+INJECT_PD_LANDING_FAILURE_VAR = "SGLANG_DCP_INJECT_PD_LANDING_FAILURE"
+
+
+def inject_pd_landing_failure() -> int | None:
+    """PD decode (testing only): ``SGLANG_DCP_INJECT_PD_LANDING_FAILURE=N`` makes the prefill
+    server's transfer to the first holder of every request with an ``N``-token prompt fail
+    (``pd_landing.py``), as a failed mooncake transfer would."""
+    text = os.environ.get(INJECT_PD_LANDING_FAILURE_VAR, "").strip()
+    if not text:
+        return None
+    if not text.isdigit():
+        raise ValueError(
+            f"{INJECT_PD_LANDING_FAILURE_VAR}={text!r}: set it to a prompt length in tokens "
+            "(e.g. 1300), or unset it"
+        )
+    return int(text)
+
+
 def inject_move_failure() -> float:
     """Fail this fraction of shard moves (testing only). ``SGLANG_DCP_INJECT_MOVE_FAILURE=P``.
 

@@ -4,8 +4,7 @@ planner (``PD_DECODE_DP`` DP-attention ranks), both ``launch_server`` processes 
 and the router in PD mode on :30000 in this process, over SGLang's mooncake transfer engine (TCP).
 Ctrl-C stops all three.
 
-The decode server has 2 DP ranks, not 4: with 4 the pinned SGLang's PD decode returns a wrong
-second token on CPU (README, PD section). KV pools are sized in tokens (``--max-total-tokens``).
+KV pools are sized in tokens (``--max-total-tokens``).
 """
 
 from __future__ import annotations
@@ -18,8 +17,9 @@ from sglang_dcp.router.demo import DemoServer, port_free, port_range_free, start
 
 PROG = "make demo-pd"
 PREFILL_PORT, DECODE_PORT, BOOTSTRAP_PORT = 30010, 30020, 30998
-PD_DECODE_DP = 2
+PD_DECODE_DP = 4
 POOL_TOKENS = 32768
+PLANNER_TOKENS = 1024  # the decode planner's KV per rank: a 3000-token prompt lands in shards
 
 
 def server_args(model_path: str) -> tuple[list[str], list[str]]:
@@ -30,7 +30,7 @@ def server_args(model_path: str) -> tuple[list[str], list[str]]:
                "--disaggregation-bootstrap-port", str(BOOTSTRAP_PORT)]  # fmt: skip
     decode = [*common, "--disaggregation-mode", "decode", "--tp-size", str(PD_DECODE_DP),
               "--dp-size", str(PD_DECODE_DP), "--enable-dp-attention", "--disable-radix-cache",
-              "--sleep-on-idle"]  # fmt: skip
+              "--sleep-on-idle", "--dcp-kv-capacity", str(PLANNER_TOKENS)]  # fmt: skip
     return prefill, decode
 
 
@@ -42,6 +42,8 @@ def _try_lines(url: str, decode_url: str) -> list[str]:
         "    -d '{\"text\": \"The quick brown fox\", "
         "\"sampling_params\": {\"max_new_tokens\": 16, \"temperature\": 0}}'",
         f"  curl -s {decode_url}/v1/loads   # the decode ranks' KV",
+        "[sglang-dcp] a long prompt's KV lands straight in its shards on the decode ranks:",
+        f"  python -m sglang_dcp.demo_client --url {url} --lengths 40 3000",
     ]
 
 

@@ -199,6 +199,9 @@ def apply_sglang_fixes() -> list[str]:
     # short". The routing functions run eagerly instead (same math).
     applied += _eager_moe_routing()
     applied += _cpu_event_in_pd_prefill()
+    from sglang_dcp.sglang.pd_heads import pad_heads_to_attention_tp_in_pd
+
+    applied += pad_heads_to_attention_tp_in_pd()
     return applied
 
 

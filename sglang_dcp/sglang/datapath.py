@@ -61,6 +61,7 @@ class RankRuntime:
         self.split_reqs: dict[str, Any] = {}
         self.seen_decode: dict[str, int] = {}  # rid -> decode_batch_idx at the last header
         self.guests: dict[str, GuestEntry] = {}
+        self.landing: dict[int, tuple] = {}  # PD room -> (rid, receiver, aux): pd_landing.py
         self.releases: list[str] = []
         self.moved_rows: dict[int, list[tuple[int, int]]] = {}  # req_pool_idx -> moved ranges
         # req_pool_idx -> (batch row, KV tokens) of the split requests decoded here this step:
@@ -74,8 +75,7 @@ class RankRuntime:
         self.prefill_failed: dict[str, str] = {}  # rid -> why its prefill is aborted
         self.model_runner = None  # set by the step header hook
         self.page = max(1, int(getattr(scheduler, "page_size", 1) or 1))
-        self._comm = None
-        self._xcomm = None
+        self._comm = self._xcomm = None
         from sglang_dcp.sglang.options import DcpOptions
 
         self.capacity = DcpOptions.from_env().max_guest_items

@@ -138,6 +138,7 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
     from sglang_dcp.sglang.messages import (
         DcpFinished,
         DcpGenerateReq,
+        DcpLand,
         DcpMigrate,
         DcpPlannerView,
         DcpShardReport,
@@ -151,7 +152,9 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
     # SGLang 0.5.21 declares the per-rank chunk (chunk // dp_size, parallel_hook.py:264) as a
     # resolution over server_args: the raw field keeps what the user typed (None: the default)
     chunk = getattr(resolved_view(controller.server_args), "chunked_prefill_size", None)
-    chunk = int(chunk) if options.sharding and chunk and chunk > 0 else None
+    pd_decode = getattr(controller.server_args, "disaggregation_mode", "null") == "decode"
+    # a PD decode server never prefills: its requests arrive with their KV (pd_landing.py)
+    chunk = int(chunk) if options.sharding and chunk and chunk > 0 and not pd_decode else None
     if chunk and options.prefill_chunk is None:
         # SGLang's default chunk (none typed): the home's pool must hold its share plus one
         # chunk in flight, so the planner books the part of the chunk its budget's slack below
@@ -171,6 +174,14 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
 
     def send(rank: int, req, placement) -> None:
         if placement is not None and isinstance(req, TokenizedGenerateReqInput):
+            if pd_decode and placement.degree > 1:  # its holders register too (pd_landing.py)
+                controller.send_control_message(DcpLand(
+                    rid=req.rid, bootstrap_host=req.bootstrap_host or "",
+                    bootstrap_port=int(req.bootstrap_port or 0),
+                    bootstrap_room=int(req.bootstrap_room or 0), prompt_len=len(req.input_ids),
+                    dcp_home=placement.home_rank,
+                    dcp_shards=[[s.rank, s.start, s.end] for s in placement.shards],
+                ))  # fmt: skip
             books = getattr(controller, "dcp_pieces", None)  # placed on cached pieces?
             adopt = books is not None and req.rid in books.adopting
             if adopt:
@@ -253,7 +264,10 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
     from sglang_dcp.sglang import piece_books  # cached pieces of split requests (issue 26)
 
     controller.dcp_dispatcher = dispatcher
-    piece_books.attach(controller, sharding=options.sharding, num_ranks=n, inbox=inbox_address)
+    # a PD decode server receives every prompt's KV from the prefill server (pd_landing.py):
+    # its ranks keep no pieces, the prefill server's radix cache reuses context there
+    piece_books.attach(controller, sharding=options.sharding and not pd_decode, num_ranks=n,
+                       inbox=inbox_address)
     books.tick(force=True)  # the ranks learn the inbox before any request arrives
     logger.info(
         "sglang_dcp: planner %s routes requests in the DP controller (%d ranks, %d KV tokens "

@@ -58,6 +58,9 @@ installed wheel.
 |   attention_backend_setup._build_resolved_backend (l.201) |      |                           |             |
 | layers/layer_boundary/stage.py:168                      | AROUND | backend. (idle ranks)     | any/shard   |
 |   StageBoundary.finish                                  |        |                           |             |
+| disaggregation/decode.py:2049 DecodePreallocQueue._alloc_for_decode_prealloc | AROUND | pd_landing. | any/shard |
+| disaggregation/decode.py:2054 DecodePreallocQueue._transfer_page_indices | AROUND | pd_landing. | any/shard |
+| disaggregation/mooncake/conn.py:1051 MooncakeKVManager.send_kvcache | AROUND | pd_landing. | any/always |
 | managers/scheduler_components/dp_attn.py:128/145/175    | AFTER  | header. (news flag on     | any/shard   |
 |   MLPSyncBatchInfo._get_local_tensor                    |        |   SGLang's sync row)      |             |
 |   MLPSyncBatchInfo._get_fallback_tensor                 |        |                           |             |
@@ -92,11 +95,12 @@ from sglang_dcp.sglang.uses import (  # noqa: F401  (USES: SGLang callables the 
     params_of,
 )
 
-_DPC = "sglang.srt.managers.data_parallel_controller.DataParallelController"
-_TM = "sglang.srt.managers.tokenizer_manager.TokenizerManager"
+_DPC, _TM = ("sglang.srt.managers.data_parallel_controller.DataParallelController",
+              "sglang.srt.managers.tokenizer_manager.TokenizerManager")
 _SCHED = "sglang.srt.managers.scheduler.Scheduler"
-_DP = "sglang_dcp.sglang.sched_hooks"
-_RADIX = "sglang_dcp.sglang.radix"
+_SG = "sglang_dcp.sglang"
+_DP, _RADIX = f"{_SG}.sched_hooks", f"{_SG}.radix"
+_PREALLOC, _PD = "sglang.srt.disaggregation.decode.DecodePreallocQueue", f"{_SG}.pd_landing"
 _STREAMER = "sglang.srt.managers.scheduler_components.output_streamer.SchedulerOutputStreamer"
 _LOADS = "sglang.srt.managers.scheduler_components.load_inquirer.SchedulerLoadInquirer"
 _MLPSYNC = "sglang.srt.managers.scheduler_components.dp_attn.MLPSyncBatchInfo"
@@ -138,14 +142,10 @@ HOOKS: tuple[Hook, ...] = (
         ("self", "request", "raw_request"),
         "sglang_dcp.sglang.guard:around_openai_handle_request", where="launcher", when="always",
     ),
-    Hook(
-        f"{_TM}._handle_batch_output", "AROUND", ("self", "recv_obj"),
-        "sglang_dcp.sglang.notices:around_handle_batch_output", where="launcher",
-    ),
-    Hook(
-        f"{_TM}._handle_abort_req", "AFTER", ("self", "recv_obj"),
-        "sglang_dcp.sglang.notices:after_handle_abort_req", where="launcher",
-    ),
+    Hook(f"{_TM}._handle_batch_output", "AROUND", ("self", "recv_obj"),
+         "sglang_dcp.sglang.notices:around_handle_batch_output", where="launcher"),
+    Hook(f"{_TM}._handle_abort_req", "AFTER", ("self", "recv_obj"),
+         "sglang_dcp.sglang.notices:after_handle_abort_req", where="launcher"),
     # placements on the home scheduler (req.dcp), every placed request (sched_hooks.py)
     Hook(
         f"{_SCHED}.init_request_dispatcher", "AFTER", ("self",),
@@ -237,6 +237,14 @@ HOOKS: tuple[Hook, ...] = (
         f"{_MLPSYNC}.all_gather", "AFTER", ("self", "device", "group", "use_all_reduce"),
         "sglang_dcp.sglang.header:after_all_gather", when="shard",
     ),
+    Hook(f"{_PREALLOC}._alloc_for_decode_prealloc", "AROUND", ("self", "allocator", "kwargs"),
+         f"{_PD}:around_alloc_for_decode_prealloc", when="shard"),  # PD: KV lands in shards
+    Hook(f"{_PREALLOC}._transfer_page_indices", "AROUND", ("self", "decode_req", "kv_indices",
+         "page_size"), f"{_PD}:around_transfer_page_indices", when="shard"),  # fmt: skip
+    Hook("sglang.srt.disaggregation.mooncake.conn.MooncakeKVManager.send_kvcache", "AROUND",
+         ("self", "mooncake_session_id", "prefill_kv_indices", "dst_kv_ptrs", "dst_kv_indices",
+          "executor", "dst_layer_ids", "dst_device_kv_indices", "dst_kv_item_len",
+          "dst_attn_tp_size"), f"{_PD}:around_send_kvcache", when="always"),  # fmt: skip
     Hook(  # shard-move staging, charged to --mem-fraction-static (move_reserve.py)
         "sglang.srt.mem_cache.kv_cache_configurator.KVCacheConfigurator._profile_available_bytes",
         "AROUND", ("self", "pre_model_load_memory"),

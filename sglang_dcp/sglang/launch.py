@@ -108,12 +108,14 @@ def dcp_options(ns: argparse.Namespace) -> DcpOptions:
             tp_size=ns.tp_size or 1,
             disable_radix_cache=bool(ns.disable_radix_cache),
             attention_backend=ns.attention_backend,
-            pd_decode=getattr(ns, "disaggregation_mode", None) == "decode",
+            pd_paged_decode=getattr(ns, "disaggregation_mode", None) == "decode"
+            and (getattr(ns, "page_size", None) or 1) > 1,
         )
     except OptionsError as e:
         raise LaunchError(str(e)) from None
     chunk = getattr(ns, "chunked_prefill_size", None)
-    if opts.sharding and chunk is not None and chunk > 0:  # prefill into shards (issue 18)
+    pd_decode = getattr(ns, "disaggregation_mode", None) == "decode"  # never prefills
+    if opts.sharding and chunk is not None and chunk > 0 and not pd_decode:  # issue 18
         # SGLang gives each DP-attention rank chunk // dp_size (arg_groups/parallel_hook.py:266)
         opts = dataclasses.replace(opts, prefill_chunk=max(1, chunk // (ns.dp_size or 1)))
     if (opts.sharding and ns.attention_backend in ("triton", ATTENTION_BACKEND)

@@ -115,6 +115,25 @@ class DcpMigrate(BaseReq, kw_only=True):
     moves: Optional[List[List[Union[str, int]]]] = None
 
 
+class DcpLand(BaseReq, kw_only=True):
+    """DP controller -> every scheduler (a control message) of a PD decode server: request
+    ``rid`` (bootstrap room ``bootstrap_room`` of the prefill server at ``bootstrap_host:port``,
+    ``prompt_len`` tokens) is placed on several ranks; each holder registers for its ranges
+    (``pd_landing.py``). ``dcp_shards`` as in ``DcpGenerateReq``."""
+
+    bootstrap_host: str = ""
+    bootstrap_port: int = 0
+    bootstrap_room: int = 0
+    prompt_len: int = 0
+    dcp_home: int = -1
+    dcp_shards: Optional[List[List[int]]] = None
+
+    def placement(self) -> Placement:
+        return Placement(
+            self.rid, self.dcp_home, tuple(Shard(r, a, b) for r, a, b in self.dcp_shards or ())
+        )
+
+
 def register_types() -> None:
     hook_custom_types(DcpFinished, DcpGenerateReq, DcpShardReport, DcpPlannerView, DcpMigrate,
-                      DcpPieces, DcpAdopt)
+                      DcpPieces, DcpAdopt, DcpLand)

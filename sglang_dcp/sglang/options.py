@@ -113,7 +113,7 @@ def resolve(
     max_guest_items: int | None = None,
     rebalance_threshold: float | None = None,
     transfer_chunk_mb: int | None = None,
-    pd_decode: bool = False,
+    pd_paged_decode: bool = False,
 ) -> DcpOptions:
     """Check the flags (``None`` = not given) against each other and the server shape.
 
@@ -166,10 +166,10 @@ def resolve(
     policy = policy or DEFAULT_POLICY
     tp_size = dp_size if tp_size is None else tp_size
     shard_blockers = []
-    if pd_decode:  # issue 24: the prefill server sends a request's KV to its home only, so far
+    if pd_paged_decode:  # issue 24: KV lands in its shards (pd_landing.py) at page size 1 only
         shard_blockers.append(
-            "a colocated server (a PD decode server places each request on one rank: its KV "
-            "lands whole on that rank; landing in shards is not built yet)"
+            "--page-size 1 on a PD decode server (KV landing in shards is built for unpaged "
+            "pools so far)"
         )
     # The radix cache stays on with sharding (issue 26): unsplit requests use it as in plain
     # SGLang, split ones neither match nor insert (``sglang/radix.py``); the flag is accepted.

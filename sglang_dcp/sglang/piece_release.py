@@ -27,8 +27,13 @@ from sglang_dcp.sglang.step import runtime_shards
 
 
 def enabled(rt) -> bool:
+    """Pieces are kept with a radix tree, outside a PD decode server (its KV comes from the
+    prefill server, whose own radix cache reuses context; ``dpc`` keeps no piece books there)."""
     tree = getattr(rt.scheduler, "tree_cache", None)
-    return tree is not None and not tree.is_chunk_cache()
+    if tree is None or tree.is_chunk_cache():
+        return False
+    mode = getattr(getattr(rt.scheduler, "server_args", None), "disaggregation_mode", "null")
+    return mode != "decode"
 
 
 def keep_guest(rt, rid: str, g) -> bool:

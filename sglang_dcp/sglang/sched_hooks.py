@@ -13,7 +13,7 @@ call sites to this rank's ``datapath.RankRuntime``.
 
 from __future__ import annotations
 
-from sglang_dcp.sglang import ledger
+from sglang_dcp.sglang import ledger, pd_landing
 from sglang_dcp.sglang.datapath import RankRuntime, runtime
 from sglang_dcp.sglang.step import subtract
 
@@ -42,13 +42,18 @@ def _listen_for_migrations(scheduler, rt: RankRuntime) -> None:
     from sglang.utils import TypeBasedDispatcher
 
     from sglang_dcp.planner.base import Migration
-    from sglang_dcp.sglang.messages import DcpMigrate
+    from sglang_dcp.sglang.messages import DcpLand, DcpMigrate
 
     def on_migrate(msg) -> None:
         moves = [Migration(str(r), *map(int, rest)) for r, *rest in msg.moves or ()]
         rt.migrations.ask(moves, lambda rid: rid in rt.split_reqs)
 
-    scheduler._request_dispatcher += TypeBasedDispatcher([(DcpMigrate, on_migrate)])
+    def on_land(msg) -> None:
+        pd_landing.on_land(rt, scheduler, msg)
+
+    scheduler._request_dispatcher += TypeBasedDispatcher(
+        [(DcpMigrate, on_migrate), (DcpLand, on_land)]
+    )
 
 
 def around_handle_generate_request(original, self, recv_req, *args, **kwargs):
@@ -90,6 +95,8 @@ def around_prepare_mlp_sync(original, local_batch, *args, **kwargs):
     model_runner = kwargs.get("model_runner", args[0] if args else None)
     rt.model_runner = model_runner
     rt.step = None
+    if rt.landing:
+        pd_landing.poll(rt)
     news, decoding_reqs = rt.before_sync(local_batch, model_runner)
     batch = original(local_batch, *args, **kwargs)  # SGLang's gather carries the news flags
     step = rt.after_sync(news, decoding_reqs, model_runner)

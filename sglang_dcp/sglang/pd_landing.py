@@ -1,0 +1,209 @@
+"""PD-disaggregated decode: a split request's KV lands straight in its shards (issue 24).
+
+The decode server's DP controller places the request (home + holders, ``dpc.py``) and, besides
+sending the request to its home, broadcasts a ``DcpLand`` control message. Then, for bootstrap
+room R of a prompt of ``n`` tokens, page size 1:
+
+- **each holder** (a rank with a sealed shard of it, not the home; ``on_land``) allocates slots
+  for its ranges only, records them as a ``GuestEntry`` (the state a finished shard move leaves),
+  and registers for room R with its own destination list: ``n`` entries, its slots at its
+  ranges and ``-1`` elsewhere (``destinations``), plus a metadata slot for the aux data;
+- **the home** (SGLang's own prealloc path, two hooks) allocates slots only for the tokens it
+  keeps (the tail), marks the other positions ``-1`` in the list it sends, and starts with the
+  state of a finished move: ``HomeEntry(moved=the holders' ranges, shipped=True)`` and those
+  ranges in ``moved_rows`` (SGLang's release skips them);
+- every receiver of room R announces ``required_dst_info_num = d`` (the ranks of the placement),
+  so the prefill server waits for all ``d`` and sends each only its positions
+  (``around_send_kvcache``, the one part that runs on the prefill server), concluding the room
+  only after every destination got its KV and aux data.
+
+Decoding then runs the colocated data path unchanged (the header's ``Decoding`` shards, the
+exchange over the guests); nothing is shipped after landing. When the home releases the
+request, the next header tells the holders to free their guest slots, as after a shard move.
+A holder's receiver is polled each header until the room concludes, then its metadata slot is
+freed; a failed room fails the request at its home (SGLang's path) and each holder frees its
+slots when its receiver reports the failure (the home's release then finds nothing to free).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from sglang_dcp import env
+from sglang_dcp.types import Placement
+
+logger = logging.getLogger(__name__)
+
+FAIL_ME = -2  # a destination position whose transfer must fail (the fault switch, testing only)
+
+
+def destinations(n: int, ranges: list[tuple[int, int]], slots) -> np.ndarray:
+    """``[n]`` int32: ``slots`` (host ints, concatenated in ``ranges`` order) at the positions of
+    ``ranges``, ``-1`` (not this destination's) elsewhere."""
+    out = np.full(n, -1, dtype=np.int32)
+    pos = 0
+    for a, b in ranges:
+        out[a:b] = slots[pos : pos + b - a]
+        pos += b - a
+    return out
+
+
+def ranges_of(p: Placement, rank: int) -> list[tuple[int, int]]:
+    """Token ranges of ``p`` that land on ``rank``, in token order (the tail goes home)."""
+    return [(s.start, s.end) for s in p.shards if s.rank == rank and s.end > s.start]
+
+
+def num_destinations(p: Placement) -> int:
+    return len({s.rank for s in p.shards if s.end > s.start} | {p.home_rank})
+
+
+def is_landing(req) -> bool:
+    p = getattr(req, "dcp", None)
+    return p is not None and p.degree > 1
+
+
+# ---- the holder ------------------------------------------------------------------------------
+
+
+def on_land(rt, scheduler, msg) -> None:
+    """``DcpLand`` (every rank gets it): a holder allocates and registers its ranges."""
+    p = msg.placement()
+    if rt.rank == p.home_rank:
+        return
+    mine = ranges_of(p, rt.rank)
+    if not mine:
+        return
+    from sglang.srt.disaggregation.base.conn import KVPoll
+    from sglang.srt.disaggregation.utils import KVClassType, get_kv_class
+
+    from sglang_dcp.sglang.entries import GuestEntry
+
+    n = sum(b - a for a, b in mine)
+    slots = scheduler.token_to_kv_pool_allocator.alloc(n)
+    if slots is None:  # the planner booked it: SGLang's pool disagrees with its books
+        logger.error("sglang_dcp: PD landing of %s: no %d free KV slots on rank %d for %s",
+                     p.rid, n, rt.rank, mine)  # fmt: skip
+        return
+    rt.guests[p.rid] = GuestEntry(p.home_rank, mine, slots)
+    q = scheduler.disagg_decode_prealloc_queue
+    addr = f"{msg.bootstrap_host}:{msg.bootstrap_port}"
+    q.kv_manager.try_ensure_parallel_info(addr)
+    receiver = get_kv_class(q.transfer_backend, KVClassType.RECEIVER)(
+        mgr=q.kv_manager, bootstrap_addr=addr, bootstrap_room=msg.bootstrap_room
+    )
+    receiver.init(0)
+    aux = q.req_to_metadata_buffer_idx_allocator.alloc()
+    if receiver.poll() != KVPoll.Failed:
+        receiver.required_dst_info_num = num_destinations(p)
+        dst = destinations(msg.prompt_len, mine, slots.tolist())  # once per landing, not per step
+        if env.inject_pd_landing_failure() == msg.prompt_len and p.shards[0].rank == rt.rank:
+            dst[dst >= 0] = FAIL_ME  # the prefill's send to this holder fails (testing only)
+        receiver.send_metadata(dst, aux, None, decode_prefix_len=0)
+    rt.landing[msg.bootstrap_room] = (p.rid, receiver, aux)
+    logger.info("sglang_dcp: PD landing: %s tokens %s on rank %d (home %d, room %d)",
+                p.rid, mine, rt.rank, p.home_rank, msg.bootstrap_room)  # fmt: skip
+
+
+def poll(rt) -> None:
+    """Each header, holders only: drop the receivers whose room concluded (O(landing))."""
+    from sglang.srt.disaggregation.base.conn import KVPoll
+
+    q = rt.scheduler.disagg_decode_prealloc_queue
+    for room, (rid, receiver, aux) in list(rt.landing.items()):
+        state = receiver.poll()
+        if state not in (KVPoll.Success, KVPoll.Failed):
+            continue
+        del rt.landing[room]
+        q.req_to_metadata_buffer_idx_allocator.free(aux)
+        if state == KVPoll.Failed:  # the home fails the request (its release finds no guest)
+            with receiver.kv_mgr.failure_lock:
+                reason = receiver.kv_mgr.failure_records.pop(room, "see the prefill server's log")
+            g = rt.guests.pop(rid, None)
+            if g is not None:
+                from sglang_dcp.sglang.shipping import free_guest
+
+                free_guest(rt.scheduler.token_to_kv_pool_allocator, g)
+            logger.warning("sglang_dcp: PD landing of %s on rank %d failed (%s); its %d guest "
+                           "slots are free", rid, rt.rank, reason,
+                           0 if g is None else g.slots.numel())  # fmt: skip
+        receiver.clear()
+
+
+# ---- the home (hooks on SGLang's DecodePreallocQueue) ----------------------------------------
+
+
+def around_alloc_for_decode_prealloc(original, self, allocator, **kwargs):
+    """``DecodePreallocQueue._alloc_for_decode_prealloc`` (disaggregation/decode.py:2049): for a
+    split request, slots only for the positions its home keeps; the others get slot 0 (never
+    read: they are in ``moved_rows`` and the destination list marks them ``-1``)."""
+    req = kwargs["req"]
+    if not is_landing(req):
+        return original(self, allocator, **kwargs)
+    import torch
+
+    from sglang_dcp.sglang.context import ctx
+    from sglang_dcp.sglang.entries import HomeEntry
+
+    fill_len, prefix_len = kwargs["fill_len"], kwargs["prefix_len"]
+    if allocator.page_size != 1 or prefix_len:
+        raise RuntimeError(
+            f"sglang_dcp: PD landing in shards needs --page-size 1 and no decode prefix cache "
+            f"(got page size {allocator.page_size}, prefix {prefix_len} for {req.rid}); "
+            "pass --dcp-max-degree 1 to place PD requests whole"
+        )
+    rt, p = ctx().runtime, req.dcp
+    keep = [(a, min(b, fill_len)) for a, b in ranges_of(p, p.home_rank) if a < fill_len]
+    keep[-1] = (keep[-1][0], fill_len)  # the tail runs to the end of what is preallocated
+    own = allocator.alloc(sum(b - a for a, b in keep))
+    if own is None:
+        return None
+    req.kv.kv_allocated_len = fill_len
+    kv_loc = torch.zeros(fill_len, dtype=own.dtype, device=own.device)
+    pos = 0
+    for a, b in keep:
+        kv_loc[a:b] = own[pos : pos + b - a]
+        pos += b - a
+    away = [(s.rank, s.start, s.end) for s in p.shards if s.rank != p.home_rank]
+    rt.home[req.rid] = HomeEntry(req, moved=away, offered=p.shards[-1].start, shipped=True)
+    rt.moved_rows[int(req.kv.req_pool_idx)] = [(a, b) for _, a, b in away]
+    rt.ledger.layout(req.rid, rt.home)  # the planner's books and meta_info: where it lands
+    return kv_loc
+
+
+def around_transfer_page_indices(original, self, decode_req, kv_indices, page_size):
+    """``DecodePreallocQueue._transfer_page_indices`` (decode.py:2054), right before the home
+    sends its metadata: the holders' positions become ``-1``, and the room needs every rank
+    of the placement."""
+    out = original(self, decode_req, kv_indices, page_size)
+    req = decode_req.req
+    if is_landing(req):
+        p = req.dcp
+        for s in p.shards:
+            if s.rank != p.home_rank:
+                out[s.start : s.end] = -1
+        decode_req.kv_receiver.required_dst_info_num = num_destinations(p)
+    return out
+
+
+# ---- the prefill server ----------------------------------------------------------------------
+
+
+def around_send_kvcache(original, self, mooncake_session_id, prefill_kv_indices, dst_kv_ptrs,
+                        dst_kv_indices, executor, *args, **kwargs):  # fmt: skip
+    """``MooncakeKVManager.send_kvcache`` (disaggregation/mooncake/conn.py:1051), on the prefill
+    server: send a destination only the positions it asked for (``-1``: another rank's)."""
+    if (dst_kv_indices == FAIL_ME).any():  # the fault switch (env.inject_pd_landing_failure)
+        logger.warning("sglang_dcp: PD prefill: injected transfer failure to %s",
+                       mooncake_session_id)  # fmt: skip
+        return 1
+    keep = dst_kv_indices >= 0
+    if not keep.all():
+        logger.info("sglang_dcp: PD prefill sends %s %d of %d positions (its range)",
+                    mooncake_session_id, int(keep.sum()), keep.size)  # fmt: skip
+        prefill_kv_indices, dst_kv_indices = prefill_kv_indices[keep], dst_kv_indices[keep]
+        if prefill_kv_indices.size == 0:
+            return 0
+    return original(self, mooncake_session_id, prefill_kv_indices, dst_kv_ptrs,
+                    dst_kv_indices, executor, *args, **kwargs)  # fmt: skip
