@@ -5,10 +5,8 @@ With KV sharding on, ``around_build_resolved_backend`` wraps the backend SGLang 
 chose or SGLang's default for the model and GPU (FA3, FlashInfer, FlashMLA, triton, ...; any of
 ``options.SHARDABLE_BACKENDS``), ``torch_native`` on CPU. Unsplit rows never leave it; split
 rows' own part runs on our split-KV kernel inside the exchange and merges by LSE, so the inner
-backend only needs to see those rows at length 1. SGLang picks CPU/GPU code paths by the
-backend's *name* (``utils/common.py:1385`` ``support_triton``, ``mem_cache/allocation.py``), so
-the inner backend keeps its own name; ``--attention-backend dcp_triton``
-(``register_attention_backend``) is a spelling that builds ``triton``.
+backend only needs to see those rows at length 1. The inner backend keeps its name (SGLang picks
+code paths by it); ``--attention-backend dcp_triton`` is a spelling that builds ``triton``.
 
 Outside DCP steps every call goes to the inner backend untouched. In a DCP step
 (``datapath.current_step().active``, the same on every rank) every rank joins each layer's
@@ -23,13 +21,11 @@ call (``init_cuda_graph_state`` on GPU) and never reallocated:
   rows of a split request's prefill chunk (``prefill_shards.py``) go through the tile exchange
   (``backend_extend.py``, ``exchange.tile_exchange``: the home's causal part and each shard's
   part as row tiles, merged by LSE) and replace the inner's, which never read their moved KV;
-- a rank with no rows never reaches the backend (the model skips attention on empty input):
-  ``around_stage_finish`` (``StageBoundary.finish``, every layer of every rank) joins for it.
+- a rank with no rows (the model skips attention) joins in ``around_stage_finish``.
 
 Shapes: ``q [num_tokens, H * D]``, output ``[num_tokens, H * Dv]``; per rank ``H`` is the model's
-query heads (``attn_tp_size == 1``). MLA models (``mla.py``): SGLang's absorbed path, ``D =
-kv_lora_rank + rope``, ``Dv = kv_lora_rank``, one latent KV head whose first ``Dv`` columns are V;
-the output is the latent, merged across ranks before the model applies W_UV.
+query heads (``attn_tp_size == 1``). MLA (``mla.py``): SGLang's absorbed path, ``D = kv_lora_rank
++ rope``, ``Dv = kv_lora_rank``; the latent output is merged across ranks before W_UV.
 """
 
 from __future__ import annotations
@@ -80,18 +76,14 @@ class DcpAttnBackend(MetadataCalls, ExtendCalls):
         from sglang_dcp.sglang.mla import attention_dims
 
         heads, d, dv = attention_dims(runner)  # MLA: the absorbed path's latent (mla.py)
-        self._init_state(
-            inner, runner, num_ranks=par.tp_group.world_size, num_q_heads=heads, head_dim=d,
-            v_head_dim=dv,
-        )  # fmt: skip
+        self._init_state(inner, runner, num_ranks=par.tp_group.world_size, num_q_heads=heads,
+                         head_dim=d, v_head_dim=dv)  # fmt: skip
         self.reserve_tiles()  # prefill into shards: sized by the chunk size, once
 
     def _init_state(self, inner, runner, *, num_ranks, num_q_heads, head_dim, v_head_dim):
         """Everything but the checks (``testing.graph_harness`` builds one without SGLang)."""
-        self.inner = inner
-        self.num_q_heads = num_q_heads
-        self.head_dim = head_dim
-        self.v_head_dim = v_head_dim
+        self.inner, self.num_q_heads = inner, num_q_heads
+        self.head_dim, self.v_head_dim = head_dim, v_head_dim
         self.dtype = runner.dtype
         self.device = torch.device(runner.device)
         self.start_layer = getattr(runner.token_to_kv_pool, "start_layer", 0) or 0

@@ -19,9 +19,8 @@ Life of a request with KV on several ranks (docs/integration.md §2-§5):
    skips moved ranges) and the next header tells the shard ranks to free their guest slots.
 
 The SGLang hooks that drive it are in ``sched_hooks.py``. The collectives run over SGLang's TP
-group; with ``--tp-size == --dp-size`` its rank is the DP rank. Every rank calls them in the
-same order: the header's gather (news only) after SGLang's own, the exchange once per layer
-between the attention stage's prepare and finish.
+group (``--tp-size == --dp-size``: its rank is the DP rank), on every rank in the same order:
+the header's gather (news only) after SGLang's own, the exchange once per layer.
 """
 
 from __future__ import annotations
@@ -178,7 +177,8 @@ class RankRuntime:
             for rid in n.releases:
                 self._free_guest(rid)
         homes = {d.rid: d.home for n in all_news for d in n.decoding}
-        failed = self._ship(moves, model_runner, homes) if moves else []
+        # every rank's moves of this step; the failed ones (the same list everywhere)
+        failed = shipping.ship(self, moves, model_runner, homes) if moves else []
         for h in decoding_reqs:
             h.offered = max(h.offered, h.req.dcp.shards[-1].start)
             h.shipped = True
@@ -213,7 +213,7 @@ class RankRuntime:
             extend_news(self, local_batch, news, self.page)
         if self.split_reqs and local_batch is not None and local_batch.forward_mode.is_decode():
             if env.poison_moved():
-                self._check_not_poisoned(local_batch, model_runner)
+                shipping.check_not_poisoned(self, local_batch, model_runner)
             for rid, req in list(self.split_reqs.items()):
                 if req.finished() and req.kv.req_pool_idx is None:
                     del self.split_reqs[rid]  # ended without a release (never prefilled)
@@ -265,19 +265,12 @@ class RankRuntime:
             self.ledger.layout(rid, self.home)
         return asked
 
-    def _check_not_poisoned(self, local_batch, model_runner) -> None:
-        shipping.check_not_poisoned(self, local_batch, model_runner)
-
     def _free_guest(self, rid: str) -> None:
         """Give a released request's guest slots back, range by range through ``free_segment``
         (each range starts a page: no ``torch.unique`` host sync on a paged allocator)."""
         g = self.guests.pop(rid, None)
         if g is not None and not piece_release.keep_guest(self, rid, g):  # pieces stay cached
             shipping.free_guest(self.scheduler.token_to_kv_pool_allocator, g)
-
-    def _ship(self, moves: list[Migration], model_runner, homes) -> list[Migration]:
-        """Run every rank's moves of this step; returns the failed ones (same list everywhere)."""
-        return shipping.ship(self, moves, model_runner, homes)
 
 
 # ---- the process's runtime -----------------------------------------------------------------

@@ -2,10 +2,9 @@
 
 Each ``Hook`` names its upstream target (a dotted path for ``HookRegistry``), the hook type, the
 parameter names the target must have, our function, and where and when it is installed.
-``install()`` asserts each target's signature before registering it, so moving the SGLang pin
-fails loudly at startup instead of misbehaving. ``USES`` lists SGLang callables the glue calls
-(not hooks) with the same check; ``test/sglang/test_hooks.py`` checks both against the
-installed wheel.
+``install()`` asserts each target's signature before registering it (a moved pin fails loudly at
+startup); ``USES`` lists SGLang callables the glue calls, with the same check (both in
+``test/sglang/test_hooks.py``).
 
 | target (file under sglang/srt/, then the hooked name)   | type   | ours (sglang_dcp.sglang.) | where/when  |
 |---------------------------------------------------------|--------|---------------------------|-------------|
@@ -76,10 +75,7 @@ tokenizer worker; ``launch.py`` refuses ``--tokenizer-worker-num > 1`` with the 
 "dcp": only when the launcher's ``--dcp-policy`` is not ``off`` (``options.DcpOptions``).
 "shard": only when requests may span ranks (``--dcp-max-degree > 1``, ``DcpOptions.sharding``).
 
-Not hooks, set up by ``plugin.register()`` with them: the ClassVar
-``SchedulerOutputStreamer.has_additional_customized_info`` (output_streamer.py:52, the opt-in of
-the hook above, ``observe.enable_output_info``), and the check that the installed SGLang has
-patches/0002's ``LoadSnapshot.dcp`` (``observe.require_load_snapshot_section``).
+Not hooks, set up by ``plugin.register()`` with them: see ``plugin.py``.
 """
 
 from __future__ import annotations
@@ -104,7 +100,6 @@ _PREALLOC, _PD = "sglang.srt.disaggregation.decode.DecodePreallocQueue", f"{_SG}
 _STREAMER = "sglang.srt.managers.scheduler_components.output_streamer.SchedulerOutputStreamer"
 _LOADS = "sglang.srt.managers.scheduler_components.load_inquirer.SchedulerLoadInquirer"
 _MLPSYNC = "sglang.srt.managers.scheduler_components.dp_attn.MLPSyncBatchInfo"
-_SGD = "sglang_dcp.sglang"
 _PIECE_HOOKS = (*(("radix_cache.RadixCache", n, p) for n, p in (("evictable_size", ""),
                   ("evict", "params"), ("reset", ""))),
                 *(("unified_radix_cache.UnifiedRadixCache", n, p) for n, p in (("evictable_size",
@@ -191,10 +186,10 @@ HOOKS: tuple[Hook, ...] = (
     Hook(f"{_SCHED}.run_batch", "AFTER", ("self", "batch", "pp_proxy_tensors"),
          f"{_DP}:after_run_batch", when="shard"),
     Hook(f"{_SCHED}.process_pending_chunked_abort", "AROUND", ("self",),
-         "sglang_dcp.sglang.prefill_shards:around_pending_chunked_abort", when="shard"),
-    Hook("sglang.srt.managers.schedule_policy.PrefillAdder.add_one_req", "AROUND",
-         ("self", "req", "has_chunked_req", "truncation_align_size"),
-         "sglang_dcp.sglang.admission:around_add_one_req", when="shard"),
+         f"{_SG}.prefill_shards:around_pending_chunked_abort", when="shard"),
+    Hook("sglang.srt.managers.schedule_policy.PrefillAdder.add_one_req", "AROUND", ("self", "req",
+         "has_chunked_req", "truncation_align_size"), f"{_SG}.admission:around_add_one_req",
+         when="shard"),
     Hook("sglang.srt.mem_cache.base_prefix_cache.BasePrefixCache.free_kv_row", "AROUND",
          ("self", "kv", "ranges"), f"{_DP}:around_free_kv_row", when="shard"),
     Hook("sglang.srt.mem_cache.common.release_kv_cache", "AROUND",
@@ -206,24 +201,20 @@ HOOKS: tuple[Hook, ...] = (
          when="shard"),
     # cached pieces of split requests: the trees' evictable memory, adopted as a prefix
     Hook("sglang.srt.managers.schedule_batch.Req.init_next_round_input", "AFTER", ("self",
-         "tree_cache", "cow_mamba"), f"{_SGD}.piece_adopt:after_init_next_round_input", when="shard"),
+         "tree_cache", "cow_mamba"), f"{_SG}.piece_adopt:after_init_next_round_input",
+         when="shard"),
     *(Hook(f"sglang.srt.mem_cache.{c}.{n}", "AROUND", ("self", *p.split()),
-           f"{_SGD}.radix_pieces:around_{n}", when="shard") for c, n, p in _PIECE_HOOKS),
-    Hook(
-        "sglang.srt.managers.scheduler_components.invariant_checker."
-        "SchedulerInvariantChecker._check_full_pool", "AROUND", ("self", "ps", "uncached"),
-        f"{_DP}:around_check_full_pool", when="shard",
-    ),
+           f"{_SG}.radix_pieces:around_{n}", when="shard") for c, n, p in _PIECE_HOOKS),
+    Hook("sglang.srt.managers.scheduler_components.invariant_checker.SchedulerInvariantChecker."
+         "_check_full_pool", "AROUND", ("self", "ps", "uncached"), f"{_DP}:around_check_full_pool",
+         when="shard"),
     Hook(
         "sglang.srt.model_executor.model_runner_components.attention_backend_setup."
         "_build_resolved_backend", "AROUND", ("model_runner", "resolved", "init_new_workspace"),
         "sglang_dcp.sglang.backend:around_build_resolved_backend", when="shard",
     ),
-    Hook(
-        "sglang.srt.layers.layer_boundary.stage.StageBoundary.finish", "AROUND",
-        ("self", "hidden_states", "forward_batch"),
-        "sglang_dcp.sglang.backend:around_stage_finish", when="shard",
-    ),
+    Hook("sglang.srt.layers.layer_boundary.stage.StageBoundary.finish", "AROUND", ("self",
+         "hidden_states", "forward_batch"), f"{_SG}.backend:around_stage_finish", when="shard"),
     # the step header's news flag rides on SGLang's per-step MLP-sync row (header.py)
     Hook(
         f"{_MLPSYNC}._get_local_tensor", "AFTER", ("self", "device", "dtype"),

@@ -8,6 +8,12 @@ Every hook is listed, with its signature check, in ``hooks.py``; the planner glu
 ``dpc.py`` (DP controller) and ``notices.py`` (tokenizer manager), placements and the data path
 on the schedulers in ``datapath.py`` (attention in ``backend.py``), what clients see in
 ``observe.py`` and ``metrics.py``.
+
+Not hooks, set up by ``register()`` with them: the ClassVar
+``SchedulerOutputStreamer.has_additional_customized_info`` (output_streamer.py:52, the opt-in of
+the ``observe`` hook on ``build_additional_customized_info``, ``observe.enable_output_info``),
+and the check that the installed SGLang has patches/0002's ``LoadSnapshot.dcp``
+(``observe.require_load_snapshot_section``).
 """
 
 from __future__ import annotations
