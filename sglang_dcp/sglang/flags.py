@@ -131,6 +131,16 @@ def add_dcp_args(parser: argparse.ArgumentParser) -> None:
         "(fit for MLA profiles, gain for GQA). Default: fit.",
     )
     group.add_argument(
+        "--dcp-split-cost-k",
+        type=float,
+        metavar="K",
+        default=None,
+        help="'dcp' with --dcp-slo-tpot-ms: a request that one rank could hold whole is split "
+        "for KV fit only if it, or the cluster's free KV, is at least a share K x (what starting "
+        "the exchange adds to every step) / the step budget (bench/NOTES.md, the sweep behind "
+        "it). 0 turns the rule off. Default: 4.",
+    )
+    group.add_argument(
         "--dcp-rebalance-threshold",
         type=float,
         metavar="RATIO",

@@ -8,7 +8,8 @@ Accepts every ``python -m sglang.launch_server`` argument, plus:
   --demo-model tiny-deepseek-v3
            the same with a tiny DeepSeek-V3-architecture model (MLA) instead.
   --dcp-policy, --dcp-cost-profile, --dcp-max-degree, --dcp-min-shard-tokens, --dcp-kv-capacity,
-  --dcp-queue-max-bypass, --dcp-slo-tpot-ms, --dcp-split-rule, --dcp-rebalance-threshold
+  --dcp-queue-max-bypass, --dcp-slo-tpot-ms, --dcp-split-rule, --dcp-split-cost-k,
+  --dcp-rebalance-threshold
            the planner in the DP controller (on by default with DP attention over > 1 rank);
            checked here, then handed to SGLang's spawned processes as JSON in
            $SGLANG_DCP_SERVE_OPTIONS (``env.SERVE_OPTIONS_VAR``; set only by this launcher).
@@ -102,6 +103,7 @@ def dcp_options(ns: argparse.Namespace) -> DcpOptions:
             queue_max_bypass=ns.dcp_queue_max_bypass,
             slo_tpot_ms=ns.dcp_slo_tpot_ms,
             split_rule=ns.dcp_split_rule,
+            split_cost_k=ns.dcp_split_cost_k,
             max_guest_items=ns.dcp_max_guest_items,
             rebalance_threshold=ns.dcp_rebalance_threshold,
             transfer_chunk_mb=ns.dcp_transfer_chunk_mb,

@@ -53,6 +53,7 @@ class DcpOptions:
     queue_max_bypass: int = DEFAULT_QUEUE_MAX_BYPASS  # see dispatcher.DcpDispatcher
     slo_tpot_ms: float | None = None  # the planner's step budget (dcp step_slo_ms)
     split_rule: str = "fit"  # dcp split_rule: fit | gain | auto
+    split_cost_k: float = 4.0  # dcp: with a step budget, what a split for fit must be worth
     max_guest_items: int = DEFAULT_MAX_GUEST_ITEMS  # exchange queries per peer per round
     transfer_chunk_mb: int = DEFAULT_TRANSFER_CHUNK_MB  # shard moves copy in pieces this big
     rebalance_threshold: float | None = None  # dcp: migrate sealed KV while requests wait
@@ -73,6 +74,7 @@ class DcpOptions:
         if self.policy == "dcp":
             return {"max_degree": self.max_degree, "min_shard_tokens": self.min_shard_tokens,
                     "step_slo_ms": self.slo_tpot_ms, "split_rule": self.split_rule,
+                    "split_cost_k": self.split_cost_k,
                     "rebalance_threshold": self.rebalance_threshold,
                     "prefill_chunk": self.prefill_chunk,
                     "wire_capacity": self.max_guest_items}  # the bucketed wire it predicts
@@ -110,6 +112,7 @@ def resolve(
     queue_max_bypass: int | None = None,
     slo_tpot_ms: float | None = None,
     split_rule: str | None = None,
+    split_cost_k: float | None = None,
     max_guest_items: int | None = None,
     rebalance_threshold: float | None = None,
     transfer_chunk_mb: int | None = None,
@@ -133,6 +136,7 @@ def resolve(
         "--dcp-queue-max-bypass": queue_max_bypass,
         "--dcp-slo-tpot-ms": slo_tpot_ms,
         "--dcp-split-rule": split_rule,
+        "--dcp-split-cost-k": split_cost_k,
         "--dcp-max-guest-items": max_guest_items,
         "--dcp-rebalance-threshold": rebalance_threshold,
         "--dcp-transfer-chunk-mb": transfer_chunk_mb,
@@ -219,7 +223,8 @@ def resolve(
             raise OptionsError(f"--dcp-queue-max-bypass must be >= 0, got {queue_max_bypass}")
     if profile is not None and policy != "dcp":
         raise OptionsError(f"--dcp-cost-profile applies to --dcp-policy dcp, not {policy}")
-    for flag, value in (("--dcp-slo-tpot-ms", slo_tpot_ms), ("--dcp-split-rule", split_rule)):
+    for flag, value in (("--dcp-slo-tpot-ms", slo_tpot_ms), ("--dcp-split-rule", split_rule),
+                        ("--dcp-split-cost-k", split_cost_k)):
         if value is not None and policy != "dcp":
             raise OptionsError(f"{flag} applies to --dcp-policy dcp, not {policy}")
     if rebalance_threshold is not None and (policy != "dcp" or (max_degree or 1) < 2):
@@ -232,6 +237,8 @@ def resolve(
             f"--dcp-rebalance-threshold is a max/mean KV ratio, >= 1; got {rebalance_threshold}")
     if slo_tpot_ms is not None and not slo_tpot_ms > 0:
         raise OptionsError(f"--dcp-slo-tpot-ms must be > 0, got {slo_tpot_ms}")
+    if split_cost_k is not None and not split_cost_k >= 0:
+        raise OptionsError(f"--dcp-split-cost-k must be >= 0 (0: off), got {split_cost_k}")
     if split_rule is not None and split_rule not in SPLIT_RULES:
         raise OptionsError(
             f"--dcp-split-rule must be one of {', '.join(SPLIT_RULES)}, got {split_rule!r}")
@@ -256,6 +263,7 @@ def resolve(
         ),
         slo_tpot_ms=slo_tpot_ms,
         split_rule=split_rule or "fit",
+        split_cost_k=4.0 if split_cost_k is None else float(split_cost_k),
         max_guest_items=DEFAULT_MAX_GUEST_ITEMS if max_guest_items is None else max_guest_items,
         rebalance_threshold=rebalance_threshold,
         transfer_chunk_mb=transfer_chunk_mb or DEFAULT_TRANSFER_CHUNK_MB,

@@ -91,13 +91,15 @@ def test_flags_reach_the_options(parser):
     assert o == DcpOptions("dcp", "deepseek-v3-h200", 1, 512)
     assert o.policy_options() == {"max_degree": 1, "min_shard_tokens": 512,
                                   "step_slo_ms": None, "split_rule": "fit",
-                                  "rebalance_threshold": None, "prefill_chunk": None,
+                                  "split_cost_k": 4.0, "rebalance_threshold": None, "prefill_chunk": None,
                                   "wire_capacity": o.max_guest_items}
     r = options(parser, "--disable-radix-cache", "--dcp-rebalance-threshold", "1.25")
     assert r.sharding and r.policy_options()["rebalance_threshold"] == 1.25
     b = options(parser, "--dcp-slo-tpot-ms", "35", "--dcp-split-rule", "auto")
     assert b.policy_options()["step_slo_ms"] == 35.0 and b.split_rule == "auto"
     assert DcpOptions.from_json(b.to_json()) == b
+    k = options(parser, "--dcp-slo-tpot-ms", "35", "--dcp-split-cost-k", "0")
+    assert k.policy_options()["split_cost_k"] == 0.0
     assert options(parser, "--dcp-policy", "round_robin").policy == "round_robin"
     off = options(parser, "--dcp-policy", "off", "--load-balance-method", "total_tokens")
     assert off.policy == "off"
@@ -132,6 +134,8 @@ def test_flags_reach_the_options(parser):
         (["--dcp-slo-tpot-ms", "0"], "--dcp-slo-tpot-ms must be > 0"),
         (["--dcp-policy", "uniform", "--dcp-slo-tpot-ms", "50"], "applies to --dcp-policy dcp"),
         (["--dcp-policy", "total_tokens", "--dcp-split-rule", "gain"], "applies to"),
+        (["--dcp-policy", "uniform", "--dcp-split-cost-k", "2"], "applies to --dcp-policy dcp"),
+        (["--dcp-split-cost-k", "-1"], "--dcp-split-cost-k must be >= 0"),
         (["--dcp-max-degree", "1", "--dcp-rebalance-threshold", "1.5"],
          "needs --dcp-policy dcp and --dcp-max-degree > 1"),
         (["--disable-radix-cache", "--dcp-rebalance-threshold", "0.5"], "max/mean KV ratio, >= 1"),
