@@ -129,3 +129,13 @@ def prefix_home(
 
     r = max((r for r in ok if cached[r]), key=lambda r: (score(r), -r))
     return r if score(r) > 0 else None
+
+
+def split_home(steps: Sequence[float | None], cached: Sequence[int]) -> int | None:
+    """The home to pin for a request that fits whole on no rank (every ``steps[r]`` is
+    ``None``), so it will be split: the rank whose tree holds its longest prefix (ties to the
+    lowest index), whose tree the home's first prefill then matches (``sglang/tree_prefix.py``);
+    ``None`` if it fits whole somewhere (``prefix_home`` weighs that) or no tree holds any."""
+    if any(s is not None for s in steps) or not any(cached):
+        return None
+    return max(range(len(cached)), key=lambda r: (cached[r], -r))

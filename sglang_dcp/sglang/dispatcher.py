@@ -195,13 +195,16 @@ class DcpDispatcher(FitSearch):
                 return got
         steps = getattr(self.policy, "whole_steps", None)  # only ``dcp`` weighs prefixes
         if home is None and self.prefixes is not None and steps is not None:
-            from sglang_dcp.planner.prefix import prefix_home
+            from sglang_dcp.planner.prefix import prefix_home, split_home
 
             resv = page_up(request.prompt_len + request.max_new_tokens, self.policy.page)
             cached = self.prefixes.match(self._chain_keys(req))
-            pinned = prefix_home(steps(resv), cached, prompt_len=request.prompt_len,
+            whole = steps(resv)
+            pinned = prefix_home(whole, cached, prompt_len=request.prompt_len,
                                  decode_steps=request.max_new_tokens,
                                  prefill_us=self.policy.profile.prefill_us)  # fmt: skip
+            if pinned is None:  # split anyway: its home's tree serves the prefix
+                pinned = split_home(whole, cached)
             if pinned is not None:
                 got = self.policy.admit(request, home_rank=pinned)
                 if not isinstance(got, Rejection):

@@ -75,13 +75,18 @@ class SGLangKVPool:
         self._slots: dict[ShardKey, torch.Tensor] = {}
         self._end: dict[ShardKey, int] = {}
         self.freed: list[ShardKey] = []  # sender ranges whose slots went back to the allocator
+        self._keep: dict[ShardKey, int] = {}  # offered ranges' leading slots owned by a tree
 
     # -- sender side ---------------------------------------------------------------------------
-    def offer(self, rid: str, start: int, slots: torch.Tensor) -> None:
-        """Register tokens ``[start, start + len(slots))`` of ``rid`` held at ``slots``."""
+    def offer(self, rid: str, start: int, slots: torch.Tensor, keep: int = 0) -> None:
+        """Register tokens ``[start, start + len(slots))`` of ``rid`` held at ``slots``; the
+        first ``keep`` slots are not this range's to free (a radix tree owns them,
+        ``tree_prefix.py``): ``free`` gives back only the rest."""
         key = (rid, start)
         self._slots[key] = slots.to(torch.long)  # a device op: no copy to the host
         self._end[key] = start + slots.numel()
+        if keep:
+            self._keep[key] = keep
 
     def key_at(self, rid: str, token: int) -> ShardKey:
         for (r, start), end in self._end.items():
@@ -125,7 +130,9 @@ class SGLangKVPool:
         """Give ``key``'s slots back (moves are page-aligned, so ``key[1]`` starts a page)."""
         slots = self._slots.pop(key)
         self._end.pop(key)
-        free_slots(self.allocator, slots, key[1])
+        k = self._keep.pop(key, 0)
+        if k < slots.numel():
+            free_slots(self.allocator, slots[k:], key[1] + k)
         self.freed.append(key)
 
 

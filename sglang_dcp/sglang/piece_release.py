@@ -24,6 +24,7 @@ from sglang_dcp.planner.pieces import KEY_PAGE, pieces_of
 from sglang_dcp.sglang.ledger import kv_len
 from sglang_dcp.sglang.radix_pieces import of_runtime
 from sglang_dcp.sglang.step import runtime_shards
+from sglang_dcp.sglang.tree_prefix import clip, protected
 
 
 def enabled(rt) -> bool:
@@ -62,7 +63,7 @@ def home_ranges(rt, req) -> list[tuple[int, int]]:
         b = b if rt.page == 1 else b - b % rt.page
         if r == rt.rank and a < b:
             out.append((a, b))
-    return out
+    return clip(out, protected(req))  # the tree's slots stay the tree's (tree_prefix.py)
 
 
 def keep_home(rt, req, ranges: list[tuple[int, int]]) -> None:

@@ -1,15 +1,17 @@
 """SGLang's radix cache with KV sharding on (issue 26): unsplit requests use the tree exactly as
-in plain SGLang; requests whose KV spans ranks (``RankRuntime.split_reqs``) bypass it.
+in plain SGLang; requests whose KV spans ranks (``RankRuntime.split_reqs``) only read it.
 
 A split request's KV leaves its home in pieces (``shipping.ship``: the home frees the shipped
-slots), so no part of it may be owned by the tree: a tree node pointing at a shipped slot would
-hand freed (or poisoned) KV to the next request matching it, and a matched prefix the home then
-shipped would be freed under the tree. So, on the home, for split requests only:
+slots), so none of its own slots may go into the tree: a tree node pointing at a shipped slot
+would hand freed (or poisoned) KV to the next request matching it. So, on the home, for split
+requests only:
 
-- **no match**: ``Req._compute_max_prefix_len`` (schedule_batch.py:1702, the key limit of
-  ``init_next_round_input``) is 0, so ``match_prefix`` returns the root (an empty match, the
-  tree's own empty result; the lock SGLang takes on it is released at the request's end as
-  usual);
+- **no match** past its first prefill or when placed on cached pieces:
+  ``Req._compute_max_prefix_len`` (schedule_batch.py:1702, the key limit of
+  ``init_next_round_input``) is 0, so ``match_prefix`` returns the root (an empty match; the lock
+  SGLang takes on it is released at the request's end as usual). Its first prefill matches the
+  tree as SGLang does (``tree_prefix.py``): the tree keeps owning the matched slots, the home
+  ships copies of them and frees only the request's own;
 - **no insert while it prefills**: ``common.maybe_cache_unfinished_req`` (common.py:172) does what
   SGLang's ``ChunkCache.cache_unfinished_req`` does with the radix cache disabled: the chunk's row
   becomes ``req.prefix_indices`` (``PrefillAdder.add_chunked_req`` reads it), the tree is not
@@ -25,6 +27,7 @@ is short (``kv_adapter.SGLangKVPool``), as SGLang's own allocations do.
 from __future__ import annotations
 
 from sglang_dcp.sglang.datapath import runtime
+from sglang_dcp.sglang.tree_prefix import may_match
 
 
 def is_split(req) -> bool:
@@ -35,8 +38,9 @@ def is_split(req) -> bool:
 
 def around_compute_max_prefix_len(original, self, input_len, *args, **kwargs):
     """``Req._compute_max_prefix_len(input_len)`` (schedule_batch.py:1702): a split request
-    matches nothing in its home's tree."""
-    if is_split(self):
+    matches its home's tree only at its first prefill when not placed on pieces
+    (``tree_prefix.may_match``)."""
+    if is_split(self) and not may_match(runtime(), self):
         return 0
     return original(self, input_len, *args, **kwargs)
 

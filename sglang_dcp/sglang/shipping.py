@@ -2,7 +2,8 @@
 SGLang's allocator and KV buffers, then update the home's moved ranges, the guests' table, the
 stats and the ledger (``rt``: this rank's ``datapath.RankRuntime``). Under
 ``SGLANG_DCP_POISON_MOVED=1`` the home's copy of every shipped range is overwritten with NaN and
-the ranks check that nothing they read is poisoned.
+the ranks check that nothing they read is poisoned (except slots its radix tree owns: a split
+request's match stays the tree's, valid, ``tree_prefix.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from sglang_dcp.planner.base import Migration
 from sglang_dcp.sglang.mla import pool_layers
 from sglang_dcp.sglang.rank_stats import stats
 from sglang_dcp.sglang.step import subtract
+from sglang_dcp.sglang.tree_prefix import keep, protected, rejoin
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +45,10 @@ def ship(rt, moves: list[Migration], model_runner, homes: dict[str, int]) -> lis
         if m.src == rt.rank:
             slots = _source_slots(rt, m, req_to_token)
             if slots is not None:  # else the transfer fails it: "holds no shard"
-                offered[(m.rid, m.start)] = slots
-                pool.offer(m.rid, m.start, slots)  # on the pool's device, as SGLang frees it
+                h = rt.home.get(m.rid)  # the home's tree owns its match (tree_prefix.py)
+                k = keep(protected(h.req), m.start, m.end) if h is not None else 0
+                offered[(m.rid, m.start)] = slots[k:]  # the request's own: freed, poisoned
+                pool.offer(m.rid, m.start, slots, keep=k)  # on the pool's device
     # the home knows which moves are migrations (its request shipped at an earlier step)
     migrating = {(m.rid, m.start) for m in moves if m.rid in rt.home and rt.home[m.rid].shipped}
     fault = move_fault_hook(moves, env.inject_move_failure(), env.test_migrate_fail(), homes,
@@ -55,6 +59,8 @@ def ship(rt, moves: list[Migration], model_runner, homes: dict[str, int]) -> lis
             m = res.move
             if res.ok and m.src == rt.rank:
                 slots = offered[(m.rid, m.start)]
+                if not slots.numel():  # all the tree's: they stay valid for its next match
+                    continue
                 for buf in (*k_layers, *v_layers):
                     buf[slots] = float("nan")
                 logger.info(
@@ -84,10 +90,9 @@ def ship(rt, moves: list[Migration], model_runner, homes: dict[str, int]) -> lis
             idx = h.req.kv.req_pool_idx
             if m.src == rt.rank:
                 rt.moved_rows.setdefault(idx, []).append((m.start, m.end))
-            elif m.dst == rt.rank:  # rejoins the home's row
-                req_to_token[idx, m.start : m.end] = pool.slot_tensor((m.rid, m.start)).to(
-                    req_to_token.dtype
-                )
+            elif m.dst == rt.rank:  # rejoins the home's row (the tree's part: its own copy)
+                rejoin(sched.token_to_kv_pool_allocator, req_to_token[idx],
+                       pool.slot_tensor((m.rid, m.start)), m.start, protected(h.req))  # fmt: skip
                 rt.moved_rows[idx] = subtract(rt.moved_rows.get(idx, []), [(m.start, m.end)])
         elif m.src == rt.rank:  # a guest gave its range away
             _drop_guest_range(rt, m)

@@ -200,3 +200,34 @@ def test_evicted_pieces_are_recomputed_and_faults_leave_the_directory_exact(serv
         pass
     wait_drained(server)
     assert_pieces_agree(server)
+
+
+def test_the_first_split_turn_of_a_session_reuses_its_home_tree(server, tiny_model_path):
+    # turn 1 fits one rank's planner budget (512): unsplit, its KV goes into its home's tree
+    ids = prompts(seed=87, count=1, lengths=(300,))[0]
+    first = generate(server, ids, "tree-1")
+    assert first["output_ids"] == hf_greedy(tiny_model_path, ids, MAX_NEW)
+    assert first["meta_info"]["dcp"]["degree"] == 1
+    home = first["meta_info"]["dp_rank"]
+    # turn 2 does not: split, its home is the tree's rank, which serves the prefix
+    turn2 = ids + first["output_ids"] + prompts(seed=88, count=1, lengths=(300,))[0]
+    since = len(log_of(server))
+    second = generate(server, turn2, "tree-2")
+    assert second["output_ids"] == hf_greedy(tiny_model_path, turn2, MAX_NEW)
+    dcp = second["meta_info"]["dcp"]
+    assert dcp["degree"] >= 2 and dcp["home_rank"] == home, dcp
+    assert len({r for r, *_ in dcp["shards"]}) >= 2, dcp
+    cached = second["meta_info"]["cached_tokens"]
+    assert cached >= len(ids), second["meta_info"]
+    assert "planner prefix rid=tree-2 home=%d" % home in log_of(server)
+    new, hits = prefilled(server, since)
+    assert new == len(turn2) - cached and cached in hits, (new, hits, cached)
+    log = log_of(server)
+    assert "reads poisoned KV" not in log and "is NaN" not in log
+    wait_drained(server)  # the tree's lock was released, the request's own slots freed
+    assert_pieces_agree(server)
+    # the tree's copy stayed valid (never freed nor poisoned): turn 1 again hits it, = HF
+    again = generate(server, ids, "tree-1-again", home=home)
+    assert again["output_ids"] == first["output_ids"]
+    assert again["meta_info"]["cached_tokens"] == len(ids) - 1
+    wait_drained(server)

@@ -81,6 +81,15 @@ def test_the_home_keeps_and_reports_its_pages_of_a_finished_request():
     assert msg.keys == [prefix_key(tokens, e, KEY_PAGE).hex() for e in (128, 192, 256)]
 
 
+def test_the_home_keeps_no_piece_of_its_trees_slots():
+    rt, _ = _rt(0, page=4)
+    req = _req()
+    req.kv.cache_protected_len = 224  # its first prefill matched [0, 224) in the home's tree
+    h = rt.home["t1"] = HomeEntry(req)
+    h.moved = [(1, 0, 128), (2, 128, 192)]
+    assert piece_release.home_ranges(rt, req) == [(224, 256)]  # tree_prefix.clip
+
+
 def test_an_aborted_request_leaves_only_its_guest_ranges(monkeypatch):
     rt, sent = _rt(0)
     req = _req(FINISH_ABORT)

@@ -1,5 +1,6 @@
 """The DP controller's prefix directory (issue 26): ``DcpDispatcher`` pins an unsplit request
-to the rank whose tree holds its prefix when the balance allows, records what it places whole,
+to the rank whose tree holds its prefix when the balance allows (and a request split anyway
+to the rank holding its longest prefix), records what it places whole,
 and keeps no keys of requests it no longer holds. Without SGLang."""
 
 import random
@@ -45,6 +46,19 @@ def test_the_next_turn_goes_to_the_rank_holding_its_prefix():
     d.dispatch(_req("other", _ids(600, 3)))  # nothing cached: the policy's own choice
     assert sent[-1][1] != 2 or d.prefixes.match(d.prefixes.keys(_ids(600, 3)))[2] == 0
     assert not d._keys  # nothing kept for requests it placed
+
+
+def test_a_turn_that_must_split_is_homed_where_its_prefix_lies():
+    sent = []
+    d = _dispatcher(sent)
+    first = _ids(600, 8)
+    d.dispatch(_req("s1", first))
+    home = sent[-1][1]
+    assert sent[-1][2].degree == 1
+    d.finished(["s1"])
+    d.dispatch(_req("s2", first + _ids(CAP, 9)))  # fits whole on no rank
+    rid, rank, p = sent[-1]
+    assert rid == "s2" and rank == home and p.home_rank == home and p.degree > 1
 
 
 def test_balance_can_outweigh_the_cached_prefix():

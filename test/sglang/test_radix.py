@@ -1,6 +1,6 @@
-"""The radix-cache glue (sglang/radix.py, issue 26): split requests neither match nor insert on
-their home; other requests reach SGLang untouched. Without a server (the e2e side is
-test/e2e/test_prefix_cache.py)."""
+"""The radix-cache glue (sglang/radix.py, issue 26): split requests never insert on their home
+and match its tree only at their first prefill (tree_prefix.py); other requests reach SGLang
+untouched. Without a server (the e2e side is test/e2e/test_prefix_cache.py)."""
 
 from types import SimpleNamespace
 
@@ -23,10 +23,19 @@ def _req(rid, idx=0, end=5):
                            extend_range=SimpleNamespace(end=end), prefix_indices=None)
 
 
-def test_a_split_request_matches_nothing(rt):
+def test_a_split_request_matches_only_at_its_first_prefill_off_pieces(rt):
     split, plain = _req("split"), _req("plain")
     rt.split_reqs["split"] = split
     original = lambda self, n: n - 1  # noqa: E731  (SGLang: at most input_len - 1)
+    assert radix.around_compute_max_prefix_len(original, split, 100) == 99  # tree_prefix.py
+    assert radix.around_compute_max_prefix_len(original, plain, 100) == 99
+    rt.adoptions = {"split": object()}  # placed on cached pieces: its prefix is theirs
+    assert radix.around_compute_max_prefix_len(original, split, 100) == 0
+    rt.adoptions = {}
+    rt.home["split"] = object()  # started (its first header seen): never again
+    assert radix.around_compute_max_prefix_len(original, split, 100) == 0
+    del rt.home["split"]
+    split.is_retracted = True
     assert radix.around_compute_max_prefix_len(original, split, 100) == 0
     assert radix.around_compute_max_prefix_len(original, plain, 100) == 99
     # another object with the same rid (a new request reusing it) is not the split one

@@ -5,7 +5,7 @@ import random
 import pytest
 
 from sglang_dcp.planner import ClusterSpec, load_profile, make_policy
-from sglang_dcp.planner.prefix import PrefixDirectory, chain_keys, prefix_home
+from sglang_dcp.planner.prefix import PrefixDirectory, chain_keys, prefix_home, split_home
 from sglang_dcp.types import Placement, Request
 
 QW = load_profile("qwen3-235b-h200")
@@ -85,3 +85,9 @@ def test_whole_steps_agree_with_the_policys_own_prediction(loaded):
     # the policy's own choice is a rank of the lowest predicted step
     got = p.admit(Request("x", resv, 0))
     assert got.degree == 1 and steps[got.home_rank] == min(steps)
+
+
+def test_a_request_split_anyway_is_homed_on_its_longest_cached_prefix():
+    assert split_home([None, None, None], [64, 256, 256]) == 1  # ties to the lowest index
+    assert split_home([None, None, None], [0, 0, 0]) is None  # no tree holds any
+    assert split_home([None, 5.0, None], [0, 0, 256]) is None  # fits whole: prefix_home's
