@@ -31,7 +31,7 @@ _OPTIONS = {
             "home_rule", "fixed_exchange", "split_rule", "split_min_free", "step_slo_ms",
             "step_gate", "step_headroom", "prefill_chunk", "hold",
             "home_tie", "headroom_always", "age_ms", "age_overshoot", "exchange_wire",
-            "wire_capacity", "rejoin", "split_cost_k"),
+            "wire_capacity", "rejoin", "split_cost_k", "exchange_room_ms"),
 }
 
 
@@ -51,6 +51,7 @@ def make_policy(
     ``home_rule`` ("step" | "batch"), ``split_rule`` ("fit" | "gain" | "auto"),
     ``split_min_free`` (0.2), ``split_cost_k`` (4: with a step budget the fit rule's share rises
     to k x the exchange's start cost / budget; 0: off), ``exchange_wire`` ("bucketed" | "items"), ``wire_capacity`` (16),
+    ``exchange_room_ms`` (600 s; 0: off, ``budget.py``),
     ``fixed_exchange`` ("always" | "first"), ``prefill_chunk`` (None: the home prefills a split
     request whole; tokens: prefill into shards, the home's transient booked, ``prefill.py``);
     see ``dcp.py``. ``None`` values

@@ -20,6 +20,15 @@ Variants, off by default (issue 27 measured them mixed on held-out seeds): ``hea
 applies the near-budget split even while no guest exists; ``age_ms``: a request that has waited
 that long since its first refusal (the clock is ``on_time``'s) gets ``1 + age_overshoot`` times
 the budget: the SLO is on P99 TPOT, a mean over a request's steps, not on each step.
+On by default (600 s; 0: off), ``exchange_room_ms``: within that long after a request that
+must split (larger than every rank, or over the budget whole even on an idle rank), a whole
+placement large against a rank (the fit rule's share, ``feasibility.py``) that leaves less than
+the exchange's start cost under the budget while no guest exists is split if the split is
+within the budget: otherwise it bars every split, the waiting one's included, while it lives
+(issue 27: Claude-like traffic on one 8-rank node at 35 ms, where a ~200k-token request placed
+whole held the step at 31 ms and requests over ~300k waited for it). The clock is ``on_time``'s;
+a caller that never calls it (the server today) gets a window that never closes (measured the
+same there: 1e9 ms).
 """
 
 from __future__ import annotations
@@ -32,9 +41,13 @@ STEP_GATES = ("split", "all")
 
 class StepBudget:
     def _budget_options(self, headroom_always: bool, age_ms: float | None,
-                        age_overshoot: float) -> None:
+                        age_overshoot: float, exchange_room_ms: float | None = None) -> None:
         if age_ms is not None and age_ms < 0 or age_overshoot < 0:
             raise ValueError("dcp: need age_ms >= 0 and age_overshoot >= 0")
+        if exchange_room_ms is not None and exchange_room_ms < 0:
+            raise ValueError(f"dcp: exchange_room_ms must be >= 0, got {exchange_room_ms}")
+        self.exchange_room_ms = float(exchange_room_ms) if exchange_room_ms else None  # 0: off
+        self._must_split_ms: float | None = None  # when a request last needed a split (ms)
         self.headroom_always = bool(headroom_always)
         self.age_ms = None if age_ms is None else float(age_ms)
         self.age_overshoot = float(age_overshoot)
@@ -86,6 +99,20 @@ class StepBudget:
     def on_time(self, now_ms: float, step: int) -> None:
         self._now_ms = now_ms
 
+    def _exchange_room(self, req: Request, resv: int) -> bool:
+        """``exchange_room_ms``: whether a request that must split (larger than every rank, or
+        over the budget whole even on an idle rank) was seen within that window; ``req`` may be
+        one. Then a large whole placement must leave the exchange's start cost under the budget
+        (``_gate``), or the waiting splits could not start while it lives."""
+        if self.exchange_room_ms is None:
+            return False
+        p = self.profile
+        if resv > max(self.cap) or p.rank_time_us(resv, 1, 1, 0, 0, 0) + p.moe_us(1) > \
+                self.step_slo_us:
+            self._must_split_ms = self._now_ms
+        t = self._must_split_ms
+        return t is not None and self._now_ms - t <= self.exchange_room_ms
+
     def _budget_for(self, rid: str) -> float:
         """The step budget for ``rid`` (µs): the SLO, or ``1 + age_overshoot`` times it once
         ``rid`` has waited ``age_ms`` since its first refusal."""
@@ -109,6 +136,10 @@ class StepBudget:
         # costs only its items, and a rank loaded whole would hold back later admissions.
         near = slo - (self.step_headroom_us if (
             self.num_guest_items or self.headroom_always) else 0.0)
+        room = self._exchange_room(req, resv) and not sealed and not self.num_guest_items \
+            and resv >= self._split_free_share() * max(self.cap)
+        if room:
+            near = slo - self._exchange_start_us
         if step <= near or (sealed and step <= slo):
             return plan
         if not sealed and self.max_degree > 1:
@@ -116,6 +147,10 @@ class StepBudget:
             if not isinstance(alt, Rejection) and alt[1]:
                 alt_step = self._predicted_step_us(alt[0], alt[1], resv - alt[2])
                 if alt_step < step and (alt_step <= slo or not len(self)):
+                    return alt
+                # exchange_room: a whole placement that leaves less than the exchange's start
+                # cost under the budget would bar every later split while it lives
+                if room and alt_step <= slo and step > near:
                     return alt
         if step <= slo:
             return plan

@@ -57,7 +57,8 @@ could not run whole: KV fragmentation. So:
    balance never paid in the simulator (it adds exchange for the rest of a request's life);
    with a threshold ``rebalance`` moves ranges (``rebalance.py``), and with a step budget only
    while a move lowers the predicted step; ``rejoin`` brings split requests home when that
-   lowers it. 6. **Off by default** (issue 27): ``hold``, ``headroom_always``, ``age_ms``.
+   lowers it. 6. **Off by default** (issue 27): ``hold``, ``headroom_always``, ``age_ms``. On:
+   ``exchange_room_ms`` (600 s; ``budget.py``).
 
 Short requests (fewer full prompt pages than ``min_shard_tokens``) never split. Loads are
 reserved KV tokens (``kv_tokens()``: every live request at its reservation). Per-rank predicted
@@ -112,6 +113,7 @@ class DcpPolicy(
         wire_capacity: int = DEFAULT_CAPACITY,
         rejoin: bool = False,
         split_cost_k: float | None = 4.0,
+        exchange_room_ms: float | None = 600_000.0,
     ) -> None:
         super().__init__(cluster)
         if not isinstance(profile, CostProfile):
@@ -148,7 +150,8 @@ class DcpPolicy(
         self.step_headroom_us = profile.exchange_us_fixed if step_headroom else 0.0
         self.split_rule, self.split_min_free = split_rule, float(split_min_free)
         self._home_options(home_rule, home_tie)
-        self._budget_options(headroom_always, age_ms, age_overshoot)
+        self._budget_options(headroom_always, age_ms, age_overshoot,
+                             exchange_room_ms)
         self.fixed_exchange, self.profile = fixed_exchange, profile
         self._wire_options(exchange_wire, wire_capacity)  # wire_cost.py
         self._fit_options(split_cost_k)  # feasibility.py

@@ -61,7 +61,8 @@ def test_hold_never_changes_what_fits_random_sequences():
         p = make_policy("dcp", ClusterSpec.uniform(6, 64 * 800, PAGE), DS,
                         step_slo_ms=rng.uniform(20, 40), hold=True,
                         home_tie=rng.choice(["fewest", "fullest"]),
-                        headroom_always=rng.random() < 0.5)
+                        headroom_always=rng.random() < 0.5,
+                        exchange_room_ms=rng.choice([None, 0.0, 1e9]))
         live = []
         for i in range(120):
             if live and rng.random() < 0.4:
@@ -127,3 +128,36 @@ def test_aged_request_gets_the_overshoot_budget():
     assert isinstance(p.admit(big), Placement)  # waited 1 s: 1.5x the budget
     assert "big" not in p._waiting_since
     p.verify()
+
+
+def test_exchange_room_splits_a_whole_placement_that_would_bar_later_splits():
+    """Without guests, and within ``exchange_room_ms`` of a request that must split, a whole
+    placement within the budget but less than the exchange's start cost under it is split
+    when the split is within the budget; otherwise (off, no such request seen, the window
+    passed) it stays whole. A request small against a rank stays whole either way."""
+    c = ClusterSpec.uniform(4, 64 * 4000, PAGE)
+    out = {}
+    for case in ("off", "unseen", "seen", "expired"):
+        p = make_policy("dcp", c, DS, step_slo_ms=1e6,
+                        exchange_room_ms=0.0 if case == "off" else 1000.0)
+        p.admit(Request("f", 64, 0), home_rank=0)  # not empty: the budget applies
+        whole = p._predicted_step_us(1, [], 200_000)  # on rank 1, the home it would take
+        p.step_slo_us = whole + 100.0  # whole fits, 0.1 ms under the budget
+        if case in ("seen", "expired"):  # larger than every rank: it must split
+            assert p._exchange_room(Request("huge", 300_000, 0), 300_032)
+            assert p._must_split_ms == 0.0
+        p.on_time(1001.0 if case == "expired" else 1000.0, 1)
+        got = p.admit(Request("big", 200_000, 0))
+        assert isinstance(got, Placement)
+        out[case] = got.degree
+        assert p.predicted_step_us() <= p.step_slo_us + 1e-6
+        p.verify()
+    assert out == {"off": 1, "unseen": 1, "seen": out["seen"], "expired": 1} and out["seen"] > 1
+    p = make_policy("dcp", c, DS, step_slo_ms=1e6, exchange_room_ms=1000.0)
+    p.admit(Request("f", 64, 0), home_rank=0)
+    p.step_slo_us = p._predicted_step_us(1, [], 20_000) + 100.0
+    p._exchange_room(Request("huge", 300_000, 0), 300_032)
+    got = p.admit(Request("small", 20_000, 0))
+    assert isinstance(got, Placement) and got.degree == 1
+    with pytest.raises(ValueError, match="exchange_room_ms"):
+        make_policy("dcp", c, DS, exchange_room_ms=-1.0)
