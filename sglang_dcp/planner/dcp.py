@@ -57,7 +57,7 @@ could not run whole: KV fragmentation. So:
    balance never paid in the simulator (it adds exchange for the rest of a request's life);
    with a threshold ``rebalance`` moves ranges (``rebalance.py``), and with a step budget only
    while a move lowers the predicted step; ``rejoin`` brings split requests home when that
-   lowers it. 6. **Off by default** (issue 27): ``hold``, ``headroom_always``, ``age_ms``. On:
+   lowers it. 6. **Off by default** (issue 27): ``hold``, ``headroom_always``, ``age_ms``; on:
    ``exchange_room_ms`` (600 s; ``budget.py``).
 
 Short requests (fewer full prompt pages than ``min_shard_tokens``) never split. Loads are
@@ -150,8 +150,7 @@ class DcpPolicy(
         self.step_headroom_us = profile.exchange_us_fixed if step_headroom else 0.0
         self.split_rule, self.split_min_free = split_rule, float(split_min_free)
         self._home_options(home_rule, home_tie)
-        self._budget_options(headroom_always, age_ms, age_overshoot,
-                             exchange_room_ms)
+        self._budget_options(headroom_always, age_ms, age_overshoot, exchange_room_ms)
         self.fixed_exchange, self.profile = fixed_exchange, profile
         self._wire_options(exchange_wire, wire_capacity)  # wire_cost.py
         self._fit_options(split_cost_k)  # feasibility.py
@@ -159,11 +158,9 @@ class DcpPolicy(
         ms = profile.break_even_tokens() if min_shard_tokens is None else min_shard_tokens
         self.min_shard_tokens = page_up(ms, self.page)
         self.min_gain_us, self.batch_slack = float(min_gain_us), int(batch_slack)
-        self.rebalance_threshold = (None if rebalance_threshold is None
-                                    else float(rebalance_threshold))
+        self.rebalance_threshold = rebalance_threshold and float(rebalance_threshold)
         p = profile
-        self._a = p.attn_us_per_kv_token
-        self._item = p.attn_us_per_item
+        self._a, self._item = p.attn_us_per_kv_token, p.attn_us_per_item
         # bucketed: the exchange is one cluster-wide term (wire_us), not per rank and item
         self._ex = 0.0 if self.bucketed else p.exchange_us_per_item
         self._near_disc = 0.0 if self.bucketed else p.near_discount_us()
