@@ -1,7 +1,7 @@
 """Soak: minutes of mixed traffic on a 4-rank sharding server, then the books must balance.
 Overlap scheduling is on and split requests migrate a shard while they decode.
 
-Clients run concurrently for ``SGLANG_DCP_SOAK_S`` seconds (default 180): short and long
+Clients run concurrently for ``SGLANG_DCP_SOAK_S`` seconds (default 120): short and long
 (split) prompts, streamed and not, aborted mid-decode, clients that drop the connection
 mid-stream, and malformed bodies. Every request either completes, is answered 4xx with a reason,
 or was cut by its own client; nothing gets a 5xx. Afterwards no rank holds KV, every rank is
@@ -40,7 +40,7 @@ from sglang_dcp.testing.server import tiny_dp_args
 
 pytestmark = pytest.mark.e2e
 
-SOAK_S = float(os.environ.get("SGLANG_DCP_SOAK_S", "180"))
+SOAK_S = float(os.environ.get("SGLANG_DCP_SOAK_S", "120"))
 CLIENTS = 6
 KINDS = ("short", "long", "stream", "abort", "disconnect", "malformed")
 
