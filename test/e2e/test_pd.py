@@ -24,6 +24,7 @@ from hf_reference import hf_greedy, prompts
 
 from sglang_dcp.testing.pd import PdRouterProcess, decode_args, prefill_args
 from sglang_dcp.testing.server import free_low_port
+from sglang_dcp.testing.usage import KvUsageSampler
 
 pytestmark = pytest.mark.e2e
 
@@ -92,31 +93,6 @@ def test_logs_say_what_the_launcher_set_for_pd_on_cpu(trio):
     assert f"planner dcp routes requests in the DP controller ({DECODE_DP} ranks" in dlog
 
 
-class Sampler:
-    """The decode server's ``/v1/loads`` sampled in a thread: each rank's highest used KV and the
-    most ranks holding KV at once."""
-
-    def __init__(self, server) -> None:
-        self.server, self.peak, self.most_ranks = server, [0] * DECODE_DP, 0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            used = [x["num_used_tokens"] for x in self.server.get("/v1/loads")["loads"]]
-            self.peak = [max(a, b) for a, b in zip(self.peak, used)]
-            self.most_ranks = max(self.most_ranks, sum(1 for u in used if u > 0))
-            time.sleep(0.05)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        self.thread.join(timeout=30)
-
-
 def test_a_prompt_larger_than_one_decode_rank_lands_in_its_shards(trio, tiny_model_path):
     """Issue 24: a prompt larger than one decode rank's planner budget lands straight in its
     shards on 3+ decode ranks (each holder receives only its range from the prefill server), the
@@ -129,7 +105,7 @@ def test_a_prompt_larger_than_one_decode_rank_lands_in_its_shards(trio, tiny_mod
     for server in (prefill, decode):
         with open(server.log_path, errors="replace") as f:
             before[server] = len(f.read())
-    with Sampler(decode) as s:
+    with KvUsageSampler(decode, DECODE_DP) as s:
         out = router.post("/generate", {"input_ids": ids, "sampling_params": {
             "max_new_tokens": NEW, "temperature": 0, "ignore_eos": True}}, timeout=600)  # fmt: skip
     assert out["output_ids"] == hf_greedy(tiny_model_path, ids, NEW)

@@ -24,6 +24,7 @@ from hf_reference import hf_greedy, prompts
 from test_server_dcp import wait_drained
 
 from sglang_dcp.testing.server import tiny_dp_args
+from sglang_dcp.testing.usage import KvUsageSampler
 
 pytestmark = pytest.mark.e2e
 
@@ -55,44 +56,17 @@ def loads(server):
     return {x["dp_rank"]: x for x in server.get("/v1/loads?include=dcp")["loads"]}
 
 
-class Sampler:
-    """``/v1/loads`` sampled in a thread while a request runs: each rank's highest used KV, and
-    the ranks that held the request's guest KV at once."""
-
-    def __init__(self, server) -> None:
-        self.server, self.peak, self.guest_ranks = server, [0] * RANKS, 0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            got = loads(self.server)
-            for r, x in got.items():
-                self.peak[r] = max(self.peak[r], x["num_used_tokens"])
-            held = sum(1 for x in got.values() if x["num_used_tokens"] > 0)
-            self.guest_ranks = max(self.guest_ranks, held)
-            time.sleep(0.05)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        self.thread.join(timeout=30)
-
-
 def served_over_ranks(server, model_path, ids, rid) -> str:
     """Serve ``ids`` (a prompt of about three ranks' KV) as ``rid``: greedy output = HF, KV on
     >= 3 ranks with the tail at home, no rank over its pool, no poisoned read; returns the log."""
-    with Sampler(server) as s:
+    with KvUsageSampler(server, RANKS) as s:
         out = generate(server, ids, rid, max_new=MAX_NEW)
     assert out["output_ids"] == hf_greedy(model_path, ids, MAX_NEW)
     dcp = out["meta_info"]["dcp"]
     assert dcp["degree"] >= 3 and len({r for r, *_ in dcp["shards"]}) >= 3, dcp
     assert dcp["shards"][-1][0] == dcp["home_rank"] and dcp["shards"][-1][1] < PROMPT, dcp
     assert all(p <= POOL for p in s.peak), f"a rank went over its {POOL}-token pool: {s.peak}"
-    assert s.guest_ranks >= 3, f"KV was never on 3 ranks at once: {s.guest_ranks}"
+    assert s.most_ranks >= 3, f"KV was never on 3 ranks at once: {s.most_ranks}"
     with open(server.log_path, errors="replace") as f:
         log = f.read()
     assert "reads poisoned KV" not in log and "is NaN" not in log
