@@ -26,6 +26,10 @@ from sglang_dcp.sglang.prefill_shards import away_tokens
 
 
 def _shards_prefill(sched) -> bool:
+    """The home holds only its share: prefill into shards (a chunk), or a PD decode server,
+    where the prompt's KV lands in its shards (``pd_admission.py``)."""
+    if getattr(getattr(sched, "disaggregation_mode", None), "value", None) == "decode":
+        return True
     chunk = getattr(sched, "chunked_prefill_size", None)
     return chunk is not None and chunk > 0
 

@@ -87,7 +87,7 @@ def _ledger_inbox(controller):
     return sock, NetworkAddress(host, port).to_tcp()
 
 
-def _max_new_bound(controller, prefill_chunk: int | None = None):
+def _max_new_bound(controller, prefill_chunk: int | None = None, pd_decode: bool = False):
     """``prompt_len -> `` the most new tokens SGLang's schedulers will decode for it
     (``dispatcher.sglang_max_new_bound``), from what the DP controller learnt from rank 0
     (data_parallel_controller.py:726: ``max_req_input_len`` is ``max_req_len - 5``,
@@ -101,9 +101,9 @@ def _max_new_bound(controller, prefill_chunk: int | None = None):
     limit = envs.SGLANG_MAX_NEW_TOKENS_LIMIT.get()
 
     def bound(prompt: int) -> int:
-        if prefill_chunk and input_len is not None and prompt >= input_len:
-            # prefill into shards: SGLang's checks see only the home's share of the prompt
-            # (admission.lifted_limits); its new tokens still fit in one rank's pool
+        if (prefill_chunk or pd_decode) and input_len is not None and prompt >= input_len:
+            # prefill into shards, PD landing: SGLang's checks see only the home's share of the
+            # prompt (admission.lifted_limits); its new tokens still fit in one rank's pool
             return max(0, min(pool - page - 1, limit or pool))
         return sglang_max_new_bound(
             prompt, max_req_len=max_req_len, pool_tokens=pool, page=page, limit=limit
@@ -206,7 +206,7 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
 
     dispatcher = DcpDispatcher(
         policy,
-        max_new_bound=_max_new_bound(controller, options.prefill_chunk or chunk),
+        max_new_bound=_max_new_bound(controller, options.prefill_chunk or chunk, pd_decode),
         empty_policy=new_policy,
         send=send,
         reject=reject,

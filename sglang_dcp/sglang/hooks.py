@@ -59,6 +59,8 @@ startup); ``USES`` lists SGLang callables the glue calls, with the same check (b
 |   StageBoundary.finish                                  |        |                           |             |
 | disaggregation/decode.py:2049 DecodePreallocQueue._alloc_for_decode_prealloc | AROUND | pd_landing. | any/shard |
 | disaggregation/decode.py:2054 DecodePreallocQueue._transfer_page_indices | AROUND | pd_landing. | any/shard |
+| disaggregation/decode.py:891/482 DecodePreallocQueue._check_if_req_exceed_kv_capacity | AROUND | pd_admission. | any/shard |
+|   DecodePreallocQueue._required_admission_tokens (a landing request's home share)     |           |
 | disaggregation/mooncake/conn.py:1051 MooncakeKVManager.send_kvcache | AROUND | pd_landing. | any/always |
 | managers/scheduler_components/dp_attn.py:128/145/175    | AFTER  | header. (news flag on     | any/shard   |
 |   MLPSyncBatchInfo._get_local_tensor                    |        |   SGLang's sync row)      |             |
@@ -142,18 +144,12 @@ HOOKS: tuple[Hook, ...] = (
     Hook(f"{_TM}._handle_abort_req", "AFTER", ("self", "recv_obj"),
          "sglang_dcp.sglang.notices:after_handle_abort_req", where="launcher"),
     # placements on the home scheduler (req.dcp), every placed request (sched_hooks.py)
-    Hook(
-        f"{_SCHED}.init_request_dispatcher", "AFTER", ("self",),
-        f"{_DP}:after_init_request_dispatcher", when="dcp",
-    ),
-    Hook(
-        f"{_SCHED}.handle_generate_request", "AROUND", ("self", "recv_req", "mm_input_error"),
-        f"{_DP}:around_handle_generate_request", when="dcp",
-    ),
-    Hook(
-        f"{_SCHED}._add_request_to_queue", "AFTER", ("self", "req", "is_retracted"),
-        f"{_DP}:after_add_request_to_queue", when="dcp",
-    ),
+    Hook(f"{_SCHED}.init_request_dispatcher", "AFTER", ("self",),
+         f"{_DP}:after_init_request_dispatcher", when="dcp"),
+    Hook(f"{_SCHED}.handle_generate_request", "AROUND", ("self", "recv_req", "mm_input_error"),
+         f"{_DP}:around_handle_generate_request", when="dcp"),
+    Hook(f"{_SCHED}._add_request_to_queue", "AFTER", ("self", "req", "is_retracted"),
+         f"{_DP}:after_add_request_to_queue", when="dcp"),
     # observability: meta_info["dcp"] and the /v1/loads section (observe.py), Prometheus
     # (metrics.py)
     Hook(
@@ -232,6 +228,11 @@ HOOKS: tuple[Hook, ...] = (
          f"{_PD}:around_alloc_for_decode_prealloc", when="shard"),  # PD: KV lands in shards
     Hook(f"{_PREALLOC}._transfer_page_indices", "AROUND", ("self", "decode_req", "kv_indices",
          "page_size"), f"{_PD}:around_transfer_page_indices", when="shard"),  # fmt: skip
+    Hook(f"{_PREALLOC}._check_if_req_exceed_kv_capacity", "AROUND", ("self", "req"),  # PD: home
+         f"{_SG}.pd_admission:around_check_if_req_exceed_kv_capacity", when="shard"),  # share
+    Hook(f"{_PREALLOC}._required_admission_tokens", "AROUND", ("self", "req", "allocated_tokens",
+         "prefix_len", "retractable_tokens"),
+         f"{_SG}.pd_admission:around_required_admission_tokens", when="shard"),  # fmt: skip
     Hook("sglang.srt.disaggregation.mooncake.conn.MooncakeKVManager.send_kvcache", "AROUND",
          ("self", "mooncake_session_id", "prefill_kv_indices", "dst_kv_ptrs", "dst_kv_indices",
           "executor", "dst_layer_ids", "dst_device_kv_indices", "dst_kv_item_len",

@@ -2,10 +2,13 @@
 (``python -m sglang_dcp.launch_router --pd-disaggregation``), all real processes.
 
 ``PdRouterProcess`` is ``ServerProcess`` for the router in PD mode: ready once smg lists one
-prefill and one decode worker. ``prefill_args``/``decode_args`` are the two servers' flags.
+prefill and one decode worker. ``prefill_args``/``decode_args`` are the two servers' flags,
+``start_trio`` starts all three (``test_pd.py``, ``test_pd_mla.py``).
 """
 
 from __future__ import annotations
+
+import threading
 
 from sglang_dcp.testing.server import ServerProcess, free_low_port
 
@@ -50,3 +53,26 @@ class PdRouterProcess(ServerProcess):
     def ready(self) -> bool:
         kinds = {w.get("worker_type") for w in self.get("/workers", timeout=5)["workers"]}
         return {"prefill", "decode"} <= kinds
+
+
+def start_trio(launch_server, prefill: list[str], decode: list[str], bootstrap_port: int,
+               router_log: str, *, prefill_env=None, decode_env=None):  # fmt: skip
+    """Start the two servers at once (each loads for minutes on a busy CPU), then the router in
+    PD mode; returns ``(prefill, decode, router)``. ``launch_server(args, env=...)`` is the
+    pytest plugin's fixture (it stops the servers); stop the router yourself."""
+    started: dict[str, object] = {}
+
+    def start(name, args, env):
+        started[name] = launch_server(args, env=env, startup_timeout=900)
+
+    threads = [threading.Thread(target=start, args=("prefill", prefill, prefill_env)),
+               threading.Thread(target=start, args=("decode", decode, decode_env))]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert set(started) == {"prefill", "decode"}, "a server failed to start (see its log)"
+    router = PdRouterProcess(started["prefill"].url, bootstrap_port, started["decode"].url,
+                             router_log)  # fmt: skip
+    router.start()
+    return started["prefill"], started["decode"], router

@@ -3,9 +3,10 @@ decode server whose DP controller runs the planner, and smg's router in PD mode,
 mooncake transfer engine (TCP) on CPU. One trio for the whole module (the suite's time budget).
 
 Short prompts: greedy output through the router equals HF transformers; each server's log says
-which PD CPU settings the launcher added; a prompt larger than one decode rank's planner budget
-lands straight in its shards on 3+ decode ranks and equals HF (``sglang/pd_landing.py``); after
-the requests every rank of both servers is back to 0 used KV tokens.
+which PD CPU settings the launcher added; a prompt larger than one decode rank's SGLang pool
+lands straight in its shards on 3+ decode ranks and equals HF (``sglang/pd_landing.py``,
+``sglang/pd_admission.py``); after the requests every rank of both servers is back to 0 used KV
+tokens.
 
 4 decode DP ranks: on CPU SGLang padded their KV heads to the TP size (4) while the 1-rank
 prefill kept 2, so the prompt's KV landed at the wrong offsets (``sglang/pd_heads.py``).
@@ -15,14 +16,14 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 import time
 import urllib.error
+from contextlib import contextmanager
 
 import pytest
 from hf_reference import hf_greedy, prompts
 
-from sglang_dcp.testing.pd import PdRouterProcess, decode_args, prefill_args
+from sglang_dcp.testing.pd import decode_args, prefill_args, start_trio
 from sglang_dcp.testing.server import free_low_port
 from sglang_dcp.testing.usage import KvUsageSampler
 
@@ -30,11 +31,12 @@ pytestmark = pytest.mark.e2e
 
 DECODE_DP = 4
 POOL = 16384  # the prefill server's KV pool (tokens)
-DECODE_POOL = 16384  # each decode rank's SGLang pool (the planner's budget is the limit)
-BUDGET = 512  # the decode planner's KV tokens per rank (--dcp-kv-capacity)
+# each decode rank's SGLang pool, also the planner's budget (KV tokens); SGLang's decode admission
+# keeps --num-reserved-decode-tokens (512) free beside a request at its home
+DECODE_POOL = 1024
 PROMPTS = [[323, 312, 489, 454], [5, 17, 99, 230, 41, 7, 310, 62, 11]]
 NEW = 8
-LONG = 2 * BUDGET + 200  # over two decode ranks' budget: it lands on 3 or more
+LONG = 2 * DECODE_POOL + 200  # over two decode ranks' pools: it lands on 3 or more
 FAIL_LEN = LONG + 76  # prompts of this length: the transfer to their first holder fails
 DECODE_ENV = {"SGLANG_DCP_INJECT_PD_LANDING_FAILURE": str(FAIL_LEN)}
 # SGLang's prefill blacklists a decode session after one failed transfer; its probe readmits it
@@ -44,31 +46,26 @@ PREFILL_ENV = {"SGLANG_ENABLE_FAILED_SESSION_PROBE": "1",
 
 @pytest.fixture(scope="module")
 def trio(launch_server, tiny_model_path, tmp_path_factory):
+    with pd_trio(launch_server, tiny_model_path, tmp_path_factory, DECODE_ENV) as started:
+        yield started
+
+
+@contextmanager
+def pd_trio(launch_server, model_path: str, tmp_path_factory, decode_env: dict[str, str]):
+    """The module's trio for ``model_path`` (``test_pd_mla.py`` starts one for MLA)."""
     bootstrap = free_low_port(avoid=0)
-    started: dict[str, object] = {}
-
-    def start(name, args, env):
-        started[name] = launch_server(args, env=env, startup_timeout=900)
-
     t0 = time.monotonic()
-    threads = [
-        threading.Thread(target=start, args=(
-            "prefill", prefill_args(tiny_model_path, bootstrap, POOL), PREFILL_ENV)),
-        threading.Thread(target=start, args=("decode", [
-            *decode_args(tiny_model_path, DECODE_DP, DECODE_POOL),
-            "--dcp-kv-capacity", str(BUDGET)], DECODE_ENV)),
-    ]  # fmt: skip
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert set(started) == {"prefill", "decode"}, "a server failed to start (see its log)"
     log = os.path.join(tmp_path_factory.mktemp("pd-router"), "router.log")
-    router = PdRouterProcess(started["prefill"].url, bootstrap, started["decode"].url, log)
-    router.start()
+    prefill, decode, router = start_trio(
+        launch_server, prefill_args(model_path, bootstrap, POOL),
+        decode_args(model_path, DECODE_DP, DECODE_POOL), bootstrap, log,
+        prefill_env=PREFILL_ENV, decode_env=decode_env,
+    )  # fmt: skip
     print(f"PD trio up in {time.monotonic() - t0:.0f} s")
-    yield started["prefill"], started["decode"], router
-    router.stop()
+    try:
+        yield prefill, decode, router
+    finally:
+        router.stop()
 
 
 def test_short_prompts_through_the_router_equal_hf(trio, tiny_model_path):
@@ -94,13 +91,19 @@ def test_logs_say_what_the_launcher_set_for_pd_on_cpu(trio):
 
 
 def test_a_prompt_larger_than_one_decode_rank_lands_in_its_shards(trio, tiny_model_path):
-    """Issue 24: a prompt larger than one decode rank's planner budget lands straight in its
-    shards on 3+ decode ranks (each holder receives only its range from the prefill server), the
-    output equals HF, no rank goes over its planner budget, and no shard move runs after
-    landing."""
+    """Issue 24 (items 2, 3): a prompt larger than one decode rank's SGLang pool lands straight
+    in its shards on 3+ decode ranks (each holder receives only its range from the prefill
+    server), the output equals HF, no rank's used KV ever exceeds its pool, and no shard move
+    runs after landing."""
+    lands_in_shards(trio, tiny_model_path, prompts(seed=24, count=1, lengths=(LONG,))[0])
+
+
+def lands_in_shards(trio, model_path: str, ids: list[int]) -> None:
+    """Serve ``ids`` (longer than two decode pools) through the router and check where it
+    landed, its output against HF's, the decode ranks' sampled usage and the logs."""
     prefill, decode, router = trio
-    ids = prompts(seed=24, count=1, lengths=(LONG,))[0]
-    assert LONG > 2 * BUDGET
+    pools = {x["dp_rank"]: x["max_total_num_tokens"] for x in decode.get("/v1/loads")["loads"]}
+    assert len(ids) > 2 * max(pools.values()), pools
     before = {}
     for server in (prefill, decode):
         with open(server.log_path, errors="replace") as f:
@@ -108,7 +111,7 @@ def test_a_prompt_larger_than_one_decode_rank_lands_in_its_shards(trio, tiny_mod
     with KvUsageSampler(decode, DECODE_DP) as s:
         out = router.post("/generate", {"input_ids": ids, "sampling_params": {
             "max_new_tokens": NEW, "temperature": 0, "ignore_eos": True}}, timeout=600)  # fmt: skip
-    assert out["output_ids"] == hf_greedy(tiny_model_path, ids, NEW)
+    assert out["output_ids"] == hf_greedy(model_path, ids, NEW)
     dcp = out["meta_info"]["dcp"]  # where its KV is (the decode server's meta_info)
     assert len({r for r, *_ in dcp["shards"]}) >= 3 and dcp["shards"][-1][0] == dcp["home_rank"]
     with open(decode.log_path, errors="replace") as f:
@@ -120,13 +123,14 @@ def test_a_prompt_larger_than_one_decode_rank_lands_in_its_shards(trio, tiny_mod
     holders = set(re.findall(r"sglang_dcp: PD landing: \S+ tokens .* on rank (\d+)", log))
     assert len(holders) >= 2, f"the prompt landed on holders {holders} only:\n{log[-3000:]}"
     assert s.most_ranks >= 3, f"KV was never on 3 decode ranks at once ({s.most_ranks})"
-    assert all(p <= BUDGET for p in s.peak), f"a rank went over its {BUDGET} tokens: {s.peak}"
+    print(f"landed as {dcp['shards']}; most used KV per decode rank {s.peak}, pools {pools}")
+    assert all(p <= pools[r] for r, p in enumerate(s.peak)), f"over a pool {pools}: {s.peak}"
     for moved in ("sglang_dcp: shipped tokens", "sglang_dcp: migrated tokens", "shard move"):
         assert moved not in log, f"{moved!r} after landing:\n{log[-3000:]}"
     ids = PROMPTS[0]  # and a short one after it
     out = router.post("/generate", {"input_ids": ids, "sampling_params": {
         "max_new_tokens": 4, "temperature": 0, "ignore_eos": True}})  # fmt: skip
-    assert out["output_ids"] == hf_greedy(tiny_model_path, ids, 4)
+    assert out["output_ids"] == hf_greedy(model_path, ids, 4)
 
 
 def test_a_failed_transfer_to_one_holder_fails_the_request_and_frees_every_rank(
