@@ -20,7 +20,7 @@ request placed on one rank sees SGLang's checks unchanged. The reserve beside a 
 is its ``max_new_tokens`` when that is less than ``--num-reserved-decode-tokens`` (512): the
 planner placed its new tokens on its home's tail (the placement's last shard), and a home whose
 tail fills its pool to within 512 tokens would otherwise wait forever (2248 tokens on four
-1024-token pools: 528 at home). The holders allocate outside SGLang's admission
+1024-token pools: 520 prompt tokens at home, 1032 needed with 512). The holders allocate outside SGLang's admission
 (``pd_landing.on_land``), within the planner's books.
 """
 
