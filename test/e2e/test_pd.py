@@ -37,6 +37,7 @@ DECODE_POOL = 1024
 PROMPTS = [[323, 312, 489, 454], [5, 17, 99, 230, 41, 7, 310, 62, 11]]
 NEW = 8
 LONG = 2 * DECODE_POOL + 200  # over two decode ranks' pools: it lands on 3 or more
+MOST = 3 * DECODE_POOL + 400  # 85% of the decode cluster's KV (with its new tokens)
 FAIL_LEN = LONG + 76  # prompts of this length: the transfer to their first holder fails
 DECODE_ENV = {"SGLANG_DCP_INJECT_PD_LANDING_FAILURE": str(FAIL_LEN)}
 # SGLang's prefill blacklists a decode session after one failed transfer; its probe readmits it
@@ -96,6 +97,11 @@ def test_a_prompt_larger_than_one_decode_rank_lands_in_its_shards(trio, tiny_mod
     server), the output equals HF, no rank's used KV ever exceeds its pool, and no shard move
     runs after landing."""
     lands_in_shards(trio, tiny_model_path, prompts(seed=24, count=1, lengths=(LONG,))[0])
+
+
+def test_a_prompt_of_most_of_the_decode_clusters_kv_lands_in_its_shards(trio, tiny_model_path):
+    """Item 3, up to the whole decode cluster's KV: a prompt of 85% of four decode pools."""
+    lands_in_shards(trio, tiny_model_path, prompts(seed=27, count=1, lengths=(MOST,))[0])
 
 
 def lands_in_shards(trio, model_path: str, ids: list[int]) -> None:
