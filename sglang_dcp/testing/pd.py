@@ -39,11 +39,11 @@ class PdRouterProcess(ServerProcess):
     module = "sglang_dcp.launch_router"
 
     def __init__(self, prefill_url: str, bootstrap_port: int, decode_url: str, log_path: str,
-                 *, startup_timeout: float = 180.0) -> None:  # fmt: skip
+                 *, extra: tuple[str, ...] = (), startup_timeout: float = 180.0) -> None:  # fmt: skip
         prometheus = free_low_port(avoid=0)
         super().__init__(
             ["--pd-disaggregation", "--prefill", prefill_url, str(bootstrap_port),
-             "--decode", decode_url, "--prometheus-port", str(prometheus)],
+             "--decode", decode_url, "--prometheus-port", str(prometheus), *extra],
             log_path, port=free_low_port(avoid=prometheus), startup_timeout=startup_timeout,
         )  # fmt: skip
 

@@ -13,11 +13,13 @@ prefill kept 2, so the prompt's KV landed at the wrong offsets (``sglang/pd_head
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
 import time
 import urllib.error
+import urllib.request
 
 import pytest
 from hf_reference import hf_greedy, prompts
@@ -36,7 +38,16 @@ PROMPTS = [[323, 312, 489, 454], [5, 17, 99, 230, 41, 7, 310, 62, 11]]
 NEW = 8
 LONG = 2 * BUDGET + 200  # over two decode ranks' budget: it lands on 3 or more
 FAIL_LEN = LONG + 76  # prompts of this length: the transfer to their first holder fails
-DECODE_ENV = {"SGLANG_DCP_INJECT_PD_LANDING_FAILURE": str(FAIL_LEN)}
+DELAY_LEN = LONG + 40  # ... the prefill holds their transfer (up to 120 s, until the room fails)
+NO_ROOM_LEN = LONG + 112  # ... their holders find no free KV slots
+DECODE_ENV = {"SGLANG_DCP_INJECT_PD_LANDING_FAILURE": str(FAIL_LEN),
+              "SGLANG_DCP_INJECT_PD_LANDING_DELAY": f"{DELAY_LEN}@120",
+              "SGLANG_DCP_INJECT_PD_LANDING_NO_ROOM": str(NO_ROOM_LEN),
+              # a dead prefill server: found by SGLang's heartbeat (2 misses 2 s apart), a
+              # room's pages held for its drain ack at most 10 s
+              "SGLANG_DISAGGREGATION_HEARTBEAT_INTERVAL": "2",
+              "SGLANG_DISAGGREGATION_HEARTBEAT_MAX_FAILURE": "2",
+              "SGLANG_DISAGGREGATION_DEFERRED_DECODE_KV_RELEASE_TIMEOUT": "10"}  # fmt: skip
 # SGLang's prefill blacklists a decode session after one failed transfer; its probe readmits it
 PREFILL_ENV = {"SGLANG_ENABLE_FAILED_SESSION_PROBE": "1",
                "SGLANG_FAILED_SESSION_PROBE_INTERVAL_S": "1"}  # fmt: skip
@@ -64,7 +75,10 @@ def trio(launch_server, tiny_model_path, tmp_path_factory):
         t.join()
     assert set(started) == {"prefill", "decode"}, "a server failed to start (see its log)"
     log = os.path.join(tmp_path_factory.mktemp("pd-router"), "router.log")
-    router = PdRouterProcess(started["prefill"].url, bootstrap, started["decode"].url, log)
+    # one answer per request (smg would retry a failed one on a new room) and no circuit
+    # breaker: the tests fail requests on purpose and read each failure's own answer
+    router = PdRouterProcess(started["prefill"].url, bootstrap, started["decode"].url, log,
+                             extra=("--disable-retries", "--disable-circuit-breaker"))
     router.start()
     print(f"PD trio up in {time.monotonic() - t0:.0f} s")
     yield started["prefill"], started["decode"], router
@@ -153,16 +167,128 @@ def test_a_failed_transfer_to_one_holder_fails_the_request_and_frees_every_rank(
         assert out["output_ids"] == hf_greedy(tiny_model_path, ids, n)
 
 
-def _wait_drained(prefill, decode) -> list[int]:
-    deadline = time.monotonic() + 60
+def _wait_drained(*servers, timeout: float = 60) -> list[int]:
+    deadline = time.monotonic() + timeout
     while True:
-        used = [r["num_used_tokens"] for s in (prefill, decode) for r in s.get("/v1/loads")["loads"]]
+        used = [r["num_used_tokens"] for s in servers for r in s.get("/v1/loads")["loads"]]
         if not any(used) or time.monotonic() > deadline:
             return used
         time.sleep(1)
+
+
+def _books(decode) -> list[tuple[int, int, int, int]]:
+    """Each decode rank's (used KV, the planner's KV, guest KV, the planner's guest KV)."""
+    return [(r["num_used_tokens"], r["dcp"]["planner_kv_tokens"], r["dcp"]["guest_kv_tokens"],
+             r["dcp"]["planner_guest_kv_tokens"]) for r in decode.get("/v1/loads")["loads"]]
+
+
+def _post(router, ids, out: dict) -> None:
+    body = {"input_ids": ids, "sampling_params": {"max_new_tokens": NEW, "temperature": 0}}
+    try:
+        out["code"], out["text"] = 200, str(router.post("/generate", body, timeout=600))
+    except urllib.error.HTTPError as e:
+        out["code"], out["text"] = e.code, e.read().decode(errors="replace")
+    except OSError as e:  # the router dropped the connection
+        out["code"], out["text"] = 599, repr(e)
+
+
+def _mid_transfer(prefill, decode, router, ids) -> tuple[str, threading.Thread, dict]:
+    """Post ``ids`` (a ``DELAY_LEN`` prompt) through the router in a thread; return once the
+    prefill server holds its transfer, with the request's rid (from the decode log)."""
+    sizes = {s: os.path.getsize(s.log_path) for s in (prefill, decode)}
+    out: dict = {}
+    t = threading.Thread(target=_post, args=(router, ids, out), daemon=True)
+    t.start()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        logs = {}
+        for s in (prefill, decode):
+            with open(s.log_path, errors="replace") as f:
+                f.seek(sizes[s])
+                logs[s] = f.read()
+        rids = re.findall(r"sglang_dcp: PD landing: (\S+) tokens", logs[decode])
+        if rids and "injected delay" in logs[prefill]:
+            return rids[0], t, out
+        time.sleep(0.5)
+    raise AssertionError(f"the transfer was never held mid-way:\n{logs[prefill][-2000:]}")
+
+
+def test_an_abort_mid_transfer_frees_every_rank_and_the_planners_books(trio, tiny_model_path):
+    """Item 4: ``/abort_request`` to the decode server while the prompt's KV is in flight to
+    its 3 ranks: the request ends with an error, every rank of both servers frees its KV, each
+    decode rank's books (the planner's) equal what it holds, the next request is served."""
+    prefill, decode, router = trio
+    ids = prompts(seed=26, count=1, lengths=(DELAY_LEN,))[0]
+    rid, t, out = _mid_transfer(prefill, decode, router, ids)
+    t0 = time.monotonic()
+    body = json.dumps({"rid": rid}).encode()
+    req = urllib.request.Request(decode.url + "/abort_request", data=body,
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    urllib.request.urlopen(req, timeout=30).close()
+    t.join(timeout=120)
+    print(f"the aborted request answered {out.get('code')}: {out.get('text', '')[:300]}")
+    assert out.get("code", 0) >= 400 or "abort" in out.get("text", ""), out
+    assert _wait_drained(prefill, decode) == [0] * (1 + DECODE_DP), "KV left after the abort"
+    print(f"every rank back to 0 used KV tokens {time.monotonic() - t0:.1f} s after the abort")
+    assert _books(decode) == [(0, 0, 0, 0)] * DECODE_DP
+    ids = prompts(seed=24, count=1, lengths=(LONG,))[0]
+    out = router.post("/generate", {"input_ids": ids, "sampling_params": {
+        "max_new_tokens": 4, "temperature": 0, "ignore_eos": True}}, timeout=600)  # fmt: skip
+    assert out["output_ids"] == hf_greedy(tiny_model_path, ids, 4)
+
+
+def test_a_holder_without_room_fails_the_request_at_once_with_the_reason(trio, tiny_model_path):
+    """Item 4: a holder cannot allocate its range (fault switch): a 503 naming it, promptly,
+    and every rank frees its KV."""
+    prefill, decode, router = trio
+    out: dict = {}
+    t0 = time.monotonic()
+    _post(router, prompts(seed=27, count=1, lengths=(NO_ROOM_LEN,))[0], out)
+    print(f"no room answered {out['code']} in {time.monotonic() - t0:.1f} s: {out['text'][:300]}")
+    assert out["code"] >= 500 and "could not allocate the 512 KV slots" in out["text"], out
+    assert _wait_drained(prefill, decode) == [0] * (1 + DECODE_DP), "KV left after no room"
+    assert _books(decode) == [(0, 0, 0, 0)] * DECODE_DP
 
 
 def test_every_rank_of_both_servers_back_to_zero(trio):
     prefill, decode, _ = trio
     used = _wait_drained(prefill, decode)
     assert used == [0] * (1 + DECODE_DP), used
+
+
+def test_the_prefill_server_dying_mid_transfer_frees_every_decode_rank(trio, tiny_model_path):
+    """Item 4, last (it restarts the prefill server): the prefill server is killed while a
+    prompt's KV is in flight to 3 decode ranks: the request fails through the router, every
+    decode rank (holders included) returns to 0 used KV tokens, the planner's books too, and
+    the restarted prefill server serves the next requests."""
+    prefill, decode, router = trio
+    ids = prompts(seed=28, count=1, lengths=(DELAY_LEN,))[0]
+    _, t, out = _mid_transfer(prefill, decode, router, ids)
+    t0 = time.monotonic()
+    prefill.kill()
+    t.join(timeout=120)
+    print(f"the request answered {out.get('code')}: {out.get('text', '')[:300]}")
+    assert out.get("code", 0) >= 500, out
+    assert _wait_drained(decode, timeout=90) == [0] * DECODE_DP, "decode KV left"
+    print(f"every decode rank back to 0 used KV tokens {time.monotonic() - t0:.1f} s after kill")
+    assert _books(decode) == [(0, 0, 0, 0)] * DECODE_DP
+    t0 = time.monotonic()
+    prefill.start()
+    print(f"prefill server restarted in {time.monotonic() - t0:.0f} s")
+    for ids, n in ((PROMPTS[0], 4), (prompts(seed=24, count=1, lengths=(LONG,))[0], 4)):
+        out = _retry_post(router, {"input_ids": ids, "sampling_params": {
+            "max_new_tokens": n, "temperature": 0, "ignore_eos": True}})  # fmt: skip
+        assert out["output_ids"] == hf_greedy(tiny_model_path, ids, n)
+    assert _wait_drained(prefill, decode) == [0] * (1 + DECODE_DP)
+
+
+def _retry_post(router, body, timeout: float = 120) -> dict:
+    """The router may take a few health checks to route to the restarted server again."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return router.post("/generate", body, timeout=600)
+        except (urllib.error.HTTPError, OSError) as e:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no answer after the prefill restart: {e}") from e
+            time.sleep(3)
