@@ -233,7 +233,7 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
             message = "aborted while waiting for KV in the DP controller"
             answer(req, msg.finished_reason or {"type": "abort", "message": message}, message)
         controller.send_control_message(msg)  # what the DPC does with an abort otherwise
-        drop(landing.aborted(msg.rid, msg.abort_all), "aborted")
+        drop(landing.aborted(msg.rid or "", msg.abort_all), "aborted")
 
     inbox, inbox_address = _ledger_inbox(controller)
 
