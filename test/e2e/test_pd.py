@@ -7,6 +7,10 @@ which PD CPU settings the launcher added; a prompt larger than one decode rank's
 lands straight in its shards on 3+ decode ranks and equals HF (``sglang/pd_landing.py``); after
 the requests every rank of both servers is back to 0 used KV tokens.
 
+Failures (``sglang/pd_cleanup.py``, fault switches in the servers' env): a failed transfer to
+one holder, an abort and a client going away mid-transfer, a holder without room, and last (it
+restarts it) the prefill server killed mid-transfer; each frees every rank's KV.
+
 4 decode DP ranks: on CPU SGLang padded their KV heads to the TP size (4) while the 1-rank
 prefill kept 2, so the prompt's KV landed at the wrong offsets (``sglang/pd_heads.py``).
 """
@@ -25,6 +29,7 @@ import pytest
 from hf_reference import hf_greedy, prompts
 
 from sglang_dcp.testing.pd import PdRouterProcess, decode_args, prefill_args
+from sglang_dcp.testing.pd_faults import Disconnecting, books, mid_transfer, post, retry_post
 from sglang_dcp.testing.server import free_low_port
 from sglang_dcp.testing.usage import KvUsageSampler
 
@@ -176,41 +181,8 @@ def _wait_drained(*servers, timeout: float = 60) -> list[int]:
         time.sleep(1)
 
 
-def _books(decode) -> list[tuple[int, int, int, int]]:
-    """Each decode rank's (used KV, the planner's KV, guest KV, the planner's guest KV)."""
-    return [(r["num_used_tokens"], r["dcp"]["planner_kv_tokens"], r["dcp"]["guest_kv_tokens"],
-             r["dcp"]["planner_guest_kv_tokens"]) for r in decode.get("/v1/loads")["loads"]]
-
-
-def _post(router, ids, out: dict) -> None:
-    body = {"input_ids": ids, "sampling_params": {"max_new_tokens": NEW, "temperature": 0}}
-    try:
-        out["code"], out["text"] = 200, str(router.post("/generate", body, timeout=600))
-    except urllib.error.HTTPError as e:
-        out["code"], out["text"] = e.code, e.read().decode(errors="replace")
-    except OSError as e:  # the router dropped the connection
-        out["code"], out["text"] = 599, repr(e)
-
-
-def _mid_transfer(prefill, decode, router, ids) -> tuple[str, threading.Thread, dict]:
-    """Post ``ids`` (a ``DELAY_LEN`` prompt) through the router in a thread; return once the
-    prefill server holds its transfer, with the request's rid (from the decode log)."""
-    sizes = {s: os.path.getsize(s.log_path) for s in (prefill, decode)}
-    out: dict = {}
-    t = threading.Thread(target=_post, args=(router, ids, out), daemon=True)
-    t.start()
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        logs = {}
-        for s in (prefill, decode):
-            with open(s.log_path, errors="replace") as f:
-                f.seek(sizes[s])
-                logs[s] = f.read()
-        rids = re.findall(r"sglang_dcp: PD landing: (\S+) tokens", logs[decode])
-        if rids and "injected delay" in logs[prefill]:
-            return rids[0], t, out
-        time.sleep(0.5)
-    raise AssertionError(f"the transfer was never held mid-way:\n{logs[prefill][-2000:]}")
+def _body(ids: list[int]) -> dict:
+    return {"input_ids": ids, "sampling_params": {"max_new_tokens": NEW, "temperature": 0}}
 
 
 def test_an_abort_mid_transfer_frees_every_rank_and_the_planners_books(trio, tiny_model_path):
@@ -218,11 +190,11 @@ def test_an_abort_mid_transfer_frees_every_rank_and_the_planners_books(trio, tin
     its 3 ranks: the request ends with an error, every rank of both servers frees its KV, each
     decode rank's books (the planner's) equal what it holds, the next request is served."""
     prefill, decode, router = trio
-    ids = prompts(seed=26, count=1, lengths=(DELAY_LEN,))[0]
-    rid, t, out = _mid_transfer(prefill, decode, router, ids)
+    body = _body(prompts(seed=26, count=1, lengths=(DELAY_LEN,))[0])
+    rid, t, out = mid_transfer(prefill, decode, lambda out: post(router, body, out))
     t0 = time.monotonic()
-    body = json.dumps({"rid": rid}).encode()
-    req = urllib.request.Request(decode.url + "/abort_request", data=body,
+    req = urllib.request.Request(decode.url + "/abort_request",
+                                 data=json.dumps({"rid": rid}).encode(),
                                  headers={"Content-Type": "application/json"})  # fmt: skip
     urllib.request.urlopen(req, timeout=30).close()
     t.join(timeout=120)
@@ -230,11 +202,26 @@ def test_an_abort_mid_transfer_frees_every_rank_and_the_planners_books(trio, tin
     assert out.get("code", 0) >= 400 or "abort" in out.get("text", ""), out
     assert _wait_drained(prefill, decode) == [0] * (1 + DECODE_DP), "KV left after the abort"
     print(f"every rank back to 0 used KV tokens {time.monotonic() - t0:.1f} s after the abort")
-    assert _books(decode) == [(0, 0, 0, 0)] * DECODE_DP
+    assert books(decode) == [(0, 0, 0, 0)] * DECODE_DP
     ids = prompts(seed=24, count=1, lengths=(LONG,))[0]
     out = router.post("/generate", {"input_ids": ids, "sampling_params": {
         "max_new_tokens": 4, "temperature": 0, "ignore_eos": True}}, timeout=600)  # fmt: skip
     assert out["output_ids"] == hf_greedy(tiny_model_path, ids, 4)
+
+
+def test_a_client_going_away_mid_transfer_frees_every_rank(trio):
+    """Item 4: the client closes its connection to the router while the prompt's KV is in
+    flight: the router drops both servers' requests, each server aborts on the disconnect,
+    every rank frees its KV and each decode rank's books equal what it holds."""
+    prefill, decode, router = trio
+    client = Disconnecting(router, _body(prompts(seed=29, count=1, lengths=(DELAY_LEN,))[0]))
+    _, t, _ = mid_transfer(prefill, decode, client)
+    t0 = time.monotonic()
+    client.close()
+    t.join(timeout=30)
+    assert _wait_drained(prefill, decode) == [0] * (1 + DECODE_DP), "KV left after going away"
+    print(f"every rank back to 0 used KV tokens {time.monotonic() - t0:.1f} s after it went")
+    assert books(decode) == [(0, 0, 0, 0)] * DECODE_DP
 
 
 def test_a_holder_without_room_fails_the_request_at_once_with_the_reason(trio, tiny_model_path):
@@ -243,11 +230,11 @@ def test_a_holder_without_room_fails_the_request_at_once_with_the_reason(trio, t
     prefill, decode, router = trio
     out: dict = {}
     t0 = time.monotonic()
-    _post(router, prompts(seed=27, count=1, lengths=(NO_ROOM_LEN,))[0], out)
+    post(router, _body(prompts(seed=27, count=1, lengths=(NO_ROOM_LEN,))[0]), out)
     print(f"no room answered {out['code']} in {time.monotonic() - t0:.1f} s: {out['text'][:300]}")
     assert out["code"] >= 500 and "could not allocate the 512 KV slots" in out["text"], out
     assert _wait_drained(prefill, decode) == [0] * (1 + DECODE_DP), "KV left after no room"
-    assert _books(decode) == [(0, 0, 0, 0)] * DECODE_DP
+    assert books(decode) == [(0, 0, 0, 0)] * DECODE_DP
 
 
 def test_every_rank_of_both_servers_back_to_zero(trio):
@@ -262,8 +249,8 @@ def test_the_prefill_server_dying_mid_transfer_frees_every_decode_rank(trio, tin
     decode rank (holders included) returns to 0 used KV tokens, the planner's books too, and
     the restarted prefill server serves the next requests."""
     prefill, decode, router = trio
-    ids = prompts(seed=28, count=1, lengths=(DELAY_LEN,))[0]
-    _, t, out = _mid_transfer(prefill, decode, router, ids)
+    body = _body(prompts(seed=28, count=1, lengths=(DELAY_LEN,))[0])
+    _, t, out = mid_transfer(prefill, decode, lambda out: post(router, body, out))
     t0 = time.monotonic()
     prefill.kill()
     t.join(timeout=120)
@@ -271,24 +258,12 @@ def test_the_prefill_server_dying_mid_transfer_frees_every_decode_rank(trio, tin
     assert out.get("code", 0) >= 500, out
     assert _wait_drained(decode, timeout=90) == [0] * DECODE_DP, "decode KV left"
     print(f"every decode rank back to 0 used KV tokens {time.monotonic() - t0:.1f} s after kill")
-    assert _books(decode) == [(0, 0, 0, 0)] * DECODE_DP
+    assert books(decode) == [(0, 0, 0, 0)] * DECODE_DP
     t0 = time.monotonic()
     prefill.start()
     print(f"prefill server restarted in {time.monotonic() - t0:.0f} s")
     for ids, n in ((PROMPTS[0], 4), (prompts(seed=24, count=1, lengths=(LONG,))[0], 4)):
-        out = _retry_post(router, {"input_ids": ids, "sampling_params": {
+        out = retry_post(router, {"input_ids": ids, "sampling_params": {
             "max_new_tokens": n, "temperature": 0, "ignore_eos": True}})  # fmt: skip
         assert out["output_ids"] == hf_greedy(tiny_model_path, ids, n)
     assert _wait_drained(prefill, decode) == [0] * (1 + DECODE_DP)
-
-
-def _retry_post(router, body, timeout: float = 120) -> dict:
-    """The router may take a few health checks to route to the restarted server again."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return router.post("/generate", body, timeout=600)
-        except (urllib.error.HTTPError, OSError) as e:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no answer after the prefill restart: {e}") from e
-            time.sleep(3)
