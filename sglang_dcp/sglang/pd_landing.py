@@ -84,7 +84,8 @@ def on_land(rt, scheduler, msg) -> None:
 
     n = sum(b - a for a, b in mine)
     if env.inject_pd_landing_no_room() == msg.prompt_len:  # testing only
-        pd_cleanup.no_room(rt, scheduler, msg, mine, n, why=f"{env.INJECT_PD_LANDING_NO_ROOM_VAR}")
+        why = f"injected: {env.INJECT_PD_LANDING_NO_ROOM_VAR}"
+        pd_cleanup.no_room(rt, scheduler, msg, mine, n, why=why)
         return
     slots = scheduler.token_to_kv_pool_allocator.alloc(n)
     if slots is None:  # the planner booked it: SGLang's pool disagrees with its books

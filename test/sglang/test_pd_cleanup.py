@@ -144,3 +144,19 @@ def test_a_failed_holder_frees_its_slots_at_the_timeout_without_an_ack():
     rt, alloc = _holder(timeout=0.0)  # the prefill died: no ack will come
     assert pd_cleanup.release_failed(rt, 7, "r", _Receiver(_Decode(), notified=False)) is True
     assert sorted(alloc.freed) == [5, 6, 7]
+
+
+def test_a_holder_without_room_fails_the_request_with_the_reason_and_what_to_do():
+    sent = []
+    alloc = SimpleNamespace(available_size=lambda: 100)
+    sched = SimpleNamespace(token_to_kv_pool_allocator=alloc, ipc_channels=SimpleNamespace(
+        send_to_tokenizer=SimpleNamespace(send_output=lambda out, req: sent.append(out))))
+    msg = SimpleNamespace(rid="r1")
+    pd_cleanup.no_room(SimpleNamespace(rank=2), sched, msg, [(512, 1024)], 512)
+    (abort,) = sent
+    assert abort.rid == "r1" and abort.finished_reason["status_code"] == 503
+    assert abort.finished_reason["message"] == abort.abort_message == (
+        "sglang-dcp: decode rank 2 could not allocate the 512 KV slots of this request's tokens "
+        "[(512, 1024)] (100 free: the planner's books and SGLang's pool disagree); retry it, and "
+        "if this repeats lower --dcp-kv-capacity"
+    )
