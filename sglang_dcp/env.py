@@ -94,6 +94,44 @@ def inject_pd_landing_failure() -> int | None:
     return int(text)
 
 
+INJECT_PD_LANDING_DELAY_VAR = "SGLANG_DCP_INJECT_PD_LANDING_DELAY"
+
+
+def inject_pd_landing_delay() -> tuple[int, int] | None:
+    """PD decode (testing only): ``SGLANG_DCP_INJECT_PD_LANDING_DELAY=N@S`` makes the prefill
+    server hold the transfer of every request with an ``N``-token prompt placed over several
+    decode ranks for ``S`` seconds, or until the room fails (``pd_cleanup.hold_send``): an
+    abort or a dead prefill server then lands mid-transfer."""
+    text = os.environ.get(INJECT_PD_LANDING_DELAY_VAR, "").strip()
+    if not text:
+        return None
+    n, _, s = text.partition("@")
+    if not (n.isdigit() and s.isdigit() and int(s) > 0):
+        raise ValueError(
+            f"{INJECT_PD_LANDING_DELAY_VAR}={text!r}: set it to PROMPT_TOKENS@SECONDS (e.g. "
+            "1300@120: prompts of 1300 tokens wait up to 120 s mid-transfer), or unset it"
+        )
+    return int(n), int(s)
+
+
+INJECT_PD_LANDING_NO_ROOM_VAR = "SGLANG_DCP_INJECT_PD_LANDING_NO_ROOM"
+
+
+def inject_pd_landing_no_room() -> int | None:
+    """PD decode (testing only): ``SGLANG_DCP_INJECT_PD_LANDING_NO_ROOM=N``: the holders of
+    every request with an ``N``-token prompt find no free KV slots for their ranges
+    (``pd_cleanup.no_room``), as when SGLang's pool disagrees with the planner's books."""
+    text = os.environ.get(INJECT_PD_LANDING_NO_ROOM_VAR, "").strip()
+    if not text:
+        return None
+    if not text.isdigit():
+        raise ValueError(
+            f"{INJECT_PD_LANDING_NO_ROOM_VAR}={text!r}: set it to a prompt length in tokens "
+            "(e.g. 1300), or unset it"
+        )
+    return int(text)
+
+
 def inject_move_failure() -> float:
     """Fail this fraction of shard moves (testing only). ``SGLANG_DCP_INJECT_MOVE_FAILURE=P``.
 

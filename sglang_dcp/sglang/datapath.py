@@ -61,6 +61,7 @@ class RankRuntime:
         self.seen_decode: dict[str, int] = {}  # rid -> decode_batch_idx at the last header
         self.guests: dict[str, GuestEntry] = {}
         self.landing: dict[int, tuple] = {}  # PD room -> (rid, receiver, aux): pd_landing.py
+        self.landing_held: dict[int, float] = {}  # failed PD room -> release deadline: pd_cleanup
         self.releases: list[str] = []
         self.moved_rows: dict[int, list[tuple[int, int]]] = {}  # req_pool_idx -> moved ranges
         # req_pool_idx -> (batch row, KV tokens) of the split requests decoded here this step:

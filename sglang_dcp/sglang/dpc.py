@@ -139,6 +139,7 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
         DcpFinished,
         DcpGenerateReq,
         DcpLand,
+        DcpLandDrop,
         DcpMigrate,
         DcpPlannerView,
         DcpShardReport,
@@ -171,10 +172,18 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
     policy = new_policy()
     tokenizer_ipc = controller.port_args.tokenizer_ipc_name
     sockets: dict[str, object] = {}
+    from sglang_dcp.sglang.pd_cleanup import LandingBook
+
+    landing = LandingBook()  # PD: requests landing over several ranks, until they end
+
+    def drop(rids: list[str], reason: str) -> None:  # their holders' receivers (pd_cleanup.py)
+        for rid in rids:
+            controller.send_control_message(DcpLandDrop(rid=rid, reason=reason))
 
     def send(rank: int, req, placement) -> None:
         if placement is not None and isinstance(req, TokenizedGenerateReqInput):
             if pd_decode and placement.degree > 1:  # its holders register too (pd_landing.py)
+                landing.landed(req.rid)
                 controller.send_control_message(DcpLand(
                     rid=req.rid, bootstrap_host=req.bootstrap_host or "",
                     bootstrap_port=int(req.bootstrap_port or 0),
@@ -224,6 +233,7 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
             message = "aborted while waiting for KV in the DP controller"
             answer(req, msg.finished_reason or {"type": "abort", "message": message}, message)
         controller.send_control_message(msg)  # what the DPC does with an abort otherwise
+        drop(landing.aborted(msg.rid or "", msg.abort_all), "aborted")
 
     inbox, inbox_address = _ledger_inbox(controller)
 
@@ -251,6 +261,7 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
     def on_finished(msg) -> None:
         dispatcher.finished(msg.rids)
         defrag.finished(msg.rids)
+        drop(landing.ended(msg.rids), "the request ended")
 
     controller.dcp_dispatcher, controller.dcp_defrag = dispatcher, defrag
     controller.dcp_books, controller.dcp_inbox = books, inbox

@@ -134,6 +134,14 @@ class DcpLand(BaseReq, kw_only=True):
         )
 
 
+class DcpLandDrop(BaseReq, kw_only=True):
+    """DP controller -> every scheduler (a control message) of a PD decode server: the landing
+    request ``rid`` ended (finished, failed or aborted); a receiver of it still waiting for KV
+    is aborted, its slots freed (``pd_cleanup.py``)."""
+
+    reason: str = ""
+
+
 def register_types() -> None:
     hook_custom_types(DcpFinished, DcpGenerateReq, DcpShardReport, DcpPlannerView, DcpMigrate,
-                      DcpPieces, DcpAdopt, DcpLand)
+                      DcpPieces, DcpAdopt, DcpLand, DcpLandDrop)

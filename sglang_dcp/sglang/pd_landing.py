@@ -23,6 +23,7 @@ request, the next header tells the holders to free their guest slots, as after a
 A holder's receiver is polled each header until the room concludes, then its metadata slot is
 freed; a failed room fails the request at its home (SGLang's path) and each holder frees its
 slots when its receiver reports the failure (the home's release then finds nothing to free).
+Aborts, a holder without room and a dead prefill server: ``pd_cleanup.py``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import logging
 import numpy as np
 
 from sglang_dcp import env
+from sglang_dcp.sglang import pd_cleanup
 from sglang_dcp.types import Placement
 
 logger = logging.getLogger(__name__)
@@ -81,10 +83,13 @@ def on_land(rt, scheduler, msg) -> None:
     from sglang_dcp.sglang.entries import GuestEntry
 
     n = sum(b - a for a, b in mine)
+    if env.inject_pd_landing_no_room() == msg.prompt_len:  # testing only
+        why = f"injected: {env.INJECT_PD_LANDING_NO_ROOM_VAR}"
+        pd_cleanup.no_room(rt, scheduler, msg, mine, n, why=why)
+        return
     slots = scheduler.token_to_kv_pool_allocator.alloc(n)
     if slots is None:  # the planner booked it: SGLang's pool disagrees with its books
-        logger.error("sglang_dcp: PD landing of %s: no %d free KV slots on rank %d for %s",
-                     p.rid, n, rt.rank, mine)  # fmt: skip
+        pd_cleanup.no_room(rt, scheduler, msg, mine, n)
         return
     rt.guests[p.rid] = GuestEntry(p.home_rank, mine, slots)
     q = scheduler.disagg_decode_prealloc_queue
@@ -115,19 +120,11 @@ def poll(rt) -> None:
         state = receiver.poll()
         if state not in (KVPoll.Success, KVPoll.Failed):
             continue
+        if state == KVPoll.Failed and not pd_cleanup.release_failed(rt, room, rid, receiver):
+            continue  # the prefill may still write into its slots (the home's release skips it)
         del rt.landing[room]
+        q.metadata_buffers.bootstrap_room[aux] = 0  # as SGLang before the next owner polls
         q.req_to_metadata_buffer_idx_allocator.free(aux)
-        if state == KVPoll.Failed:  # the home fails the request (its release finds no guest)
-            with receiver.kv_mgr.failure_lock:
-                reason = receiver.kv_mgr.failure_records.pop(room, "see the prefill server's log")
-            g = rt.guests.pop(rid, None)
-            if g is not None:
-                from sglang_dcp.sglang.shipping import free_guest
-
-                free_guest(rt.scheduler.token_to_kv_pool_allocator, g)
-            logger.warning("sglang_dcp: PD landing of %s on rank %d failed (%s); its %d guest "
-                           "slots are free", rid, rt.rank, reason,
-                           0 if g is None else g.slots.numel())  # fmt: skip
         receiver.clear()
 
 
@@ -184,6 +181,9 @@ def around_transfer_page_indices(original, self, decode_req, kv_indices, page_si
             if s.rank != p.home_rank:
                 out[s.start : s.end] = -1
         decode_req.kv_receiver.required_dst_info_num = num_destinations(p)
+        delay = env.inject_pd_landing_delay()
+        if delay is not None and delay[0] == len(req.origin_input_ids):  # testing only
+            out[0] = pd_cleanup.delay_marker(delay[1])  # position 0 is a holder's, never sent
     return out
 
 
@@ -198,6 +198,9 @@ def around_send_kvcache(original, self, mooncake_session_id, prefill_kv_indices,
         logger.warning("sglang_dcp: PD prefill: injected transfer failure to %s",
                        mooncake_session_id)  # fmt: skip
         return 1
+    delay = pd_cleanup.marked_delay(dst_kv_indices)  # SGLANG_DCP_INJECT_PD_LANDING_DELAY
+    if delay and pd_cleanup.hold_send(self, mooncake_session_id, dst_kv_indices, delay):
+        return 0  # the room failed meanwhile: nothing written to this destination
     keep = dst_kv_indices >= 0
     if not keep.all():
         logger.info("sglang_dcp: PD prefill sends %s %d of %d positions (its range)",

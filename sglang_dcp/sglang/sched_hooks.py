@@ -42,7 +42,8 @@ def _listen_for_migrations(scheduler, rt: RankRuntime) -> None:
     from sglang.utils import TypeBasedDispatcher
 
     from sglang_dcp.planner.base import Migration
-    from sglang_dcp.sglang.messages import DcpLand, DcpMigrate
+    from sglang_dcp.sglang.messages import DcpLand, DcpLandDrop, DcpMigrate
+    from sglang_dcp.sglang.pd_cleanup import on_drop
 
     def on_migrate(msg) -> None:
         moves = [Migration(str(r), *map(int, rest)) for r, *rest in msg.moves or ()]
@@ -52,7 +53,8 @@ def _listen_for_migrations(scheduler, rt: RankRuntime) -> None:
         pd_landing.on_land(rt, scheduler, msg)
 
     scheduler._request_dispatcher += TypeBasedDispatcher(
-        [(DcpMigrate, on_migrate), (DcpLand, on_land)]
+        [(DcpMigrate, on_migrate), (DcpLand, on_land),
+         (DcpLandDrop, lambda msg: on_drop(rt, scheduler, msg))]
     )
 
 

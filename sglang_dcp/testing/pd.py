@@ -42,11 +42,11 @@ class PdRouterProcess(ServerProcess):
     module = "sglang_dcp.launch_router"
 
     def __init__(self, prefill_url: str, bootstrap_port: int, decode_url: str, log_path: str,
-                 *, startup_timeout: float = 180.0) -> None:  # fmt: skip
+                 *, extra: tuple[str, ...] = (), startup_timeout: float = 180.0) -> None:  # fmt: skip
         prometheus = free_low_port(avoid=0)
         super().__init__(
             ["--pd-disaggregation", "--prefill", prefill_url, str(bootstrap_port),
-             "--decode", decode_url, "--prometheus-port", str(prometheus)],
+             "--decode", decode_url, "--prometheus-port", str(prometheus), *extra],
             log_path, port=free_low_port(avoid=prometheus), startup_timeout=startup_timeout,
         )  # fmt: skip
 
@@ -56,7 +56,8 @@ class PdRouterProcess(ServerProcess):
 
 
 def start_trio(launch_server, prefill: list[str], decode: list[str], bootstrap_port: int,
-               router_log: str, *, prefill_env=None, decode_env=None):  # fmt: skip
+               router_log: str, *, prefill_env=None, decode_env=None,
+               router_extra: tuple[str, ...] = ()):  # fmt: skip
     """Start the two servers at once (each loads for minutes on a busy CPU), then the router in
     PD mode; returns ``(prefill, decode, router)``. ``launch_server(args, env=...)`` is the
     pytest plugin's fixture (it stops the servers); stop the router yourself."""
@@ -73,6 +74,6 @@ def start_trio(launch_server, prefill: list[str], decode: list[str], bootstrap_p
         t.join()
     assert set(started) == {"prefill", "decode"}, "a server failed to start (see its log)"
     router = PdRouterProcess(started["prefill"].url, bootstrap_port, started["decode"].url,
-                             router_log)  # fmt: skip
+                             router_log, extra=router_extra)  # fmt: skip
     router.start()
     return started["prefill"], started["decode"], router

@@ -8,22 +8,29 @@ lands straight in its shards on 3+ decode ranks and equals HF (``sglang/pd_landi
 ``sglang/pd_admission.py``); after the requests every rank of both servers is back to 0 used KV
 tokens.
 
+Failures (``sglang/pd_cleanup.py``, fault switches in the servers' env): a failed transfer to
+one holder, an abort and a client going away mid-transfer, a holder without room, and last (it
+restarts it) the prefill server killed mid-transfer; each frees every rank's KV.
+
 4 decode DP ranks: on CPU SGLang padded their KV heads to the TP size (4) while the 1-rank
 prefill kept 2, so the prompt's KV landed at the wrong offsets (``sglang/pd_heads.py``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
 import urllib.error
+import urllib.request
 from contextlib import contextmanager
 
 import pytest
 from hf_reference import hf_greedy, prompts
 
 from sglang_dcp.testing.pd import decode_args, prefill_args, start_trio
+from sglang_dcp.testing.pd_faults import Disconnecting, books, mid_transfer, post, retry_post
 from sglang_dcp.testing.server import free_low_port
 from sglang_dcp.testing.usage import KvUsageSampler
 
@@ -39,7 +46,16 @@ NEW = 8
 LONG = 2 * DECODE_POOL + 200  # over two decode ranks' pools: it lands on 3 or more
 MOST = 3 * DECODE_POOL + 400  # 85% of the decode cluster's KV (with its new tokens)
 FAIL_LEN = LONG + 76  # prompts of this length: the transfer to their first holder fails
-DECODE_ENV = {"SGLANG_DCP_INJECT_PD_LANDING_FAILURE": str(FAIL_LEN)}
+DELAY_LEN = LONG + 40  # ... the prefill holds their transfer (up to 120 s, until the room fails)
+NO_ROOM_LEN = LONG + 112  # ... their holders find no free KV slots
+DECODE_ENV = {"SGLANG_DCP_INJECT_PD_LANDING_FAILURE": str(FAIL_LEN),
+              "SGLANG_DCP_INJECT_PD_LANDING_DELAY": f"{DELAY_LEN}@120",
+              "SGLANG_DCP_INJECT_PD_LANDING_NO_ROOM": str(NO_ROOM_LEN),
+              # a dead prefill server: found by SGLang's heartbeat (2 misses 2 s apart), a
+              # room's pages held for its drain ack at most 10 s
+              "SGLANG_DISAGGREGATION_HEARTBEAT_INTERVAL": "2",
+              "SGLANG_DISAGGREGATION_HEARTBEAT_MAX_FAILURE": "2",
+              "SGLANG_DISAGGREGATION_DEFERRED_DECODE_KV_RELEASE_TIMEOUT": "10"}  # fmt: skip
 # SGLang's prefill blacklists a decode session after one failed transfer; its probe readmits it
 PREFILL_ENV = {"SGLANG_ENABLE_FAILED_SESSION_PROBE": "1",
                "SGLANG_FAILED_SESSION_PROBE_INTERVAL_S": "1"}  # fmt: skip
@@ -57,10 +73,13 @@ def pd_trio(launch_server, model_path: str, tmp_path_factory, decode_env: dict[s
     bootstrap = free_low_port(avoid=0)
     t0 = time.monotonic()
     log = os.path.join(tmp_path_factory.mktemp("pd-router"), "router.log")
+    # one answer per request (smg would retry a failed one on a new room) and no circuit
+    # breaker: the tests fail requests on purpose and read each failure's own answer
     prefill, decode, router = start_trio(
         launch_server, prefill_args(model_path, bootstrap, POOL),
         decode_args(model_path, DECODE_DP, DECODE_POOL), bootstrap, log,
         prefill_env=PREFILL_ENV, decode_env=decode_env,
+        router_extra=("--disable-retries", "--disable-circuit-breaker"),
     )  # fmt: skip
     print(f"PD trio up in {time.monotonic() - t0:.0f} s")
     try:
@@ -163,16 +182,99 @@ def test_a_failed_transfer_to_one_holder_fails_the_request_and_frees_every_rank(
         assert out["output_ids"] == hf_greedy(tiny_model_path, ids, n)
 
 
-def _wait_drained(prefill, decode) -> list[int]:
-    deadline = time.monotonic() + 60
+def _wait_drained(*servers, timeout: float = 60) -> list[int]:
+    deadline = time.monotonic() + timeout
     while True:
-        used = [r["num_used_tokens"] for s in (prefill, decode) for r in s.get("/v1/loads")["loads"]]
+        used = [r["num_used_tokens"] for s in servers for r in s.get("/v1/loads")["loads"]]
         if not any(used) or time.monotonic() > deadline:
             return used
         time.sleep(1)
+
+
+def _body(ids: list[int]) -> dict:
+    return {"input_ids": ids, "sampling_params": {"max_new_tokens": NEW, "temperature": 0}}
+
+
+def test_an_abort_mid_transfer_frees_every_rank_and_the_planners_books(trio, tiny_model_path):
+    """Item 4: ``/abort_request`` to the decode server while the prompt's KV is in flight to
+    its 3 ranks: the request ends with an error, every rank of both servers frees its KV, each
+    decode rank's books (the planner's) equal what it holds, the next request is served."""
+    prefill, decode, router = trio
+    body = _body(prompts(seed=26, count=1, lengths=(DELAY_LEN,))[0])
+    rid, t, out = mid_transfer(prefill, decode, lambda out: post(router, body, out))
+    t0 = time.monotonic()
+    req = urllib.request.Request(decode.url + "/abort_request",
+                                 data=json.dumps({"rid": rid}).encode(),
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    urllib.request.urlopen(req, timeout=30).close()
+    t.join(timeout=120)
+    print(f"the aborted request answered {out.get('code')}: {out.get('text', '')[:300]}")
+    assert out.get("code", 0) >= 400 or "abort" in out.get("text", ""), out
+    assert _wait_drained(prefill, decode) == [0] * (1 + DECODE_DP), "KV left after the abort"
+    print(f"every rank back to 0 used KV tokens {time.monotonic() - t0:.1f} s after the abort")
+    assert books(decode) == [(0, 0, 0, 0)] * DECODE_DP
+    ids = prompts(seed=24, count=1, lengths=(LONG,))[0]
+    out = router.post("/generate", {"input_ids": ids, "sampling_params": {
+        "max_new_tokens": 4, "temperature": 0, "ignore_eos": True}}, timeout=600)  # fmt: skip
+    assert out["output_ids"] == hf_greedy(tiny_model_path, ids, 4)
+
+
+def test_a_client_going_away_mid_transfer_frees_every_rank(trio):
+    """Item 4: the client closes its connection to the router while the prompt's KV is in
+    flight: the router drops both servers' requests, each server aborts on the disconnect,
+    every rank frees its KV and each decode rank's books equal what it holds."""
+    prefill, decode, router = trio
+    client = Disconnecting(router, _body(prompts(seed=29, count=1, lengths=(DELAY_LEN,))[0]))
+    _, t, _ = mid_transfer(prefill, decode, client)
+    t0 = time.monotonic()
+    client.close()
+    t.join(timeout=30)
+    assert _wait_drained(prefill, decode) == [0] * (1 + DECODE_DP), "KV left after going away"
+    print(f"every rank back to 0 used KV tokens {time.monotonic() - t0:.1f} s after it went")
+    assert books(decode) == [(0, 0, 0, 0)] * DECODE_DP
+
+
+def test_a_holder_without_room_fails_the_request_at_once_with_the_reason(trio, tiny_model_path):
+    """Item 4: a holder cannot allocate its range (fault switch): a 503 naming it, promptly,
+    and every rank frees its KV."""
+    prefill, decode, router = trio
+    out: dict = {}
+    t0 = time.monotonic()
+    post(router, _body(prompts(seed=27, count=1, lengths=(NO_ROOM_LEN,))[0]), out)
+    print(f"no room answered {out['code']} in {time.monotonic() - t0:.1f} s: {out['text'][:300]}")
+    assert out["code"] >= 500, out
+    assert re.search(r"could not allocate the \d+ KV slots", out["text"]), out
+    assert _wait_drained(prefill, decode) == [0] * (1 + DECODE_DP), "KV left after no room"
+    assert books(decode) == [(0, 0, 0, 0)] * DECODE_DP
 
 
 def test_every_rank_of_both_servers_back_to_zero(trio):
     prefill, decode, _ = trio
     used = _wait_drained(prefill, decode)
     assert used == [0] * (1 + DECODE_DP), used
+
+
+def test_the_prefill_server_dying_mid_transfer_frees_every_decode_rank(trio, tiny_model_path):
+    """Item 4, last (it restarts the prefill server): the prefill server is killed while a
+    prompt's KV is in flight to 3 decode ranks: the request fails through the router, every
+    decode rank (holders included) returns to 0 used KV tokens, the planner's books too, and
+    the restarted prefill server serves the next requests."""
+    prefill, decode, router = trio
+    body = _body(prompts(seed=28, count=1, lengths=(DELAY_LEN,))[0])
+    _, t, out = mid_transfer(prefill, decode, lambda out: post(router, body, out))
+    t0 = time.monotonic()
+    prefill.kill()
+    t.join(timeout=120)
+    print(f"the request answered {out.get('code')}: {out.get('text', '')[:300]}")
+    assert out.get("code", 0) >= 500, out
+    assert _wait_drained(decode, timeout=90) == [0] * DECODE_DP, "decode KV left"
+    print(f"every decode rank back to 0 used KV tokens {time.monotonic() - t0:.1f} s after kill")
+    assert books(decode) == [(0, 0, 0, 0)] * DECODE_DP
+    t0 = time.monotonic()
+    prefill.start()
+    print(f"prefill server restarted in {time.monotonic() - t0:.0f} s")
+    for ids, n in ((PROMPTS[0], 4), (prompts(seed=24, count=1, lengths=(LONG,))[0], 4)):
+        out = retry_post(router, {"input_ids": ids, "sampling_params": {
+            "max_new_tokens": n, "temperature": 0, "ignore_eos": True}})  # fmt: skip
+        assert out["output_ids"] == hf_greedy(tiny_model_path, ids, n)
+    assert _wait_drained(prefill, decode) == [0] * (1 + DECODE_DP)
