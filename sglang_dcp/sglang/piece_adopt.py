@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from sglang_dcp.sglang.layout import KvLayout
 from sglang_dcp.sglang.radix_pieces import of_runtime
 
 
@@ -73,7 +74,7 @@ def on_adopt(rt, msg) -> None:
     if ranges:
         from sglang_dcp.sglang.entries import GuestEntry
 
-        rt.guests[msg.rid] = GuestEntry(home, ranges, torch.cat(slots))
+        rt.guests[msg.rid] = GuestEntry.new(msg.rid, home, rt.rank, ranges, torch.cat(slots))
     if rt.rank != home:
         return
     prefix = None
@@ -157,11 +158,8 @@ def start(rt, req, h) -> None:
     ad = getattr(rt, "adoptions", {}).pop(req.rid, None)
     if ad is None or not ad.cached:
         return
-    h.moved = list(ad.away)
-    h.offered = max(h.offered, ad.cached)
-    if ad.away:
-        rt.moved_rows[int(req.kv.req_pool_idx)] = sorted((a, b) for _, a, b in ad.away)
-    if h.offered >= req.dcp.shards[-1].start:  # nothing of its head left to ship: report it
+    h.layout = KvLayout.of(req.dcp, ad.away, offered=max(h.layout.offered, ad.cached))
+    if h.layout.offered >= h.layout.sealed_end:  # nothing of its head left to ship: report it
         rt.ledger.layout(req.rid, rt.home)  # (meta_info["dcp"], the planner's prefill booking)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from sglang_dcp.sglang import ledger, pd_landing
 from sglang_dcp.sglang.datapath import RankRuntime, runtime
-from sglang_dcp.sglang.step import subtract
+from sglang_dcp.sglang.layout import subtract
 
 
 def after_init_request_dispatcher(result, self, *args, **kwargs):
@@ -146,17 +146,16 @@ def around_release_kv_cache(original, req, tree_cache, *args, **kwargs):
         return original(req, tree_cache, *args, **kwargs)
     from sglang_dcp.sglang import piece_release
 
-    idx = req.kv.req_pool_idx
     kept = piece_release.home_ranges(rt, req)  # a finished request's own ranges stay cached
     if kept:
-        rt.moved_rows[idx] = sorted([*rt.moved_rows.get(idx, ()), *kept])
+        h = rt.home[req.rid]
+        h.layout = h.layout.with_kept(kept)  # its row skips them (KvLayout.skip_rows)
         piece_release.keep_home(rt, req, kept)
     piece_release.report(rt, req, kept)
     try:
         return original(req, tree_cache, is_insert=False)
     finally:
-        rt.moved_rows.pop(idx, None)
-        rt.released(req)
+        rt.released(req)  # the home entry, with its skipped rows, goes
 
 
 def around_check_full_pool(original, self, ps, uncached=0, *args, **kwargs):

@@ -57,7 +57,7 @@ def _case(rank, world_size, group, missing):
     if rank != 0:
         g = rt.guests.get("t2")
         if mine < run:
-            assert g is not None and g.home == 0 and g.ranges == [(a, b)]
+            assert g is not None and g.home == 0 and g.layout.held(rank) == [(a, b)]
             assert torch.equal(g.slots, slots.to(g.slots.dtype)), "adopted slots changed"
         else:
             assert g is None

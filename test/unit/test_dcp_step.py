@@ -8,14 +8,8 @@ from hypothesis import given, settings
 
 from sglang_dcp.exchange.route import part_ranks, tokens_on
 from sglang_dcp.planner.base import Migration
-from sglang_dcp.sglang.step import (
-    Decoding,
-    RankNews,
-    plan_step,
-    reassign,
-    runtime_shards,
-    subtract,
-)
+from sglang_dcp.sglang.layout import reassign, runtime_shards, subtract
+from sglang_dcp.sglang.step import Decoding, RankNews, plan_step
 from sglang_dcp.types import Placement, Shard
 
 
@@ -147,7 +141,7 @@ def test_where_now_equals_the_moves_applied_in_order():
     (a range migrated again), both equal applying every move in order with ``reassign``."""
     import random
 
-    from sglang_dcp.sglang.step import reassign, where_now
+    from sglang_dcp.sglang.layout import reassign, where_now
 
     def applied(home, moved, n):
         out = ((home, 0, n),) if n else ()
@@ -177,11 +171,14 @@ def test_a_home_entry_caches_its_layout_while_only_the_tail_grows():
     from sglang_dcp.sglang.entries import HomeEntry
 
     p = placement(0, [(1, 0, 64), (2, 64, 128)], 128, 200)
-    h = HomeEntry(SimpleNamespace(dcp=p), moved=[(1, 0, 64)])
+    h = HomeEntry(SimpleNamespace(dcp=p))
+    h.layout = h.layout.with_move(1, 0, 64)
     for n in (130, 131, 150):
-        assert h.shards_at(n) == runtime_shards(p, h.moved, n)
-    h.moved.append((2, 64, 128))  # another move: the cache is rebuilt
-    assert h.shards_at(151) == runtime_shards(p, h.moved, 151) == ((1, 0, 64), (2, 64, 128),
+        assert h.shards_at(n) == runtime_shards(p, h.layout.moved, n)
+    h.layout = h.layout.with_offered(128)  # not a move: the cache stays
+    assert h.shards_at(150) == ((1, 0, 64), (0, 64, 150))
+    h.layout = h.layout.with_move(2, 64, 128)  # another move: the cache is rebuilt
+    assert h.shards_at(151) == runtime_shards(p, h.layout.moved, 151) == ((1, 0, 64), (2, 64, 128),
                                                                     (0, 128, 151))  # fmt: skip
     with pytest.raises(ValueError, match="sealed shards end at 128"):
         h.shards_at(100)  # as runtime_shards: fewer tokens than the sealed shards
