@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from sglang_dcp.sglang.rank_stats import stats
+from sglang_dcp.sglang import context
+from sglang_dcp.sglang.context import stats
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +37,6 @@ class LayerCursor:
     next_layer: int = 0
     done_layer: int = -1
     exchange_s: float = 0.0
-
-
-def current_step():
-    from sglang_dcp.sglang.datapath import current_step as cs
-
-    return cs()
 
 
 class MetadataCalls:
@@ -124,7 +119,7 @@ class MetadataCalls:
             self.current_ex.clear(bucket_of(capturing_variant()))
             self._capture = LayerCursor()
             return fb
-        step = current_step()
+        step = context.current_step()
         if step is None or not step.active:
             return fb
         ex = self.load(step)

@@ -33,7 +33,7 @@ from sglang_dcp.sglang import ledger, overlap, piece_release, shipping
 from sglang_dcp.sglang.entries import GuestEntry, HomeEntry
 from sglang_dcp.sglang.header import gather_news
 from sglang_dcp.sglang.migration import MAX_PER_STEP, Migrations
-from sglang_dcp.sglang.rank_stats import stats
+from sglang_dcp.sglang.context import stats
 from sglang_dcp.sglang.prefill_shards import away_pieces
 from sglang_dcp.sglang.step import Decoding, RankNews, plan_step
 from sglang_dcp.sglang.step_build import (
@@ -272,28 +272,3 @@ class RankRuntime:
         g = self.guests.pop(rid, None)
         if g is not None and not piece_release.keep_guest(self, rid, g):  # pieces stay cached
             shipping.free_guest(self.scheduler.token_to_kv_pool_allocator, g)
-
-
-# ---- the process's runtime -----------------------------------------------------------------
-
-
-def runtime() -> RankRuntime | None:
-    """This process's rank runtime (``context.RankContext.runtime``; ``None`` before the
-    scheduler has its pools, and in processes that are not schedulers)."""
-    from sglang_dcp.sglang.context import ctx
-
-    return ctx().runtime
-
-
-def current_step() -> DcpStep | None:
-    """The step the next forward belongs to (``None``: no exchange).
-
-    A process-wide slot, not a ``ForwardBatch`` field: SGLang's runners rebuild the
-    ``ForwardBatch`` from static buffers before the model runs (``eager_runner.load_batch``,
-    the CUDA-graph runners), dropping extra attributes. Planning (the header) and launching a
-    forward alternate on the scheduler thread, with overlap scheduling on or off: the header of
-    step N+1 runs after step N's forward was launched (its host side, which reads this slot,
-    has returned), so the slot always holds the step being launched.
-    """
-    rt = runtime()
-    return None if rt is None else rt.step

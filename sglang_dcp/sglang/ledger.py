@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sglang_dcp.sglang.rank_stats import stats
+from sglang_dcp.sglang.context import stats
 from sglang_dcp.sglang.layout import KvLayout
 from sglang_dcp.types import Placement, Shard
 

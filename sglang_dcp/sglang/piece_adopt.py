@@ -137,7 +137,7 @@ def hold(rt, recv_req) -> bool:
 def after_init_next_round_input(result, self, tree_cache=None, *args, **kwargs):
     """``Req.init_next_round_input(tree_cache)`` (schedule_batch.py:1581): a request that
     adopted pieces matches its adopted prefix (its first prefill only)."""
-    from sglang_dcp.sglang.datapath import runtime
+    from sglang_dcp.sglang.context import runtime
 
     rt = runtime()
     if tree_cache is None or rt is None or not getattr(rt, "adoptions", None):

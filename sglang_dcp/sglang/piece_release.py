@@ -96,7 +96,7 @@ def flush_evictions(rt) -> None:
     pc = getattr(rt, "piece_cache", None)
     if pc is None:
         return
-    from sglang_dcp.sglang.rank_stats import stats
+    from sglang_dcp.sglang.context import stats
 
     stats().piece_kv_tokens = pc.tokens
     if pc.evicted:

@@ -105,7 +105,7 @@ def around_pending_chunked_abort(original, self, *args, **kwargs):
     piece failed to move ends as SGLang ends an aborted chunked request, with our reason."""
     from sglang_dcp.sglang.context import ctx
 
-    rt = ctx().runtime  # (not datapath.runtime: datapath imports this module)
+    rt = ctx().runtime
     req = self._pending_chunked_abort_req
     reason = rt.prefill_failed.pop(req.rid, None) if rt is not None and req is not None else None
     if reason is None or self.chunked_req is not req:

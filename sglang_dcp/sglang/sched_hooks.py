@@ -14,7 +14,8 @@ call sites to this rank's ``datapath.RankRuntime``.
 from __future__ import annotations
 
 from sglang_dcp.sglang import ledger, pd_landing
-from sglang_dcp.sglang.datapath import RankRuntime, runtime
+from sglang_dcp.sglang.context import runtime
+from sglang_dcp.sglang.datapath import RankRuntime
 from sglang_dcp.sglang.layout import subtract
 
 

@@ -15,7 +15,7 @@ import torch
 from sglang_dcp import env
 from sglang_dcp.planner.base import Migration
 from sglang_dcp.sglang.mla import pool_layers
-from sglang_dcp.sglang.rank_stats import stats
+from sglang_dcp.sglang.context import stats
 from sglang_dcp.sglang.layout import subtract
 from sglang_dcp.sglang.tree_prefix import keep, protected, rejoin
 

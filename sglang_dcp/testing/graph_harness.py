@@ -82,7 +82,7 @@ def _run_rank(rank, num_ranks, init_method, dist_backend, steps, seed, capacity,
     from sglang_dcp.exchange.route import part_ranks
     from sglang_dcp.exchange.spawn import init_rank
     from sglang_dcp.exchange.wire import capacity_buckets
-    from sglang_dcp.sglang import backend, datapath, graphs
+    from sglang_dcp.sglang import backend, context, graphs
     from sglang_dcp.sglang.options import DcpOptions
     from sglang_dcp.sglang.step import StepPlan
     from sglang_dcp.sglang.step_build import build_step
@@ -108,8 +108,8 @@ def _run_rank(rank, num_ranks, init_method, dist_backend, steps, seed, capacity,
 
     ctx().backend = be
     state = SimpleNamespace(step=None, variant=None)
-    backend.current_step = datapath.current_step = lambda: state.step
-    backend.step_comm = lambda: comm
+    context.current_step = lambda: state.step  # the backend's metadata calls and layers read it
+    context.step_comm = lambda: comm
     graphs.capturing_variant = lambda: state.variant
     finish = backend.around_stage_finish
 

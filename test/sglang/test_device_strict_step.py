@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from sglang_dcp.sglang import backend, datapath
+from sglang_dcp.sglang import context
 from sglang_dcp.sglang.step import RankNews, plan_step
 from sglang_dcp.testing.device_guard import DeviceGuard, DeviceMixError, HostSyncError
 from sglang_dcp.testing.step_rank import make_rank
@@ -16,8 +16,7 @@ from sglang_dcp.testing.step_rank import make_rank
 @pytest.fixture
 def step_state(monkeypatch):
     state = {"step": None}
-    for module in (backend, datapath):  # backend_meta reads datapath's
-        monkeypatch.setattr(module, "current_step", lambda: state["step"])
+    monkeypatch.setattr(context, "current_step", lambda: state["step"])
     return state
 
 

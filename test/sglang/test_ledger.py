@@ -88,7 +88,7 @@ def test_reports_wait_for_the_inbox_then_go_in_order(monkeypatch):
     first = sent[0][1]
     assert first.sealed == [[[1, 0, 1024], [0, 1024, 2048]]]
     assert (first.dcp_rank, first.moves_done, first.moves_failed) == (0, 1, 1)
-    s = rank_stats.stats()
+    s = context.stats()
     assert (s.planner_kv_tokens, s.planner_guest_kv_tokens) == (7, 0)
     ship(rl, new_req(), {1: True, 2: True})
     assert sent[-1][0] == "tcp://dpc:1"  # known inbox: sent at once
