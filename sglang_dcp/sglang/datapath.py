@@ -35,14 +35,16 @@ from sglang_dcp.sglang.header import gather_news
 from sglang_dcp.sglang.migration import MAX_PER_STEP, Migrations
 from sglang_dcp.sglang.context import stats
 from sglang_dcp.sglang.prefill_shards import away_pieces
+from sglang_dcp.sglang.runtime_api import RuntimeApi
 from sglang_dcp.sglang.step import Decoding, RankNews, plan_step
 from sglang_dcp.sglang.step_build import (
     DcpStep, check_against_batch, decodes_now, kv_len, rank_step,
 )  # fmt: skip
 
 
-class RankRuntime:
-    """DCP state of one scheduler (DP rank)."""
+class RankRuntime(RuntimeApi):
+    """DCP state of one scheduler (DP rank); mutated by the data path only, the others call
+    ``runtime_api.RuntimeApi``'s methods."""
 
     def __init__(self, scheduler) -> None:
         from sglang.srt.runtime_context import get_parallel

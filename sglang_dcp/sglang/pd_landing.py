@@ -86,7 +86,7 @@ def on_land(rt, scheduler, msg) -> None:
         logger.error("sglang_dcp: PD landing of %s: no %d free KV slots on rank %d for %s",
                      p.rid, n, rt.rank, mine)  # fmt: skip
         return
-    rt.guests[p.rid] = GuestEntry.new(p.rid, p.home_rank, rt.rank, mine, slots)
+    rt.add_guest(p.rid, GuestEntry.new(p.rid, p.home_rank, rt.rank, mine, slots))
     q = scheduler.disagg_decode_prealloc_queue
     addr = f"{msg.bootstrap_host}:{msg.bootstrap_port}"
     q.kv_manager.try_ensure_parallel_info(addr)
@@ -120,7 +120,7 @@ def poll(rt) -> None:
         if state == KVPoll.Failed:  # the home fails the request (its release finds no guest)
             with receiver.kv_mgr.failure_lock:
                 reason = receiver.kv_mgr.failure_records.pop(room, "see the prefill server's log")
-            g = rt.guests.pop(rid, None)
+            g = rt.drop_guest(rid)
             if g is not None:
                 from sglang_dcp.sglang.shipping import free_guest
 
@@ -144,7 +144,6 @@ def around_alloc_for_decode_prealloc(original, self, allocator, **kwargs):
     import torch
 
     from sglang_dcp.sglang.context import ctx
-    from sglang_dcp.sglang.entries import HomeEntry
     from sglang_dcp.sglang.layout import KvLayout
 
     fill_len, prefix_len = kwargs["fill_len"], kwargs["prefix_len"]
@@ -167,8 +166,7 @@ def around_alloc_for_decode_prealloc(original, self, allocator, **kwargs):
         kv_loc[a:b] = own[pos : pos + b - a]
         pos += b - a
     away = [(s.rank, s.start, s.end) for s in p.shards if s.rank != p.home_rank]
-    lay = KvLayout.of(p, away, offered=p.shards[-1].start)  # its row skips the away ranges
-    rt.home[req.rid] = HomeEntry(req, lay, shipped=True)
+    rt.land(req, KvLayout.of(p, away, offered=p.shards[-1].start))  # its row skips them
     rt.ledger.layout(req.rid, rt.home)  # the planner's books and meta_info: where it lands
     return kv_loc
 

@@ -71,7 +71,8 @@ def around_handle_generate_request(original, self, recv_req, *args, **kwargs):
 
     if piece_adopt.hold(rt, recv_req):  # placed on cached pieces: after their DcpAdopt
         return None
-    p = rt.incoming[recv_req.rid] = recv_req.placement()
+    p = recv_req.placement()
+    rt.expect(recv_req.rid, p)
     try:
         with lifted_limits(self, p, len(recv_req.input_ids or ())):
             return original(self, recv_req, *args, **kwargs)
@@ -94,8 +95,7 @@ def around_prepare_mlp_sync(original, local_batch, *args, **kwargs):
     if rt is None:
         return original(local_batch, *args, **kwargs)
     model_runner = kwargs.get("model_runner", args[0] if args else None)
-    rt.model_runner = model_runner
-    rt.step = None
+    rt.begin_header(model_runner)
     if rt.landing:
         pd_landing.poll(rt)
     news, decoding_reqs = rt.before_sync(local_batch, model_runner)
@@ -114,7 +114,7 @@ def around_prepare_mlp_sync(original, local_batch, *args, **kwargs):
 
         if needs_eager(step):  # rounds, or more split rows than the static buffers: eager on
             batch.can_run_decode_cuda_graph = False  # every rank (the step is the same)
-    rt.step = step
+    rt.set_step(step)
     return batch
 
 
@@ -149,8 +149,7 @@ def around_release_kv_cache(original, req, tree_cache, *args, **kwargs):
 
     kept = piece_release.home_ranges(rt, req)  # a finished request's own ranges stay cached
     if kept:
-        h = rt.home[req.rid]
-        h.layout = h.layout.with_kept(kept)  # its row skips them (KvLayout.skip_rows)
+        rt.set_layout(req.rid, rt.home[req.rid].layout.with_kept(kept))  # its row skips them
         piece_release.keep_home(rt, req, kept)
     piece_release.report(rt, req, kept)
     try:

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import torch
 
 from sglang_dcp.sglang import context, piece_adopt
+from sglang_dcp.sglang.datapath import RankRuntime
 from sglang_dcp.sglang.entries import HomeEntry
 from sglang_dcp.types import Placement, Shard
 
@@ -17,8 +18,9 @@ def _setup():
     req = SimpleNamespace(rid="t2", dcp=p, prefix_indices=torch.empty(0, dtype=torch.int64),
                           is_retracted=False, kv=SimpleNamespace(req_pool_idx=3))  # fmt: skip
     reports = []
-    rt = SimpleNamespace(split_reqs={"t2": req}, home={},
-                         ledger=SimpleNamespace(layout=lambda rid, home: reports.append(rid)))
+    rt = object.__new__(RankRuntime)  # the runtime's state this path reads
+    rt.split_reqs, rt.home = {"t2": req}, {}
+    rt.ledger = SimpleNamespace(layout=lambda rid, home: reports.append(rid))
     prefix = torch.zeros(150, dtype=torch.int64)
     prefix[128:] = torch.arange(500, 522)
     rt.adoptions = {"t2": piece_adopt.Adoption(150, [(1, 0, 64), (2, 64, 128)], prefix)}
