@@ -182,8 +182,7 @@ class MetadataCalls:
         if step.num_rows > ex.shape.max_local:  # eager (needs_eager): a one-off bigger set
             ex = self._overflow(step.num_rows)  # freed once the next step replaces it
         self.current_ex = ex
-        prev = step.reuses
-        if prev is not None and ex.loaded_route is prev.route:
+        if step.reuses_route is not None and ex.loaded_route is step.reuses_route:
             ex.reload_local(step.route, tag=step.tag)  # only the home tails grew
         else:
             ex.load(step.route, rounds=step.rounds, tag=step.tag, row_keys=step.row_keys,

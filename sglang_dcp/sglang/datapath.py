@@ -193,10 +193,7 @@ class RankRuntime(RuntimeApi):
             decoded = [True] * self.num_ranks
         hs.remember(plan, decoded)
         self._refresh_gauges()
-        step = self.step_for(plan, predicted=not gathered, decoded=decoded)
-        if step is not None:
-            step.batch_rows = tuple(self.batch_rows[k] for k in step.row_keys)
-        return step
+        return self.step_for(plan, predicted=not gathered, decoded=decoded)
 
     def step_for(self, plan, *, predicted: bool, decoded: list[bool]) -> DcpStep | None:
         """This rank's step of ``plan`` (``step_build.rank_step``)."""

@@ -19,6 +19,7 @@ like it, it builds static ``kv_indptr``/``kv_indices`` from ``req_to_token`` and
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace
 
 import torch
@@ -203,8 +204,7 @@ def _run_rank(rank, num_ranks, init_method, dist_backend, steps, seed, capacity,
                               guest_slots=guest_slots,
                               req_to_token=runner.req_to_token_pool.req_to_token,
                               capacity=capacity, tag=tag)  # fmt: skip
-            step.batch_rows = tuple(rows[k] for k in step.row_keys)  # as the header sets it
-            return step
+            return replace(step, batch_rows=tuple(rows[k] for k in step.row_keys))  # the header's
 
         # eager (eager_runner._execute_decode); an idle rank only reaches StageBoundary.finish
         state.step = mk_step(2 * i + 1)

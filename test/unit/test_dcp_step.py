@@ -200,7 +200,7 @@ def test_a_predicted_step_reuses_the_route_and_equals_a_rebuilt_one():
             for i, rid in enumerate(("a", "b"), start=1)}  # fmt: skip
     guests = {"g": SimpleNamespace(slots=torch.arange(64) + 7)}
     rt = SimpleNamespace(rank=rank, num_ranks=W, prev_step=None, num_steps=0, home=home,
-                         guests=guests, capacity=16,
+                         guests=guests, capacity=16, batch_rows={1: (0, 200), 2: (1, 250)},
                          scheduler=SimpleNamespace(req_to_token_pool=SimpleNamespace(
                              req_to_token=r2t)))  # fmt: skip
 
@@ -215,12 +215,14 @@ def test_a_predicted_step_reuses_the_route_and_equals_a_rebuilt_one():
         return torch.cat([p.long() for p in slots.parts]).tolist()
 
     decoded = [True, True, False]
-    first = rank_step(rt, plan(200), predicted=False, decoded=decoded)
-    assert first.reuses is None
+    first = prev = rank_step(rt, plan(200), predicted=False, decoded=decoded)
+    assert first.reuses_route is None
     for n in (201, 202):
         p = plan(n)
         step = rank_step(rt, p, predicted=True, decoded=decoded)
-        assert step.reuses is not None and step.reuses.reuses is None  # one link back only
+        assert step.reuses_route is prev.route  # one link back only: a route, not a step
+        assert step.batch_rows == ((0, 200), (1, 250))  # the header's host view, built in
+        prev = step
         ref = build_step(p, rank=rank, num_ranks=W, home_reqs={k: v.req for k, v in home.items()},
                          guest_slots={"g": guests["g"].slots}, req_to_token=r2t, capacity=16,
                          tag=0)  # fmt: skip
@@ -230,5 +232,5 @@ def test_a_predicted_step_reuses_the_route_and_equals_a_rebuilt_one():
         assert [[len(g.slots) for g in r] for r in got.recv] == \
             [[len(g.slots) for g in r] for r in want.recv]  # fmt: skip
         assert step.row_keys == ref.row_keys and step.kv_slots == ref.kv_slots
-    assert rank_step(rt, plan(203), predicted=False, decoded=decoded).reuses is None  # news
-    assert rank_step(rt, plan(204), predicted=True, decoded=[True] * 3).reuses is None  # others
+    assert rank_step(rt, plan(203), predicted=False, decoded=decoded).reuses_route is None  # news
+    assert rank_step(rt, plan(204), predicted=True, decoded=[True] * 3).reuses_route is None  # others
