@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._meta import cpu_hardware, git_commit  # noqa: E402
-from sglang_dcp.sglang import backend, datapath  # noqa: E402
+from sglang_dcp.sglang import context  # noqa: E402
 from sglang_dcp.sglang.step import RankNews, plan_step  # noqa: E402
 from sglang_dcp.testing.step_rank import make_rank  # noqa: E402
 
@@ -58,7 +58,7 @@ def measure(running: int, split: int, iters: int) -> dict:
     k = make_rank(running, split, num_ranks=W, heads=H, head_dim=D, length=LEN)
     rt, be, batch, fb, peers = k.rt, k.be, k.batch, k.fb, k.peers
     state = SimpleNamespace(step=None)
-    backend.current_step = datapath.current_step = lambda: state.step  # backend_meta reads both
+    context.current_step = lambda: state.step  # the backend's metadata calls read it
     t = {"news": [], "route": [], "load": [], "prepare": []}
     for it in range(iters + 5):
         for req in rt.split_reqs.values():  # SGLang plans the decode batch (not timed)

@@ -9,7 +9,7 @@ backend only needs to see those rows at length 1. The inner backend keeps its na
 code paths by it); ``--attention-backend dcp_triton`` is a spelling that builds ``triton``.
 
 Outside DCP steps every call goes to the inner backend untouched. In a DCP step
-(``datapath.current_step().active``, the same on every rank) every rank joins each layer's
+(``context.current_step().active``, the same on every rank) every rank joins each layer's
 exchange exactly once, over one ``exchange.static.StaticExchange`` sized at the first metadata
 call (``init_cuda_graph_state`` on GPU) and never reallocated:
 
@@ -39,7 +39,8 @@ from sglang_dcp import env
 from sglang_dcp.sglang import shipping
 from sglang_dcp.sglang.backend_extend import ExtendCalls
 from sglang_dcp.sglang.backend_meta import LayerCursor, MetadataCalls
-from sglang_dcp.sglang.rank_stats import stats
+from sglang_dcp.sglang import context
+from sglang_dcp.sglang.context import stats
 
 NAME = "dcp_triton"
 logger = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ class DcpAttnBackend(MetadataCalls, ExtendCalls):
         variant = capturing_variant()
         if variant is not None:
             return self._capture if bucket_of(variant) is not None else None
-        step = current_step()
+        step = context.current_step()
         if step is None or not step.active:
             return None
         self.load(step)
@@ -152,7 +153,7 @@ class DcpAttnBackend(MetadataCalls, ExtendCalls):
         merged, step = None, cur.step  # (a capture has no step: it runs the decode exchange)
         if step is None or step.decode_split:
             merged = ex.run(
-                step_comm(), k_buf, pool.get_value_buffer(layer_id),
+                context.step_comm(), k_buf, pool.get_value_buffer(layer_id),
                 sm_scale=self.layer_scaling(layer_id), attention=attention, merge=merge, **scales,
             )  # fmt: skip
         if step is not None and step.tiles is not None:
@@ -188,7 +189,7 @@ class DcpAttnBackend(MetadataCalls, ExtendCalls):
             return out
         rows = self.current_ex.gather_rows(out.reshape(n, -1), x, merged)
         if env.poison_moved():
-            shipping.check_rows(current_step(), layer.layer_id, rows, x,
+            shipping.check_rows(context.current_step(), layer.layer_id, rows, x,
                                 self.current_ex.shape.max_local)  # fmt: skip
         return rows.view_as(out)
 
@@ -208,24 +209,9 @@ class DcpAttnBackend(MetadataCalls, ExtendCalls):
         return x
 
 
-def step_comm():
-    """The exchange's communicator: SGLang's TP group (``--tp-size == --dp-size``: its rank is
-    the DP rank), whose ``all_to_all_single`` goes through pynccl on GPU (capturable in a CUDA
-    graph) and the gloo device group on CPU."""
-    from sglang_dcp.sglang.datapath import runtime
-
-    return runtime().exchange_comm
-
-
 def needs_eager(step) -> bool:
     be = _backend()
     return be is not None and be.needs_eager(step)
-
-
-def current_step():
-    from sglang_dcp.sglang.datapath import current_step as cs
-
-    return cs()
 
 
 
@@ -283,7 +269,7 @@ def around_stage_finish(original, self, hidden_states, forward_batch, *args, **k
     this layer's exchange here; then the layer cursor moves on."""
     be = _backend()
     cur = be.cursor() if be is not None else None
-    if cur is None and current_step() is not None and current_step().active:
+    if cur is None and (step := context.current_step()) is not None and step.active:
         raise RuntimeError(f"sglang_dcp: a DCP step needs --attention-backend {NAME}")
     if cur is not None:
         layer_id = be.start_layer + cur.next_layer

@@ -95,7 +95,7 @@ class ExtendCalls:
         ex = self.reserve_tiles(max(step.tiles.num_rows, step.tiles.max_stream))
         home, guests = step.tile_slots
         ex.load(step.tiles, home_slots=home, guest_slots=guests)
-        from sglang_dcp.sglang.rank_stats import stats
+        from sglang_dcp.sglang.context import stats
 
         s = stats()
         reads = step.tiles.kv_reads()
@@ -166,7 +166,7 @@ class ExtendCalls:
         ex = self.tiles_ex
         if rows is not None:
             ex.scatter_rows(*rows)
-        from sglang_dcp.sglang.backend import step_comm
+        from sglang_dcp.sglang.context import step_comm
 
         return ex.run(step_comm(), k_buf, v_buf, sm_scale=self.layer_scaling(layer_id),
                       attention=prefix_attention, **scales)  # fmt: skip

@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from sglang_dcp.sglang.rank_stats import stats
+from sglang_dcp.sglang import context
+from sglang_dcp.sglang.context import stats
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +37,6 @@ class LayerCursor:
     next_layer: int = 0
     done_layer: int = -1
     exchange_s: float = 0.0
-
-
-def current_step():
-    from sglang_dcp.sglang.datapath import current_step as cs
-
-    return cs()
 
 
 class MetadataCalls:
@@ -124,7 +119,7 @@ class MetadataCalls:
             self.current_ex.clear(bucket_of(capturing_variant()))
             self._capture = LayerCursor()
             return fb
-        step = current_step()
+        step = context.current_step()
         if step is None or not step.active:
             return fb
         ex = self.load(step)
@@ -187,8 +182,7 @@ class MetadataCalls:
         if step.num_rows > ex.shape.max_local:  # eager (needs_eager): a one-off bigger set
             ex = self._overflow(step.num_rows)  # freed once the next step replaces it
         self.current_ex = ex
-        prev = step.reuses
-        if prev is not None and ex.loaded_route is prev.route:
+        if step.reuses_route is not None and ex.loaded_route is step.reuses_route:
             ex.reload_local(step.route, tag=step.tag)  # only the home tails grew
         else:
             ex.load(step.route, rounds=step.rounds, tag=step.tag, row_keys=step.row_keys,

@@ -52,6 +52,38 @@ def ctx() -> RankContext:
     return _CTX
 
 
+def stats() -> RankStats:
+    """This process's stats (``rank_stats.RankStats``)."""
+    return _CTX.stats
+
+
+def runtime():
+    """This process's rank runtime (``datapath.RankRuntime``; ``None`` before the scheduler has
+    its pools, and in processes that are not schedulers)."""
+    return _CTX.runtime
+
+
+def current_step():
+    """The step the next forward belongs to (``step_build.DcpStep``; ``None``: no exchange).
+
+    A process-wide slot, not a ``ForwardBatch`` field: SGLang's runners rebuild the
+    ``ForwardBatch`` from static buffers before the model runs (``eager_runner.load_batch``,
+    the CUDA-graph runners), dropping extra attributes. Planning (the header) and launching a
+    forward alternate on the scheduler thread, with overlap scheduling on or off: the header of
+    step N+1 runs after step N's forward was launched (its host side, which reads this slot,
+    has returned), so the slot always holds the step being launched.
+    """
+    rt = _CTX.runtime
+    return None if rt is None else rt.step
+
+
+def step_comm():
+    """The exchange's communicator: SGLang's TP group (``--tp-size == --dp-size``: its rank is
+    the DP rank), whose ``all_to_all_single`` goes through pynccl on GPU (capturable in a CUDA
+    graph) and the gloo device group on CPU."""
+    return _CTX.runtime.exchange_comm
+
+
 def use(new: RankContext) -> RankContext:
     """Replace this process's context (tests); returns the old one."""
     global _CTX

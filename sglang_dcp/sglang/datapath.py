@@ -33,16 +33,18 @@ from sglang_dcp.sglang import ledger, overlap, piece_release, shipping
 from sglang_dcp.sglang.entries import GuestEntry, HomeEntry
 from sglang_dcp.sglang.header import gather_news
 from sglang_dcp.sglang.migration import MAX_PER_STEP, Migrations
-from sglang_dcp.sglang.rank_stats import stats
+from sglang_dcp.sglang.context import stats
 from sglang_dcp.sglang.prefill_shards import away_pieces
-from sglang_dcp.sglang.step import Decoding, RankNews, plan_step, runtime_shards
+from sglang_dcp.sglang.runtime_api import RuntimeApi
+from sglang_dcp.sglang.step import Decoding, RankNews, plan_step
 from sglang_dcp.sglang.step_build import (
     DcpStep, check_against_batch, decodes_now, kv_len, rank_step,
 )  # fmt: skip
 
 
-class RankRuntime:
-    """DCP state of one scheduler (DP rank)."""
+class RankRuntime(RuntimeApi):
+    """DCP state of one scheduler (DP rank); mutated by the data path only, the others call
+    ``runtime_api.RuntimeApi``'s methods."""
 
     def __init__(self, scheduler) -> None:
         from sglang.srt.runtime_context import get_parallel
@@ -63,7 +65,6 @@ class RankRuntime:
         self.landing: dict[int, tuple] = {}  # PD room -> (rid, receiver, aux): pd_landing.py
         self.landing_held: dict[int, float] = {}  # failed PD room -> release deadline: pd_cleanup
         self.releases: list[str] = []
-        self.moved_rows: dict[int, list[tuple[int, int]]] = {}  # req_pool_idx -> moved ranges
         # req_pool_idx -> (batch row, KV tokens) of the split requests decoded here this step:
         # what the attention backend's host-side view needs, so it never reads a device tensor
         self.batch_rows: dict[int, tuple[int, int]] = {}
@@ -130,7 +131,7 @@ class RankRuntime:
         s = stats()
         s.guest_kv_tokens = self.guest_tokens()
         s.guest_requests = len(self.guests)
-        s.home_dcp_requests = sum(1 for h in self.home.values() if h.moved)
+        s.home_dcp_requests = sum(1 for h in self.home.values() if h.layout.moved)
 
     def released(self, req) -> None:
         """The home gave ``req``'s KV back (finish, abort, retraction): guests free theirs at
@@ -142,12 +143,14 @@ class RankRuntime:
         if h is not None:
             self.ledger.released(req)
         self.migrations.forget(req.rid)
-        if h is not None and h.moved:
+        if h is not None and h.layout.moved:
             self.releases.append(req.rid)
         self._refresh_gauges()
 
     def row_ranges_to_skip(self, req_pool_idx: int) -> list[tuple[int, int]] | None:
-        return self.moved_rows.get(req_pool_idx)
+        """``layout.skip_rows`` of the request homed here on row ``req_pool_idx`` (a release)."""
+        return next((h.layout.skip_rows() or None for h in self.home.values()
+                     if getattr(h.req.kv, "req_pool_idx", None) == req_pool_idx), None)
 
     # -- the step header ------------------------------------------------------------------------
     def before_sync(self, local_batch, model_runner):
@@ -181,7 +184,7 @@ class RankRuntime:
         # every rank's moves of this step; the failed ones (the same list everywhere)
         failed = shipping.ship(self, moves, model_runner, homes) if moves else []
         for h in decoding_reqs:
-            h.offered = max(h.offered, h.req.dcp.shards[-1].start)
+            h.layout = h.layout.with_offered(h.layout.sealed_end)
             h.shipped = True
         plan = plan_step(all_news, failed)
         self.after = plan.after
@@ -191,10 +194,7 @@ class RankRuntime:
             decoded = [True] * self.num_ranks
         hs.remember(plan, decoded)
         self._refresh_gauges()
-        step = self.step_for(plan, predicted=not gathered, decoded=decoded)
-        if step is not None:
-            step.batch_rows = tuple(self.batch_rows[k] for k in step.row_keys)
-        return step
+        return self.step_for(plan, predicted=not gathered, decoded=decoded)
 
     def step_for(self, plan, *, predicted: bool, decoded: list[bool]) -> DcpStep | None:
         """This rank's step of ``plan`` (``step_build.rank_step``)."""
@@ -228,18 +228,18 @@ class RankRuntime:
                 if h is None or h.req is not req:
                     h = self.home[rid] = HomeEntry(req)
                 if not h.shipped:  # first decode: ship what its prefill did not
-                    new = away_pieces(p, h.offered, p.shards[-1].start)
+                    new = away_pieces(p, h.layout.offered, p.shards[-1].start)
                     news.moves += [Migration(rid, self.rank, r, a, b) for r, a, b in new]
-                    will_move = [*h.moved, *new]
+                    will_move = h.layout.with_moves(new)
                 elif rid in self.migrations.pending:  # the controller's moves (migration.py)
-                    asked = self._migrations(rid, p, h, kv_len(req), budget)
+                    asked = self._migrations(rid, h, kv_len(req), budget)
                     budget -= len(asked)
                     news.moves += asked
-                    will_move = [*h.moved, *((m.dst, m.start, m.end) for m in asked)]
+                    will_move = h.layout.with_moves((m.dst, m.start, m.end) for m in asked)
                 else:
                     will_move = None
                 n = kv_len(req)
-                shards = h.shards_at(n) if will_move is None else runtime_shards(p, will_move, n)
+                shards = h.shards_at(n) if will_move is None else will_move.shards(n)
                 news.decoding.append(Decoding(rid, self.rank, shards))
                 decoding_reqs.append(h)
             if decoding_reqs:
@@ -259,9 +259,9 @@ class RankRuntime:
         for h in decoding:
             self.batch_rows[int(h.req.kv.req_pool_idx)] = (pos[h.req.rid], kv_len(h.req))
 
-    def _migrations(self, rid, p, h, n: int, budget: int) -> list[Migration]:
+    def _migrations(self, rid, h, n: int, budget: int) -> list[Migration]:
         dropped = self.migrations.dropped
-        asked = self.migrations.take(rid, runtime_shards(p, h.moved, n), n, budget)
+        asked = self.migrations.take(rid, h.shards_at(n), n, budget)
         if self.migrations.dropped > dropped:  # the controller booked the dropped ones
             self.ledger.layout(rid, self.home)
         return asked
@@ -272,28 +272,3 @@ class RankRuntime:
         g = self.guests.pop(rid, None)
         if g is not None and not piece_release.keep_guest(self, rid, g):  # pieces stay cached
             shipping.free_guest(self.scheduler.token_to_kv_pool_allocator, g)
-
-
-# ---- the process's runtime -----------------------------------------------------------------
-
-
-def runtime() -> RankRuntime | None:
-    """This process's rank runtime (``context.RankContext.runtime``; ``None`` before the
-    scheduler has its pools, and in processes that are not schedulers)."""
-    from sglang_dcp.sglang.context import ctx
-
-    return ctx().runtime
-
-
-def current_step() -> DcpStep | None:
-    """The step the next forward belongs to (``None``: no exchange).
-
-    A process-wide slot, not a ``ForwardBatch`` field: SGLang's runners rebuild the
-    ``ForwardBatch`` from static buffers before the model runs (``eager_runner.load_batch``,
-    the CUDA-graph runners), dropping extra attributes. Planning (the header) and launching a
-    forward alternate on the scheduler thread, with overlap scheduling on or off: the header of
-    step N+1 runs after step N's forward was launched (its host side, which reads this slot,
-    has returned), so the slot always holds the step being launched.
-    """
-    rt = runtime()
-    return None if rt is None else rt.step

@@ -13,7 +13,7 @@ returns ``DcpGraphVariants``:
   (``backend.py``), whose all-to-alls carry ``c`` queries per peer pair. Buckets share memory
   (views of the largest), so the variants cost capture time and graph memory, not buffers.
 
-``select`` reads the step every rank agreed on at the header (``datapath.current_step()``,
+``select`` reads the step every rank agreed on at the header (``context.current_step()``,
 its ``bucket`` from the step plan), so every rank replays the same variant and the captured
 all-to-alls pair up; padded and idle ranks replay it too. The DP controller's decode-graph vote is
 min-reduced over ranks, so a step that must run eagerly (rounds, ``backend.needs_eager``) runs
@@ -50,7 +50,7 @@ class DcpGraphVariants:
         return (*(label(c) for c in sorted(self.buckets, reverse=True)), PLAIN)
 
     def select(self, forward_batch) -> str:
-        from sglang_dcp.sglang.datapath import current_step
+        from sglang_dcp.sglang.context import current_step
 
         step = current_step()
         return label(step.bucket) if step is not None and step.active else PLAIN

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sglang_dcp.sglang.rank_stats import stats
+from sglang_dcp.sglang.context import stats
 from sglang_dcp.sglang.step import Decoding, RankNews, StepPlan
 
 FLAG_FILL = 0  # a rank outside the gather (SGLang's fallback row) has no news
@@ -131,7 +131,7 @@ def gather_news(hs: StepHeader, news: RankNews, decode_mode: int, group) -> list
 def _header():
     from sglang_dcp.sglang.context import ctx
 
-    rt = ctx().runtime  # (not datapath.runtime: datapath imports this module)
+    rt = ctx().runtime
     return None if rt is None else rt.header_state
 
 

@@ -5,7 +5,7 @@ A placement is the planner's plan; the home carries it out at the request's firs
 home. Two ends, one loop:
 
 - **rank end** (``RankLedger``, one per scheduler): after a header's transfers the home records
-  where each of its just-shipped requests' sealed ranges really are (``req.dcp_moved``, read by
+  where each of its just-shipped requests' sealed ranges really are (``req.dcp_layout``, read by
   ``current_placement`` for ``meta_info["dcp"]``) and sends them to the DP controller
   (``DcpShardReport``, on a PUSH socket to the controller's ledger inbox). It learns the inbox
   from the controller's ``DcpPlannerView`` broadcast, which also carries the planner's per-rank
@@ -27,25 +27,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sglang_dcp.sglang.rank_stats import stats
-from sglang_dcp.sglang.step import reassign, runtime_shards
+from sglang_dcp.sglang.context import stats
+from sglang_dcp.sglang.layout import KvLayout
 from sglang_dcp.types import Placement, Shard
 
 logger = logging.getLogger(__name__)
 
 
 # ---- the request's ranges, as they are --------------------------------------------------------
-
-
-def actual_sealed(placement: Placement, moved: Sequence[tuple[int, int, int]]) -> list[list[int]]:
-    """The sealed ranges of ``placement`` where they are: ``moved`` ((rank, start, end), in the
-    order the moves happened: sealed shards, prefill chunk pieces, migrations) applied over the home, up to the planner's tail start or the end
-    of the last moved range, whichever is later (``Policy.restate``'s ``[0, T)``)."""
-    end = max([placement.shards[-1].start, *(b for _, _, b in moved)])
-    shards: tuple = ((placement.home_rank, 0, end),)
-    for r, a, b in moved:
-        shards = reassign(shards, a, b, r)
-    return [list(x) for x in shards if x[2] > x[1]]
 
 
 def kv_len(req) -> int:
@@ -60,8 +49,8 @@ def current_placement(req) -> Placement | None:
     p = getattr(req, "dcp", None)
     if p is None:
         return None
-    tail_start = p.shards[-1].start
-    shards = runtime_shards(p, getattr(req, "dcp_moved", ()), max(kv_len(req), tail_start))
+    lay = getattr(req, "dcp_layout", None) or KvLayout.of(p)
+    shards = lay.shards(max(kv_len(req), lay.sealed_end))
     return Placement(p.rid, p.home_rank, tuple(Shard(*s) for s in shards))
 
 
@@ -99,11 +88,11 @@ class RankLedger:
             h = home.get(rid)
             if h is None or getattr(h.req, "dcp", None) is None:
                 continue
-            if getattr(h, "offered", None) is not None and h.offered < h.req.dcp.shards[-1].start:
+            if h.layout.offered < h.layout.sealed_end:
                 continue  # mid-prefill into shards: reported once every piece was tried
-            h.req.dcp_moved = list(h.moved)
+            h.req.dcp_layout = h.layout  # immutable: the snapshot meta_info reads
             rids.append(rid)
-            sealed.append(actual_sealed(h.req.dcp, h.moved))
+            sealed.append(h.layout.sealed())
         if not rids:
             return
         report = DcpShardReport(
@@ -119,7 +108,7 @@ class RankLedger:
         """The home gave ``req``'s KV back. A retracted request (not finished) holds nothing
         until it prefills and ships again; a finished one keeps its ranges for its last output."""
         if not req.finished():
-            req.dcp_moved = []
+            req.dcp_layout = None
 
     def on_view(self, msg) -> None:
         """``DcpPlannerView`` from the controller (a control message every rank receives)."""

@@ -48,7 +48,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from sglang_dcp.sglang.rank_stats import RankStats, stats
+from sglang_dcp.sglang.context import stats
+from sglang_dcp.sglang.rank_stats import RankStats
 
 PREFIX = "sglang_dcp:"
 GAUGES = (

@@ -9,7 +9,7 @@ rank then runs them with the step's other moves (``shipping.ship`` -> ``transfer
 the receiver allocates, bytes move, the receiver checks a checksum that weighs each token by its
 position in the range, so a copy in the wrong slot order fails; only then does the source free
 its slots). The switch happens at that step boundary, in the header, before the step's route is
-built: the home's layout (``HomeEntry.moved``) and every guest table change together. A failed
+built: the home's layout (``HomeEntry.layout``) and every guest table change together. A failed
 move leaves the source as it was (``transfer_shards``) and ``plan_step`` keeps the range there.
 The home reports the resulting layout to the controller (``ledger.RankLedger.shipped``).
 
@@ -67,7 +67,7 @@ class Migrations:
     ) -> list[Migration]:
         """Up to ``budget`` of ``rid``'s pending moves that can run now (in the order asked;
         each checked against the layout the previous ones leave), the stale ones dropped."""
-        from sglang_dcp.sglang.step import reassign
+        from sglang_dcp.sglang.layout import reassign
 
         queue = self.pending.get(rid)
         out: list[Migration] = []

@@ -23,7 +23,7 @@ Not with SGLang's Rust egress (``SGLANG_RUST_SERVER``): ``SchedulerOutputStreame
 (l.67) refuses the opt-in there; the launcher refuses the combination first (launch.py).
 
 ``/v1/loads``: patches/0002 gives ``LoadSnapshot`` an optional ``dcp`` dict; the AFTER hook on
-``SchedulerLoadInquirer.get_loads`` (load_inquirer.py:95) fills it from ``rank_stats.stats()``
+``SchedulerLoadInquirer.get_loads`` (load_inquirer.py:95) fills it from ``context.stats()``
 (with the planner's books for the rank, ``planner_kv_tokens`` and ``planner_guest_kv_tokens``)
 and the rank's own KV count ``kv_tokens`` (SGLang's ``num_used_tokens``: its allocator's slots
 in use, guest shards included).
@@ -32,7 +32,8 @@ in use, guest shards included).
 from __future__ import annotations
 
 from sglang_dcp.sglang.ledger import current_placement
-from sglang_dcp.sglang.rank_stats import RankStats, stats
+from sglang_dcp.sglang.context import stats
+from sglang_dcp.sglang.rank_stats import RankStats
 
 KEY = "dcp"  # the meta_info key, the customized_info key and the /v1/loads section
 

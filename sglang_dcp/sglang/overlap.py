@@ -24,7 +24,7 @@ same steps; ``header_forward_waits`` in ``/v1/loads``'s ``dcp`` section counts t
 
 from __future__ import annotations
 
-from sglang_dcp.sglang.rank_stats import stats
+from sglang_dcp.sglang.context import stats
 
 
 def wait_for_forward(model_runner) -> None:

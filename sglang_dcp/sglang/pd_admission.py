@@ -35,7 +35,7 @@ def _landing_placement(req):
     SGLang builds and queues it), else ``None``."""
     if is_landing(req):
         return req.dcp
-    from sglang_dcp.sglang.datapath import runtime
+    from sglang_dcp.sglang.context import runtime
 
     rt = runtime()
     p = None if rt is None else rt.incoming.get(req.rid)

@@ -135,7 +135,7 @@ def release_failed(rt, room: int, rid: str, receiver) -> bool:
             mgr.clear_deferred_abort_state(room)
     with mgr.failure_lock:
         reason = mgr.failure_records.pop(room, "see the prefill server's log")
-    g = rt.guests.pop(rid, None)
+    g = rt.drop_guest(rid)
     if g is not None:
         from sglang_dcp.sglang.shipping import free_guest
 

@@ -10,8 +10,8 @@ room R of a prompt of ``n`` tokens, page size 1:
   ranges and ``-1`` elsewhere (``destinations``), plus a metadata slot for the aux data;
 - **the home** (SGLang's own prealloc path, two hooks) allocates slots only for the tokens it
   keeps (the tail), marks the other positions ``-1`` in the list it sends, and starts with the
-  state of a finished move: ``HomeEntry(moved=the holders' ranges, shipped=True)`` and those
-  ranges in ``moved_rows`` (SGLang's release skips them);
+  state of a finished move: ``HomeEntry`` whose layout has the holders' ranges moved (SGLang's
+  release skips them: ``KvLayout.skip_rows``), ``shipped=True``;
 - every receiver of room R announces ``required_dst_info_num = d`` (the ranks of the placement),
   so the prefill server waits for all ``d`` and sends each only its positions
   (``around_send_kvcache``, the one part that runs on the prefill server), concluding the room
@@ -91,7 +91,7 @@ def on_land(rt, scheduler, msg) -> None:
     if slots is None:  # the planner booked it: SGLang's pool disagrees with its books
         pd_cleanup.no_room(rt, scheduler, msg, mine, n)
         return
-    rt.guests[p.rid] = GuestEntry(p.home_rank, mine, slots)
+    rt.add_guest(p.rid, GuestEntry.new(p.rid, p.home_rank, rt.rank, mine, slots))
     q = scheduler.disagg_decode_prealloc_queue
     addr = f"{msg.bootstrap_host}:{msg.bootstrap_port}"
     q.kv_manager.try_ensure_parallel_info(addr)
@@ -134,14 +134,14 @@ def poll(rt) -> None:
 def around_alloc_for_decode_prealloc(original, self, allocator, **kwargs):
     """``DecodePreallocQueue._alloc_for_decode_prealloc`` (disaggregation/decode.py:2049): for a
     split request, slots only for the positions its home keeps; the others get slot 0 (never
-    read: they are in ``moved_rows`` and the destination list marks them ``-1``)."""
+    read: the home's layout skips them and the destination list marks them ``-1``)."""
     req = kwargs["req"]
     if not is_landing(req):
         return original(self, allocator, **kwargs)
     import torch
 
     from sglang_dcp.sglang.context import ctx
-    from sglang_dcp.sglang.entries import HomeEntry
+    from sglang_dcp.sglang.layout import KvLayout
 
     fill_len, prefix_len = kwargs["fill_len"], kwargs["prefix_len"]
     if allocator.page_size != 1 or prefix_len:
@@ -163,8 +163,7 @@ def around_alloc_for_decode_prealloc(original, self, allocator, **kwargs):
         kv_loc[a:b] = own[pos : pos + b - a]
         pos += b - a
     away = [(s.rank, s.start, s.end) for s in p.shards if s.rank != p.home_rank]
-    rt.home[req.rid] = HomeEntry(req, moved=away, offered=p.shards[-1].start, shipped=True)
-    rt.moved_rows[int(req.kv.req_pool_idx)] = [(a, b) for _, a, b in away]
+    rt.land(req, KvLayout.of(p, away, offered=p.shards[-1].start))  # its row skips them
     rt.ledger.layout(req.rid, rt.home)  # the planner's books and meta_info: where it lands
     return kv_loc
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from sglang_dcp.sglang.layout import KvLayout
 from sglang_dcp.sglang.radix_pieces import of_runtime
 
 
@@ -73,7 +74,7 @@ def on_adopt(rt, msg) -> None:
     if ranges:
         from sglang_dcp.sglang.entries import GuestEntry
 
-        rt.guests[msg.rid] = GuestEntry(home, ranges, torch.cat(slots))
+        rt.add_guest(msg.rid, GuestEntry.new(msg.rid, home, rt.rank, ranges, torch.cat(slots)))
     if rt.rank != home:
         return
     prefix = None
@@ -136,7 +137,7 @@ def hold(rt, recv_req) -> bool:
 def after_init_next_round_input(result, self, tree_cache=None, *args, **kwargs):
     """``Req.init_next_round_input(tree_cache)`` (schedule_batch.py:1581): a request that
     adopted pieces matches its adopted prefix (its first prefill only)."""
-    from sglang_dcp.sglang.datapath import runtime
+    from sglang_dcp.sglang.context import runtime
 
     rt = runtime()
     if tree_cache is None or rt is None or not getattr(rt, "adoptions", None):
@@ -157,11 +158,9 @@ def start(rt, req, h) -> None:
     ad = getattr(rt, "adoptions", {}).pop(req.rid, None)
     if ad is None or not ad.cached:
         return
-    h.moved = list(ad.away)
-    h.offered = max(h.offered, ad.cached)
-    if ad.away:
-        rt.moved_rows[int(req.kv.req_pool_idx)] = sorted((a, b) for _, a, b in ad.away)
-    if h.offered >= req.dcp.shards[-1].start:  # nothing of its head left to ship: report it
+    lay = KvLayout.of(req.dcp, ad.away, offered=max(h.layout.offered, ad.cached))
+    rt.set_layout(req.rid, lay)
+    if lay.offered >= lay.sealed_end:  # nothing of its head left to ship: report it
         rt.ledger.layout(req.rid, rt.home)  # (meta_info["dcp"], the planner's prefill booking)
 
 
@@ -178,16 +177,14 @@ def reap(rt) -> None:
         if req is None or not req.finished() or getattr(req.kv, "req_pool_idx", None) is not None:
             continue
         del ads[rid]
-        if rt.split_reqs.get(rid) is req:
-            del rt.split_reqs[rid]
         if ad.prefix is not None:
             from sglang_dcp.sglang.kv_adapter import free_slots
 
             away = {(a, b) for _, a, b in ad.away}
             for a, b in _home_ranges(ad.cached, away):
                 free_slots(rt.scheduler.token_to_kv_pool_allocator, ad.prefix[a:b], a)
+        rt.drop_unstarted(req, tell_guests=bool(ad.away))
         if ad.away:
-            rt.releases.append(rid)
             from sglang_dcp.planner.pieces import KEY_PAGE, pieces_of
             from sglang_dcp.sglang.piece_release import _send
 

@@ -23,7 +23,6 @@ import torch
 from sglang_dcp.planner.pieces import KEY_PAGE, pieces_of
 from sglang_dcp.sglang.ledger import kv_len
 from sglang_dcp.sglang.radix_pieces import of_runtime
-from sglang_dcp.sglang.step import runtime_shards
 from sglang_dcp.sglang.tree_prefix import clip, protected
 
 
@@ -41,10 +40,8 @@ def keep_guest(rt, rid: str, g) -> bool:
     """A released request's guest ranges here become pieces; ``False``: not kept (free them)."""
     if not enabled(rt):
         return False
-    from sglang_dcp.sglang.shipping import _split
-
     pc = of_runtime(rt)
-    for (a, _), part in zip(g.ranges, _split(g.slots, g.ranges)):
+    for (a, _), part in g.parts():
         pc.put((rid, a), part)
     return True
 
@@ -59,7 +56,7 @@ def home_ranges(rt, req) -> list[tuple[int, int]]:
     if n < req.dcp.shards[-1].start:  # it ended before its tail: the home keeps no range
         return []
     out = []
-    for r, a, b in runtime_shards(req.dcp, h.moved, n):
+    for r, a, b in h.layout.shards(n):
         b = b if rt.page == 1 else b - b % rt.page
         if r == rt.rank and a < b:
             out.append((a, b))
@@ -81,7 +78,7 @@ def report(rt, req, kept_home: list[tuple[int, int]]) -> None:
     h = rt.home.get(req.rid)
     if h is None or not enabled(rt):
         return
-    ranges = [(r, a, b) for r, a, b in h.moved if r != rt.rank]
+    ranges = list(h.layout.away())
     ranges += [(rt.rank, a, b) for a, b in kept_home]
     if not ranges:
         return
@@ -99,7 +96,7 @@ def flush_evictions(rt) -> None:
     pc = getattr(rt, "piece_cache", None)
     if pc is None:
         return
-    from sglang_dcp.sglang.rank_stats import stats
+    from sglang_dcp.sglang.context import stats
 
     stats().piece_kv_tokens = pc.tokens
     if pc.evicted:

@@ -26,7 +26,7 @@ import logging
 from http import HTTPStatus
 
 from sglang_dcp.planner.base import Migration
-from sglang_dcp.sglang.step import Extending, RankNews, where_now
+from sglang_dcp.sglang.step import Extending, RankNews
 from sglang_dcp.types import Placement
 
 logger = logging.getLogger(__name__)
@@ -62,14 +62,13 @@ def extend_news(rt, local_batch, news: RankNews, page: int) -> None:
             adopt_start(rt, req, h)  # placed on cached pieces: those away are moved ranges
         p = req.dcp
         start, end = req.extend_range.start, req.extend_range.end
-        news.extending.append(Extending(req.rid, rt.rank, where_now(rt.rank, h.moved, end),
-                                        start, end))  # fmt: skip
+        news.extending.append(Extending(req.rid, rt.rank, h.layout.upto(end), start, end))
         sealed_end = p.shards[-1].start
         upto = min(end, sealed_end)
         if upto < sealed_end:
             upto -= upto % page  # whole pages only; the rest goes with the next chunk
         news.after += [Migration(req.rid, rt.rank, r, a, b)
-                       for r, a, b in away_pieces(p, h.offered, upto)]  # fmt: skip
+                       for r, a, b in away_pieces(p, h.layout.offered, upto)]  # fmt: skip
 
 
 def after_forward(rt) -> None:
@@ -82,7 +81,7 @@ def after_forward(rt) -> None:
     for m in moves:  # tried from now on (the ledger reports a request once all were tried)
         h = rt.home.get(m.rid) if m.src == rt.rank else None
         if h is not None:
-            h.offered = max(h.offered, m.end)
+            h.layout = h.layout.with_offered(m.end)
     overlap.wait_for_forward(rt.model_runner)  # the chunk's KV is written by then
     homes = {m.rid: m.src for m in moves}  # prefill pieces leave their home
     failed = shipping.ship(rt, list(moves), rt.model_runner, homes)
@@ -91,7 +90,7 @@ def after_forward(rt) -> None:
         h = rt.home.get(m.rid) if m.src == rt.rank else None
         if h is None:
             continue
-        h.failed.append((m.dst, m.start, m.end))
+        h.layout = h.layout.with_failed(m.dst, m.start, m.end)
         if getattr(sched, "chunked_req", None) is h.req and m.rid not in rt.prefill_failed:
             rt.prefill_failed[m.rid] = (
                 f"sglang_dcp: moving prefill tokens [{m.start}, {m.end}) of {m.rid} from rank "
@@ -106,7 +105,7 @@ def around_pending_chunked_abort(original, self, *args, **kwargs):
     piece failed to move ends as SGLang ends an aborted chunked request, with our reason."""
     from sglang_dcp.sglang.context import ctx
 
-    rt = ctx().runtime  # (not datapath.runtime: datapath imports this module)
+    rt = ctx().runtime
     req = self._pending_chunked_abort_req
     reason = rt.prefill_failed.pop(req.rid, None) if rt is not None and req is not None else None
     if reason is None or self.chunked_req is not req:

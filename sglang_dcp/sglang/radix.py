@@ -26,7 +26,7 @@ is short (``kv_adapter.SGLangKVPool``), as SGLang's own allocations do.
 
 from __future__ import annotations
 
-from sglang_dcp.sglang.datapath import runtime
+from sglang_dcp.sglang.context import runtime
 from sglang_dcp.sglang.tree_prefix import may_match
 
 

@@ -2,7 +2,7 @@
 ``dcp`` section and the Prometheus gauges.
 
 Pure Python, no SGLang import. The data path (``sglang_dcp.sglang.datapath``) updates the
-process's ``RankStats`` (``stats()``, held by ``context.RankContext``); observers only read it.
+process's ``RankStats`` (``context.stats()``, held by ``context.RankContext``); observers only read it.
 """
 
 from __future__ import annotations
@@ -63,10 +63,3 @@ class RankStats:
         d = asdict(self)
         d["degree_count"] = {str(k): v for k, v in sorted(self.degree_count.items())}
         return d
-
-
-def stats() -> RankStats:
-    """This process's stats (one scheduler process is one DP rank; ``context.RankContext``)."""
-    from sglang_dcp.sglang.context import ctx
-
-    return ctx().stats

@@ -14,8 +14,9 @@ call sites to this rank's ``datapath.RankRuntime``.
 from __future__ import annotations
 
 from sglang_dcp.sglang import ledger, pd_landing
-from sglang_dcp.sglang.datapath import RankRuntime, runtime
-from sglang_dcp.sglang.step import subtract
+from sglang_dcp.sglang.context import runtime
+from sglang_dcp.sglang.datapath import RankRuntime
+from sglang_dcp.sglang.layout import subtract
 
 
 def after_init_request_dispatcher(result, self, *args, **kwargs):
@@ -72,7 +73,8 @@ def around_handle_generate_request(original, self, recv_req, *args, **kwargs):
 
     if piece_adopt.hold(rt, recv_req):  # placed on cached pieces: after their DcpAdopt
         return None
-    p = rt.incoming[recv_req.rid] = recv_req.placement()
+    p = recv_req.placement()
+    rt.expect(recv_req.rid, p)
     try:
         with lifted_limits(self, p, len(recv_req.input_ids or ())):
             return original(self, recv_req, *args, **kwargs)
@@ -95,8 +97,7 @@ def around_prepare_mlp_sync(original, local_batch, *args, **kwargs):
     if rt is None:
         return original(local_batch, *args, **kwargs)
     model_runner = kwargs.get("model_runner", args[0] if args else None)
-    rt.model_runner = model_runner
-    rt.step = None
+    rt.begin_header(model_runner)
     if rt.landing:
         pd_landing.poll(rt)
     news, decoding_reqs = rt.before_sync(local_batch, model_runner)
@@ -115,7 +116,7 @@ def around_prepare_mlp_sync(original, local_batch, *args, **kwargs):
 
         if needs_eager(step):  # rounds, or more split rows than the static buffers: eager on
             batch.can_run_decode_cuda_graph = False  # every rank (the step is the same)
-    rt.step = step
+    rt.set_step(step)
     return batch
 
 
@@ -148,17 +149,15 @@ def around_release_kv_cache(original, req, tree_cache, *args, **kwargs):
         return original(req, tree_cache, *args, **kwargs)
     from sglang_dcp.sglang import piece_release
 
-    idx = req.kv.req_pool_idx
     kept = piece_release.home_ranges(rt, req)  # a finished request's own ranges stay cached
     if kept:
-        rt.moved_rows[idx] = sorted([*rt.moved_rows.get(idx, ()), *kept])
+        rt.set_layout(req.rid, rt.home[req.rid].layout.with_kept(kept))  # its row skips them
         piece_release.keep_home(rt, req, kept)
     piece_release.report(rt, req, kept)
     try:
         return original(req, tree_cache, is_insert=False)
     finally:
-        rt.moved_rows.pop(idx, None)
-        rt.released(req)
+        rt.released(req)  # the home entry, with its skipped rows, goes
 
 
 def around_check_full_pool(original, self, ps, uncached=0, *args, **kwargs):

@@ -31,7 +31,8 @@ from sglang_dcp.exchange.static import StaticExchange
 from sglang_dcp.exchange.toy_stack import CheckConfig, Weights
 from sglang_dcp.exchange.wire import HDR_COUNT, HDR_TAG
 from sglang_dcp.planner.base import Migration
-from sglang_dcp.sglang.step import StepPlan, subtract
+from sglang_dcp.sglang.layout import KvLayout, subtract
+from sglang_dcp.sglang.step import StepPlan
 
 
 def make_pools(cfg: CheckConfig, num_tokens: int, device: str):
@@ -100,7 +101,7 @@ def run_rank(rank: int, cfg: CheckConfig, comm, out: str) -> None:
     move_reserve.reserve(dev, 1)
     rt = SimpleNamespace(
         rank=rank, comm=comm, scheduler=SimpleNamespace(token_to_kv_pool_allocator=alloc),
-        home={}, guests={}, moved_rows={}, ledger=RankLedger(rank, send=lambda inbox, m: None),
+        home={}, guests={}, ledger=RankLedger(rank, send=lambda inbox, m: None),
         num_steps=0,
     )  # fmt: skip
     runner = SimpleNamespace(token_to_kv_pool=kv, req_to_token_pool=req_pool)
@@ -153,7 +154,7 @@ def run_rank(rank: int, cfg: CheckConfig, comm, out: str) -> None:
                     if not cfg.mla:
                         v_buf[slots[:n]] = v.to(dev)
                 req = SimpleNamespace(rid=p.rid, kv=SimpleNamespace(req_pool_idx=idx), dcp=None)
-                rt.home[p.rid] = HomeEntry(req)
+                rt.home[p.rid] = HomeEntry(req, KvLayout.of(p))
             moves += [Migration(p.rid, p.home_rank, s.rank, s.start, s.end)
                       for s in p.shards[:-1] if s.rank != p.home_rank]  # fmt: skip
         homes.update({p.rid: p.home_rank for p in live.values()})

@@ -15,8 +15,8 @@ import torch
 from sglang_dcp import env
 from sglang_dcp.planner.base import Migration
 from sglang_dcp.sglang.mla import pool_layers
-from sglang_dcp.sglang.rank_stats import stats
-from sglang_dcp.sglang.step import subtract
+from sglang_dcp.sglang.context import stats
+from sglang_dcp.sglang.layout import subtract
 from sglang_dcp.sglang.tree_prefix import keep, protected, rejoin
 
 logger = logging.getLogger(__name__)
@@ -86,26 +86,21 @@ def ship(rt, moves: list[Migration], model_runner, homes: dict[str, int]) -> lis
                 "sglang_dcp: %s tokens [%d, %d) of %s from rank %d to rank %d",
                 what, m.start, m.end, m.rid, m.src, m.dst,
             )  # fmt: skip
-            h.moved.append((m.dst, m.start, m.end))
-            idx = h.req.kv.req_pool_idx
-            if m.src == rt.rank:
-                rt.moved_rows.setdefault(idx, []).append((m.start, m.end))
-            elif m.dst == rt.rank:  # rejoins the home's row (the tree's part: its own copy)
-                rejoin(sched.token_to_kv_pool_allocator, req_to_token[idx],
+            h.layout = h.layout.with_move(m.dst, m.start, m.end)  # its row skips it if away
+            if m.dst == rt.rank:  # rejoins the home's row (the tree's part: its own copy)
+                rejoin(sched.token_to_kv_pool_allocator, req_to_token[h.req.kv.req_pool_idx],
                        pool.slot_tensor((m.rid, m.start)), m.start, protected(h.req))  # fmt: skip
-                rt.moved_rows[idx] = subtract(rt.moved_rows.get(idx, []), [(m.start, m.end)])
         elif m.src == rt.rank:  # a guest gave its range away
             _drop_guest_range(rt, m)
         elif m.dst == rt.rank:
             slots = pool.slot_tensor((m.rid, m.start))
             g = rt.guests.get(m.rid)
             if g is None:
-                rt.guests[m.rid] = GuestEntry(homes[m.rid], [(m.start, m.end)], slots)
+                rt.guests[m.rid] = GuestEntry.new(m.rid, homes[m.rid], rt.rank,
+                                                  [(m.start, m.end)], slots)  # fmt: skip
             else:
-                pairs = sorted(
-                    [*zip(g.ranges, _split(g.slots, g.ranges)), ((m.start, m.end), slots)]
-                )
-                g.ranges = [r for r, _ in pairs]
+                pairs = sorted([*g.parts(), ((m.start, m.end), slots)], key=lambda x: x[0])
+                g.layout = g.layout.with_move(rt.rank, m.start, m.end)
                 g.slots = torch.cat([t for _, t in pairs])
             s.moved_tokens += m.end - m.start
         if mine:
@@ -123,7 +118,7 @@ def _source_slots(rt, m: Migration, req_to_token) -> torch.Tensor | None:
     g = rt.guests.get(m.rid)
     if g is None:
         return None
-    for (a, b), part in zip(g.ranges, _split(g.slots, g.ranges)):
+    for (a, b), part in g.parts():
         if a <= m.start and m.end <= b:
             return part[m.start - a : m.end - a]
     return None
@@ -133,22 +128,22 @@ def _drop_guest_range(rt, m: Migration) -> None:
     """The guest side of a migration away: its slots went back at the transfer's commit."""
     g = rt.guests[m.rid]
     keep = [
-        ((x, y), part[x - a : y - a])
-        for (a, b), part in zip(g.ranges, _split(g.slots, g.ranges))
+        part[x - a : y - a]
+        for (a, b), part in g.parts()
         for x, y in subtract([(a, b)], [(m.start, m.end)])
     ]
     if not keep:
         del rt.guests[m.rid]
         return
-    g.ranges = [r for r, _ in keep]
-    g.slots = torch.cat([t for _, t in keep])
+    g.layout = g.layout.with_move(m.dst, m.start, m.end)
+    g.slots = torch.cat(keep)
 
 
 def free_guest(allocator, g) -> None:
     """Free a guest entry's slots (device tensors), one page-aligned range at a time."""
     from sglang_dcp.sglang.kv_adapter import free_slots
 
-    for (a, _), part in zip(g.ranges, _split(g.slots, g.ranges)):
+    for (a, _), part in g.parts():
         free_slots(allocator, part, a)
 
 
@@ -158,7 +153,7 @@ def check_not_poisoned(rt, local_batch, model_runner) -> None:
     k = pool_layers(model_runner.token_to_kv_pool)[0][0]
     req_to_token = model_runner.req_to_token_pool.req_to_token
     for req, seq_len in zip(local_batch.reqs, local_batch.seq_lens_cpu.tolist()):
-        moved = rt.moved_rows.get(req.kv.req_pool_idx, [])
+        moved = rt.row_ranges_to_skip(req.kv.req_pool_idx) or []
         ranges = subtract([(0, int(seq_len) - 1)], moved)
         for a, b in ranges:
             slots = req_to_token[req.kv.req_pool_idx, a:b].to(torch.long)
@@ -168,17 +163,8 @@ def check_not_poisoned(rt, local_batch, model_runner) -> None:
                     "sglang_dcp: rank %d step %d: %s (seq_len %d, pool row %d) reads "
                     "poisoned KV at positions %s (slots %s); moved rows %s",
                     rt.rank, rt.num_steps, req.rid, seq_len, req.kv.req_pool_idx,
-                    (bad + a).tolist()[:8], slots[bad].tolist()[:8],
-                    rt.moved_rows,
+                    (bad + a).tolist()[:8], slots[bad].tolist()[:8], moved,
                 )  # fmt: skip
-
-
-def _split(slots: torch.Tensor, ranges: list[tuple[int, int]]) -> list[torch.Tensor]:
-    out, pos = [], 0
-    for a, b in ranges:
-        out.append(slots[pos : pos + b - a])
-        pos += b - a
-    return out
 
 
 def check_rows(step, layer_id: int, rows: torch.Tensor, x: torch.Tensor, B: int) -> None:

@@ -16,6 +16,7 @@ from sglang_dcp.exchange.extend import Chunk, extend_placements
 from sglang_dcp.exchange.route import max_pair_items, part_ranks
 from sglang_dcp.exchange.wire import decode_news, encode_news
 from sglang_dcp.planner.base import Migration
+from sglang_dcp.sglang.layout import reassign
 from sglang_dcp.types import Placement, Shard
 
 
@@ -91,92 +92,6 @@ class RankNews:
         )
 
 
-def reassign(
-    shards: Sequence[tuple[int, int, int]], start: int, end: int, rank: int
-) -> tuple[tuple[int, int, int], ...]:
-    """``shards`` ((rank, start, end) tiling a request's KV in token order) with tokens
-    ``[start, end)`` on ``rank``; adjacent pieces on one rank are merged."""
-    out: list[list[int]] = []
-
-    def put(r: int, a: int, b: int) -> None:
-        if out and out[-1][0] == r and out[-1][2] == a:
-            out[-1][2] = b
-        else:
-            out.append([r, a, b])
-
-    placed = False
-    for r, a, b in shards:
-        if b <= start or end <= a:
-            if not placed and a >= end:
-                put(rank, start, end)
-                placed = True
-            put(r, a, b)
-            continue
-        if a < start:
-            put(r, a, start)
-        if not placed:
-            put(rank, start, end)
-            placed = True
-        if end < b:
-            put(r, end, b)
-    if not placed:
-        raise ValueError(f"tokens [{start}, {end}) lie outside the request's KV {list(shards)}")
-    return tuple(tuple(s) for s in out)
-
-
-def where_now(
-    home: int, moved: Sequence[tuple[int, int, int]], seq_len: int
-) -> tuple[tuple[int, int, int], ...]:
-    """Ranges (rank, start, end) covering ``[0, seq_len)``: each range in ``moved`` ((rank,
-    start, end), in the order the moves happened: sealed shards shipped at the first decode
-    step, a prefill's chunk pieces, ranges migrated later; clipped to ``seq_len``) on its rank,
-    every other token on ``home``; adjacent ranges of one rank merged; the last range is the
-    home's (its tail, empty when every token moved)."""
-    pieces = sorted((a, min(b, seq_len), r) for r, a, b in moved if a < min(b, seq_len))
-    if any(pieces[i][1] > pieces[i + 1][0] for i in range(len(pieces) - 1)):
-        # a range moved again (a migration): apply the moves in the order they happened
-        out: tuple[tuple[int, int, int], ...] = ((home, 0, seq_len),) if seq_len else ()
-        for r, a, b in moved:
-            if a < min(b, seq_len):
-                out = reassign(out, a, min(b, seq_len), r)
-    else:  # disjoint pieces (the common case): one pass in token order
-        runs: list[list[int]] = []
-        pos = 0
-        for a, b, r in (*pieces, (seq_len, seq_len, home)):
-            for rr, x, y in ((home, pos, a), (r, a, b)):
-                if y <= x:
-                    continue
-                if runs and runs[-1][0] == rr and runs[-1][2] == x:
-                    runs[-1][2] = y
-                else:
-                    runs.append([rr, x, y])
-            pos = b
-        out = tuple(tuple(x) for x in runs)
-    if not out or out[-1][0] != home:  # the last range is the home's tail, even empty
-        out = (*out, (home, seq_len, seq_len))
-    return tuple(tuple(s) for s in out)
-
-
-def runtime_shards(
-    placement: Placement, moved: Sequence[tuple[int, int, int]], seq_len: int
-) -> tuple[tuple[int, int, int], ...]:
-    """Where the KV of a home request lives now: each range in ``moved`` ((rank, start, end),
-    in the order the moves happened: a planner's sealed shard shipped at the first decode step
-    or a prefill's chunk piece, or a range migrated later) on its rank, every other token up to
-    ``seq_len`` on the home, which always has the last piece (the tail). Adjacent pieces on one
-    rank are merged."""
-    tail_start = placement.shards[-1].start
-    if seq_len < tail_start:
-        raise ValueError(
-            f"{placement.rid!r}: {seq_len} KV tokens, but the planner's sealed shards end at "
-            f"{tail_start}"
-        )
-    for r, a, b in moved:
-        if b > seq_len:
-            raise ValueError(f"{placement.rid!r}: moved range [{a}, {b}) past {seq_len} tokens")
-    return where_now(placement.home_rank, moved, seq_len)
-
-
 @dataclass(frozen=True, slots=True)
 class StepPlan:
     """The step every rank agrees on."""
@@ -222,23 +137,3 @@ def plan_step(news: Sequence[RankNews], failed: Sequence[Migration]) -> StepPlan
     )
     after = tuple(m for n in news for m in n.after)
     return StepPlan(tuple(out), tuple(failed), chunks, after)
-
-
-def subtract(ranges: list[tuple[int, int]], cut: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """``ranges`` minus ``cut`` (half-open, ascending)."""
-    out = []
-    for a, b in ranges:
-        pieces = [(a, b)]
-        for c, d in sorted(cut):
-            nxt = []
-            for x, y in pieces:
-                if d <= x or y <= c:
-                    nxt.append((x, y))
-                    continue
-                if x < c:
-                    nxt.append((x, c))
-                if d < y:
-                    nxt.append((d, y))
-            pieces = nxt
-        out.extend(pieces)
-    return out

@@ -22,9 +22,13 @@ from sglang_dcp.exchange.wire import bucket_for
 from sglang_dcp.sglang.step import StepPlan
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class DcpStep:
     """This rank's part of one active step: what the attention backend loads and runs.
+    Immutable: built once per step by the header (``rank_step``, the same plan on every rank),
+    loaded into the static exchange by the metadata calls (``backend_meta.MetadataCalls.load``)
+    and read by the layers through a ``backend_meta.LayerCursor`` (a capture has its own cursor
+    and no step).
 
     ``route`` home rows are this rank's split requests decoded this step (``row_keys``: their
     ``req_pool_idx``, in route order); every other batch row keeps SGLang's own attention."""
@@ -47,7 +51,7 @@ class DcpStep:
     tile_slots: tuple = ((), {})  # (home span per home chunk, guest slots by rid)
     decode_split: bool = True  # some rank decodes a split request: the static exchange runs
     kv_slots: int = 0  # KV slots this rank's route reads
-    reuses: "DcpStep | None" = None  # the previous step, whose route this one only lengthens
+    reuses_route: RankRoute | None = None  # the previous step's route, only lengthened here
     decoded: list[bool] = field(default_factory=list)  # which ranks decoded (the header's view)
     # (batch row, KV tokens) of each home row (``row_keys`` order), from the host's batch lists:
     # the inner backend's host-side view of the batch is built from these, never from a device
@@ -120,23 +124,24 @@ def build_step(
         kv_slots=route.num_kv_slots, decode_split=bool(placements),
     )  # fmt: skip
     if plan.chunks:
-        _add_tiles(step, home_reqs=home_reqs, guest_slots=guest_slots, req_to_token=req_to_token)
+        step = _with_tiles(step, home_reqs=home_reqs, guest_slots=guest_slots,
+                           req_to_token=req_to_token)  # fmt: skip
     return step
 
 
-def _add_tiles(step: DcpStep, *, home_reqs, guest_slots, req_to_token) -> None:
+def _with_tiles(step: DcpStep, *, home_reqs, guest_slots, req_to_token) -> DcpStep:
     """The step's prefill chunks as row tiles (``extend_tiles``): this rank's tile route, the KV
     spans it reads (device views) and its chunk rows by pool index and rid. O(chunks x ranks)."""
     rank, plan = step.rank, step.plan
     tiles = build_tile_route(plan.chunks, rank=rank, num_ranks=step.num_ranks)
-    home = []
+    home, rows, rids = [], {}, {}
     for c, hc in zip((c for c in plan.chunks if c.home_rank == rank), tiles.home, strict=True):
         idx = int(home_reqs[c.rid].kv.req_pool_idx)
         home.append(_home_slots(req_to_token[idx], c.placement.shards, rank, c.end))
-        step.extend_rows[idx] = step.extend_rids[c.rid] = (hc.first, c.start, c.num_rows)
+        rows[idx] = rids[c.rid] = (hc.first, c.start, c.num_rows)
     guests = {g.rid: _guest(guest_slots, g.rid, rank) for r in tiles.recv for g in r}
-    step.tiles, step.tile_slots = tiles, (tuple(home), guests)
-    step.extend_capacity = max(1, tiles.max_stream)
+    return replace(step, tiles=tiles, tile_slots=(tuple(home), guests), extend_rows=rows,
+                   extend_rids=rids, extend_capacity=max(1, tiles.max_stream))  # fmt: skip
 
 
 def rank_step(rt, plan: StepPlan, *, predicted: bool, decoded: list[bool]) -> DcpStep | None:
@@ -159,7 +164,8 @@ def rank_step(rt, plan: StepPlan, *, predicted: bool, decoded: list[bool]) -> Dc
         step = build_step(plan, rank=rt.rank, num_ranks=rt.num_ranks, home_reqs=home_reqs,
                           guest_slots=guest_slots, req_to_token=req_to_token,
                           capacity=rt.capacity, tag=rt.num_steps)  # fmt: skip
-    step.decoded = decoded
+    step = replace(step, decoded=decoded,
+                   batch_rows=tuple(rt.batch_rows[k] for k in step.row_keys))  # fmt: skip
     rt.prev_step = step
     return step
 
@@ -185,10 +191,9 @@ def advance_step(prev: DcpStep, plan: StepPlan, *, home_reqs: dict[str, Any], re
         row = req_to_token[home_reqs[rid].kv.req_pool_idx]
         local.append(_home_slots(row, p.shards, rank, p.shards[-1].end))
     new = replace(route, local_slots=tuple(local))
-    prev.reuses = None  # one link back only (prev's own forward is launched already)
     return DcpStep(plan, rank, prev.num_ranks, new, prev.row_keys, tag, rounds=1,
                    bucket=prev.bucket, row_rids=prev.row_rids, kv_slots=new.num_kv_slots,
-                   reuses=prev)  # fmt: skip
+                   reuses_route=prev.route)  # fmt: skip
 
 
 def _home_slots(row, shards, rank: int, end: int) -> Slots:

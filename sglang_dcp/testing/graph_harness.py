@@ -19,6 +19,7 @@ like it, it builds static ``kv_indptr``/``kv_indices`` from ``req_to_token`` and
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace
 
 import torch
@@ -82,7 +83,7 @@ def _run_rank(rank, num_ranks, init_method, dist_backend, steps, seed, capacity,
     from sglang_dcp.exchange.route import part_ranks
     from sglang_dcp.exchange.spawn import init_rank
     from sglang_dcp.exchange.wire import capacity_buckets
-    from sglang_dcp.sglang import backend, datapath, graphs
+    from sglang_dcp.sglang import backend, context, graphs
     from sglang_dcp.sglang.options import DcpOptions
     from sglang_dcp.sglang.step import StepPlan
     from sglang_dcp.sglang.step_build import build_step
@@ -108,8 +109,8 @@ def _run_rank(rank, num_ranks, init_method, dist_backend, steps, seed, capacity,
 
     ctx().backend = be
     state = SimpleNamespace(step=None, variant=None)
-    backend.current_step = datapath.current_step = lambda: state.step
-    backend.step_comm = lambda: comm
+    context.current_step = lambda: state.step  # the backend's metadata calls and layers read it
+    context.step_comm = lambda: comm
     graphs.capturing_variant = lambda: state.variant
     finish = backend.around_stage_finish
 
@@ -203,8 +204,7 @@ def _run_rank(rank, num_ranks, init_method, dist_backend, steps, seed, capacity,
                               guest_slots=guest_slots,
                               req_to_token=runner.req_to_token_pool.req_to_token,
                               capacity=capacity, tag=tag)  # fmt: skip
-            step.batch_rows = tuple(rows[k] for k in step.row_keys)  # as the header sets it
-            return step
+            return replace(step, batch_rows=tuple(rows[k] for k in step.row_keys))  # the header's
 
         # eager (eager_runner._execute_decode); an idle rank only reaches StageBoundary.finish
         state.step = mk_step(2 * i + 1)

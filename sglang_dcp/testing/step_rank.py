@@ -13,6 +13,8 @@ import torch
 
 from sglang_dcp import env
 from sglang_dcp.sglang import backend, datapath
+from sglang_dcp.sglang.entries import GuestEntry, HomeEntry
+from sglang_dcp.sglang.layout import KvLayout
 from sglang_dcp.sglang.migration import Migrations
 from sglang_dcp.sglang.options import DcpOptions
 from sglang_dcp.sglang.step import Decoding
@@ -42,7 +44,7 @@ def make_rank(running: int, split: int, *, num_ranks: int = 4, heads: int = 8,
                              token_to_kv_pool=pool, device="cpu", dtype=torch.bfloat16)  # fmt: skip
     rt = object.__new__(datapath.RankRuntime)
     rt.rank, rt.num_ranks, rt.capacity, rt.num_steps = 0, W, 16, 0
-    rt.releases, rt.home, rt.guests, rt.moved_rows, rt.split_reqs = [], {}, {}, {}, {}
+    rt.releases, rt.home, rt.guests, rt.split_reqs = [], {}, {}, {}
     rt.seen_decode, rt.migrations, rt.page, rt.prev_step = {}, Migrations(0, W), 64, None
     rt.batch_rows, rt.row_pos = {}, {}
     rt.scheduler = SimpleNamespace(req_to_token_pool=runner.req_to_token_pool)
@@ -52,13 +54,14 @@ def make_rank(running: int, split: int, *, num_ranks: int = 4, heads: int = 8,
         p = Placement(f"s{i}", 0, (*(Shard(*a) for a in away), Shard(0, (W - 1) * q, LEN)))
         req = _Req(p.rid, i + 1, p, LEN)
         rt.split_reqs[p.rid] = req
-        rt.home[p.rid] = datapath.HomeEntry(req, list(away), offered=(W - 1) * q, shipped=True)
+        lay = KvLayout.of(p, away, offered=(W - 1) * q)
+        rt.home[p.rid] = HomeEntry(req, lay, shipped=True)
     peers, guest_slots = [], []
     for i in range(split):  # guest items: a peer's request with a shard here
         home = 1 + i % (W - 1)
         slots = torch.arange(q) + 7
         guest_slots.append(slots)
-        rt.guests[f"g{i}"] = datapath.GuestEntry(home, [(0, q)], slots)
+        rt.guests[f"g{i}"] = GuestEntry.new(f"g{i}", home, 0, [(0, q)], slots)
         peers.append(Decoding(f"g{i}", home, ((0, 0, q), (home, q, LEN))))
     be = object.__new__(backend.DcpAttnBackend)
     be._init_state(SimpleNamespace(), runner, num_ranks=W, num_q_heads=heads, head_dim=head_dim,

@@ -40,6 +40,7 @@ def _pools(attention: str, page: int):
 def _rank(rank: int, comm, *, attention: str, page: int, guard: DeviceGuard) -> dict:
     from sglang_dcp.sglang import move_reserve
     from sglang_dcp.sglang.entries import HomeEntry
+    from sglang_dcp.sglang.layout import KvLayout
     from sglang_dcp.sglang.ledger import RankLedger
     from sglang_dcp.sglang.mla import pool_layers
     from sglang_dcp.sglang.shipping import ship
@@ -50,7 +51,7 @@ def _rank(rank: int, comm, *, attention: str, page: int, guard: DeviceGuard) -> 
     req = SimpleNamespace(rid="a", kv=SimpleNamespace(req_pool_idx=0), dcp=None)
     rt = SimpleNamespace(
         rank=rank, comm=comm, scheduler=SimpleNamespace(token_to_kv_pool_allocator=alloc),
-        home={"a": HomeEntry(req)} if rank == 0 else {}, guests={}, moved_rows={},
+        home={"a": HomeEntry(req, KvLayout("a", 0))} if rank == 0 else {}, guests={},
         ledger=RankLedger(rank, send=lambda inbox, msg: None), num_steps=0,
     )  # fmt: skip
     runner = SimpleNamespace(token_to_kv_pool=kv, req_to_token_pool=req_pool)
@@ -76,7 +77,7 @@ def _rank(rank: int, comm, *, attention: str, page: int, guard: DeviceGuard) -> 
         got = torch.empty_like(sent)
         torch.distributed.recv(got, src=1)
         out["bytes_equal"] = bool(torch.equal(got, sent))
-        out["moved"] = [list(x) for x in rt.home["a"].moved]
+        out["moved"] = [list(x) for x in rt.home["a"].layout.moved]
     # migrations back home: the ranges rejoin the home's req_to_token row
     guard.syncs.clear()
     failed = ship(rt, [Migration("a", 1, 0, 4, 8), Migration("a", 1, 0, 8, 12)], runner, {"a": 0})

@@ -18,11 +18,14 @@ def _rank_runtime(rank, world_size, group):
 
     kv = MHATokenToKVPool(256, 1, torch.float32, 2, 8, 1, "cpu", False)
     alloc = TokenToKVPoolAllocator(256, torch.float32, "cpu", kv, False)
+    from sglang_dcp.sglang.datapath import RankRuntime
+
     held = []
-    rt = SimpleNamespace(rank=rank, num_ranks=world_size, guests={},
-                         tp_group=SimpleNamespace(cpu_group=group),
-                         scheduler=SimpleNamespace(token_to_kv_pool_allocator=alloc,
-                                                   handle_generate_request=held.append))  # fmt: skip
+    rt = object.__new__(RankRuntime)  # the runtime's state this path reads, no TP group
+    rt.rank, rt.num_ranks, rt.guests = rank, world_size, {}
+    rt.tp_group = SimpleNamespace(cpu_group=group)
+    rt.scheduler = SimpleNamespace(token_to_kv_pool_allocator=alloc,
+                                   handle_generate_request=held.append)  # fmt: skip
     return rt, alloc, held
 
 
@@ -57,7 +60,7 @@ def _case(rank, world_size, group, missing):
     if rank != 0:
         g = rt.guests.get("t2")
         if mine < run:
-            assert g is not None and g.home == 0 and g.ranges == [(a, b)]
+            assert g is not None and g.home == 0 and g.layout.held(rank) == [(a, b)]
             assert torch.equal(g.slots, slots.to(g.slots.dtype)), "adopted slots changed"
         else:
             assert g is None

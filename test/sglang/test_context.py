@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from sglang_dcp.sglang import context
-from sglang_dcp.sglang.rank_stats import stats
+from sglang_dcp.sglang.context import stats
 
 PKG = Path(context.__file__).parent
 # process-wide switches that are not a rank's state: the CPU import shim, plugin registration

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from sglang_dcp.sglang import backend, datapath
+from sglang_dcp.sglang import context
 from sglang_dcp.sglang.step import RankNews, plan_step
 from sglang_dcp.testing.device_guard import DeviceGuard, DeviceMixError, HostSyncError
 from sglang_dcp.testing.step_rank import make_rank
@@ -16,8 +16,7 @@ from sglang_dcp.testing.step_rank import make_rank
 @pytest.fixture
 def step_state(monkeypatch):
     state = {"step": None}
-    for module in (backend, datapath):  # backend_meta reads datapath's
-        monkeypatch.setattr(module, "current_step", lambda: state["step"])
+    monkeypatch.setattr(context, "current_step", lambda: state["step"])
     return state
 
 
@@ -28,7 +27,6 @@ def _one_step(k, state, *, predicted: bool):
     news, _ = rt.news(k.batch, None)
     plan = plan_step([news, RankNews(decoding=k.peers), RankNews(), RankNews()], [])
     step = rt.step_for(plan, predicted=predicted, decoded=[True] * rt.num_ranks)
-    step.batch_rows = tuple(rt.batch_rows[key] for key in step.row_keys)  # as after_sync does
     k.be.load(step)
     state["step"] = step
     view = k.be._prepare(k.fb)
@@ -41,10 +39,10 @@ def test_decode_steps_never_sync_with_the_host_nor_mix_devices(step_state, split
     with DeviceGuard(max_syncs=0) as guard:
         guard.mark(*k.device_tensors)
         first, view = _one_step(k, step_state, predicted=False)
-        assert first.reuses is None and first.num_rows == split
+        assert first.reuses_route is None and first.num_rows == split
         for _ in range(3):  # the header predicted these: the route is reused, tails grow
             step, view = _one_step(k, step_state, predicted=True)
-            assert step.reuses is not None
+            assert step.reuses_route is not None
         assert guard.on_device(k.be.ex.row_slot) and guard.on_device(view.seq_lens)
         assert not guard.on_device(view.seq_lens_cpu)
     assert guard.syncs == []

@@ -17,6 +17,7 @@ from sglang_dcp.exchange.transfer import ShardMove, TransferResult  # noqa: E402
 from sglang_dcp.planner import ClusterSpec, load_profile, make_policy  # noqa: E402
 from sglang_dcp.sglang import context, ledger, rank_stats  # noqa: E402
 from sglang_dcp.sglang.dispatcher import DcpDispatcher  # noqa: E402
+from sglang_dcp.sglang.entries import HomeEntry  # noqa: E402
 from sglang_dcp.sglang.messages import DcpPlannerView, register_types  # noqa: E402
 from sglang_dcp.types import Placement, Shard  # noqa: E402
 
@@ -34,13 +35,14 @@ def new_req(placement=P, outputs=1, finished=False):
 def ship(rank_ledger, req, ok: dict[int, bool], other=()):
     """What ``datapath._ship`` does on the home: run the moves of ``req``'s sealed shards
     (``ok`` by destination rank), record the done ones, then tell the ledger."""
-    h = SimpleNamespace(req=req, moved=[])
+    h = HomeEntry(req)
+    h.layout = h.layout.with_offered(h.layout.sealed_end)  # every sealed range tried
     results = []
     for s in req.dcp.shards[:-1]:
         m = ShardMove(req.rid, req.dcp.home_rank, s.rank, s.start, s.end)
         results.append(TransferResult(m, ok[s.rank], "" if ok[s.rank] else "injected fault"))
         if ok[s.rank]:
-            h.moved.append((s.rank, s.start, s.end))
+            h.layout = h.layout.with_move(s.rank, s.start, s.end)
     rank_ledger.shipped([*results, *other], {req.rid: h})
     return h
 
@@ -86,7 +88,7 @@ def test_reports_wait_for_the_inbox_then_go_in_order(monkeypatch):
     first = sent[0][1]
     assert first.sealed == [[[1, 0, 1024], [0, 1024, 2048]]]
     assert (first.dcp_rank, first.moves_done, first.moves_failed) == (0, 1, 1)
-    s = rank_stats.stats()
+    s = context.stats()
     assert (s.planner_kv_tokens, s.planner_guest_kv_tokens) == (7, 0)
     ship(rl, new_req(), {1: True, 2: True})
     assert sent[-1][0] == "tcp://dpc:1"  # known inbox: sent at once

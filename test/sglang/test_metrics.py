@@ -136,7 +136,7 @@ def test_the_hook_publishes_this_ranks_stats(monkeypatch):
     plan = object()
     assert metrics.after_get_next_batch_to_run(plan, scheduler(), None, None) is plan
     assert sample(generate_latest(reg).decode(), "sglang_dcp:guest_kv_tokens", dp_rank=1) == 64
-    rank_stats.stats().guest_kv_tokens = 0  # the data path frees the guests; next iteration:
+    context.stats().guest_kv_tokens = 0  # the data path frees the guests; next iteration:
     metrics.after_get_next_batch_to_run(plan, scheduler(), None, None)
     assert sample(generate_latest(reg).decode(), "sglang_dcp:guest_kv_tokens", dp_rank=1) == 0
 

@@ -23,6 +23,7 @@ from sglang.srt.managers.scheduler_components.output_streamer import (  # noqa: 
 from sglang.srt.managers.tokenizer_manager import ReqState, TokenizerManager  # noqa: E402
 
 from sglang_dcp.sglang import context, hooks, observe, rank_stats  # noqa: E402
+from sglang_dcp.sglang.layout import KvLayout  # noqa: E402
 from sglang_dcp.types import Placement, Shard  # noqa: E402
 
 P0 = Placement("a", 1, (Shard(0, 0, 128), Shard(1, 128, 150)))
@@ -36,7 +37,8 @@ def req(rid, placement=None):
     if placement is not None:
         r.dcp = placement
         r.origin_input_ids, r.output_ids = list(range(placement.shards[-1].end)), [7]
-        r.dcp_moved = [(s.rank, s.start, s.end) for s in placement.shards[:-1]]
+        r.dcp_layout = KvLayout.of(placement, [(s.rank, s.start, s.end)
+                                               for s in placement.shards[:-1]])  # fmt: skip
     return r
 
 

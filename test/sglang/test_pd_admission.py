@@ -5,6 +5,7 @@ lands over several ranks is checked on its home's share; a whole request as SGLa
 
 from __future__ import annotations
 
+import inspect
 from types import SimpleNamespace
 
 import pytest
@@ -41,6 +42,13 @@ def _queue():
     return q
 
 
+
+def _sglang(name: str):
+    """SGLang's own method (unwrapped: an earlier test in this process may have installed the
+    plugin's hooks on the class)."""
+    return inspect.unwrap(getattr(DecodePreallocQueue, name))
+
+
 @pytest.fixture
 def incoming(monkeypatch):
     """The rank runtime's placements of requests SGLang is building (before ``req.dcp``)."""
@@ -52,7 +60,7 @@ def incoming(monkeypatch):
 
 def _exceeds(q, req) -> bool:
     return pd_admission.around_check_if_req_exceed_kv_capacity(
-        DecodePreallocQueue._check_if_req_exceed_kv_capacity, q, req
+        _sglang("_check_if_req_exceed_kv_capacity"), q, req
     )
 
 
@@ -76,7 +84,7 @@ def test_the_admission_need_counts_only_the_homes_share(incoming):
 
     def need(req, retractable=0):
         return pd_admission.around_required_admission_tokens(
-            DecodePreallocQueue._required_admission_tokens, q, req, len(req.origin_input_ids),
+            _sglang("_required_admission_tokens"), q, req, len(req.origin_input_ids),
             0, retractable)  # fmt: skip
 
     # SGLang: max(allocated + reserve, prompt + max_new - retractable)

@@ -123,8 +123,9 @@ def _holder(timeout):
     alloc = _Allocator()
     queue = SimpleNamespace(deferred_kv_release_timeout=timeout)
     sched = SimpleNamespace(token_to_kv_pool_allocator=alloc, disagg_decode_transfer_queue=queue)
-    rt = SimpleNamespace(rank=1, scheduler=sched, landing_held={}, guests={
-        "r": GuestEntry(0, [(0, 3)], torch.tensor([5, 6, 7]))})  # fmt: skip
+    guests = {"r": GuestEntry.new("r", 0, 1, [(0, 3)], torch.tensor([5, 6, 7]))}
+    rt = SimpleNamespace(rank=1, scheduler=sched, landing_held={}, guests=guests,
+                         drop_guest=lambda rid: guests.pop(rid, None))  # RankRuntime's API
     return rt, alloc
 
 

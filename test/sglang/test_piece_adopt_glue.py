@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import torch
 
 from sglang_dcp.sglang import context, piece_adopt
+from sglang_dcp.sglang.datapath import RankRuntime
 from sglang_dcp.sglang.entries import HomeEntry
 from sglang_dcp.types import Placement, Shard
 
@@ -17,8 +18,9 @@ def _setup():
     req = SimpleNamespace(rid="t2", dcp=p, prefix_indices=torch.empty(0, dtype=torch.int64),
                           is_retracted=False, kv=SimpleNamespace(req_pool_idx=3))  # fmt: skip
     reports = []
-    rt = SimpleNamespace(split_reqs={"t2": req}, home={}, moved_rows={},
-                         ledger=SimpleNamespace(layout=lambda rid, home: reports.append(rid)))
+    rt = object.__new__(RankRuntime)  # the runtime's state this path reads
+    rt.split_reqs, rt.home = {"t2": req}, {}
+    rt.ledger = SimpleNamespace(layout=lambda rid, home: reports.append(rid))
     prefix = torch.zeros(150, dtype=torch.int64)
     prefix[128:] = torch.arange(500, 522)
     rt.adoptions = {"t2": piece_adopt.Adoption(150, [(1, 0, 64), (2, 64, 128)], prefix)}
@@ -36,8 +38,8 @@ def test_the_adopted_prefix_is_the_match_of_the_first_prefill_only():
         assert rt.adoptions["t2"].req is req
         h = rt.home["t2"] = HomeEntry(req)
         piece_adopt.start(rt, req, h)  # its first chunk's header
-        assert h.moved == [(1, 0, 64), (2, 64, 128)] and h.offered == 150
-        assert rt.moved_rows[3] == [(0, 64), (64, 128)] and reports == ["t2"]
+        assert h.layout.moved == ((1, 0, 64), (2, 64, 128)) and h.layout.offered == 150
+        assert h.layout.skip_rows() == [(0, 64), (64, 128)] and reports == ["t2"]
         assert not rt.adoptions and piece_adopt.pending_tokens(rt) == 0
         req.prefix_indices = torch.arange(7)  # later rounds keep SGLang's own prefix
         piece_adopt.after_init_next_round_input(None, req, object())

@@ -10,6 +10,7 @@ import torch
 from sglang_dcp.planner.pieces import KEY_PAGE, prefix_key
 from sglang_dcp.sglang import piece_release
 from sglang_dcp.sglang.entries import GuestEntry, HomeEntry
+from sglang_dcp.sglang.layout import KvLayout
 from sglang_dcp.sglang.piece_cache import PieceCache
 from sglang_dcp.sglang.rank_stats import RankStats
 from sglang_dcp.types import Placement, Shard
@@ -57,7 +58,7 @@ def _req(reason=FINISH_LENGTH):
 
 def test_a_guest_keeps_its_ranges_as_pieces():
     rt, _ = _rt(1)
-    g = GuestEntry(0, [(0, 64), (64, 128)], torch.arange(500, 628))
+    g = GuestEntry.new("t1", 0, 1, [(0, 64), (64, 128)], torch.arange(500, 628))
     assert piece_release.keep_guest(rt, "t1", g)
     assert rt.piece_cache.owners() == [("t1", 0), ("t1", 64)] and rt.piece_cache.tokens == 128
     rt.scheduler.tree_cache = SimpleNamespace(is_chunk_cache=lambda: True)  # no radix cache
@@ -67,8 +68,7 @@ def test_a_guest_keeps_its_ranges_as_pieces():
 def test_the_home_keeps_and_reports_its_pages_of_a_finished_request():
     rt, sent = _rt(0, page=4)
     req = _req()
-    h = rt.home["t1"] = HomeEntry(req)
-    h.moved = [(1, 0, 128), (2, 128, 192)]
+    rt.home["t1"] = HomeEntry(req, KvLayout.of(req.dcp, [(1, 0, 128), (2, 128, 192)]))
     kept = piece_release.home_ranges(rt, req)
     assert kept == [(192, 256)]  # KV written: 250 prompt + 9 outputs - 1 = 258; whole pages: 256
     piece_release.keep_home(rt, req, kept)
@@ -85,16 +85,14 @@ def test_the_home_keeps_no_piece_of_its_trees_slots():
     rt, _ = _rt(0, page=4)
     req = _req()
     req.kv.cache_protected_len = 224  # its first prefill matched [0, 224) in the home's tree
-    h = rt.home["t1"] = HomeEntry(req)
-    h.moved = [(1, 0, 128), (2, 128, 192)]
+    rt.home["t1"] = HomeEntry(req, KvLayout.of(req.dcp, [(1, 0, 128), (2, 128, 192)]))
     assert piece_release.home_ranges(rt, req) == [(224, 256)]  # tree_prefix.clip
 
 
 def test_an_aborted_request_leaves_only_its_guest_ranges(monkeypatch):
     rt, sent = _rt(0)
     req = _req(FINISH_ABORT)
-    rt.home["t1"] = HomeEntry(req)
-    rt.home["t1"].moved = [(1, 0, 128)]
+    rt.home["t1"] = HomeEntry(req, KvLayout.of(req.dcp, [(1, 0, 128)]))
     assert piece_release.home_ranges(rt, req) == []
     piece_release.report(rt, req, [])
     assert sent[-1].cached == [[1, 0, 128]]

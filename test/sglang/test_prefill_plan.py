@@ -10,7 +10,8 @@ import torch
 from sglang_dcp.planner.base import Migration
 from sglang_dcp.sglang.admission import lifted_limits, prefill_credit
 from sglang_dcp.sglang.prefill_shards import away_pieces, away_tokens
-from sglang_dcp.sglang.step import Extending, RankNews, plan_step, where_now
+from sglang_dcp.sglang.layout import where_now
+from sglang_dcp.sglang.step import Extending, RankNews, plan_step
 from sglang_dcp.sglang.step_build import build_step
 from sglang_dcp.types import Placement, Shard
 
@@ -130,7 +131,8 @@ def test_a_failed_piece_aborts_a_request_that_is_still_prefilling(monkeypatch):
     monkeypatch.setattr(shipping, "ship", lambda rt, moves, runner, homes: [bad])
     monkeypatch.setattr(overlap, "wait_for_forward", lambda runner: None)
     prefill_shards.after_forward(rt)
-    assert rt.after == () and rt.home["r"].offered == 64 and rt.home["r"].failed == [(1, 32, 64)]
+    lay = rt.home["r"].layout
+    assert rt.after == () and lay.offered == 64 and lay.failed == ((1, 32, 64),)
     assert sched._pending_chunked_abort_req is req
     assert "tokens [32, 64) of r from rank 0 to rank 1 failed" in rt.prefill_failed["r"]
     # after its last chunk (no longer SGLang's chunked request) a failed piece stays home

@@ -12,7 +12,7 @@ from sglang_dcp.sglang import context, radix, sched_hooks
 
 @pytest.fixture
 def rt():
-    runtime = SimpleNamespace(split_reqs={}, home={}, moved_rows={}, released=lambda req: None)
+    runtime = SimpleNamespace(split_reqs={}, home={}, released=lambda req: None)
     old = context.use(context.RankContext(runtime=runtime))
     yield runtime
     context.use(old)
@@ -62,11 +62,30 @@ def test_a_split_requests_prefill_stays_out_of_the_tree(rt):
 def test_a_split_request_is_released_without_insert(rt):
     split = _req("split", idx=3)
     rt.split_reqs["split"] = split
-    rt.moved_rows[3] = [(0, 64)]
+    released = []
+    rt.released = released.append
     seen = []
     original = lambda req, tree_cache, is_insert=True: seen.append((req.rid, is_insert))  # noqa
     sched_hooks.around_release_kv_cache(original, split, None)
     sched_hooks.around_release_kv_cache(original, split, None, True)
     sched_hooks.around_release_kv_cache(original, _req("plain"), None)
     assert seen == [("split", False), ("split", False), ("plain", True)]
-    assert 3 not in rt.moved_rows
+    assert released == [split, split]  # the runtime drops its entry (and the rows it skips)
+
+
+def test_the_home_row_skips_its_layouts_away_and_kept_ranges():
+    """``RankRuntime.row_ranges_to_skip`` (SGLang's ``free_kv_row``) reads the home entry's
+    layout: the ranges away and those kept as pieces, nothing for another row."""
+    from sglang_dcp.sglang.datapath import RankRuntime
+    from sglang_dcp.sglang.entries import HomeEntry
+    from sglang_dcp.sglang.layout import KvLayout
+    from sglang_dcp.types import Placement, Shard
+
+    p = Placement("s", 0, (Shard(1, 0, 64), Shard(0, 64, 200)))
+    rt = object.__new__(RankRuntime)
+    req = SimpleNamespace(rid="s", dcp=p, kv=SimpleNamespace(req_pool_idx=3))
+    rt.home = {"s": HomeEntry(req, KvLayout.of(p, [(1, 0, 64)]).with_kept([(64, 128)]))}
+    assert rt.row_ranges_to_skip(3) == [(0, 64), (64, 128)]
+    assert rt.row_ranges_to_skip(4) is None
+    rt.home["s"].layout = KvLayout.of(p)  # nothing away, nothing kept
+    assert rt.row_ranges_to_skip(3) is None

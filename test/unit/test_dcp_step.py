@@ -8,14 +8,8 @@ from hypothesis import given, settings
 
 from sglang_dcp.exchange.route import part_ranks, tokens_on
 from sglang_dcp.planner.base import Migration
-from sglang_dcp.sglang.step import (
-    Decoding,
-    RankNews,
-    plan_step,
-    reassign,
-    runtime_shards,
-    subtract,
-)
+from sglang_dcp.sglang.layout import reassign, runtime_shards, subtract
+from sglang_dcp.sglang.step import Decoding, RankNews, plan_step
 from sglang_dcp.types import Placement, Shard
 
 
@@ -147,7 +141,7 @@ def test_where_now_equals_the_moves_applied_in_order():
     (a range migrated again), both equal applying every move in order with ``reassign``."""
     import random
 
-    from sglang_dcp.sglang.step import reassign, where_now
+    from sglang_dcp.sglang.layout import reassign, where_now
 
     def applied(home, moved, n):
         out = ((home, 0, n),) if n else ()
@@ -177,11 +171,14 @@ def test_a_home_entry_caches_its_layout_while_only_the_tail_grows():
     from sglang_dcp.sglang.entries import HomeEntry
 
     p = placement(0, [(1, 0, 64), (2, 64, 128)], 128, 200)
-    h = HomeEntry(SimpleNamespace(dcp=p), moved=[(1, 0, 64)])
+    h = HomeEntry(SimpleNamespace(dcp=p))
+    h.layout = h.layout.with_move(1, 0, 64)
     for n in (130, 131, 150):
-        assert h.shards_at(n) == runtime_shards(p, h.moved, n)
-    h.moved.append((2, 64, 128))  # another move: the cache is rebuilt
-    assert h.shards_at(151) == runtime_shards(p, h.moved, 151) == ((1, 0, 64), (2, 64, 128),
+        assert h.shards_at(n) == runtime_shards(p, h.layout.moved, n)
+    h.layout = h.layout.with_offered(128)  # not a move: the cache stays
+    assert h.shards_at(150) == ((1, 0, 64), (0, 64, 150))
+    h.layout = h.layout.with_move(2, 64, 128)  # another move: the cache is rebuilt
+    assert h.shards_at(151) == runtime_shards(p, h.layout.moved, 151) == ((1, 0, 64), (2, 64, 128),
                                                                     (0, 128, 151))  # fmt: skip
     with pytest.raises(ValueError, match="sealed shards end at 128"):
         h.shards_at(100)  # as runtime_shards: fewer tokens than the sealed shards
@@ -203,7 +200,7 @@ def test_a_predicted_step_reuses_the_route_and_equals_a_rebuilt_one():
             for i, rid in enumerate(("a", "b"), start=1)}  # fmt: skip
     guests = {"g": SimpleNamespace(slots=torch.arange(64) + 7)}
     rt = SimpleNamespace(rank=rank, num_ranks=W, prev_step=None, num_steps=0, home=home,
-                         guests=guests, capacity=16,
+                         guests=guests, capacity=16, batch_rows={1: (0, 200), 2: (1, 250)},
                          scheduler=SimpleNamespace(req_to_token_pool=SimpleNamespace(
                              req_to_token=r2t)))  # fmt: skip
 
@@ -218,12 +215,14 @@ def test_a_predicted_step_reuses_the_route_and_equals_a_rebuilt_one():
         return torch.cat([p.long() for p in slots.parts]).tolist()
 
     decoded = [True, True, False]
-    first = rank_step(rt, plan(200), predicted=False, decoded=decoded)
-    assert first.reuses is None
+    first = prev = rank_step(rt, plan(200), predicted=False, decoded=decoded)
+    assert first.reuses_route is None
     for n in (201, 202):
         p = plan(n)
         step = rank_step(rt, p, predicted=True, decoded=decoded)
-        assert step.reuses is not None and step.reuses.reuses is None  # one link back only
+        assert step.reuses_route is prev.route  # one link back only: a route, not a step
+        assert step.batch_rows == ((0, 200), (1, 250))  # the header's host view, built in
+        prev = step
         ref = build_step(p, rank=rank, num_ranks=W, home_reqs={k: v.req for k, v in home.items()},
                          guest_slots={"g": guests["g"].slots}, req_to_token=r2t, capacity=16,
                          tag=0)  # fmt: skip
@@ -233,5 +232,5 @@ def test_a_predicted_step_reuses_the_route_and_equals_a_rebuilt_one():
         assert [[len(g.slots) for g in r] for r in got.recv] == \
             [[len(g.slots) for g in r] for r in want.recv]  # fmt: skip
         assert step.row_keys == ref.row_keys and step.kv_slots == ref.kv_slots
-    assert rank_step(rt, plan(203), predicted=False, decoded=decoded).reuses is None  # news
-    assert rank_step(rt, plan(204), predicted=True, decoded=[True] * 3).reuses is None  # others
+    assert rank_step(rt, plan(203), predicted=False, decoded=decoded).reuses_route is None  # news
+    assert rank_step(rt, plan(204), predicted=True, decoded=[True] * 3).reuses_route is None  # others

@@ -7,7 +7,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 PKG = ROOT / "sglang_dcp"
 PURE = ["planner", "sim", "types.py", "exchange/route.py", "exchange/scenario.py",
         "exchange/wire.py", "exchange/extend.py", "exchange/extend_scenario.py",
-        "exchange/extend_tiles.py"]
+        "exchange/extend_tiles.py", "sglang/layout.py"]
 
 
 def _imports(path: pathlib.Path) -> set[str]:
