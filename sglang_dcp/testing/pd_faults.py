@@ -19,6 +19,18 @@ def books(decode) -> list[tuple[int, int, int, int]]:
              r["dcp"]["planner_guest_kv_tokens"]) for r in decode.get("/v1/loads")["loads"]]
 
 
+def settled_books(decode, timeout: float = 60) -> list[tuple[int, int, int, int]]:
+    """``books(decode)`` once every rank's are 0 (or at ``timeout``): the DP controller books a
+    request's end when its home reports it (``DcpFinished``), which may follow the ranks' own
+    frees by a scheduler step or a health check's round trip."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = books(decode)
+        if all(b == (0, 0, 0, 0) for b in out) or time.monotonic() > deadline:
+            return out
+        time.sleep(0.5)
+
+
 def post(router, body: dict, out: dict) -> None:
     """``POST /generate``; ``out["code"], out["text"]``: the answer (599: no HTTP answer)."""
     try:

@@ -30,7 +30,8 @@ import pytest
 from hf_reference import hf_greedy, prompts
 
 from sglang_dcp.testing.pd import decode_args, prefill_args, start_trio
-from sglang_dcp.testing.pd_faults import Disconnecting, books, mid_transfer, post, retry_post
+from sglang_dcp.testing.pd_faults import (Disconnecting, mid_transfer, post, retry_post,
+                                          settled_books)
 from sglang_dcp.testing.server import free_low_port
 from sglang_dcp.testing.usage import KvUsageSampler
 
@@ -212,7 +213,7 @@ def test_an_abort_mid_transfer_frees_every_rank_and_the_planners_books(trio, tin
     assert out.get("code", 0) >= 400 or "abort" in out.get("text", ""), out
     assert _wait_drained(prefill, decode) == [0] * (1 + DECODE_DP), "KV left after the abort"
     print(f"every rank back to 0 used KV tokens {time.monotonic() - t0:.1f} s after the abort")
-    assert books(decode) == [(0, 0, 0, 0)] * DECODE_DP
+    assert settled_books(decode) == [(0, 0, 0, 0)] * DECODE_DP
     ids = prompts(seed=24, count=1, lengths=(LONG,))[0]
     out = router.post("/generate", {"input_ids": ids, "sampling_params": {
         "max_new_tokens": 4, "temperature": 0, "ignore_eos": True}}, timeout=600)  # fmt: skip
@@ -231,7 +232,7 @@ def test_a_client_going_away_mid_transfer_frees_every_rank(trio):
     t.join(timeout=30)
     assert _wait_drained(prefill, decode) == [0] * (1 + DECODE_DP), "KV left after going away"
     print(f"every rank back to 0 used KV tokens {time.monotonic() - t0:.1f} s after it went")
-    assert books(decode) == [(0, 0, 0, 0)] * DECODE_DP
+    assert settled_books(decode) == [(0, 0, 0, 0)] * DECODE_DP
 
 
 def test_a_holder_without_room_fails_the_request_at_once_with_the_reason(trio, tiny_model_path):
@@ -245,7 +246,7 @@ def test_a_holder_without_room_fails_the_request_at_once_with_the_reason(trio, t
     assert out["code"] >= 500, out
     assert re.search(r"could not allocate the \d+ KV slots", out["text"]), out
     assert _wait_drained(prefill, decode) == [0] * (1 + DECODE_DP), "KV left after no room"
-    assert books(decode) == [(0, 0, 0, 0)] * DECODE_DP
+    assert settled_books(decode) == [(0, 0, 0, 0)] * DECODE_DP
 
 
 def test_every_rank_of_both_servers_back_to_zero(trio):
@@ -269,7 +270,7 @@ def test_the_prefill_server_dying_mid_transfer_frees_every_decode_rank(trio, tin
     assert out.get("code", 0) >= 500, out
     assert _wait_drained(decode, timeout=90) == [0] * DECODE_DP, "decode KV left"
     print(f"every decode rank back to 0 used KV tokens {time.monotonic() - t0:.1f} s after kill")
-    assert books(decode) == [(0, 0, 0, 0)] * DECODE_DP
+    assert settled_books(decode) == [(0, 0, 0, 0)] * DECODE_DP
     t0 = time.monotonic()
     prefill.start()
     print(f"prefill server restarted in {time.monotonic() - t0:.0f} s")
