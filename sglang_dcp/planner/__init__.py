@@ -31,7 +31,8 @@ _OPTIONS = {
             "home_rule", "fixed_exchange", "split_rule", "split_min_free", "step_slo_ms",
             "step_gate", "step_headroom", "prefill_chunk", "hold",
             "home_tie", "headroom_always", "age_ms", "age_overshoot", "exchange_wire",
-            "wire_capacity", "rejoin", "split_cost_k", "exchange_room_ms"),
+            "wire_capacity", "rejoin", "split_cost_k", "exchange_room_ms",
+            "live_quiet_ms"),
 }
 
 

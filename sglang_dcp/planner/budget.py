@@ -41,13 +41,16 @@ STEP_GATES = ("split", "all")
 
 class StepBudget:
     def _budget_options(self, headroom_always: bool, age_ms: float | None,
-                        age_overshoot: float, exchange_room_ms: float | None = None) -> None:
+                        age_overshoot: float, exchange_room_ms: float | None = None,
+                        live_quiet_ms: float | None = None) -> None:
         if age_ms is not None and age_ms < 0 or age_overshoot < 0:
             raise ValueError("dcp: need age_ms >= 0 and age_overshoot >= 0")
         if exchange_room_ms is not None and exchange_room_ms < 0:
             raise ValueError(f"dcp: exchange_room_ms must be >= 0, got {exchange_room_ms}")
         self.exchange_room_ms = float(exchange_room_ms) if exchange_room_ms else None  # 0: off
         self._must_split_ms: float | None = None  # when a request last needed a split (ms)
+        self.live_quiet_ms = float(live_quiet_ms) if live_quiet_ms else None  # 0: off
+        self._budget_refused_ms: float | None = None  # the step budget's last refusal (ms)
         self.headroom_always = bool(headroom_always)
         self.age_ms = None if age_ms is None else float(age_ms)
         self.age_overshoot = float(age_overshoot)
@@ -113,6 +116,16 @@ class StepBudget:
         t = self._must_split_ms
         return t is not None and self._now_ms - t <= self.exchange_room_ms
 
+    def _live_split(self) -> bool:
+        """``live_quiet_ms`` (issue 27): the fit rule splits for balance too, at the marginal
+        price (the gain rule without the fixed exchange), while a guest exists, the predicted
+        step is within the budget and no request was refused for the budget that long."""
+        if self.live_quiet_ms is None or not self.num_guest_items or self.split_rule != "fit" \
+                or self.step_slo_us is None or self.predicted_step_us() > self.step_slo_us:
+            return False
+        t = self._budget_refused_ms
+        return t is None or self._now_ms - t >= self.live_quiet_ms
+
     def _budget_for(self, rid: str) -> float:
         """The step budget for ``rid`` (µs): the SLO, or ``1 + age_overshoot`` times it once
         ``rid`` has waited ``age_ms`` since its first refusal."""
@@ -158,6 +171,7 @@ class StepBudget:
             return plan  # an empty cluster: waiting cannot make room
         # what a targeted hold keeps ranks for (hold.py): the plan closest to the budget
         self._refused_plan = (alt[0], alt[1]) if alt_step < step else (home, sealed)
+        self._budget_refused_ms = self._now_ms
         what = f"split over {len({r for r, _, _ in sealed} | {home})} ranks" if sealed else \
             f"on rank {home}"
         return Rejection(

@@ -58,7 +58,7 @@ could not run whole: KV fragmentation. So:
    with a threshold ``rebalance`` moves ranges (``rebalance.py``), and with a step budget only
    while a move lowers the predicted step; ``rejoin`` brings split requests home when that
    lowers it. 6. **Off by default** (issue 27): ``hold``, ``headroom_always``, ``age_ms``; on:
-   ``exchange_room_ms`` (600 s; ``budget.py``).
+   ``exchange_room_ms``, ``live_quiet_ms`` (600 s each; ``budget.py``).
 
 Short requests (fewer full prompt pages than ``min_shard_tokens``) never split. Loads are
 reserved KV tokens (``kv_tokens()``: every live request at its reservation). Per-rank predicted
@@ -80,10 +80,8 @@ from sglang_dcp.planner.wire_cost import DEFAULT_CAPACITY, BucketedWire
 from sglang_dcp.types import Rejection, Request
 
 
-class DcpPolicy(
-    TargetedHold, StepBudget, GuestPlans, HomeChoice, Feasibility, SealedRangeRebalancer,
-    BucketedWire, LedgerPolicy,
-):
+class DcpPolicy(TargetedHold, StepBudget, GuestPlans, HomeChoice, Feasibility,
+                SealedRangeRebalancer, BucketedWire, LedgerPolicy):
     name = "dcp"
 
     def __init__(
@@ -114,6 +112,7 @@ class DcpPolicy(
         rejoin: bool = False,
         split_cost_k: float | None = 4.0,
         exchange_room_ms: float | None = 600_000.0,
+        live_quiet_ms: float | None = 600_000.0,
     ) -> None:
         super().__init__(cluster)
         if not isinstance(profile, CostProfile):
@@ -150,7 +149,8 @@ class DcpPolicy(
         self.step_headroom_us = profile.exchange_us_fixed if step_headroom else 0.0
         self.split_rule, self.split_min_free = split_rule, float(split_min_free)
         self._home_options(home_rule, home_tie)
-        self._budget_options(headroom_always, age_ms, age_overshoot, exchange_room_ms)
+        self._budget_options(
+            headroom_always, age_ms, age_overshoot, exchange_room_ms, live_quiet_ms)
         self.fixed_exchange, self.profile = fixed_exchange, profile
         self._wire_options(exchange_wire, wire_capacity)  # wire_cost.py
         self._fit_options(split_cost_k)  # feasibility.py
@@ -231,20 +231,20 @@ class DcpPolicy(
         ms = self.min_shard_tokens
         extra = self._transient_bound(req.prompt_len, resv, pfull) if splittable else 0
         need = min_tail + extra if splittable else resv
+        live = self._live_split()  # budget.py: the fit rule also splits for balance
+        fit = self.split_rule == "fit" and splittable and not split_only and not live
         if home_rank is not None:
             h = home_rank
             if cap[h] - kv[h] < need:
                 return self._reject(req, resv, pfull, splittable, pinned=h)
         else:
-            if self.split_rule == "fit" and splittable and not split_only:
-                h = self._choose_home(resv, resv)  # a home that holds it whole: no split
-                if h >= 0:
-                    return h, [], 0
+            if fit and (h := self._choose_home(resv, resv)) >= 0:  # whole on a home: no split
+                return h, [], 0
             h = self._choose_home(need, resv)
             if h < 0:
                 return self._reject(req, resv, pfull, splittable)
         free_h = cap[h] - kv[h]
-        if self.split_rule == "fit" and splittable and not split_only:
+        if fit:
             if free_h >= resv:
                 return h, [], 0
             if not self._may_split_for_fit(resv, home_rank):
@@ -272,7 +272,7 @@ class DcpPolicy(
         elif not splittable:  # pragma: no cover - need == resv guarantees free_h >= resv
             return self._reject(req, resv, pfull, splittable)
         fixed = self.profile.exchange_us_fixed
-        if self.fixed_exchange == "first" and self.num_guest_items:
+        if (self.fixed_exchange == "first" or live) and self.num_guest_items:
             fixed = 0.0
         cost = self.cost
         # guests by predicted time with their exchange (wire_cost.py: bucketed, pairs within the

@@ -82,6 +82,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help="How rebalance() KV copies cost time: copied while decoding goes on "
                         "(tokens read on the source until the copy lands), or a stall of the "
                         "whole cluster.")
+    p.add_argument("--queue-bypass-tokens", type=float, default=None,
+                   help="A waiter is also passed until the requests admitted ahead of it hold "
+                        "this many times its KV (not the server's; default off).")
     p.add_argument("--queue-max-bypass", type=int, default=16,
                    help="The DP controller's queue (dcp, uniform): a waiting request is passed "
                         "over at most this many times by later ones that fit (the server's "
@@ -187,7 +190,8 @@ def main(argv=None) -> int:
     sim = SimOptions(deployment=args.deployment, pd_gbps=args.pd_gbps,
                      rebalance_every_ms=args.rebalance_every_ms,
                      rebalance_max_tokens=args.rebalance_max_tokens, migration=args.migration,
-                     queue_max_bypass=None if args.queue_max_bypass < 0 else args.queue_max_bypass)
+                     queue_max_bypass=None if args.queue_max_bypass < 0 else args.queue_max_bypass,
+                     queue_bypass_tokens=args.queue_bypass_tokens)
     exp = Experiment(workload, args.ranks, args.profile, args.policies, search, sim,
                      kv_capacity=args.kv_capacity, ranks_per_node=args.ranks_per_node,
                      exchange_wire=args.exchange_wire)

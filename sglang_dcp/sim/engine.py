@@ -81,7 +81,7 @@ def simulate(
     written = np.zeros(num_ranks)  # KV tokens that exist, per rank
     batch = np.zeros(num_ranks)
     heap: list[tuple[int, int]] = []  # (global step at which it finishes, request index)
-    waiting = WaitQueues(options.queue_max_bypass)  # GLOBAL or a rank -> FIFO (queues.py)
+    waiting = WaitQueues(options.queue_max_bypass, options.queue_bypass_tokens, inp + out_len)
     t = arr[0][0] if arr else 0.0
     steps = busy = decoded = bad_wait = bad_tpot = migrated = 0
     stall_ms = 0.0
@@ -216,7 +216,7 @@ def simulate(
             if key is not None:
                 waiting.wait(key, i)
             elif status[i] != REJECTED:
-                waiting.overtaken()  # admitted ahead of every waiting request
+                waiting.overtaken(i)  # admitted ahead of every waiting request
             changed = True
         if changed:
             refresh_loads()

@@ -47,6 +47,9 @@ class SimOptions:
     # waiting request passed over at most this many times (``--dcp-queue-max-bypass``, default
     # 16); 0 is strict arrival order, None unbounded first fit.
     queue_max_bypass: int | None = 16
+    # and, if set, also by requests holding this many times the waiter's own KV (queues.py;
+    # not the server's yet, so off by default)
+    queue_bypass_tokens: float | None = None
     # Where prefill runs and how KV reaches the decode ranks (``deploy.py``): "decode" (prefill
     # elsewhere, KV appears at no cost), "colocated" (prefill stalls the cluster; prefix caches),
     # "pd" (transfer into each holder), "pd-home" (transfer to the home, then ship).

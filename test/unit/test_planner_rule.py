@@ -219,3 +219,17 @@ def test_split_for_fit_scales_with_what_starting_the_exchange_costs():
         make_policy("dcp", c, DS, split_cost_k=-1)
     # without a budget the rule has nothing to scale by: split_min_free as before
     assert make_policy("dcp", c, DS)._split_free_share() == 0.2
+
+
+def test_live_split_only_while_the_budget_is_quiet():
+    """live_quiet_ms (issue 27): the fit rule splits for balance too while a guest exists, the
+    predicted step is within the budget and nothing was refused for the budget that long."""
+    c = ClusterSpec.uniform(4, 64 * 1000, 64)
+    prof = load_profile("deepseek-v3-h200")
+    for quiet, refused_ms, live in [(600_000.0, None, True), (600_000.0, 1.0, False),
+                                    (600_000.0, -700_000.0, True), (0, None, False)]:
+        p = make_policy("dcp", c, prof, step_slo_ms=1e6, live_quiet_ms=quiet)
+        assert not p._live_split()  # no guest: the exchange is not live
+        p.num_guest_items = 1
+        p._budget_refused_ms = refused_ms
+        assert p._live_split() == live, (quiet, refused_ms)

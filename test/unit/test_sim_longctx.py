@@ -84,6 +84,23 @@ def test_first_fit_queue_passes_a_blocked_long_request(bypass, small_waits):
     assert (run.queue_ms[3] > 1000) == small_waits
 
 
+def test_tokens_bound_lets_a_long_waiter_be_passed_longer():
+    """queue_bypass_tokens (issue 27 candidate, off by default): a waiter starves once passed
+    ``bypass`` times and by requests holding ``tokens`` x its own KV, not after the count."""
+    from sglang_dcp.sim.queues import GLOBAL, WaitQueues
+
+    size = [1000, 100, 100, 100, 100]  # 0 waits; 1-4 are admitted ahead of it
+    for tokens, starving_after in [(None, 2), (0.25, 3), (1.0, None)]:
+        q = WaitQueues(2, tokens, size)
+        q.wait(GLOBAL, 0)
+        seen = None
+        for i in range(1, 5):
+            q.overtaken(i)
+            if seen is None and q.starving():
+                seen = i
+        assert seen == starving_after, (tokens, seen)
+
+
 def test_intranode_items_are_cheaper_and_preferred():
     p = NODE8
     assert p.exchange_us(1, 1, near=2) < p.exchange_us(1, 1)
