@@ -202,7 +202,9 @@ def apply_sglang_fixes() -> list[str]:
     from sglang_dcp.sglang.pd_heads import pad_heads_to_attention_tp_in_pd
 
     applied += pad_heads_to_attention_tp_in_pd()
-    return applied
+    from sglang_dcp.sglang.cpu_paged import use_torch_paged_allocator
+
+    return applied + use_torch_paged_allocator()
 
 
 class _CudaOnCpu(types.ModuleType):

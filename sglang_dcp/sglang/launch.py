@@ -110,8 +110,8 @@ def dcp_options(ns: argparse.Namespace) -> DcpOptions:
             tp_size=ns.tp_size or 1,
             disable_radix_cache=bool(ns.disable_radix_cache),
             attention_backend=ns.attention_backend,
-            pd_paged_decode=getattr(ns, "disaggregation_mode", None) == "decode"
-            and (getattr(ns, "page_size", None) or 1) > 1,
+            pd_decode_prefix_cache=getattr(ns, "disaggregation_mode", None) == "decode"
+            and bool(getattr(ns, "disaggregation_decode_enable_radix_cache", False)),
         )
     except OptionsError as e:
         raise LaunchError(str(e)) from None

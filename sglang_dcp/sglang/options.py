@@ -116,7 +116,7 @@ def resolve(
     max_guest_items: int | None = None,
     rebalance_threshold: float | None = None,
     transfer_chunk_mb: int | None = None,
-    pd_paged_decode: bool = False,
+    pd_decode_prefix_cache: bool = False,
 ) -> DcpOptions:
     """Check the flags (``None`` = not given) against each other and the server shape.
 
@@ -170,10 +170,10 @@ def resolve(
     policy = policy or DEFAULT_POLICY
     tp_size = dp_size if tp_size is None else tp_size
     shard_blockers = []
-    if pd_paged_decode:  # issue 24: KV lands in its shards (pd_landing.py) at page size 1 only
-        shard_blockers.append(
-            "--page-size 1 on a PD decode server (KV landing in shards is built for unpaged "
-            "pools so far)"
+    if pd_decode_prefix_cache:  # issue 24: KV landing in shards (pd_landing.py) sends whole
+        shard_blockers.append(  # prompts; a decode-side prefix would need its ranges on holders
+            "no --disaggregation-decode-enable-radix-cache on a PD decode server (KV landing "
+            "in shards is built without a decode-side prefix cache)"
         )
     # The radix cache stays on with sharding (issue 26): unsplit requests use it as in plain
     # SGLang, split ones neither match nor insert (``sglang/radix.py``); the flag is accepted.

@@ -2,11 +2,12 @@
 
 The decode server's DP controller places the request (home + holders, ``dpc.py``) and, besides
 sending the request to its home, broadcasts a ``DcpLand`` control message. Then, for bootstrap
-room R of a prompt of ``n`` tokens, page size 1:
+room R of a prompt of ``n`` tokens (positions below are pages of ``--page-size`` tokens, as in
+SGLang's transfer lists; the planner's ranges are whole pages, ``dpc.planner_page``):
 
 - **each holder** (a rank with a sealed shard of it, not the home; ``on_land``) allocates slots
   for its ranges only, records them as a ``GuestEntry`` (the state a finished shard move leaves),
-  and registers for room R with its own destination list: ``n`` entries, its slots at its
+  and registers for room R with its own destination list: one entry per page, its pages at its
   ranges and ``-1`` elsewhere (``destinations``), plus a metadata slot for the aux data;
 - **the home** (SGLang's own prealloc path, two hooks) allocates slots only for the tokens it
   keeps (the tail), marks the other positions ``-1`` in the list it sends, and starts with the
@@ -41,15 +42,25 @@ logger = logging.getLogger(__name__)
 FAIL_ME = -2  # a destination position whose transfer must fail (the fault switch, testing only)
 
 
-def destinations(n: int, ranges: list[tuple[int, int]], slots) -> np.ndarray:
-    """``[n]`` int32: ``slots`` (host ints, concatenated in ``ranges`` order) at the positions of
-    ``ranges``, ``-1`` (not this destination's) elsewhere."""
-    out = np.full(n, -1, dtype=np.int32)
-    pos = 0
+def destinations(n: int, ranges: list[tuple[int, int]], slots, page: int = 1) -> np.ndarray:
+    """The list a destination sends for a prompt of ``n`` tokens, in SGLang's transfer form
+    (``_transfer_page_indices``: one entry per page of ``page`` tokens, a page index): ``slots``
+    (host ints, concatenated in ``ranges`` order, whole pages) at the pages of ``ranges``
+    (page-aligned starts), ``-1`` (not this destination's) elsewhere. ``[ceil(n / page)]``
+    int32; at page size 1 the slots at the token positions."""
+    out = np.full(-(-n // page), -1, dtype=np.int32)
+    slots, pos = np.asarray(slots), 0
     for a, b in ranges:
-        out[a:b] = slots[pos : pos + b - a]
-        pos += b - a
+        if a % page:
+            raise ValueError(f"range {(a, b)} does not start a page of {page} tokens")
+        pages = slots[pos : pos + b - a : page] // page
+        out[a // page : a // page + len(pages)] = pages
+        pos += -(-(b - a) // page) * page
     return out
+
+
+def page_aligned(ranges: list[tuple[int, int]], page: int) -> bool:
+    return all(a % page == 0 and b % page == 0 for a, b in ranges)
 
 
 def ranges_of(p: Placement, rank: int) -> list[tuple[int, int]]:
@@ -83,11 +94,16 @@ def on_land(rt, scheduler, msg) -> None:
     from sglang_dcp.sglang.entries import GuestEntry
 
     n = sum(b - a for a, b in mine)
+    page = scheduler.token_to_kv_pool_allocator.page_size
     if env.inject_pd_landing_no_room() == msg.prompt_len:  # testing only
         why = f"injected: {env.INJECT_PD_LANDING_NO_ROOM_VAR}"
         pd_cleanup.no_room(rt, scheduler, msg, mine, n, why=why)
         return
-    slots = scheduler.token_to_kv_pool_allocator.alloc(n)
+    if not page_aligned(mine, page):  # the planner's page is a multiple of SGLang's (dpc.py)
+        why = f"ranges {mine} are not whole pages of {page} tokens"
+        pd_cleanup.no_room(rt, scheduler, msg, mine, n, why=why)
+        return
+    slots = scheduler.token_to_kv_pool_allocator.alloc(n)  # whole pages at --page-size > 1
     if slots is None:  # the planner booked it: SGLang's pool disagrees with its books
         pd_cleanup.no_room(rt, scheduler, msg, mine, n)
         return
@@ -102,7 +118,7 @@ def on_land(rt, scheduler, msg) -> None:
     aux = q.req_to_metadata_buffer_idx_allocator.alloc()
     if receiver.poll() != KVPoll.Failed:
         receiver.required_dst_info_num = num_destinations(p)
-        dst = destinations(msg.prompt_len, mine, slots.tolist())  # once per landing, not per step
+        dst = destinations(msg.prompt_len, mine, slots.numpy(force=True), page)  # per landing
         if env.inject_pd_landing_failure() == msg.prompt_len and p.shards[0].rank == rt.rank:
             dst[dst >= 0] = FAIL_ME  # the prefill's send to this holder fails (testing only)
         receiver.send_metadata(dst, aux, None, decode_prefix_len=0)
@@ -143,17 +159,18 @@ def around_alloc_for_decode_prealloc(original, self, allocator, **kwargs):
     from sglang_dcp.sglang.context import ctx
     from sglang_dcp.sglang.layout import KvLayout
 
-    fill_len, prefix_len = kwargs["fill_len"], kwargs["prefix_len"]
-    if allocator.page_size != 1 or prefix_len:
-        raise RuntimeError(
-            f"sglang_dcp: PD landing in shards needs --page-size 1 and no decode prefix cache "
-            f"(got page size {allocator.page_size}, prefix {prefix_len} for {req.rid}); "
-            "pass --dcp-max-degree 1 to place PD requests whole"
-        )
+    fill_len, prefix_len, page = kwargs["fill_len"], kwargs["prefix_len"], allocator.page_size
     rt, p = ctx().runtime, req.dcp
     keep = [(a, min(b, fill_len)) for a, b in ranges_of(p, p.home_rank) if a < fill_len]
     keep[-1] = (keep[-1][0], fill_len)  # the tail runs to the end of what is preallocated
-    own = allocator.alloc(sum(b - a for a, b in keep))
+    if prefix_len or kwargs.get("uses_swa_tail") or any(a % page for a, _ in keep):
+        raise RuntimeError(
+            f"sglang_dcp: PD landing in shards needs no decode prefix cache, no SWA tail and "
+            f"page-aligned ranges (got prefix {prefix_len}, ranges {keep} at page size {page} "
+            f"for {req.rid}); pass --dcp-max-degree 1 to place PD requests whole"
+        )
+    # whole pages: each range starts a page (the last one's last page is partly filled)
+    own = allocator.alloc(sum(-(-(b - a) // page) * page for a, b in keep))
     if own is None:
         return None
     req.kv.kv_allocated_len = fill_len
@@ -161,7 +178,7 @@ def around_alloc_for_decode_prealloc(original, self, allocator, **kwargs):
     pos = 0
     for a, b in keep:
         kv_loc[a:b] = own[pos : pos + b - a]
-        pos += b - a
+        pos += -(-(b - a) // page) * page
     away = [(s.rank, s.start, s.end) for s in p.shards if s.rank != p.home_rank]
     rt.land(req, KvLayout.of(p, away, offered=p.shards[-1].start))  # its row skips them
     rt.ledger.layout(req.rid, rt.home)  # the planner's books and meta_info: where it lands
@@ -172,13 +189,13 @@ def around_transfer_page_indices(original, self, decode_req, kv_indices, page_si
     """``DecodePreallocQueue._transfer_page_indices`` (decode.py:2054), right before the home
     sends its metadata: the holders' positions become ``-1``, and the room needs every rank
     of the placement."""
-    out = original(self, decode_req, kv_indices, page_size)
+    out = original(self, decode_req, kv_indices, page_size)  # one entry per page
     req = decode_req.req
     if is_landing(req):
         p = req.dcp
         for s in p.shards:
-            if s.rank != p.home_rank:
-                out[s.start : s.end] = -1
+            if s.rank != p.home_rank:  # page-aligned (the planner's page, dpc.py)
+                out[s.start // page_size : -(-s.end // page_size)] = -1
         decode_req.kv_receiver.required_dst_info_num = num_destinations(p)
         delay = env.inject_pd_landing_delay()
         if delay is not None and delay[0] == len(req.origin_input_ids):  # testing only
@@ -192,7 +209,8 @@ def around_transfer_page_indices(original, self, decode_req, kv_indices, page_si
 def around_send_kvcache(original, self, mooncake_session_id, prefill_kv_indices, dst_kv_ptrs,
                         dst_kv_indices, executor, *args, **kwargs):  # fmt: skip
     """``MooncakeKVManager.send_kvcache`` (disaggregation/mooncake/conn.py:1051), on the prefill
-    server: send a destination only the positions it asked for (``-1``: another rank's)."""
+    server: send a destination only the positions it asked for (``-1``: another rank's); at
+    ``--page-size > 1`` both lists are page indices, so it sends whole pages."""
     if (dst_kv_indices == FAIL_ME).any():  # the fault switch (env.inject_pd_landing_failure)
         logger.warning("sglang_dcp: PD prefill: injected transfer failure to %s",
                        mooncake_session_id)  # fmt: skip

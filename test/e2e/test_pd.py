@@ -69,16 +69,18 @@ def trio(launch_server, tiny_model_path, tmp_path_factory):
 
 
 @contextmanager
-def pd_trio(launch_server, model_path: str, tmp_path_factory, decode_env: dict[str, str]):
-    """The module's trio for ``model_path`` (``test_pd_mla.py`` starts one for MLA)."""
+def pd_trio(launch_server, model_path: str, tmp_path_factory, decode_env: dict[str, str],
+            extra: tuple[str, ...] = ()):  # fmt: skip
+    """The module's trio for ``model_path`` (``test_pd_mla.py`` starts one for MLA, paged);
+    ``extra``: flags for both servers (SGLang's PD needs their page sizes equal)."""
     bootstrap = free_low_port(avoid=0)
     t0 = time.monotonic()
     log = os.path.join(tmp_path_factory.mktemp("pd-router"), "router.log")
     # one answer per request (smg would retry a failed one on a new room) and no circuit
     # breaker: the tests fail requests on purpose and read each failure's own answer
     prefill, decode, router = start_trio(
-        launch_server, prefill_args(model_path, bootstrap, POOL),
-        decode_args(model_path, DECODE_DP, DECODE_POOL), bootstrap, log,
+        launch_server, [*prefill_args(model_path, bootstrap, POOL), *extra],
+        [*decode_args(model_path, DECODE_DP, DECODE_POOL), *extra], bootstrap, log,
         prefill_env=PREFILL_ENV, decode_env=decode_env,
         router_extra=("--disable-retries", "--disable-circuit-breaker"),
     )  # fmt: skip

@@ -79,3 +79,33 @@ def test_pd_prefill_overlap_event_is_a_cpu_event():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.stdout.strip().splitlines()[-1] == "True True True True", out.stderr[-2000:]
+
+
+def test_the_cpu_paged_allocator_matches_sglang_s_triton_kernels():
+    """``cpu_paged``: SGLang's ``alloc_extend`` / ``alloc_decode`` at page size 16 give the same
+    slots through the torch fallback as through its Triton kernels (the interpreter here)."""
+    import torch
+    from sglang.kernels.ops.memory import allocator as kernels  # SGLang's Triton kernels
+    from sglang.srt.mem_cache.allocator import paged
+
+    from sglang_dcp.sglang import cpu_paged
+
+    def run(extend_kernel, decode_kernel, free_pages):
+        a = paged.PagedTokenToKVPoolAllocator(64 * 16, 16, torch.float32, "cpu", None, False)
+        a.free_pages = free_pages.clone()
+        saved = paged.alloc_extend_kernel, paged.alloc_decode_kernel
+        paged.alloc_extend_kernel, paged.alloc_decode_kernel = extend_kernel, decode_kernel
+        try:
+            pre, seq = torch.tensor([0, 5, 16]), torch.tensor([40, 21, 17])
+            last = torch.tensor([-1, 3 * 16 + 4, 9 * 16 + 15])
+            ext = a.alloc_extend(pre, pre, seq, seq, last, int((seq - pre).sum()))
+            dseq, dlast = torch.tensor([33, 18, 7]), torch.tensor([ext[39], ext[55], 100])
+            return ext.tolist(), a.alloc_decode(dseq, dseq, dlast).tolist()
+        finally:
+            paged.alloc_extend_kernel, paged.alloc_decode_kernel = saved
+
+    free = torch.randperm(63)[:40] + 1
+    want = run(kernels.alloc_extend_kernel, kernels.alloc_decode_kernel, free)
+    got = run(cpu_paged._Launch(cpu_paged._alloc_extend),
+              cpu_paged._Launch(cpu_paged._alloc_decode), free)  # fmt: skip
+    assert got == want

@@ -245,12 +245,15 @@ def test_triton_on_cpu_runs_under_the_interpreter(parser, monkeypatch):
     assert options(parser, "--disable-radix-cache", "--attention-backend", "triton").sharding
 
 
-def test_a_pd_decode_server_shards_at_page_size_1_only(parser):
-    """Issue 24: a PD decode server lands KV in shards (pd_landing.py) on unpaged pools; with
-    pages it places requests whole, and a degree above 1 is refused with the reason."""
+def test_a_pd_decode_server_shards_paged_or_not_without_a_decode_prefix_cache(parser):
+    """Issue 24: a PD decode server lands KV in shards (pd_landing.py) on unpaged and paged
+    pools; with SGLang's decode radix cache it places requests whole, and a degree above 1 is
+    refused with the reason."""
     assert options(parser, "--disable-radix-cache", "--disaggregation-mode", "decode").sharding
     paged = ("--disaggregation-mode", "decode", "--page-size", "16")
-    o = options(parser, "--disable-radix-cache", *paged)
+    assert options(parser, "--disable-radix-cache", *paged).sharding
+    cached = (*paged, "--disaggregation-decode-enable-radix-cache")
+    o = options(parser, "--disable-radix-cache", *cached)
     assert o == DcpOptions(policy="dcp", max_degree=1) and not o.sharding
-    with pytest.raises(launch.LaunchError, match="--page-size 1 on a PD decode server"):
-        options(parser, "--disable-radix-cache", *paged, "--dcp-max-degree", "2")
+    with pytest.raises(launch.LaunchError, match="no --disaggregation-decode-enable-radix-cache"):
+        options(parser, "--disable-radix-cache", *cached, "--dcp-max-degree", "2")
