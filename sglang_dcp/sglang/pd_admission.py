@@ -65,7 +65,8 @@ def around_required_admission_tokens(original, self, req, allocated_tokens, pref
     if p is None:
         return original(self, req, allocated_tokens, prefix_len, retractable_tokens)
     saved = self.num_reserved_decode_tokens
-    self.num_reserved_decode_tokens = min(saved, req.sampling_params.max_new_tokens)
+    max_new = req.sampling_params.max_new_tokens  # None: SGLang's default stands
+    self.num_reserved_decode_tokens = saved if max_new is None else min(saved, max_new)
     try:
         need = original(self, req, allocated_tokens, prefix_len, retractable_tokens)
     finally:
