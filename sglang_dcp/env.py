@@ -79,19 +79,22 @@ def inject_move_failure_rid() -> tuple[str, int] | None:
 INJECT_PD_LANDING_FAILURE_VAR = "SGLANG_DCP_INJECT_PD_LANDING_FAILURE"
 
 
+def _prompt_len_switch(var: str) -> int | None:
+    """A PD fault switch set to a prompt length in tokens; ``None`` when unset."""
+    text = os.environ.get(var, "").strip()
+    if not text:
+        return None
+    if not text.isdigit():
+        raise ValueError(f"{var}={text!r}: set it to a prompt length in tokens (e.g. 1300), "
+                         "or unset it")  # fmt: skip
+    return int(text)
+
+
 def inject_pd_landing_failure() -> int | None:
     """PD decode (testing only): ``SGLANG_DCP_INJECT_PD_LANDING_FAILURE=N`` makes the prefill
     server's transfer to the first holder of every request with an ``N``-token prompt fail
     (``pd_landing.py``), as a failed mooncake transfer would."""
-    text = os.environ.get(INJECT_PD_LANDING_FAILURE_VAR, "").strip()
-    if not text:
-        return None
-    if not text.isdigit():
-        raise ValueError(
-            f"{INJECT_PD_LANDING_FAILURE_VAR}={text!r}: set it to a prompt length in tokens "
-            "(e.g. 1300), or unset it"
-        )
-    return int(text)
+    return _prompt_len_switch(INJECT_PD_LANDING_FAILURE_VAR)
 
 
 INJECT_PD_LANDING_DELAY_VAR = "SGLANG_DCP_INJECT_PD_LANDING_DELAY"
@@ -121,15 +124,7 @@ def inject_pd_landing_no_room() -> int | None:
     """PD decode (testing only): ``SGLANG_DCP_INJECT_PD_LANDING_NO_ROOM=N``: the holders of
     every request with an ``N``-token prompt find no free KV slots for their ranges
     (``pd_cleanup.no_room``), as when SGLang's pool disagrees with the planner's books."""
-    text = os.environ.get(INJECT_PD_LANDING_NO_ROOM_VAR, "").strip()
-    if not text:
-        return None
-    if not text.isdigit():
-        raise ValueError(
-            f"{INJECT_PD_LANDING_NO_ROOM_VAR}={text!r}: set it to a prompt length in tokens "
-            "(e.g. 1300), or unset it"
-        )
-    return int(text)
+    return _prompt_len_switch(INJECT_PD_LANDING_NO_ROOM_VAR)
 
 
 def inject_move_failure() -> float:
