@@ -209,6 +209,26 @@ def report(exp: Experiment, label: str, rate: float) -> dict:
     return m
 
 
+COUNTERFACTUAL_SCALES = (0.0, 0.5)  # --summary: the exchange's costs x these (attribution)
+
+
+def counterfactuals(args, w, summary: dict, spec: SearchSpec) -> dict:
+    """``--summary``: the policy's max rate, searched as the matrix searched it (same spec, same
+    start), on COUNTERFACTUAL profiles whose exchange costs (fixed and per item) are scaled by
+    ``COUNTERFACTUAL_SCALES``, nothing else changed: how much of the gap the exchange's price
+    explains. Not a claim about any hardware (``sim.cost.scaled_exchange``)."""
+    cfg = summary.get("search", {})
+    spec = SearchSpec(spec.slo_tpot_ms, spec.max_kv_wait_ms, cfg.get("rel_precision", 0.02),
+                      cfg.get("max_runs", spec.max_runs), tpot_stat=cfg.get("tpot_stat", "p99"))
+    out = {}
+    for f in COUNTERFACTUAL_SCALES:
+        cf = Experiment(w, args.ranks, args.profile, (args.policy,), spec, SimOptions(),
+                        kv_capacity=args.kv_capacity, exchange_scale=f)
+        res = find_max_rate(lambda r: cf.run(args.policy, r, early_stop=True), w.rate_rps, spec)
+        out[f"{f:g}"] = res.max_rate_rps
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workload", required=True)
@@ -237,6 +257,7 @@ def main() -> int:
         why = {"rate_rps": rate, "above_max_rate": ABOVE, "policy": measure(exp, args.policy, rate),
                "pooled": measure(exp, "pooled", rate)}
         why["binds"] = binding(why["policy"])
+        why["exchange_scaled"] = counterfactuals(args, w, s, exp.search)
         (folder / "why.json").write_text(json.dumps(why, indent=2) + "\n")
         return 0
     if args.rates:

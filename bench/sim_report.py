@@ -38,6 +38,7 @@ def row(scen, s: dict) -> dict:
         "slo_ms": scen.slo_ms, "role": scen.role, "best_baseline": best_name,
         "best_baseline_goodput": best, "goodput": g,
         "ratio": {n: (v / best if best else None) for n, v in g.items()},
+        "max_rate": {n: p.get("max_rate_rps") for n, p in pol.items()},
         "fluid": fluid, "pooled": pooled,
         "captured_fluid": r.get("headroom_captured_fluid"),
         "captured_pooled": r.get("headroom_captured_pooled"),

@@ -19,6 +19,20 @@ def _why(scen) -> dict | None:
     return json.loads(f.read_text()) if f.is_file() else None
 
 
+def exchange_captured(r: dict) -> dict[str, float]:
+    """The pooled headroom ``dcp`` would capture on the counterfactual profiles of
+    ``why.json``'s ``exchange_scaled`` (exchange costs x scale, nothing else changed), by scale;
+    its goodput is the searched rate times the share ``dcp`` served in the matrix run."""
+    cf, b, pooled = (r.get("why") or {}).get("exchange_scaled"), r["best_baseline_goodput"], \
+        r.get("pooled")
+    if not cf or not b or not pooled or pooled <= b:
+        return {}
+    dcp = r["goodput"].get("dcp") or 0.0
+    mx = (r.get("max_rate") or {}).get("dcp") or 0.0
+    served = dcp / mx if mx else 1.0
+    return {k: (v * served - b) / (pooled - b) for k, v in cf.items() if v is not None}
+
+
 def _why_rows(rows: list[dict]) -> list[str]:
     """Per long-context scenario: which rule fails just above dcp's max rate, and where dcp's
     step goes against a pooled step at the same loads (bench/sim_diagnose.py)."""
@@ -33,14 +47,18 @@ def _why_rows(rows: list[dict]) -> list[str]:
          "rows and merges (the bucketed wire every rank ships, time-weighted, plus the worst "
          "rank's merges; rank imbalance already holds the per-rank part of it) + the rest "
          "(the mean rank over a pooled rank: the items' attention, exact split shares); the "
-         "pooled bound's own mean step and P99 TPOT at the same rate.", "",
+         "pooled bound's own mean step and P99 TPOT at the same rate; the headroom `dcp` "
+         "captures on COUNTERFACTUAL profiles with the exchange's costs (fixed and per item) "
+         "x0 and x0.5, nothing else changed, searched as the matrix searches (attribution, not "
+         "a claim about any hardware).", "",
          "| scenario | headroom (pooled) | binds | waits > 2 s (budget / kv / queue) | dcp step "
          "ms = pooled-at-load + rank imb. + MoE imb. + fixed exch. (guests live) + exch. rows "
          "+ rest | pooled at "
-         "this rate: mean step / P99 TPOT ms | why below 60% (computed from these columns) |",
-         "|---|---|---|---|---|---|---|"]
+         "this rate: mean step / P99 TPOT ms | captured, exchange x0 / x0.5 | why below 60% "
+         "(computed from these columns) |",
+         "|---|---|---|---|---|---|---|---|"]
     for r in have:
-        w = r["why"]
+        w, cf = r["why"], exchange_captured(r)
         m, pool = w["policy"], w["pooled"]
         waits = m.get("waits", {})
         wcell = " / ".join(str(waits.get(k, {}).get("over_2s", 0)) for k in ("budget", "kv",
@@ -56,7 +74,7 @@ def _why_rows(rows: list[dict]) -> list[str]:
         L.append(f"| {r['id']} | {_f(r['captured_pooled'], 2)} | {w['binds']} "
                  f"(P99 TPOT {m['p99_tpot_ms']:.1f}, P99 wait {m['p99_kv_wait_ms']:.0f} ms) | "
                  f"{wcell} | {scell} | {pool['mean_step_ms']:.1f} / {pool['p99_tpot_ms']:.1f} | "
-                 f"{reason(r)} |")
+                 f"{_f(cf.get('0'))} / {_f(cf.get('0.5'))} | {reason(r)} |")
     return L + [""]
 
 
@@ -94,5 +112,13 @@ def reason(r: dict) -> str:
              "MoE imbalance": st["moe_imb"], "exchange": st["fixed"] + st.get("item_ex", 0.0)}
     top = sorted(parts.items(), key=lambda kv: -kv[1])[:2]
     live = f" (guests live {m.get('guests_live', 0):.0%})"
+    cf = exchange_captured(r)
+    price = ""
+    if cf.get("0") is not None:
+        price = (f"; the exchange's price: free it would capture {cf['0']:.2f}"
+                 + (f" (at half price {cf['0.5']:.2f})" if cf.get("0.5") is not None else "")
+                 if cf["0"] >= 0.6 else f"; not the exchange's price alone: free it would "
+                 f"capture {cf['0']:.2f}")
     return (f"binds: {rule}; step {st['step']:.1f} vs pooled {pool['mean_step_ms']:.1f} ms: "
-            + ", ".join(f"{k} +{v:.1f}" + (live if k == "exchange" else "") for k, v in top))
+            + ", ".join(f"{k} +{v:.1f}" + (live if k == "exchange" else "") for k, v in top)
+            + price)

@@ -101,3 +101,18 @@ class StepModel:
         """Moving sealed KV between ranks: bytes / link bandwidth (the profile has no term yet;
         40 GB/s is DeepEP's internode RDMA figure, reference/anchors.md section 2.8)."""
         return tokens * self.profile.kv_bytes_per_token / (self.migration_gbps * 1e9) * 1e3
+
+
+def scaled_exchange(profile, scale: float):
+    """A COUNTERFACTUAL copy of ``profile`` whose exchange costs (``exchange_us_fixed`` and the
+    per-item rates, so the bucketed wire too) are ``scale`` times the profile's: for attributing
+    what holds ``dcp`` back (``bench/sim_diagnose.py``), never a claim about any hardware."""
+    import dataclasses
+
+    if not 0.0 <= scale < float("inf"):
+        raise ValueError(f"exchange scale must be a number >= 0, got {scale!r}")
+    if scale == 1.0:
+        return profile
+    f = {k: getattr(profile, k) * scale for k in (
+        "exchange_us_fixed", "exchange_us_per_item", "exchange_us_per_item_intranode")}
+    return dataclasses.replace(profile, name=f"{profile.name}@exchange x{scale:g}", **f)

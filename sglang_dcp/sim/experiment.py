@@ -45,9 +45,10 @@ class Experiment:
     kv_capacity: int | None = None  # tokens per rank; None: the profile's
     ranks_per_node: int = 8
     exchange_wire: str = "bucketed"  # what the exchange is charged for (cost.EXCHANGE_WIRES)
+    exchange_scale: float = 1.0  # != 1: a counterfactual (cost.scaled_exchange), diagnosis only
 
     def __post_init__(self) -> None:
-        self.profile = load_profile(self.profile_name)
+        self.profile = cost.scaled_exchange(load_profile(self.profile_name), self.exchange_scale)
         self.cluster = cost.cluster_for(self.profile, self.num_ranks, self.kv_capacity,
                                         self.ranks_per_node)
         self.model = cost.StepModel(self.profile, self.num_ranks,

@@ -1,0 +1,83 @@
+"""The exchange counterfactual of ``bench/sim_diagnose.py`` (issue 27's attribution): a profile
+whose exchange costs are scaled and nothing else, a search that reproduces the matrix's rate at
+scale 1, and the report's reason text computed from it."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from sglang_dcp.planner.profile_io import load_profile
+from sglang_dcp.sim.cost import scaled_exchange
+from sglang_dcp.sim.engine import SimOptions
+from sglang_dcp.sim.experiment import Experiment, run_experiment
+from sglang_dcp.sim.search import SearchSpec, find_max_rate
+from sglang_dcp.sim.workload import make_workload
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+
+def test_scaled_exchange_changes_only_the_exchange():
+    p = load_profile("kimi-k2-h200-ep32")
+    assert scaled_exchange(p, 1.0) is p
+    q = scaled_exchange(p, 0.5)
+    assert q.exchange_us_fixed == p.exchange_us_fixed / 2
+    assert q.exchange_us_per_item == p.exchange_us_per_item / 2
+    assert q.exchange_us_per_item_intranode == p.exchange_us_per_item_intranode / 2
+    for f in ("attn_us_per_kv_token", "attn_us_fixed", "moe_us_per_token", "compute_us_floor",
+              "merge_us_per_part", "kv_capacity_tokens", "prefill_us_per_token"):
+        assert getattr(q, f) == getattr(p, f), f
+    assert "@exchange x0.5" in q.name
+    z = scaled_exchange(p, 0.0)
+    assert z.exchange_us(3, 3) == 0.0 and z.exchange_us_fixed == 0.0
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="exchange scale"):
+            scaled_exchange(p, bad)
+
+
+def _exp(scale=1.0, policies=("total_tokens", "dcp")):
+    w = make_workload("agentic-codex", seed=4, num_requests=150)
+    return Experiment(w, 4, "deepseek-v3-h200", policies, SearchSpec(35.0, 2000.0, 0.05, 6),
+                      SimOptions(), kv_capacity=300_000, exchange_scale=scale)
+
+
+def test_counterfactual_search_at_scale_one_reproduces_the_matrix_and_free_is_a_plain_search():
+    import argparse
+
+    import sim_diagnose
+
+    full, _ = run_experiment(_exp())
+    e = _exp()
+    args = argparse.Namespace(ranks=4, profile="deepseek-v3-h200", policy="dcp",
+                              kv_capacity=300_000)
+    old = sim_diagnose.COUNTERFACTUAL_SCALES
+    try:
+        sim_diagnose.COUNTERFACTUAL_SCALES = (1.0, 0.0)
+        got = sim_diagnose.counterfactuals(args, e.workload, full, e.search)
+    finally:
+        sim_diagnose.COUNTERFACTUAL_SCALES = old
+    assert got["1"] == full["policies"]["dcp"]["max_rate_rps"]
+    free = _exp(0.0, ("dcp",))
+    again = find_max_rate(lambda r: free.run("dcp", r, early_stop=True),
+                          free.workload.rate_rps, free.search).max_rate_rps
+    assert got["0"] == again
+
+
+def test_reason_names_the_exchange_price_only_when_free_would_reach_the_goal():
+    from sim_why import exchange_captured, reason
+
+    step = {"step": 30.0, "pooled": 25.0, "rank_imb": 2.0, "moe_imb": 0.1, "fixed": 2.4,
+            "item_ex": 0.5}
+    pol = {"tpot_ok": True, "wait_ok": False, "guests_live": 0.9, "step_ms": step,
+           "waits": {"kv": {"over_2s": 5}, "budget": {"over_2s": 1}, "queue": {"over_2s": 0}}}
+    r = {"best_baseline_goodput": 1.0, "pooled": 2.0, "captured_pooled": 0.3,
+         "goodput": {"dcp": 1.3}, "max_rate": {"dcp": 1.3},
+         "why": {"policy": pol, "pooled": {"mean_step_ms": 24.0, "p99_tpot_ms": 30.0},
+                 "exchange_scaled": {"0": 1.9, "0.5": 1.5}}}
+    assert exchange_captured(r) == pytest.approx({"0": 0.9, "0.5": 0.5})
+    assert "binds: KV waits" in reason(r)
+    assert "the exchange's price: free it would capture 0.90 (at half price 0.50)" in reason(r)
+    r["why"]["exchange_scaled"] = {"0": 1.4, "0.5": 1.35}
+    assert "not the exchange's price alone: free it would capture 0.40" in reason(r)
+    del r["why"]["exchange_scaled"]  # an older why.json: no counterfactual, no claim
+    assert "exchange's price" not in reason(r) and exchange_captured(r) == {}
