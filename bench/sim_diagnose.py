@@ -209,23 +209,27 @@ def report(exp: Experiment, label: str, rate: float) -> dict:
     return m
 
 
-COUNTERFACTUAL_SCALES = (0.0, 0.5)  # --summary: the exchange's costs x these (attribution)
+# --summary: the exchange priced otherwise, nothing else changed (attribution): key ->
+# (exchange cost scale, exchange wire); "items": the wire ships only the items (per-peer sizes,
+# no bucket padding: the issue-23 target), "0": free, "0.5": half price
+COUNTERFACTUALS = {"0": (0.0, "bucketed"), "0.5": (0.5, "bucketed"), "items": (1.0, "items")}
 
 
 def counterfactuals(args, w, summary: dict, spec: SearchSpec) -> dict:
     """``--summary``: the policy's max rate, searched as the matrix searched it (same spec, same
-    start), on COUNTERFACTUAL profiles whose exchange costs (fixed and per item) are scaled by
-    ``COUNTERFACTUAL_SCALES``, nothing else changed: how much of the gap the exchange's price
-    explains. Not a claim about any hardware (``sim.cost.scaled_exchange``)."""
+    start), with the exchange priced as in ``COUNTERFACTUALS`` (its fixed and per-item costs
+    scaled, or the wire charged per item instead of padded buckets), nothing else changed: how
+    much of the gap the exchange's price explains. Not a claim about any hardware
+    (``sim.cost.scaled_exchange``)."""
     cfg = summary.get("search", {})
     spec = SearchSpec(spec.slo_tpot_ms, spec.max_kv_wait_ms, cfg.get("rel_precision", 0.02),
                       cfg.get("max_runs", spec.max_runs), tpot_stat=cfg.get("tpot_stat", "p99"))
     out = {}
-    for f in COUNTERFACTUAL_SCALES:
+    for key, (scale, wire) in COUNTERFACTUALS.items():
         cf = Experiment(w, args.ranks, args.profile, (args.policy,), spec, SimOptions(),
-                        kv_capacity=args.kv_capacity, exchange_scale=f)
+                        kv_capacity=args.kv_capacity, exchange_scale=scale, exchange_wire=wire)
         res = find_max_rate(lambda r: cf.run(args.policy, r, early_stop=True), w.rate_rps, spec)
-        out[f"{f:g}"] = res.max_rate_rps
+        out[key] = res.max_rate_rps
     return out
 
 

@@ -20,9 +20,10 @@ def _why(scen) -> dict | None:
 
 
 def exchange_captured(r: dict) -> dict[str, float]:
-    """The pooled headroom ``dcp`` would capture on the counterfactual profiles of
-    ``why.json``'s ``exchange_scaled`` (exchange costs x scale, nothing else changed), by scale;
-    its goodput is the searched rate times the share ``dcp`` served in the matrix run."""
+    """The pooled headroom ``dcp`` would capture with the exchange priced as in ``why.json``'s
+    ``exchange_scaled`` (``bench/sim_diagnose.COUNTERFACTUALS``: costs x0 / x0.5, or the wire
+    per item without bucket padding; nothing else changed), by key; its goodput is the searched
+    rate times the share ``dcp`` served in the matrix run."""
     cf, b, pooled = (r.get("why") or {}).get("exchange_scaled"), r["best_baseline_goodput"], \
         r.get("pooled")
     if not cf or not b or not pooled or pooled <= b:
@@ -48,13 +49,15 @@ def _why_rows(rows: list[dict]) -> list[str]:
          "rank's merges; rank imbalance already holds the per-rank part of it) + the rest "
          "(the mean rank over a pooled rank: the items' attention, exact split shares); the "
          "pooled bound's own mean step and P99 TPOT at the same rate; the headroom `dcp` "
-         "captures on COUNTERFACTUAL profiles with the exchange's costs (fixed and per item) "
-         "x0 and x0.5, nothing else changed, searched as the matrix searches (attribution, not "
-         "a claim about any hardware).", "",
+         "would capture with the exchange priced otherwise, nothing else changed, searched as "
+         "the matrix searches (COUNTERFACTUALS, for attribution, not a claim about any "
+         "hardware): free (its fixed and per-item costs x0), its wire per item (per-peer sizes, "
+         "no bucket padding: what the issue-23 target needs) and at half price (x0.5).", "",
          "| scenario | headroom (pooled) | binds | waits > 2 s (budget / kv / queue) | dcp step "
          "ms = pooled-at-load + rank imb. + MoE imb. + fixed exch. (guests live) + exch. rows "
          "+ rest | pooled at "
-         "this rate: mean step / P99 TPOT ms | captured, exchange x0 / x0.5 | why below 60% "
+         "this rate: mean step / P99 TPOT ms | captured if the exchange were free / per item / "
+         "half price | why below 60% "
          "(computed from these columns) |",
          "|---|---|---|---|---|---|---|---|"]
     for r in have:
@@ -74,7 +77,7 @@ def _why_rows(rows: list[dict]) -> list[str]:
         L.append(f"| {r['id']} | {_f(r['captured_pooled'], 2)} | {w['binds']} "
                  f"(P99 TPOT {m['p99_tpot_ms']:.1f}, P99 wait {m['p99_kv_wait_ms']:.0f} ms) | "
                  f"{wcell} | {scell} | {pool['mean_step_ms']:.1f} / {pool['p99_tpot_ms']:.1f} | "
-                 f"{_f(cf.get('0'))} / {_f(cf.get('0.5'))} | {reason(r)} |")
+                 f"{_f(cf.get('0'))} / {_f(cf.get('items'))} / {_f(cf.get('0.5'))} | {reason(r)} |")
     return L + [""]
 
 
@@ -115,8 +118,10 @@ def reason(r: dict) -> str:
     cf = exchange_captured(r)
     price = ""
     if cf.get("0") is not None:
+        more = [f"{n} {cf[k]:.2f}" for k, n in (("items", "per item"), ("0.5", "half price"))
+                if cf.get(k) is not None]
         price = (f"; the exchange's price: free it would capture {cf['0']:.2f}"
-                 + (f" (at half price {cf['0.5']:.2f})" if cf.get("0.5") is not None else "")
+                 + (f" ({', '.join(more)})" if more else "")
                  if cf["0"] >= 0.6 else f"; not the exchange's price alone: free it would "
                  f"capture {cf['0']:.2f}")
     return (f"binds: {rule}; step {st['step']:.1f} vs pooled {pool['mean_step_ms']:.1f} ms: "

@@ -50,13 +50,18 @@ def test_counterfactual_search_at_scale_one_reproduces_the_matrix_and_free_is_a_
     e = _exp()
     args = argparse.Namespace(ranks=4, profile="deepseek-v3-h200", policy="dcp",
                               kv_capacity=300_000)
-    old = sim_diagnose.COUNTERFACTUAL_SCALES
+    old = sim_diagnose.COUNTERFACTUALS
     try:
-        sim_diagnose.COUNTERFACTUAL_SCALES = (1.0, 0.0)
+        sim_diagnose.COUNTERFACTUALS = {"1": (1.0, "bucketed"), "0": (0.0, "bucketed"),
+                                        "items": (1.0, "items")}
         got = sim_diagnose.counterfactuals(args, e.workload, full, e.search)
     finally:
-        sim_diagnose.COUNTERFACTUAL_SCALES = old
+        sim_diagnose.COUNTERFACTUALS = old
     assert got["1"] == full["policies"]["dcp"]["max_rate_rps"]
+    items = Experiment(e.workload, 4, "deepseek-v3-h200", ("dcp",), e.search, SimOptions(),
+                       kv_capacity=300_000, exchange_wire="items")
+    assert got["items"] == find_max_rate(lambda r: items.run("dcp", r, early_stop=True),
+                                         e.workload.rate_rps, e.search).max_rate_rps
     free = _exp(0.0, ("dcp",))
     again = find_max_rate(lambda r: free.run("dcp", r, early_stop=True),
                           free.workload.rate_rps, free.search).max_rate_rps
@@ -73,10 +78,11 @@ def test_reason_names_the_exchange_price_only_when_free_would_reach_the_goal():
     r = {"best_baseline_goodput": 1.0, "pooled": 2.0, "captured_pooled": 0.3,
          "goodput": {"dcp": 1.3}, "max_rate": {"dcp": 1.3},
          "why": {"policy": pol, "pooled": {"mean_step_ms": 24.0, "p99_tpot_ms": 30.0},
-                 "exchange_scaled": {"0": 1.9, "0.5": 1.5}}}
-    assert exchange_captured(r) == pytest.approx({"0": 0.9, "0.5": 0.5})
+                 "exchange_scaled": {"0": 1.9, "0.5": 1.5, "items": 1.2}}}
+    assert exchange_captured(r) == pytest.approx({"0": 0.9, "0.5": 0.5, "items": 0.2})
     assert "binds: KV waits" in reason(r)
-    assert "the exchange's price: free it would capture 0.90 (at half price 0.50)" in reason(r)
+    assert ("the exchange's price: free it would capture 0.90 (per item 0.20, half price "
+            "0.50)") in reason(r)
     r["why"]["exchange_scaled"] = {"0": 1.4, "0.5": 1.35}
     assert "not the exchange's price alone: free it would capture 0.40" in reason(r)
     del r["why"]["exchange_scaled"]  # an older why.json: no counterfactual, no claim
