@@ -11,7 +11,7 @@ import statistics
 from pathlib import Path
 
 from sglang_dcp.sim.experiment import BASELINES, environment
-from sim_why import _why, _why_rows
+from sim_why import _why, _why_rows, price_row
 
 ORDER = ("round_robin", "total_tokens", "total_tokens_sglang", "uniform", "dcp")
 WITHIN = 0.98  # "dcp >= every other policy, within 2%"
@@ -185,6 +185,7 @@ def _targets(long: list[dict], moon: list[dict], held: bool = False) -> list[str
                  f"| {ok} of {len(cap)} (median {_f(med, 2)}; scenarios where the bound is at or "
                  f"below the best baseline have no headroom and are not counted) | "
                  f"{_verdict(bool(cap) and ok == len(cap))} |")
+    L += price_row(long, HEADROOM)
     node = [r for r in long if r["deployment"] == "node8" and r["workload"].startswith("agentic")]
     if held:
         node = []

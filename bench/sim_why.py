@@ -7,6 +7,7 @@ runs it); this turns them into the report's table. Every number is read from tho
 from __future__ import annotations
 
 import json
+import statistics
 
 
 def _f(x, nd=2) -> str:
@@ -127,3 +128,30 @@ def reason(r: dict) -> str:
     return (f"binds: {rule}; step {st['step']:.1f} vs pooled {pool['mean_step_ms']:.1f} ms: "
             + ", ".join(f"{k} +{v:.1f}" + (live if k == "exchange" else "") for k, v in top)
             + price)
+
+
+def price_row(long: list[dict], headroom: float) -> list[str]:
+    """The measured reason below 60% (``why.json``'s exchange counterfactuals, sim_why.py): in
+    how many of those scenarios ``dcp`` would capture >= 60% were the exchange priced
+    otherwise; the rest are named."""
+    low = [r for r in long if r["captured_pooled"] is not None
+           and r["captured_pooled"] < headroom]
+    cfs = [(r, exchange_captured(r)) for r in low]
+    have = [(r, c) for r, c in cfs if c.get("0") is not None]
+    if not have:
+        return []
+    parts = []
+    for k, n in (("0", "free"), ("items", "its wire per item (no bucket padding)"),
+                 ("0.5", "at half price")):
+        v = [c[k] for _, c in have if c.get(k) is not None]
+        if v:
+            parts.append(f"{n}: {sum(x >= headroom for x in v)} "
+                         f"(median {statistics.median(v):.2f})")
+    rest = [r["id"] for r, c in have if c["0"] < headroom]
+    return [f"| below 60%: would the exchange's price explain it? (`dcp` searched with the "
+            f"exchange priced otherwise, nothing else changed: a counterfactual) | of the "
+            f"{len(have)} "
+            f"scenarios below 60%, >= 60% with the exchange {'; '.join(parts)}"
+            + (f"; not even free: {', '.join(rest)}" if rest else "")
+            + f"{'' if len(have) == len(low) else f' ({len(low) - len(have)} without a run)'} | "
+            "measured reason |"]

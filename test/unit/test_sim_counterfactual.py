@@ -87,3 +87,22 @@ def test_reason_names_the_exchange_price_only_when_free_would_reach_the_goal():
     assert "not the exchange's price alone: free it would capture 0.40" in reason(r)
     del r["why"]["exchange_scaled"]  # an older why.json: no counterfactual, no claim
     assert "exchange's price" not in reason(r) and exchange_captured(r) == {}
+
+
+def test_price_row_counts_the_scenarios_the_exchange_explains():
+    from sim_why import price_row
+
+    def r(i, cap, cf):
+        return {"id": i, "captured_pooled": cap, "best_baseline_goodput": 1.0, "pooled": 2.0,
+                "goodput": {"dcp": 1.0 + cap}, "max_rate": {"dcp": 1.0 + cap},
+                "why": {"exchange_scaled": cf} if cf else {}}
+
+    rows = [r("a", 0.3, {"0": 1.9, "items": 1.7, "0.5": 1.5}),
+            r("b", 0.5, {"0": 1.5, "items": 1.5, "0.5": 1.5}),
+            r("c", 0.7, {"0": 1.9}),  # met: not counted
+            r("d", 0.2, None)]  # no counterfactual run
+    (line,) = price_row(rows, 0.6)
+    assert "of the 2 scenarios below 60%" in line
+    assert "free: 1 (median 0.70)" in line and "at half price: 0" in line
+    assert "not even free: b" in line and "(1 without a run)" in line
+    assert price_row([r("d", 0.2, None)], 0.6) == []
