@@ -25,11 +25,11 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
+L2_BYTES = 256 << 20  # rotate inputs until one pass reads this much (H200 L2 is 60 MiB)
 
 
 def _set_interpreter_if_cpu(argv: list[str]) -> None:
@@ -45,119 +45,9 @@ import triton  # noqa: E402
 
 from sglang_dcp.kernels import decode_attention, merge_attention_states  # noqa: E402
 
-KV_LENS = (1024, 8192, 32768, 131072)
-BATCHES = (1, 8, 32, 128)
-L2_BYTES = 256 << 20  # rotate inputs until one pass reads this much (H200 L2 is 60 MiB)
-SGLANG_BASE_SPLITS = 8  # --triton-attention-num-kv-splits default
-MAX_CONTEXT = 163840
-
-
-@dataclass(frozen=True)
-class Case:
-    kind: str  # gqa | mla | skewed | merge
-    batch: int
-    kv_len: int  # per item (skewed: the long item; merge: parts per row)
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    head_dim_v: int
-    lens: tuple[int, ...]
-
-
-def sweep(dry_run: bool) -> list[Case]:
-    def toy(n):  # 1k..128k -> 8..96 tokens under the interpreter
-        return {1024: 8, 8192: 24, 32768: 48, 131072: 96}[n] if dry_run else n
-
-    def tb(b):
-        return min(b, 2) if dry_run else b
-
-    gqa = (64, 8, 128, 128) if not dry_run else (16, 2, 128, 128)
-    mla_heads = (16, 128) if not dry_run else (16, 32)
-    cases = []
-    for kv in KV_LENS:
-        for b in BATCHES:
-            cases.append(Case("gqa", b, kv, *gqa, (toy(kv),) * tb(b)))
-            for h in mla_heads:
-                cases.append(Case("mla", b, kv, h, 1, 576, 512, (toy(kv),) * tb(b)))
-    long_, short, n_short = (131072, 1024, 31) if not dry_run else (96, 8, 3)
-    skew = (long_,) + (short,) * n_short
-    cases.append(Case("skewed", 1 + n_short, 131072, *gqa, skew))
-    for h in mla_heads:
-        cases.append(Case("skewed", 1 + n_short, 131072, h, 1, 576, 512, skew))
-    for rows in (8, 128, 1024) if not dry_run else (2,):
-        for h, dv in ((64, 128), (128, 512)) if not dry_run else ((16, 128),):
-            cases.append(Case("merge", rows, 4, h, h, dv, dv, (4,) * rows))
-    return cases
-
-
-def kv_bytes(case: Case, elem: int) -> int:
-    tokens = sum(case.lens)
-    if case.kind == "merge":  # read 4 parts (o + fp32 lse), write one row
-        per_row = case.num_heads * (case.head_dim_v * elem + 4)
-        return case.batch * per_row * (case.kv_len + 1)
-    per_token = case.num_kv_heads * case.head_dim * elem
-    if case.head_dim != 576:  # MLA (head_dim 576) reads V out of the K rows
-        per_token += case.num_kv_heads * case.head_dim_v * elem
-    return tokens * per_token
-
-
-def make_sets(case: Case, n_sets: int, dtype, device):
-    """n_sets input sets whose KV slots are disjoint regions of one pool, pages of 16 slots
-    shuffled inside each region (a fragmented token pool). KV is drawn on ``device`` itself (the
-    largest cases hold tens of GiB)."""
-    g = torch.Generator(device="cpu").manual_seed(0)
-    gd = torch.Generator(device=device).manual_seed(0)
-    tokens = sum(case.lens)
-    region = triton.cdiv(tokens, 16) * 16
-    pool = n_sets * region
-    k = torch.randn(pool, case.num_kv_heads, case.head_dim, generator=gd, device=device,
-                    dtype=dtype)  # fmt: skip
-    if case.head_dim == 576:  # MLA: V is the first 512 columns of K
-        v = k[..., :512]
-    else:
-        v = torch.randn(pool, case.num_kv_heads, case.head_dim_v, generator=gd, device=device,
-                        dtype=dtype)  # fmt: skip
-    indptr = torch.zeros(len(case.lens) + 1, dtype=torch.int32)
-    indptr[1:] = torch.tensor(case.lens).cumsum(0)
-    indptr = indptr.to(device)
-    sets = []
-    for s in range(n_sets):
-        pages = torch.randperm(region // 16, generator=g)
-        slots = (pages[:, None] * 16 + torch.arange(16)).flatten()[:tokens] + s * region
-        q = torch.randn(len(case.lens), case.num_heads, case.head_dim, generator=g).to(dtype)
-        sets.append((q.to(device), slots.to(torch.int32).to(device)))
-    return k, v, indptr, sets
-
-
-def sglang_runner(case: Case, k, v, indptr, dtype, device, dry_run: bool, peer):
-    decode_attention_fwd = peer.decode_attention_fwd
-    get_num_kv_splits_triton = peer.get_num_kv_splits_triton
-    _mla_decode_kv_splits_cap = peer.mla_decode_kv_splits_cap
-
-    cores = torch.cuda.get_device_properties(device).multi_processor_count if not dry_run else 16
-    mla = case.head_dim == 576
-    max_splits = SGLANG_BASE_SPLITS
-    if mla:
-        max_splits = _mla_decode_kv_splits_cap(SGLANG_BASE_SPLITS, cores, MAX_CONTEXT)
-    n = len(case.lens)
-    seq_lens = (indptr[1:] - indptr[:-1]).to(torch.int32)
-    num_kv_splits = torch.empty(n, dtype=torch.int32, device=device)
-    get_num_kv_splits_triton[(1,)](
-        num_kv_splits, seq_lens, n, 1, case.num_heads, case.num_kv_heads, max_splits, cores,
-        MAX_NUM_SEQ=max(256, triton.next_power_of_2(n)),
-    )
-    o = torch.empty(n, case.num_heads, case.head_dim_v, dtype=dtype, device=device)
-    logits = torch.empty(n, case.num_heads, max_splits, case.head_dim_v, dtype=torch.float32,
-                         device=device)
-    lse = torch.empty(n, case.num_heads, max_splits, dtype=torch.float32, device=device)
-    sm_scale = case.head_dim**-0.5
-
-    def run(q, slots):
-        decode_attention_fwd(q, k, v, o, indptr, slots, logits, lse, num_kv_splits, max_splits,
-                             sm_scale, 1.0, 1.0, has_mla=mla)
-        return o
-
-    return run
+# siblings in bench/ (on sys.path as the script's folder, like sglang_peer below)
+from kernels_cases import Case, kv_bytes, make_sets, sglang_runner, sweep  # noqa: E402
+from kernels_report import markdown, summarize  # noqa: E402
 
 
 def time_us(fn, sets, *, dry_run: bool, reps: int) -> float:
@@ -229,53 +119,6 @@ def run_case(case: Case, *, dtype, device, dry_run: bool, reps: int, copy: float
     row["ours_us"] = round(ours, 2)
     row["ours_gbps"] = round(nbytes / (ours * 1e-6) / 1e9, 1)
     return row
-
-
-def summarize(rows: list[dict]) -> dict:
-    attn = [r for r in rows if r["kind"] != "merge" and r["sglang_us"]]
-    speedups = [r["sglang_us"] / r["ours_us"] for r in attn]
-    big = [r for r in attn if r["kv_len"] >= 32768 and r["batch"] >= 8 and r["kind"] != "skewed"]
-    merges = [r for r in rows if r["kind"] == "merge"]
-    frac = lambda r: r["ours_gbps"] / r["copy_gbps"]  # noqa: E731
-    return dict(
-        geomean_speedup=round(math.exp(sum(map(math.log, speedups)) / len(speedups)), 3)
-        if speedups else None,
-        min_speedup=round(min(speedups), 3) if speedups else None,
-        min_copy_fraction_kv32k_b8=round(min(map(frac, big)), 3) if big else None,
-        min_merge_copy_fraction=round(min(map(frac, merges)), 3) if merges else None,
-    )
-
-
-def markdown(meta: dict, rows: list[dict], summary: dict) -> str:
-    lines = [f"# Kernel benchmark: {meta['label']}", "",
-             f"gpu `{meta['gpu']}`, git `{meta['git_sha']}`, dtype {meta['dtype']}, "
-             f"copy {rows[0]['copy_gbps']} GB/s, torch {meta.get('torch')}, triton "
-             f"{meta.get('triton')}; command `{meta.get('command', 'python bench/kernels.py')}`",
-             "", f"Peer: {meta.get('peer', 'installed sglang')}.", "",
-             "| kind | batch | kv_len | heads | ours us | sglang us | speedup | ours GB/s | % copy |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        sp = f"{r['sglang_us'] / r['ours_us']:.2f}" if r["sglang_us"] else "-"
-        peer = r["sglang_us"] or ("n/a (1)" if r.get("peer_note") else "-")
-        lines.append(f"| {r['kind']} | {r['batch']} | {r['kv_len']} | {r['num_heads']} | "
-                     f"{r['ours_us']} | {peer} | {sp} | {r['ours_gbps']} | "
-                     f"{100 * r['ours_gbps'] / r['copy_gbps']:.0f}% |")
-    lines += ["", "Summary: " + ", ".join(f"{k} {v}" for k, v in summary.items()), ""]
-    if any(r.get("peer_note") for r in rows):
-        lines += ["(1) SGLang's kernel not run: its KV pool has 2^31 elements or more, and it "
-                  "computes `kv_loc * stride` in int32 (an illegal-address fault was observed "
-                  "on the first such case, gqa batch 128 kv_len 32768). Ours uses int64 "
-                  "offsets.", ""]  # fmt: skip
-    for f in meta.get("failed", []):
-        lines.append(f"FAILED: {f['kind']} batch {f['batch']} kv_len {f['kv_len']} heads "
-                     f"{f['num_heads']}: {f['error']}")  # fmt: skip
-    if not meta.get("complete", True):
-        lines.append("INCOMPLETE: the run stopped before the last case.")
-    for sk in meta.get("skipped", []):
-        lines.append(f"Skipped (KV {sk['kv_gib']} GiB, over --max-kv-gib): {sk['kind']} batch "
-                     f"{sk['batch']} kv_len {sk['kv_len']} heads {sk['num_heads']}.")  # fmt: skip
-    lines.append("")
-    return "\n".join(lines)
 
 
 def _git_sha() -> str:

@@ -1,4 +1,4 @@
-"""Random decode inputs shared by the kernel tests (and bench/kernels.py --dry-run)."""
+"""Random decode inputs shared by the kernel tests (bench/kernels_cases.py makes its own)."""
 
 from __future__ import annotations
 
