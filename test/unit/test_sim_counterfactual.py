@@ -106,3 +106,20 @@ def test_price_row_counts_the_scenarios_the_exchange_explains():
     assert "free: 1 (median 0.70)" in line and "at half price: 0" in line
     assert "not even free: b" in line and "(1 without a run)" in line
     assert price_row([r("d", 0.2, None)], 0.6) == []
+
+
+def test_within_two_percent_row_says_when_the_competitor_wins_by_rejecting():
+    from sim_report import _targets
+
+    def r(i, pooled, rej):
+        return {"id": i, "role": "long-context", "deployment": "r8", "workload": "chat-agentic",
+                "dcp_vs": {"total_tokens": 0.72}, "captured_fluid": None,
+                "captured_pooled": None, "pooled": pooled, "num_requests": 1500,
+                "goodput": {"dcp": 0.587, "total_tokens": 0.816},
+                "rejected": {"dcp": 0, "total_tokens": rej, "round_robin": rej}, "why": None}
+
+    (row,) = [x for x in _targets([r("a", 0.79, 162)], [], held=True) if "within 2%" in x]
+    assert "a (total_tokens 0.72x; it rejects 162 of 1500, and the pooled bound, serving " \
+           "them all, is 0.97x it)" in row and "**NOT MET**" in row
+    (row,) = [x for x in _targets([r("b", 1.2, 0)], [], held=True) if "within 2%" in x]
+    assert "b (total_tokens 0.72x)" in row  # nothing rejected: no note
