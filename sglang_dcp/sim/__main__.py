@@ -54,6 +54,11 @@ def make_parser() -> argparse.ArgumentParser:
                         "the server's bucketed exchange ships ('bucketed', the default: every "
                         "peer the busiest pair's bucket each step) or its own guest items "
                         "('items', the profile's per-item model).")
+    p.add_argument("--exchange-scale", type=float, default=1.0, metavar="F",
+                   help="A COUNTERFACTUAL, not a profile: charge (and let dcp predict) the "
+                        "exchange's fixed and per-item costs times F (0: free), nothing else "
+                        "changed, to see what a cheaper exchange would be worth (the output "
+                        "says so). Default 1: the profile as shipped.")
     p.add_argument("--kv-capacity", type=int, default=None,
                    help="KV capacity per rank in tokens (default: the profile's).")
     p.add_argument("--slo-tpot-ms", type=float, default=50.0,
@@ -139,6 +144,12 @@ def parse(argv=None) -> tuple[argparse.Namespace, object]:
         parser.error(f"--kv-capacity must be >= 1 token, got {args.kv_capacity}")
     if args.ranks < 1:
         parser.error(f"--ranks must be >= 1, got {args.ranks}")
+    if not 0 <= args.exchange_scale < float("inf"):
+        parser.error(f"--exchange-scale must be a number >= 0, got {args.exchange_scale}")
+    if args.reuse and args.exchange_scale != 1.0 and json.loads(Path(args.reuse).read_text())[
+            "cluster"].get("exchange_scale", 1.0) != args.exchange_scale:
+        parser.error("--reuse: that summary priced the exchange otherwise; rerun every policy "
+                     f"with --exchange-scale {args.exchange_scale:g} (drop --reuse)")
     for flag in ("slo_tpot_ms", "max_kv_wait_ms", "search_precision"):
         if not getattr(args, flag) > 0:
             parser.error(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
@@ -194,7 +205,7 @@ def main(argv=None) -> int:
                      queue_bypass_tokens=args.queue_bypass_tokens)
     exp = Experiment(workload, args.ranks, args.profile, args.policies, search, sim,
                      kv_capacity=args.kv_capacity, ranks_per_node=args.ranks_per_node,
-                     exchange_wire=args.exchange_wire)
+                     exchange_wire=args.exchange_wire, exchange_scale=args.exchange_scale)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

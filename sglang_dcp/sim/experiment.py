@@ -229,6 +229,7 @@ def run_experiment(exp: Experiment, progress: bool = False, pooled_bound: bool =
             "kv_capacity_tokens_per_rank": exp.cluster.kv_capacity[0],
             "page_size": exp.cluster.page_size,
             "ranks_per_node": exp.cluster.ranks_per_node,
+            **({"exchange_scale": exp.exchange_scale} if exp.exchange_scale != 1.0 else {}),
         },
         "fluid_bound": fluid,
         "pooled_bound": None if pooled is None else {

@@ -52,6 +52,10 @@ def markdown(summary: dict) -> str:
     lines = [
         f"# Simulator: {wl['name']} on {cl['num_ranks']} ranks, profile `{cl['profile']}`",
         "",
+        *([f"- **COUNTERFACTUAL**: the exchange's fixed and per-item costs "
+           f"x{cl['exchange_scale']:g} (`--exchange-scale`): not the shipped profile, not a "
+           "claim about any hardware"]
+          if cl.get("exchange_scale", 1.0) != 1.0 else []),
         f"- workload: {wl['num_requests']} requests, native rate {wl['native_rate_rps']:.3f} req/s",
         f"- SLO: {'mean' if se.get('tpot_stat') == 'mean' else 'P99'} TPOT <= "
         f"{se['slo_tpot_ms']} ms and P99 KV wait <= {se['max_kv_wait_ms']} ms;"

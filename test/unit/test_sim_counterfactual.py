@@ -123,3 +123,32 @@ def test_within_two_percent_row_says_when_the_competitor_wins_by_rejecting():
            "them all, is 0.97x it)" in row and "**NOT MET**" in row
     (row,) = [x for x in _targets([r("b", 1.2, 0)], [], held=True) if "within 2%" in x]
     assert "b (total_tokens 0.72x)" in row  # nothing rejected: no note
+
+
+def test_cli_exchange_scale_labels_its_output_and_refuses_a_differently_priced_reuse(tmp_path):
+    import json
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "sglang_dcp.sim", "--workload", "tiny",
+                               "--ranks", "4", "--kv-capacity", "32768", "--max-runs", "4",
+                               "--seed", "1", "--quiet", "--no-plots", *args], cwd=root,
+                              env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True,
+                              text=True, timeout=120)
+
+    plain, free = tmp_path / "plain", tmp_path / "free"
+    assert cli("--policies", "total_tokens,dcp", "--out", str(plain)).returncode == 0
+    res = cli("--policies", "dcp", "--exchange-scale", "0", "--out", str(free))
+    assert res.returncode == 0, res.stderr
+    s = json.loads((free / "summary.json").read_text())
+    assert s["cluster"]["exchange_scale"] == 0.0
+    assert "**COUNTERFACTUAL**: the exchange's fixed and per-item costs x0" in \
+        (free / "summary.md").read_text()
+    assert "exchange_scale" not in json.loads((plain / "summary.json").read_text())["cluster"]
+    assert "COUNTERFACTUAL" not in (plain / "summary.md").read_text()
+    bad = cli("--policies", "dcp", "--exchange-scale", "0.5", "--reuse",
+              str(plain / "summary.json"), "--out", str(tmp_path / "x"))
+    assert bad.returncode == 2 and "priced the exchange otherwise" in bad.stderr
