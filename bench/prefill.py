@@ -14,7 +14,8 @@ every configuration can serve it:
   exchange): what the chunking alone costs.
 
 TTFT = latency of a ``max_new_tokens=1`` request (greedy), median over ``--reps`` runs after one
-warm-up; ``ranks holding its KV`` = ``meta_info["dcp"]["degree"]`` (1 without the planner).
+warm-up, with idle ranks spinning (no ``--sleep-on-idle``, whose once-a-second wake added up to
+1 s to a sample: ``testing.server.tiny_dp_args``); ``ranks holding its KV`` = ``meta_info["dcp"]["degree"]`` (1 without the planner).
 ``KV read per layer``: for ``shards``, the KV tokens the tile exchange's kernels read per layer
 over the whole prefill, summed over ranks (``/v1/loads`` ``prefill_kv_reads_*``, per request):
 as run (each span once per row tile, ``extend_tiles.TileRoute.kv_reads``), the ideal (each span
@@ -80,8 +81,8 @@ def kv_reads(server) -> dict[str, int]:
 def run(name: str, args: list[str], prompts: dict[int, list[int]], reps: int, logdir: str, *,
         tag: str = ""):  # fmt: skip
     log = os.path.join(logdir, name.replace(" ", "_").replace(",", "") + tag + ".log")
-    srv = ServerProcess([*tiny_dp_args(demo_model_path(), RANKS), *args], log,
-                        startup_timeout=900).start()  # fmt: skip
+    srv = ServerProcess([*tiny_dp_args(demo_model_path(), RANKS, sleep_on_idle=False), *args],
+                        log, startup_timeout=900).start()  # fmt: skip
     rows = []
     try:
         for n, ids in prompts.items():

@@ -15,7 +15,8 @@ ones, so a long session's prompt is split over several ranks:
 A replay: ``--sessions`` sessions (half start from a short prompt, half from a long one that the
 ``dcp`` planner splits), ``--turns`` turns each; turn ``t + 1``'s prompt is turn ``t``'s prompt,
 its output and ``--append`` new tokens. Each turn of all sessions is sent at once; TTFT = the
-latency of the turn's ``max_new_tokens=1`` request (greedy). ``cached`` = SGLang's
+latency of the turn's ``max_new_tokens=1`` request (greedy), idle ranks spinning (no
+``--sleep-on-idle``: its once-a-second wake added up to 1 s). ``cached`` = SGLang's
 ``meta_info["cached_tokens"]``. CPU numbers of a tiny model on a shared machine: they compare the
 configurations on one machine, nothing more. Writes bench/results/prefix-cpu.{json,md}.
 
@@ -116,7 +117,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as logdir:
         for name, args in configs(a.capacity).items():
             log = f"{logdir}/{name.replace(' ', '_').replace(',', '').replace('+', 'and')}.log"
-            srv = ServerProcess([*tiny_dp_args(demo_model_path(), RANKS), *args], log,
+            srv = ServerProcess([*tiny_dp_args(demo_model_path(), RANKS, sleep_on_idle=False),
+                                 *args], log,
                                 startup_timeout=900).start()  # fmt: skip
             try:
                 turn(srv, [5, 6, 7], f"{name}-warm")

@@ -282,15 +282,19 @@ class RouterProcess(ServerProcess):
         return counts
 
 
-def tiny_dp_args(model_path: str, dp_size: int = 2) -> list[str]:
+def tiny_dp_args(model_path: str, dp_size: int = 2, sleep_on_idle: bool = True) -> list[str]:
     """Server flags for the tiny model with DP attention over ``dp_size`` CPU ranks.
 
     ``--dtype float32``: SGLang's "auto" would run the float32 checkpoint in float16, and greedy
     output would no longer match HF transformers token for token. ``--sleep-on-idle``: idle DP
     ranks otherwise spin on their per-iteration collectives, and test servers share few cores.
-    """
+    Its price: an idle rank polls its sockets once a second (SGLang's ``IdleSleeper``); one
+    with no request of its own wakes only then, so a step after an idle spell waits up to 1 s
+    (4 ranks, 64-token prompts: TTFT 150-1190 ms by the arrival's phase, 137-185 ms without
+    it). Latency benchmarks pass ``sleep_on_idle=False``."""
     return [
         "--model-path", model_path,
         "--tp-size", str(dp_size), "--dp-size", str(dp_size), "--enable-dp-attention",
-        "--mem-fraction-static", "0.05", "--dtype", "float32", "--sleep-on-idle",
+        "--mem-fraction-static", "0.05", "--dtype", "float32",
+        *(["--sleep-on-idle"] if sleep_on_idle else []),
     ]  # fmt: skip
