@@ -45,7 +45,7 @@ class Experiment:
     kv_capacity: int | None = None  # tokens per rank; None: the profile's
     ranks_per_node: int = 8
     exchange_wire: str = "bucketed"  # what the exchange is charged for (cost.EXCHANGE_WIRES)
-    exchange_scale: float = 1.0  # != 1: a counterfactual (cost.scaled_exchange), diagnosis only
+    exchange_scale: float = 1.0  # != 1: a counterfactual (cost.scaled_exchange), what-if only
 
     def __post_init__(self) -> None:
         self.profile = cost.scaled_exchange(load_profile(self.profile_name), self.exchange_scale)
