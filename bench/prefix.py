@@ -20,7 +20,7 @@ latency of the turn's ``max_new_tokens=1`` request (greedy), idle ranks spinning
 ``meta_info["cached_tokens"]``. CPU numbers of a tiny model on a shared machine: they compare the
 configurations on one machine, nothing more. Writes bench/results/prefix-cpu.{json,md}.
 
-Run: ``python bench/prefix.py`` (about 15 minutes on 2 shared cores: three server starts).
+Run: ``python bench/prefix.py`` (about 3 minutes on 2 shared cores: three server starts).
 """
 
 from __future__ import annotations
