@@ -170,12 +170,10 @@ def _family_include(results: Path) -> list[str]:
 def _targets(long: list[dict], moon: list[dict], held: bool = False) -> list[str]:
     allr = long + moon
     L = ["## Targets", "", "| target | result | verdict |", "|---|---|---|"]
-    lose = [(r["id"], n, v) for r in allr for n, v in r["dcp_vs"].items()
+    lose = [(r, n, v) for r in allr for n, v in r["dcp_vs"].items()
             if v is not None and v < WITHIN]
-    by_id = {r["id"]: r for r in allr}
 
-    def bound_note(i: str, n: str) -> str:  # the competitor rejects; can serving all reach it?
-        r = by_id[i]
+    def bound_note(r: dict, n: str) -> str:  # the competitor rejects; can serving all reach it?
         p, g = r.get("pooled"), r["goodput"].get(n) or 0.0
         if not r["rejected"].get(n) or not p or not g or p >= WITHIN * g:
             return ""
@@ -183,9 +181,9 @@ def _targets(long: list[dict], moon: list[dict], held: bool = False) -> list[str
                 f"serving them all, is {p / g:.2f}x it")
 
     L.append(f"| `dcp` >= every other policy within 2%, every scenario | "
-             f"{len(allr) - len({x[0] for x in lose})} of {len(allr)} scenarios"
-             + (": below in " + ", ".join(f"{i} ({n} {v:.2f}x{bound_note(i, n)})"
-                                          for i, n, v in lose[:8])
+             f"{len(allr) - len({x[0]['id'] for x in lose})} of {len(allr)} scenarios"
+             + (": below in " + ", ".join(f"{r['id']} ({n} {v:.2f}x{bound_note(r, n)})"
+                                          for r, n, v in lose[:8])
                 + (" ..." if len(lose) > 8 else "") if lose else "")
              + f" | {_verdict(not lose and bool(allr))} |")
     for key in ("fluid", "pooled"):
@@ -214,7 +212,9 @@ def _targets(long: list[dict], moon: list[dict], held: bool = False) -> list[str
                  f"{', '.join(BASELINES)} | {_verdict(d >= before - 0.02)} |")
     big = [r for r in long if any(r["rejected"].get(n) for n in BASELINES)]
     served = sum(r["rejected"].get("dcp") == 0 for r in big)
-    most = lambda r: max(r["rejected"].get(n) or 0 for n in BASELINES)  # noqa: E731
+    def most(r):
+        return max(r["rejected"].get(n) or 0 for n in BASELINES)
+
     counts = "; ".join(f"{r['id']}: baselines reject {most(r)} of {r['num_requests']}, "
                        f"dcp {r['rejected'].get('dcp')}" for r in big)
     L.append(f"| requests larger than one rank: baselines reject, `dcp` serves | "

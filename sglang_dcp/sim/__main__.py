@@ -146,10 +146,16 @@ def parse(argv=None) -> tuple[argparse.Namespace, object]:
         parser.error(f"--ranks must be >= 1, got {args.ranks}")
     if not 0 <= args.exchange_scale < float("inf"):
         parser.error(f"--exchange-scale must be a number >= 0, got {args.exchange_scale}")
-    if args.reuse and args.exchange_scale != 1.0 and json.loads(Path(args.reuse).read_text())[
-            "cluster"].get("exchange_scale", 1.0) != args.exchange_scale:
-        parser.error("--reuse: that summary priced the exchange otherwise; rerun every policy "
-                     f"with --exchange-scale {args.exchange_scale:g} (drop --reuse)")
+    args.reused = None
+    if args.reuse:  # read once here: a bad file or a differently priced run is a usage error
+        try:
+            args.reused = json.loads(Path(args.reuse).read_text())
+            scale = args.reused["cluster"].get("exchange_scale", 1.0)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            parser.error(f"--reuse {args.reuse}: not a readable sim summary.json ({e})")
+        if scale != args.exchange_scale:
+            parser.error(f"--reuse: that summary priced the exchange x{scale:g}, this run "
+                         f"x{args.exchange_scale:g}; rerun every policy (drop --reuse)")
     for flag in ("slo_tpot_ms", "max_kv_wait_ms", "search_precision"):
         if not getattr(args, flag) > 0:
             parser.error(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
@@ -212,8 +218,7 @@ def main(argv=None) -> int:
     if args.rate is not None:
         summary, runs = run_fixed_rate(exp, args.rate)
     else:
-        reuse = json.loads(Path(args.reuse).read_text()) if args.reuse else None
-        summary, runs = run_experiment(exp, progress=not args.quiet, reuse=reuse)
+        summary, runs = run_experiment(exp, progress=not args.quiet, reuse=args.reused)
     summary["timing"]["wall_s"] = time.perf_counter() - t0
     report.write_summary(out, summary)
     (out / "summary.md").write_text(report.markdown(summary))

@@ -37,6 +37,8 @@ def _cli(*args, cwd=ROOT):
     (["--workload", "tiny", "--ranks", "0", "--out", "x"], "--ranks must be >= 1"),
     (["--workload", "tiny", "--exchange-scale", "-1", "--out", "x"],
      "--exchange-scale must be a number >= 0"),
+    (["--workload", "tiny", "--reuse", "/nonexistent/summary.json", "--out", "x"],
+     "--reuse /nonexistent/summary.json: not a readable sim summary.json"),
     (["--workload", "tiny", "--slo-tpot-ms", "-1", "--out", "x"], "--slo-tpot-ms must be > 0"),
     (["--workload", "tiny"], "--out"),
     (["--out", "x"], "--trace --workload"),

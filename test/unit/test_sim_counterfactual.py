@@ -151,4 +151,7 @@ def test_cli_exchange_scale_labels_its_output_and_refuses_a_differently_priced_r
     assert "COUNTERFACTUAL" not in (plain / "summary.md").read_text()
     bad = cli("--policies", "dcp", "--exchange-scale", "0.5", "--reuse",
               str(plain / "summary.json"), "--out", str(tmp_path / "x"))
-    assert bad.returncode == 2 and "priced the exchange otherwise" in bad.stderr
+    assert bad.returncode == 2 and "priced the exchange x1, this run x0.5" in bad.stderr
+    back = cli("--policies", "total_tokens", "--reuse", str(free / "summary.json"), "--out",
+               str(tmp_path / "y"))  # a plain run cannot copy rows priced otherwise either
+    assert back.returncode == 2 and "priced the exchange x0, this run x1" in back.stderr
