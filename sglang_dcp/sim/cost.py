@@ -20,6 +20,8 @@ profile's per-item model). Either way a home merges only its real remote partial
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from sglang_dcp.planner.base import ClusterSpec
@@ -103,12 +105,10 @@ class StepModel:
         return tokens * self.profile.kv_bytes_per_token / (self.migration_gbps * 1e9) * 1e3
 
 
-def scaled_exchange(profile, scale: float):
+def scaled_exchange(profile: CostProfile, scale: float) -> CostProfile:
     """A COUNTERFACTUAL copy of ``profile`` whose exchange costs (``exchange_us_fixed`` and the
     per-item rates, so the bucketed wire too) are ``scale`` times the profile's: for attributing
     what holds ``dcp`` back (``bench/sim_diagnose.py``), never a claim about any hardware."""
-    import dataclasses
-
     if not 0.0 <= scale < float("inf"):
         raise ValueError(f"exchange scale must be a number >= 0, got {scale!r}")
     if scale == 1.0:
