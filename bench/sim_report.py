@@ -106,6 +106,12 @@ def write_report(results: Path, scens, name: str = "sim") -> Path:
          "- bounds: *fluid* = mean loads on a perfectly balanced cluster (Little's law, no "
          "variance); *pooled* = the same arrivals replayed on the whole cluster as one rank "
          "(perfect packing and balance, no exchange cost) under the same SLO rules.",
+         "- arrivals: a request reaches the decode cluster at its trace time and its prefill "
+         "(on a prefill cluster without a queue) is added to its latency (`--prefill-delay "
+         "shift`, since 2026-12-07). Earlier pages replayed the prefill as a delay, which spread "
+         "a finite trace's requests over prefills of up to 4 minutes: on 24-32 Kimi-K2 ranks "
+         "every policy then met the SLO at rates the cluster cannot sustain (the pooled bound "
+         "at up to 4.3x the fluid bound's rate; `bench/NOTES.md`).",
          f"- commands: `python bench/sim.py{' --heldout' if held else ''}` (`{make}`); each "
          f"scenario's command is in its `bench/results/{folder.name}/<id>/summary.json` "
          "(`env.command`).", ""]

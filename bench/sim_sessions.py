@@ -111,7 +111,7 @@ def run_scenario(mix: str, profile_name: str, ranks: int, sessions: int, seed: i
         def measure(r, rate):
             return {"rate_rps": rate, "p99_tpot_ms": pct(r.tpot_ms, 99),
                     "mean_tpot_ms": mean_tpot_ms(r), "p99_kv_wait_ms": pct(r.queue_ms, 99),
-                    "p99_ttft_ms": pct((r.first_step_ms - r.arrival_ms)[r.status == 0], 99),
+                    "p99_ttft_ms": pct(r.ttft_ms, 99),
                     "p50_latency_ms": pct(r.latency_ms, 50),
                     "p99_latency_ms": pct(r.latency_ms, 99), **r.deploy}
 

@@ -32,7 +32,7 @@ _OPTIONS = {
             "step_gate", "step_headroom", "prefill_chunk", "hold",
             "home_tie", "headroom_always", "age_ms", "age_overshoot", "exchange_wire",
             "wire_capacity", "rejoin", "split_cost_k", "exchange_room_ms",
-            "live_quiet_ms"),
+            "live_quiet_ms", "gain_max_live"),
 }
 
 
@@ -52,7 +52,8 @@ def make_policy(
     ``home_rule`` ("step" | "batch"), ``split_rule`` ("fit" | "gain" | "auto"),
     ``split_min_free`` (0.2), ``split_cost_k`` (4: with a step budget the fit rule's share rises
     to k x the exchange's start cost / budget; 0: off), ``exchange_wire`` ("bucketed" | "items"), ``wire_capacity`` (16),
-    ``exchange_room_ms`` (600 s; 0: off, ``budget.py``),
+    ``exchange_room_ms`` (600 s; 0: off, ``budget.py``), ``gain_max_live`` (8 live requests
+    per rank: above it the gain rule yields to fit; 0: off),
     ``fixed_exchange`` ("always" | "first"), ``prefill_chunk`` (None: the home prefills a split
     request whole; tokens: prefill into shards, the home's transient booked, ``prefill.py``);
     see ``dcp.py``. ``None`` values

@@ -33,9 +33,9 @@ could not run whole: KV fragmentation. So:
    that fit when the predicted step ``max(M, peak) + exchange_fixed`` is lower by >
    ``min_gain_us`` (``fixed_exchange``: the fixed cost on every split, ``"always"``, or on the
    first guest, ``"first"``). ``split_rule="auto"``: ``fit`` for MLA, whose exchange item (a
-   576-wide q per head out, a 512-wide partial back) costs the attention of 3.6k-8.3k KV
-   tokens under the shipped profiles, ``gain`` with ``fixed_exchange="first"`` for GQA/MHA
-   (~500 tokens; ``CostProfile.break_even_tokens``; the gain rule loses up to 48% on MLA).
+   576-wide q per head out, a 512-wide partial back) costs the attention of 3.6k-8.3k KV tokens,
+   ``gain`` with ``fixed_exchange="first"`` for GQA/MHA (~500; ``break_even_tokens``; gain loses
+   up to 48% on MLA) below ``gain_max_live`` (8) live requests per rank (``feasibility.py``).
 3. **Shards** (when splitting): ``d = 2 .. max_degree``; guests are the ``d - 1`` ranks with
    free KV >= ``min_shard_tokens`` (by default the profile's break-even shard) and the lowest
    predicted time counting their exchange: with ``exchange_wire="bucketed"`` (the default: what
@@ -113,6 +113,7 @@ class DcpPolicy(TargetedHold, StepBudget, GuestPlans, HomeChoice, Feasibility,
         split_cost_k: float | None = 4.0,
         exchange_room_ms: float | None = 600_000.0,
         live_quiet_ms: float | None = 600_000.0,
+        gain_max_live: float = 8.0,
     ) -> None:
         super().__init__(cluster)
         if not isinstance(profile, CostProfile):
@@ -153,7 +154,7 @@ class DcpPolicy(TargetedHold, StepBudget, GuestPlans, HomeChoice, Feasibility,
             headroom_always, age_ms, age_overshoot, exchange_room_ms, live_quiet_ms)
         self.fixed_exchange, self.profile = fixed_exchange, profile
         self._wire_options(exchange_wire, wire_capacity)  # wire_cost.py
-        self._fit_options(split_cost_k)  # feasibility.py
+        self._fit_options(split_cost_k, gain_max_live)  # feasibility.py
         self.max_degree = min(max_degree, cluster.num_ranks)
         ms = profile.break_even_tokens() if min_shard_tokens is None else min_shard_tokens
         self.min_shard_tokens = page_up(ms, self.page)
@@ -232,7 +233,7 @@ class DcpPolicy(TargetedHold, StepBudget, GuestPlans, HomeChoice, Feasibility,
         extra = self._transient_bound(req.prompt_len, resv, pfull) if splittable else 0
         need = min_tail + extra if splittable else resv
         live = self._live_split()  # budget.py: the fit rule also splits for balance
-        fit = self.split_rule == "fit" and splittable and not split_only and not live
+        fit = self._rule_now() == "fit" and splittable and not split_only and not live
         if home_rank is not None:
             h = home_rank
             if cap[h] - kv[h] < need:

@@ -19,6 +19,7 @@ from pathlib import Path
 from sglang_dcp.planner import POLICIES, available_profiles, load_profile, make_policy
 from sglang_dcp.sim import cost
 from sglang_dcp.sim.deploy import DEPLOYMENTS
+from sglang_dcp.sim.options import PREFILL_DELAYS
 from sglang_dcp.sim.experiment import parse_policy, split_sim_options
 from sglang_dcp.sim.workload import load_trace, make_workload, workload_names
 
@@ -99,6 +100,12 @@ def make_parser() -> argparse.ArgumentParser:
                         "decode (prefill elsewhere, KV appears free), colocated (prefill stalls "
                         "every rank; per-rank prefix caches), pd (KV transferred into each "
                         "holder), pd-home (transferred to the home, then shipped).")
+    p.add_argument("--prefill-delay", choices=PREFILL_DELAYS, default="shift",
+                   help="decode/pd/pd-home: a request's prefill (on a prefill cluster without a "
+                        "queue) is added to its latency and it reaches the decode ranks at its "
+                        "trace time (shift), or it reaches them that much later (replay: a finite "
+                        "trace then reaches them diluted when prefills outlast its arrivals; the "
+                        "results before 2026-12-07).")
     p.add_argument("--pd-gbps", type=float, default=None,
                    help="pd/pd-home: KV transfer GB/s into one decode rank (default 23.75: "
                         "Mooncake TE's published 190 GB/s over 8 x 400 Gbps NICs, per NIC).")
@@ -151,11 +158,15 @@ def parse(argv=None) -> tuple[argparse.Namespace, object]:
         try:
             args.reused = json.loads(Path(args.reuse).read_text())
             scale = args.reused["cluster"].get("exchange_scale", 1.0)
+            delay = args.reused["search"].get("prefill_delay", "replay")  # older: replayed
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             parser.error(f"--reuse {args.reuse}: not a readable sim summary.json ({e})")
         if scale != args.exchange_scale:
             parser.error(f"--reuse: that summary priced the exchange x{scale:g}, this run "
                          f"x{args.exchange_scale:g}; rerun every policy (drop --reuse)")
+        if delay != args.prefill_delay:
+            parser.error(f"--reuse: that summary ran with --prefill-delay {delay}, this run "
+                         f"{args.prefill_delay}; rerun every policy (drop --reuse)")
     for flag in ("slo_tpot_ms", "max_kv_wait_ms", "search_precision"):
         if not getattr(args, flag) > 0:
             parser.error(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
@@ -205,6 +216,7 @@ def main(argv=None) -> int:
     search = SearchSpec(args.slo_tpot_ms, args.max_kv_wait_ms, args.search_precision,
                         args.max_runs, tpot_stat=args.tpot_stat)
     sim = SimOptions(deployment=args.deployment, pd_gbps=args.pd_gbps,
+                     prefill_delay=args.prefill_delay,
                      rebalance_every_ms=args.rebalance_every_ms,
                      rebalance_max_tokens=args.rebalance_max_tokens, migration=args.migration,
                      queue_max_bypass=None if args.queue_max_bypass < 0 else args.queue_max_bypass,
@@ -243,7 +255,7 @@ def run_fixed_rate(exp, rate: float):
         "search": {"slo_tpot_ms": exp.search.slo_tpot_ms,
                    "max_kv_wait_ms": exp.search.max_kv_wait_ms,
                    "rel_precision": exp.search.rel_precision, "max_runs": 0, "precision": {},
-                   "deployment": exp.sim.deployment},
+                   "deployment": exp.sim.deployment, "prefill_delay": exp.sim.prefill_delay},
         "workload": {"name": exp.workload.name, "num_requests": len(exp.workload),
                      "native_rate_rps": exp.workload.rate_rps},
         "cluster": {"num_ranks": exp.num_ranks, "profile": exp.profile_name,

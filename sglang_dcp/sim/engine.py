@@ -11,6 +11,16 @@ Lifecycle (``deploy.py`` says where prefill runs and how KV arrives)::
         decode steps--> finished (prefill emitted token 1); a session's next turn is submitted
         its think time after (closed loop, ``sessions.py``)
 
+Prefill delay (``SimOptions.prefill_delay``): with ``"shift"`` (the default) a first turn
+reaches the decode cluster at its trace time and its prefill (on the prefill cluster, which has
+no queue here) is added to its latency afterwards; ``"replay"`` delays it by its prefill. On an
+endless trace the two give the same decode load. On a finite one, prefills longer than the
+trace's arrival span spread its requests over the prefill times instead: 1500 chat + agentic
+requests at a nominal 44 req/s (34 s of arrivals) reached 24 Kimi-K2 ranks over 258 s (prefills
+up to 235 s), an effective 5.8 req/s, and the pooled bound passed at 4.3x the fluid bound's rate
+(``bench/NOTES.md``, issue 27). A later turn of a session is submitted after its parent and
+waits for its own prefill in both: the delay is causal there.
+
 Queues (``queues.py``): a request the policy cannot place yet waits and is retried whenever KV
 frees. Global placers (``dcp``, ``uniform``) share the DP controller's first-fit FIFO; the SGLang
 baselines' dispatch is final (``waiting_rank``): a FIFO per rank, as SGLang's. A retryable
@@ -61,8 +71,12 @@ def simulate(
     deploy = Deployment(options.deployment, policy, model, workload, pd_gbps=options.pd_gbps,
                         prefix_cache=options.prefix_cache, cache_layout=options.cache_layout)
     submit = workload.arrival_ms.copy()  # a later turn's: set when its parent finishes
-    ready = submit + (pre := deploy.pre_ms(inp))  # + own stall or transfer once admitted
+    pre = deploy.pre_ms(inp)
     parent, think = workload.parent, workload.think_ms
+    # first turns' prefill: a latency term ("shift") or a delay ("replay"); module docstring
+    shifted = np.zeros(n) if options.prefill_delay == "replay" else np.where(
+        np.ones(n, dtype=bool) if parent is None else parent < 0, pre, 0.0)
+    ready = submit + (pre - shifted)  # + own stall or transfer once admitted
     child = np.full(n, -1, dtype=np.int64)  # a session's next turn, released when i finishes
     if parent is not None:
         child[parent[parent >= 0]] = np.flatnonzero(parent >= 0)
@@ -280,6 +294,7 @@ def simulate(
         status=status,
         arrival_ms=submit,
         ready_ms=ready,
+        prefill_shift_ms=shifted,
         first_step_ms=first,
         finish_ms=finish,
         output_len=out_len,

@@ -211,6 +211,7 @@ def run_experiment(exp: Experiment, progress: bool = False, pooled_bound: bool =
             "slo_tpot_ms": exp.search.slo_tpot_ms,
             "tpot_stat": exp.search.tpot_stat,
             "deployment": exp.sim.deployment,
+            "prefill_delay": exp.sim.prefill_delay,
             "max_kv_wait_ms": exp.search.max_kv_wait_ms,
             "rel_precision": exp.search.rel_precision,
             "max_runs": exp.search.max_runs,

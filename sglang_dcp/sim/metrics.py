@@ -69,7 +69,7 @@ class RunResult:
     rate_rps: float
     status: np.ndarray  # [num_requests] int8: FINISHED or REJECTED
     arrival_ms: np.ndarray
-    ready_ms: np.ndarray  # arrival + prefill: when the request could start decoding
+    ready_ms: np.ndarray  # arrival (+ prefill where replayed or causal): when it could decode
     first_step_ms: np.ndarray  # start of its first decode step (nan: never decoded)
     finish_ms: np.ndarray  # nan when rejected
     output_len: np.ndarray
@@ -87,6 +87,9 @@ class RunResult:
     migration_stall_ms: float = 0.0  # time the cluster stalled for those moves
     deploy: dict | None = None  # deploy.DeployStats.summary(): cache hits, prefill, transfers
     aborted: bool = False  # stopped early (SimOptions.abort_count): only pass/fail is meaningful
+    # [num_requests] prefill not replayed as a delay (SimOptions.prefill_delay="shift"): part
+    # of the latency, not of the decode cluster's arrivals; None: nothing shifted
+    prefill_shift_ms: np.ndarray | None = None
 
     @property
     def finished(self) -> int:
@@ -105,7 +108,15 @@ class RunResult:
     @property
     def latency_ms(self) -> np.ndarray:
         ok = self.status == FINISHED
-        return self.finish_ms[ok] - self.arrival_ms[ok]
+        lat = self.finish_ms[ok] - self.arrival_ms[ok]
+        return lat if self.prefill_shift_ms is None else lat + self.prefill_shift_ms[ok]
+
+    @property
+    def ttft_ms(self) -> np.ndarray:
+        """Arrival to the first decode step, the prefill included (finished requests only)."""
+        ok = self.status == FINISHED
+        t = self.first_step_ms[ok] - self.arrival_ms[ok]
+        return t if self.prefill_shift_ms is None else t + self.prefill_shift_ms[ok]
 
     @property
     def queue_ms(self) -> np.ndarray:

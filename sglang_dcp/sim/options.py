@@ -25,6 +25,9 @@ class StepModel(Protocol):
     def migration_ms(self, tokens: int) -> float: ...
 
 
+PREFILL_DELAYS = ("shift", "replay")
+
+
 @dataclass(frozen=True)
 class SimOptions:
     fast_forward: bool = True
@@ -57,3 +60,16 @@ class SimOptions:
     prefix_cache: bool = True  # colocated: per-rank prefix caches (prefix_cache.py)
     cache_layout: bool = False  # colocated: place a turn on its cached layout (dcp)
     pd_gbps: float | None = None  # pd: GB/s into one decode rank; None: the profile's pd_gbps_per_rank
+    # A first turn's prefill on the (unlimited) prefill cluster before it reaches the decode
+    # ranks (decode, pd, pd-home): "shift" (the default) takes the trace's times as the times
+    # requests reach the decode cluster and adds the prefill to each one's latency; "replay"
+    # delays each by its prefill. The two agree on an endless trace (a constant per-request
+    # delay keeps the rate and the mix), but a finite trace replayed with delays longer than
+    # its arrival span reaches the decode ranks diluted (engine.py docstring). A later turn of
+    # a session always waits for its prefill: the delay is causal there.
+    prefill_delay: str = "shift"
+
+    def __post_init__(self) -> None:
+        if self.prefill_delay not in PREFILL_DELAYS:
+            raise ValueError(f"prefill_delay must be one of {PREFILL_DELAYS}, "
+                             f"got {self.prefill_delay!r}")

@@ -133,6 +133,25 @@ def test_dcp_gain_rule_splits_a_straggler_and_not_when_it_does_not_pay():
     assert make_policy("dcp", c, DS).admit(req(0, 400_000, 1000)).degree == 1
 
 
+@pytest.mark.parametrize("live_per_rank, split", [(0, True), (7, True), (8, False)])
+def test_dcp_gain_rule_yields_to_fit_when_many_requests_live(live_per_rank, split):
+    """With ``gain_max_live`` (8) or more live requests per rank, the next whole placements
+    level the ranks: the straggler the gain rule splits on an idle cluster stays whole."""
+    c = ClusterSpec.uniform(8, DS.kv_capacity_tokens, 64)
+    p = make_policy("dcp", c, DS, split_rule="gain")
+    for i in range(live_per_rank * 8):  # short requests, spread by the home rule
+        assert p.admit(req(f"s{i}", 512, 16)).degree == 1
+    got = p.admit(req("long", 400_000, 1000))
+    assert (got.degree > 1) == split
+    p.verify()
+    off = make_policy("dcp", c, DS, split_rule="gain", gain_max_live=0)  # 0: the rule is off
+    for i in range(live_per_rank * 8):
+        off.admit(req(f"s{i}", 512, 16))
+    assert off.admit(req("long", 400_000, 1000)).degree > 1
+    with pytest.raises(ValueError, match="gain_max_live must be >= 0"):
+        make_policy("dcp", c, DS, gain_max_live=-1)
+
+
 def test_dcp_split_forced_by_capacity():
     c = ClusterSpec.uniform(4, 64 * 1000, 64)
     p = make_policy("dcp", c, QW)

@@ -45,9 +45,10 @@ def test_step_model_matches_profile():
             assert got[k] == pytest.approx(want, rel=1e-12)
 
 
-def test_one_rank_one_request_by_hand():
+@pytest.mark.parametrize("delay", ["shift", "replay"])
+def test_one_rank_one_request_by_hand(delay):
     inp, out = 10_000, 101
-    run, _ = _run(_workload([inp], [out], [5.0]), ranks=1)
+    run, _ = _run(_workload([inp], [out], [5.0]), ranks=1, prefill_delay=delay)
     p = PROFILE
     # Step k (k = 0..out-2) sees kv = inp + k, one item, batch 1, no guests (one rank).
     kv_mean = inp + (out - 2) / 2
@@ -56,8 +57,10 @@ def test_one_rank_one_request_by_hand():
                + p.moe_us_per_token)
     prefill_ms = (p.prefill_us_per_token * inp + p.prefill_us_per_token_sq * inp**2) / 1e3
     assert run.tpot_ms[0] == pytest.approx(step_us / 1e3, rel=1e-9)
-    assert run.first_step_ms[0] == pytest.approx(5.0 + prefill_ms)
+    # shift: it reaches the decode rank at its trace time; replay: its prefill later
+    assert run.first_step_ms[0] == pytest.approx(5.0 + (prefill_ms if delay == "replay" else 0))
     assert run.latency_ms[0] == pytest.approx(prefill_ms + (out - 1) * step_us / 1e3, rel=1e-9)
+    assert run.ttft_ms[0] == pytest.approx(prefill_ms)
     assert run.num_steps == out - 1 and run.decoded_tokens == out - 1
     assert run.kv_imbalance == pytest.approx(1.0) and run.batch_imbalance == pytest.approx(1.0)
 
@@ -194,3 +197,25 @@ def test_bucketed_exchange_charges_every_peer_the_busiest_pairs_bucket():
                for r in range(8)) + p.moe_us(4) + p.exchange_us_fixed
     assert abs(bucketed.step_ms(kv)[0] * 1e3 - want) < 1e-6
     assert bucketed.step_ms(kv)[0] > items.step_ms(kv)[0]
+
+
+def test_shifted_prefill_does_not_dilute_a_finite_trace():
+    """Prefills longer than the trace's arrival span: replayed, they spread the requests over
+    the prefill times (the decode rank sees them one at a time); shifted, the decode rank sees
+    the trace's burst, as an endless trace at that rate would keep it loaded."""
+    inp = [200_000, 1_000] * 4  # long prefills (tens of seconds) interleaved with short ones
+    w = _workload(inp, [50] * 8, [float(i) for i in range(8)])  # 8 arrivals in 7 ms
+    shift, _ = _run(w, ranks=1, prefill_delay="shift")
+    replay, _ = _run(w, ranks=1, prefill_delay="replay")
+    assert np.array_equal(shift.ready_ms, w.arrival_ms)
+    assert np.ptp(replay.ready_ms) > 1000 * np.ptp(w.arrival_ms)
+    assert shift.batch_imbalance == replay.batch_imbalance == pytest.approx(1.0)
+    # the burst decodes together: each step carries more requests, so TPOT is longer
+    assert np.median(shift.tpot_ms) > np.median(replay.tpot_ms)
+    assert np.allclose(np.sort(shift.latency_ms - shift.ttft_ms),
+                       np.sort(shift.finish_ms - shift.first_step_ms))
+
+
+def test_prefill_delay_is_checked():
+    with pytest.raises(ValueError, match="prefill_delay must be one of"):
+        SimOptions(prefill_delay="later")
