@@ -17,7 +17,8 @@ Outputs: ``bench/results/sim-matrix/<scenario>/summary.{json,md}``, ``bench/resu
 ``bench/results/sim-matrix.png``, ``bench/results/sim-matrix.json`` (all rows). With
 ``--heldout``: ``bench/results/sim-heldout/<scenario>/``, ``bench/results/sim-heldout.md`` (and
 ``.png``, ``.json``): regimes of the same kinds that the policy was not tuned on (issue 27):
-other seeds, 8-32 ranks, KV per rank 300k-900k tokens, SLOs 35-50 ms, a chat + agentic mix.
+other seeds, 8-32 ranks, KV per rank 300k-900k tokens, SLOs 35-50 ms, a chat + agentic mix; 10
+chosen by hand and 12 drawn at random (``drawn_heldout``).
 """
 
 from __future__ import annotations
@@ -134,9 +135,34 @@ HELDOUT = (  # (workload, profile, ranks, KV tokens per rank or None, SLO ms, se
 )
 
 
+# And regimes drawn at random from the same kinds (issue 27), drawn after the last planner change
+# that a held-out regime informed (2026-12-07: ``gain_max_live``): another seed draws others.
+DRAWN_SEED, DRAWN = 20261207, 12
+DRAW_FROM = {  # profile -> rank counts it is drawn with
+    "deepseek-v3-h200": (12, 16, 24), "deepseek-v3-h200-node8": (8,),
+    "kimi-k2-h200-ep32": (16, 24, 32), "qwen3-235b-h200": (8,)}
+
+
+def drawn_heldout(n: int = DRAWN, seed: int = DRAWN_SEED) -> tuple:
+    """``n`` regimes ``(workload, profile, ranks, KV, SLO, seed)`` like ``HELDOUT``, drawn with
+    ``random.Random(seed)``: any of the four long-context mixes, a profile and one of its rank
+    counts, KV per rank 300k / 450k / 600k / 900k or the profile's, SLO 35 / 40 / 45 / 50 ms."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        prof = rng.choice(sorted(DRAW_FROM))
+        out.append((rng.choice(("agentic-claude", "agentic-codex", "bimodal", "chat-agentic")),
+                    prof, rng.choice(DRAW_FROM[prof]),
+                    rng.choice((300_000, 450_000, 600_000, 900_000, None)),
+                    rng.choice((35.0, 40.0, 45.0, 50.0)), rng.randrange(11, 1000)))
+    return tuple(out)
+
+
 def heldout() -> list[Scenario]:
     out = []
-    for w, prof, ranks, kv, slo, seed in HELDOUT:
+    for w, prof, ranks, kv, slo, seed in HELDOUT + drawn_heldout():
         d = Deployment(f"{prof.split('-h200')[0]}-r{ranks}", prof, ranks, f"{prof}, {ranks} ranks")
         kvs = f"-kv{kv // 1000}k" if kv else ""
         out.append(Scenario(f"{w}-r{ranks}{kvs}-slo{slo:g}-s{seed}-{prof}", w, d, slo,
