@@ -137,3 +137,26 @@ def test_profile_path_missing_coefficient_and_bad_trace_line(tmp_path):
     res = _cli("--trace", str(trace), "--out", str(tmp_path / "o"))
     assert res.returncode == 2 and "t.jsonl:2" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_prefill_delay_is_recorded_and_a_reuse_across_it_is_refused(tmp_path):
+    """``--prefill-delay``: the summary records it; a summary from before the flag (no key)
+    replayed the delay, so a default (shift) run refuses to copy its rows, and both ways."""
+    base = ("--workload", "tiny", "--ranks", "4", "--kv-capacity", "32768", "--max-runs", "4",
+            "--seed", "1", "--quiet", "--no-plots")
+    shift, replay = tmp_path / "shift", tmp_path / "replay"
+    assert _cli(*base, "--policies", "total_tokens,dcp", "--out", str(shift)).returncode == 0
+    res = _cli(*base, "--policies", "total_tokens", "--prefill-delay", "replay",
+               "--out", str(replay))
+    assert res.returncode == 0, res.stderr
+    assert json.loads((shift / "summary.json").read_text())["search"]["prefill_delay"] == "shift"
+    old = json.loads((replay / "summary.json").read_text())
+    assert old["search"].pop("prefill_delay") == "replay"
+    (replay / "old.json").write_text(json.dumps(old))  # as written before the flag existed
+    for src, flag, needle in ((replay / "old.json", (), "--prefill-delay replay, this run shift"),
+                              (shift / "summary.json", ("--prefill-delay", "replay"),
+                               "--prefill-delay shift, this run replay")):
+        bad = _cli(*base, "--policies", "dcp", *flag, "--reuse", str(src),
+                   "--out", str(tmp_path / "x"))
+        assert bad.returncode == 2 and needle in bad.stderr, bad.stderr
+    assert _cli(*base, "--prefill-delay", "later", "--out", "x").returncode == 2
