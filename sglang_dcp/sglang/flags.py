@@ -127,8 +127,9 @@ def add_dcp_args(parser: argparse.ArgumentParser) -> None:
         choices=SPLIT_RULES,
         default=None,
         help="When 'dcp' splits a request that some rank could hold whole: 'fit' (only for KV "
-        "fit or the step budget), 'gain' (also when it lowers the predicted step), 'auto' "
-        "(fit for MLA profiles, gain for GQA). Default: fit.",
+        "fit or the step budget), 'gain' (also when it lowers the predicted step, while fewer "
+        "than 8 requests per rank live), 'auto' (fit for MLA profiles, gain for GQA). "
+        "Default: fit.",
     )
     group.add_argument(
         "--dcp-split-cost-k",

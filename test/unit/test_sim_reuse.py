@@ -52,7 +52,11 @@ def test_heldout_regimes_are_new_and_well_formed():
         return s.workload, s.deployment.ranks, s.deployment.profile, s.slo_ms, s.kv_capacity
 
     seen = {key(s) for s in matrix}
-    assert not any(key(s) in seen for s in held)  # new regimes, not only new seeds
+    chosen = held[:len(sim.HELDOUT)]
+    assert not any(key(s) in seen for s in chosen)  # new regimes, not only new seeds
+    # the drawn ones are random: a matrix regime may come back, with another seed
+    assert sim.drawn_heldout() == sim.drawn_heldout() and len(held) == len(chosen) + sim.DRAWN
+    assert sim.drawn_heldout(seed=1) != sim.drawn_heldout()
     for s in held:
         assert s.seed != 0 and 8 <= s.deployment.ranks <= 32 and 35 <= s.slo_ms <= 50
         assert s.kv_capacity is None or 300_000 <= s.kv_capacity <= 900_000
