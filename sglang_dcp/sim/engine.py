@@ -74,8 +74,8 @@ def simulate(
     pre = deploy.pre_ms(inp)
     parent, think = workload.parent, workload.think_ms
     # first turns' prefill: a latency term ("shift") or a delay ("replay"); module docstring
-    shifted = np.zeros(n) if options.prefill_delay == "replay" else np.where(
-        np.ones(n, dtype=bool) if parent is None else parent < 0, pre, 0.0)
+    shifted = np.zeros(n) if options.prefill_delay == "replay" else (
+        pre if parent is None else np.where(parent < 0, pre, 0.0))
     ready = submit + (pre - shifted)  # + own stall or transfer once admitted
     child = np.full(n, -1, dtype=np.int64)  # a session's next turn, released when i finishes
     if parent is not None:
