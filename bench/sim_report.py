@@ -184,10 +184,12 @@ def _targets(long: list[dict], moon: list[dict], held: bool = False) -> list[str
 
     def bound_note(r: dict, n: str) -> str:  # the competitor rejects; can serving all reach it?
         p, g = r.get("pooled"), r["goodput"].get(n) or 0.0
-        if not r["rejected"].get(n) or not p or not g or p >= WITHIN * g:
+        if not r["rejected"].get(n) or r["rejected"].get("dcp"):
             return ""
-        return (f"; it rejects {r['rejected'][n]} of {r['num_requests']}, and the pooled bound, "
-                f"serving them all, is {p / g:.2f}x it")
+        note = f"; it rejects {r['rejected'][n]} of {r['num_requests']}"
+        if not p or not g or p >= WITHIN * g:
+            return note + ", which `dcp` serves"
+        return note + f", and the pooled bound, serving them all, is {p / g:.2f}x it"
 
     L.append(f"| `dcp` >= every other policy within 2%, every scenario | "
              f"{len(allr) - len({x[0]['id'] for x in lose})} of {len(allr)} scenarios"

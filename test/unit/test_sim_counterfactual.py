@@ -123,6 +123,8 @@ def test_within_two_percent_row_says_when_the_competitor_wins_by_rejecting():
            "them all, is 0.97x it)" in row and "**NOT MET**" in row
     (row,) = [x for x in _targets([r("b", 1.2, 0)], [], held=True) if "within 2%" in x]
     assert "b (total_tokens 0.72x)" in row  # nothing rejected: no note
+    (row,) = [x for x in _targets([r("c", 1.2, 77)], [], held=True) if "within 2%" in x]
+    assert "c (total_tokens 0.72x; it rejects 77 of 1500, which `dcp` serves)" in row
 
 
 def test_cli_exchange_scale_labels_its_output_and_refuses_a_differently_priced_reuse(tmp_path):
