@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import subprocess
 import sys
 import time
@@ -147,13 +148,11 @@ def drawn_heldout(n: int = DRAWN, seed: int = DRAWN_SEED) -> tuple:
     """``n`` regimes ``(workload, profile, ranks, KV, SLO, seed)`` like ``HELDOUT``, drawn with
     ``random.Random(seed)``: any of the four long-context mixes, a profile and one of its rank
     counts, KV per rank 300k / 450k / 600k / 900k or the profile's, SLO 35 / 40 / 45 / 50 ms."""
-    import random
-
     rng = random.Random(seed)
     out = []
     for _ in range(n):
         prof = rng.choice(sorted(DRAW_FROM))
-        out.append((rng.choice(("agentic-claude", "agentic-codex", "bimodal", "chat-agentic")),
+        out.append((rng.choice(LONG_WORKLOADS + ("chat-agentic",)),
                     prof, rng.choice(DRAW_FROM[prof]),
                     rng.choice((300_000, 450_000, 600_000, 900_000, None)),
                     rng.choice((35.0, 40.0, 45.0, 50.0)), rng.randrange(11, 1000)))

@@ -105,18 +105,20 @@ class RunResult:
         ok = (self.status == FINISHED) & (self.output_len > 1)
         return (self.finish_ms[ok] - self.first_step_ms[ok]) / (self.output_len[ok] - 1)
 
+    def _since_arrival(self, t_ms: np.ndarray) -> np.ndarray:
+        """``t_ms - arrival`` of finished requests, plus the prefill not replayed as a delay."""
+        ok = self.status == FINISHED
+        d = t_ms[ok] - self.arrival_ms[ok]
+        return d if self.prefill_shift_ms is None else d + self.prefill_shift_ms[ok]
+
     @property
     def latency_ms(self) -> np.ndarray:
-        ok = self.status == FINISHED
-        lat = self.finish_ms[ok] - self.arrival_ms[ok]
-        return lat if self.prefill_shift_ms is None else lat + self.prefill_shift_ms[ok]
+        return self._since_arrival(self.finish_ms)
 
     @property
     def ttft_ms(self) -> np.ndarray:
         """Arrival to the first decode step, the prefill included (finished requests only)."""
-        ok = self.status == FINISHED
-        t = self.first_step_ms[ok] - self.arrival_ms[ok]
-        return t if self.prefill_shift_ms is None else t + self.prefill_shift_ms[ok]
+        return self._since_arrival(self.first_step_ms)
 
     @property
     def queue_ms(self) -> np.ndarray:
