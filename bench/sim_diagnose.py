@@ -37,7 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sglang_dcp.planner.wire_cost import bucketed_exchange_us  # noqa: E402
+from sglang_dcp.planner.wire_cost import DEFAULT_WIRE, bucketed_exchange_us  # noqa: E402
 from sglang_dcp.sim.engine import SimOptions, simulate  # noqa: E402
 from sglang_dcp.sim.experiment import Experiment  # noqa: E402
 from sglang_dcp.sim.metrics import pct  # noqa: E402
@@ -59,7 +59,7 @@ class Probe:
 
     def __init__(self, policy, profile, window_end_ms: float, wire=None) -> None:
         self._p, self.profile, self.window_end = policy, profile, window_end_ms
-        self._wire = wire  # busiest pair -> every rank's bucketed exchange (µs); None: per item
+        self._wire = wire  # (busiest pair, crosses nodes) -> every rank's wire (µs); None: per item
         self.last_reason: dict[str, str] = {}
         self.refusals = {"kv": 0, "budget": 0}
         self.budget_pred: list[float] = []  # predicted step (µs) of each budget refusal
@@ -87,7 +87,7 @@ class Probe:
         kv, b, gi, go = pol.kv_used(), pol.batch_sizes(), pol.guest_items(), pol.guest_out()
         nr = pol.guest_near()
         if self._wire is not None:  # as sim.cost.StepModel charges it
-            w = self._wire(pol.busiest_pair())
+            w = self._wire(pol.busiest_pair(), pol.cross_pairs())
             ranks = [p.rank_time_us(kv[r], b[r] + gi[r], b[r]) + p.merge_us(go[r]) + w
                      for r in range(len(kv))]
         else:
@@ -105,7 +105,8 @@ class Probe:
             n = len(b)
             mean_b = sum(b) / n
             item_ex = max(p.exchange_us(gi[r], go[r]) + p.merge_us(go[r]) for r in range(n)) \
-                if self._wire is None else self._wire(pol.busiest_pair()) + max(map(p.merge_us, go))
+                if self._wire is None else (self._wire(pol.busiest_pair(), pol.cross_pairs())
+                                            + max(map(p.merge_us, go)))
             pooled = (p.rank_time_us(sum(pol.kv_used()) / n, mean_b, mean_b)
                       + p.moe_us(mean_b))
             a = self.acc
@@ -138,9 +139,10 @@ def measure(exp: Experiment, label: str, rate: float) -> dict:
             opts = {"step_slo_ms": slo, "split_rule": "auto", "exchange_wire": exp.exchange_wire,
                     **opts}
         pol = make_policy(name, exp.cluster, exp.profile, **{**exp.policy_options, **opts})
-        wire = None if exp.exchange_wire != "bucketed" else (
-            lambda b: bucketed_exchange_us(exp.profile, exp.num_ranks, b,
-                                           ranks_per_node=exp.ranks_per_node))
+        wire = None if exp.exchange_wire == "items" else (
+            lambda b, c: bucketed_exchange_us(exp.profile, exp.num_ranks, b,
+                                              ranks_per_node=exp.ranks_per_node,
+                                              cross=c or exp.exchange_wire == "bucketed"))
         probe = Probe(pol, exp.profile, float(w.arrival_ms.max()), wire)
         run = simulate(w, probe, exp.model, exp.num_ranks, kv_capacity=exp.cluster.kv_capacity,
                        options=exp._options(False, False))
@@ -212,7 +214,7 @@ def report(exp: Experiment, label: str, rate: float) -> dict:
 # --summary: the exchange priced otherwise, nothing else changed (attribution): key ->
 # (exchange cost scale, exchange wire); "items": the wire ships only the items (per-peer sizes,
 # no bucket padding: the issue-23 target), "0": free, "0.5": half price
-COUNTERFACTUALS = {"0": (0.0, "bucketed"), "0.5": (0.5, "bucketed"), "items": (1.0, "items")}
+COUNTERFACTUALS = {"0": (0.0, DEFAULT_WIRE), "0.5": (0.5, DEFAULT_WIRE), "items": (1.0, "items")}
 
 
 def counterfactuals(args, w, summary: dict, spec: SearchSpec) -> dict:

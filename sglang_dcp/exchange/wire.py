@@ -200,15 +200,31 @@ def bucket_for(pair_items: int, capacity: int) -> int:
     return next((c for c in capacity_buckets(capacity) if c >= pair_items), capacity)
 
 
-def padded_items(num_ranks: int, busiest_pair: int, capacity: int) -> int:
+def padded_items(num_ranks: int, busiest_pair: int, capacity: int, *,
+                 peers: int | None = None) -> int:  # fmt: skip
     """Query rows each rank ships to its peers per layer (and the result rows it ships back) in
-    a step whose busiest peer pair carries ``busiest_pair`` queries: every other rank gets one
-    bucket per round, whatever it needs. What the server's exchange moves, and what the
-    simulator charges each rank's exchange for (0: nothing is split, no exchange)."""
+    a step whose busiest peer pair carries ``busiest_pair`` queries: every peer gets one bucket
+    per round, whatever it needs. ``peers``: how many ranks each rank exchanges with (default
+    every other rank; a node-scoped step, ``scope_peers``, only its node's). What the server's
+    exchange moves, and what the simulator charges each rank's exchange for (0: nothing is
+    split, no exchange)."""
     if busiest_pair <= 0:
         return 0
     rounds = -(-busiest_pair // capacity)
-    return rounds * (num_ranks - 1) * bucket_for(busiest_pair, capacity)
+    return rounds * (num_ranks - 1 if peers is None else peers) * bucket_for(busiest_pair,
+                                                                              capacity)
+
+
+def scope_peers(num_ranks: int, ranks_per_node: int, *, cross: bool) -> int:
+    """Peers of the busiest rank in a step's exchange. **Scopes**: a step where every split
+    request's shards share its home's node (``cross`` false) exchanges within each node only
+    (the ``node`` scope: every rank ships its node's other ranks, over NVLink); one where some
+    pair crosses nodes exchanges with every rank (``all``). The scope, like the bucket, is the
+    same on every rank (it comes from the step plan); nodes are ``ranks_per_node`` consecutive
+    ranks, the last one possibly smaller."""
+    if cross or ranks_per_node >= num_ranks:
+        return num_ranks - 1
+    return ranks_per_node - 1
 
 
 def _round16(n: int) -> int:

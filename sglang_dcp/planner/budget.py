@@ -88,7 +88,7 @@ class StepBudget:
             if cost[r] + d > worst:
                 worst = cost[r] + d
         fixed = p.exchange_us_fixed if (self.num_guest_items or guests) else 0.0
-        wire = self.wire_us(self._busiest_with(home, guests))  # bucketed: every rank's rows
+        wire = self.wire_us(*self._busiest_with(home, guests))  # bucketed: every rank's rows
         return worst + p.moe_us(max(max(batch), b + 1)) + fixed + wire
 
     def predicted_step_us(self) -> float:
@@ -96,8 +96,7 @@ class StepBudget:
         exchange and the wire of the busiest pair (``wire_cost.py``), as the simulator charges."""
         p = self.profile
         fixed = p.exchange_us_fixed if self.num_guest_items else 0.0
-        return max(self.cost) + p.moe_us(max(self.batch)) + fixed + self.wire_us(
-            self.busiest_pair())
+        return max(self.cost) + p.moe_us(max(self.batch)) + fixed + self.wire_now_us()
 
     def on_time(self, now_ms: float, step: int) -> None:
         self._now_ms = now_ms

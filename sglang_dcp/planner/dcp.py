@@ -76,7 +76,7 @@ from sglang_dcp.planner.home import HomeChoice
 from sglang_dcp.planner.rebalance import SealedRangeRebalancer
 from sglang_dcp.planner.state import LedgerPolicy, page_up
 from sglang_dcp.planner.waterfill import GuestPlans
-from sglang_dcp.planner.wire_cost import DEFAULT_CAPACITY, BucketedWire
+from sglang_dcp.planner.wire_cost import DEFAULT_CAPACITY, DEFAULT_WIRE, BucketedWire
 from sglang_dcp.types import Rejection, Request
 
 
@@ -107,7 +107,7 @@ class DcpPolicy(TargetedHold, StepBudget, GuestPlans, HomeChoice, Feasibility,
         headroom_always: bool = False,
         age_ms: float | None = None,
         age_overshoot: float = 0.1,
-        exchange_wire: str = "bucketed",
+        exchange_wire: str = DEFAULT_WIRE,
         wire_capacity: int = DEFAULT_CAPACITY,
         rejoin: bool = False,
         split_cost_k: float | None = 4.0,
@@ -268,7 +268,7 @@ class DcpPolicy(TargetedHold, StepBudget, GuestPlans, HomeChoice, Feasibility,
             peak1 = base_h + a * resv
             if not splittable or peak1 <= M:
                 return h, [], 0  # a split cannot lower the step time: d = 1
-            best_score = (peak1 if peak1 > M else M) + self.wire_us(self.busiest_pair())
+            best_score = (peak1 if peak1 > M else M) + self.wire_now_us()
             best = (h, [], 0)
         elif not splittable:  # pragma: no cover - need == resv guarantees free_h >= resv
             return self._reject(req, resv, pfull, splittable)
@@ -286,7 +286,7 @@ class DcpPolicy(TargetedHold, StepBudget, GuestPlans, HomeChoice, Feasibility,
             plans = self._try_guests(h, by_free, resv, pfull, min_tail, room, base_h)
         for peak, sealed, tail_start in plans:
             score = (peak if peak > M else M) + fixed + self.wire_us(
-                self._busiest_with(h, [g for g, _, _ in sealed]))
+                *self._busiest_with(h, [g for g, _, _ in sealed]))
             if best_score is None or score < best_score - self.min_gain_us:
                 best_score, best = score, (h, sealed, tail_start)
         if best_score is None:

@@ -81,6 +81,7 @@ class Feasibility:
         self.gain_max_live = float(gain_max_live)
         self.split_cost_k = None if split_cost_k is None else float(split_cost_k)
         # what the first split adds to every step: the fixed exchange and the smallest wire
+        # (scoped: within the home's node, where guests go first)
         p = self.profile
         self._exchange_start_us = p.exchange_us_fixed + (
             self.wire_us(1) if self.bucketed else 2 * p.exchange_us_per_item)

@@ -101,7 +101,7 @@ class SealedRangeRebalancer:
         if getattr(self, "step_slo_us", None) is None:
             return None
         fixed = self.profile.exchange_us_fixed if self.num_guest_items else 0.0
-        return max(self.cost) + fixed + self.wire_us(self.busiest_pair())
+        return max(self.cost) + fixed + self.wire_now_us()
 
     def _pick_range(self, src: int, dst: int, want: int):
         """The largest movable range on ``src`` (ties: one that rejoins its home, then first)."""

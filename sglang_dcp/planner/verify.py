@@ -50,6 +50,9 @@ class VerifiedBooks:
             assert mine == ref, f"aggregate {name} drifted: {mine} != {ref}"
         assert self.pairs == pairs, "pair counts drifted"
         assert self.busiest_pair() == max(max(row) for row in pairs), "busiest pair drifted"
+        far = any(pairs[h][g] and not self.cluster.same_node(h, g)
+                  for h in range(n) for g in range(n))  # fmt: skip
+        assert self.cross_pairs() == far, "cross-node pairs drifted"
         assert sum(len(d) for d in self._homed) == len(self._recs), "home index drifted"
         assert sum(len(d) for d in self._hosted) == sum(gin), "guest index drifted"
         assert self.num_guest_items == sum(gin), "num_guest_items drifted"

@@ -50,11 +50,14 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranks-per-node", type=int, default=8,
                    help="DP ranks per node: guest items between ranks of one node pay the "
                         "profile's intranode (NVLink) exchange rate, others the across-node one.")
-    p.add_argument("--exchange-wire", choices=cost.EXCHANGE_WIRES, default="bucketed",
+    p.add_argument("--exchange-wire", choices=cost.EXCHANGE_WIRES, default=cost.DEFAULT_WIRE,
                    help="What a rank's exchange is charged for (and dcp predicts with): what "
-                        "the server's bucketed exchange ships ('bucketed', the default: every "
-                        "peer the busiest pair's bucket each step) or its own guest items "
-                        "('items', the profile's per-item model).")
+                        "the server's exchange ships ('scoped', the default: each peer the "
+                        "busiest pair's bucket each step, the peers being the rank's node "
+                        "while no split request has a shard off its home's node, else every "
+                        "rank), the same over every rank always ('bucketed', the server "
+                        "before scopes) or its own guest items ('items', the profile's "
+                        "per-item model).")
     p.add_argument("--exchange-scale", type=float, default=1.0, metavar="F",
                    help="A COUNTERFACTUAL, not a profile: charge (and let dcp predict) the "
                         "exchange's fixed and per-item costs times F (0: free), nothing else "
@@ -159,11 +162,15 @@ def parse(argv=None) -> tuple[argparse.Namespace, object]:
             args.reused = json.loads(Path(args.reuse).read_text())
             scale = args.reused["cluster"].get("exchange_scale", 1.0)
             delay = args.reused["search"].get("prefill_delay", "replay")  # older: replayed
+            wire = args.reused["cluster"].get("exchange_wire", "bucketed")  # older: bucketed
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             parser.error(f"--reuse {args.reuse}: not a readable sim summary.json ({e})")
         if scale != args.exchange_scale:
             parser.error(f"--reuse: that summary priced the exchange x{scale:g}, this run "
                          f"x{args.exchange_scale:g}; rerun every policy (drop --reuse)")
+        if wire != args.exchange_wire:
+            parser.error(f"--reuse: that summary charged the exchange's wire as {wire!r}, this "
+                         f"run {args.exchange_wire!r}; rerun every policy (drop --reuse)")
         if delay != args.prefill_delay:
             parser.error(f"--reuse: that summary ran with --prefill-delay {delay}, this run "
                          f"{args.prefill_delay}; rerun every policy (drop --reuse)")

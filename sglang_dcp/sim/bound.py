@@ -87,7 +87,8 @@ class PooledStepModel:
         self.profile, self.num_ranks = profile, num_ranks
         self._b = 0.0
 
-    def set_loads(self, batch, guest_in, guest_out, near=None, busiest_pair: int = 0) -> None:
+    def set_loads(self, batch, guest_in, guest_out, near=None, busiest_pair: int = 0,
+                  cross: bool = True) -> None:  # fmt: skip
         self._b = float(batch[0]) / self.num_ranks
 
     def step_ms(self, kv: np.ndarray) -> np.ndarray:

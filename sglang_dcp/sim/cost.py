@@ -11,11 +11,13 @@ batch and guest items are fixed and only KV grows, and a rank's time is affine i
 with ``slope = attention_us(1, 0) - attention_us(0, 0)``. ``test_sim_engine`` checks this
 against ``CostProfile.step_time_us`` on random loads.
 
-``exchange_wire`` says what a rank's exchange is charged for: ``bucketed`` (the default: what
-the server's exchange ships, every rank sends every peer one bucket per round of the step's
-busiest peer pair, whatever its own items; ``planner.wire_cost.bucketed_exchange_us``, the
-function the ``dcp`` planner predicts with) or ``items`` (its own guest items in and out, the
-profile's per-item model). Either way a home merges only its real remote partials.
+``exchange_wire`` says what a rank's exchange is charged for (``planner.wire_cost``, the
+functions the ``dcp`` planner predicts with): ``scoped`` (the default: what the server's
+exchange ships, every rank sends each peer one bucket per round of the step's busiest peer
+pair, whatever its own items; the peers are its node's ranks while no pair crosses nodes, else
+every rank), ``bucketed`` (every rank, always: the server before scopes) or ``items`` (its own
+guest items in and out, the profile's per-item model). Either way a home merges only its real
+remote partials.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 
 from sglang_dcp.planner.base import ClusterSpec
 from sglang_dcp.planner.profile import CostProfile
-from sglang_dcp.planner.wire_cost import EXCHANGE_WIRES, bucketed_exchange_us
+from sglang_dcp.planner.wire_cost import DEFAULT_WIRE, EXCHANGE_WIRES, bucketed_exchange_us
 from sglang_dcp.sim.prefill import DEFAULT_CHUNK, shard_prefill_exchange_us
 
 DEFAULT_PROFILE = "deepseek-v3-h200"
@@ -49,7 +51,7 @@ class StepModel:
 
     def __init__(self, profile: CostProfile, num_ranks: int, migration_gbps: float = 40.0, *,
                  kv_capacity: int | None = None, prefill_chunk: int = DEFAULT_CHUNK,
-                 exchange_wire: str = "bucketed", ranks_per_node: int = 8) -> None:  # fmt: skip
+                 exchange_wire: str = DEFAULT_WIRE, ranks_per_node: int = 8) -> None:  # fmt: skip
         if exchange_wire not in EXCHANGE_WIRES:
             raise ValueError(f"exchange_wire must be one of {EXCHANGE_WIRES}, got {exchange_wire!r}")
         self.profile = profile
@@ -65,16 +67,19 @@ class StepModel:
         self._extra_us = 0.0
         self.set_loads([0] * num_ranks, [0] * num_ranks, [0] * num_ranks)
 
-    def set_loads(self, batch, guest_in, guest_out, near=None, busiest_pair: int = 0) -> None:
+    def set_loads(self, batch, guest_in, guest_out, near=None, busiest_pair: int = 0,
+                  cross: bool = True) -> None:  # fmt: skip
         """batch, guest_in, guest_out, near: [num_ranks] ints (see ``CostProfile``);
-        ``busiest_pair``: the most queries one home sends one rank (``bucketed`` charges it)."""
+        ``busiest_pair``: the most queries one home sends one rank (the wire's bucket);
+        ``cross``: some pair crosses nodes (``scoped`` exchanges within nodes otherwise)."""
         p, W = self.profile, self.num_ranks
         b = [int(x) for x in batch]
         gi = [int(x) for x in guest_in]
         go = [int(x) for x in guest_out]
         nr = [0] * W if near is None else [int(x) for x in near]
-        if self.exchange_wire == "bucketed":  # the same rows on every rank, merges per part
-            wire = bucketed_exchange_us(p, W, busiest_pair, ranks_per_node=self.ranks_per_node)
+        if self.exchange_wire != "items":  # the same rows on every rank, merges per part
+            wire = bucketed_exchange_us(p, W, busiest_pair, ranks_per_node=self.ranks_per_node,
+                                        cross=cross or self.exchange_wire == "bucketed")
             base = [p.rank_time_us(0.0, b[r] + gi[r], b[r]) + p.merge_us(go[r]) + wire
                     for r in range(W)]  # fmt: skip
         else:

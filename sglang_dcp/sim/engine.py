@@ -191,7 +191,8 @@ def simulate(
         batch[:] = b
         batch_now = float(imbalance(batch))
         model.set_loads(b, policy.guest_items(), policy.guest_out(), policy.guest_near(),
-                        busiest_pair=policy.busiest_pair())  # fmt: skip
+                        busiest_pair=policy.busiest_pair(),
+                        cross=policy.cross_pairs())  # fmt: skip
 
     aborted = False
     while arr or waiting or heap or landing:

@@ -44,7 +44,7 @@ class Experiment:
     policy_options: dict = field(default_factory=dict)
     kv_capacity: int | None = None  # tokens per rank; None: the profile's
     ranks_per_node: int = 8
-    exchange_wire: str = "bucketed"  # what the exchange is charged for (cost.EXCHANGE_WIRES)
+    exchange_wire: str = cost.DEFAULT_WIRE  # what the exchange is charged for (EXCHANGE_WIRES)
     exchange_scale: float = 1.0  # != 1: a counterfactual (cost.scaled_exchange), what-if only
 
     def __post_init__(self) -> None:
@@ -230,6 +230,7 @@ def run_experiment(exp: Experiment, progress: bool = False, pooled_bound: bool =
             "kv_capacity_tokens_per_rank": exp.cluster.kv_capacity[0],
             "page_size": exp.cluster.page_size,
             "ranks_per_node": exp.cluster.ranks_per_node,
+            "exchange_wire": exp.exchange_wire,
             **({"exchange_scale": exp.exchange_scale} if exp.exchange_scale != 1.0 else {}),
         },
         "fluid_bound": fluid,

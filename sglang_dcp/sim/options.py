@@ -13,9 +13,11 @@ import numpy as np
 class StepModel(Protocol):
     """What the loop needs from the cost profile (``sglang_dcp.sim.cost.StepModel``)."""
 
-    def set_loads(self, batch, guest_in, guest_out, near=None, busiest_pair: int = 0) -> None:
-        """Per-rank loads that stay fixed until the next event: [num_ranks] each; and the
-        most queries one home sends one rank (the server exchange's bucket)."""
+    def set_loads(self, batch, guest_in, guest_out, near=None, busiest_pair: int = 0,
+                  cross: bool = True) -> None:  # fmt: skip
+        """Per-rank loads that stay fixed until the next event: [num_ranks] each; the most
+        queries one home sends one rank (the server exchange's bucket) and whether some home
+        sends queries to another node (its scope)."""
 
     def step_ms(self, kv: np.ndarray) -> np.ndarray:
         """kv: [num_steps, num_ranks] resident KV tokens. Returns [num_steps] step times."""

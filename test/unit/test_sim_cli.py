@@ -160,3 +160,21 @@ def test_prefill_delay_is_recorded_and_a_reuse_across_it_is_refused(tmp_path):
                    "--out", str(tmp_path / "x"))
         assert bad.returncode == 2 and needle in bad.stderr, bad.stderr
     assert _cli(*base, "--prefill-delay", "later", "--out", "x").returncode == 2
+
+
+def test_exchange_wire_is_recorded_and_a_reuse_across_it_is_refused(tmp_path):
+    """``--exchange-wire``: the summary records it (default ``scoped``, what the server ships);
+    a summary from before the key charged ``bucketed``, so a scoped run refuses its rows."""
+    base = ("--workload", "tiny", "--ranks", "4", "--kv-capacity", "32768", "--max-runs", "4",
+            "--seed", "1", "--quiet", "--no-plots")
+    out = tmp_path / "s"
+    assert _cli(*base, "--policies", "total_tokens", "--out", str(out)).returncode == 0
+    new = json.loads((out / "summary.json").read_text())
+    assert new["cluster"].pop("exchange_wire") == "scoped"
+    (out / "old.json").write_text(json.dumps(new))  # as written before the key existed
+    bad = _cli(*base, "--policies", "dcp", "--reuse", str(out / "old.json"),
+               "--out", str(tmp_path / "x"))
+    assert bad.returncode == 2 and "'bucketed', this run 'scoped'" in bad.stderr, bad.stderr
+    ok = _cli(*base, "--policies", "dcp", "--exchange-wire", "bucketed",
+              "--reuse", str(out / "old.json"), "--out", str(tmp_path / "y"))
+    assert ok.returncode == 0, ok.stderr

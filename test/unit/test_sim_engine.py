@@ -139,14 +139,15 @@ def test_guest_out_matches_planner():
     seen = []
     orig = model.set_loads
 
-    def spy(batch, gin, gout, near, busiest_pair=0):
+    def spy(batch, gin, gout, near, busiest_pair=0, cross=True):
         assert list(gin) == pol.guest_items()
+        assert cross == pol.cross_pairs()
         assert [int(x) for x in gout] == pol.guest_out()
         assert list(near) == pol.guest_near()
         assert busiest_pair == pol.busiest_pair()
         assert (busiest_pair > 0) == (sum(gin) > 0)
         seen.append(sum(gin))
-        orig(batch, gin, gout, near, busiest_pair)
+        orig(batch, gin, gout, near, busiest_pair, cross)
 
     model.set_loads = spy
     simulate(w.at_rate(w.rate_rps * 4), pol, model, 4, kv_capacity=cluster.kv_capacity,
