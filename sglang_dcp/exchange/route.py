@@ -106,6 +106,18 @@ def tokens_on(p: Placement, rank: int) -> int:
     return sum(s.num_tokens for s in p.shards if s.rank == rank)
 
 
+def crosses_nodes(placements: Sequence[Placement], ranks_per_node: int,
+                  parts: Mapping[str, tuple[int, ...]] | None = None) -> bool:  # fmt: skip
+    """Some placement has a part off its home's node (the step's exchange spans every rank;
+    else it runs within each node: ``wire.scope_peers``). The same on every rank."""
+    for p in placements:
+        node = p.home_rank // ranks_per_node
+        if any(r // ranks_per_node != node
+               for r in (parts[p.rid] if parts is not None else part_ranks(p))):  # fmt: skip
+            return True
+    return False
+
+
 def max_pair_items(
     placements: Sequence[Placement],
     num_ranks: int,

@@ -107,6 +107,8 @@ def dcp_options(ns: argparse.Namespace) -> DcpOptions:
             max_guest_items=ns.dcp_max_guest_items,
             rebalance_threshold=ns.dcp_rebalance_threshold,
             transfer_chunk_mb=ns.dcp_transfer_chunk_mb,
+            ranks_per_node=ns.dcp_ranks_per_node,
+            nnodes=getattr(ns, "nnodes", 1) or 1,
             tp_size=ns.tp_size or 1,
             disable_radix_cache=bool(ns.disable_radix_cache),
             attention_backend=ns.attention_backend,

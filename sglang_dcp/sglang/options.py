@@ -55,6 +55,8 @@ class DcpOptions:
     split_rule: str = "fit"  # dcp split_rule: fit | gain | auto
     split_cost_k: float = 4.0  # dcp: with a step budget, what a split for fit must be worth
     max_guest_items: int = DEFAULT_MAX_GUEST_ITEMS  # exchange queries per peer per round
+    # DP ranks per node: the exchange's node scope (wire.scope_peers); None: one node
+    ranks_per_node: int | None = None
     transfer_chunk_mb: int = DEFAULT_TRANSFER_CHUNK_MB  # shard moves copy in pieces this big
     rebalance_threshold: float | None = None  # dcp: migrate sealed KV while requests wait
     # prefill into shards (issue 18): SGLang's --chunked-prefill-size when sharding, else None
@@ -117,6 +119,8 @@ def resolve(
     rebalance_threshold: float | None = None,
     transfer_chunk_mb: int | None = None,
     pd_decode_prefix_cache: bool = False,
+    ranks_per_node: int | None = None,
+    nnodes: int = 1,
 ) -> DcpOptions:
     """Check the flags (``None`` = not given) against each other and the server shape.
 
@@ -140,6 +144,7 @@ def resolve(
         "--dcp-max-guest-items": max_guest_items,
         "--dcp-rebalance-threshold": rebalance_threshold,
         "--dcp-transfer-chunk-mb": transfer_chunk_mb,
+        "--dcp-ranks-per-node": ranks_per_node,
     }
     given = {k: v for k, v in given.items() if v is not None}
     if policy is not None and policy not in POLICY_CHOICES:
@@ -252,6 +257,11 @@ def resolve(
             )
     if transfer_chunk_mb is not None and not transfer_chunk_mb >= 1:
         raise OptionsError(f"--dcp-transfer-chunk-mb must be >= 1, got {transfer_chunk_mb}")
+    if ranks_per_node is not None and (ranks_per_node < 1 or dp_size % ranks_per_node):
+        raise OptionsError(f"--dcp-ranks-per-node {ranks_per_node} must be >= 1 and divide "
+                           f"--dp-size {dp_size}")
+    if ranks_per_node is None and nnodes > 1 and dp_size % nnodes == 0:
+        ranks_per_node = dp_size // nnodes
     opts = DcpOptions(
         policy=policy,
         profile=profile or DEFAULT_PROFILE,
@@ -267,6 +277,7 @@ def resolve(
         max_guest_items=DEFAULT_MAX_GUEST_ITEMS if max_guest_items is None else max_guest_items,
         rebalance_threshold=rebalance_threshold,
         transfer_chunk_mb=transfer_chunk_mb or DEFAULT_TRANSFER_CHUNK_MB,
+        ranks_per_node=ranks_per_node if ranks_per_node and ranks_per_node < dp_size else None,
     )
     if policy == "dcp":
         from sglang_dcp.planner import load_profile
