@@ -118,6 +118,19 @@ def crosses_nodes(placements: Sequence[Placement], ranks_per_node: int,
     return False
 
 
+def check_scope(route: RankRoute, peers: Sequence[int] | None) -> tuple[int, ...] | None:
+    """``peers`` as a tuple (a node-scoped step's ranks; ``None``: every rank), after checking
+    that ``route`` has no item with a rank outside them (that item would never be shipped)."""
+    if peers is None:
+        return None
+    outside = [p for p in range(route.num_ranks) if (route.send[p] or route.recv[p])
+               and p not in peers]  # fmt: skip
+    if outside:
+        raise ValueError(f"rank {route.rank}: a node-scoped step (peers {tuple(peers)}) has "
+                         f"items with ranks {outside}")
+    return tuple(peers)
+
+
 def max_pair_items(
     placements: Sequence[Placement],
     num_ranks: int,

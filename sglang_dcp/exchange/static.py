@@ -18,9 +18,8 @@ once per step, lays a ``RankRoute`` out in it:
   ``req_pool_indices``): ``scatter_rows``/``gather_rows`` are fixed-shape device ops, valid inside
   a captured CUDA graph whose replay view has no request ids.
 
-A node-scoped step (``wire.scope_peers``: no split request has a shard off its home's node) is
-loaded with ``peers``, its node's ranks: its all-to-alls run among them only (a graph variant of
-its own), and a route with an item outside them is refused.
+A node-scoped step (``wire.scope_peers``) is loaded with ``peers``, its node's ranks: its
+all-to-alls run among them only (``route.check_scope`` refuses an item outside them).
 
 A step whose busiest peer pair exceeds ``capacity`` is cut into rounds (``route.split_rounds``,
 the same count on every rank); rounds run eagerly, one metadata load per round per layer
@@ -36,7 +35,7 @@ from dataclasses import replace
 import torch
 
 from sglang_dcp.exchange.buffers import ExchangeBuffers, ExchangeShape
-from sglang_dcp.exchange.route import RankRoute, split_rounds
+from sglang_dcp.exchange.route import RankRoute, check_scope, split_rounds
 from sglang_dcp.exchange.staging import Layout, Round, StagingSet, layout_offsets, pieces_of
 from sglang_dcp.exchange.staging import Slots  # noqa: F401  (re-exported: callers' import)
 from sglang_dcp.exchange.wire import HDR_COUNT, HDR_TAG, capacity_buckets
@@ -120,13 +119,7 @@ class StaticExchange:
         the step's scope (this rank's node's ranks; ``None``: every rank). Returns ``rounds``;
         round 0 is loaded."""
         s = self.shape
-        if peers is not None:
-            outside = [p for p in range(s.num_ranks)
-                       if (route.send[p] or route.recv[p]) and p not in peers]  # fmt: skip
-            if outside:
-                raise ValueError(f"rank {route.rank}: a node-scoped step (peers {tuple(peers)}) "
-                                 f"has items with ranks {outside}")
-        self.peers = None if peers is None else tuple(peers)
+        self.peers = check_scope(route, peers)
         if route.batch_size > s.max_local:
             raise ValueError(
                 f"rank {route.rank}: {route.batch_size} split rows > max_local {s.max_local}"
@@ -265,8 +258,7 @@ class StaticExchange:
         from sglang_dcp.exchange.exchange import exchange_attention, merge_rounds
 
         kw = dict(sm_scale=sm_scale, attention=attention, merge=merge, k_scale=k_scale,
-                  v_scale=v_scale)  # fmt: skip
-        kw["peers"] = self.peers
+                  v_scale=v_scale, peers=self.peers)  # fmt: skip
         if len(self.rounds) <= 1:
             exchange_attention(self.bufs, comm, k_buffer, v_buffer, **kw)
             return self.bufs.out

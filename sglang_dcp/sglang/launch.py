@@ -40,14 +40,14 @@ from sglang_dcp import env
 from sglang_dcp.sglang import quiet
 from sglang_dcp.sglang.demo import DEFAULT_DEMO_MODEL, DEMO_MODELS, demo_argv, demo_note
 from sglang_dcp.sglang.flags import add_dcp_args, split_argv, translate_lb_method
-from sglang_dcp.sglang.launch_checks import LaunchError, check_args
+from sglang_dcp.sglang.launch_checks import LaunchError, check_args, refuse_with_sharding
 from sglang_dcp.sglang.host import (
     _announce_when_ready, _has_cuda, become_subreaper, prepare_cpu_environment,
 )  # fmt: skip
 from sglang_dcp.sglang.pd_cpu import pd_cpu_argv
 from sglang_dcp.sglang.mla import UNQUANTIZED_KV, quantized_kv_error
 from sglang_dcp.sglang.options import (
-    ATTENTION_BACKEND, DcpOptions, OptionsError, refuse_with_sharding, resolve,
+    ATTENTION_BACKEND, DcpOptions, OptionsError, resolve,
 )  # fmt: skip
 
 PROG = "python -m sglang_dcp.launch_server"

@@ -34,7 +34,7 @@ def test_node_scoped_steps_replay_their_own_variants(tmp_path):
     equals the reference."""
     out = str(tmp_path / "rank{rank}.json")
     _run(6, 7, 2, out, "float32", 2, world=4)
-    _check(out, min_dcp=3, rounds=False, world=4)
+    _check(out, min_dcp=3, rounds=False, world=4, min_rows=5)
     c = json.load(open(out.format(rank=0)))["counts"]
     assert c["graph_node"] == c["graph_dcp"] >= 3, c
 
@@ -51,12 +51,12 @@ def _run(steps, seed, capacity, out, *extra, world=W):
         raise AssertionError(f"{e}\nrank tracebacks: {found or 'none written'}") from e
 
 
-def _check(out, min_dcp=5, rounds=True, world=W):
+def _check(out, min_dcp=5, rounds=True, world=W, min_rows=10):
     res = [json.load(open(out.format(rank=r))) for r in range(world)]
     for r in res:
         assert r["worst"]["eager"] < 1e-4 and r["worst"]["graph"] < 1e-4, r
     c = res[0]["counts"]
     assert c["graph_dcp"] >= min_dcp and c["graph_plain"] >= 1, c  # both variants replayed
-    assert sum(x["counts"]["split_rows"] for x in res) >= 10
+    assert sum(x["counts"]["split_rows"] for x in res) >= min_rows
     if rounds:
         assert c["eager_rounds"] >= 1, c  # over capacity (1): eager rounds, never truncated
