@@ -33,6 +33,29 @@ class Communicator(ABC):
     ) -> None:
         """Dim-0 all-to-all. ``None`` splits: equal chunks (the static, graph-safe form)."""
 
+    def all_to_all_peers(self, out: torch.Tensor, inp: torch.Tensor,
+                         peers: Sequence[int]) -> None:  # fmt: skip
+        """The equal-chunk all-to-all among ``peers`` only (this rank's node, ``wire.scope_
+        peers``): chunk ``p`` of ``inp`` goes to peer ``p`` and peer ``p``'s lands in chunk ``p``
+        of ``out``; the other chunks of ``out`` are not written and nothing crosses to the other
+        ranks. Every rank of ``peers`` calls it with the same ``peers`` (the ranks of other nodes
+        call it with theirs). Graph-safe where ``all_to_all_single`` is."""
+        _own_chunk(out, inp, self.rank)
+        ops = []
+        for p in peers:
+            if p != self.rank:
+                ops += [dist.P2POp(dist.isend, inp[p], self._global(p), self._group()),
+                        dist.P2POp(dist.irecv, out[p], self._global(p), self._group())]
+        if ops:
+            for w in dist.batch_isend_irecv(ops):
+                w.wait()
+
+    def _group(self):  # the process group of the point-to-point fallback
+        raise NotImplementedError(f"{type(self).__name__}: no point-to-point group")
+
+    def _global(self, p: int) -> int:
+        return dist.get_global_rank(self._group(), p)
+
     @abstractmethod
     def all_gather(self, out: torch.Tensor, inp: torch.Tensor) -> None:
         """``out: [world_size * n, ...]`` = the ranks' ``inp: [n, ...]`` concatenated in rank
@@ -42,6 +65,10 @@ class Communicator(ABC):
     def barrier(self) -> None: ...
 
 
+def _own_chunk(out: torch.Tensor, inp: torch.Tensor, rank: int) -> None:
+    out[rank].copy_(inp[rank])  # what the full all-to-all does with the rank's own chunk
+
+
 class TorchDistCommunicator(Communicator):
     """``torch.distributed`` over an explicit group (gloo on CPU, NCCL on GPU)."""
 
@@ -49,6 +76,9 @@ class TorchDistCommunicator(Communicator):
         self.group = group
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
+
+    def _group(self):
+        return self.group
 
     def all_to_all_single(self, out, inp, out_splits=None, in_splits=None) -> None:
         dist.all_to_all_single(
@@ -85,6 +115,19 @@ class GroupCommunicator(TorchDistCommunicator):
         else:
             super().all_to_all_single(out, inp, out_splits, in_splits)
 
+    def all_to_all_peers(self, out, inp, peers) -> None:
+        nccl = getattr(self.coordinator, "pynccl_comm", None)
+        if not (out.is_cuda and nccl is not None and not nccl.disabled):
+            return super().all_to_all_peers(out, inp, peers)
+        # pynccl's grouped send/recv, as its all_to_all_single (capturable), to the peers only
+        _own_chunk(out, inp, self.rank)
+        nccl.group_start()
+        for p in peers:
+            if p != self.rank:
+                nccl.send(inp[p], p)
+                nccl.recv(out[p], p)
+        nccl.group_end()
+
 
 class LocalCommunicator(Communicator):
     """A single rank talking to itself (local-only baselines and unit tests)."""
@@ -93,6 +136,9 @@ class LocalCommunicator(Communicator):
     world_size = 1
 
     def all_to_all_single(self, out, inp, out_splits=None, in_splits=None) -> None:
+        out.copy_(inp)
+
+    def all_to_all_peers(self, out, inp, peers) -> None:
         out.copy_(inp)
 
     def all_gather(self, out, inp) -> None:
@@ -115,6 +161,11 @@ class HostStagedCommunicator(Communicator):
     def all_to_all_single(self, out, inp, out_splits=None, in_splits=None) -> None:
         host_out = torch.empty(out.shape, dtype=out.dtype)
         self.inner.all_to_all_single(host_out, inp.cpu(), out_splits, in_splits)
+        out.copy_(host_out)
+
+    def all_to_all_peers(self, out, inp, peers) -> None:
+        host_out = out.cpu()  # the chunks of other nodes keep what they held
+        self.inner.all_to_all_peers(host_out, inp.cpu(), peers)
         out.copy_(host_out)
 
     def all_gather(self, out, inp) -> None:

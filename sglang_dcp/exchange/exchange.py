@@ -7,6 +7,10 @@ synchronisation, so the same code runs eagerly on CPU and inside a captured CUDA
     [q_in | q_recv rows] = q_items --decode_attention(kv_indptr, kv_indices)--> (o, lse) per item
     guest (o, lse) --> r_send --all_to_all--> r_recv
     [local (o, lse) | r_recv rows] --gather(merge_index)--> merge(seg_indptr) --> out, out_lse
+
+``peers``: a node-scoped step (``wire.scope_peers``) runs both all-to-alls among this rank's
+node only (``Communicator.all_to_all_peers``); the chunks of other ranks are neither sent nor
+written, and no route of such a step has an item there.
 """
 
 from __future__ import annotations
@@ -37,12 +41,19 @@ def default_kernels(impl: str = "auto") -> tuple[AttentionFn, MergeFn]:
     )
 
 
-def send_queries(bufs: ExchangeBuffers, comm: Communicator) -> None:
+def _all_to_all(comm: Communicator, out: torch.Tensor, inp: torch.Tensor, peers) -> None:
+    if peers is None:
+        comm.all_to_all_single(out, inp)
+    else:
+        comm.all_to_all_peers(out, inp, peers)
+
+
+def send_queries(bufs: ExchangeBuffers, comm: Communicator, peers=None) -> None:
     """Pack each peer's queries (``send_index``) and all-to-all them; fill ``q_items``."""
     s = bufs.shape
     W, C, B, H = s.num_ranks, s.capacity, s.max_local, s.num_q_heads
     bufs.q_send_rows.copy_(bufs.q_in.index_select(0, bufs.send_index).view(W, C, H, s.head_dim))
-    comm.all_to_all_single(bufs.q_recv, bufs.q_send)
+    _all_to_all(comm, bufs.q_recv, bufs.q_send, peers)
     bufs.q_items[:B].copy_(bufs.q_in)
     bufs.q_items[B:].copy_(bufs.q_recv_rows.reshape(W * C, H, s.head_dim))
 
@@ -69,14 +80,14 @@ def attend_items(
 
 
 def send_outputs(
-    bufs: ExchangeBuffers, comm: Communicator, o: torch.Tensor, lse: torch.Tensor
+    bufs: ExchangeBuffers, comm: Communicator, o: torch.Tensor, lse: torch.Tensor, peers=None
 ) -> None:
     """Return the guest items' partials to their homes."""
     s = bufs.shape
     W, C, B, H = s.num_ranks, s.capacity, s.max_local, s.num_q_heads
     bufs.r_send_o.copy_(o[B:].view(W, C, H, s.v_head_dim))
     bufs.r_send_lse.copy_(lse[B:].view(W, C, H))
-    comm.all_to_all_single(bufs.r_recv, bufs.r_send)
+    _all_to_all(comm, bufs.r_recv, bufs.r_send, peers)
 
 
 def merge_outputs(
@@ -108,14 +119,16 @@ def exchange_attention(
     num_kv_splits: int | None = None,
     k_scale: float | torch.Tensor | None = None,
     v_scale: float | torch.Tensor | None = None,
+    peers: tuple[int, ...] | None = None,
 ) -> None:
     """Attention of ``bufs.q_in`` over KV spread across ranks into ``bufs.out``/``bufs.out_lse``.
 
     ``k_buffer: [num_slots, num_kv_heads, head_dim]``, ``v_buffer: [num_slots, num_kv_heads,
     v_head_dim]``: this rank's pool for the layer (FP8 e4m3 with ``k_scale``/``v_scale``, or the
-    queries' dtype). Every rank calls this together.
+    queries' dtype). Every rank calls this together; ``peers``: only this rank's node's ranks
+    exchange (a node-scoped step; ``None``: every rank).
     """
-    send_queries(bufs, comm)
+    send_queries(bufs, comm, peers)
     o, lse = attend_items(
         bufs,
         k_buffer,
@@ -126,7 +139,7 @@ def exchange_attention(
         k_scale=k_scale,
         v_scale=v_scale,
     )
-    send_outputs(bufs, comm, o, lse)
+    send_outputs(bufs, comm, o, lse, peers)
     merge_outputs(bufs, o, lse, merge)
 
 

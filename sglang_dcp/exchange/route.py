@@ -106,6 +106,31 @@ def tokens_on(p: Placement, rank: int) -> int:
     return sum(s.num_tokens for s in p.shards if s.rank == rank)
 
 
+def crosses_nodes(placements: Sequence[Placement], ranks_per_node: int,
+                  parts: Mapping[str, tuple[int, ...]] | None = None) -> bool:  # fmt: skip
+    """Some placement has a part off its home's node (the step's exchange spans every rank;
+    else it runs within each node: ``wire.scope_peers``). The same on every rank."""
+    for p in placements:
+        node = p.home_rank // ranks_per_node
+        if any(r // ranks_per_node != node
+               for r in (parts[p.rid] if parts is not None else part_ranks(p))):  # fmt: skip
+            return True
+    return False
+
+
+def check_scope(route: RankRoute, peers: Sequence[int] | None) -> tuple[int, ...] | None:
+    """``peers`` as a tuple (a node-scoped step's ranks; ``None``: every rank), after checking
+    that ``route`` has no item with a rank outside them (that item would never be shipped)."""
+    if peers is None:
+        return None
+    outside = [p for p in range(route.num_ranks) if (route.send[p] or route.recv[p])
+               and p not in peers]  # fmt: skip
+    if outside:
+        raise ValueError(f"rank {route.rank}: a node-scoped step (peers {tuple(peers)}) has "
+                         f"items with ranks {outside}")
+    return tuple(peers)
+
+
 def max_pair_items(
     placements: Sequence[Placement],
     num_ranks: int,

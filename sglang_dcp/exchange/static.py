@@ -18,6 +18,9 @@ once per step, lays a ``RankRoute`` out in it:
   ``req_pool_indices``): ``scatter_rows``/``gather_rows`` are fixed-shape device ops, valid inside
   a captured CUDA graph whose replay view has no request ids.
 
+A node-scoped step (``wire.scope_peers``) is loaded with ``peers``, its node's ranks: its
+all-to-alls run among them only (``route.check_scope`` refuses an item outside them).
+
 A step whose busiest peer pair exceeds ``capacity`` is cut into rounds (``route.split_rounds``,
 the same count on every rank); rounds run eagerly, one metadata load per round per layer
 (``run_rounds``), and are counted by the caller. Shapes: ``H`` query heads, ``D`` q/k head dim,
@@ -32,7 +35,7 @@ from dataclasses import replace
 import torch
 
 from sglang_dcp.exchange.buffers import ExchangeBuffers, ExchangeShape
-from sglang_dcp.exchange.route import RankRoute, split_rounds
+from sglang_dcp.exchange.route import RankRoute, check_scope, split_rounds
 from sglang_dcp.exchange.staging import Layout, Round, StagingSet, layout_offsets, pieces_of
 from sglang_dcp.exchange.staging import Slots  # noqa: F401  (re-exported: callers' import)
 from sglang_dcp.exchange.wire import HDR_COUNT, HDR_TAG, capacity_buckets
@@ -75,6 +78,7 @@ class StaticExchange:
         self.select(s.capacity)
         self.rounds: list[Round] = []
         self.loaded_route: RankRoute | None = None  # the route the buffers hold
+        self.peers: tuple[int, ...] | None = None  # the loaded step's scope (None: every rank)
         self.tag = 0
         self.high_water = 0  # largest per-peer query count seen (a capacity sizing aid)
 
@@ -107,13 +111,15 @@ class StaticExchange:
 
     # -- host side: once per step ---------------------------------------------------------------
     def load(self, route: RankRoute, *, rounds: int, tag: int, row_keys: Sequence[int],
-             bucket: int | None = None) -> int:  # fmt: skip
+             bucket: int | None = None, peers: Sequence[int] | None = None) -> int:  # fmt: skip
         """Lay ``route`` out for this step; ``row_keys[i]`` is home row i's key (its request pool
         index). ``rounds`` is the global round count (``route.num_rounds`` over the step's
         placements with this capacity); ``bucket`` the step's per-peer bucket, the same on every
-        rank (``wire.bucket_for`` of the step's busiest pair; default: the largest). Returns
-        ``rounds``; round 0 is loaded."""
+        rank (``wire.bucket_for`` of the step's busiest pair; default: the largest); ``peers``
+        the step's scope (this rank's node's ranks; ``None``: every rank). Returns ``rounds``;
+        round 0 is loaded."""
         s = self.shape
+        self.peers = check_scope(route, peers)
         if route.batch_size > s.max_local:
             raise ValueError(
                 f"rank {route.rank}: {route.batch_size} split rows > max_local {s.max_local}"
@@ -252,7 +258,7 @@ class StaticExchange:
         from sglang_dcp.exchange.exchange import exchange_attention, merge_rounds
 
         kw = dict(sm_scale=sm_scale, attention=attention, merge=merge, k_scale=k_scale,
-                  v_scale=v_scale)  # fmt: skip
+                  v_scale=v_scale, peers=self.peers)  # fmt: skip
         if len(self.rounds) <= 1:
             exchange_attention(self.bufs, comm, k_buffer, v_buffer, **kw)
             return self.bufs.out
@@ -263,16 +269,16 @@ class StaticExchange:
             outs.append((self.bufs.out.clone(), self.bufs.out_lse.clone()))
         return merge_rounds(outs, merge)[0]
 
-    def clear(self, bucket: int | None = None) -> None:
-        """An empty route (no rows, no items) at ``bucket`` (default: the selected one): what a
-        capture or a step with nothing here runs."""
+    def clear(self, bucket: int | None = None, peers: Sequence[int] | None = None) -> None:
+        """An empty route (no rows, no items) at ``bucket`` (default: the selected one) and scope
+        ``peers``: what a capture or a step with nothing here runs."""
         s = self.shape
         empty = RankRoute(
             rank=0, num_ranks=s.num_ranks, home_rids=(), local_slots=(),
             send=((),) * s.num_ranks, recv=((),) * s.num_ranks, merge=(),
         )  # fmt: skip
         self.load(empty, rounds=1, tag=self.tag, row_keys=(),
-                  bucket=self.bucket if bucket is None else bucket)  # fmt: skip
+                  bucket=self.bucket if bucket is None else bucket, peers=peers)  # fmt: skip
 
     # -- device side: inside the forward (graph-safe) -------------------------------------------
     def row_index(self, keys: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:

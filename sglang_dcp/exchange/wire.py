@@ -19,9 +19,11 @@
    **Buckets.** ``capacity`` above is the step's *bucket*, not the engine's maximum: the
    all-to-alls have equal splits (a captured CUDA graph freezes them), so every step uses the
    smallest of ``capacity_buckets(max)`` that holds its busiest peer pair (the same on every
-   rank: it comes from the step plan), one graph variant per bucket. ``step_wire_bytes`` counts
-   what such a step ships against what its items need; the server's ``StaticExchange`` and the
-   benchmarks use it.
+   rank: it comes from the step plan), one graph variant per bucket. **Scopes**: on a server of
+   several nodes, a step in which no split request has a shard off its home's node runs both
+   all-to-alls among each node's ranks only (``scope_peers``, ``node_ranks``; a graph variant per
+   bucket and scope). ``step_wire_bytes`` counts what such a step ships against what its items
+   need; the server's ``StaticExchange`` and the benchmarks use it.
 
 2. **Shard-move messages** (``transfer.py``): one int64 state record per move
    (``MOVE_SRC_OK``, ``MOVE_DST_OK``, ``MOVE_CHECKSUM``: an integer sum over the raw bytes,
@@ -227,6 +229,12 @@ def scope_peers(num_ranks: int, ranks_per_node: int, *, cross: bool) -> int:
     return ranks_per_node - 1
 
 
+def node_ranks(rank: int, num_ranks: int, ranks_per_node: int) -> tuple[int, ...]:
+    """The ranks of ``rank``'s node (``rank`` included): a node-scoped step's peers."""
+    first = rank - rank % ranks_per_node
+    return tuple(range(first, min(first + ranks_per_node, num_ranks)))
+
+
 def _round16(n: int) -> int:
     return -(-n // 16) * 16
 
@@ -240,12 +248,14 @@ def message_bytes(*, bucket: int, q_row_bytes: int, o_row_bytes: int, lse_row_by
 
 
 def step_wire_bytes(pair_items, *, capacity: int, q_row_bytes: int, o_row_bytes: int,
-                    lse_row_bytes: int) -> dict:  # fmt: skip
+                    lse_row_bytes: int, ranks_per_node: int | None = None) -> dict:  # fmt: skip
     """Bytes one layer's exchange puts on the wire in a step, over all ranks, both directions.
 
     ``pair_items[h][r]``: queries home ``h`` sends to rank ``r`` this step (``W x W``). Each rank
-    sends every other rank one message per direction at the step's bucket (its own never
-    crosses the wire); rounds (pairs over ``capacity``) ship ``capacity`` rows each round.
+    sends each peer one message per direction at the step's bucket (its own never crosses the
+    wire): every other rank, or with ``ranks_per_node`` and no pair across nodes only its node's
+    (``scope_peers``; ``scope`` says which); rounds (pairs over ``capacity``) ship ``capacity``
+    rows each round.
     Returns ``wire_bytes`` (what the collectives ship), ``item_bytes`` (the items' own rows plus
     one header per message that carries items), ``bucket``, ``rounds`` and
     ``busiest_rank_wire_bytes`` (the largest one rank sends)."""
@@ -255,9 +265,14 @@ def step_wire_bytes(pair_items, *, capacity: int, q_row_bytes: int, o_row_bytes:
     bucket = bucket_for(busiest, capacity)
     q_msg, out_msg = message_bytes(bucket=bucket, q_row_bytes=q_row_bytes,
                                    o_row_bytes=o_row_bytes, lse_row_bytes=lse_row_bytes)  # fmt: skip
-    per_rank = padded_items(W, busiest, capacity) // bucket * (q_msg + out_msg)
+    rpn = ranks_per_node or W
+    cross = any(n and h // rpn != r // rpn
+                for h in range(W) for r, n in enumerate(pair_items[h]))  # fmt: skip
+    peers = scope_peers(W, rpn, cross=cross)
+    per_rank = padded_items(W, busiest, capacity, peers=peers) // bucket * (q_msg + out_msg)
     row = q_row_bytes + o_row_bytes + lse_row_bytes
     used = sum(n * row + 2 * HEADER_BYTES * (-(-n // capacity))
                for h in range(W) for r, n in enumerate(pair_items[h]) if r != h and n)  # fmt: skip
     return {"wire_bytes": per_rank * W, "item_bytes": used, "bucket": bucket, "rounds": rounds,
-            "busiest_rank_wire_bytes": per_rank}  # fmt: skip
+            "busiest_rank_wire_bytes": per_rank,
+            "scope": "all" if peers == W - 1 else "node"}  # fmt: skip

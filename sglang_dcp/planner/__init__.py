@@ -51,7 +51,7 @@ def make_policy(
     ``step_slo_ms`` (None: no step budget), ``step_gate`` ("all"), ``step_headroom`` (True),
     ``home_rule`` ("step" | "batch"), ``split_rule`` ("fit" | "gain" | "auto"),
     ``split_min_free`` (0.2), ``split_cost_k`` (4: with a step budget the fit rule's share rises
-    to k x the exchange's start cost / budget; 0: off), ``exchange_wire`` ("bucketed" | "items"), ``wire_capacity`` (16),
+    to k x the exchange's start cost / budget; 0: off), ``exchange_wire`` ("scoped" | "bucketed" | "items"), ``wire_capacity`` (16),
     ``exchange_room_ms`` (600 s; 0: off, ``budget.py``), ``gain_max_live`` (8 live requests
     per rank: above it the gain rule yields to fit; 0: off),
     ``fixed_exchange`` ("always" | "first"), ``prefill_chunk`` (None: the home prefills a split

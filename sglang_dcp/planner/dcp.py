@@ -38,10 +38,12 @@ could not run whole: KV fragmentation. So:
    up to 48% on MLA) below ``gain_max_live`` (8) live requests per rank (``feasibility.py``).
 3. **Shards** (when splitting): ``d = 2 .. max_degree``; guests are the ``d - 1`` ranks with
    free KV >= ``min_shard_tokens`` (by default the profile's break-even shard) and the lowest
-   predicted time counting their exchange: with ``exchange_wire="bucketed"`` (the default: what
-   the server ships, ``wire_cost.py``) a pair that stays within the step's bucket adds nothing
-   and one that outgrows it adds the next bucket's rows to every rank, so those come first;
-   with ``"items"`` the item's own exchange (intranode rate on the home's node). The tokens are
+   predicted time counting their exchange: with ``exchange_wire="scoped"`` (the default: what
+   the server ships, ``wire_cost.py``) a pair that stays within the step's bucket and scope
+   adds nothing, one that outgrows the bucket adds the next bucket's rows to every rank, and the
+   first pair across nodes moves every rank from its node's peers to all ranks, so guests on
+   the home's node within the bucket come first (``"bucketed"``: always all ranks); with
+   ``"items"`` the item's own exchange (intranode rate on the home's node). The tokens are
    water-filled over home + guests so their predicted times (attention items and merge
    included) level out (guest shards >= ``min_shard_tokens``, page-aligned, only the prompt's
    full pages; the home keeps the tail: the last partial page plus ``max_new_tokens``). The

@@ -80,8 +80,9 @@ class Feasibility:
             raise ValueError(f"dcp: gain_max_live must be >= 0 (0: off), got {gain_max_live}")
         self.gain_max_live = float(gain_max_live)
         self.split_cost_k = None if split_cost_k is None else float(split_cost_k)
-        # what the first split adds to every step: the fixed exchange and the smallest wire
-        # (scoped: within the home's node, where guests go first)
+        # what the first split adds to every step: the fixed exchange and the smallest wire,
+        # priced across nodes even when scoped (priced within the node, the lower share split
+        # more on 16-32 ranks and lost 2-19% in 5 of 15 scenarios tried; bench/NOTES.md)
         p = self.profile
         self._exchange_start_us = p.exchange_us_fixed + (
             self.wire_us(1) if self.bucketed else 2 * p.exchange_us_per_item)

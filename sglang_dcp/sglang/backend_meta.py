@@ -74,6 +74,17 @@ class MetadataCalls:
             self.layer_scaling(self.start_layer)  # per-layer constants, before any capture
         return self.ex
 
+    def _capture_peers(self, variant: str | None) -> tuple[int, ...] | None:
+        """The scope a captured variant runs: its rank's node for ``dcp<c>n``, else every rank."""
+        from sglang_dcp.exchange.wire import node_ranks
+        from sglang_dcp.sglang.graphs import node_scoped
+        from sglang_dcp.sglang.options import DcpOptions
+
+        if not node_scoped(variant):
+            return None
+        rpn = DcpOptions.from_env().ranks_per_node or self.num_ranks
+        return node_ranks(context.step_comm().rank, self.num_ranks, rpn)
+
     def needs_eager(self, step) -> bool:
         """A step the static buffers cannot run in one round (rounds, too many split rows)."""
         return (step.rounds > 1 or step.extend_capacity > 0
@@ -98,11 +109,14 @@ class MetadataCalls:
         from sglang_dcp.sglang.graphs import bucket_of, capturing_variant
 
         self._capture = LayerCursor()  # each captured run starts at the first layer
-        bucket = bucket_of(capturing_variant())
-        if bucket is not None and bucket != self.current_ex.bucket:
+        variant = capturing_variant()
+        bucket, peers = bucket_of(variant), self._capture_peers(variant)
+        if bucket is not None and (bucket, peers) != (self.current_ex.bucket,
+                                                      self.current_ex.peers):  # fmt: skip
             raise RuntimeError(
-                f"sglang_dcp: capturing the exchange at bucket {bucket}, but its metadata was "
-                f"loaded at bucket {self.current_ex.bucket}: name the variant before "
+                f"sglang_dcp: capturing the exchange at bucket {bucket} (peers {peers}), but its "
+                f"metadata was loaded at bucket {self.current_ex.bucket} (peers "
+                f"{self.current_ex.peers}): name the variant before "
                 "init_forward_metadata_out_graph"
             )
         self.inner.init_forward_metadata_in_graph(forward_batch)
@@ -116,7 +130,8 @@ class MetadataCalls:
             from sglang_dcp.sglang.graphs import bucket_of, capturing_variant
 
             self.current_ex = self.ensure_exchange()
-            self.current_ex.clear(bucket_of(capturing_variant()))
+            variant = capturing_variant()
+            self.current_ex.clear(bucket_of(variant), self._capture_peers(variant))
             self._capture = LayerCursor()
             return fb
         step = context.current_step()
@@ -186,12 +201,13 @@ class MetadataCalls:
             ex.reload_local(step.route, tag=step.tag)  # only the home tails grew
         else:
             ex.load(step.route, rounds=step.rounds, tag=step.tag, row_keys=step.row_keys,
-                    bucket=step.bucket)  # fmt: skip
+                    bucket=step.bucket, peers=step.peers)  # fmt: skip
         self._forward = LayerCursor(step)
         s = stats()
         s.active_steps += 1
         s.exchange_rows_split += step.num_rows
         s.exchange_eager_steps += int(self.needs_eager(step))
+        s.exchange_node_steps += int(step.peers is not None and step.decode_split)
         s.guest_capacity_high_water = ex.high_water
         if step.tiles is not None:  # prefill chunks: the tile exchange too
             self.load_tiles(step)

@@ -79,7 +79,9 @@ class RankRuntime(RuntimeApi):
         self._comm = self._xcomm = None
         from sglang_dcp.sglang.options import DcpOptions
 
-        self.capacity = DcpOptions.from_env().max_guest_items
+        opts = DcpOptions.from_env()
+        self.capacity = opts.max_guest_items
+        self.ranks_per_node = opts.ranks_per_node  # the exchange's node scope (None: one node)
         self.ledger = ledger.RankLedger(self.rank)  # what the planner hears of shard moves
         self.migrations = Migrations(self.rank, self.num_ranks)  # the controller's asks
         from sglang_dcp.sglang.header import StepHeader

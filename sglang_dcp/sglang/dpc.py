@@ -164,7 +164,8 @@ def attach(controller, options: DcpOptions) -> DcpDispatcher:
         transient = chunk - (controller.max_total_num_tokens - capacity)
         if transient > 0:
             options = dataclasses.replace(options, prefill_chunk=transient)
-    cluster = ClusterSpec.uniform(n, capacity, page)
+    # the exchange's node scope (options.ranks_per_node; None: one node) is what the planner prices
+    cluster = ClusterSpec.uniform(n, capacity, page, ranks_per_node=options.ranks_per_node or n)
     profile = options.profile if options.policy == "dcp" else None
     def new_policy():
         return make_policy(options.policy, cluster, profile, **options.policy_options())

@@ -162,6 +162,17 @@ def add_dcp_args(parser: argparse.ArgumentParser) -> None:
         f"(counted in sglang_dcp:exchange_eager_steps_total). Default: {DEFAULT_MAX_GUEST_ITEMS}.",
     )
     group.add_argument(
+        "--dcp-ranks-per-node",
+        type=int,
+        metavar="N",
+        default=None,
+        help="DP ranks per node (consecutive ranks share one). A decode step in which every split "
+        "request keeps its KV shards on its home's node runs the exchange within each node only "
+        "(each rank ships its node's peers, over NVLink; one graph variant more per bucket), and "
+        "the planner puts guest shards on the home's node first. Must divide --dp-size. "
+        "Default: --dp-size / --nnodes (one node: every rank).",
+    )
+    group.add_argument(
         "--dcp-transfer-chunk-mb",
         type=int,
         metavar="MB",

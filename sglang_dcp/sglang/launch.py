@@ -40,14 +40,14 @@ from sglang_dcp import env
 from sglang_dcp.sglang import quiet
 from sglang_dcp.sglang.demo import DEFAULT_DEMO_MODEL, DEMO_MODELS, demo_argv, demo_note
 from sglang_dcp.sglang.flags import add_dcp_args, split_argv, translate_lb_method
-from sglang_dcp.sglang.launch_checks import LaunchError, check_args
+from sglang_dcp.sglang.launch_checks import LaunchError, check_args, refuse_with_sharding
 from sglang_dcp.sglang.host import (
     _announce_when_ready, _has_cuda, become_subreaper, prepare_cpu_environment,
 )  # fmt: skip
 from sglang_dcp.sglang.pd_cpu import pd_cpu_argv
 from sglang_dcp.sglang.mla import UNQUANTIZED_KV, quantized_kv_error
 from sglang_dcp.sglang.options import (
-    ATTENTION_BACKEND, DcpOptions, OptionsError, refuse_with_sharding, resolve,
+    ATTENTION_BACKEND, DcpOptions, OptionsError, resolve,
 )  # fmt: skip
 
 PROG = "python -m sglang_dcp.launch_server"
@@ -107,6 +107,8 @@ def dcp_options(ns: argparse.Namespace) -> DcpOptions:
             max_guest_items=ns.dcp_max_guest_items,
             rebalance_threshold=ns.dcp_rebalance_threshold,
             transfer_chunk_mb=ns.dcp_transfer_chunk_mb,
+            ranks_per_node=ns.dcp_ranks_per_node,
+            nnodes=getattr(ns, "nnodes", 1) or 1,
             tp_size=ns.tp_size or 1,
             disable_radix_cache=bool(ns.disable_radix_cache),
             attention_backend=ns.attention_backend,

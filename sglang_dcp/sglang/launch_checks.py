@@ -43,3 +43,22 @@ def check_args(ns: argparse.Namespace) -> None:
             raise LaunchError(
                 f"port {ns.port} on {host} is not available ({e.strerror}); pass --port with a free port"
             ) from None
+
+
+def refuse_with_sharding(*, two_batch_overlap: bool, mixed_chunk: bool) -> str | None:
+    """Why SGLang flags that cannot run with KV sharding must go (``None``: none given). The
+    exchange joins each layer once per forward over the whole decode batch; these split a
+    forward's attention or mix decode rows into a prefill batch, where split rows would skip
+    it. (``--moe-a2a-backend deepep`` composes: the exchange is independent of the MoE's.)"""
+    if two_batch_overlap:
+        return (
+            "--enable-two-batch-overlap runs each layer's attention twice per forward, on two "
+            "micro-batches; the KV-sharding exchange joins each layer once over the whole "
+            "batch: drop it or pass --dcp-max-degree 1"
+        )
+    if mixed_chunk:
+        return (
+            "--enable-mixed-chunk puts decode rows into prefill batches, where split requests' "
+            "rows would miss the KV-sharding exchange: drop it or pass --dcp-max-degree 1"
+        )
+    return None

@@ -17,6 +17,7 @@ Each scheduler process (one DP rank) publishes its ``RankStats`` with label ``dp
 |                                                     |           | _unsplit (no: 0 by    |
 |                                                     |           | construction)         |
 | sglang_dcp:exchange_eager_steps_total               | counter   | exchange_eager_steps  |
+| sglang_dcp:exchange_node_steps_total                | counter   | exchange_node_steps   |
 | sglang_dcp:exchange_capacity                        | gauge     | exchange_capacity     |
 | sglang_dcp:guest_capacity_high_water                | gauge     | guest_capacity_high_  |
 |                                                     |           | water                 |
@@ -59,7 +60,8 @@ GAUGES = (
 )  # fmt: skip
 # counter name (without "_total") -> RankStats field
 COUNTERS = {"exchange_ms": "exchange_ms_total", "active_steps": "active_steps",
-            "moved_tokens": "moved_tokens", "exchange_eager_steps": "exchange_eager_steps"}  # fmt: skip
+            "moved_tokens": "moved_tokens", "exchange_eager_steps": "exchange_eager_steps",
+            "exchange_node_steps": "exchange_node_steps"}  # fmt: skip
 MOVES = {"done": "moves_done", "failed": "moves_failed"}
 ROWS = {"yes": "exchange_rows_split", "no": "exchange_rows_unsplit"}
 DEGREE_BUCKETS = (1, 2, 3, 4, 6, 8, 16, 32, 64)
@@ -138,6 +140,10 @@ class DcpMetrics:
                                     ["dp_rank"], registry=reg).labels(**label),
             "exchange_eager_steps": Counter(
                 PREFIX + "exchange_eager_steps", "DCP steps run eagerly in rounds (capacity).",
+                ["dp_rank"], registry=reg).labels(**label),
+            "exchange_node_steps": Counter(
+                PREFIX + "exchange_node_steps",
+                "DCP steps whose exchange ran within this rank's node only (node scope).",
                 ["dp_rank"], registry=reg).labels(**label),
         }  # fmt: skip
         rows = Counter(PREFIX + "exchange_rows", "Decode rows that went through the exchange.",

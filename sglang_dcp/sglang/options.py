@@ -55,6 +55,7 @@ class DcpOptions:
     split_rule: str = "fit"  # dcp split_rule: fit | gain | auto
     split_cost_k: float = 4.0  # dcp: with a step budget, what a split for fit must be worth
     max_guest_items: int = DEFAULT_MAX_GUEST_ITEMS  # exchange queries per peer per round
+    ranks_per_node: int | None = None  # the exchange's node scope (wire.scope_peers); None: 1 node
     transfer_chunk_mb: int = DEFAULT_TRANSFER_CHUNK_MB  # shard moves copy in pieces this big
     rebalance_threshold: float | None = None  # dcp: migrate sealed KV while requests wait
     # prefill into shards (issue 18): SGLang's --chunked-prefill-size when sharding, else None
@@ -117,6 +118,8 @@ def resolve(
     rebalance_threshold: float | None = None,
     transfer_chunk_mb: int | None = None,
     pd_decode_prefix_cache: bool = False,
+    ranks_per_node: int | None = None,
+    nnodes: int = 1,
 ) -> DcpOptions:
     """Check the flags (``None`` = not given) against each other and the server shape.
 
@@ -140,16 +143,15 @@ def resolve(
         "--dcp-max-guest-items": max_guest_items,
         "--dcp-rebalance-threshold": rebalance_threshold,
         "--dcp-transfer-chunk-mb": transfer_chunk_mb,
+        "--dcp-ranks-per-node": ranks_per_node,
     }
     given = {k: v for k, v in given.items() if v is not None}
     if policy is not None and policy not in POLICY_CHOICES:
         raise OptionsError(f"--dcp-policy {policy!r}: choose from {', '.join(POLICY_CHOICES)}")
     if policy == "off":
-        extra = sorted(set(given) - {"--dcp-policy"})
-        if extra:
-            raise OptionsError(
-                f"{', '.join(extra)} need(s) a planner; drop it or pick another --dcp-policy"
-            )
+        if extra := sorted(set(given) - {"--dcp-policy"}):
+            raise OptionsError(f"{', '.join(extra)} need(s) a planner; drop it or pick another "
+                               "--dcp-policy")
         return DcpOptions(policy="off")
     servable = dp_size > 1 and enable_dp_attention
     if not servable:
@@ -197,8 +199,7 @@ def resolve(
             raise OptionsError(f"--dcp-max-degree {max_degree} exceeds --dp-size {dp_size}")
         if policy not in ("dcp", "uniform"):
             raise OptionsError(
-                f"--dcp-max-degree applies to --dcp-policy dcp or uniform, not {policy}"
-            )
+                f"--dcp-max-degree applies to --dcp-policy dcp or uniform, not {policy}")
         if max_degree > 1 and shard_blockers:
             raise OptionsError(
                 f"--dcp-max-degree {max_degree} spreads KV over ranks and needs "
@@ -252,6 +253,11 @@ def resolve(
             )
     if transfer_chunk_mb is not None and not transfer_chunk_mb >= 1:
         raise OptionsError(f"--dcp-transfer-chunk-mb must be >= 1, got {transfer_chunk_mb}")
+    rpn = ranks_per_node if ranks_per_node is not None else (  # default: --dp-size / --nnodes
+        dp_size // nnodes if nnodes > 1 and dp_size % nnodes == 0 else dp_size)
+    if rpn < 1 or dp_size % rpn:
+        raise OptionsError(
+            f"--dcp-ranks-per-node {rpn} must be >= 1 and divide --dp-size {dp_size}")
     opts = DcpOptions(
         policy=policy,
         profile=profile or DEFAULT_PROFILE,
@@ -267,6 +273,7 @@ def resolve(
         max_guest_items=DEFAULT_MAX_GUEST_ITEMS if max_guest_items is None else max_guest_items,
         rebalance_threshold=rebalance_threshold,
         transfer_chunk_mb=transfer_chunk_mb or DEFAULT_TRANSFER_CHUNK_MB,
+        ranks_per_node=rpn if rpn < dp_size else None,
     )
     if policy == "dcp":
         from sglang_dcp.planner import load_profile
@@ -277,21 +284,3 @@ def resolve(
             raise OptionsError(f"--dcp-cost-profile: {e}") from None
     return opts
 
-
-def refuse_with_sharding(*, two_batch_overlap: bool, mixed_chunk: bool) -> str | None:
-    """Why SGLang flags that cannot run with KV sharding must go (``None``: none given). The
-    exchange joins each layer once per forward over the whole decode batch; these split a
-    forward's attention or mix decode rows into a prefill batch, where split rows would skip
-    it. (``--moe-a2a-backend deepep`` composes: the exchange is independent of the MoE's.)"""
-    if two_batch_overlap:
-        return (
-            "--enable-two-batch-overlap runs each layer's attention twice per forward, on two "
-            "micro-batches; the KV-sharding exchange joins each layer once over the whole "
-            "batch: drop it or pass --dcp-max-degree 1"
-        )
-    if mixed_chunk:
-        return (
-            "--enable-mixed-chunk puts decode rows into prefill batches, where split requests' "
-            "rows would miss the KV-sharding exchange: drop it or pass --dcp-max-degree 1"
-        )
-    return None

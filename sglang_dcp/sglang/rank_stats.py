@@ -40,6 +40,7 @@ class RankStats:
     exchange_rows_split: int = 0
     exchange_rows_unsplit: int = 0
     exchange_eager_steps: int = 0
+    exchange_node_steps: int = 0  # steps whose exchange ran within this rank's node only
     exchange_capacity: int = 0  # per-peer guest items per round the buffers hold
     guest_capacity_high_water: int = 0  # most queries one rank sent one peer in a step
     # prefill into shards (backend_extend.py): KV tokens read per layer by the tile exchange's

@@ -16,9 +16,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sglang_dcp.exchange.extend_tiles import TileRoute, build_tile_route
-from sglang_dcp.exchange.route import RankRoute, build_rank_route, max_pair_items, part_ranks
+from sglang_dcp.exchange.route import (
+    RankRoute, build_rank_route, crosses_nodes, max_pair_items, part_ranks,
+)
 from sglang_dcp.exchange.static import Slots
-from sglang_dcp.exchange.wire import bucket_for
+from sglang_dcp.exchange.wire import bucket_for, node_ranks
 from sglang_dcp.sglang.step import StepPlan
 
 
@@ -41,6 +43,9 @@ class DcpStep:
     tag: int
     rounds: int = 1  # exchange rounds per layer at the engine's capacity (> 1: eager)
     bucket: int = 1  # queries per peer pair the step's all-to-alls carry (wire.bucket_for)
+    # the step's scope (wire.scope_peers): this rank's node's ranks when no split request has a
+    # part off its home's node on a server of several nodes; None: every rank
+    peers: tuple[int, ...] | None = None
     # prefill chunks (plan.chunks): their query rows homed here, by request pool index and by
     # rid: (first tile-exchange home row, chunk start, rows); such a step also runs the tile
     # exchange (``tiles``, ``exchange.tile_exchange``) and runs eagerly
@@ -97,9 +102,11 @@ def build_step(
     req_to_token,
     capacity: int,
     tag: int,
+    ranks_per_node: int | None = None,
 ) -> DcpStep:
     """``home_reqs[rid]``: the SGLang ``Req`` of each request homed here and decoded this step;
-    ``guest_slots[rid]``: this rank's guest slot tensor of a peer's request (token order)."""
+    ``guest_slots[rid]``: this rank's guest slot tensor of a peer's request (token order);
+    ``ranks_per_node``: the server's DP ranks per node (``None``: one node)."""
     placements = [p for p in plan.placements if len(part_ranks(p)) > 1]
     parts = {p.rid: part_ranks(p) for p in placements}
     local: dict[str, Slots] = {}
@@ -118,9 +125,12 @@ def build_step(
         placements, rank=rank, num_ranks=num_ranks, local_slots=local, parts=parts
     )
     pair = max_pair_items(placements, num_ranks, parts)
+    rpn = ranks_per_node or num_ranks
+    scoped = rpn < num_ranks and not crosses_nodes(placements, rpn, parts)
     step = DcpStep(
         plan, rank, num_ranks, route, tuple(keys), tag, row_rids=rids,
         rounds=max(1, -(-pair // capacity)), bucket=bucket_for(pair, capacity),
+        peers=node_ranks(rank, num_ranks, rpn) if scoped else None,
         kv_slots=route.num_kv_slots, decode_split=bool(placements),
     )  # fmt: skip
     if plan.chunks:
@@ -163,7 +173,8 @@ def rank_step(rt, plan: StepPlan, *, predicted: bool, decoded: list[bool]) -> Dc
         guest_slots = {rid: g.slots for rid, g in rt.guests.items()}
         step = build_step(plan, rank=rt.rank, num_ranks=rt.num_ranks, home_reqs=home_reqs,
                           guest_slots=guest_slots, req_to_token=req_to_token,
-                          capacity=rt.capacity, tag=rt.num_steps)  # fmt: skip
+                          capacity=rt.capacity, tag=rt.num_steps,
+                          ranks_per_node=rt.ranks_per_node)  # fmt: skip
     step = replace(step, decoded=decoded,
                    batch_rows=tuple(rt.batch_rows[k] for k in step.row_keys))  # fmt: skip
     rt.prev_step = step
@@ -192,7 +203,8 @@ def advance_step(prev: DcpStep, plan: StepPlan, *, home_reqs: dict[str, Any], re
         local.append(_home_slots(row, p.shards, rank, p.shards[-1].end))
     new = replace(route, local_slots=tuple(local))
     return DcpStep(plan, rank, prev.num_ranks, new, prev.row_keys, tag, rounds=1,
-                   bucket=prev.bucket, row_rids=prev.row_rids, kv_slots=new.num_kv_slots,
+                   bucket=prev.bucket, peers=prev.peers, row_rids=prev.row_rids,
+                   kv_slots=new.num_kv_slots,
                    reuses_route=prev.route)  # fmt: skip
 
 

@@ -58,14 +58,17 @@ def _slot(rid: int, rank: int, num_ranks: int, token: int) -> int:
 
 
 def run_rank(rank: int, num_ranks: int, init_method: str, dist_backend: str, steps: int,
-             seed: int, capacity: int, out_path: str, kv_dtype: str = "float32") -> None:  # fmt: skip
+             seed: int, capacity: int, out_path: str, kv_dtype: str = "float32",
+             ranks_per_node: int = 0) -> None:  # fmt: skip
     """One rank of the harness (``exchange.spawn.run_ranks`` target); writes its findings, or
-    its traceback to ``<out_path>.err`` (a peer's crash then reads as its own failure)."""
+    its traceback to ``<out_path>.err`` (a peer's crash then reads as its own failure).
+    ``ranks_per_node``: a server of several nodes whose split requests keep their shards on
+    their home's node (node-scoped steps, the ``dcp<c>n`` variants); 0: one node."""
     import traceback
 
     try:
         _run_rank(rank, num_ranks, init_method, dist_backend, steps, seed, capacity, out_path,
-                  kv_dtype)  # fmt: skip
+                  kv_dtype, ranks_per_node)  # fmt: skip
     except BaseException:
         with open(out_path.format(rank=rank) + ".err", "w") as f:
             f.write(traceback.format_exc())
@@ -73,7 +76,7 @@ def run_rank(rank: int, num_ranks: int, init_method: str, dist_backend: str, ste
 
 
 def _run_rank(rank, num_ranks, init_method, dist_backend, steps, seed, capacity, out_path,
-              kv_dtype) -> None:  # fmt: skip
+              kv_dtype, ranks_per_node) -> None:  # fmt: skip
     """``kv_dtype``: ``float32`` or ``fp8_e4m3`` (an FP8 cache with per-layer scales)."""
     import json
     import os
@@ -90,7 +93,8 @@ def _run_rank(rank, num_ranks, init_method, dist_backend, steps, seed, capacity,
     from sglang_dcp.types import Placement, Shard
 
     W = num_ranks
-    os.environ[env.SERVE_OPTIONS_VAR] = DcpOptions(max_degree=W, max_guest_items=capacity).to_json()
+    os.environ[env.SERVE_OPTIONS_VAR] = DcpOptions(
+        max_degree=W, max_guest_items=capacity, ranks_per_node=ranks_per_node or None).to_json()
     comm = TorchDistCommunicator(init_rank(rank, W, init_method, dist_backend))
     rows = NUM_REQS * 4 + 1
     dtype = FP8 if kv_dtype == "fp8_e4m3" else torch.float32
@@ -137,7 +141,7 @@ def _run_rank(rank, num_ranks, init_method, dist_backend, steps, seed, capacity,
                                out_cache_loc=S.loc[:bs], num_padding=pad, batch_size=bs)  # fmt: skip
 
     captured = {}
-    variants = graphs.DcpGraphVariants(capacity_buckets(capacity))
+    variants = graphs.DcpGraphVariants(capacity_buckets(capacity), node_scope=bool(ranks_per_node))
     for bs in (8, 4, 2, 1):  # capture, largest first, every variant, in lockstep on every rank
         for variant in variants.capture_labels:
             fb = static_fb(bs)
@@ -150,9 +154,9 @@ def _run_rank(rank, num_ranks, init_method, dist_backend, steps, seed, capacity,
     ptrs = static_ptrs(be)
 
     worst = {"eager": 0.0, "graph": 0.0}
-    counts = {"graph_dcp": 0, "graph_plain": 0, "eager_rounds": 0, "split_rows": 0,
-              "dcp_buckets": []}  # fmt: skip
-    for i, reqs in enumerate(scenario(W, steps, seed)):
+    counts = {"graph_dcp": 0, "graph_plain": 0, "graph_node": 0, "eager_rounds": 0,
+              "split_rows": 0, "dcp_buckets": []}  # fmt: skip
+    for i, reqs in enumerate(scenario(W, steps, seed, ranks_per_node)):
         # KV: every token this rank holds now, the home's moved copies poisoned (NaN)
         placements, guest_slots, home = [], {}, []
         for rid, h, length, shards in reqs:
@@ -203,7 +207,8 @@ def _run_rank(rank, num_ranks, init_method, dist_backend, steps, seed, capacity,
             step = build_step(plan, rank=rank, num_ranks=W, home_reqs=fake,
                               guest_slots=guest_slots,
                               req_to_token=runner.req_to_token_pool.req_to_token,
-                              capacity=capacity, tag=tag)  # fmt: skip
+                              capacity=capacity, tag=tag,
+                              ranks_per_node=ranks_per_node or None)  # fmt: skip
             return replace(step, batch_rows=tuple(rows[k] for k in step.row_keys))  # the header's
 
         # eager (eager_runner._execute_decode); an idle rank only reaches StageBoundary.finish
@@ -232,6 +237,7 @@ def _run_rank(rank, num_ranks, init_method, dist_backend, steps, seed, capacity,
             variant = variants.select(None)
             bucket = graphs.bucket_of(variant)
             counts["graph_" + ("plain" if bucket is None else "dcp")] += 1
+            counts["graph_node"] += int(graphs.node_scoped(variant))
             if bucket is not None and bucket not in counts["dcp_buckets"]:
                 counts["dcp_buckets"].append(bucket)
             state.variant = variant  # replay: the captured code path, over the static tensors

@@ -106,9 +106,10 @@ def reference(rid: int, length: int, step: int, layer: int, dtype=torch.float32)
     return torch.einsum("hn,nhd->hd", p, v).reshape(-1)
 
 
-def scenario(num_ranks: int, steps: int, seed: int):
+def scenario(num_ranks: int, steps: int, seed: int, ranks_per_node: int = 0):
     """Per step: the running requests as (rid, home, length, shards) with shards (rank, start,
-    end) covering [0, length); splits, finishes and arrivals change from step to step."""
+    end) covering [0, length); splits, finishes and arrivals change from step to step.
+    ``ranks_per_node``: every shard on its home's node (node-scoped steps only)."""
     rng = random.Random(seed)
     live: dict[int, list] = {}
     out = []
@@ -125,7 +126,10 @@ def scenario(num_ranks: int, steps: int, seed: int):
             ncut = 0 if quiet else rng.choice((0, 1, 1, 2))
             cuts = sorted(rng.sample(range(1, n0), min(ncut, n0 - 1)))
             b = [0, *cuts]
-            sealed = [(rng.randrange(num_ranks), a, c) for a, c in zip(b, [*cuts, n0])][:-1]
+            node = (range(num_ranks) if not ranks_per_node else
+                    range(home - home % ranks_per_node,
+                          min(home - home % ranks_per_node + ranks_per_node, num_ranks)))
+            sealed = [(rng.choice(node), a, c) for a, c in zip(b, [*cuts, n0])][:-1]
             live[nxt] = [home, n0 - 1, sealed]
             nxt += 1
         step = []

@@ -44,6 +44,7 @@ def make_rank(running: int, split: int, *, num_ranks: int = 4, heads: int = 8,
                              token_to_kv_pool=pool, device="cpu", dtype=torch.bfloat16)  # fmt: skip
     rt = object.__new__(datapath.RankRuntime)
     rt.rank, rt.num_ranks, rt.capacity, rt.num_steps = 0, W, 16, 0
+    rt.ranks_per_node = None  # one node
     rt.releases, rt.home, rt.guests, rt.split_reqs = [], {}, {}, {}
     rt.seen_decode, rt.migrations, rt.page, rt.prev_step = {}, Migrations(0, W), 64, None
     rt.batch_rows, rt.row_pos = {}, {}

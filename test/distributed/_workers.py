@@ -244,3 +244,18 @@ def chunked_transfer_worker(rank: int, world_size: int, init_method: str, backen
     if rank == 1:
         _expect(pool, "a", 4, 16)
     comm.barrier()
+
+
+def peers_a2a_worker(rank, world_size, init_method, backend, out_path):
+    """``TorchDistCommunicator.all_to_all_peers`` on gloo: nodes of 2 ranks; the other node's
+    chunks of ``out`` keep their poison."""
+    import json
+
+    from sglang_dcp.exchange.wire import node_ranks
+
+    comm = TorchDistCommunicator(init_rank(rank, world_size, init_method, backend))
+    inp = torch.arange(world_size * 3, dtype=torch.float32).view(world_size, 3) + 100 * rank
+    out = torch.full((world_size, 3), float("nan"))
+    comm.all_to_all_peers(out, inp, node_ranks(rank, world_size, 2))
+    with open(out_path.format(rank=rank), "w") as f:
+        json.dump([[None if x != x else x for x in row] for row in out.tolist()], f)

@@ -4,7 +4,9 @@
 and a small planner budget per rank (``--dcp-kv-capacity``), so long prompts cannot sit on one
 rank and are spread over 2-4 ranks. ``SGLANG_DCP_POISON_MOVED=1`` overwrites the home's copy of
 every shipped shard with NaN, so an output can only be right if attention really read the
-guest shards on the other ranks through the exchange.
+guest shards on the other ranks through the exchange. ``--dcp-ranks-per-node 2``: two "nodes" of
+two ranks, so a request split over its home's node runs node-scoped steps (the exchange among
+the node's ranks only) and one over 3-4 ranks steps across both.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ KV_PER_RANK = 512  # planner budget per rank: a prompt over ~500 tokens must be 
 SHARD_ARGS = [  # the radix cache stays on (issue 26)
     "--dcp-kv-capacity", str(KV_PER_RANK),
     "--dcp-min-shard-tokens", "64",
+    "--dcp-ranks-per-node", "2",
 ]  # fmt: skip
 ENV = {"SGLANG_DCP_POISON_MOVED": "1", "SGLANG_DCP_PLANNER_LOG": "1"}
 MAX_NEW = 8
@@ -103,6 +106,8 @@ def shipped(server, rid):
 
 
 def test_long_prompts_spread_over_ranks_and_match_hf(server, hf):
+    before = _dcp_stats(server)
+    scopes = set()
     for i, ids in enumerate(prompts(seed=3, count=5, lengths=SHORT + LONG)):
         rid = f"spread-{i}"
         out = generate(server, ids, rid)
@@ -117,7 +122,13 @@ def test_long_prompts_spread_over_ranks_and_match_hf(server, hf):
             moves = shipped(server, rid)
             assert {dst for *_, dst in moves} == set(dcp["shard_ranks"][:-1])
             assert all(src == dcp["home_rank"] for *_, src, _ in moves)
+            scopes.add(len({r // 2 for r in dcp["shard_ranks"]}) == 1)
     wait_drained(server)
+    after = _dcp_stats(server)
+    node = sum(after[r]["exchange_node_steps"] - before[r]["exchange_node_steps"] for r in after)
+    steps = sum(after[r]["active_steps"] - before[r]["active_steps"] for r in after)
+    # requests on one node ran node-scoped steps, those across nodes steps over every rank
+    assert scopes == {True, False} and 0 < node < steps, (scopes, node, steps)
 
 
 def _dcp_stats(server):

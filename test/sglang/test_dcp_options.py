@@ -140,6 +140,7 @@ def test_flags_reach_the_options(parser):
          "needs --dcp-policy dcp and --dcp-max-degree > 1"),
         (["--disable-radix-cache", "--dcp-rebalance-threshold", "0.5"], "max/mean KV ratio, >= 1"),
         (["--dcp-transfer-chunk-mb", "0"], "--dcp-transfer-chunk-mb must be >= 1"),
+        (["--dcp-ranks-per-node", "3"], "--dcp-ranks-per-node 3 must be >= 1 and divide --dp-size 2"),
     ],
 )
 def test_bad_combinations_are_one_line_errors(parser, extra, message, monkeypatch):
@@ -257,3 +258,21 @@ def test_a_pd_decode_server_shards_paged_or_not_without_a_decode_prefix_cache(pa
     assert o == DcpOptions(policy="dcp", max_degree=1) and not o.sharding
     with pytest.raises(launch.LaunchError, match="no --disaggregation-decode-enable-radix-cache"):
         options(parser, "--disable-radix-cache", *cached, "--dcp-max-degree", "2")
+
+
+def test_ranks_per_node_sets_the_exchanges_node_scope(parser):
+    """``--dcp-ranks-per-node`` (default ``--dp-size / --nnodes``): several nodes give the
+    planner its node boundaries and the graphs a node-scoped variant per bucket; one node
+    (the default on one host) none."""
+    from sglang_dcp.sglang.graphs import DcpGraphVariants, bucket_of, label, node_scoped
+
+    assert options(parser).ranks_per_node is None
+    two = options(parser, "--dcp-ranks-per-node", "1")
+    assert two.ranks_per_node == 1 and DcpOptions.from_json(two.to_json()) == two
+    assert options(parser, "--nnodes", "2").ranks_per_node == 1
+    assert options(parser, "--dcp-ranks-per-node", "2").ranks_per_node is None  # one node
+    assert DcpGraphVariants((1, 2), node_scope=True).capture_labels == (
+        "dcp2", "dcp2n", "dcp1", "dcp1n", "plain")
+    assert DcpGraphVariants((1, 2)).capture_labels == ("dcp2", "dcp1", "plain")
+    assert (bucket_of(label(4, True)), node_scoped(label(4, True))) == (4, True)
+    assert (bucket_of("dcp16"), node_scoped("dcp16"), bucket_of("plain")) == (16, False, None)

@@ -22,6 +22,7 @@ def busy() -> RankStats:
                   guest_items_last_step=3, exchange_ms_last_step=0.5, active_steps=4,
                   exchange_ms_total=2.0, moves_done=2, moves_failed=1,
                   moved_tokens=256, exchange_rows_split=7, exchange_eager_steps=1,
+                  exchange_node_steps=2,
                   exchange_capacity=16, guest_capacity_high_water=3)  # fmt: skip
     s.count_degree(2)
     s.count_degree(2)
@@ -39,7 +40,7 @@ def test_diff_writes_only_what_changed():
     u = metrics.diff(RankStats(), s)
     assert u.gauges == {g: getattr(s, g) for g in metrics.GAUGES}
     assert u.counters == {"exchange_ms": 2.0, "active_steps": 4, "moved_tokens": 256,
-                          "exchange_eager_steps": 1}  # fmt: skip
+                          "exchange_eager_steps": 1, "exchange_node_steps": 2}  # fmt: skip
     assert u.moves == {"done": 2, "failed": 1} and u.degrees == {2: 2, 1: 1}
     assert u.rows == {"yes": 7}  # split="no" never counts: unsplit rows keep SGLang's path
     assert not metrics.diff(s, replace(s, degree_count=dict(s.degree_count)))
@@ -78,6 +79,7 @@ def test_exposed_names_labels_and_values():
     assert sample(text, "sglang_dcp:exchange_rows_total", dp_rank=1, split="yes") == 7
     assert sample(text, "sglang_dcp:exchange_rows_total", dp_rank=1, split="no") == 0
     assert sample(text, "sglang_dcp:exchange_eager_steps_total", dp_rank=1) == 1
+    assert sample(text, "sglang_dcp:exchange_node_steps_total", dp_rank=1) == 2
     assert sample(text, "sglang_dcp:exchange_capacity", dp_rank=1) == 16
     assert sample(text, "sglang_dcp:guest_capacity_high_water", dp_rank=1) == 3
 

@@ -133,7 +133,7 @@ def test_loads_section_is_every_rank_stat_number(monkeypatch):
         "guest_kv_tokens", "guest_requests", "home_dcp_requests", "guest_items_last_step",
         "exchange_ms_last_step", "active_steps", "exchange_ms_total", "moves_done",
         "moves_failed", "moved_tokens", "migrations_done", "exchange_rows_split", "exchange_rows_unsplit",
-        "exchange_eager_steps", "exchange_capacity", "guest_capacity_high_water", "header_steps",
+        "exchange_eager_steps", "exchange_node_steps", "exchange_capacity", "guest_capacity_high_water", "header_steps",
         "header_gathers", "header_forward_waits",
         "prefill_kv_reads_tiles", "prefill_kv_reads_ideal", "prefill_kv_reads_per_row",
         "planner_kv_tokens", "planner_guest_kv_tokens", "kv_tokens",

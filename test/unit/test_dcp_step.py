@@ -200,7 +200,8 @@ def test_a_predicted_step_reuses_the_route_and_equals_a_rebuilt_one():
             for i, rid in enumerate(("a", "b"), start=1)}  # fmt: skip
     guests = {"g": SimpleNamespace(slots=torch.arange(64) + 7)}
     rt = SimpleNamespace(rank=rank, num_ranks=W, prev_step=None, num_steps=0, home=home,
-                         guests=guests, capacity=16, batch_rows={1: (0, 200), 2: (1, 250)},
+                         guests=guests, capacity=16, ranks_per_node=None,
+                         batch_rows={1: (0, 200), 2: (1, 250)},
                          scheduler=SimpleNamespace(req_to_token_pool=SimpleNamespace(
                              req_to_token=r2t)))  # fmt: skip
 

@@ -16,7 +16,7 @@ from sglang_dcp.exchange.exchange import default_kernels
 from sglang_dcp.exchange.route import build_routes, max_pair_items
 from sglang_dcp.exchange.static import Slots, StaticExchange
 from sglang_dcp.exchange.wire import (
-    bucket_for, capacity_buckets, message_bytes, padded_items, step_wire_bytes,
+    bucket_for, capacity_buckets, message_bytes, node_ranks, padded_items, step_wire_bytes,
 )  # fmt: skip
 from sglang_dcp.types import Placement, Shard
 
@@ -126,3 +126,115 @@ def test_step_wire_bytes_counts_buckets_rounds_and_items():
     # what the simulator charges each rank: every peer a bucket per round
     assert padded_items(8, 0, 16) == 0 and padded_items(8, 1, 16) == 7
     assert padded_items(8, 3, 16) == 7 * 4 and padded_items(8, 40, 16) == 3 * 7 * 16
+
+    # scopes: no pair across nodes ships each rank's node only (2 per node here)
+    intra = [[0, 2, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1], [0, 0, 0, 0]]
+    node = step_wire_bytes(intra, capacity=16, q_row_bytes=100, o_row_bytes=60, lse_row_bytes=8,
+                           ranks_per_node=2)  # fmt: skip
+    flat = step_wire_bytes(intra, capacity=16, q_row_bytes=100, o_row_bytes=60, lse_row_bytes=8)
+    assert node["scope"] == "node" and flat["scope"] == "all"
+    assert node["busiest_rank_wire_bytes"] * 3 == flat["busiest_rank_wire_bytes"]
+    intra[0][2] = 1  # one pair across nodes: every rank again
+    assert step_wire_bytes(intra, capacity=16, q_row_bytes=1, o_row_bytes=1, lse_row_bytes=1,
+                           ranks_per_node=2)["scope"] == "all"  # fmt: skip
+    assert padded_items(16, 3, 16, peers=7) == 7 * 4 and node_ranks(5, 6, 4) == (4, 5)
+
+
+W4 = 4
+
+
+class PeerComm(ThreadComm):
+    """``ThreadComm`` over 4 ranks with the node-scoped all-to-all: a rank reads only its
+    peers' chunks; records (sender, receiver) of every chunk that moves."""
+
+    def all_to_all_single(self, out, inp, out_splits=None, in_splits=None) -> None:
+        self.all_to_all_peers(out, inp, range(W4))
+
+    def all_to_all_peers(self, out, inp, peers) -> None:
+        s = self.s
+        s["inp"][self.rank] = inp
+        s["barrier"].wait()
+        for p in peers:
+            out[p].copy_(s["inp"][p][self.rank])
+            if p != self.rank:
+                with s["lock"]:
+                    s["moved"].append((p, self.rank))
+        s["barrier"].wait()
+
+
+def _node_step(rng, rpn):
+    """Placements whose shards all stay on their home's node (``rpn`` ranks per node)."""
+    ps, slots = [], [dict() for _ in range(W4)]
+    for i in range(rng.randrange(2, 7)):
+        home, L = rng.randrange(W4), rng.randrange(4, 60)
+        node = node_ranks(home, W4, rpn)
+        bounds = [0, *sorted(rng.sample(range(1, L), 2)), L]
+        shards = [(rng.choice(node), a, b) for a, b in zip(bounds, bounds[1:])]
+        shards[-1] = (home, *shards[-1][1:])
+        ps.append(Placement(f"r{i}", home, tuple(Shard(*x) for x in shards)))
+        for r in range(W4):
+            n = sum(b - a for rr, a, b in shards if rr == r)
+            if n:
+                slots[r][f"r{i}"] = Slots([torch.tensor(rng.sample(range(SLOTS), n))])
+    return ps, slots
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_node_scoped_step_gives_the_full_scope_result_and_ships_only_within_nodes(seed):
+    """Two nodes of two ranks: a step whose split requests keep their shards on their home's
+    node, run with ``peers`` = the rank's node, gives exactly the all-rank result; no chunk
+    crosses nodes, and the chunks of the other node (poisoned) are never read. A route with an
+    item off the node is refused at ``load``."""
+    rng, rpn = random.Random(seed), 2
+    torch.manual_seed(seed)
+    shape = ExchangeShape(num_ranks=W4, max_local=8, capacity=C, num_q_heads=H, head_dim=D,
+                          v_head_dim=D, max_kv_slots=2048)  # fmt: skip
+    kv = [(torch.randn(SLOTS, 1, D), torch.randn(SLOTS, 1, D)) for _ in range(W4)]
+    attention, merge = default_kernels("torch")
+    shared = {"inp": [None] * W4, "sizes": [], "moved": [], "lock": threading.Lock(),
+              "barrier": threading.Barrier(W4)}
+    exs = [StaticExchange(shape, "cpu", num_row_keys=16) for _ in range(W4)]
+    done = 0
+    for step in range(10):
+        ps, slots = _node_step(rng, rpn)
+        routes = build_routes(ps, num_ranks=W4, slots=slots)
+        pair = max_pair_items(ps, W4)
+        if not pair or pair > C or any(r.batch_size > 8 for r in routes):
+            continue
+        q = [torch.randn(r.batch_size, H, D) for r in routes]
+        out = {}
+
+        def run(rank, scoped):
+            ex = exs[rank]
+            ex.load(routes[rank], rounds=1, tag=step, row_keys=range(routes[rank].batch_size),
+                    bucket=bucket_for(pair, C),
+                    peers=node_ranks(rank, W4, rpn) if scoped else None)  # fmt: skip
+            if scoped:  # the other node's chunks: poison, never read
+                other = [p for p in range(W4) if p not in node_ranks(rank, W4, rpn)]
+                for t in (ex.bufs.q_recv, ex.bufs.r_recv):
+                    t[other] = 0xFF  # NaN in every float view
+            ex.scatter_rows(q[rank], torch.arange(routes[rank].batch_size))
+            merged = ex.run(PeerComm(rank, shared), *kv[rank], sm_scale=0.3,
+                            attention=attention, merge=merge)  # fmt: skip
+            out[(rank, scoped)] = merged[: routes[rank].batch_size].clone()
+
+        for scoped in (False, True):
+            shared["moved"] = []
+            ts = [threading.Thread(target=run, args=(r, scoped)) for r in range(W4)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            crossed = [(a, b) for a, b in shared["moved"] if a // rpn != b // rpn]
+            assert bool(crossed) != scoped, crossed
+        for r in range(W4):
+            assert not out[(r, True)].isnan().any()
+            torch.testing.assert_close(out[(r, True)], out[(r, False)], rtol=0, atol=0)
+        done += 1
+    assert done >= 3
+    far = Placement("x", 0, (Shard(2, 0, 8), Shard(0, 8, 12)))
+    route = build_routes([far], num_ranks=W4, slots=[{"x": Slots([torch.arange(4)])}, {},
+                                                     {"x": Slots([torch.arange(8)])}, {}])[0]
+    with pytest.raises(ValueError, match=r"node-scoped step \(peers \(0, 1\)\) has items with "
+                                         r"ranks \[2\]"):
+        exs[0].load(route, rounds=1, tag=99, row_keys=[0], bucket=1, peers=(0, 1))
