@@ -46,16 +46,36 @@ class ThreadComm(Communicator):
         self.s["barrier"].wait()
 
 
-def _step(rng):
-    ps, slots = [], [dict() for _ in range(W)]
-    for i in range(rng.randrange(1, 7)):
-        home, L = rng.randrange(W), rng.randrange(2, 60)
+def _in_threads(run, n: int, arg) -> None:
+    """``run(rank, arg)`` on ``n`` threads at once (the ranks of one exchange), joined."""
+    ts = [threading.Thread(target=run, args=(r, arg)) for r in range(n)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+
+
+def _attend(ex, comm, q, kv, n: int) -> torch.Tensor:
+    """One layer's exchange of ``q [n, H, D]`` (home rows 0..n-1) on a loaded ``ex``."""
+    attention, merge = default_kernels("torch")
+    ex.scatter_rows(q, torch.arange(n))
+    merged = ex.run(comm, *kv, sm_scale=0.3, attention=attention, merge=merge)
+    return merged[:n].clone()
+
+
+def _step(rng, world=W, rpn=0, min_reqs=1, min_len=2):
+    """Random placements over ``world`` ranks and each rank's slots; ``rpn``: every shard on its
+    home's node of ``rpn`` ranks."""
+    ps, slots = [], [dict() for _ in range(world)]
+    for i in range(rng.randrange(min_reqs, 7)):
+        home, L = rng.randrange(world), rng.randrange(min_len, 60)
+        node = node_ranks(home, world, rpn) if rpn else range(world)
         cut = sorted(rng.sample(range(1, L), min(2, L - 1)))
         bounds = [0, *cut, L]
-        shards = [(rng.randrange(W), a, b) for a, b in zip(bounds, bounds[1:])]
+        shards = [(rng.choice(node), a, b) for a, b in zip(bounds, bounds[1:])]
         shards[-1] = (home, *shards[-1][1:])
         ps.append(Placement(f"r{i}", home, tuple(Shard(*x) for x in shards)))
-        for r in range(W):
+        for r in range(world):
             n = sum(b - a for rr, a, b in shards if rr == r)
             if n:
                 slots[r][f"r{i}"] = Slots([torch.tensor(rng.sample(range(SLOTS), n))])
@@ -69,7 +89,6 @@ def test_each_bucket_gives_the_full_capacity_result_and_ships_its_own_size(seed)
     shape = ExchangeShape(num_ranks=W, max_local=8, capacity=C, num_q_heads=H, head_dim=D,
                           v_head_dim=D, max_kv_slots=2048)  # fmt: skip
     kv = [(torch.randn(SLOTS, 1, D), torch.randn(SLOTS, 1, D)) for _ in range(W)]
-    attention, merge = default_kernels("torch")
     shared = {"inp": [None] * W, "sizes": [], "barrier": threading.Barrier(W)}
     exs = [StaticExchange(shape, "cpu", num_row_keys=16) for _ in range(W)]
     seen = set()
@@ -88,19 +107,12 @@ def test_each_bucket_gives_the_full_capacity_result_and_ships_its_own_size(seed)
             ex = exs[rank]
             ex.load(routes[rank], rounds=1, tag=step, row_keys=range(routes[rank].batch_size),
                     bucket=b)  # fmt: skip
-            x = torch.arange(routes[rank].batch_size)
-            ex.scatter_rows(q[rank], x)
-            merged = ex.run(ThreadComm(rank, shared), *kv[rank], sm_scale=0.3,
-                            attention=attention, merge=merge)  # fmt: skip
-            out[(rank, b)] = merged[: routes[rank].batch_size].clone()
+            out[(rank, b)] = _attend(ex, ThreadComm(rank, shared), q[rank], kv[rank],
+                                     routes[rank].batch_size)  # fmt: skip
 
         for b in (C, bucket):
             shared["sizes"] = []
-            ts = [threading.Thread(target=run, args=(r, b)) for r in range(W)]
-            for t in ts:
-                t.start()
-            for t in ts:
-                t.join()
+            _in_threads(run, W, b)
             q_msg, out_msg = message_bytes(bucket=b, q_row_bytes=H * D * 4, o_row_bytes=H * D * 4,
                                            lse_row_bytes=H * 4)  # fmt: skip
             assert sorted(set(shared["sizes"])) == sorted({W * q_msg, W * out_msg})
@@ -162,23 +174,6 @@ class PeerComm(ThreadComm):
         s["barrier"].wait()
 
 
-def _node_step(rng, rpn):
-    """Placements whose shards all stay on their home's node (``rpn`` ranks per node)."""
-    ps, slots = [], [dict() for _ in range(W4)]
-    for i in range(rng.randrange(2, 7)):
-        home, L = rng.randrange(W4), rng.randrange(4, 60)
-        node = node_ranks(home, W4, rpn)
-        bounds = [0, *sorted(rng.sample(range(1, L), 2)), L]
-        shards = [(rng.choice(node), a, b) for a, b in zip(bounds, bounds[1:])]
-        shards[-1] = (home, *shards[-1][1:])
-        ps.append(Placement(f"r{i}", home, tuple(Shard(*x) for x in shards)))
-        for r in range(W4):
-            n = sum(b - a for rr, a, b in shards if rr == r)
-            if n:
-                slots[r][f"r{i}"] = Slots([torch.tensor(rng.sample(range(SLOTS), n))])
-    return ps, slots
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_a_node_scoped_step_gives_the_full_scope_result_and_ships_only_within_nodes(seed):
     """Two nodes of two ranks: a step whose split requests keep their shards on their home's
@@ -190,13 +185,12 @@ def test_a_node_scoped_step_gives_the_full_scope_result_and_ships_only_within_no
     shape = ExchangeShape(num_ranks=W4, max_local=8, capacity=C, num_q_heads=H, head_dim=D,
                           v_head_dim=D, max_kv_slots=2048)  # fmt: skip
     kv = [(torch.randn(SLOTS, 1, D), torch.randn(SLOTS, 1, D)) for _ in range(W4)]
-    attention, merge = default_kernels("torch")
     shared = {"inp": [None] * W4, "sizes": [], "moved": [], "lock": threading.Lock(),
               "barrier": threading.Barrier(W4)}
     exs = [StaticExchange(shape, "cpu", num_row_keys=16) for _ in range(W4)]
     done = 0
     for step in range(10):
-        ps, slots = _node_step(rng, rpn)
+        ps, slots = _step(rng, W4, rpn, min_reqs=2, min_len=4)
         routes = build_routes(ps, num_ranks=W4, slots=slots)
         pair = max_pair_items(ps, W4)
         if not pair or pair > C or any(r.batch_size > 8 for r in routes):
@@ -213,18 +207,12 @@ def test_a_node_scoped_step_gives_the_full_scope_result_and_ships_only_within_no
                 other = [p for p in range(W4) if p not in node_ranks(rank, W4, rpn)]
                 for t in (ex.bufs.q_recv, ex.bufs.r_recv):
                     t[other] = 0xFF  # NaN in every float view
-            ex.scatter_rows(q[rank], torch.arange(routes[rank].batch_size))
-            merged = ex.run(PeerComm(rank, shared), *kv[rank], sm_scale=0.3,
-                            attention=attention, merge=merge)  # fmt: skip
-            out[(rank, scoped)] = merged[: routes[rank].batch_size].clone()
+            out[(rank, scoped)] = _attend(ex, PeerComm(rank, shared), q[rank], kv[rank],
+                                          routes[rank].batch_size)  # fmt: skip
 
         for scoped in (False, True):
             shared["moved"] = []
-            ts = [threading.Thread(target=run, args=(r, scoped)) for r in range(W4)]
-            for t in ts:
-                t.start()
-            for t in ts:
-                t.join()
+            _in_threads(run, W4, scoped)
             crossed = [(a, b) for a, b in shared["moved"] if a // rpn != b // rpn]
             assert bool(crossed) != scoped, crossed
         for r in range(W4):
