@@ -40,21 +40,7 @@ class Communicator(ABC):
         of ``out``; the other chunks of ``out`` are not written and nothing crosses to the other
         ranks. Every rank of ``peers`` calls it with the same ``peers`` (the ranks of other nodes
         call it with theirs). Graph-safe where ``all_to_all_single`` is."""
-        _own_chunk(out, inp, self.rank)
-        ops = []
-        for p in peers:
-            if p != self.rank:
-                ops += [dist.P2POp(dist.isend, inp[p], self._global(p), self._group()),
-                        dist.P2POp(dist.irecv, out[p], self._global(p), self._group())]
-        if ops:
-            for w in dist.batch_isend_irecv(ops):
-                w.wait()
-
-    def _group(self):  # the process group of the point-to-point fallback
-        raise NotImplementedError(f"{type(self).__name__}: no point-to-point group")
-
-    def _global(self, p: int) -> int:
-        return dist.get_global_rank(self._group(), p)
+        raise NotImplementedError(f"{type(self).__name__} has no node-scoped all-to-all")
 
     @abstractmethod
     def all_gather(self, out: torch.Tensor, inp: torch.Tensor) -> None:
@@ -77,8 +63,17 @@ class TorchDistCommunicator(Communicator):
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
 
-    def _group(self):
-        return self.group
+    def all_to_all_peers(self, out, inp, peers) -> None:
+        _own_chunk(out, inp, self.rank)
+        ops = []
+        for p in peers:
+            if p != self.rank:
+                g = dist.get_global_rank(self.group, p)
+                ops += [dist.P2POp(dist.isend, inp[p], g, self.group),
+                        dist.P2POp(dist.irecv, out[p], g, self.group)]
+        if ops:
+            for w in dist.batch_isend_irecv(ops):
+                w.wait()
 
     def all_to_all_single(self, out, inp, out_splits=None, in_splits=None) -> None:
         dist.all_to_all_single(
