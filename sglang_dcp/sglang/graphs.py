@@ -17,10 +17,10 @@ returns ``DcpGraphVariants``:
   request has a shard off its home's node.
 
 ``select`` reads the step every rank agreed on at the header (``context.current_step()``,
-its ``bucket`` and ``peers`` from the step plan), so every rank replays the same variant and the captured
-all-to-alls pair up; padded and idle ranks replay it too. The DP controller's decode-graph vote is
-min-reduced over ranks, so a step that must run eagerly (rounds, ``backend.needs_eager``) runs
-eagerly everywhere.
+its ``bucket`` and ``peers`` from the step plan), so every rank replays the same variant and the
+captured all-to-alls pair up; padded and idle ranks replay it too. The DP controller's
+decode-graph vote is min-reduced over ranks, so a step that must run eagerly (rounds,
+``backend.needs_eager``) runs eagerly everywhere.
 """
 
 from __future__ import annotations

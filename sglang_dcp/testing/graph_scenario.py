@@ -10,6 +10,7 @@ import random
 
 import torch
 
+from sglang_dcp.exchange.wire import node_ranks
 from sglang_dcp.kernels import decode_attention
 
 H, HKV, D, LAYERS, SM = 4, 2, 8, 2, 0.35
@@ -126,9 +127,8 @@ def scenario(num_ranks: int, steps: int, seed: int, ranks_per_node: int = 0):
             ncut = 0 if quiet else rng.choice((0, 1, 1, 2))
             cuts = sorted(rng.sample(range(1, n0), min(ncut, n0 - 1)))
             b = [0, *cuts]
-            node = (range(num_ranks) if not ranks_per_node else
-                    range(home - home % ranks_per_node,
-                          min(home - home % ranks_per_node + ranks_per_node, num_ranks)))
+            node = (node_ranks(home, num_ranks, ranks_per_node) if ranks_per_node
+                    else range(num_ranks))
             sealed = [(rng.choice(node), a, c) for a, c in zip(b, [*cuts, n0])][:-1]
             live[nxt] = [home, n0 - 1, sealed]
             nxt += 1
