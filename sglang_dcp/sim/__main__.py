@@ -137,7 +137,14 @@ def parse(argv=None) -> tuple[argparse.Namespace, object]:
         parser.error(f"--profile: {e}")
     if args.ranks_per_node < 1:
         parser.error(f"--ranks-per-node must be >= 1, got {args.ranks_per_node}")
-    probe_cluster = cost.cluster_for(profile, 1)
+    if args.ranks < 1:
+        parser.error(f"--ranks must be >= 1, got {args.ranks}")
+    if args.kv_capacity is not None and args.kv_capacity < profile.page_size:
+        parser.error(f"--kv-capacity must be at least one page ({profile.page_size} tokens for "
+                     f"this --profile), got {args.kv_capacity}")
+    # the run's own cluster: options that depend on it (uniform's group_size) are checked too
+    probe_cluster = cost.cluster_for(profile, args.ranks, args.kv_capacity,
+                                     ranks_per_node=args.ranks_per_node)
     for label in policies:
         try:
             name, options = parse_policy(label)
@@ -150,10 +157,6 @@ def parse(argv=None) -> tuple[argparse.Namespace, object]:
         except (TypeError, ValueError) as e:
             parser.error(f"--policies: {label!r}: {e}")
     args.policies = tuple(dict.fromkeys(policies))
-    if args.kv_capacity is not None and args.kv_capacity < 1:
-        parser.error(f"--kv-capacity must be >= 1 token, got {args.kv_capacity}")
-    if args.ranks < 1:
-        parser.error(f"--ranks must be >= 1, got {args.ranks}")
     if not 0 <= args.exchange_scale < float("inf"):
         parser.error(f"--exchange-scale must be a number >= 0, got {args.exchange_scale}")
     args.reused = None

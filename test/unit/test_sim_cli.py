@@ -35,6 +35,11 @@ def _cli(*args, cwd=ROOT):
      "--num-requests must be >= 1"),
     (["--workload", "nope", "--out", "x"], "unknown workload 'nope'"),
     (["--workload", "tiny", "--ranks", "0", "--out", "x"], "--ranks must be >= 1"),
+    (["--workload", "tiny", "--kv-capacity", "10", "--out", "x"],
+     "--kv-capacity must be at least one page (64 tokens"),
+    # policy options are checked against the run's cluster (12 ranks), not a one-rank probe
+    (["--workload", "tiny", "--ranks", "12", "--policies", "uniform:group_size=5", "--out", "x"],
+     "group_size=5 must be >= 1 and divide num_ranks=12"),
     (["--workload", "tiny", "--exchange-scale", "-1", "--out", "x"],
      "--exchange-scale must be a number >= 0"),
     (["--workload", "tiny", "--reuse", "/nonexistent/summary.json", "--out", "x"],
@@ -50,6 +55,15 @@ def test_bad_arguments_fail_in_one_line(args, needle, tmp_path):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
     assert needle in lines[0]
+
+
+def test_policy_options_that_need_the_cluster_are_accepted(tmp_path):
+    """``uniform:group_size=4`` on 12 ranks (node-aligned groups) was refused by a check that
+    built the policy on one rank."""
+    res = _cli("--workload", "tiny", "--num-requests", "40", "--ranks", "12",
+               "--policies", "uniform:group_size=4", "--rate", "2", "--out",
+               str(tmp_path / "out"), "--quiet", "--no-plots")
+    assert res.returncode == 0, res.stderr
 
 
 def test_help_documents_every_flag():
