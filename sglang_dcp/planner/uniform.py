@@ -1,7 +1,11 @@
 """``uniform``: static context parallelism, as SGLang ``--dcp-size`` / vLLM ``-dcp`` do it.
 
 The ranks form fixed groups of ``group_size`` consecutive ranks (``num_ranks`` must be a
-multiple). Every request, short or long, is split evenly over the ranks of one group:
+multiple). By default the largest size up to 8 that divides ``num_ranks`` and, where the
+cluster spans nodes, the node's ``ranks_per_node``: a DCP group lives inside one TP group, so
+inside one node, as those deployments run it (12 ranks on nodes of 8: groups of 4, not 6
+straddling two nodes, whose exchange would cross nodes every step). Every request, short or
+long, is split evenly over the ranks of one group:
 
 - group: the one with the fewest reserved KV tokens among those where the request fits (ties:
   lowest group index); with a pinned home, the home's group.
@@ -29,7 +33,8 @@ class UniformPolicy(LedgerPolicy):
         super().__init__(cluster)
         n = cluster.num_ranks
         if group_size is None:
-            group_size = max(g for g in range(1, min(8, n) + 1) if n % g == 0)
+            rpn = cluster.ranks_per_node if n > cluster.ranks_per_node else n
+            group_size = max(g for g in range(1, min(8, n) + 1) if n % g == 0 and rpn % g == 0)
         if group_size < 1 or n % group_size:
             raise ValueError(
                 f"uniform: group_size={group_size} must be >= 1 and divide num_ranks={n}"

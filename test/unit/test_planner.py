@@ -105,6 +105,20 @@ def test_uniform_splits_evenly_tail_on_home():
     p.verify()
 
 
+def test_uniform_default_groups_stay_inside_a_node():
+    """A DCP group lives in one TP group, so in one node: on 12 ranks of 8-rank nodes the
+    default is groups of 4 (6 would straddle nodes), and a group never crosses a boundary."""
+    def size(n, rpn=8):
+        return make_policy("uniform", ClusterSpec.uniform(n, 64 * 1024, 64, rpn)).group_size
+
+    assert [size(n) for n in (1, 4, 6, 8, 12, 16, 24, 32)] == [1, 4, 6, 8, 4, 8, 8, 8]
+    assert size(16, rpn=4) == 4 and size(12, rpn=6) == 6 and size(6, rpn=4) == 2
+    for n, rpn in ((12, 8), (16, 4), (24, 8), (6, 4)):
+        cl = ClusterSpec.uniform(n, 64 * 1024, 64, rpn)
+        g = make_policy("uniform", cl).group_size
+        assert all(cl.same_node(r, r - r % g) for r in range(n))
+
+
 # ---- dcp -------------------------------------------------------------------------------
 
 
