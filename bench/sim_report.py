@@ -11,7 +11,7 @@ import statistics
 from pathlib import Path
 
 from sglang_dcp.sim.experiment import BASELINES, environment
-from sim_why import _why, _why_rows, price_row
+from sim_why import _why, _why_rows, invariant_price_row, price_row
 
 ORDER = ("round_robin", "total_tokens", "total_tokens_sglang", "uniform", "dcp")
 WITHIN = 0.98  # "dcp >= every other policy, within 2%"
@@ -197,6 +197,7 @@ def _targets(long: list[dict], moon: list[dict], held: bool = False) -> list[str
                                           for r, n, v in lose[:8])
                 + (" ..." if len(lose) > 8 else "") if lose else "")
              + f" | {_verdict(not lose and bool(allr))} |")
+    L += invariant_price_row(allr, WITHIN)
     for key in ("fluid", "pooled"):
         cap = [r[f"captured_{key}"] for r in long if r[f"captured_{key}"] is not None]
         ok = sum(c >= HEADROOM for c in cap)

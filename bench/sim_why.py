@@ -35,6 +35,54 @@ def exchange_captured(r: dict) -> dict[str, float]:
     return {k: (v * served - b) / (pooled - b) for k, v in cf.items() if v is not None}
 
 
+def exchange_goodput(r: dict) -> dict[str, float]:
+    """``dcp``'s goodput (req/s) with the exchange priced as in ``why.json``'s
+    ``exchange_scaled``, by key (the searched rate times the share it served in the run)."""
+    cf = (r.get("why") or {}).get("exchange_scaled")
+    if not cf:
+        return {}
+    dcp = r["goodput"].get("dcp") or 0.0
+    mx = (r.get("max_rate") or {}).get("dcp") or 0.0
+    served = dcp / mx if mx else 1.0
+    return {k: v * served for k, v in cf.items() if v is not None}
+
+
+# policies whose own step pays the DCP exchange: a counterfactual that prices only dcp's
+# exchange otherwise says nothing about dcp against them
+EXCHANGE_PAYERS = ("uniform",)
+
+
+def invariant_price_row(rows: list[dict], within: float) -> list[str]:
+    """The measured reason where ``dcp`` is below another policy by more than 2%: with the
+    exchange priced otherwise (``why.json``, nothing else changed), would ``dcp`` be within 2%
+    of it? Only against policies that do not pay the exchange themselves; the others named."""
+    parts, payers = [], []
+    for r in rows:
+        for n, v in r["dcp_vs"].items():
+            if v is None or v >= within:
+                continue
+            if n in EXCHANGE_PAYERS:
+                payers.append(f"{r['id']} vs {n} {v:.2f}x")
+                continue
+            g, cf = r["goodput"].get(n) or 0.0, exchange_goodput(r)
+            if not g or "0" not in cf:
+                parts.append(f"{r['id']} vs {n}: no counterfactual run")
+                continue
+            got = ", ".join(f"{name} {cf[k] / g:.2f}x" for k, name in
+                            (("0", "free"), ("items", "per item"), ("0.5", "half price"))
+                            if k in cf)
+            parts.append(f"{r['id']} vs {n} {v:.2f}x -> {got}")
+    if not parts and not payers:
+        return []
+    text = "; ".join(parts)
+    if payers:
+        text += ("; " if text else "") + "not a price question (the other policy pays the " \
+            "same exchange): " + ", ".join(payers)
+    return ["| below another policy by > 2%: would the exchange's price explain it? (`dcp` "
+            "searched with its exchange priced otherwise, the other policy as run: a "
+            f"counterfactual) | {text} | measured reason |"]
+
+
 def _why_rows(rows: list[dict]) -> list[str]:
     """Per long-context scenario: which rule fails just above dcp's max rate, and where dcp's
     step goes against a pooled step at the same loads (bench/sim_diagnose.py)."""

@@ -108,6 +108,24 @@ def test_price_row_counts_the_scenarios_the_exchange_explains():
     assert price_row([r("d", 0.2, None)], 0.6) == []
 
 
+def test_invariant_price_row_compares_dcp_priced_otherwise_with_the_policy_it_trails():
+    from sim_why import invariant_price_row
+
+    r = {"id": "k16", "dcp_vs": {"total_tokens": 0.89, "uniform": 0.96, "round_robin": 3.0},
+         "goodput": {"dcp": 1.2, "total_tokens": 1.5, "uniform": 1.25},
+         "max_rate": {"dcp": 1.2},
+         "why": {"exchange_scaled": {"0": 1.8, "items": 1.2, "0.5": 1.47}}}
+    (line,) = invariant_price_row([r], 0.98)
+    assert "k16 vs total_tokens 0.89x -> free 1.20x, per item 0.80x, half price 0.98x" in line
+    # uniform pays the same exchange: a dcp-only price change says nothing against it
+    assert "not a price question (the other policy pays the same exchange): k16 vs uniform " \
+           "0.96x" in line and "round_robin" not in line and "measured reason" in line
+    r2 = {**r, "id": "old", "why": None, "dcp_vs": {"total_tokens": 0.9}}
+    assert "old vs total_tokens: no counterfactual run" in invariant_price_row([r2], 0.98)[0]
+    ok = {**r, "dcp_vs": {"total_tokens": 1.0, "uniform": 0.99}}
+    assert invariant_price_row([ok], 0.98) == []
+
+
 def test_within_two_percent_row_says_when_the_competitor_wins_by_rejecting():
     from sim_report import _targets
 
