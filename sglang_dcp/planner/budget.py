@@ -22,11 +22,14 @@ that long since its first refusal (the clock is ``on_time``'s) gets ``1 + age_ov
 the budget: the SLO is on P99 TPOT, a mean over a request's steps, not on each step.
 On by default (600 s; 0: off), ``exchange_room_ms``: within that long after a request that
 must split (larger than every rank, or over the budget whole even on an idle rank), a whole
-placement large against a rank (the fit rule's share, ``feasibility.py``) that leaves less than
-the exchange's start cost under the budget while no guest exists is split if the split is
-within the budget: otherwise it bars every split, the waiting one's included, while it lives
-(issue 27: Claude-like traffic on one 8-rank node at 35 ms, where a ~200k-token request placed
-whole held the step at 31 ms and requests over ~300k waited for it). The clock is ``on_time``'s;
+placement that leaves less than the exchange's start cost under the budget while no guest
+exists is split if the split is within the budget: otherwise it bars every split, the waiting
+one's included, while it lives (issue 27: Claude-like traffic on one 8-rank node at 35 ms, where
+a ~200k-token request placed whole held the step at 31 ms and requests over ~300k waited for
+it). Whatever its size: a request whose split cannot fit under the budget (the start cost is
+in its predicted step) stays whole. Until 2026-12-07 only requests of at least the fit rule's
+share of a rank were split so; with 600k-token ranks that share (216k) let a 210k request eat
+the room, and `dcp` served 0.32x `uniform` (``bench/NOTES.md``). The clock is ``on_time``'s;
 a caller that never calls it (the server today) gets a window that never closes (measured the
 same there: 1e9 ms).
 """
@@ -148,8 +151,7 @@ class StepBudget:
         # costs only its items, and a rank loaded whole would hold back later admissions.
         near = slo - (self.step_headroom_us if (
             self.num_guest_items or self.headroom_always) else 0.0)
-        room = self._exchange_room(req, resv) and not sealed and not self.num_guest_items \
-            and resv >= self._split_free_share() * max(self.cap)
+        room = self._exchange_room(req, resv) and not sealed and not self.num_guest_items
         if room:
             near = slo - self._exchange_start_us
         if step <= near or (sealed and step <= slo):

@@ -134,7 +134,9 @@ def test_exchange_room_splits_a_whole_placement_that_would_bar_later_splits():
     """Without guests, and within ``exchange_room_ms`` of a request that must split, a whole
     placement within the budget but less than the exchange's start cost under it is split
     when the split is within the budget; otherwise (off, no such request seen, the window
-    passed) it stays whole. A request small against a rank stays whole either way."""
+    passed) it stays whole. A small request whose split would not fit under the budget (the
+    start cost is in it) stays whole either way; one that is small against a large rank but
+    whose split fits is split (no size floor)."""
     c = ClusterSpec.uniform(4, 64 * 4000, PAGE)
     out = {}
     for case in ("off", "unseen", "seen", "expired"):
@@ -159,5 +161,17 @@ def test_exchange_room_splits_a_whole_placement_that_would_bar_later_splits():
     p._exchange_room(Request("huge", 300_000, 0), 300_032)
     got = p.admit(Request("small", 20_000, 0))
     assert isinstance(got, Placement) and got.degree == 1
+    assert p.predicted_step_us() <= p.step_slo_us + 1e-6
+    # 200k against ranks of 1.28M tokens: under the fit rule's share of a rank (the old floor)
+    big = ClusterSpec.uniform(4, 64 * 20_000, PAGE)
+    p = make_policy("dcp", big, DS, step_slo_ms=1e6, exchange_room_ms=1000.0)
+    p.admit(Request("f", 64, 0), home_rank=0)
+    p.step_slo_us = p._predicted_step_us(1, [], 200_000) + 100.0
+    assert 200_064 < p._split_free_share() * max(p.cap)
+    p._exchange_room(Request("huge", 2_000_000, 0), 2_000_064)
+    got = p.admit(Request("big", 200_000, 0))
+    assert isinstance(got, Placement) and got.degree > 1
+    assert p.predicted_step_us() <= p.step_slo_us + 1e-6
+    p.verify()
     with pytest.raises(ValueError, match="exchange_room_ms"):
         make_policy("dcp", c, DS, exchange_room_ms=-1.0)
