@@ -92,9 +92,10 @@ def write_report(results: Path, scens, name: str = "sim") -> Path:
          *(["- regimes of the matrix's kinds that the policy was not tuned on (issue 27): other "
             "seeds, 8-32 ranks, KV per rank 300k-900k tokens, SLOs 35-50 ms, a chat + agentic "
             "mix (`chat-agentic`, `sglang_dcp/sim/mixes.py`); the scenario id says which. The "
-            "first 10 were chosen by hand; the rest are drawn at random (`bench/sim.py` "
-            "`drawn_heldout`, seed 20261207), after the last planner change that a held-out "
-            "regime informed."]
+            "first 10 were chosen by hand; 12 were drawn at random (`bench/sim.py` "
+            "`drawn_heldout`, seed 20261207) after the last planner change that a held-out "
+            "regime then informed, 16 more (seed 20261208) to look for failures, of which one "
+            "(`agentic-claude-r8-kv600k-slo35-s642`) informed a later change (`bench/NOTES.md`)."]
            if held else []),
          f"- runs: {ran.get('date')}, commit `{ran.get('commit')}`; hardware: {env['cpu']} "
          f"(2 cores); Python {env['python']}" + (
