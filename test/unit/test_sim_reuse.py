@@ -55,7 +55,9 @@ def test_heldout_regimes_are_new_and_well_formed():
     chosen = held[:len(sim.HELDOUT)]
     assert not any(key(s) in seen for s in chosen)  # new regimes, not only new seeds
     # the drawn ones are random: a matrix regime may come back, with another seed
-    assert sim.drawn_heldout() == sim.drawn_heldout() and len(held) == len(chosen) + sim.DRAWN
+    assert sim.drawn_heldout() == sim.drawn_heldout()
+    assert len(held) == len(chosen) + sim.DRAWN + sim.DRAWN2  # two draws, two seeds
+    assert sim.drawn_heldout(sim.DRAWN2, sim.DRAWN2_SEED)[:1] != sim.drawn_heldout()[:1]
     assert sim.drawn_heldout(seed=1) != sim.drawn_heldout()
     for s in held:
         assert s.seed != 0 and 8 <= s.deployment.ranks <= 32 and 35 <= s.slo_ms <= 50
