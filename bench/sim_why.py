@@ -58,13 +58,14 @@ def invariant_price_row(rows: list[dict], within: float) -> list[str]:
     of it? Only against policies that do not pay the exchange themselves; the others named."""
     parts, payers = [], []
     for r in rows:
+        cf = exchange_goodput(r)
         for n, v in r["dcp_vs"].items():
             if v is None or v >= within:
                 continue
             if n in EXCHANGE_PAYERS:
                 payers.append(f"{r['id']} vs {n} {v:.2f}x")
                 continue
-            g, cf = r["goodput"].get(n) or 0.0, exchange_goodput(r)
+            g = r["goodput"].get(n) or 0.0
             if not g or "0" not in cf:
                 parts.append(f"{r['id']} vs {n}: no counterfactual run")
                 continue

@@ -29,7 +29,7 @@ a ~200k-token request placed whole held the step at 31 ms and requests over ~300
 it). Whatever its size: a request whose split cannot fit under the budget (the start cost is
 in its predicted step) stays whole. Until 2026-12-07 only requests of at least the fit rule's
 share of a rank were split so; with 600k-token ranks that share (216k) let a 210k request eat
-the room, and `dcp` served 0.32x `uniform` (``bench/NOTES.md``). The clock is ``on_time``'s;
+the room, and `dcp` served 0.31x `uniform` (``bench/NOTES.md``). The clock is ``on_time``'s;
 a caller that never calls it (the server today) gets a window that never closes (measured the
 same there: 1e9 ms).
 """
