@@ -20,24 +20,11 @@ def _why(scen) -> dict | None:
     return json.loads(f.read_text()) if f.is_file() else None
 
 
-def exchange_captured(r: dict) -> dict[str, float]:
-    """The pooled headroom ``dcp`` would capture with the exchange priced as in ``why.json``'s
-    ``exchange_scaled`` (``bench/sim_diagnose.COUNTERFACTUALS``: costs x0 / x0.5, or the wire
-    per item without bucket padding; nothing else changed), by key; its goodput is the searched
-    rate times the share ``dcp`` served in the matrix run."""
-    cf, b, pooled = (r.get("why") or {}).get("exchange_scaled"), r["best_baseline_goodput"], \
-        r.get("pooled")
-    if not cf or not b or not pooled or pooled <= b:
-        return {}
-    dcp = r["goodput"].get("dcp") or 0.0
-    mx = (r.get("max_rate") or {}).get("dcp") or 0.0
-    served = dcp / mx if mx else 1.0
-    return {k: (v * served - b) / (pooled - b) for k, v in cf.items() if v is not None}
-
-
 def exchange_goodput(r: dict) -> dict[str, float]:
     """``dcp``'s goodput (req/s) with the exchange priced as in ``why.json``'s
-    ``exchange_scaled``, by key (the searched rate times the share it served in the run)."""
+    ``exchange_scaled`` (``bench/sim_diagnose.COUNTERFACTUALS``: costs x0 / x0.5, or the wire
+    per item without bucket padding; nothing else changed), by key: the searched rate times the
+    share ``dcp`` served in the matrix run."""
     cf = (r.get("why") or {}).get("exchange_scaled")
     if not cf:
         return {}
@@ -45,6 +32,15 @@ def exchange_goodput(r: dict) -> dict[str, float]:
     mx = (r.get("max_rate") or {}).get("dcp") or 0.0
     served = dcp / mx if mx else 1.0
     return {k: v * served for k, v in cf.items() if v is not None}
+
+
+def exchange_captured(r: dict) -> dict[str, float]:
+    """The pooled headroom ``dcp`` would capture with the exchange priced as in
+    ``exchange_goodput``, by key."""
+    b, pooled = r["best_baseline_goodput"], r.get("pooled")
+    if not b or not pooled or pooled <= b:
+        return {}
+    return {k: (g - b) / (pooled - b) for k, g in exchange_goodput(r).items()}
 
 
 # policies whose own step pays the DCP exchange: a counterfactual that prices only dcp's
