@@ -10,7 +10,9 @@ import json
 import statistics
 from pathlib import Path
 
-from sglang_dcp.sim.experiment import BASELINES, environment
+from sglang_dcp.sim.environment import environment
+from sglang_dcp.sim.experiment import BASELINES
+from sim_plot import plot_goodput
 from sim_why import _why, _why_rows, invariant_price_row, price_row
 
 ORDER = ("round_robin", "total_tokens", "total_tokens_sglang", "uniform", "dcp")
@@ -160,7 +162,7 @@ def write_report(results: Path, scens, name: str = "sim") -> Path:
     L += [""] + _why_rows(rows)
     L += [f"![goodput per scenario]({stem}.png)", ""]
     L += _family_include(results) if name == "sim" else []
-    _plot(results / f"{stem}.png", rows)
+    plot_goodput(results / f"{stem}.png", rows, ORDER)
     path = results / f"{name}.md"
     path.write_text("\n".join(L) + "\n")
     return path
@@ -282,31 +284,3 @@ def _regimes(long: list[dict]) -> list[str]:
                  "cluster's KV, arrival bursts fill it long before the mean load does, so the "
                  "2 s P99 KV-wait rule binds well below the fluid rate for any placement.")
     return L + [""]
-
-
-def _plot(path: Path, rows: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    if not rows:
-        return
-    x = np.arange(len(rows))
-    w = 0.8 / len(ORDER)
-    fig, ax = plt.subplots(figsize=(max(8, 0.6 * len(rows)), 4.5), dpi=90)
-    for k, n in enumerate(ORDER):
-        ax.bar(x + (k - len(ORDER) / 2 + 0.5) * w, [r["ratio"].get(n) or 0 for r in rows], w,
-               label=n)
-    pooled = [r["pooled"] / r["best_baseline_goodput"] if r["pooled"] and
-              r["best_baseline_goodput"] else np.nan for r in rows]
-    ax.plot(x, pooled, "k_", ms=14, mew=2, label="pooled bound")
-    ax.axhline(1.0, color="grey", lw=0.8)
-    ax.set_xticks(x, [r["id"] for r in rows], rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("goodput / best SGLang baseline")
-    ax.set_ylim(0, min(3.0, max(2.0, np.nanmax(pooled) * 1.1 if rows else 2.0)))
-    ax.legend(fontsize=7, ncol=3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)

@@ -43,7 +43,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from sglang_dcp.planner import load_profile, make_policy  # noqa: E402
 from sglang_dcp.sim import cost  # noqa: E402
 from sglang_dcp.sim.engine import simulate  # noqa: E402
-from sglang_dcp.sim.experiment import BASELINES, environment  # noqa: E402
+from sglang_dcp.sim.environment import environment  # noqa: E402
+from sglang_dcp.sim.experiment import BASELINES  # noqa: E402
 from sglang_dcp.sim.metrics import pct  # noqa: E402
 from sglang_dcp.sim.options import SimOptions  # noqa: E402
 from sglang_dcp.sim.search import SearchSpec, abort_after, find_max_rate, mean_tpot_ms  # noqa

@@ -1,5 +1,5 @@
 """The ``dcp`` policy's home choice (its docstring, rule 1): over the cached per-rank predicted
-times (``DcpPolicy._touched``), O(num_ranks) per call."""
+times (``rank_cost.RankCosts._touched``), O(num_ranks) per call."""
 
 from __future__ import annotations
 

@@ -253,7 +253,7 @@ def main(argv=None) -> int:
 
 def run_fixed_rate(exp, rate: float):
     """Every policy once at ``rate``; max_rate_rps is null (no search ran)."""
-    from sglang_dcp.sim.experiment import environment
+    from sglang_dcp.sim.environment import environment
     from sglang_dcp.sim.metrics import pct, policy_summary
 
     runs = {n: exp.run(n, rate, record=True) for n in exp.policies}

@@ -47,9 +47,10 @@ import numpy as np
 from sglang_dcp.planner.base import Policy
 from sglang_dcp.sim.channel import CopyChannel
 from sglang_dcp.sim.deploy import Deployment, written_by_rank
-from sglang_dcp.sim.metrics import FINISHED, REJECTED, RunResult, Series, TimeWeighted, imbalance
+from sglang_dcp.sim.metrics import FINISHED, REJECTED, RunResult, imbalance
 from sglang_dcp.sim.options import SimOptions, StepModel
 from sglang_dcp.sim.queues import GLOBAL, WaitQueues
+from sglang_dcp.sim.step_stats import StepStats
 from sglang_dcp.sim.workload import Workload
 from sglang_dcp.types import Rejection, Request
 
@@ -103,15 +104,8 @@ def simulate(
         raise ValueError(f"migration must be 'background' or 'stall', got {options.migration!r}")
     stall_mode = options.migration == "stall"
     channel = CopyChannel(written, model.migration_ms)  # background copies (channel.py)
-    kv_imb, batch_imb = TimeWeighted(), TimeWeighted()  # over every decode step
-    kv_win, batch_win = TimeWeighted(), TimeWeighted()  # over steps before the last arrival
-    window_end = float(workload.arrival_ms.max()) if n else 0.0
+    stats = StepStats(workload.arrival_ms, kv_capacity, options.record, options.record_points)
     batch_now = 1.0
-    series = Series() if options.record else None
-    cap = np.maximum(np.asarray(kv_capacity, dtype=np.float64), 1.0)
-    record_dt = float(workload.arrival_ms.max() - workload.arrival_ms.min()) / \
-        options.record_points if n else 0.0
-    last_record = -np.inf
     every = options.rebalance_every_ms
     next_rebalance = t + every if every > 0 else np.inf
 
@@ -242,9 +236,7 @@ def simulate(
         if not heap:
             assert landing or not waiting, "requests wait while nothing runs"
             if arr or landing:
-                if series is not None:  # close the busy period in the KV plot
-                    series.t_ms.append(t)
-                    series.kv_frac.append((written / cap).astype(np.float32))
+                stats.idle(t, written)
                 nxt_t = min(arr[0][0] if arr else np.inf, landing[0][0] if landing else np.inf)
                 t = max(t, nxt_t)  # idle until the next request is ready or lands
                 continue
@@ -263,19 +255,7 @@ def simulate(
         if target < np.inf:
             k = min(k, int(np.searchsorted(cum, target - t, side="left")) + 1)
 
-        kv_k = imbalance(kv[:k])
-        kv_imb.add(kv_k, st[:k])
-        batch_imb.add(batch_now, cum[k - 1])
-        if t < window_end:  # steps that start while requests are still arriving
-            w_k = np.where(t + cum[:k] - st[:k] < window_end, st[:k], 0.0)
-            kv_win.add(kv_k, w_k)
-            batch_win.add(batch_now, float(w_k.sum()))
-        if series is not None:
-            series.step_ms.append(st[:k].astype(np.float32))
-            if t - last_record >= record_dt:
-                series.t_ms.append(t)
-                series.kv_frac.append((written / cap).astype(np.float32))
-                last_record = t
+        stats.chunk(t, kv, st, cum, k, batch_now, written)
         t += float(cum[k - 1])
         busy += float(cum[k - 1])
         steps += k
@@ -304,11 +284,7 @@ def simulate(
         busy_ms=busy,
         end_ms=t,
         decoded_tokens=decoded,
-        kv_imbalance=kv_win.value,
-        batch_imbalance=batch_win.value,
-        kv_imbalance_run=kv_imb.value,
-        batch_imbalance_run=batch_imb.value,
-        series=series,
+        **stats.figures(),
         aborted=aborted,
         migrated_tokens=migrated,
         migration_stall_ms=stall_ms,

@@ -5,10 +5,6 @@ imbalance are compared at the same load.
 
 from __future__ import annotations
 
-import datetime
-import platform
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -16,6 +12,7 @@ from sglang_dcp.planner import ClusterSpec, load_profile, make_policy
 from sglang_dcp.sim import cost
 from sglang_dcp.sim.bound import PooledStepModel, fluid_max_rate
 from sglang_dcp.sim.engine import SimOptions, simulate
+from sglang_dcp.sim.environment import environment
 from sglang_dcp.sim.metrics import RunResult, pct, policy_summary
 from sglang_dcp.sim.search import SearchResult, SearchSpec, abort_after, find_max_rate
 from sglang_dcp.sim.workload import Workload
@@ -278,24 +275,3 @@ def _ratios(policies: dict, fluid_rps: float | None, pooled_rps: float | None) -
     if g.get("uniform"):
         out["dcp_goodput_vs_uniform"] = d / g["uniform"]
     return out
-
-
-def environment() -> dict:
-    def sh(*cmd):
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=10,
-                                  check=True).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    cpu = None
-    for line in (sh("lscpu") or "").splitlines():
-        if line.startswith("Model name:"):
-            cpu = line.split(":", 1)[1].strip()
-    return {
-        "commit": sh("git", "rev-parse", "HEAD"),
-        "cpu": cpu or platform.processor() or None,
-        "python": platform.python_version(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python -m sglang_dcp.sim", *sys.argv[1:]]),
-    }
