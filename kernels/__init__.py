@@ -17,7 +17,8 @@ reference on CPU otherwise. The references (``*_ref``) are the test oracles as w
 """
 
 from .lse import lse_base2_to_natural, lse_natural_to_base2
-from .ops import IMPLS, decode_attention, kernels_interpreted, merge_attention_states
+from .dispatch import IMPLS, kernels_interpreted
+from .ops import decode_attention, merge_attention_states
 from .prefix_ops import prefix_attention
 from .reference import decode_attention_ref, merge_attention_states_ref, prefix_attention_ref
 

@@ -18,7 +18,7 @@ import triton
 
 from .checks import INDEX_DTYPES, _fail, check_attention_inputs
 from .merge_kernels import LOG2E
-from .ops import _use_triton, kernels_interpreted
+from .dispatch import _use_triton, kernels_interpreted
 from .prefix_kernels import TILE_FIELDS, _prefix_attn_kernel
 from .reference import prefix_attention_ref
 

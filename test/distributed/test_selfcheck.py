@@ -46,7 +46,7 @@ def test_selfcheck_mla(world_size, seed, capacity, paged):
 
 def test_selfcheck_mla_triton_interpreter():
     """MLA through the Triton kernels (interpreted): K tiles reused as V (V_FROM_K)."""
-    from sglang_dcp.kernels.ops import decode_config
+    from sglang_dcp.kernels.tiling import decode_config
     from sglang_dcp.sglang.selfcheck_rank import layer_kv, make_pools
 
     cfg = CheckConfig.for_mla(2, 2, 5, num_layers=1, impl="triton", max_pages=2)

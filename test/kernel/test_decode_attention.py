@@ -22,7 +22,7 @@ from sglang_dcp.kernels import (
     kernels_interpreted,
     merge_attention_states,
 )
-from sglang_dcp.kernels.ops import DecodeConfig, split_plan
+from sglang_dcp.kernels.tiling import DecodeConfig, split_plan
 
 FP8 = torch.float8_e4m3fn
 

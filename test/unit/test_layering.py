@@ -94,3 +94,12 @@ def test_the_step_path_modules_do_not_import_back_into_datapath():
             ):
                 offenders.append(f"{name}:{node.lineno}")
     assert not offenders, offenders
+
+
+def test_modules_stay_small():
+    """One concept per file: every shipped module (the package, the kernels, the benchmarks) is
+    at most 300 lines."""
+    files = [*PKG.rglob("*.py"), *(ROOT / "kernels").rglob("*.py"), *(ROOT / "bench").glob("*.py")]
+    long = [f"{p.relative_to(ROOT)}: {n} lines" for p in sorted(files)
+            if (n := len(p.read_text().splitlines())) > 300]
+    assert not long, long
