@@ -13,6 +13,7 @@ placement)``); the home scheduler ships the sealed shards to their ranks after p
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -43,6 +44,9 @@ class DcpDispatcher(FitSearch):
     - ``untracked_prefixes``: rids routed without a reservation. SGLang's health probes
       (``HEALTH_CHECK...``) are dropped unanswered by a busy scheduler (scheduler.py:2093),
       so no finish would ever free them.
+    - ``clock()``: monotonic seconds. The policy gets ``on_time(ms, 0)`` before each batch of
+      admissions, as in the simulator: ``dcp``'s time windows run on it (``planner/budget.py``;
+      the controller counts no decode steps, and no policy the server offers reads them).
 
     A retryable rejection (the cluster is full *now*):
 
@@ -73,10 +77,12 @@ class DcpDispatcher(FitSearch):
         queue: bool = False,
         max_bypass: int | None = DEFAULT_QUEUE_MAX_BYPASS,
         prefixes=None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_bypass is not None and max_bypass < 0:
             raise ValueError(f"max_bypass must be >= 0 or None, got {max_bypass}")
         self.policy = policy
+        self._clock = clock
         self._send = send
         self.degree_count: dict[int, int] = {}
         self._reject = reject
@@ -103,7 +109,11 @@ class DcpDispatcher(FitSearch):
             f"live={len(p)} kv={p.kv_tokens()} batch={p.batch_sizes()} waiting={len(self.queue)}"
         )
 
+    def _tick(self) -> None:  # the policy's clock, before a batch of admissions
+        self.policy.on_time(self._clock() * 1e3, 0)
+
     def dispatch(self, req: Any) -> None:
+        self._tick()
         rid = req.rid
         home = getattr(req, "routed_dp_rank", None)
         if home is not None and home not in self._active_ranks():
@@ -155,10 +165,8 @@ class DcpDispatcher(FitSearch):
             else:
                 rank = self._least_loaded()
             self.num_overflow += 1
-            self._log(
-                "sglang_dcp: planner overflow rid=%s rank=%d (%s) %s",
-                rid, rank, placement.reason, self.state(),
-            )  # fmt: skip
+            self._log("sglang_dcp: planner overflow rid=%s rank=%d (%s) %s",
+                      rid, rank, placement.reason, self.state())  # fmt: skip
             self._send(rank, req, None)
             return
         for waiting in self.queue:  # every waiting request was passed over
@@ -226,14 +234,13 @@ class DcpDispatcher(FitSearch):
             self.prefixes.record(placement.home_rank, self._chain_keys(req))
         self._keys.pop(req.rid, None)
         self.degree_count[placement.degree] = self.degree_count.get(placement.degree, 0) + 1
-        self._log(
-            "sglang_dcp: planner admit rid=%s home=%d degree=%d %s",
-            req.rid, placement.home_rank, placement.degree, self.state(),
-        )  # fmt: skip
+        self._log("sglang_dcp: planner admit rid=%s home=%d degree=%d %s",
+                  req.rid, placement.home_rank, placement.degree, self.state())  # fmt: skip
         self._send(placement.home_rank, req, placement)
 
     def drain(self) -> None:
         """Retry the waiting requests in arrival order (first fit, bounded by ``max_bypass``)."""
+        self._tick()
         skipped: list[str] = []  # still waiting, ahead of the ones tried next
         for rid, req in list(self.queue.items()):
             placement = self._admit(req)
@@ -262,13 +269,11 @@ class DcpDispatcher(FitSearch):
     def drop_queued(self, rid: str | None, abort_all: bool = False) -> list[Any]:
         """Remove waiting requests a client aborted (SGLang matches rids by prefix,
         scheduler.py:5460); returns them so the caller can answer their clients."""
-        gone = [
-            r for r in self.queue if abort_all or (rid is not None and str(r).startswith(rid))
-        ]
+        gone = [r for r in self.queue
+                if abort_all or (rid is not None and str(r).startswith(rid))]  # fmt: skip
         out = [self._unqueue(r) for r in gone]
         for r in gone:
             self._keys.pop(r, None)
-        for r in gone:
             self._log("sglang_dcp: planner drop rid=%s (aborted while waiting) %s", r, self.state())
         return out
 
