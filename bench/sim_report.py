@@ -97,7 +97,9 @@ def write_report(results: Path, scens, name: str = "sim") -> Path:
             "first 10 were chosen by hand; 12 were drawn at random (`bench/sim.py` "
             "`drawn_heldout`, seed 20261207) after the last planner change that a held-out "
             "regime then informed, 16 more (seed 20261208) to look for failures, of which one "
-            "(`agentic-claude-r8-kv600k-slo35-s642`) informed a later change (`bench/NOTES.md`)."]
+            "(`agentic-claude-r8-kv600k-slo35-s642`) informed a later change, and 16 more (seed "
+            "20261209) likewise, of which four (seeds 246, 237, 530, 841) informed `cross_wait_ms` "
+            "(`bench/NOTES.md`)."]
            if held else []),
          f"- runs: {ran.get('date')}, commit `{ran.get('commit')}`; hardware: {env['cpu']} "
          f"(2 cores); Python {env['python']}" + (

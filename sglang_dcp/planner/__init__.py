@@ -32,7 +32,7 @@ _OPTIONS = {
             "step_gate", "step_headroom", "prefill_chunk", "hold",
             "home_tie", "headroom_always", "age_ms", "age_overshoot", "exchange_wire",
             "wire_capacity", "rejoin", "split_cost_k", "exchange_room_ms",
-            "live_quiet_ms", "gain_max_live"),
+            "live_quiet_ms", "gain_max_live", "cross_wait_ms"),
 }
 
 
@@ -53,7 +53,8 @@ def make_policy(
     ``split_min_free`` (0.2), ``split_cost_k`` (4: with a step budget the fit rule's share rises
     to k x the exchange's start cost / budget; 0: off), ``exchange_wire`` ("scoped" | "bucketed" | "items"), ``wire_capacity`` (16),
     ``exchange_room_ms`` (600 s; 0: off, ``budget.py``), ``gain_max_live`` (8 live requests
-    per rank: above it the gain rule yields to fit; 0: off),
+    per rank: above it the gain rule yields to fit; 0: off), ``cross_wait_ms`` (1500: a young
+    request's split stays inside one node, ``node_first.py``; 0: off),
     ``fixed_exchange`` ("always" | "first"), ``prefill_chunk`` (None: the home prefills a split
     request whole; tokens: prefill into shards, the home's transient booked, ``prefill.py``);
     see ``dcp.py``. ``None`` values

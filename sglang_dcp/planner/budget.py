@@ -61,8 +61,9 @@ class StepBudget:
         self._waiting_since: dict[str, float] = {}  # rid -> first retryable refusal (ms)
 
     def _note_wait(self, rid: str, got) -> None:
-        """Book when ``rid`` was first refused (``age_ms``); forget it once placed."""
-        if self.age_ms is None:
+        """Book when ``rid`` was first refused (``age_ms``, ``cross_wait_ms``); forget it once
+        placed."""
+        if self.age_ms is None and self.cross_wait_ms is None:
             return
         if not isinstance(got, Rejection):
             self._waiting_since.pop(rid, None)

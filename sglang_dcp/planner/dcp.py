@@ -48,7 +48,9 @@ could not run whole: KV fragmentation. So:
    included) level out (guest shards >= ``min_shard_tokens``, page-aligned, only the prompt's
    full pages; the home keeps the tail: the last partial page plus ``max_new_tokens``). The
    plan with the lowest predicted step (the bucket it leads to included) wins; a larger ``d``
-   must beat a smaller one by > ``min_gain_us``. If no plan fits, guests by most free KV.
+   must beat a smaller one by > ``min_gain_us``. If no plan fits, guests by most free KV. A plan
+   that crosses nodes is taken only once the request has waited ``cross_wait_ms`` (1.5 s) for
+   one inside a node (``node_first.py``).
 4. **Step budget** (``step_slo_ms``, the operator's TPOT SLO; the simulator passes its SLO, the
    server's default is none): a placement whose predicted step (reserved KV, MoE barrier, fixed
    exchange and wire included) exceeds the budget waits instead, unless the cluster is empty
@@ -76,6 +78,7 @@ from sglang_dcp.planner.budget import STEP_GATES, StepBudget
 from sglang_dcp.planner.feasibility import Feasibility
 from sglang_dcp.planner.hold import TargetedHold
 from sglang_dcp.planner.home import HomeChoice
+from sglang_dcp.planner.node_first import NodeFirst
 from sglang_dcp.planner.rebalance import SealedRangeRebalancer
 from sglang_dcp.planner.state import LedgerPolicy, page_up
 from sglang_dcp.planner.waterfill import GuestPlans
@@ -83,7 +86,7 @@ from sglang_dcp.planner.wire_cost import DEFAULT_CAPACITY, DEFAULT_WIRE, Buckete
 from sglang_dcp.types import Rejection, Request
 
 
-class DcpPolicy(TargetedHold, StepBudget, GuestPlans, HomeChoice, Feasibility,
+class DcpPolicy(TargetedHold, StepBudget, NodeFirst, GuestPlans, HomeChoice, Feasibility,
                 SealedRangeRebalancer, RankCosts, BucketedWire, LedgerPolicy):
     name = "dcp"
 
@@ -117,6 +120,7 @@ class DcpPolicy(TargetedHold, StepBudget, GuestPlans, HomeChoice, Feasibility,
         exchange_room_ms: float | None = 600_000.0,
         live_quiet_ms: float | None = 600_000.0,
         gain_max_live: float = 8.0,
+        cross_wait_ms: float | None = 1500.0,
     ) -> None:
         super().__init__(cluster)
         if not isinstance(profile, CostProfile):
@@ -164,6 +168,7 @@ class DcpPolicy(TargetedHold, StepBudget, GuestPlans, HomeChoice, Feasibility,
         self.min_gain_us, self.batch_slack = float(min_gain_us), int(batch_slack)
         self.rebalance_threshold = rebalance_threshold and float(rebalance_threshold)
         self._rank_cost_init(profile)  # rank_cost.py: the cached predicted times
+        self._node_first_options(cross_wait_ms)  # node_first.py
 
     # ---- admission ------------------------------------------------------------------------
 
@@ -176,7 +181,7 @@ class DcpPolicy(TargetedHold, StepBudget, GuestPlans, HomeChoice, Feasibility,
 
     def _plan(self, req: Request, home_rank: int | None):
         self._hold_enter(req.rid, home_rank)  # the ranks held for another request are out
-        got = self._place(req, home_rank)
+        got = self._node_first(req, self._place(req, home_rank), home_rank)  # node_first.py
         if not isinstance(got, Rejection) and self.step_slo_us is not None:
             got = self._gate(req, got, lambda: self._place(req, home_rank, split_only=True))
         self._hold_exit(req.rid, home_rank, got)

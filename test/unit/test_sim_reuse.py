@@ -56,7 +56,7 @@ def test_heldout_regimes_are_new_and_well_formed():
     assert not any(key(s) in seen for s in chosen)  # new regimes, not only new seeds
     # the drawn ones are random: a matrix regime may come back, with another seed
     assert sim.drawn_heldout() == sim.drawn_heldout()
-    assert len(held) == len(chosen) + sim.DRAWN + sim.DRAWN2  # two draws, two seeds
+    assert len(held) == len(chosen) + sim.DRAWN + sim.DRAWN2 + sim.DRAWN3  # three draws
     assert sim.drawn_heldout(sim.DRAWN2, sim.DRAWN2_SEED)[:1] != sim.drawn_heldout()[:1]
     assert sim.drawn_heldout(seed=1) != sim.drawn_heldout()
     for s in held:

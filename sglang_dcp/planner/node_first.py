@@ -1,0 +1,70 @@
+"""``dcp``'s splits stay inside one node while the request is young (``cross_wait_ms``).
+
+With the node-scoped exchange (``exchange_wire="scoped"``, what the server ships with
+``--dcp-ranks-per-node``) a step sends only to its node's peers while no split crosses nodes;
+one crossing pair moves every rank to the all-rank wire for as long as that request lives.
+``dcp`` prices a crossing when it chooses guests (``wire_cost.py``), but on a KV-full cluster of
+several nodes the home's node often lacks the room *now*, so the cheapest plan crosses, where a
+short wait would have found room inside one node: ``uniform``, whose groups are nodes and which
+never crosses, beat ``dcp`` on Claude-like traffic over 16-32 Kimi-K2 ranks (issue 27: its step
+ran without the all-rank rows, so requests lived shorter and the KV turned over faster).
+
+Rule: when ``dcp``'s plan for a request has a guest on another node than its home and the request
+arrived (or was first refused) less than ``cross_wait_ms`` ago, the best plan inside one node is
+taken instead (``_place`` with the other nodes' ranks excluded, every node tried; the lowest
+predicted step wins), and if no node can hold it the request waits (retryable). Once it has
+waited ``cross_wait_ms`` it may cross. Whole placements, pinned homes, one-node clusters and the
+other wires are untouched; ``cross_wait_ms=0`` turns it off. The clock is ``on_time``'s (the
+simulator's events; the server's DP controller, ``sglang/dispatcher.py``). Measured in
+``bench/NOTES.md`` (session 7).
+"""
+
+from __future__ import annotations
+
+from sglang_dcp.types import Rejection, Request
+
+
+class NodeFirst:
+    """Mixin of ``dcp.DcpPolicy`` (needs ``_place``, ``_excl``, ``_predicted_step_us``,
+    ``_sizes``, ``_waiting_since`` and ``_now_ms`` of ``budget.py``)."""
+
+    cross_wait_ms: float | None = None
+
+    def _node_first_options(self, cross_wait_ms: float | None) -> None:
+        if cross_wait_ms is not None and not cross_wait_ms >= 0:
+            raise ValueError(f"dcp: cross_wait_ms must be >= 0 (0: off), got {cross_wait_ms}")
+        rpn = self.cluster.ranks_per_node
+        on = cross_wait_ms and self.exchange_wire == "scoped" and rpn < self.num_ranks
+        self.cross_wait_ms = float(cross_wait_ms) if on else None
+
+    def _crosses(self, plan) -> bool:
+        rpn = self.cluster.ranks_per_node
+        return any(g // rpn != plan[0] // rpn for g, _, _ in plan[1])
+
+    def _node_first(self, req: Request, plan, home_rank: int | None):
+        """``plan`` (from ``_place``), or the best plan inside one node, or a retryable
+        ``Rejection`` (module docstring)."""
+        if (self.cross_wait_ms is None or home_rank is not None or isinstance(plan, Rejection)
+                or not plan[1] or not self._crosses(plan)):
+            return plan
+        since = self._waiting_since.get(req.rid, self._now_ms)
+        if self._now_ms - since >= self.cross_wait_ms:
+            return plan
+        rpn, n = self.cluster.ranks_per_node, self.num_ranks
+        resv = self._sizes(req)[0]
+        excl, best = self._excl, None
+        try:
+            for n0 in range(0, n, rpn):
+                self._excl = excl | frozenset(r for r in range(n) if not n0 <= r < n0 + rpn)
+                got = self._place(req, None)
+                if not isinstance(got, Rejection):
+                    step = self._predicted_step_us(got[0], got[1], resv - got[2])
+                    if best is None or step < best[0]:
+                        best = (step, got)
+        finally:
+            self._excl = excl
+        if best is not None:
+            return best[1]
+        return Rejection(req.rid, f"request {req.rid!r} needs a split across nodes and has waited "
+                         f"less than {self.cross_wait_ms:g} ms for room inside one node: it waits",
+                         retryable=True)
