@@ -13,7 +13,7 @@ Rule: when ``dcp``'s plan for a request has a guest on another node than its hom
 arrived (or was first refused) less than ``cross_wait_ms`` ago, the best plan inside one node is
 taken instead (``_place`` with the other nodes' ranks excluded, every node tried; the lowest
 predicted step wins), and if no node can hold it the request waits (retryable). Once it has
-waited ``cross_wait_ms`` it may cross. Whole placements, pinned homes, one-node clusters and the
+waited ``cross_wait_ms`` it may cross; one that no node could ever hold crosses at once. Whole placements, pinned homes, one-node clusters and the
 other wires are untouched; ``cross_wait_ms=0`` turns it off. The clock is ``on_time``'s (the
 simulator's events; the server's DP controller, ``sglang/dispatcher.py``). Measured in
 ``bench/NOTES.md`` (session 7).
@@ -36,6 +36,8 @@ class NodeFirst:
         rpn = self.cluster.ranks_per_node
         on = cross_wait_ms and self.exchange_wire == "scoped" and rpn < self.num_ranks
         self.cross_wait_ms = float(cross_wait_ms) if on else None
+        # the most KV one node holds: a request larger than that never fits inside one
+        self._node_kv = max(sum(self.cap[n0:n0 + rpn]) for n0 in range(0, self.num_ranks, rpn))
 
     def _crosses(self, plan) -> bool:
         rpn = self.cluster.ranks_per_node
@@ -52,6 +54,8 @@ class NodeFirst:
             return plan
         rpn, n = self.cluster.ranks_per_node, self.num_ranks
         resv = self._sizes(req)[0]
+        if resv > self._node_kv:
+            return plan  # no node could ever hold it: waiting would only delay it
         excl, best = self._excl, None
         try:
             for n0 in range(0, n, rpn):

@@ -73,3 +73,9 @@ def test_a_bad_cross_wait_is_refused():
     cl = ClusterSpec.uniform(16, CAP, PAGE, ranks_per_node=RPN)
     with pytest.raises(ValueError, match="cross_wait_ms must be >= 0"):
         make_policy("dcp", cl, "deepseek-v3-h200", cross_wait_ms=-1)
+
+
+def test_a_request_no_node_could_ever_hold_crosses_at_once():
+    p = filled(16, [1024] * 16)  # an empty cluster of two 8-rank nodes (8192 tokens each)
+    got = p.admit(Request("huge", 9000, 8))
+    assert not isinstance(got, Rejection) and crosses(got)
