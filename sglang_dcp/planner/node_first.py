@@ -40,8 +40,7 @@ class NodeFirst:
         self._node_kv = max(sum(self.cap[n0:n0 + rpn]) for n0 in range(0, self.num_ranks, rpn))
 
     def _crosses(self, plan) -> bool:
-        rpn = self.cluster.ranks_per_node
-        return any(g // rpn != plan[0] // rpn for g, _, _ in plan[1])
+        return not all(self.cluster.same_node(g, plan[0]) for g, _, _ in plan[1])
 
     def _node_first(self, req: Request, plan, home_rank: int | None):
         """``plan`` (from ``_place``), or the best plan inside one node, or a retryable
