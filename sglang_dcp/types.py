@@ -105,8 +105,14 @@ class Placement:
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    """Why a request was not admitted, and whether waiting for KV to free up could help."""
+    """Why a request was not admitted, and whether waiting for KV to free up could help.
+
+    ``retry_at_ms``: a timed wait. On the policy's clock (``Policy.on_time``, ms), the time at
+    which the answer may change with nothing freed (``dcp``'s ``cross_wait_ms``, ``age_ms``);
+    ``None``: only freed KV can change it. The DP controller retries its queue then
+    (``sglang/wait_queue.py``), as it retries on every finish."""
 
     rid: str
     reason: str
     retryable: bool
+    retry_at_ms: float | None = None

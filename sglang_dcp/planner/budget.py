@@ -138,6 +138,14 @@ class StepBudget:
             return self.step_slo_us * (1.0 + self.age_overshoot)
         return self.step_slo_us
 
+    def _aged_at(self, rid: str) -> float | None:
+        """When ``rid``'s budget grows by ``age_overshoot`` (``age_ms`` after its first refusal,
+        now if this is it); ``None``: no ``age_ms``, or it has already grown."""
+        if self.age_ms is None:
+            return None
+        at = self._waiting_since.get(rid, self._now_ms) + self.age_ms
+        return at if at > self._now_ms else None
+
     def _gate(self, req: Request, plan, split_plan):
         """``plan`` if its predicted step is within the budget; else a split from
         ``split_plan()`` that is (the whole placement would put too much attention on one rank);
@@ -181,4 +189,5 @@ class StepBudget:
             f"request {req.rid!r} ({resv} KV tokens) {what} would predict a {step / 1e3:.1f} ms "
             f"step, over the {slo / 1e3:.1f} ms step budget: it waits",
             retryable=True,
+            retry_at_ms=self._aged_at(req.rid),
         )

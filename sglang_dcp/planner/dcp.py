@@ -184,6 +184,7 @@ class DcpPolicy(TargetedHold, StepBudget, NodeFirst, GuestPlans, HomeChoice, Fea
         got = self._node_first(req, self._place(req, home_rank), home_rank)  # node_first.py
         if not isinstance(got, Rejection) and self.step_slo_us is not None:
             got = self._gate(req, got, lambda: self._place(req, home_rank, split_only=True))
+        got = self._timed(got)  # node_first.py: when a put-off crossing becomes allowed
         self._hold_exit(req.rid, home_rank, got)
         self._note_wait(req.rid, got)
         return got

@@ -21,6 +21,8 @@ simulator's events; the server's DP controller, ``sglang/dispatcher.py``). Measu
 
 from __future__ import annotations
 
+import dataclasses
+
 from sglang_dcp.types import Rejection, Request
 
 
@@ -29,6 +31,7 @@ class NodeFirst:
     ``_sizes``, ``_waiting_since`` and ``_now_ms`` of ``budget.py``)."""
 
     cross_wait_ms: float | None = None
+    _cross_at: float | None = None  # when the crossing plan the last call put off is allowed
 
     def _node_first_options(self, cross_wait_ms: float | None) -> None:
         if cross_wait_ms is not None and not cross_wait_ms >= 0:
@@ -45,6 +48,7 @@ class NodeFirst:
     def _node_first(self, req: Request, plan, home_rank: int | None):
         """``plan`` (from ``_place``), or the best plan inside one node, or a retryable
         ``Rejection`` (module docstring)."""
+        self._cross_at = None
         if (self.cross_wait_ms is None or home_rank is not None or isinstance(plan, Rejection)
                 or not plan[1] or not self._crosses(plan)):
             return plan
@@ -55,6 +59,7 @@ class NodeFirst:
         resv = self._sizes(req)[0]
         if resv > self._node_kv:
             return plan  # no node could ever hold it: waiting would only delay it
+        self._cross_at = since + self.cross_wait_ms  # then the crossing plan is allowed
         excl, best = self._excl, None
         try:
             for n0 in range(0, n, rpn):
@@ -70,4 +75,15 @@ class NodeFirst:
             return best[1]
         return Rejection(req.rid, f"request {req.rid!r} needs a split across nodes and has waited "
                          f"less than {self.cross_wait_ms:g} ms for room inside one node: it waits",
-                         retryable=True)
+                         retryable=True, retry_at_ms=self._cross_at)
+
+    def _timed(self, got):
+        """``got`` (the final answer of ``_plan``); a retryable refusal (the step budget's) of
+        the in-node plan taken instead of a crossing one may change once the crossing plan is
+        allowed: it says when (``Rejection.retry_at_ms``)."""
+        at = self._cross_at
+        if at is None or not isinstance(got, Rejection) or not got.retryable:
+            return got
+        if got.retry_at_ms is not None:
+            at = min(at, got.retry_at_ms)
+        return dataclasses.replace(got, retry_at_ms=at)

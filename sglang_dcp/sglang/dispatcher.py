@@ -20,12 +20,13 @@ from typing import Any
 from sglang_dcp import env
 from sglang_dcp.sglang.fit import FitSearch, page_up, prompt_len, sglang_max_new_bound
 from sglang_dcp.sglang.options import DEFAULT_QUEUE_MAX_BYPASS
+from sglang_dcp.sglang.wait_queue import WaitQueue
 from sglang_dcp.types import Rejection, Request
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DcpDispatcher", "page_up", "prompt_len", "sglang_max_new_bound"]
-class DcpDispatcher(FitSearch):
+class DcpDispatcher(FitSearch, WaitQueue):
     """Admit through ``policy``; send to the home rank; free on ``finished``.
 
     - ``send(rank, req, placement)``: hand the request to DP rank ``rank``'s scheduler, with
@@ -51,8 +52,9 @@ class DcpDispatcher(FitSearch):
     A retryable rejection (the cluster is full *now*):
 
     - with ``queue=True`` (policies that split: ``dcp``, ``uniform``) the request waits here, in
-      arrival order, and every ``finished`` retries the waiting requests (first fit: a later
-      request that fits goes ahead of an earlier one that does not). Nothing reaches a
+      arrival order (``wait_queue.py``), and every ``finished`` retries the waiting requests
+      (first fit: a later request that fits goes ahead of an earlier one that does not), as
+      does ``poll`` once a timed wait is over (``Rejection.retry_at_ms``). Nothing reaches a
       scheduler without a reservation, so the planner's books are exact. ``drop_queued``
       removes waiting requests that the client aborted.
     - ``max_bypass`` bounds first fit, so a long request is not starved by a stream of short
@@ -153,7 +155,7 @@ class DcpDispatcher(FitSearch):
                 self.reject(req, self._never_reason(req, placement.reason))
                 return
             if self.queue_enabled:
-                self._enqueue(req, placement.reason)
+                self._enqueue(req, placement.reason, placement)
                 return
             # A baseline that chose a full rank keeps the request waiting for that rank (as
             # SGLang's DP dispatch does): send it there, and finish() will drop the entry.
@@ -172,18 +174,6 @@ class DcpDispatcher(FitSearch):
         for waiting in self.queue:  # every waiting request was passed over
             self.bypassed[waiting] += 1
         self._placed(req, placement)
-
-    def _enqueue(self, req: Any, reason: str) -> None:
-        self.queue[req.rid] = req
-        self.bypassed[req.rid] = 0
-        self._log("sglang_dcp: planner queue rid=%s (%s) %s", req.rid, reason, self.state())
-
-    def _starving_head(self) -> str | None:
-        """The oldest waiting request, if it has been passed over ``max_bypass`` times."""
-        if not self.queue or self.max_bypass is None:
-            return None
-        head = next(iter(self.queue))
-        return head if self.bypassed[head] >= self.max_bypass else None
 
     def _request(self, req: Any) -> Request:
         p = prompt_len(req)
@@ -237,45 +227,6 @@ class DcpDispatcher(FitSearch):
         self._log("sglang_dcp: planner admit rid=%s home=%d degree=%d %s",
                   req.rid, placement.home_rank, placement.degree, self.state())  # fmt: skip
         self._send(placement.home_rank, req, placement)
-
-    def drain(self) -> None:
-        """Retry the waiting requests in arrival order (first fit, bounded by ``max_bypass``)."""
-        self._tick()
-        skipped: list[str] = []  # still waiting, ahead of the ones tried next
-        for rid, req in list(self.queue.items()):
-            placement = self._admit(req)
-            if isinstance(placement, Rejection):
-                if placement.retryable:
-                    if self.max_bypass is not None and self.bypassed[rid] >= self.max_bypass:
-                        break  # it has waited long enough: nothing behind it goes first
-                    skipped.append(rid)
-                    continue
-                self._unqueue(rid)
-                self.reject(req, placement.reason)
-                continue
-            self._unqueue(rid)
-            for waiting in skipped:
-                self.bypassed[waiting] += 1
-            self._placed(req, placement)
-            if self.max_bypass is not None and any(
-                self.bypassed[w] >= self.max_bypass for w in skipped
-            ):
-                break  # one it passed has now waited long enough: nothing more goes ahead of it
-
-    def _unqueue(self, rid: str) -> Any:
-        self.bypassed.pop(rid, None)
-        return self.queue.pop(rid)
-
-    def drop_queued(self, rid: str | None, abort_all: bool = False) -> list[Any]:
-        """Remove waiting requests a client aborted (SGLang matches rids by prefix,
-        scheduler.py:5460); returns them so the caller can answer their clients."""
-        gone = [r for r in self.queue
-                if abort_all or (rid is not None and str(r).startswith(rid))]  # fmt: skip
-        out = [self._unqueue(r) for r in gone]
-        for r in gone:
-            self._keys.pop(r, None)
-            self._log("sglang_dcp: planner drop rid=%s (aborted while waiting) %s", r, self.state())
-        return out
 
     def reject(self, req: Any, reason: str) -> None:
         self._keys.pop(req.rid, None)

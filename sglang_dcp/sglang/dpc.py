@@ -46,7 +46,8 @@ def event_loop(controller) -> None:
     spin: SGLang 0.5.21 re-polls its socket with ``NOBLOCK`` in a tight loop, a whole core per
     server. Same handling, but empty sockets block in ``zmq.Poller.poll`` (``POLL_MS``). With
     the planner it also reads the ledger inbox (the ranks' ``DcpShardReport``) and publishes
-    the planner's view to the ranks (``ledger.PlannerBooks``)."""
+    the planner's view to the ranks (``ledger.PlannerBooks``), and retries the planner's queue
+    when a timed wait is over (``wait_queue.py``; at most ``POLL_MS`` late)."""
     import zmq
     from sglang.srt.managers.io_struct import sock_recv
 
@@ -70,6 +71,7 @@ def event_loop(controller) -> None:
         if books is not None:
             books.tick()
             controller.dcp_defrag.on_wait()  # requests waiting for KV: migrate sealed KV
+            controller.dcp_dispatcher.poll()  # a timed wait is over: retry (wait_queue.py)
         if not got:
             poller.poll(POLL_MS)
 

@@ -78,10 +78,7 @@ class DcpOptions:
                     "split_cost_k": self.split_cost_k,
                     "rebalance_threshold": self.rebalance_threshold,
                     "prefill_chunk": self.prefill_chunk,
-                    "wire_capacity": self.max_guest_items,  # the bucketed wire it predicts
-                    # off on the server: its queue retries only when a request finishes, so a
-                    # wait for room inside a node could outlast cross_wait_ms (node_first.py)
-                    "cross_wait_ms": 0}
+                    "wire_capacity": self.max_guest_items}  # the bucketed wire it predicts
         if self.policy == "uniform":
             return {"group_size": self.max_degree}
         return {}

@@ -92,8 +92,7 @@ def test_flags_reach_the_options(parser):
     assert o.policy_options() == {"max_degree": 1, "min_shard_tokens": 512,
                                   "step_slo_ms": None, "split_rule": "fit",
                                   "split_cost_k": 4.0, "rebalance_threshold": None, "prefill_chunk": None,
-                                  "wire_capacity": o.max_guest_items,
-                                  "cross_wait_ms": 0}  # the queue retries on finishes only
+                                  "wire_capacity": o.max_guest_items}
     r = options(parser, "--disable-radix-cache", "--dcp-rebalance-threshold", "1.25")
     assert r.sharding and r.policy_options()["rebalance_threshold"] == 1.25
     b = options(parser, "--dcp-slo-tpot-ms", "35", "--dcp-split-rule", "auto")

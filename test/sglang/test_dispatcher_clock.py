@@ -1,4 +1,4 @@
-"""The DP controller gives the planner its clock: ``dcp``'s time windows (``exchange_room_ms``,
+"""The DP controller gives the planner its clock, and retries its queue on it: ``dcp``'s time windows (``exchange_room_ms``,
 ``live_quiet_ms``, ``age_ms``) run on the server as in the simulator, which calls
 ``Policy.on_time`` at every event. Without it the server's planner stayed at t = 0: a window
 opened once never closed (or never reopened)."""
@@ -73,3 +73,52 @@ def test_the_default_clock_is_monotonic_and_in_milliseconds():
     d.dispatch(req("b", 100))
     (_, t0, _), (_, t1, _) = [c for c in policy.calls if c[0] == "on_time"]
     assert 0 <= t1 - t0 < 60_000.0
+
+
+# The queue retries on time, not only on finishes (wait_queue.py): a refusal that names when
+# time alone may change it (Rejection.retry_at_ms) is retried by ``poll`` then.
+NODE_CAP, NODE_PAGE, RPN = 1024, 64, 8
+
+
+def two_nodes(now: list[float]):
+    """``dcp`` over 2 nodes of 8 ranks, every rank filled whole to leave 128 tokens free."""
+    from sglang_dcp.types import Rejection, Request
+
+    cl = ClusterSpec.uniform(2 * RPN, NODE_CAP, NODE_PAGE, ranks_per_node=RPN)
+    policy = make_policy("dcp", cl, "deepseek-v3-h200", max_degree=2 * RPN,
+                         min_shard_tokens=NODE_PAGE)  # fmt: skip
+    for r in range(2 * RPN):
+        assert not isinstance(policy.admit(Request(f"fill{r}", NODE_CAP - 136, 8), r), Rejection)
+    placed: list = []
+    d = DcpDispatcher(policy, send=lambda rank, r, p: placed.append((r.rid, p)),
+                      reject=lambda r, reason: placed.append((r.rid, reason)),
+                      active_ranks=lambda: range(2 * RPN), queue=True, clock=lambda: now[0])
+    return d, policy, placed
+
+
+def test_a_timed_wait_is_retried_on_time_with_nothing_finishing():
+    now = [10.0]
+    d, policy, placed = two_nodes(now)
+    d.dispatch(req("big", 1528))  # more than a node's 8 x 128 free: it waits to cross
+    assert "big" in d.queue and not placed
+    assert d._retry_at_ms == 10_000.0 + policy.cross_wait_ms
+    now[0] = 11.0
+    assert not d.poll() and "big" in d.queue  # too soon: not even retried
+    now[0] = 10.0 + policy.cross_wait_ms / 1e3
+    assert d.poll()  # nothing finished; the wait is over
+    (rid, placement), = placed
+    assert rid == "big" and len({s.rank // RPN for s in placement.shards}) == 2
+    assert not d.queue and d._retry_at_ms is None and not d.poll()
+    policy.verify()
+
+
+def test_poll_is_idle_without_a_timed_wait():
+    now = [0.0]
+    d, policy, placed = harness(now)
+    d.dispatch(req("a", 900))
+    d.dispatch(req("b", 900))
+    d.dispatch(req("c", 900))  # the cluster is full: only a finish can help
+    assert "c" in d.queue and d._retry_at_ms is None
+    calls = len(policy.calls)
+    now[0] = 3600.0
+    assert not d.poll() and len(policy.calls) == calls
