@@ -8,7 +8,7 @@ policy (``round_robin``, ``total_tokens``, ``total_tokens_sglang``, ``uniform``,
 fluid and the pooled bounds, on the shipped profiles as they are. Two scenarios run at once.
 
     python bench/sim.py                  # everything (make bench-sim)
-    python bench/sim.py --only node8     # scenarios whose id contains "node8"
+    python bench/sim.py --only node8     # scenarios whose id contains "node8" (a|b: either)
     python bench/sim.py --skip-runs      # rebuild sim.md and the plot from existing summaries
     python bench/sim.py --heldout        # the held-out regimes (make bench-sim-heldout)
     python bench/sim.py --rerun dcp      # only dcp runs; other policies copied (sim --reuse)
@@ -203,7 +203,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--skip-runs", action="store_true",
                     help="Do not run the simulator; rebuild the report from existing summaries.")
-    ap.add_argument("--only", default="", help="Run only scenarios whose id contains this.")
+    ap.add_argument("--only", default="", help="Run only scenarios whose id contains this "
+                    "(several: a|b, any of them).")
     ap.add_argument("--jobs", type=int, default=2, help="Scenarios run at once (default 2).")
     ap.add_argument("--rerun", default="", metavar="POLICIES",
                     help="Run only these policies (comma-separated) where a summary exists and "
@@ -214,7 +215,7 @@ def main() -> int:
     args = ap.parse_args()
     every = heldout() if args.heldout else scenarios()
     name = "sim-heldout" if args.heldout else "sim"
-    todo = [s for s in every if args.only in s.id]
+    todo = [s for s in every if any(o in s.id for o in args.only.split("|"))]
     missing = [s for s in todo if s.role == "mooncake"
                and find_trace(s.workload.removeprefix("mooncake-")) is None]
     for s in missing:
@@ -238,7 +239,10 @@ def main() -> int:
         timing["total_wall_s"] = time.perf_counter() - t0
         folder = RESULTS / every[0].matrix
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
+        path = folder / "timing.json"
+        if args.only and path.is_file():  # keep the other scenarios' times
+            timing = {**json.loads(path.read_text()), **timing}
+        path.write_text(json.dumps(timing, indent=2) + "\n")
     path = write_report(RESULTS, every, name=name)
     print(f"wrote {path}")
     return 0

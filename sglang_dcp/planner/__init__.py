@@ -53,8 +53,9 @@ def make_policy(
     ``split_min_free`` (0.2), ``split_cost_k`` (4: with a step budget the fit rule's share rises
     to k x the exchange's start cost / budget; 0: off), ``exchange_wire`` ("scoped" | "bucketed" | "items"), ``wire_capacity`` (16),
     ``exchange_room_ms`` (600 s; 0: off, ``budget.py``), ``gain_max_live`` (8 live requests
-    per rank: above it the gain rule yields to fit; 0: off), ``cross_wait_ms`` (1500: a young
-    request's split stays inside one node, ``node_first.py``; 0: off),
+    per rank: above it the gain rule yields to fit; 0: off), ``cross_wait_ms`` (inf: a split
+    crosses nodes only when no node could ever hold the request; ms: once it has waited that
+    long for room inside one node, ``node_first.py``; 0: off),
     ``fixed_exchange`` ("always" | "first"), ``prefill_chunk`` (None: the home prefills a split
     request whole; tokens: prefill into shards, the home's transient booked, ``prefill.py``);
     see ``dcp.py``. ``None`` values

@@ -49,8 +49,8 @@ could not run whole: KV fragmentation. So:
    full pages; the home keeps the tail: the last partial page plus ``max_new_tokens``). The
    plan with the lowest predicted step (the bucket it leads to included) wins; a larger ``d``
    must beat a smaller one by > ``min_gain_us``. If no plan fits, guests by most free KV. A plan
-   that crosses nodes is taken only once the request has waited ``cross_wait_ms`` (1.5 s) for
-   one inside a node (``node_first.py``).
+   that crosses nodes is taken only once the request has waited ``cross_wait_ms`` for one
+   inside a node (default: only a request no node could ever hold crosses; ``node_first.py``).
 4. **Step budget** (``step_slo_ms``, the operator's TPOT SLO; the simulator passes its SLO, the
    server's default is none): a placement whose predicted step (reserved KV, MoE barrier, fixed
    exchange and wire included) exceeds the budget waits instead, unless the cluster is empty
@@ -70,6 +70,8 @@ times are cached, refreshed for the ranks a call touches: ``admit`` is O(num_ran
 """
 
 from __future__ import annotations
+
+import math
 
 from sglang_dcp.planner.base import ClusterSpec
 from sglang_dcp.planner.profile import CostProfile
@@ -120,7 +122,7 @@ class DcpPolicy(TargetedHold, StepBudget, NodeFirst, GuestPlans, HomeChoice, Fea
         exchange_room_ms: float | None = 600_000.0,
         live_quiet_ms: float | None = 600_000.0,
         gain_max_live: float = 8.0,
-        cross_wait_ms: float | None = 1500.0,
+        cross_wait_ms: float | None = math.inf,
     ) -> None:
         super().__init__(cluster)
         if not isinstance(profile, CostProfile):

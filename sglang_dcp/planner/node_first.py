@@ -1,4 +1,4 @@
-"""``dcp``'s splits stay inside one node while the request is young (``cross_wait_ms``).
+"""``dcp``'s splits stay inside one node (``cross_wait_ms``): without limit by default, or while young.
 
 With the node-scoped exchange (``exchange_wire="scoped"``, what the server ships with
 ``--dcp-ranks-per-node``) a step sends only to its node's peers while no split crosses nodes;
@@ -13,15 +13,20 @@ Rule: when ``dcp``'s plan for a request has a guest on another node than its hom
 arrived (or was first refused) less than ``cross_wait_ms`` ago, the best plan inside one node is
 taken instead (``_place`` with the other nodes' ranks excluded, every node tried; the lowest
 predicted step wins), and if no node can hold it the request waits (retryable). Once it has
-waited ``cross_wait_ms`` it may cross; one that no node could ever hold crosses at once. Whole placements, pinned homes, one-node clusters and the
-other wires are untouched; ``cross_wait_ms=0`` turns it off. The clock is ``on_time``'s (the
-simulator's events; the server's DP controller, ``sglang/dispatcher.py``). Measured in
-``bench/NOTES.md`` (session 7).
+waited ``cross_wait_ms`` it may cross; one that no node could ever hold crosses at once. The
+default waits without limit (``math.inf``): a split crosses nodes only when no node could ever
+hold the request. Whole placements, pinned homes, one-node clusters and the other wires are
+untouched; ``cross_wait_ms=0`` turns it off. The clock is ``on_time``'s (the simulator's events;
+the server's DP controller, whose queue retries a finite wait on time, ``sglang/wait_queue.py``).
+Measured in ``bench/NOTES.md`` (sessions 7 and 8): one crossing pair puts the whole cluster on
+the all-rank wire for that request's life, and in every multi-node regime measured waiting for
+room inside a node was as good or better than crossing after 1.5 or 5 s.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from sglang_dcp.types import Rejection, Request
 
@@ -59,7 +64,8 @@ class NodeFirst:
         resv = self._sizes(req)[0]
         if resv > self._node_kv:
             return plan  # no node could ever hold it: waiting would only delay it
-        self._cross_at = since + self.cross_wait_ms  # then the crossing plan is allowed
+        at = since + self.cross_wait_ms  # then the crossing plan is allowed
+        self._cross_at = at if math.isfinite(at) else None
         excl, best = self._excl, None
         try:
             for n0 in range(0, n, rpn):
@@ -73,9 +79,11 @@ class NodeFirst:
             self._excl = excl
         if best is not None:
             return best[1]
-        return Rejection(req.rid, f"request {req.rid!r} needs a split across nodes and has waited "
-                         f"less than {self.cross_wait_ms:g} ms for room inside one node: it waits",
-                         retryable=True, retry_at_ms=self._cross_at)
+        waited = "" if self._cross_at is None else \
+            f" and has waited less than {self.cross_wait_ms:g} ms"
+        return Rejection(req.rid, f"request {req.rid!r} needs a split across nodes{waited}: it "
+                         "waits for room inside one node", retryable=True,
+                         retry_at_ms=self._cross_at)
 
     def _timed(self, got):
         """``got`` (the final answer of ``_plan``); a retryable refusal (the step budget's) of

@@ -86,7 +86,7 @@ def two_nodes(now: list[float]):
 
     cl = ClusterSpec.uniform(2 * RPN, NODE_CAP, NODE_PAGE, ranks_per_node=RPN)
     policy = make_policy("dcp", cl, "deepseek-v3-h200", max_degree=2 * RPN,
-                         min_shard_tokens=NODE_PAGE)  # fmt: skip
+                         min_shard_tokens=NODE_PAGE, cross_wait_ms=1500)  # fmt: skip
     for r in range(2 * RPN):
         assert not isinstance(policy.admit(Request(f"fill{r}", NODE_CAP - 136, 8), r), Rejection)
     placed: list = []

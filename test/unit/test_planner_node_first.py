@@ -29,15 +29,31 @@ def crosses(placement) -> bool:
 
 
 def test_a_young_split_that_must_cross_waits_then_crosses():
-    p = filled(16, [128] * 16)
+    p = filled(16, [128] * 16, cross_wait_ms=1500)
     big = Request("big", 1528, 8)  # 1536 tokens: more than a node's 8 x 128 free
     got = p.admit(big)
     assert isinstance(got, Rejection) and got.retryable and "inside one node" in got.reason
+    assert got.retry_at_ms == 1500.0  # when time alone changes the answer (the server's queue)
     p.on_time(1499.0, 10)
     assert isinstance(p.admit(big), Rejection)
     p.on_time(1500.0, 11)  # it has waited cross_wait_ms since its first refusal
     got = p.admit(big)
     assert not isinstance(got, Rejection) and crosses(got)
+    p.verify()
+
+
+def test_by_default_a_split_crosses_only_when_no_node_could_ever_hold_it():
+    p = filled(16, [128] * 16)
+    assert p.cross_wait_ms == float("inf")
+    big = Request("big", 1528, 8)
+    for t in (0.0, 1e4, 1e9):  # it waits for room inside one node, however long
+        p.on_time(t, 0)
+        got = p.admit(big)
+        assert isinstance(got, Rejection) and got.retryable and got.retry_at_ms is None
+        assert "inside one node" in got.reason and "inf" not in got.reason
+    p.finish("fill3")  # node 0 now has room
+    got = p.admit(big)
+    assert not isinstance(got, Rejection) and not crosses(got)
     p.verify()
 
 
