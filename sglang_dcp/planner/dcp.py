@@ -183,7 +183,9 @@ class DcpPolicy(TargetedHold, StepBudget, NodeFirst, GuestPlans, HomeChoice, Fea
 
     def _plan(self, req: Request, home_rank: int | None):
         self._hold_enter(req.rid, home_rank)  # the ranks held for another request are out
-        got = self._node_first(req, self._place(req, home_rank), home_rank)  # node_first.py
+        got = self._node_first_early(req, home_rank)  # node_first.py: no node has room
+        if got is None:
+            got = self._node_first(req, self._place(req, home_rank), home_rank)
         if not isinstance(got, Rejection) and self.step_slo_us is not None:
             got = self._gate(req, got, lambda: self._place(req, home_rank, split_only=True))
         got = self._timed(got)  # node_first.py: when a put-off crossing becomes allowed

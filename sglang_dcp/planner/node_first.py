@@ -44,31 +44,69 @@ class NodeFirst:
         rpn = self.cluster.ranks_per_node
         on = cross_wait_ms and self.exchange_wire == "scoped" and rpn < self.num_ranks
         self.cross_wait_ms = float(cross_wait_ms) if on else None
-        # the most KV one node holds: a request larger than that never fits inside one
-        self._node_kv = max(sum(self.cap[n0:n0 + rpn]) for n0 in range(0, self.num_ranks, rpn))
+        # the most KV a request can hold inside one node (its largest max_degree ranks): one
+        # larger than that never fits inside one
+        self._node_kv = max(sum(sorted(self.cap[n0:n0 + rpn], reverse=True)[:self.max_degree])
+                            for n0 in range(0, self.num_ranks, rpn))  # fmt: skip
 
     def _crosses(self, plan) -> bool:
         return not all(self.cluster.same_node(g, plan[0]) for g, _, _ in plan[1])
+
+    def _young(self, req: Request, home_rank: int | None):
+        """``(resv, since)`` if the rule may keep ``req`` inside one node now, else ``None``."""
+        if self.cross_wait_ms is None or home_rank is not None:
+            return None
+        since = self._waiting_since.get(req.rid, self._now_ms)
+        if self._now_ms - since >= self.cross_wait_ms:
+            return None
+        resv = self._sizes(req)[0]
+        if resv > self._node_kv:
+            return None  # no node could ever hold it: waiting would only delay it
+        return resv, since
+
+    def _nodes_with_room(self, resv: int) -> list[int]:
+        """First ranks of the nodes whose free KV (ranks not excluded) is at least ``resv``:
+        only they can hold a split of the request inside them. O(num_ranks)."""
+        rpn, cap, kv, excl = self.cluster.ranks_per_node, self.cap, self.kv, self._excl
+        return [n0 for n0 in range(0, self.num_ranks, rpn)
+                if sum(cap[r] - kv[r] for r in range(n0, min(n0 + rpn, self.num_ranks))
+                       if r not in excl) >= resv]  # fmt: skip
+
+    def _node_first_early(self, req: Request, home_rank: int | None):
+        """A retryable ``Rejection`` before any search when the rule applies and no node has
+        ``resv`` free (every plan would cross); else ``None``. Keeps a waiting request's retries
+        O(num_ranks): they come on every finish."""
+        self._cross_at = None
+        young = self._young(req, home_rank)
+        if young is None or not self._sizes(req)[2] or self._nodes_with_room(young[0]):
+            return None  # (a request too short to split waits for a rank as before)
+        return self._wait(req, young[1])
+
+    def _wait(self, req: Request, since: float) -> Rejection:
+        at = since + self.cross_wait_ms  # then the crossing plan is allowed
+        self._cross_at = at if math.isfinite(at) else None
+        waited = "" if self._cross_at is None else \
+            f" and has waited less than {self.cross_wait_ms:g} ms"
+        return Rejection(req.rid, f"request {req.rid!r} needs a split across nodes{waited}: it "
+                         "waits for room inside one node", retryable=True,
+                         retry_at_ms=self._cross_at)
 
     def _node_first(self, req: Request, plan, home_rank: int | None):
         """``plan`` (from ``_place``), or the best plan inside one node, or a retryable
         ``Rejection`` (module docstring)."""
         self._cross_at = None
-        if (self.cross_wait_ms is None or home_rank is not None or isinstance(plan, Rejection)
-                or not plan[1] or not self._crosses(plan)):
+        if isinstance(plan, Rejection) or not plan[1] or not self._crosses(plan):
             return plan
-        since = self._waiting_since.get(req.rid, self._now_ms)
-        if self._now_ms - since >= self.cross_wait_ms:
+        young = self._young(req, home_rank)
+        if young is None:
             return plan
-        rpn, n = self.cluster.ranks_per_node, self.num_ranks
-        resv = self._sizes(req)[0]
-        if resv > self._node_kv:
-            return plan  # no node could ever hold it: waiting would only delay it
-        at = since + self.cross_wait_ms  # then the crossing plan is allowed
+        resv, since = young
+        n, rpn = self.num_ranks, self.cluster.ranks_per_node
+        at = since + self.cross_wait_ms  # a refusal of the in-node plan may lift then (_timed)
         self._cross_at = at if math.isfinite(at) else None
         excl, best = self._excl, None
         try:
-            for n0 in range(0, n, rpn):
+            for n0 in self._nodes_with_room(resv):  # the others cannot hold it
                 self._excl = excl | frozenset(r for r in range(n) if not n0 <= r < n0 + rpn)
                 got = self._place(req, None)
                 if not isinstance(got, Rejection):
@@ -79,11 +117,7 @@ class NodeFirst:
             self._excl = excl
         if best is not None:
             return best[1]
-        waited = "" if self._cross_at is None else \
-            f" and has waited less than {self.cross_wait_ms:g} ms"
-        return Rejection(req.rid, f"request {req.rid!r} needs a split across nodes{waited}: it "
-                         "waits for room inside one node", retryable=True,
-                         retry_at_ms=self._cross_at)
+        return self._wait(req, since)
 
     def _timed(self, got):
         """``got`` (the final answer of ``_plan``); a retryable refusal (the step budget's) of

@@ -95,3 +95,22 @@ def test_a_request_no_node_could_ever_hold_crosses_at_once():
     p = filled(16, [1024] * 16)  # an empty cluster of two 8-rank nodes (8192 tokens each)
     got = p.admit(Request("huge", 9000, 8))
     assert not isinstance(got, Rejection) and crosses(got)
+
+
+def test_a_request_no_split_could_ever_hold_is_refused_not_kept_waiting():
+    cl = ClusterSpec.uniform(16, CAP, PAGE, ranks_per_node=RPN)
+    p = make_policy("dcp", cl, "deepseek-v3-h200", max_degree=2, min_shard_tokens=PAGE)
+    got = p.admit(Request("big", 3000, 8))  # > 2 ranks: no placement ever, in a node or not
+    assert isinstance(got, Rejection) and not got.retryable
+
+
+def test_a_waiting_request_is_refused_without_a_search():
+    p = filled(16, [128] * 16)
+    calls = []
+    place = p._place
+    p._place = lambda *a, **k: calls.append(a) or place(*a, **k)
+    got = p.admit(Request("big", 1528, 8))  # no node has 1536 free: every plan would cross
+    assert isinstance(got, Rejection) and got.retryable and "inside one node" in got.reason
+    assert not calls  # its retries (one per finish on a server) stay O(num_ranks)
+    p.finish("fill3")
+    assert not isinstance(p.admit(Request("big", 1528, 8)), Rejection) and calls
