@@ -1,4 +1,4 @@
-"""``dcp``'s splits stay inside one node (``cross_wait_ms``): without limit by default, or while young.
+"""``dcp``'s splits stay inside one node (``cross_wait_ms``): always by default, or while young.
 
 With the node-scoped exchange (``exchange_wire="scoped"``, what the server ships with
 ``--dcp-ranks-per-node``) a step sends only to its node's peers while no split crosses nodes;
