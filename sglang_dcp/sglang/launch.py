@@ -37,7 +37,7 @@ import threading
 import warnings
 
 from sglang_dcp import env
-from sglang_dcp.sglang import quiet
+from sglang_dcp.sglang import fast_start, quiet
 from sglang_dcp.sglang.demo import DEFAULT_DEMO_MODEL, DEMO_MODELS, demo_argv, demo_note
 from sglang_dcp.sglang.flags import add_dcp_args, split_argv, translate_lb_method
 from sglang_dcp.sglang.launch_checks import LaunchError, check_args, refuse_with_sharding
@@ -270,6 +270,11 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
 
+    try:
+        fast_start.enable_in_launcher(_has_cuda())
+    except ValueError as e:  # a bad SGLANG_DCP_START_METHOD
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
     enable_dcp(opts)
     become_subreaper()
     host = "127.0.0.1" if ns.host in (None, "0.0.0.0") else ns.host
