@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 
 ENV_VAR = "SGLANG_DCP_START_METHOD"
 # What a scheduler, the DP controller and the detokenizer import: their targets' modules, the
@@ -51,6 +52,21 @@ def use_forkserver() -> None:
     """Make ``forkserver`` (with ``PRELOAD``) this process's start method."""
     multiprocessing.set_start_method("forkserver", force=True)
     multiprocessing.set_forkserver_preload(PRELOAD)
+
+
+def forward_sigquit() -> None:
+    """In the fork server (``preload.py``): pass SIGQUIT on to the launcher, its parent.
+
+    A scheduler, the DP controller or the detokenizer that fails sends SIGQUIT to its parent
+    (``psutil.Process().parent()``, SGLang 0.5.21 scheduler.py:6093,
+    data_parallel_controller.py:861, detokenizer_manager.py:561). Under ``spawn`` that is the
+    launcher, or the DP controller, whose death the launcher's watchdog then sees; here it is
+    the fork server, which SIGQUIT would end silently and leave the server hanging. The
+    launcher's handler takes the whole server down, as SGLang does. Forked children get the
+    default action back."""
+    launcher = os.getppid()
+    signal.signal(signal.SIGQUIT, lambda signum, frame: os.kill(launcher, signal.SIGQUIT))
+    os.register_at_fork(after_in_child=lambda: signal.signal(signal.SIGQUIT, signal.SIG_DFL))
 
 
 def enable_in_launcher(cuda: bool) -> None:

@@ -232,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         demo_set: set[str] = set()
+        try:
+            fast_start.wanted(cuda=False)  # its only error: a bad SGLANG_DCP_START_METHOD
+        except ValueError as e:
+            raise LaunchError(str(e)) from None
         if ours.demo_model and not ours.demo:
             raise LaunchError("--demo-model applies only with --demo (or pass --model-path PATH)")
         if ours.demo:
@@ -270,11 +274,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
 
-    try:
-        fast_start.enable_in_launcher(_has_cuda())
-    except ValueError as e:  # a bad SGLANG_DCP_START_METHOD
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
+    fast_start.enable_in_launcher(_has_cuda())
     enable_dcp(opts)
     become_subreaper()
     host = "127.0.0.1" if ns.host in (None, "0.0.0.0") else ns.host
