@@ -65,7 +65,7 @@ def launched(tiny_model_path, tiny_deepseek_path, tmp_path_factory):
         futures = {name: pool.submit(_run, args) for name, args in cases.items()}
         futures.update({name: pool.submit(_run, two_ranks + extra, no_interpreter)
                         for name, (extra, _) in BAD_DCP_FLAGS.items()})  # fmt: skip
-        yield {"port": port, "nope": str(nope), **futures}
+        yield {"busy_port": port, **futures}
     busy.close()
 
 
@@ -96,7 +96,7 @@ def test_dp_size_must_divide_tp_size(launched):
 
 
 def test_port_in_use(launched):
-    _assert_one_line_error(_result(launched, "port"), f"port {launched['port']}")
+    _assert_one_line_error(_result(launched, "port"), f"port {launched['busy_port']}")
 
 
 def test_unknown_flag(launched):
