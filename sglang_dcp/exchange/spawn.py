@@ -2,6 +2,11 @@
 
 The target must be a module-level function of an importable module (``spawn`` pickles it by
 name): ``fn(rank, world_size, init_method, backend, *args)``; call ``init_rank`` first thing.
+
+Without CUDA the ranks fork from a fork server that imported the target's module once and is
+reused by every later run in this process (``start_method``): a rank that imports SGLang costs
+~20 s of CPU otherwise, several of them on a 2-core test machine. A forked rank gets the
+server's environment, which is this process's at the first run.
 """
 
 from __future__ import annotations
@@ -63,6 +68,12 @@ def _rank_main(rank: int, fn, *args) -> None:
     os._exit(0)
 
 
+def start_method() -> str:
+    """``spawn`` with CUDA (a fork server's imports may initialize the driver, after which a
+    forked rank cannot use the GPU), ``forkserver`` without."""
+    return "spawn" if torch.cuda.is_available() else "forkserver"
+
+
 def run_ranks(fn, world_size: int, *args, backend: str = "gloo", timeout_s: float = 300) -> None:
     """Run ``fn`` on ``world_size`` fresh processes; raise if any fails or the deadline passes
     (every child is killed then, so nothing is left behind)."""
@@ -71,12 +82,15 @@ def run_ranks(fn, world_size: int, *args, backend: str = "gloo", timeout_s: floa
     store_dir = tempfile.mkdtemp(prefix="sglang-dcp-store-")
     init_method = f"file://{os.path.join(store_dir, 'store')}"
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    method = start_method()
+    if method == "forkserver":  # takes effect when the server starts: at the first run
+        mp.set_forkserver_preload(["torch.distributed", fn.__module__])
     ctx = mp.start_processes(
         _rank_main,
         args=(fn, world_size, init_method, backend, *args),
         nprocs=world_size,
         join=False,
-        start_method="spawn",
+        start_method=method,
     )
     deadline = time.monotonic() + timeout_s
     try:

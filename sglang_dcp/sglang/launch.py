@@ -37,7 +37,7 @@ import threading
 import warnings
 
 from sglang_dcp import env
-from sglang_dcp.sglang import quiet
+from sglang_dcp.sglang import fast_start, quiet
 from sglang_dcp.sglang.demo import DEFAULT_DEMO_MODEL, DEMO_MODELS, demo_argv, demo_note
 from sglang_dcp.sglang.flags import add_dcp_args, split_argv, translate_lb_method
 from sglang_dcp.sglang.launch_checks import LaunchError, check_args, refuse_with_sharding
@@ -232,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         demo_set: set[str] = set()
+        try:
+            fast_start.wanted(cuda=False)  # its only error: a bad SGLANG_DCP_START_METHOD
+        except ValueError as e:
+            raise LaunchError(str(e)) from None
         if ours.demo_model and not ours.demo:
             raise LaunchError("--demo-model applies only with --demo (or pass --model-path PATH)")
         if ours.demo:
@@ -270,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
 
+    fast_start.enable_in_launcher(_has_cuda())
     enable_dcp(opts)
     become_subreaper()
     host = "127.0.0.1" if ns.host in (None, "0.0.0.0") else ns.host

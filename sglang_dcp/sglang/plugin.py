@@ -54,9 +54,10 @@ def register() -> None:
     if _REGISTERED:
         return
     _REGISTERED = True
-    from sglang_dcp.sglang import cpu_compat, quiet
+    from sglang_dcp.sglang import cpu_compat, fast_start, quiet
 
     quiet.install()
+    fast_start.enable_in_child()
 
     cpu_compat.install()
     fixes = cpu_compat.apply_sglang_fixes()

@@ -7,6 +7,8 @@ Enable with ``pytest_plugins = ["sglang_dcp.testing.pytest_plugin"]`` in a conft
 - ``launch_server``: a factory ``launch_server(args, **kw) -> ServerProcess``; every server it
   started is stopped at the end of the fixture's scope (module), and a test fails if a server
   left processes behind. Safe to call from several threads (start servers in parallel).
+- ``launch_session_server``: the same factory, its servers stopped at the end of the session:
+  one server that several modules share (each module saves a start: ~1 minute on CPU).
 - ``launch_router``: the same for ``RouterProcess`` (``launch_router(worker_urls, **kw)``).
 
 When a test fails, each live server's and router's log tail is attached to the report.
@@ -41,6 +43,12 @@ def tiny_deepseek_path(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def launch_server(tmp_path_factory):
     with _launcher(tmp_path_factory, "server", ServerProcess) as launch:
+        yield launch
+
+
+@pytest.fixture(scope="session")
+def launch_session_server(tmp_path_factory):
+    with _launcher(tmp_path_factory, "session-server", ServerProcess) as launch:
         yield launch
 
 

@@ -1,4 +1,6 @@
-"""End-to-end: the real SGLang server with DP attention (2 DP ranks) on CPU, via our launcher."""
+"""End-to-end: the real SGLang server with DP attention (2 DP ranks) on CPU, via our launcher
+(the ``dp2_server`` shared with ``test_server_dp_observe.py`` and ``test_server_dp_planner.py``,
+which stops it)."""
 
 from __future__ import annotations
 
@@ -8,16 +10,14 @@ import pytest
 
 from hf_reference import hf_greedy, prompts
 
-from sglang_dcp.testing.server import tiny_dp_args
-
 pytestmark = pytest.mark.e2e
 
 MAX_NEW = 8
 
 
 @pytest.fixture(scope="module")
-def server(launch_server, tiny_model_path):
-    return launch_server(tiny_dp_args(tiny_model_path))
+def server(dp2_server):
+    return dp2_server
 
 
 def _generate(server, input_ids, **extra):
@@ -73,9 +73,18 @@ def test_v1_loads_reports_every_rank(server):
         assert entry["num_running_reqs"] >= 0
 
 
-def test_shutdown_is_clean(server):
-    import socket
+def test_every_process_is_forked_from_one_preloaded_fork_server(server):
+    """On CPU (``fast_start``): the DP controller, the detokenizer and both schedulers are
+    children of one fork server, itself the launcher's child; no second server was started."""
+    import psutil
 
-    assert server.stop() == [], "processes survived SIGTERM"
-    with socket.socket() as s:  # nothing listens on the port any more
-        assert s.connect_ex(("127.0.0.1", server.port)) != 0
+    launcher = psutil.Process(server.proc.pid)
+    titles = {p.pid: " ".join(p.cmdline()) for p in launcher.children(recursive=True)}
+    servers = [pid for pid, cmd in titles.items() if "multiprocessing.forkserver" in cmd]
+    assert len(servers) == 1, titles
+    assert psutil.Process(servers[0]).ppid() == launcher.pid
+    named = {pid: cmd for pid, cmd in titles.items() if cmd.startswith("sglang::")}
+    kinds = sorted(cmd.split()[0].split("_")[0] for cmd in named.values())
+    assert kinds == ["sglang::data", "sglang::detokenizer", "sglang::scheduler",
+                     "sglang::scheduler"], named  # fmt: skip
+    assert all(psutil.Process(pid).ppid() == servers[0] for pid in named), titles

@@ -3,6 +3,7 @@
 ``meta_info["dcp"]`` on plain and streamed responses, the Prometheus metrics with one
 ``dp_rank`` series per rank, and the ``/v1/loads`` ``dcp`` section for both ranks. This build
 places every request with degree 1, so the placement is the home rank and the whole prompt.
+The server is ``dp2_server`` (conftest), shared with the other ``test_server_dp*.py`` modules.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import urllib.request
 
 import pytest
 
-from sglang_dcp.testing.server import tiny_dp_args
-
 pytestmark = pytest.mark.e2e
 
 MAX_NEW = 6
@@ -23,11 +22,8 @@ GAUGES = ("guest_kv_tokens", "guest_requests", "home_dcp_requests", "guest_items
 
 
 @pytest.fixture(scope="module")
-def server(launch_server, tiny_model_path):
-    # A longer start budget than the default: other servers often share this machine's cores.
-    return launch_server(
-        [*tiny_dp_args(tiny_model_path, 2), "--enable-metrics"], startup_timeout=600
-    )
+def server(dp2_server):
+    return dp2_server
 
 
 def generate(server, rid, input_ids, **extra):
