@@ -6,9 +6,13 @@ scheduler, the DP controller and the detokenizer import torch, transformers and 
 scratch, about 20 s of CPU each. With 4 DP ranks that is seven imports on the 2 cores of a CPU
 test machine, most of a server's minute-long start. Here the ``forkserver`` start method with
 ``PRELOAD`` takes its place: the launching process's fork server imports the modules once and
-forks the DP controller, the detokenizer and, asked by the DP controller
-(``enable_in_child``), the schedulers from that state. A forked child still runs ``multiprocessing``'s spawn preparation (``sys.path``,
-``sys.argv``, the main module), unpickles its target and runs it as under ``spawn``.
+forks the DP controller, the detokenizer and, asked by the DP controller (``enable_in_child``),
+the schedulers from that state. A forked child still runs ``multiprocessing``'s spawn
+preparation (``sys.path``, ``sys.argv``, the main module), unpickles its target and runs it as
+under ``spawn``. Its environment is the launcher's at the first process start (after SGLang set
+its variables, ``_set_envs_and_config``): unlike ``spawn``, a variable the launcher set between
+two starts would not reach the later child. SIGQUIT, SGLang's way for a child to report a
+failure to its parent, is passed on to the launcher (``forward_sigquit``).
 
 Only without CUDA: the fork server imports SGLang, and SGLang's import may initialize the CUDA
 driver, after which a forked child cannot use the GPU. On a GPU SGLang's ``spawn`` stays, so
@@ -21,6 +25,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sys
 
 ENV_VAR = "SGLANG_DCP_START_METHOD"
 # What a scheduler, the DP controller and the detokenizer import: their targets' modules, the
@@ -65,7 +70,13 @@ def forward_sigquit() -> None:
     launcher's handler takes the whole server down, as SGLang does. Forked children get the
     default action back."""
     launcher = os.getppid()
-    signal.signal(signal.SIGQUIT, lambda signum, frame: os.kill(launcher, signal.SIGQUIT))
+
+    def forward(signum, frame) -> None:
+        print(f"[sglang-dcp] a process forked by the fork server reported a failure (SIGQUIT); "
+              f"passing it on to the launcher (pid {launcher})", file=sys.stderr, flush=True)
+        os.kill(launcher, signal.SIGQUIT)
+
+    signal.signal(signal.SIGQUIT, forward)
     os.register_at_fork(after_in_child=lambda: signal.signal(signal.SIGQUIT, signal.SIG_DFL))
 
 

@@ -267,12 +267,17 @@ def test_a_request_larger_than_the_cluster_is_a_400(server):
 
 
 def test_a_dead_scheduler_takes_the_server_down(rr_server):
-    """SGLang's own watchdog: a scheduler that dies brings the whole server down (no hang)."""
+    """A scheduler that dies brings the whole server down (no hang): SGLang's failure path, its
+    peers' SIGQUIT reaching the launcher (through the fork server on CPU)."""
     procs = psutil.Process(rr_server.proc.pid).children(recursive=True)
-    schedulers = [p for p in procs if "scheduler" in " ".join(p.cmdline() or [p.name()])]
+    # by title (setproctitle): on CPU the fork server's command line names the scheduler module
+    titles = [(p, (p.cmdline() or [p.name()])[0]) for p in procs]
+    schedulers = [p for p, title in titles if title.startswith("sglang::scheduler")]
     assert len(schedulers) == RANKS, [p.cmdline() for p in procs]
     schedulers[1].send_signal(signal.SIGKILL)
     rr_server.proc.wait(timeout=120)
     with open(rr_server.log_path, errors="replace") as f:
         log = f.read()
-    assert "exit" in log.lower() or "died" in log.lower() or "killed" in log.lower()
+    # SGLang's watchdog names the exit; on CPU the fork server says it passed the failure on
+    words = ("exit", "died", "killed", "reported a failure")
+    assert any(w in log.lower() for w in words), log[-3000:]
