@@ -56,7 +56,7 @@ def make_policy(
     per rank: above it the gain rule yields to fit; 0: off), ``cross_wait_ms`` (inf: a split
     crosses nodes only when no node could ever hold the request; ms: once it has waited that
     long for room inside one node, ``node_first.py``; 0: off),
-    ``fixed_exchange`` ("always" | "first"), ``prefill_chunk`` (None: the home prefills a split
+    ``fixed_exchange`` ("always" | "first" | "extend"), ``prefill_chunk`` (None: the home prefills a split
     request whole; tokens: prefill into shards, the home's transient booked, ``prefill.py``);
     see ``dcp.py``. ``None`` values
     mean "default" (convenient for CLI flags left unset).

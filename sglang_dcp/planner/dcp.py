@@ -31,11 +31,16 @@ could not run whole: KV fragmentation. So:
    to ``split_cost_k`` x (what starting the exchange adds to every step) / budget
    (``feasibility.py``). ``split_rule="gain"``: the older rule, which also splits requests
    that fit when the predicted step ``max(M, peak) + exchange_fixed`` is lower by >
-   ``min_gain_us`` (``fixed_exchange``: the fixed cost on every split, ``"always"``, or on the
-   first guest, ``"first"``). ``split_rule="auto"``: ``fit`` for MLA, whose exchange item (a
-   576-wide q per head out, a 512-wide partial back) costs the attention of 3.6k-8.3k KV tokens,
-   ``gain`` with ``fixed_exchange="first"`` for GQA/MHA (~500; ``break_even_tokens``; gain loses
-   up to 48% on MLA) below ``gain_max_live`` (8) live requests per rank (``feasibility.py``).
+   ``min_gain_us`` (``fixed_exchange``: the fixed cost on every split, ``"always"``; on the
+   first guest only, ``"first"``; while guests exist, the share of the request's reserved life
+   that outlasts every live split's, ``"extend"``: the steps it adds to the fixed cost's run,
+   ``_fixed_for``). ``split_rule="auto"``: ``fit`` for MLA, whose exchange item (a 576-wide q
+   per head out, a 512-wide partial back) costs the attention of 3.6k-8.3k KV tokens, ``gain``
+   with ``fixed_exchange="extend"`` for GQA/MHA (~500; ``break_even_tokens``; gain loses up to
+   48% on MLA) below ``gain_max_live`` (8) live requests per rank (``feasibility.py``).
+   ``"first"`` let each split after the first ride free, so splits kept the fixed cost on every
+   step (Qwen3-235B, bimodal, 900k KV, 40 ms: guests live 100% of the time, 0.95x
+   ``total_tokens``; ``"extend"`` 1.03x, ``bench/NOTES.md``).
 3. **Shards** (when splitting): ``d = 2 .. max_degree``; guests are the ``d - 1`` ranks with
    free KV >= ``min_shard_tokens`` (by default the profile's break-even shard) and the lowest
    predicted time counting their exchange: with ``exchange_wire="scoped"`` (the default: what
@@ -134,15 +139,15 @@ class DcpPolicy(TargetedHold, StepBudget, NodeFirst, GuestPlans, HomeChoice, Fea
                 rebalance_threshold is not None and rebalance_threshold < 1.0):
             raise ValueError(
                 "dcp: need min_gain_us >= 0, batch_slack >= 0 and rebalance_threshold >= 1")
-        if fixed_exchange not in ("always", "first"):
-            raise ValueError(f"dcp: fixed_exchange must be 'always' or 'first', got "
+        if fixed_exchange not in ("always", "first", "extend"):
+            raise ValueError(f"dcp: fixed_exchange must be 'always', 'first' or 'extend', got "
                              f"{fixed_exchange!r}")
         if split_rule not in ("fit", "gain", "auto"):
             raise ValueError(
                 f"dcp: split_rule must be 'fit', 'gain' or 'auto', got {split_rule!r}")
         if split_rule == "auto":  # by the exchange's price against attention (module docstring)
             split_rule = "fit" if profile.attention == "mla" else "gain"
-            fixed_exchange = "always" if profile.attention == "mla" else "first"
+            fixed_exchange = "always" if profile.attention == "mla" else "extend"
         if not 0.0 <= split_min_free <= 1.0 or step_slo_ms is not None and not step_slo_ms > 0:
             raise ValueError(f"dcp: need split_min_free in [0, 1] (got {split_min_free}) and "
                              f"step_slo_ms > 0 (got {step_slo_ms})")
@@ -171,6 +176,19 @@ class DcpPolicy(TargetedHold, StepBudget, NodeFirst, GuestPlans, HomeChoice, Fea
         self.rebalance_threshold = rebalance_threshold and float(rebalance_threshold)
         self._rank_cost_init(profile)  # rank_cost.py: the cached predicted times
         self._node_first_options(cross_wait_ms)  # node_first.py
+
+    def _fixed_for(self, req: Request, live: bool) -> float:
+        """The fixed exchange (µs per step) a split of ``req`` is charged (rule 2): all of it
+        while no guest exists; with guests, ``"always"`` all, ``"first"`` (and the fit rule's
+        balance splits, ``live``) none, ``"extend"`` the share of ``req``'s life that outlasts
+        every live split's reservation (it keeps the fixed cost on every step for that long)."""
+        fixed = self.profile.exchange_us_fixed
+        if not self.num_guest_items or self.fixed_exchange == "always" and not live:
+            return fixed
+        if self.fixed_exchange != "extend":
+            return 0.0
+        left = max((r.resv_end - r.length for r in self._split_recs.values()), default=0)
+        return fixed * max(0.0, 1.0 - left / max(1, req.max_new_tokens))
 
     # ---- admission ------------------------------------------------------------------------
 
@@ -242,9 +260,7 @@ class DcpPolicy(TargetedHold, StepBudget, NodeFirst, GuestPlans, HomeChoice, Fea
             best = (h, [], 0)
         elif not splittable:  # pragma: no cover - need == resv guarantees free_h >= resv
             return self._reject(req, resv, pfull, splittable)
-        fixed = self.profile.exchange_us_fixed
-        if (self.fixed_exchange == "first" or live) and self.num_guest_items:
-            fixed = 0.0
+        fixed = self._fixed_for(req, live)
         cost = self.cost
         # guests by predicted time with their exchange (wire_cost.py: bucketed, pairs within the
         # step's bucket first; per item, same-node ranks first when cheaper)

@@ -92,7 +92,8 @@ class Feasibility:
         ``gain_max_live`` or more live requests per rank on average (0: never). With that many,
         the next whole placements level the ranks (each request is a small share of a rank's
         load), while every split keeps the fixed exchange live, which ``fixed_exchange="first"``
-        stops charging once a guest exists. Issue 27 (``bench/NOTES.md``): Qwen3-235B on 8
+        stops charging once a guest exists (``"extend"``, auto's choice since, charges the
+        steps a split adds to it). Issue 27 (``bench/NOTES.md``): Qwen3-235B on 8
         ranks, bimodal 35 / 50 ms 8.005 / 7.919 -> 8.359 req/s, a held-out bimodal (900k KV,
         40 ms) 6.575 -> 7.735; the agentic scenarios (1-3 live requests per rank) unchanged."""
         if self.split_rule == "gain" and self.gain_max_live and sum(

@@ -62,6 +62,7 @@ class LedgerPolicy(VerifiedBooks, PairCounts, PrefillTransient, ReportedRanges, 
         self._homed: list[dict[str, None]] = [{} for _ in range(n)]
         self._hosted: list[dict[str, None]] = [{} for _ in range(n)]  # rids with a sealed shard
         self.num_guest_items = 0  # cluster-wide sum of gin
+        self._split_recs: dict[str, Rec] = {}  # live requests with a guest shard
         self._init_pairs(n)
 
     # ---- subclass hooks -------------------------------------------------------------------
@@ -246,6 +247,11 @@ class LedgerPolicy(VerifiedBooks, PairCounts, PrefillTransient, ReportedRanges, 
             self._count_pair(home, g, sign)
         self.gout[home] += sign * len(rec.guests)
         self.num_guest_items += sign * len(rec.guests)
+        if rec.guests:
+            if sign > 0:
+                self._split_recs[rec.rid] = rec
+            else:
+                del self._split_recs[rec.rid]
 
     def _move(self, rid: str, src: int, dst: int, start: int, end: int) -> Migration:
         """Move written, page-aligned tokens ``[start, end)`` of ``rid`` from ``src`` to

@@ -56,6 +56,8 @@ class VerifiedBooks:
         assert sum(len(d) for d in self._homed) == len(self._recs), "home index drifted"
         assert sum(len(d) for d in self._hosted) == sum(gin), "guest index drifted"
         assert self.num_guest_items == sum(gin), "num_guest_items drifted"
+        assert self._split_recs.keys() == {k for k, v in self._recs.items() if v.guests}, \
+            "split index drifted"
         for r in range(n):
             # after ``restate`` the books follow the ranks, which may hold more than the budget
             assert 0 <= kv[r] and (self.restated or kv[r] <= self.cap[r]), (
