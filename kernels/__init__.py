@@ -22,6 +22,11 @@ from .ops import decode_attention, merge_attention_states
 from .prefix_ops import prefix_attention
 from .reference import decode_attention_ref, merge_attention_states_ref, prefix_attention_ref
 
+if kernels_interpreted():  # TRITON_INTERPRET=1: the interpreter without its per-call rescans
+    from .interpreter import install as _install_interpreter_cache
+
+    _install_interpreter_cache()
+
 __all__ = [
     "IMPLS",
     "decode_attention",
