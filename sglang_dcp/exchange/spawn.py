@@ -3,10 +3,11 @@
 The target must be a module-level function of an importable module (``spawn`` pickles it by
 name): ``fn(rank, world_size, init_method, backend, *args)``; call ``init_rank`` first thing.
 
-Without CUDA the ranks fork from a fork server that imported the target's module once and is
-reused by every later run in this process (``start_method``): a rank that imports SGLang costs
-~20 s of CPU otherwise, several of them on a 2-core test machine. A forked rank gets the
-server's environment, which is this process's at the first run.
+Without CUDA the ranks fork from a fork server that imported the first run's target module and
+``RANK_PRELOAD`` once and is reused by every later run in this process (``start_method``): a
+rank that imports SGLang's pools costs ~12 s of CPU otherwise, three or four of them per run on
+a 2-core test machine. A forked rank gets the server's environment, which is this process's at
+the first run.
 """
 
 from __future__ import annotations
@@ -20,6 +21,16 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+
+# What this project's rank targets import besides their own modules: SGLang's KV pools and
+# allocators (the self-checks' ``--pool sglang``, the move and piece workers). Only names: the
+# fork server imports them (skipping one that is not installed), this module does not.
+RANK_PRELOAD = (
+    "sglang.srt.mem_cache.memory_pool",
+    "sglang.srt.mem_cache.allocator.token",
+    "sglang.srt.mem_cache.allocator.paged",
+)
 
 
 def init_rank(
@@ -84,7 +95,7 @@ def run_ranks(fn, world_size: int, *args, backend: str = "gloo", timeout_s: floa
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     method = start_method()
     if method == "forkserver":  # takes effect when the server starts: at the first run
-        mp.set_forkserver_preload(["torch.distributed", fn.__module__])
+        mp.set_forkserver_preload(["torch.distributed", fn.__module__, *RANK_PRELOAD])
     ctx = mp.start_processes(
         _rank_main,
         args=(fn, world_size, init_method, backend, *args),

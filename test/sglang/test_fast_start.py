@@ -90,3 +90,13 @@ def test_a_bad_start_method_is_a_one_line_launch_error(monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["python -m sglang_dcp.launch_server: error: "
                    "SGLANG_DCP_START_METHOD='threads': use forkserver or spawn"], err
+
+
+def test_the_ranks_preload_names_modules_of_the_pinned_sglang():
+    """``exchange.spawn.RANK_PRELOAD``: the fork server skips a name that does not import, which
+    would silently bring back a ~12 s import in every rank of every self-check."""
+    import importlib.util
+
+    from sglang_dcp.exchange.spawn import RANK_PRELOAD
+
+    assert all(importlib.util.find_spec(name) is not None for name in RANK_PRELOAD)
