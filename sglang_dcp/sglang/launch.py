@@ -32,6 +32,7 @@ import argparse
 import dataclasses
 import importlib
 import os
+import shutil
 import sys
 import threading
 import warnings
@@ -84,7 +85,12 @@ def demo_model_path(name: str = DEFAULT_DEMO_MODEL) -> str:
         tmp = path + f".tmp{os.getpid()}"
         build(tmp, seed=0)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError:  # another launcher built it first (the same seed: the same weights)
+            if not os.path.exists(os.path.join(path, "model.safetensors")):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 import urllib.error
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -23,10 +24,20 @@ PROMPT = [323, 312, 489, 454, 464]
 
 
 @pytest.fixture(scope="module")
-def server(launch_server, tmp_path_factory):
+def started(launch_server, tmp_path_factory, tiny_model_path):
+    """The budget demo and, at the same time (a start leaves a third of two cores idle), a plain
+    one-rank server of another model with no extra flags."""
     cache = tmp_path_factory.mktemp("demo-cache")
-    return launch_server(["--demo", "--dcp-kv-capacity", str(BUDGET)],
-                         env={"SGLANG_DCP_CACHE_DIR": str(cache)})  # fmt: skip
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        demo = pool.submit(launch_server, ["--demo", "--dcp-kv-capacity", str(BUDGET)],
+                           env={"SGLANG_DCP_CACHE_DIR": str(cache)})  # fmt: skip
+        plain = pool.submit(launch_server, ["--model-path", tiny_model_path, "--dtype", "float32"])
+    return {"demo": demo.result(), "plain": plain.result()}
+
+
+@pytest.fixture(scope="module")
+def server(started):
+    return started["demo"]
 
 
 def test_unset_max_new_tokens_stays_within_the_planners_budget(server):
@@ -87,9 +98,9 @@ def test_startup_is_quiet_and_says_what_it_set_for_cpu(server):
     assert "[sglang-dcp] no CUDA device: --disable-cuda-graph" in log
 
 
-def test_any_model_starts_on_cpu_without_extra_flags(launch_server, tiny_model_path):
+def test_any_model_starts_on_cpu_without_extra_flags(started):
     """No DP attention, no memory fraction, no graph flag: the launcher's CPU defaults."""
-    srv = launch_server(["--model-path", tiny_model_path, "--dtype", "float32"])
+    srv = started["plain"]
     with open(srv.log_path, errors="replace") as f:
         log = f.read()
     assert "--disable-cuda-graph --mem-fraction-static 0.5" in log

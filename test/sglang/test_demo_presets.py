@@ -81,3 +81,25 @@ def test_demo_models_build_and_the_flag_is_ours():
     assert all(callable(importlib.import_module(m).build) for m in DEMO_MODELS.values())
     argv = ["--demo", "--demo-model", "tiny-deepseek-v3", "--port", "1", "--demo-model=x"]
     assert split_argv(argv) == ["--port", "1"]  # SGLang never sees it
+
+
+def test_two_launchers_building_the_demo_model_at_once_both_get_it(tmp_path, monkeypatch):
+    """The second ``os.replace`` onto the first's finished folder fails: it takes that one."""
+    monkeypatch.setenv("SGLANG_DCP_CACHE_DIR", str(tmp_path))
+    name = launch.DEFAULT_DEMO_MODEL
+    final = tmp_path / f"{name}-seed0"
+
+    def build(path, seed):  # a rival finishes first, while this one is still building
+        import os
+
+        os.makedirs(path)
+        (tmp_path / "rival").mkdir()
+        (tmp_path / "rival" / "model.safetensors").write_text("rival")
+        os.replace(tmp_path / "rival", final)
+        open(os.path.join(path, "model.safetensors"), "w").write("mine")
+
+    monkeypatch.setattr(launch.importlib, "import_module",
+                        lambda mod: type("M", (), {"build": staticmethod(build)}))
+    assert launch.demo_model_path(name) == str(final)
+    assert (final / "model.safetensors").read_text() == "rival"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [final.name]  # its own copy removed
