@@ -36,15 +36,15 @@ def install() -> bool:
     params = list(inspect.signature(original).parameters)
     if params != ["pkg", "builder", "scope"]:
         return False
-    builtins: dict[int, tuple[object, list[tuple[str, object]]]] = {}
+    builtins: dict[object, list[tuple[str, object]]] = {}  # module or class -> its builtins
     patch_attr, is_builtin = interp._patch_attr, tl.core.is_builtin
 
     def _patch_builtin(pkg, builder, scope):
-        got = builtins.get(id(pkg))
-        if got is None or got[0] is not pkg:
-            got = (pkg, [(n, m) for n, m in inspect.getmembers(pkg) if is_builtin(m)])
-            builtins[id(pkg)] = got
-        for name, member in got[1]:
+        members = builtins.get(pkg)
+        if members is None:
+            members = builtins[pkg] = [(n, m) for n, m in inspect.getmembers(pkg)
+                                       if is_builtin(m)]
+        for name, member in members:
             if getattr(pkg, name, None) is member:  # not already patched by an outer call
                 patch_attr(pkg, name, member, builder, scope)
 
