@@ -7,6 +7,8 @@ STAMP  := $(VENV)/.sglang-dcp-installed
 SGLANG_VERSION := 0.5.21
 TORCHVISION_VERSION := 0.28.0
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 NVIDIA_INDEX ?= https://pypi.nvidia.com
 
 # Patch-and-rebuild of the pinned SGLang wheel (patches/README.md). The venv's Python is 3.11 on
@@ -57,7 +59,7 @@ install-gpu:
 	$(PIP) install --extra-index-url $(NVIDIA_INDEX) cuda-tile==1.6.0rc5
 	$(PIP) install -r requirements/gpu.txt
 	$(PIP) install --no-deps --no-build-isolation -e .
-	$(PIP) install pytest pytest-timeout hypothesis matplotlib safetensors wheel
+	$(PIP) install pytest pytest-timeout pytest-xdist hypothesis matplotlib safetensors wheel
 	touch $(STAMP)
 	$(MAKE) patch
 
@@ -100,12 +102,14 @@ check-patches: $(SGLANG_WHEEL)
 	$(CHECK_WHEEL)
 	$(PY) sglang_dcp/sglang/patch_series.py check --wheel $(SGLANG_WHEEL) $(PATCHES)
 
+# Two pytest-xdist workers, whole modules each (--dist loadfile: a module's servers start once);
+# a test module waits on its servers or requests more than it computes. TEST_WORKERS=0: one process.
 test: install
-	$(PY) -m pytest test $(PYTEST_ARGS)
+	$(PY) -m pytest test $(XDIST) $(PYTEST_ARGS)
 
 # Everything but the end-to-end server tests.
 test-fast: install
-	$(PY) -m pytest test -m "not e2e" $(PYTEST_ARGS)
+	$(PY) -m pytest test -m "not e2e" $(XDIST) $(PYTEST_ARGS)
 
 demo: install
 	$(PY) -m sglang_dcp.launch_server --demo

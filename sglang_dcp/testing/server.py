@@ -50,11 +50,25 @@ def port_range_free(port: int) -> bool:
     return all(_port_free(port + off) for off in _DERIVED_PORT_OFFSETS)
 
 
+def _worker_slice(low: int, high: int) -> tuple[int, int]:
+    """Under pytest-xdist (``make test``: 2 workers), worker ``gwN``'s own part of ``[low,
+    high)``: a port is checked free minutes before the server binds it, so two workers picking
+    from one range could both take it."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get(
+        "PYTEST_XDIST_WORKER_COUNT", "1")
+    if not worker.startswith("gw") or not count.isdigit() or int(count) < 2:
+        return low, high
+    n, w = int(worker[2:]), int(count)
+    step = (high - low) // w
+    return low + n * step, low + (n + 1) * step
+
+
 def free_server_port(low: int = 20000, high: int = 32000) -> int:
     """A port whose SGLang-derived ports are free too, below Linux's ephemeral range
     (32768-60999) so the many client connections of a test run cannot grab them meanwhile."""
     import random
 
+    low, high = _worker_slice(low, high)
     rng = random.Random()
     for _ in range(200):
         port = rng.randrange(low, high - 241)
@@ -67,6 +81,7 @@ def free_low_port(avoid: int, low: int = 20000, high: int = 32000) -> int:
     """A free port below the ephemeral range, outside ``avoid``'s SGLang-derived ports."""
     import random
 
+    low, high = _worker_slice(low, high)
     rng = random.Random()
     for _ in range(200):
         port = rng.randrange(low, high)
@@ -282,6 +297,9 @@ class RouterProcess(ServerProcess):
         return counts
 
 
+TEST_POOL_TOKENS = 65536  # each rank's SGLang pool in tiny_dp_args (48 MiB of tiny-model KV)
+
+
 def tiny_dp_args(model_path: str, dp_size: int = 2, sleep_on_idle: bool = True) -> list[str]:
     """Server flags for the tiny model with DP attention over ``dp_size`` CPU ranks.
 
@@ -291,10 +309,18 @@ def tiny_dp_args(model_path: str, dp_size: int = 2, sleep_on_idle: bool = True) 
     Its price: an idle rank polls its sockets once a second (SGLang's ``IdleSleeper``); one
     with no request of its own wakes only then, so a step after an idle spell waits up to 1 s
     (4 ranks, 64-token prompts: TTFT 150-1190 ms by the arrival's phase, 137-185 ms without
-    it). Latency benchmarks pass ``sleep_on_idle=False``."""
+    it). Latency benchmarks pass ``sleep_on_idle=False``.
+
+    Each rank's KV pool is sized in tokens (``--max-total-tokens``, ``TEST_POOL_TOKENS``), not as
+    a share of free memory: SGLang measures the host's free memory before and after loading the
+    weights, so whatever another process allocated meanwhile (another server, a test's gloo
+    ranks) counted against the former ``--mem-fraction-static 0.05`` and failed the start
+    ("Loaded weights leave no GPU memory for the KV cache"); the fraction now only bounds that
+    check, as in the demo. A test that passes its own pool flags after these overrides them."""
     return [
         "--model-path", model_path,
         "--tp-size", str(dp_size), "--dp-size", str(dp_size), "--enable-dp-attention",
-        "--mem-fraction-static", "0.05", "--dtype", "float32",
+        "--max-total-tokens", str(TEST_POOL_TOKENS), "--mem-fraction-static", "0.9",
+        "--dtype", "float32",
         *(["--sleep-on-idle"] if sleep_on_idle else []),
     ]  # fmt: skip

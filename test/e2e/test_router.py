@@ -39,10 +39,8 @@ FINISH = re.compile(r"sglang_dcp: planner finish rid=(\S+)")
 
 @pytest.fixture(scope="module")
 def servers(launch_server, tiny_model_path):
-    # Two servers load at once: SGLang's CPU memory check needs more slack than 0.05 (see
-    # sglang_dcp.router.launch.DEMO_SERVER_ARGS); --max-total-tokens caps the KV pool.
-    args = [*tiny_dp_args(tiny_model_path), "--mem-fraction-static", "0.2"]
-    args += ["--max-total-tokens", str(KV_PER_RANK)]
+    # two servers load at once: each rank's pool in tokens, not a share of free host memory
+    args = [*tiny_dp_args(tiny_model_path), "--max-total-tokens", str(KV_PER_RANK)]
     env = {"SGLANG_DCP_PLANNER_LOG": "1"}
     with ThreadPoolExecutor(2) as pool:
         return list(pool.map(lambda _: launch_server(args, env=env, startup_timeout=900), range(2)))

@@ -26,11 +26,10 @@ from sglang_dcp.tiny_model import checkpoint_digest
 pytestmark = pytest.mark.e2e
 
 
-# Two servers load at once (and other tests' may too): SGLang's CPU memory profile at startup
-# sees the others' allocations, and 0.05 of host memory (tiny_dp_args) then fails with "Loaded
-# weights leave no GPU memory for the KV cache"; a larger fraction with the pool capped instead
-# (as launch_router --demo does). 16k tokens x 576 B (3 layers x 48 fp32 latent) per rank.
-POOL = ["--mem-fraction-static", "0.2", "--max-total-tokens", "16384"]
+# Each rank's pool in tokens (tiny_dp_args and the demo size it so, not as a share of free host
+# memory, which other servers' loading would eat into): 16k tokens x 576 B (3 layers x 48 fp32
+# latent) per rank.
+POOL = ["--max-total-tokens", "16384"]
 
 
 @pytest.fixture(scope="module")
