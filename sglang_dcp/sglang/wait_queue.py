@@ -7,8 +7,8 @@ requests are kept in arrival order and retried first fit (``drain``):
 - on time (``poll``, called by the controller's event loop, ``dpc.py``): a refusal may name the
   policy-clock time at which time alone can change its answer (``Rejection.retry_at_ms``:
   ``dcp``'s ``cross_wait_ms`` and ``age_ms``). Without it a request refused for a wait, with
-  nothing left to finish, would wait forever. (The simulator retries only when KV frees,
-  ``sim/engine.py``: a loaded cluster frees some every few steps, an empty one needs no wait.)
+  nothing left to finish, would wait forever. The simulator retries at the same times
+  (``sim/engine.py``).
 
 ``max_bypass`` bounds first fit, so a long request is not starved by a stream of short ones:
 once the oldest waiting request has been passed over ``max_bypass`` times, nothing is admitted

@@ -21,11 +21,12 @@ up to 235 s), an effective 5.8 req/s, and the pooled bound passed at 4.3x the fl
 (``bench/NOTES.md``, issue 27). A later turn of a session is submitted after its parent and
 waits for its own prefill in both: the delay is causal there.
 
-Queues (``queues.py``): a request the policy cannot place yet waits and is retried whenever KV
-frees. Global placers (``dcp``, ``uniform``) share the DP controller's first-fit FIFO; the SGLang
-baselines' dispatch is final (``waiting_rank``): a FIFO per rank, as SGLang's. A retryable
-rejection while nothing runs or lands means it cannot fit even an empty cluster: rejected with
-the planner's reason. Every request ends finished or rejected.
+Queues (``queues.py``): a request the policy cannot place yet waits; it is retried whenever KV
+frees and at the time a refusal names (``Rejection.retry_at_ms``), as the server's queue polls
+(``sglang/wait_queue.py``). Global placers (``dcp``, ``uniform``) share the DP controller's
+first-fit FIFO; the SGLang baselines' dispatch is final (``waiting_rank``): a FIFO per rank, as
+SGLang's. A retryable rejection while nothing runs or lands means it cannot fit even an empty
+cluster: rejected with the planner's reason. Every request ends finished or rejected.
 
 Rebalancing: every ``rebalance_every_ms`` the loop calls ``Policy.rebalance``; the copy runs on
 the background channel (``channel.py``, read on the source until it lands) or stalls the
@@ -99,7 +100,7 @@ def simulate(
     waiting = WaitQueues(options.queue_max_bypass, options.queue_bypass_tokens, inp + out_len)
     t = arr[0][0] if arr else 0.0
     steps = busy = decoded = bad_wait = bad_tpot = migrated = 0
-    stall_ms = 0.0
+    stall_ms, retry_ms = 0.0, np.inf  # retry_ms: the earliest timed wait (retry_at_ms)
     if options.migration not in ("background", "stall"):
         raise ValueError(f"migration must be 'background' or 'stall', got {options.migration!r}")
     stall_mode = options.migration == "stall"
@@ -135,7 +136,7 @@ def simulate(
 
     def try_admit(i: int) -> int | None:
         """Admit, finish or reject request i; or return the queue key it must wait in."""
-        nonlocal bad_wait, t
+        nonlocal bad_wait, t, retry_ms
         if out_len[i] <= 1:  # prefill emitted the only token: it never enters decode
             status[i], first[i], finish[i] = FINISHED, ready[i], ready[i]
             release(i, ready[i])
@@ -143,6 +144,8 @@ def simulate(
         got, stall, land, moves = deploy.admit(i, Request(rids[i], int(inp[i]), int(out_len[i])))
         if isinstance(got, Rejection):
             if got.retryable and (heap or landing):
+                if got.retry_at_ms is not None and t < got.retry_at_ms < retry_ms:
+                    retry_ms = float(got.retry_at_ms)
                 rank = policy.waiting_rank(rids[i])  # dispatch-is-final policies bind it
                 return GLOBAL if rank is None else rank
             status[i] = REJECTED
@@ -163,6 +166,8 @@ def simulate(
         return None
 
     def drain_all() -> None:
+        nonlocal retry_ms
+        retry_ms = np.inf  # the refusals below say again when to retry
         waiting.drain_all(try_admit, lambda i: status[i] == REJECTED, ready)
 
     def retire(i: int) -> None:
@@ -227,6 +232,9 @@ def simulate(
             elif status[i] != REJECTED:
                 waiting.overtaken(i)  # admitted ahead of every waiting request
             changed = True
+        if waiting and retry_ms <= t:  # a timed wait is over: retry, as the server polls
+            drain_all()
+            changed = True
         if changed:
             refresh_loads()
         o = options
@@ -250,8 +258,8 @@ def simulate(
         target = min(next_rebalance, channel.next_ms())
         if arr and not waiting.starving():  # otherwise an arrival just queues: not an event
             target = min(target, arr[0][0])
-        if landing:
-            target = min(target, landing[0][0])
+        target = min(target, landing[0][0] if landing else np.inf,
+                     retry_ms if waiting else np.inf)  # a transfer lands, a timed wait ends
         if target < np.inf:
             k = min(k, int(np.searchsorted(cum, target - t, side="left")) + 1)
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import threading
 
-from sglang_dcp.testing.server import ServerProcess, free_low_port
+from sglang_dcp.testing.ports import free_low_port
+from sglang_dcp.testing.server import ServerProcess
 
 BOOTSTRAP_FLAG = "--disaggregation-bootstrap-port"
 

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from sglang_dcp.testing.server import free_port
+from sglang_dcp.testing.ports import free_port
 
 pytestmark = pytest.mark.e2e
 

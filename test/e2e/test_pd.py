@@ -32,7 +32,7 @@ from hf_reference import hf_greedy, prompts
 from sglang_dcp.testing.pd import decode_args, prefill_args, start_trio
 from sglang_dcp.testing.pd_faults import (Disconnecting, mid_transfer, post, retry_post,
                                           settled_books)
-from sglang_dcp.testing.server import free_low_port
+from sglang_dcp.testing.ports import free_low_port
 from sglang_dcp.testing.usage import KvUsageSampler
 
 pytestmark = pytest.mark.e2e

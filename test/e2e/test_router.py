@@ -26,7 +26,8 @@ import pytest
 
 from hf_reference import hf_greedy, prompts
 
-from sglang_dcp.testing.server import free_port, tiny_dp_args
+from sglang_dcp.testing.ports import free_port
+from sglang_dcp.testing.server import tiny_dp_args
 
 # Two servers start in parallel (about 2 minutes on 2 free cores, far more on a busy machine) and
 # the last test restarts one: more than pytest.ini's 600 s per test.

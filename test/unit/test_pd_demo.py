@@ -4,7 +4,7 @@ router arguments the demo builds."""
 
 from sglang_dcp.router import pd_demo
 from sglang_dcp.router.args import parse_all
-from sglang_dcp.testing.server import free_low_port
+from sglang_dcp.testing.ports import free_low_port
 
 
 def test_server_flags():

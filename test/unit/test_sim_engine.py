@@ -220,3 +220,38 @@ def test_shifted_prefill_does_not_dilute_a_finite_trace():
 def test_prefill_delay_is_checked():
     with pytest.raises(ValueError, match="prefill_delay must be one of"):
         SimOptions(prefill_delay="later")
+
+
+def test_a_timed_wait_is_retried_on_time_not_at_the_next_finish():
+    """A refusal that names its retry time (``Rejection.retry_at_ms``) is retried then, as the
+    server's queue polls (``sglang/wait_queue.py``), not only when KV frees."""
+    from sglang_dcp.types import Rejection
+
+    cluster = ClusterSpec.uniform(2, PROFILE.kv_capacity_tokens, PROFILE.page_size)
+    base = type(make_policy("uniform", cluster, PROFILE))
+
+    class TimedGate(base):
+        """``uniform``, but request "1" is refused until 500 ms on the policy's clock."""
+
+        now = 0.0
+        tries = 0
+
+        def on_time(self, now_ms, step):
+            self.now = now_ms
+            super().on_time(now_ms, step)
+
+        def admit(self, request, home_rank=None):
+            if request.rid == "1":
+                self.tries += 1
+                if self.now < 500.0:
+                    return Rejection("1", "later", retryable=True, retry_at_ms=500.0)
+            return super().admit(request, home_rank)
+
+    pol = TimedGate(cluster)
+    # request 0 decodes for ~20 s; request 1 is ready at 10 ms and may start at 500 ms
+    w = _workload([1000, 1000], [600, 5], [0.0, 10.0])
+    run = simulate(w, pol, StepModel(PROFILE, 2), 2, kv_capacity=cluster.kv_capacity)
+    assert list(run.status) == [FINISHED, FINISHED]
+    assert 500.0 <= run.first_step_ms[1] - run.arrival_ms[0] < 600.0, run.first_step_ms
+    assert run.first_step_ms[1] < run.finish_ms[0]
+    assert pol.tries == 2  # on arrival, then once on time (no retry every step meanwhile)
