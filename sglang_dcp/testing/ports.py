@@ -6,30 +6,14 @@ from __future__ import annotations
 import os
 import socket
 
+# the demo router's picks (shipped code): SGLang's derived ports and the free-port checks
+from sglang_dcp.router.demo import DERIVED_PORT_OFFSETS, port_free, port_range_free
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-# With DP attention SGLang also binds port + 233 .. port + 240 (ZMQ_TCP_PORT_DELTA and the ports
-# derived from it in server_args.PortArgs.init_new) and fails at start if one is taken.
-_DERIVED_PORT_OFFSETS = (0,) + tuple(range(233, 241))
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def port_range_free(port: int) -> bool:
-    """``port`` and the ports SGLang derives from it (DP attention) are all free."""
-    return all(_port_free(port + off) for off in _DERIVED_PORT_OFFSETS)
 
 
 def _worker_slice(low: int, high: int) -> tuple[int, int]:
@@ -67,6 +51,6 @@ def free_low_port(avoid: int, low: int = 20000, high: int = 32000) -> int:
     rng = random.Random()
     for _ in range(200):
         port = rng.randrange(low, high)
-        if not avoid <= port <= avoid + _DERIVED_PORT_OFFSETS[-1] and _port_free(port):
+        if not avoid <= port <= avoid + DERIVED_PORT_OFFSETS[-1] and port_free(port):
             return port
     raise RuntimeError(f"no free port in [{low}, {high})")
