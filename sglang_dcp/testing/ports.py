@@ -4,6 +4,7 @@ included, and under pytest-xdist each worker its own part of the range (``_worke
 from __future__ import annotations
 
 import os
+import random
 import socket
 
 # the demo router's picks (shipped code): SGLang's derived ports and the free-port checks
@@ -29,28 +30,25 @@ def _worker_slice(low: int, high: int) -> tuple[int, int]:
     return low + n * step, low + (n + 1) * step
 
 
-def free_server_port(low: int = 20000, high: int = 32000) -> int:
-    """A port whose SGLang-derived ports are free too, below Linux's ephemeral range
-    (32768-60999) so the many client connections of a test run cannot grab them meanwhile."""
-    import random
-
+def _pick(low: int, high: int, free, what: str, span: int = 1) -> int:
+    """A random port that ``free(port)`` accepts, drawn from ``[low, high - span + 1)`` of this
+    worker's part of ``[low, high)`` (``span``: the ports from it that must stay in the part)."""
     low, high = _worker_slice(low, high)
     rng = random.Random()
     for _ in range(200):
-        port = rng.randrange(low, high - 241)
-        if port_range_free(port):
+        port = rng.randrange(low, high - span + 1)
+        if free(port):
             return port
-    raise RuntimeError(f"no free port range in [{low}, {high})")
+    raise RuntimeError(f"no free {what} in [{low}, {high})")
+
+
+def free_server_port(low: int = 20000, high: int = 32000) -> int:
+    """A port whose SGLang-derived ports are free too, below Linux's ephemeral range
+    (32768-60999) so the many client connections of a test run cannot grab them meanwhile."""
+    return _pick(low, high, port_range_free, "port range", span=DERIVED_PORT_OFFSETS[-1] + 2)
 
 
 def free_low_port(avoid: int, low: int = 20000, high: int = 32000) -> int:
     """A free port below the ephemeral range, outside ``avoid``'s SGLang-derived ports."""
-    import random
-
-    low, high = _worker_slice(low, high)
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(low, high)
-        if not avoid <= port <= avoid + DERIVED_PORT_OFFSETS[-1] and port_free(port):
-            return port
-    raise RuntimeError(f"no free port in [{low}, {high})")
+    last = avoid + DERIVED_PORT_OFFSETS[-1]
+    return _pick(low, high, lambda p: not avoid <= p <= last and port_free(p), "port")
